@@ -1,0 +1,1 @@
+"""The semantic cache: scope, vector store backends and the lookup/store logic."""

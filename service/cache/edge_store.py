@@ -1,0 +1,152 @@
+"""Qdrant Edge backend: Qdrant's engine in-process, persistent in one directory.
+
+Qdrant Edge's calls are synchronous. They all run on one dedicated thread, so
+the event loop never blocks on them and the shard never sees two callers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import qdrant_edge as qe
+
+from service.cache.store import (
+    FLOAT_FIELDS,
+    KEYWORD_FIELDS,
+    CacheEntry,
+    EntryFilter,
+    ScoredEntry,
+    Vector,
+)
+
+T = TypeVar("T")
+
+
+def _open_shard(path: Path, dim: int) -> qe.EdgeShard:
+    if (path / "edge_config.json").exists() or any(path.glob("segments*")):
+        return qe.EdgeShard.load(str(path))
+    path.mkdir(parents=True, exist_ok=True)
+    config = qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000),
+    )
+    shard = qe.EdgeShard.create(str(path), config)
+    _create_indexes(shard)
+    return shard
+
+
+def _create_indexes(shard: qe.EdgeShard) -> None:
+    shard.update(
+        qe.UpdateOperation.create_field_index("tenant", qe.KeywordIndexParams(is_tenant=True))
+    )
+    for name in KEYWORD_FIELDS[1:]:
+        shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
+    for name in FLOAT_FIELDS:
+        shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
+
+
+def _match(key: str, value: str) -> qe.FieldCondition:
+    return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+
+
+def _edge_filter(selector: EntryFilter) -> qe.Filter:
+    must: list[qe.FieldCondition] = [
+        _match(key, value)
+        for key, value in (
+            ("tenant", selector.tenant),
+            ("namespace", selector.namespace),
+            ("model", selector.model),
+        )
+        if value is not None
+    ]
+    if selector.created_before is not None:
+        must.append(
+            qe.FieldCondition(key="created_at", range=qe.RangeFloat(lt=selector.created_before))
+        )
+    if selector.expired_at is not None:
+        must.append(
+            qe.FieldCondition(key="expires_at", range=qe.RangeFloat(lte=selector.expired_at))
+        )
+    if selector.live_at is not None:
+        must.append(qe.FieldCondition(key="expires_at", range=qe.RangeFloat(gt=selector.live_at)))
+    return qe.Filter(must=list(must))
+
+
+class EdgeVectorStore:
+    """A `VectorStore` on a Qdrant Edge shard in `path` (created on first use)."""
+
+    def __init__(self, path: Path, dim: int, hnsw_ef: int = 64) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge")
+        self._shard = _open_shard(path, dim)
+        self._params = qe.SearchParams(hnsw_ef=hnsw_ef)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def get(self, point_id: str) -> CacheEntry | None:
+        records = await self._run(
+            lambda: self._shard.retrieve([point_id], with_payload=True, with_vector=False)
+        )
+        if not records or records[0].payload is None:
+            return None
+        return CacheEntry.from_payload(records[0].payload)
+
+    async def search(
+        self, vector: Vector, tenant: str, scope: str, now: float, limit: int
+    ) -> Sequence[ScoredEntry]:
+        query = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(vector.tolist()),
+            filter=qe.Filter(
+                must=[
+                    _match("tenant", tenant),
+                    _match("scope", scope),
+                    qe.FieldCondition(key="expires_at", range=qe.RangeFloat(gt=now)),
+                ]
+            ),
+            with_payload=True,
+            params=self._params,
+        )
+        points = await self._run(lambda: self._shard.query(query))
+        return [
+            ScoredEntry(str(p.id), float(p.score), CacheEntry.from_payload(p.payload))
+            for p in points
+            if p.payload is not None
+        ]
+
+    async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:
+        point = qe.Point(point_id, vector.tolist(), entry.to_payload())
+        await self._run(lambda: self._shard.update(qe.UpdateOperation.upsert_points([point])))
+
+    async def delete(self, selector: EntryFilter) -> int:
+        edge_filter = _edge_filter(selector)
+
+        def count_then_delete() -> int:
+            matched = self._shard.count(qe.CountRequest(exact=True, filter=edge_filter))
+            if matched:
+                self._shard.update(qe.UpdateOperation.delete_points_by_filter(edge_filter))
+            return matched
+
+        return await self._run(count_then_delete)
+
+    async def count(self, selector: EntryFilter) -> int:
+        edge_filter = _edge_filter(selector)
+        return await self._run(
+            lambda: self._shard.count(qe.CountRequest(exact=True, filter=edge_filter))
+        )
+
+    async def flush(self) -> None:
+        """Persist pending writes (also done by `close`)."""
+        await self._run(self._shard.flush)
+
+    async def close(self) -> None:
+        def flush_and_close() -> None:
+            self._shard.flush()
+            self._shard.close()
+
+        await self._run(flush_and_close)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,23 @@
+"""The one place a vector store backend is chosen."""
+
+from __future__ import annotations
+
+from service.cache.edge_store import EdgeVectorStore
+from service.cache.qdrant_store import QdrantVectorStore
+from service.cache.store import VectorStore
+from service.config import Settings
+
+
+async def build_store(settings: Settings, dim: int) -> VectorStore:
+    """Qdrant server (or `:memory:`) when `qdrant_url` is set, else embedded Qdrant Edge."""
+    if settings.qdrant_url:
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return await QdrantVectorStore.open(
+            settings.qdrant_url,
+            settings.qdrant_collection,
+            dim,
+            api_key=api_key,
+            prefer_grpc=settings.qdrant_prefer_grpc,
+            hnsw_ef=settings.hnsw_ef,
+        )
+    return EdgeVectorStore(settings.data_dir / settings.qdrant_collection, dim, settings.hnsw_ef)

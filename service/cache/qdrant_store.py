@@ -1,0 +1,167 @@
+"""Qdrant server backend, through qdrant-client's async client.
+
+Points at a Qdrant server or cluster (`SEMCACHE_QDRANT_URL`), or at
+qdrant-client's in-process `:memory:` mode, which the test suite uses to run
+the same tests as against the embedded backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from qdrant_client import AsyncQdrantClient, models
+
+from service.cache.store import (
+    FLOAT_FIELDS,
+    KEYWORD_FIELDS,
+    CacheEntry,
+    EntryFilter,
+    ScoredEntry,
+    Vector,
+)
+
+
+def _match(key: str, value: str) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _qdrant_filter(selector: EntryFilter) -> models.Filter:
+    must: list[models.Condition] = [
+        _match(key, value)
+        for key, value in (
+            ("tenant", selector.tenant),
+            ("namespace", selector.namespace),
+            ("model", selector.model),
+        )
+        if value is not None
+    ]
+    if selector.created_before is not None:
+        must.append(
+            models.FieldCondition(key="created_at", range=models.Range(lt=selector.created_before))
+        )
+    if selector.expired_at is not None:
+        must.append(
+            models.FieldCondition(key="expires_at", range=models.Range(lte=selector.expired_at))
+        )
+    if selector.live_at is not None:
+        must.append(
+            models.FieldCondition(key="expires_at", range=models.Range(gt=selector.live_at))
+        )
+    return models.Filter(must=must)
+
+
+class QdrantVectorStore:
+    """A `VectorStore` on one collection of a Qdrant server (or `:memory:`).
+
+    Build it with `await QdrantVectorStore.open(...)`, which creates the
+    collection and its payload indexes when they are missing.
+    """
+
+    def __init__(
+        self, client: AsyncQdrantClient, collection: str, hnsw_ef: int = 64, *, local: bool = False
+    ) -> None:
+        self._client = client
+        self._local = local
+        self._collection = collection
+        self._params = models.SearchParams(hnsw_ef=hnsw_ef)
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        collection: str,
+        dim: int,
+        *,
+        api_key: str | None = None,
+        prefer_grpc: bool = True,
+        timeout_s: float = 10.0,
+        hnsw_ef: int = 64,
+    ) -> QdrantVectorStore:
+        """Connect, and create `collection` for `dim`-sized cosine vectors if absent."""
+        local = url == ":memory:"
+        if local:
+            client = AsyncQdrantClient(location=":memory:")
+        else:
+            client = AsyncQdrantClient(
+                url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=int(max(1, timeout_s))
+            )
+        store = cls(client, collection, hnsw_ef, local=local)
+        await store._ensure_collection(dim)
+        return store
+
+    async def _ensure_collection(self, dim: int) -> None:
+        if await self._client.collection_exists(self._collection):
+            return
+        await self._client.create_collection(
+            self._collection,
+            vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+        )
+        if not self._local:  # in-process mode has no payload indexes (and warns about them)
+            await self._create_indexes()
+
+    async def _create_indexes(self) -> None:
+        await self._client.create_payload_index(
+            self._collection,
+            "tenant",
+            models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+        )
+        for name in KEYWORD_FIELDS[1:]:
+            await self._client.create_payload_index(
+                self._collection, name, models.PayloadSchemaType.KEYWORD
+            )
+        for name in FLOAT_FIELDS:
+            await self._client.create_payload_index(
+                self._collection, name, models.PayloadSchemaType.FLOAT
+            )
+
+    async def get(self, point_id: str) -> CacheEntry | None:
+        records = await self._client.retrieve(
+            self._collection, [point_id], with_payload=True, with_vectors=False
+        )
+        if not records or records[0].payload is None:
+            return None
+        return CacheEntry.from_payload(records[0].payload)
+
+    async def search(
+        self, vector: Vector, tenant: str, scope: str, now: float, limit: int
+    ) -> Sequence[ScoredEntry]:
+        scope_filter = models.Filter(
+            must=[
+                _match("tenant", tenant),
+                _match("scope", scope),
+                models.FieldCondition(key="expires_at", range=models.Range(gt=now)),
+            ]
+        )
+        response = await self._client.query_points(
+            self._collection,
+            query=vector.tolist(),
+            query_filter=scope_filter,
+            limit=limit,
+            with_payload=True,
+            search_params=None if self._local else self._params,
+        )
+        return [
+            ScoredEntry(str(p.id), float(p.score), CacheEntry.from_payload(p.payload))
+            for p in response.points
+            if p.payload is not None
+        ]
+
+    async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:
+        point = models.PointStruct(id=point_id, vector=vector.tolist(), payload=entry.to_payload())
+        await self._client.upsert(self._collection, [point], wait=True)
+
+    async def delete(self, selector: EntryFilter) -> int:
+        qdrant_filter = _qdrant_filter(selector)
+        matched = (await self._client.count(self._collection, qdrant_filter, exact=True)).count
+        if matched:
+            await self._client.delete(
+                self._collection, models.FilterSelector(filter=qdrant_filter), wait=True
+            )
+        return matched
+
+    async def count(self, selector: EntryFilter) -> int:
+        result = await self._client.count(self._collection, _qdrant_filter(selector), exact=True)
+        return result.count
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,50 @@
+"""Per-tenant cache counters, kept in this replica's memory since it started."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from service.domain import CacheStatus
+
+
+@dataclass
+class TenantCounters:
+    exact_hits: int = 0
+    semantic_hits: int = 0
+    misses: int = 0
+    bypasses: int = 0
+    cost_saved_usd: float = 0.0
+    cost_spent_usd: float = 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits over lookups (bypasses are not lookups); 0 before the first lookup."""
+        hits = self.exact_hits + self.semantic_hits
+        lookups = hits + self.misses
+        return hits / lookups if lookups else 0.0
+
+
+class CacheStats:
+    """Counts what the cache did, per tenant."""
+
+    def __init__(self) -> None:
+        self._tenants: defaultdict[str, TenantCounters] = defaultdict(TenantCounters)
+
+    def record(self, tenant: str, status: CacheStatus, cost_usd: float, saved_usd: float) -> None:
+        counters = self._tenants[tenant]
+        if status is CacheStatus.EXACT_HIT:
+            counters.exact_hits += 1
+        elif status is CacheStatus.SEMANTIC_HIT:
+            counters.semantic_hits += 1
+        elif status is CacheStatus.MISS:
+            counters.misses += 1
+        else:
+            counters.bypasses += 1
+        counters.cost_spent_usd += cost_usd
+        counters.cost_saved_usd += saved_usd
+
+    def for_tenant(self, tenant: str) -> TenantCounters:
+        """A copy of `tenant`'s counters (zeros for a tenant never seen)."""
+        counters = self._tenants.get(tenant, TenantCounters())
+        return TenantCounters(**vars(counters))

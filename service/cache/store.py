@@ -1,0 +1,106 @@
+"""The `VectorStore` protocol, and the entry and filter types its backends share.
+
+Backends: `edge_store.EdgeVectorStore` (Qdrant Edge, embedded, the default)
+and `qdrant_store.QdrantVectorStore` (a Qdrant server through qdrant-client).
+`factory.build_store` chooses one from the settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+
+# Payload fields with an index, and the kind of index each one gets.
+KEYWORD_FIELDS = ("tenant", "namespace", "scope", "model")
+FLOAT_FIELDS = ("created_at", "expires_at")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached answer, stored as a point's payload."""
+
+    tenant: str
+    namespace: str
+    scope: str
+    model: str
+    question: str
+    content: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    created_at: float
+    expires_at: float
+
+    def to_payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> CacheEntry:
+        return cls(**{name: payload[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class ScoredEntry:
+    """A search result: an entry and its cosine similarity to the query."""
+
+    point_id: str
+    similarity: float
+    entry: CacheEntry
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """Selects entries for counting and deletion; unset fields match everything.
+
+    `created_before`, `expired_at` and `live_at` are epoch seconds: entries
+    created before the first, whose expiry is at or before the second, or
+    still live (expiring after) the third.
+    """
+
+    tenant: str | None = None
+    namespace: str | None = None
+    model: str | None = None
+    created_before: float | None = None
+    expired_at: float | None = None
+    live_at: float | None = None
+
+
+class VectorStore(Protocol):
+    """Scoped nearest-neighbour search over cached questions, with exact lookup by id.
+
+    Every search is restricted to one tenant and one scope fingerprint, and to
+    entries not yet expired at `now`.
+    """
+
+    async def get(self, point_id: str) -> CacheEntry | None:
+        """The entry stored under `point_id`, expired or not; None if absent."""
+        ...
+
+    async def search(
+        self, vector: Vector, tenant: str, scope: str, now: float, limit: int
+    ) -> Sequence[ScoredEntry]:
+        """Up to `limit` live entries in (tenant, scope), most similar first."""
+        ...
+
+    async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:
+        """Store `entry` under `point_id`, replacing what was there."""
+        ...
+
+    async def delete(self, selector: EntryFilter) -> int:
+        """Delete the entries `selector` matches; returns how many there were."""
+        ...
+
+    async def count(self, selector: EntryFilter) -> int:
+        """How many entries `selector` matches."""
+        ...
+
+    async def close(self) -> None:
+        """Persist what is pending and release the store."""
+        ...

@@ -1,0 +1,91 @@
+"""Domain types of the request path. No gRPC and no storage details in here."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class CachePolicy(enum.Enum):
+    """What the caller wants the cache to do for one request."""
+
+    DEFAULT = "default"
+    BYPASS = "bypass"
+    REFRESH = "refresh"
+    NO_STORE = "no_store"
+
+
+class CacheStatus(enum.Enum):
+    """What the cache did for one request."""
+
+    MISS = "miss"
+    EXACT_HIT = "exact_hit"
+    SEMANTIC_HIT = "semantic_hit"
+    BYPASS = "bypass"
+
+    @property
+    def is_hit(self) -> bool:
+        return self in (CacheStatus.EXACT_HIT, CacheStatus.SEMANTIC_HIT)
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Every request parameter that changes what the model answers."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One completion request, as the gateway sees it.
+
+    `messages` always ends with the user's question; a bare prompt arrives as
+    one user message. `deadline_s` is the caller's remaining time budget.
+    """
+
+    messages: tuple[ChatMessage, ...]
+    tenant: str = "default"
+    namespace: str = "default"
+    model: str | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    cache_policy: CachePolicy = CachePolicy.DEFAULT
+    deadline_s: float | None = None
+
+    @property
+    def question(self) -> str:
+        """The last user message: the text the cache matches on."""
+        return self.messages[-1].content
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished answer and what it took to get it."""
+
+    content: str
+    model: str
+    cache_status: CacheStatus
+    finish_reason: str
+    usage: Usage = field(default_factory=Usage)
+    similarity: float = 0.0
+    cost_usd: float = 0.0
+    cost_saved_usd: float = 0.0
+    latency_ms: float = 0.0
