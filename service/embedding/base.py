@@ -1,0 +1,36 @@
+"""The `Embedder` protocol every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    """Turns texts into unit-length float32 vectors.
+
+    `embed` is blocking and CPU-bound: callers run it off the event loop
+    (see `service.embedding.runner`).
+    """
+
+    @property
+    def model_id(self) -> str:
+        """Names the model *and* backend (e.g. `all-MiniLM-L6-v2/torch-fp32`).
+
+        It is part of every cache scope, so vectors from two backends never mix.
+        """
+        ...
+
+    @property
+    def dim(self) -> int:
+        """Length of each vector."""
+        ...
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """Return an array of shape `(len(texts), dim)`, each row L2-normalised."""
+        ...

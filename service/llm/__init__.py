@@ -1,0 +1,1 @@
+"""LLM providers: the OpenAI-compatible client, prices and cost accounting."""
