@@ -1,0 +1,253 @@
+"""The request path: validate → exact lookup → embed → ANN lookup → upstream → store.
+
+Knows nothing of gRPC: the servicer converts protos to `CompletionRequest`
+and back. See DESIGN.md ("The path of one request") for the whole picture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from service.cache.semantic import Answer, CacheHit, Lookup, SemanticCache
+from service.cache.stats import CacheStats, TenantCounters
+from service.cache.store import EntryFilter
+from service.domain import (
+    CachePolicy,
+    CacheStatus,
+    Completion,
+    CompletionRequest,
+    Usage,
+)
+from service.errors import InvalidRequestError, UpstreamTimeoutError
+from service.llm.pricing import ModelPrice
+from service.llm.provider import Provider, ProviderAnswer, ProviderCall
+from service.validation import Limits, check_name, validate
+
+log = structlog.get_logger(__name__)
+
+# Keep a little of the caller's deadline for our own reply.
+_DEADLINE_MARGIN_S = 0.05
+_REPLAY_CHUNK = re.compile(r"\S+\s*|\s+")
+_STORABLE_FINISH_REASONS = frozenset({"stop"})
+
+
+@dataclass(frozen=True)
+class TenantStats:
+    tenant: str
+    entries: int
+    counters: TenantCounters
+
+
+@dataclass(frozen=True)
+class Invalidation:
+    """Which of a tenant's entries to delete; see InvalidateCacheRequest."""
+
+    tenant: str
+    namespace: str | None = None
+    model: str | None = None
+    older_than_s: float = 0.0
+    everything: bool = False
+
+
+class Gateway:
+    """Answers completion requests from the cache or the provider, and keeps score."""
+
+    def __init__(
+        self,
+        *,
+        cache: SemanticCache,
+        provider: Provider,
+        prices: Mapping[str, ModelPrice],
+        default_model: str,
+        upstream_timeout_s: float,
+        limits: Limits,
+        stats: CacheStats | None = None,
+    ) -> None:
+        self.cache = cache
+        self.provider = provider
+        self.stats = stats or CacheStats()
+        self._prices = prices
+        self._default_model = default_model
+        self._upstream_timeout_s = upstream_timeout_s
+        self._limits = limits
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """Answer `request` in one piece.
+
+        Raises:
+            InvalidRequestError: the request cannot be served as sent.
+            UpstreamError: it missed the cache and the provider failed.
+        """
+        started = time.perf_counter()
+        validate(request, self._limits)
+        lookup = await self._lookup(request)
+        if lookup is not None and lookup.hit is not None:
+            return self._serve_hit(request, lookup.hit, started)
+        answer = await self.provider.complete(self._call(request))
+        return await self._finish(request, lookup, answer, started)
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Completion]:
+        """Answer `request` as text deltas followed by one `Completion`.
+
+        Nothing is cached unless the upstream stream ends normally; a caller that
+        goes away mid-stream closes the upstream stream and stores nothing.
+
+        Raises:
+            InvalidRequestError: the request cannot be served as sent.
+            UpstreamError: it missed the cache and the provider failed.
+        """
+        started = time.perf_counter()
+        validate(request, self._limits)
+        lookup = await self._lookup(request)
+        if lookup is not None and lookup.hit is not None:
+            for piece in _REPLAY_CHUNK.findall(lookup.hit.entry.content):
+                yield piece
+            yield self._serve_hit(request, lookup.hit, started)
+            return
+        upstream = self.provider.stream(self._call(request))
+        try:
+            async for event in upstream:
+                if isinstance(event, ProviderAnswer):
+                    yield await self._finish(request, lookup, event, started)
+                else:
+                    yield event
+        finally:
+            await upstream.aclose()
+
+    async def _lookup(self, request: CompletionRequest) -> Lookup | None:
+        """None when the policy skips the cache entirely (bypass)."""
+        if request.cache_policy is CachePolicy.BYPASS:
+            return None
+        if request.cache_policy is CachePolicy.REFRESH:
+            return Lookup(self.cache.key_for(request))
+        return await self.cache.lookup(request)
+
+    def _serve_hit(self, request: CompletionRequest, hit: CacheHit, started: float) -> Completion:
+        entry = hit.entry
+        self.stats.record(request.tenant, hit.status, 0.0, entry.cost_usd)
+        return Completion(
+            content=entry.content,
+            model=entry.model,
+            cache_status=hit.status,
+            finish_reason=entry.finish_reason,
+            usage=Usage(entry.prompt_tokens, entry.completion_tokens),
+            similarity=hit.similarity,
+            cost_saved_usd=entry.cost_usd,
+            latency_ms=_elapsed_ms(started),
+        )
+
+    async def _finish(
+        self,
+        request: CompletionRequest,
+        lookup: Lookup | None,
+        answer: ProviderAnswer,
+        started: float,
+    ) -> Completion:
+        cost_usd = self._cost_usd(answer)
+        status = CacheStatus.BYPASS if lookup is None else CacheStatus.MISS
+        if lookup is not None and self._storable(request, answer):
+            await self.cache.store_answer(lookup, _cache_answer(answer, cost_usd))
+        self.stats.record(request.tenant, status, cost_usd, 0.0)
+        return Completion(
+            content=answer.content,
+            model=answer.model,
+            cache_status=status,
+            finish_reason=answer.finish_reason,
+            usage=answer.usage,
+            cost_usd=cost_usd,
+            latency_ms=_elapsed_ms(started),
+        )
+
+    @staticmethod
+    def _storable(request: CompletionRequest, answer: ProviderAnswer) -> bool:
+        return (
+            request.cache_policy is not CachePolicy.NO_STORE
+            and answer.finish_reason in _STORABLE_FINISH_REASONS
+            and bool(answer.content.strip())
+        )
+
+    def _call(self, request: CompletionRequest) -> ProviderCall:
+        timeout_s = self._upstream_timeout_s
+        if request.deadline_s is not None:
+            timeout_s = min(timeout_s, request.deadline_s - _DEADLINE_MARGIN_S)
+            if timeout_s <= 0:
+                raise UpstreamTimeoutError("the caller's deadline left no time for the provider")
+        return ProviderCall(
+            model=request.model or self._default_model,
+            messages=request.messages,
+            sampling=request.sampling,
+            timeout_s=timeout_s,
+        )
+
+    def _cost_usd(self, answer: ProviderAnswer) -> float:
+        price = self._prices.get(answer.model)
+        if price is None:
+            return 0.0
+        return price.cost_usd(answer.usage.prompt_tokens, answer.usage.completion_tokens)
+
+    async def tenant_stats(self, tenant: str, namespace: str | None) -> TenantStats:
+        """Counters and the live entry count for `tenant` (optionally one namespace)."""
+        check_name("tenant", tenant)
+        if namespace is not None:
+            check_name("namespace", namespace)
+        entries = await self.cache.live_entries(tenant, namespace)
+        return TenantStats(tenant, entries, self.stats.for_tenant(tenant))
+
+    async def invalidate(self, what: Invalidation) -> int:
+        """Delete the tenant's entries that `what` selects; returns how many.
+
+        Raises:
+            InvalidRequestError: no filter was set and `everything` was not asked for,
+                or a filter is malformed.
+        """
+        check_name("tenant", what.tenant)
+        if what.namespace is not None:
+            check_name("namespace", what.namespace)
+        if what.older_than_s < 0:
+            raise InvalidRequestError("older_than_s must be 0 (any age) or a positive number")
+        has_filter = bool(what.namespace or what.model or what.older_than_s)
+        if not has_filter and not what.everything:
+            raise InvalidRequestError(
+                "set namespace, model or older_than_s, or set all=true to delete every entry"
+            )
+        created_before = time.time() - what.older_than_s if what.older_than_s else None
+        selector = EntryFilter(
+            tenant=what.tenant,
+            namespace=what.namespace,
+            model=what.model,
+            created_before=created_before,
+        )
+        return await self.cache.invalidate(selector)
+
+    async def purge_forever(self, interval_s: float) -> None:
+        """Delete expired entries every `interval_s` until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                purged = await self.cache.purge_expired()
+            except Exception as error:
+                log.warning("ttl purge failed", error=repr(error))
+                continue
+            if purged:
+                log.info("purged expired cache entries", entries=purged)
+
+
+def _cache_answer(answer: ProviderAnswer, cost_usd: float) -> Answer:
+    return Answer(
+        content=answer.content,
+        model=answer.model,
+        finish_reason=answer.finish_reason,
+        prompt_tokens=answer.usage.prompt_tokens,
+        completion_tokens=answer.usage.completion_tokens,
+        cost_usd=cost_usd,
+    )
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,77 @@
+"""Start and stop the gRPC server: health, reflection, signals. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service._proto.semcache.v1 import semcache_pb2 as pb
+from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
+from service.app import App
+from service.config import Settings
+from service.interceptors import ServiceInterceptor
+from service.servicer import SemanticCacheServicer
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SemanticCacheService"].full_name
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace_s: float) -> None:
+        """Report NOT_SERVING, then let in-flight RPCs finish for up to `grace_s`."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+async def start_server(app: App, host: str, port: int) -> RunningServer:
+    """Serve `app` on host:port (port 0 picks a free one) and mark it SERVING.
+
+    Raises:
+        RuntimeError: the port could not be bound.
+    """
+    server = grpc.aio.server(interceptors=[ServiceInterceptor()])
+    pb_grpc.add_SemanticCacheServiceServicer_to_server(SemanticCacheServicer(app.gateway), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"could not bind the gRPC port {host}:{port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, bound, health_servicer)
+
+
+async def serve_until_signalled(app: App, settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully and close `app`."""
+    running = await start_server(app, settings.grpc_host, settings.grpc_port)
+    purger = asyncio.create_task(app.gateway.purge_forever(settings.purge_interval_s))
+    log.info("semcache serving", address=f"{settings.grpc_host}:{running.port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", grace_s=settings.grace_period_s)
+    await running.stop(settings.grace_period_s)
+    purger.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await purger
+    await app.aclose()
+    log.info("stopped")

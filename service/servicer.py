@@ -1,0 +1,154 @@
+"""gRPC ⇄ domain conversion for SemanticCacheService. No business logic here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from service._proto.semcache.v1 import semcache_pb2 as pb
+from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
+from service.domain import (
+    CachePolicy,
+    CacheStatus,
+    ChatMessage,
+    Completion,
+    CompletionRequest,
+    SamplingParams,
+)
+from service.errors import InvalidRequestError
+from service.gateway import Gateway, Invalidation
+from service.interceptors import request_id_var
+
+TENANT_METADATA_KEY = "x-tenant-id"
+DEFAULT_TENANT = "default"
+DEFAULT_NAMESPACE = "default"
+
+_POLICIES: dict[int, CachePolicy] = {
+    pb.CACHE_POLICY_UNSPECIFIED: CachePolicy.DEFAULT,
+    pb.CACHE_POLICY_DEFAULT: CachePolicy.DEFAULT,
+    pb.CACHE_POLICY_BYPASS: CachePolicy.BYPASS,
+    pb.CACHE_POLICY_REFRESH: CachePolicy.REFRESH,
+    pb.CACHE_POLICY_NO_STORE: CachePolicy.NO_STORE,
+}
+_STATUSES = {
+    CacheStatus.MISS: pb.CACHE_STATUS_MISS,
+    CacheStatus.EXACT_HIT: pb.CACHE_STATUS_EXACT_HIT,
+    CacheStatus.SEMANTIC_HIT: pb.CACHE_STATUS_SEMANTIC_HIT,
+    CacheStatus.BYPASS: pb.CACHE_STATUS_BYPASS,
+}
+
+
+def tenant_of(context: grpc.aio.ServicerContext) -> str:
+    """The caller's tenant, from `x-tenant-id` metadata (until authentication exists)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == TENANT_METADATA_KEY:
+            return str(value)
+    return DEFAULT_TENANT
+
+
+def _messages(request: pb.CompleteRequest) -> tuple[ChatMessage, ...]:
+    if request.prompt and request.messages:
+        raise InvalidRequestError("set either prompt or messages, not both")
+    if request.messages:
+        return tuple(ChatMessage(m.role, m.content) for m in request.messages)
+    return (ChatMessage("user", request.prompt),) if request.prompt else ()
+
+
+def _policy(value: int) -> CachePolicy:
+    policy = _POLICIES.get(value)
+    if policy is None:
+        raise InvalidRequestError(f"cache_policy {value} is not a known CachePolicy value")
+    return policy
+
+
+def to_request(request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> CompletionRequest:
+    """The domain request for a CompleteRequest, with the caller's tenant and deadline."""
+    sampling = SamplingParams(
+        temperature=request.temperature if request.HasField("temperature") else None,
+        max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
+        top_p=request.top_p if request.HasField("top_p") else None,
+        stop=tuple(request.stop),
+    )
+    return CompletionRequest(
+        messages=_messages(request),
+        tenant=tenant_of(context),
+        namespace=request.namespace or DEFAULT_NAMESPACE,
+        model=request.model or None,
+        sampling=sampling,
+        cache_policy=_policy(request.cache_policy),
+        deadline_s=context.time_remaining(),
+    )
+
+
+def to_response(completion: Completion) -> pb.CompleteResponse:
+    usage = completion.usage
+    return pb.CompleteResponse(
+        content=completion.content,
+        model=completion.model,
+        cache_status=_STATUSES[completion.cache_status],
+        similarity=completion.similarity,
+        latency_ms=completion.latency_ms,
+        usage=pb.Usage(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+        ),
+        cost_usd=completion.cost_usd,
+        cost_saved_usd=completion.cost_saved_usd,
+        finish_reason=completion.finish_reason,
+        request_id=request_id_var.get(),
+    )
+
+
+class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
+    """Implements semcache.v1.SemanticCacheService on top of a `Gateway`."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    async def Complete(
+        self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompleteResponse:
+        completion = await self._gateway.complete(to_request(request, context))
+        return to_response(completion)
+
+    async def StreamComplete(
+        self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamCompleteResponse]:
+        async for event in self._gateway.stream(to_request(request, context)):
+            if isinstance(event, Completion):
+                yield pb.StreamCompleteResponse(final=to_response(event))
+            else:
+                yield pb.StreamCompleteResponse(delta=event)
+
+    async def GetCacheStats(
+        self, request: pb.GetCacheStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCacheStatsResponse:
+        stats = await self._gateway.tenant_stats(tenant_of(context), request.namespace or None)
+        counters = stats.counters
+        return pb.GetCacheStatsResponse(
+            tenant=stats.tenant,
+            entries=stats.entries,
+            exact_hits=counters.exact_hits,
+            semantic_hits=counters.semantic_hits,
+            misses=counters.misses,
+            bypasses=counters.bypasses,
+            hit_rate=counters.hit_rate,
+            cost_saved_usd=counters.cost_saved_usd,
+            cost_spent_usd=counters.cost_spent_usd,
+        )
+
+    async def InvalidateCache(
+        self, request: pb.InvalidateCacheRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InvalidateCacheResponse:
+        deleted = await self._gateway.invalidate(
+            Invalidation(
+                tenant=tenant_of(context),
+                namespace=request.namespace or None,
+                model=request.model or None,
+                older_than_s=float(request.older_than_s),
+                everything=request.all,
+            )
+        )
+        return pb.InvalidateCacheResponse(deleted_entries=deleted)

@@ -1,0 +1,90 @@
+"""Shared fixtures: one embedding model per session; a fresh simulator, store and
+in-process gRPC server (port 0) per test, on each vector store backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
+from service.app import App, build_app
+from service.config import Settings
+from service.embedding.base import Embedder
+from service.embedding.factory import build_embedder
+from service.server import RunningServer, start_server
+from service.simulator import SimulatorConfig, UpstreamSimulator
+
+BACKENDS = ("edge", "qdrant-memory")
+
+
+@pytest.fixture(scope="session")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
+    return build_embedder("torch", None, tmp_path_factory.mktemp("models"), 1)
+
+
+@pytest_asyncio.fixture
+async def simulator() -> AsyncIterator[UpstreamSimulator]:
+    async with UpstreamSimulator(SimulatorConfig(ttft_ms=0, ms_per_token=0)) as sim:
+        yield sim
+
+
+def make_settings(
+    backend: str, data_dir: Path, upstream_base_url: str, **overrides: Any
+) -> Settings:
+    """Settings for a test service; never reads the environment's SEMCACHE_* values."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "qdrant_url": ":memory:" if backend == "qdrant-memory" else None,
+        "upstream_base_url": upstream_base_url,
+        "upstream_api_key": "test-key",
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@dataclass
+class Service:
+    """A running service under test and the handles a test needs."""
+
+    app: App
+    server: RunningServer
+    channel: grpc.aio.Channel
+    stub: pb_grpc.SemanticCacheServiceStub
+    simulator: UpstreamSimulator
+    settings: Settings
+
+    async def close(self) -> None:
+        await self.channel.close()
+        await self.server.stop(0)
+        await self.app.aclose()
+
+
+async def start_service(
+    embedder: Embedder, simulator: UpstreamSimulator, settings: Settings
+) -> Service:
+    app = await build_app(settings, embedder)
+    server = await start_server(app, "127.0.0.1", 0)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = pb_grpc.SemanticCacheServiceStub(channel)
+    return Service(app, server, channel, stub, simulator, settings)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest_asyncio.fixture
+async def service(
+    embedder: Embedder, simulator: UpstreamSimulator, backend: str, tmp_path: Path
+) -> AsyncIterator[Service]:
+    settings = make_settings(backend, tmp_path / "data", simulator.base_url)
+    running = await start_service(embedder, simulator, settings)
+    yield running
+    await running.close()
