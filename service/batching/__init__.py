@@ -1,0 +1,1 @@
+"""Grouping concurrent work: shared upstream calls for identical in-flight misses."""
