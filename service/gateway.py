@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from service.batching.coalesce import Coalescer
 from service.cache.semantic import Answer, CacheHit, Lookup, SemanticCache
 from service.cache.stats import CacheStats, TenantCounters
 from service.cache.store import EntryFilter
@@ -72,6 +73,7 @@ class Gateway:
         self.cache = cache
         self.provider = provider
         self.stats = stats or CacheStats()
+        self._misses: Coalescer[tuple[ProviderAnswer, float]] = Coalescer()
         self._prices = prices
         self._default_model = default_model
         self._upstream_timeout_s = upstream_timeout_s
@@ -80,6 +82,9 @@ class Gateway:
     async def complete(self, request: CompletionRequest) -> Completion:
         """Answer `request` in one piece.
 
+        Identical misses in flight at the same time (same scope, same normalised
+        question, same store policy) share one upstream call.
+
         Raises:
             InvalidRequestError: the request cannot be served as sent.
             UpstreamError: it missed the cache and the provider failed.
@@ -87,10 +92,26 @@ class Gateway:
         started = time.perf_counter()
         validate(request, self._limits)
         lookup = await self._lookup(request)
-        if lookup is not None and lookup.hit is not None:
+        if lookup is None:
+            answer = await self.provider.complete(self._call(request))
+            return self._answered(request, None, answer, self._cost_usd(answer), started)
+        if lookup.hit is not None:
             return self._serve_hit(request, lookup.hit, started)
+        key = f"{lookup.key.point_id}:{request.cache_policy.value}"
+        (answer, cost_usd), leader = await self._misses.run(
+            key, lambda: self._fetch_and_store(request, lookup)
+        )
+        if leader:
+            return self._answered(request, lookup, answer, cost_usd, started)
+        return self._answered(request, lookup, answer, 0.0, started, saved_usd=cost_usd)
+
+    async def _fetch_and_store(
+        self, request: CompletionRequest, lookup: Lookup
+    ) -> tuple[ProviderAnswer, float]:
         answer = await self.provider.complete(self._call(request))
-        return await self._finish(request, lookup, answer, started)
+        cost_usd = self._cost_usd(answer)
+        await self._store_if_allowed(request, lookup, answer, cost_usd)
+        return answer, cost_usd
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Completion]:
         """Answer `request` as text deltas followed by one `Completion`.
@@ -114,7 +135,9 @@ class Gateway:
         try:
             async for event in upstream:
                 if isinstance(event, ProviderAnswer):
-                    yield await self._finish(request, lookup, event, started)
+                    cost_usd = self._cost_usd(event)
+                    await self._store_if_allowed(request, lookup, event, cost_usd)
+                    yield self._answered(request, lookup, event, cost_usd, started)
                 else:
                     yield event
         finally:
@@ -142,18 +165,28 @@ class Gateway:
             latency_ms=_elapsed_ms(started),
         )
 
-    async def _finish(
+    async def _store_if_allowed(
         self,
         request: CompletionRequest,
         lookup: Lookup | None,
         answer: ProviderAnswer,
-        started: float,
-    ) -> Completion:
-        cost_usd = self._cost_usd(answer)
-        status = CacheStatus.BYPASS if lookup is None else CacheStatus.MISS
+        cost_usd: float,
+    ) -> None:
         if lookup is not None and self._storable(request, answer):
             await self.cache.store_answer(lookup, _cache_answer(answer, cost_usd))
-        self.stats.record(request.tenant, status, cost_usd, 0.0)
+
+    def _answered(
+        self,
+        request: CompletionRequest,
+        lookup: Lookup | None,
+        answer: ProviderAnswer,
+        cost_usd: float,
+        started: float,
+        saved_usd: float = 0.0,
+    ) -> Completion:
+        """The completion for an upstream answer; `saved_usd` > 0 when it was shared."""
+        status = CacheStatus.BYPASS if lookup is None else CacheStatus.MISS
+        self.stats.record(request.tenant, status, cost_usd, saved_usd)
         return Completion(
             content=answer.content,
             model=answer.model,
@@ -161,6 +194,7 @@ class Gateway:
             finish_reason=answer.finish_reason,
             usage=answer.usage,
             cost_usd=cost_usd,
+            cost_saved_usd=saved_usd,
             latency_ms=_elapsed_ms(started),
         )
 

@@ -319,3 +319,27 @@ async def test_health_and_reflection(service: Service) -> None:
     names = [s.name async for r in responses for s in r.list_services_response.service]
     assert "semcache.v1.SemanticCacheService" in names
     assert "grpc.health.v1.Health" in names
+
+
+async def test_identical_concurrent_misses_share_one_upstream_call(
+    embedder: Embedder, backend: str, tmp_path: object
+) -> None:
+    async with UpstreamSimulator(SimulatorConfig(ttft_ms=200, ms_per_token=0)) as slow:
+        settings = make_settings(backend, tmp_path / "data", slow.base_url)  # type: ignore[operator]
+        service = await start_service(embedder, slow, settings)
+        try:
+            calls = [service.stub.Complete(ask(QUESTION)) for _ in range(50)]
+            calls[0].cancel()  # the first caller leaving must not cancel the shared call
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            answers = [r for r in results if isinstance(r, pb.CompleteResponse)]
+            assert len(answers) == 49
+            assert slow.request_count() == 1
+            assert {a.content for a in answers} == {answers[0].content}
+            assert all(a.cache_status == pb.CACHE_STATUS_MISS for a in answers)
+            spent = sum(a.cost_usd for a in answers)
+            saved = sum(a.cost_saved_usd for a in answers)
+            assert spent == pytest.approx(saved / 48)
+            again = await service.stub.Complete(ask(QUESTION))
+            assert again.cache_status == pb.CACHE_STATUS_EXACT_HIT
+        finally:
+            await service.close()
