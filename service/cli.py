@@ -8,6 +8,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 import structlog
@@ -77,6 +78,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(config, args.host, args.port))
+    return 0
+
+
+def _cmd_bench_latency(args: argparse.Namespace) -> int:
+    from benchmarks.latency import DEFAULT_DATA, run
+
+    env = {"SEMCACHE_EMBEDDING_BACKEND": args.embedding_backend} if args.embedding_backend else {}
+    table = run(Path(args.out), args.pairs, Path(args.data or DEFAULT_DATA), args.target, env)
+    print(table)
     return 0
 
 
@@ -205,6 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     invalidate.add_argument("--all", action="store_true", help="delete every entry of the tenant")
     _client_arguments(invalidate)
     invalidate.set_defaults(run=lambda a: _run_client(_invalidate, a))
+
+    bench = commands.add_parser("bench", help="benchmarks (see the README's Benchmarks section)")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    latency = benches.add_parser(
+        "latency", help="p50/p95 of miss, exact hit and semantic hit at concurrency 1"
+    )
+    latency.add_argument("--pairs", type=int, default=200, help="duplicate pairs to ask")
+    latency.add_argument("--data", help="qqp-style JSONL; default ../shared/data/qqp_dev.jsonl")
+    latency.add_argument("--out", default="bench-results", help="folder for JSON and Markdown")
+    latency.add_argument("--target", help="measure this running service instead of starting one")
+    latency.add_argument("--embedding-backend", choices=["torch", "onnx-int8", "onnx-fp32"])
+    latency.set_defaults(run=_cmd_bench_latency)
 
     simulate = commands.add_parser(
         "simulate-upstream", help="run the OpenAI-compatible upstream simulator"

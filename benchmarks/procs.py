@@ -1,0 +1,110 @@
+"""Start the simulator and the service as separate processes, as a user would run them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listened on port {port} within {timeout_s} s")
+
+
+def wait_until_serving(target: str, timeout_s: float = 120.0) -> None:
+    """Block until the gRPC health service at `target` reports SERVING."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(grpc.RpcError):
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.2)
+    raise TimeoutError(f"{target} was not SERVING within {timeout_s} s")
+
+
+@dataclass
+class Stack:
+    """A simulator and a service, each in its own process."""
+
+    target: str
+    upstream_url: str
+    service_pid: int
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+@contextlib.contextmanager
+def run_stack(
+    workdir: Path,
+    ttft_ms: float = 0.0,
+    ms_per_token: float = 0.0,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Stack]:
+    """Run `semcache simulate-upstream` and `semcache serve` until the block ends."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cli = [sys.executable, "-m", "service.cli"]
+    sim_port, grpc_port = free_port(), free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    simulator = _spawn(
+        [
+            *cli,
+            "simulate-upstream",
+            "--port",
+            str(sim_port),
+            "--ttft-ms",
+            str(ttft_ms),
+            "--ms-per-token",
+            str(ms_per_token),
+        ],
+        env,
+        workdir / "simulator.log",
+    )
+    upstream = f"http://127.0.0.1:{sim_port}/v1"
+    service_env = {
+        **env,
+        "SEMCACHE_GRPC_PORT": str(grpc_port),
+        "SEMCACHE_DATA_DIR": str(workdir / "data"),
+        "SEMCACHE_UPSTREAM_BASE_URL": upstream,
+        "SEMCACHE_LOG_LEVEL": "warning",
+        **(extra_env or {}),
+    }
+    service = _spawn([*cli, "serve"], service_env, workdir / "service.log")
+    try:
+        _wait_for_port(sim_port, 30)
+        target = f"127.0.0.1:{grpc_port}"
+        wait_until_serving(target)
+        yield Stack(target, upstream, service.pid)
+    finally:
+        for process in (service, simulator):
+            process.terminate()
+        for process in (service, simulator):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=15)
+            if process.poll() is None:
+                process.kill()

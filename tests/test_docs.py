@@ -1,0 +1,59 @@
+"""The README documents every setting, RPC and CLI command that exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service._proto.semcache.v1 import semcache_pb2 as pb
+from service.cli import build_parser
+from service.config import Settings
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(Settings.model_fields))
+def test_every_setting_is_in_the_readme_table(name: str) -> None:
+    assert f"| `SEMCACHE_{name.upper()}` |" in README
+
+
+@pytest.mark.parametrize(
+    "rpc", [m.name for m in pb.DESCRIPTOR.services_by_name["SemanticCacheService"].methods]
+)
+def test_every_rpc_is_in_the_readme(rpc: str) -> None:
+    assert f"`{rpc}(" in README
+
+
+def _commands() -> list[str]:
+    parser = build_parser()
+    names: list[str] = []
+    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
+        for name, sub in action.choices.items():
+            nested = [a for a in sub._actions if a.__class__.__name__ == "_SubParsersAction"]
+            names += [f"{name} {n}" for a in nested for n in a.choices] or [name]
+    return names
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_cli_command_is_in_the_readme(command: str) -> None:
+    assert f"`semcache {command}" in README
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEMCACHE_GRPC_PORT", "6000")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://provider.example/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    settings = Settings()
+    assert settings.grpc_port == 6000
+    assert settings.upstream_base_url == "http://provider.example/v1"
+    assert settings.upstream_api_key is not None
+    assert settings.upstream_api_key.get_secret_value() == "sk-test"
+    monkeypatch.setenv("SEMCACHE_UPSTREAM_BASE_URL", "http://preferred.example/v1")
+    assert Settings().upstream_base_url == "http://preferred.example/v1"
+
+
+def test_bad_settings_fail_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEMCACHE_SIMILARITY_MIN", "1.5")
+    with pytest.raises(ValueError, match="similarity_min"):
+        Settings()
