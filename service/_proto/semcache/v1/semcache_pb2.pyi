@@ -119,6 +119,11 @@ class CompleteRequest(_message.Message):
     CACHE_POLICY_FIELD_NUMBER: _builtins.int
     TOP_P_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    TTL_S_FIELD_NUMBER: _builtins.int
+    SIMILARITY_MIN_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    TOOLS_JSON_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The question, as a single user message. Set exactly one of prompt or messages."""
     model: _builtins.str
@@ -134,6 +139,20 @@ class CompleteRequest(_message.Message):
     cache_policy: Global___CachePolicy.ValueType
     top_p: _builtins.float
     """Nucleus sampling, 0 to 1; unset uses the provider's default."""
+    ttl_s: _builtins.int
+    """How long a stored answer stays servable, in seconds (1 to SEMCACHE_MAX_TTL_S);
+    unset uses SEMCACHE_TTL_S.
+    """
+    similarity_min: _builtins.float
+    """Cosine similarity a cached answer must reach for this request. It can only
+    raise the service's floor, never lower it.
+    """
+    response_format: _builtins.str
+    """"text" or "json_object" (OpenAI's response_format type); empty = provider default."""
+    tools_json: _builtins.str
+    """OpenAI-style tool definitions as a JSON array, passed through to the provider."""
+    tool_choice: _builtins.str
+    """"auto", "none", "required", or a JSON object naming a function."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
         """A conversation ending with a user message. Set exactly one of prompt or messages."""
@@ -154,23 +173,36 @@ class CompleteRequest(_message.Message):
         cache_policy: Global___CachePolicy.ValueType = ...,
         top_p: _builtins.float | None = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
+        ttl_s: _builtins.int | None = ...,
+        similarity_min: _builtins.float | None = ...,
+        response_format: _builtins.str = ...,
+        tools_json: _builtins.str = ...,
+        tool_choice: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_similarity_min", b"_similarity_min", "_temperature", b"_temperature", "_top_p", b"_top_p", "_ttl_s", b"_ttl_s", "max_tokens", b"max_tokens", "similarity_min", b"similarity_min", "temperature", b"temperature", "top_p", b"top_p", "ttl_s", b"ttl_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "cache_policy", b"cache_policy", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "namespace", b"namespace", "prompt", b"prompt", "stop", b"stop", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_similarity_min", b"_similarity_min", "_temperature", b"_temperature", "_top_p", b"_top_p", "_ttl_s", b"_ttl_s", "cache_policy", b"cache_policy", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "namespace", b"namespace", "prompt", b"prompt", "response_format", b"response_format", "similarity_min", b"similarity_min", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools_json", b"tools_json", "top_p", b"top_p", "ttl_s", b"ttl_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__similarity_min: _TypeAlias = _typing.Literal["similarity_min"]  # noqa: Y015
+    _WhichOneofArgType__similarity_min: _TypeAlias = _typing.Literal["_similarity_min", b"_similarity_min"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    _WhichOneofReturnType__ttl_s: _TypeAlias = _typing.Literal["ttl_s"]  # noqa: Y015
+    _WhichOneofArgType__ttl_s: _TypeAlias = _typing.Literal["_ttl_s", b"_ttl_s"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__similarity_min) -> _WhichOneofReturnType__similarity_min | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ttl_s) -> _WhichOneofReturnType__ttl_s | None: ...
 
 Global___CompleteRequest: _TypeAlias = CompleteRequest  # noqa: Y015
 
@@ -215,6 +247,12 @@ class CompleteResponse(_message.Message):
     COST_SAVED_USD_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    ROUTE_REASON_FIELD_NUMBER: _builtins.int
+    ROUTE_SCORE_FIELD_NUMBER: _builtins.int
+    CACHE_DETAIL_FIELD_NUMBER: _builtins.int
+    UPSTREAM_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_JSON_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     model: _builtins.str
     """The model that produced the answer (for a hit: the one that produced the cached answer)."""
@@ -231,6 +269,18 @@ class CompleteResponse(_message.Message):
     """"stop", "length", ... as the provider reported it."""
     request_id: _builtins.str
     """Correlates this answer with the service's logs."""
+    tier: _builtins.str
+    """The model tier that answered ("small", "medium", "large"...), from the catalogue."""
+    route_reason: _builtins.str
+    """Why this model: "requested", "rule:<name>", "nearest:<tier>", "default", "fallback:<from>"."""
+    route_score: _builtins.float
+    """Confidence of a nearest-example routing decision (0 when not applicable)."""
+    cache_detail: _builtins.str
+    """What the cache check decided and why, e.g. "ok", "number_mismatch", "below_threshold"."""
+    upstream_attempts: _builtins.int
+    """Upstream attempts made for this answer (retries and fallbacks included; 0 for a hit)."""
+    tool_calls_json: _builtins.str
+    """Tool calls the model asked for, as an OpenAI-style JSON array; empty if none."""
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Usage of the upstream call (for a hit: of the original call that produced the answer)."""
@@ -248,10 +298,16 @@ class CompleteResponse(_message.Message):
         cost_saved_usd: _builtins.float = ...,
         finish_reason: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        tier: _builtins.str = ...,
+        route_reason: _builtins.str = ...,
+        route_score: _builtins.float = ...,
+        cache_detail: _builtins.str = ...,
+        upstream_attempts: _builtins.int = ...,
+        tool_calls_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_status", b"cache_status", "content", b"content", "cost_saved_usd", b"cost_saved_usd", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "latency_ms", b"latency_ms", "model", b"model", "request_id", b"request_id", "similarity", b"similarity", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_detail", b"cache_detail", "cache_status", b"cache_status", "content", b"content", "cost_saved_usd", b"cost_saved_usd", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "latency_ms", b"latency_ms", "model", b"model", "request_id", b"request_id", "route_reason", b"route_reason", "route_score", b"route_score", "similarity", b"similarity", "tier", b"tier", "tool_calls_json", b"tool_calls_json", "upstream_attempts", b"upstream_attempts", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -290,16 +346,20 @@ class GetCacheStatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
+    ALL_TENANTS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Only this namespace's entry count; empty = all namespaces of the tenant."""
+    all_tenants: _builtins.bool
+    """Admin only: every tenant's stats in `tenants` as well."""
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
+        all_tenants: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_tenants", b"all_tenants", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -318,6 +378,7 @@ class GetCacheStatsResponse(_message.Message):
     COST_SAVED_USD_FIELD_NUMBER: _builtins.int
     COST_SPENT_USD_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
     entries: _builtins.int
     """Live (unexpired) cached entries."""
     exact_hits: _builtins.int
@@ -332,6 +393,10 @@ class GetCacheStatsResponse(_message.Message):
     """Sum of cost_usd over all upstream calls."""
     tenant: _builtins.str
     """The tenant these numbers are for."""
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetCacheStatsResponse]:
+        """With all_tenants (admin): one entry per tenant this replica has seen."""
+
     def __init__(
         self,
         *,
@@ -344,10 +409,11 @@ class GetCacheStatsResponse(_message.Message):
         cost_saved_usd: _builtins.float = ...,
         cost_spent_usd: _builtins.float = ...,
         tenant: _builtins.str = ...,
+        tenants: _abc.Iterable[Global___GetCacheStatsResponse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "cost_saved_usd", b"cost_saved_usd", "cost_spent_usd", b"cost_spent_usd", "entries", b"entries", "exact_hits", b"exact_hits", "hit_rate", b"hit_rate", "misses", b"misses", "semantic_hits", b"semantic_hits", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "cost_saved_usd", b"cost_saved_usd", "cost_spent_usd", b"cost_spent_usd", "entries", b"entries", "exact_hits", b"exact_hits", "hit_rate", b"hit_rate", "misses", b"misses", "semantic_hits", b"semantic_hits", "tenant", b"tenant", "tenants", b"tenants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,6 +427,8 @@ class InvalidateCacheRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     OLDER_THAN_S_FIELD_NUMBER: _builtins.int
     ALL_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    ALL_TENANTS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Only entries in this namespace; empty = every namespace."""
     model: _builtins.str
@@ -371,6 +439,10 @@ class InvalidateCacheRequest(_message.Message):
     """Must be true to delete every entry of the tenant (no other filter set);
     guards against wiping a cache by sending an empty request.
     """
+    tenant: _builtins.str
+    """Admin only: act on this tenant instead of the caller's."""
+    all_tenants: _builtins.bool
+    """Admin only: act on every tenant."""
     def __init__(
         self,
         *,
@@ -378,10 +450,12 @@ class InvalidateCacheRequest(_message.Message):
         model: _builtins.str = ...,
         older_than_s: _builtins.int = ...,
         all: _builtins.bool = ...,
+        tenant: _builtins.str = ...,
+        all_tenants: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "model", b"model", "namespace", b"namespace", "older_than_s", b"older_than_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "all_tenants", b"all_tenants", "model", b"model", "namespace", b"namespace", "older_than_s", b"older_than_s", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -405,3 +479,102 @@ class InvalidateCacheResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InvalidateCacheResponse: _TypeAlias = InvalidateCacheResponse  # noqa: Y015
+
+@_typing.final
+class BatchCompleteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    max_concurrency: _builtins.int
+    """Most items in flight at once; 0 = the service's default."""
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompleteRequest]:
+        """Answered in this order; at most SEMCACHE_BATCH_MAX_ITEMS items."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___CompleteRequest] | None = ...,
+        max_concurrency: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrency", b"max_concurrency", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCompleteRequest: _TypeAlias = BatchCompleteRequest  # noqa: Y015
+
+@_typing.final
+class BatchItemResult(_message.Message):
+    """The outcome of one item of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___CompleteResponse: ...
+    @_builtins.property
+    def error(self) -> Global___ItemError: ...
+    def __init__(
+        self,
+        *,
+        response: Global___CompleteResponse | None = ...,
+        error: Global___ItemError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___BatchItemResult: _TypeAlias = BatchItemResult  # noqa: Y015
+
+@_typing.final
+class ItemError(_message.Message):
+    """Why one item failed: a gRPC status code and a message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The numeric gRPC status code (3 = INVALID_ARGUMENT, 14 = UNAVAILABLE, ...)."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemError: _TypeAlias = ItemError  # noqa: Y015
+
+@_typing.final
+class BatchCompleteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchItemResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchItemResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCompleteResponse: _TypeAlias = BatchCompleteResponse  # noqa: Y015

@@ -59,6 +59,11 @@ class SemanticCacheServiceStub:
                 request_serializer=semcache_dot_v1_dot_semcache__pb2.InvalidateCacheRequest.SerializeToString,
                 response_deserializer=semcache_dot_v1_dot_semcache__pb2.InvalidateCacheResponse.FromString,
                 _registered_method=True)
+        self.BatchComplete = channel.unary_unary(
+                '/semcache.v1.SemanticCacheService/BatchComplete',
+                request_serializer=semcache_dot_v1_dot_semcache__pb2.BatchCompleteRequest.SerializeToString,
+                response_deserializer=semcache_dot_v1_dot_semcache__pb2.BatchCompleteResponse.FromString,
+                _registered_method=True)
 
 
 class SemanticCacheServiceServicer:
@@ -102,6 +107,14 @@ class SemanticCacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchComplete(self, request, context):
+        """Many completions in one call, answered in order with a status per item.
+        Items run concurrently (bounded); one failing item does not fail the rest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SemanticCacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +137,11 @@ def add_SemanticCacheServiceServicer_to_server(servicer, server):
                     servicer.InvalidateCache,
                     request_deserializer=semcache_dot_v1_dot_semcache__pb2.InvalidateCacheRequest.FromString,
                     response_serializer=semcache_dot_v1_dot_semcache__pb2.InvalidateCacheResponse.SerializeToString,
+            ),
+            'BatchComplete': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchComplete,
+                    request_deserializer=semcache_dot_v1_dot_semcache__pb2.BatchCompleteRequest.FromString,
+                    response_serializer=semcache_dot_v1_dot_semcache__pb2.BatchCompleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -239,6 +257,33 @@ class SemanticCacheService:
             '/semcache.v1.SemanticCacheService/InvalidateCache',
             semcache_dot_v1_dot_semcache__pb2.InvalidateCacheRequest.SerializeToString,
             semcache_dot_v1_dot_semcache__pb2.InvalidateCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchComplete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semcache.v1.SemanticCacheService/BatchComplete',
+            semcache_dot_v1_dot_semcache__pb2.BatchCompleteRequest.SerializeToString,
+            semcache_dot_v1_dot_semcache__pb2.BatchCompleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

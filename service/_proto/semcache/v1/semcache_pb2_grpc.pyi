@@ -53,6 +53,10 @@ class SemanticCacheServiceStub:
     """Delete cached entries of the caller's tenant: all of them, one namespace,
     one model, or those older than an age.
     """
+    BatchComplete: _grpc.UnaryUnaryMultiCallable[_semcache_pb2.BatchCompleteRequest, _semcache_pb2.BatchCompleteResponse]
+    """Many completions in one call, answered in order with a status per item.
+    Items run concurrently (bounded); one failing item does not fail the rest.
+    """
 
 @_typing.type_check_only
 class SemanticCacheServiceAsyncStub(SemanticCacheServiceStub):
@@ -78,6 +82,10 @@ class SemanticCacheServiceAsyncStub(SemanticCacheServiceStub):
     InvalidateCache: _aio.UnaryUnaryMultiCallable[_semcache_pb2.InvalidateCacheRequest, _semcache_pb2.InvalidateCacheResponse]  # type: ignore[assignment]
     """Delete cached entries of the caller's tenant: all of them, one namespace,
     one model, or those older than an age.
+    """
+    BatchComplete: _aio.UnaryUnaryMultiCallable[_semcache_pb2.BatchCompleteRequest, _semcache_pb2.BatchCompleteResponse]  # type: ignore[assignment]
+    """Many completions in one call, answered in order with a status per item.
+    Items run concurrently (bounded); one failing item does not fail the rest.
     """
 
 class SemanticCacheServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -125,6 +133,16 @@ class SemanticCacheServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_semcache_pb2.InvalidateCacheResponse, _abc.Awaitable[_semcache_pb2.InvalidateCacheResponse]]:
         """Delete cached entries of the caller's tenant: all of them, one namespace,
         one model, or those older than an age.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchComplete(
+        self,
+        request: _semcache_pb2.BatchCompleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_semcache_pb2.BatchCompleteResponse, _abc.Awaitable[_semcache_pb2.BatchCompleteResponse]]:
+        """Many completions in one call, answered in order with a status per item.
+        Items run concurrently (bounded); one failing item does not fail the rest.
         """
 
 def add_SemanticCacheServiceServicer_to_server(servicer: SemanticCacheServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
