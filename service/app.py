@@ -6,12 +6,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from service.cache.factory import build_store
-from service.cache.semantic import SemanticCache
+from service.cache.guard import NearMissGuard
+from service.cache.semantic import SemanticCache, ThresholdVerifier, Verifier
 from service.config import Settings
 from service.embedding.base import Embedder
 from service.embedding.batcher import EmbeddingBatcher
 from service.embedding.factory import build_embedder
-from service.gateway import Gateway
+from service.gateway import CachingPolicy, Gateway
 from service.llm.openai_provider import OpenAIProvider
 from service.llm.pricing import DEFAULT_PRICES
 from service.validation import Limits
@@ -58,9 +59,10 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
     cache = SemanticCache(
         store,
         batcher,
-        similarity_min=settings.similarity_min,
+        build_verifier(settings),
         search_limit=settings.search_limit,
         ttl_s=settings.ttl_s,
+        max_entries_per_tenant=settings.max_entries_per_tenant,
     )
     gateway = Gateway(
         cache=cache,
@@ -68,6 +70,20 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
         prices=DEFAULT_PRICES,
         default_model=settings.default_model,
         upstream_timeout_s=settings.upstream_timeout_s,
-        limits=Limits(settings.max_prompt_bytes, settings.max_messages, settings.max_tokens_limit),
+        limits=Limits(
+            settings.max_prompt_bytes,
+            settings.max_messages,
+            settings.max_tokens_limit,
+            settings.max_ttl_s,
+        ),
+        policy=CachingPolicy(settings.max_cacheable_temperature, settings.cache_tool_calls),
     )
-    return App(gateway, [batcher.close, store.close, provider.close])
+    return App(gateway, [batcher.close, store.close, cache.close, provider.close])
+
+
+def build_verifier(settings: Settings) -> Verifier:
+    """The near-miss guard, or a plain threshold, as the settings say."""
+    floor = settings.effective_similarity_min
+    if settings.near_miss_guard:
+        return NearMissGuard(floor, settings.guard_accept_min, settings.context_similarity_min)
+    return ThresholdVerifier(floor, settings.context_similarity_min)

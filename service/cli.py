@@ -90,6 +90,23 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_quality(args: argparse.Namespace) -> int:
+    from benchmarks.quality import DATASETS, run
+    from service.embedding.factory import build_embedder
+
+    configure_logging("console", "warning")
+    settings = Settings()
+    embedder = build_embedder(
+        args.embedding_backend or settings.embedding_backend,
+        settings.embedding_model_path,
+        settings.embedding_cache_dir,
+        settings.embedding_threads,
+    )
+    datasets = args.datasets or sorted(DATASETS)
+    print(run(Path(args.out), embedder, datasets))
+    return 0
+
+
 def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     return (("x-tenant-id", args.tenant),)
 
@@ -227,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--target", help="measure this running service instead of starting one")
     latency.add_argument("--embedding-backend", choices=["torch", "onnx-int8", "onnx-fp32"])
     latency.set_defaults(run=_cmd_bench_latency)
+
+    quality = benches.add_parser(
+        "quality", help="served vs wrongly served on qqp_dev and fow-cache, threshold vs guard"
+    )
+    quality.add_argument("--datasets", nargs="*", choices=["qqp", "fow-pairs", "fow-conv"])
+    quality.add_argument("--out", default="bench-results", help="folder for JSON, Markdown, PNG")
+    quality.add_argument("--embedding-backend", choices=["torch", "onnx-int8", "onnx-fp32"])
+    quality.set_defaults(run=_cmd_bench_quality)
 
     simulate = commands.add_parser(
         "simulate-upstream", help="run the OpenAI-compatible upstream simulator"

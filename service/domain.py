@@ -42,6 +42,9 @@ class SamplingParams:
     max_tokens: int | None = None
     top_p: float | None = None
     stop: tuple[str, ...] = ()
+    response_format: str | None = None
+    tools_json: str | None = None
+    tool_choice: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,17 @@ class CompletionRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     cache_policy: CachePolicy = CachePolicy.DEFAULT
     deadline_s: float | None = None
+    ttl_s: int | None = None
+    similarity_min: float | None = None
 
     @property
     def question(self) -> str:
         """The last user message: the text the cache matches on."""
         return self.messages[-1].content
+
+    @property
+    def system_prompt(self) -> str:
+        return "\n".join(m.content for m in self.messages if m.role == "system")
 
 
 @dataclass(frozen=True)
@@ -89,3 +98,5 @@ class Completion:
     cost_usd: float = 0.0
     cost_saved_usd: float = 0.0
     latency_ms: float = 0.0
+    cache_detail: str = ""
+    tool_calls_json: str = ""

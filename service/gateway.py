@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -36,6 +36,20 @@ log = structlog.get_logger(__name__)
 _DEADLINE_MARGIN_S = 0.05
 _REPLAY_CHUNK = re.compile(r"\S+\s*|\s+")
 _STORABLE_FINISH_REASONS = frozenset({"stop"})
+
+
+@dataclass(frozen=True)
+class CachingPolicy:
+    """What may be cached, beyond what each request asks for.
+
+    `max_temperature`: requests sampled hotter than this skip the cache (their
+    answers are meant to vary); None caches every temperature. Unset
+    temperatures are cached. `cache_tool_calls`: store answers that are tool
+    calls (off by default: a tool call usually depends on state outside the prompt).
+    """
+
+    max_temperature: float | None = 1.0
+    cache_tool_calls: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,7 @@ class Gateway:
         default_model: str,
         upstream_timeout_s: float,
         limits: Limits,
+        policy: CachingPolicy | None = None,
         stats: CacheStats | None = None,
     ) -> None:
         self.cache = cache
@@ -78,6 +93,7 @@ class Gateway:
         self._default_model = default_model
         self._upstream_timeout_s = upstream_timeout_s
         self._limits = limits
+        self._policy = policy or CachingPolicy()
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Answer `request` in one piece.
@@ -104,6 +120,22 @@ class Gateway:
         if leader:
             return self._answered(request, lookup, answer, cost_usd, started)
         return self._answered(request, lookup, answer, 0.0, started, saved_usd=cost_usd)
+
+    async def complete_many(
+        self, requests: Sequence[CompletionRequest], max_concurrency: int
+    ) -> list[Completion | Exception]:
+        """Answer each request, at most `max_concurrency` at a time, in order.
+
+        A failing item yields its exception in its place; the others carry on.
+        """
+        gate = asyncio.Semaphore(max_concurrency)
+
+        async def one(request: CompletionRequest) -> Completion:
+            async with gate:
+                return await self.complete(request)
+
+        results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+        return [_item_result(result) for result in results]
 
     async def _fetch_and_store(
         self, request: CompletionRequest, lookup: Lookup
@@ -144,12 +176,17 @@ class Gateway:
             await upstream.aclose()
 
     async def _lookup(self, request: CompletionRequest) -> Lookup | None:
-        """None when the policy skips the cache entirely (bypass)."""
-        if request.cache_policy is CachePolicy.BYPASS:
+        """None when the cache is skipped entirely (bypass, or too hot to cache)."""
+        if request.cache_policy is CachePolicy.BYPASS or self._too_hot(request):
             return None
         if request.cache_policy is CachePolicy.REFRESH:
             return Lookup(self.cache.key_for(request))
         return await self.cache.lookup(request)
+
+    def _too_hot(self, request: CompletionRequest) -> bool:
+        limit = self._policy.max_temperature
+        temperature = request.sampling.temperature
+        return limit is not None and temperature is not None and temperature > limit
 
     def _serve_hit(self, request: CompletionRequest, hit: CacheHit, started: float) -> Completion:
         entry = hit.entry
@@ -163,6 +200,8 @@ class Gateway:
             similarity=hit.similarity,
             cost_saved_usd=entry.cost_usd,
             latency_ms=_elapsed_ms(started),
+            cache_detail="exact" if hit.status is CacheStatus.EXACT_HIT else "ok",
+            tool_calls_json=entry.tool_calls_json,
         )
 
     async def _store_if_allowed(
@@ -173,7 +212,7 @@ class Gateway:
         cost_usd: float,
     ) -> None:
         if lookup is not None and self._storable(request, answer):
-            await self.cache.store_answer(lookup, _cache_answer(answer, cost_usd))
+            await self.cache.store_answer(lookup, _cache_answer(answer, cost_usd), request.ttl_s)
 
     def _answered(
         self,
@@ -193,18 +232,27 @@ class Gateway:
             cache_status=status,
             finish_reason=answer.finish_reason,
             usage=answer.usage,
+            similarity=lookup.best_similarity if lookup else 0.0,
             cost_usd=cost_usd,
             cost_saved_usd=saved_usd,
             latency_ms=_elapsed_ms(started),
+            cache_detail=self._miss_detail(request, lookup),
+            tool_calls_json=answer.tool_calls_json,
         )
 
-    @staticmethod
-    def _storable(request: CompletionRequest, answer: ProviderAnswer) -> bool:
-        return (
-            request.cache_policy is not CachePolicy.NO_STORE
-            and answer.finish_reason in _STORABLE_FINISH_REASONS
-            and bool(answer.content.strip())
-        )
+    def _miss_detail(self, request: CompletionRequest, lookup: Lookup | None) -> str:
+        if lookup is None:
+            return "temperature_above_cacheable" if self._too_hot(request) else "bypass"
+        if request.cache_policy is CachePolicy.REFRESH:
+            return "refresh"
+        return lookup.detail
+
+    def _storable(self, request: CompletionRequest, answer: ProviderAnswer) -> bool:
+        if request.cache_policy is CachePolicy.NO_STORE:
+            return False
+        if answer.tool_calls_json:
+            return self._policy.cache_tool_calls and answer.finish_reason == "tool_calls"
+        return answer.finish_reason in _STORABLE_FINISH_REASONS and bool(answer.content.strip())
 
     def _call(self, request: CompletionRequest) -> ProviderCall:
         timeout_s = self._upstream_timeout_s
@@ -280,7 +328,14 @@ def _cache_answer(answer: ProviderAnswer, cost_usd: float) -> Answer:
         prompt_tokens=answer.usage.prompt_tokens,
         completion_tokens=answer.usage.completion_tokens,
         cost_usd=cost_usd,
+        tool_calls_json=answer.tool_calls_json,
     )
+
+
+def _item_result(result: Completion | BaseException) -> Completion | Exception:
+    if isinstance(result, Exception | Completion):
+        return result
+    raise result  # CancelledError and friends are not an item's failure
 
 
 def _elapsed_ms(started: float) -> float:

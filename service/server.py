@@ -17,7 +17,7 @@ from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.app import App
 from service.config import Settings
 from service.interceptors import ServiceInterceptor
-from service.servicer import SemanticCacheServicer
+from service.servicer import BatchLimits, SemanticCacheServicer
 
 log = structlog.get_logger(__name__)
 
@@ -36,14 +36,17 @@ class RunningServer:
         await self.server.stop(grace_s)
 
 
-async def start_server(app: App, host: str, port: int) -> RunningServer:
+async def start_server(
+    app: App, host: str, port: int, batch_limits: BatchLimits | None = None
+) -> RunningServer:
     """Serve `app` on host:port (port 0 picks a free one) and mark it SERVING.
 
     Raises:
         RuntimeError: the port could not be bound.
     """
     server = grpc.aio.server(interceptors=[ServiceInterceptor()])
-    pb_grpc.add_SemanticCacheServiceServicer_to_server(SemanticCacheServicer(app.gateway), server)
+    servicer = SemanticCacheServicer(app.gateway, batch_limits)
+    pb_grpc.add_SemanticCacheServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -60,7 +63,8 @@ async def start_server(app: App, host: str, port: int) -> RunningServer:
 
 async def serve_until_signalled(app: App, settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully and close `app`."""
-    running = await start_server(app, settings.grpc_host, settings.grpc_port)
+    limits = BatchLimits(settings.batch_max_items, settings.batch_max_concurrency)
+    running = await start_server(app, settings.grpc_host, settings.grpc_port, limits)
     purger = asyncio.create_task(app.gateway.purge_forever(settings.purge_interval_s))
     log.info("semcache serving", address=f"{settings.grpc_host}:{running.port}")
     stop = asyncio.Event()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -16,11 +17,21 @@ from service.domain import (
     CompletionRequest,
     SamplingParams,
 )
-from service.errors import InvalidRequestError
+from service.errors import InvalidRequestError, status_for
 from service.gateway import Gateway, Invalidation
 from service.interceptors import request_id_var
 
 TENANT_METADATA_KEY = "x-tenant-id"
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Bounds on one BatchComplete call."""
+
+    max_items: int = 256
+    max_concurrency: int = 16
+
+
 DEFAULT_TENANT = "default"
 DEFAULT_NAMESPACE = "default"
 
@@ -69,6 +80,9 @@ def to_request(request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -
         max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
         top_p=request.top_p if request.HasField("top_p") else None,
         stop=tuple(request.stop),
+        response_format=request.response_format or None,
+        tools_json=request.tools_json or None,
+        tool_choice=request.tool_choice or None,
     )
     return CompletionRequest(
         messages=_messages(request),
@@ -78,6 +92,8 @@ def to_request(request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -
         sampling=sampling,
         cache_policy=_policy(request.cache_policy),
         deadline_s=context.time_remaining(),
+        ttl_s=request.ttl_s if request.HasField("ttl_s") else None,
+        similarity_min=request.similarity_min if request.HasField("similarity_min") else None,
     )
 
 
@@ -98,14 +114,34 @@ def to_response(completion: Completion) -> pb.CompleteResponse:
         cost_saved_usd=completion.cost_saved_usd,
         finish_reason=completion.finish_reason,
         request_id=request_id_var.get(),
+        cache_detail=completion.cache_detail,
+        tool_calls_json=completion.tool_calls_json,
     )
+
+
+def _to_request_or_error(
+    request: pb.CompleteRequest, context: grpc.aio.ServicerContext
+) -> CompletionRequest | Exception:
+    try:
+        return to_request(request, context)
+    except InvalidRequestError as error:
+        return error
+
+
+def _item(result: Completion | Exception) -> pb.BatchItemResult:
+    if isinstance(result, Completion):
+        return pb.BatchItemResult(response=to_response(result))
+    code = status_for(result)
+    message = str(result) if code is not grpc.StatusCode.INTERNAL else "internal error"
+    return pb.BatchItemResult(error=pb.ItemError(code=code.value[0], message=message))
 
 
 class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
     """Implements semcache.v1.SemanticCacheService on top of a `Gateway`."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, batch_limits: BatchLimits | None = None) -> None:
         self._gateway = gateway
+        self._batch = batch_limits or BatchLimits()
 
     async def Complete(
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
@@ -121,6 +157,27 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
                 yield pb.StreamCompleteResponse(final=to_response(event))
             else:
                 yield pb.StreamCompleteResponse(delta=event)
+
+    async def BatchComplete(
+        self, request: pb.BatchCompleteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BatchCompleteResponse:
+        items = request.requests
+        if not items:
+            raise InvalidRequestError("requests is empty: send at least one CompleteRequest")
+        if len(items) > self._batch.max_items:
+            raise InvalidRequestError(
+                f"{len(items)} requests is more than the limit of {self._batch.max_items};"
+                " split the batch"
+            )
+        if request.max_concurrency < 0:
+            raise InvalidRequestError("max_concurrency must be 0 (the default) or positive")
+        limit = self._batch.max_concurrency
+        concurrency = min(request.max_concurrency or limit, limit)
+        domain = [_to_request_or_error(item, context) for item in items]
+        valid = [d for d in domain if isinstance(d, CompletionRequest)]
+        answers = iter(await self._gateway.complete_many(valid, concurrency))
+        results = [_item(d if isinstance(d, Exception) else next(answers)) for d in domain]
+        return pb.BatchCompleteResponse(results=results)
 
     async def GetCacheStats(
         self, request: pb.GetCacheStatsRequest, context: grpc.aio.ServicerContext

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ class Limits:
     max_prompt_bytes: int = 32_768
     max_messages: int = 64
     max_tokens: int = 16_384
+    max_ttl_s: int = 30 * 24 * 3600
 
 
 def check_name(kind: str, value: str) -> None:
@@ -37,6 +39,7 @@ def validate(request: CompletionRequest, limits: Limits) -> None:
     """Raise `InvalidRequestError` if `request` cannot be served as sent."""
     _check_messages(request, limits)
     _check_sampling(request.sampling, limits)
+    _check_cache_controls(request, limits)
     check_name("tenant", request.tenant)
     check_name("namespace", request.namespace)
     if request.model is not None and len(request.model) > MAX_MODEL_NAME_CHARS:
@@ -78,6 +81,37 @@ def _check_sampling(sampling: SamplingParams, limits: Limits) -> None:
         raise InvalidRequestError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
     if any(not s for s in sampling.stop):
         raise InvalidRequestError("stop sequences must not be empty strings")
+    if sampling.response_format not in (None, "text", "json_object"):
+        raise InvalidRequestError(
+            f"response_format is {sampling.response_format!r}; use 'text' or 'json_object'"
+        )
+    _check_tools(sampling)
+
+
+def _check_tools(sampling: SamplingParams) -> None:
+    if sampling.tools_json is not None:
+        tools = _json("tools_json", sampling.tools_json)
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise InvalidRequestError("tools_json must be a JSON array of tool objects")
+    choice = sampling.tool_choice
+    named = choice is not None and choice not in ("auto", "none", "required")
+    if named and not isinstance(_json("tool_choice", str(choice)), dict):
+        raise InvalidRequestError("tool_choice must be 'auto', 'none', 'required' or a JSON object")
+
+
+def _json(name: str, text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise InvalidRequestError(f"{name} is not valid JSON: {error}") from None
+
+
+def _check_cache_controls(request: CompletionRequest, limits: Limits) -> None:
+    if request.ttl_s is not None and not 1 <= request.ttl_s <= limits.max_ttl_s:
+        raise InvalidRequestError(
+            f"ttl_s is {request.ttl_s}; use 1 to {limits.max_ttl_s} seconds, or leave it unset"
+        )
+    _check_range("similarity_min", request.similarity_min, 0.0, 1.0)
 
 
 def _check_range(name: str, value: float | None, low: float, high: float) -> None:

@@ -44,7 +44,7 @@ async def test_miss_then_exact_then_paraphrase_then_unrelated(service: Service) 
     paraphrase = await service.stub.Complete(ask(PARAPHRASE))
     assert paraphrase.cache_status == pb.CACHE_STATUS_SEMANTIC_HIT
     assert paraphrase.content == miss.content
-    assert service.settings.similarity_min <= paraphrase.similarity < 1.0
+    assert service.settings.effective_similarity_min <= paraphrase.similarity < 1.0
 
     unrelated = await service.stub.Complete(ask(UNRELATED))
     assert unrelated.cache_status == pb.CACHE_STATUS_MISS
@@ -324,7 +324,7 @@ async def test_health_and_reflection(service: Service) -> None:
 async def test_identical_concurrent_misses_share_one_upstream_call(
     embedder: Embedder, backend: str, tmp_path: object
 ) -> None:
-    async with UpstreamSimulator(SimulatorConfig(ttft_ms=200, ms_per_token=0)) as slow:
+    async with UpstreamSimulator(SimulatorConfig(ttft_ms=500, ms_per_token=0)) as slow:
         settings = make_settings(backend, tmp_path / "data", slow.base_url)  # type: ignore[operator]
         service = await start_service(embedder, slow, settings)
         try:
@@ -335,7 +335,10 @@ async def test_identical_concurrent_misses_share_one_upstream_call(
             assert len(answers) == 49
             assert slow.request_count() == 1
             assert {a.content for a in answers} == {answers[0].content}
-            assert all(a.cache_status == pb.CACHE_STATUS_MISS for a in answers)
+            # late arrivals on a loaded machine find the stored answer instead: also fine
+            ok = {pb.CACHE_STATUS_MISS, pb.CACHE_STATUS_EXACT_HIT}
+            assert {a.cache_status for a in answers} <= ok
+            assert sum(a.cost_usd > 0 for a in answers) == 1, "exactly one caller paid"
             spent = sum(a.cost_usd for a in answers)
             saved = sum(a.cost_saved_usd for a in answers)
             assert spent == pytest.approx(saved / 48)

@@ -139,6 +139,30 @@ class EdgeVectorStore:
             lambda: self._shard.count(qe.CountRequest(exact=True, filter=edge_filter))
         )
 
+    async def touch(self, point_id: str, now: float) -> None:
+        operation = qe.UpdateOperation.set_payload([point_id], {"last_hit_at": now})
+        await self._run(lambda: self._shard.update(operation))
+
+    async def evict_least_recent(self, tenant: str, keep: int) -> int:
+        tenant_filter = qe.Filter(must=[_match("tenant", tenant)])
+
+        def evict() -> int:
+            excess = self._shard.count(qe.CountRequest(exact=True, filter=tenant_filter)) - keep
+            if excess <= 0:
+                return 0
+            oldest, _ = self._shard.scroll(
+                qe.ScrollRequest(
+                    limit=excess,
+                    filter=tenant_filter,
+                    with_payload=False,
+                    order_by=qe.OrderBy("last_hit_at", qe.Direction.Asc),
+                )
+            )
+            self._shard.update(qe.UpdateOperation.delete_points([p.id for p in oldest]))
+            return len(oldest)
+
+        return await self._run(evict)
+
     async def flush(self) -> None:
         """Persist pending writes (also done by `close`)."""
         await self._run(self._shard.flush)

@@ -163,5 +163,27 @@ class QdrantVectorStore:
         result = await self._client.count(self._collection, _qdrant_filter(selector), exact=True)
         return result.count
 
+    async def touch(self, point_id: str, now: float) -> None:
+        await self._client.set_payload(
+            self._collection, {"last_hit_at": now}, points=[point_id], wait=False
+        )
+
+    async def evict_least_recent(self, tenant: str, keep: int) -> int:
+        tenant_filter = models.Filter(must=[_match("tenant", tenant)])
+        count = await self._client.count(self._collection, tenant_filter, exact=True)
+        excess = count.count - keep
+        if excess <= 0:
+            return 0
+        oldest, _ = await self._client.scroll(
+            self._collection,
+            scroll_filter=tenant_filter,
+            limit=excess,
+            with_payload=False,
+            order_by=models.OrderBy(key="last_hit_at", direction=models.Direction.ASC),
+        )
+        ids: list[models.ExtendedPointId] = [p.id for p in oldest]
+        await self._client.delete(self._collection, models.PointIdsList(points=ids), wait=True)
+        return len(ids)
+
     async def close(self) -> None:
         await self._client.close()

@@ -3,8 +3,17 @@
 Two requests may share a cached answer only if their scopes are equal. The
 scope is hashed into a fingerprint that every entry carries and every lookup
 filters on, so no lookup can cross it: tenant, namespace, model (or "auto"
-when the service chooses), the system prompt and earlier turns, each sampling
-parameter, and the embedding model's id (vectors of two models never mix).
+when the service chooses), the system prompt, each sampling parameter
+(temperature, top_p, max_tokens, stop, response format, tools and tool
+choice), the embedding model's id (vectors of two models never mix), and
+whether the question leans on earlier turns.
+
+Earlier turns enter in two ways. A question that stands alone ("How do I
+reset my password?") is matched on its own, whatever came before it. A
+follow-up ("cancel it") carries its conversation context (`guard.context_text`):
+the exact layer's id includes it, and a semantic match must also match the
+context (see `SemanticCache`), so "cancel it" about a gym never gets the
+answer about a streaming plan.
 """
 
 from __future__ import annotations
@@ -16,21 +25,24 @@ import unicodedata
 import uuid
 from dataclasses import dataclass
 
+from service.cache.guard import context_text, conversation_text
 from service.domain import CompletionRequest
 
 _WHITESPACE = re.compile(r"\s+")
 _TRAILING_PUNCTUATION = re.compile(r"[\s?!.。？！]+$")
 _POINT_NAMESPACE = uuid.UUID("5b1f5a52-8f0e-4c7e-9d1c-2f6d8f0b6c11")
+SCOPE_VERSION = 2
 
 
 @dataclass(frozen=True)
 class CacheKey:
-    """Where a request's answer lives: its scope, its text, and its exact-match id."""
+    """Where a request's answer lives: scope, matched text, context, exact-match id."""
 
     tenant: str
     namespace: str
     scope: str
     text: str
+    context: str
     point_id: str
 
 
@@ -41,28 +53,39 @@ def normalise(text: str) -> str:
     return _TRAILING_PUNCTUATION.sub("", collapsed)
 
 
-def scope_fingerprint(request: CompletionRequest, embedding_model_id: str) -> str:
-    """A stable hex digest of everything in `request` except the last question."""
+def scope_fingerprint(request: CompletionRequest, embedding_model_id: str, context: str) -> str:
+    """A stable hex digest of everything that must match besides the question's wording."""
     sampling = request.sampling
     parts = {
-        "v": 1,
+        "v": SCOPE_VERSION,
         "tenant": request.tenant,
         "namespace": request.namespace,
         "model": request.model or "auto",
-        "context": [[m.role, m.content] for m in request.messages[:-1]],
+        "system": request.system_prompt,
+        "follow_up": bool(context),
         "temperature": sampling.temperature,
         "max_tokens": sampling.max_tokens,
         "top_p": sampling.top_p,
         "stop": list(sampling.stop),
+        "response_format": sampling.response_format,
+        "tools": sampling.tools_json,
+        "tool_choice": sampling.tool_choice,
         "embedding_model": embedding_model_id,
     }
     canonical = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _turns(request: CompletionRequest) -> list[tuple[str, str]]:
+    return [(m.role, m.content) for m in request.messages if m.role != "system"]
+
+
 def cache_key(request: CompletionRequest, embedding_model_id: str) -> CacheKey:
-    """The key for `request`; equal questions in equal scopes get equal point ids."""
-    scope = scope_fingerprint(request, embedding_model_id)
-    text = request.question
-    point_id = str(uuid.uuid5(_POINT_NAMESPACE, f"{scope}\x00{normalise(text)}"))
-    return CacheKey(request.tenant, request.namespace, scope, text, point_id)
+    """The key for `request`; equal questions (and contexts) in equal scopes share an id."""
+    turns = _turns(request)
+    text = conversation_text(turns)
+    context = context_text(turns)
+    scope = scope_fingerprint(request, embedding_model_id, context)
+    exact = f"{scope}\x00{normalise(text)}\x00{normalise(context)}"
+    point_id = str(uuid.uuid5(_POINT_NAMESPACE, exact))
+    return CacheKey(request.tenant, request.namespace, scope, text, context, point_id)

@@ -1,4 +1,8 @@
-"""The cache's lookup and store steps: exact id, then scoped ANN, then the threshold.
+"""The cache's lookup and store steps: exact id, scoped ANN, then verification.
+
+Verification is either the near-miss guard (`guard.NearMissGuard`, the
+default) or a plain cosine threshold (`ThresholdVerifier`). A follow-up
+question ("cancel it") must also match its conversation context.
 
 The cache fails open: if the embedder or the store fails, a lookup is a miss
 and a store is skipped, each with a warning; the request still gets answered.
@@ -6,12 +10,16 @@ and a store is skipped, each with a warning; the request still gets answered.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+import numpy as np
 import structlog
 
+from service.cache.guard import GuardVerdict
 from service.cache.scope import CacheKey, cache_key
 from service.cache.store import CacheEntry, EntryFilter, ScoredEntry, Vector, VectorStore
 from service.domain import CacheStatus, CompletionRequest
@@ -22,20 +30,58 @@ log = structlog.get_logger(__name__)
 FOREVER_S = 100 * 365 * 24 * 3600  # what "no TTL" means for an entry's expiry
 
 
+class Verifier(Protocol):
+    """Decides whether a candidate's cached answer fits the query."""
+
+    def verify(self, query: str, cached: str, similarity: float) -> GuardVerdict: ...
+
+    def verify_context(
+        self, query_context: str, cached_context: str, similarity: float
+    ) -> GuardVerdict: ...
+
+
+class ThresholdVerifier:
+    """The plain policy: a cosine threshold, and a context cosine for follow-ups."""
+
+    def __init__(self, similarity_min: float, context_min: float = 0.7) -> None:
+        self.similarity_min = similarity_min
+        self.context_min = context_min
+
+    def verify(self, query: str, cached: str, similarity: float) -> GuardVerdict:
+        accept = similarity >= self.similarity_min
+        return GuardVerdict(accept, similarity, "ok" if accept else "below_threshold")
+
+    def verify_context(
+        self, query_context: str, cached_context: str, similarity: float
+    ) -> GuardVerdict:
+        if bool(query_context) != bool(cached_context):
+            return GuardVerdict(False, 0.0, "context_missing")
+        accept = not query_context or similarity >= self.context_min
+        return GuardVerdict(accept, similarity, "ok" if accept else "context_below_threshold")
+
+
 @dataclass(frozen=True)
 class CacheHit:
     status: CacheStatus
     similarity: float
     entry: CacheEntry
+    point_id: str
 
 
 @dataclass(frozen=True)
 class Lookup:
-    """What a lookup found, and what the store step can reuse (never embed twice)."""
+    """What a lookup found, and what the store step can reuse (never embed twice).
+
+    `best_similarity` and `detail` say why a miss missed: the nearest
+    candidate's cosine, and the verifier's reason for refusing it.
+    """
 
     key: CacheKey
     hit: CacheHit | None = None
     vector: Vector | None = None
+    context_vector: Vector | None = None
+    best_similarity: float = 0.0
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -48,6 +94,7 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+    tool_calls_json: str = ""
 
 
 class SemanticCache:
@@ -57,37 +104,56 @@ class SemanticCache:
         self,
         store: VectorStore,
         embedder: EmbeddingBatcher,
+        verifier: Verifier,
         *,
-        similarity_min: float,
-        search_limit: int = 3,
+        search_limit: int = 5,
         ttl_s: int = 0,
+        max_entries_per_tenant: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.embedder = embedder
-        self.similarity_min = similarity_min
+        self.verifier = verifier
         self._search_limit = search_limit
         self._ttl_s = ttl_s
+        self._max_entries = max_entries_per_tenant
         self._clock = clock
+        self._background: set[asyncio.Task[None]] = set()
 
     def key_for(self, request: CompletionRequest) -> CacheKey:
         return cache_key(request, self.embedder.model_id)
 
     async def lookup(self, request: CompletionRequest) -> Lookup:
-        """Exact match by id first; else the nearest live entry in scope above the threshold."""
+        """Exact match by id first; else the best verified live entry in scope.
+
+        `request.similarity_min`, when set, raises the floor for this lookup.
+        """
         key = self.key_for(request)
         try:
             exact = await self._exact(key)
             if exact is not None:
-                return Lookup(key, hit=exact)
-            vector = await self.embedder.embed(key.text)
+                self._touch_later(exact.point_id)
+                return Lookup(key, hit=exact, best_similarity=1.0, detail="exact")
+            vector, context_vector = await self._embed(key)
             found = await self.store.search(
                 vector, key.tenant, key.scope, self._clock(), self._search_limit
             )
         except Exception as error:
             log.warning("cache lookup failed; treating as a miss", error=repr(error))
-            return Lookup(key)
-        return Lookup(key, hit=self._best(found), vector=vector)
+            return Lookup(key, detail="lookup_failed")
+        hit, detail = self._choose(key, found, context_vector, request.similarity_min or 0.0)
+        if hit is not None:
+            self._touch_later(hit.point_id)
+        best = found[0].similarity if found else 0.0
+        return Lookup(key, hit, vector, context_vector, best, detail)
+
+    async def _embed(self, key: CacheKey) -> tuple[Vector, Vector | None]:
+        if not key.context:
+            return await self.embedder.embed(key.text), None
+        question, context = await asyncio.gather(
+            self.embedder.embed(key.text), self.embedder.embed(key.context)
+        )
+        return question, context
 
     async def _exact(self, key: CacheKey) -> CacheHit | None:
         entry = await self.store.get(key.point_id)
@@ -95,39 +161,99 @@ class SemanticCache:
             return None
         if entry.tenant != key.tenant or entry.scope != key.scope:
             return None  # cannot happen with uuid5 ids; checked because failing closed is cheap
-        return CacheHit(CacheStatus.EXACT_HIT, 1.0, entry)
+        return CacheHit(CacheStatus.EXACT_HIT, 1.0, entry, key.point_id)
 
-    def _best(self, found: Sequence[ScoredEntry]) -> CacheHit | None:
-        for candidate in found:
-            if candidate.similarity >= self.similarity_min:
-                return CacheHit(CacheStatus.SEMANTIC_HIT, candidate.similarity, candidate.entry)
-        return None
+    def _choose(
+        self,
+        key: CacheKey,
+        found: Sequence[ScoredEntry],
+        context_vector: Vector | None,
+        floor: float,
+    ) -> tuple[CacheHit | None, str]:
+        """The accepted candidate with the best verdict score, and the lookup's detail."""
+        best: tuple[float, ScoredEntry] | None = None
+        first_reason = "no_candidates"
+        for index, candidate in enumerate(found):
+            verdict = self._verify(key, candidate, context_vector, floor)
+            if index == 0:
+                first_reason = verdict.reason
+            if verdict.accept and (best is None or verdict.score > best[0]):
+                best = (verdict.score, candidate)
+        if best is None:
+            return None, first_reason
+        chosen = best[1]
+        hit = CacheHit(CacheStatus.SEMANTIC_HIT, chosen.similarity, chosen.entry, chosen.point_id)
+        return hit, "ok"
 
-    async def store_answer(self, lookup: Lookup, answer: Answer) -> None:
-        """Cache `answer` under `lookup.key`, reusing the lookup's vector when it has one."""
-        key = lookup.key
+    def _verify(
+        self,
+        key: CacheKey,
+        candidate: ScoredEntry,
+        context_vector: Vector | None,
+        floor: float,
+    ) -> GuardVerdict:
+        if candidate.similarity < floor:
+            return GuardVerdict(False, 0.0, "below_request_similarity_min")
+        verdict = self.verifier.verify(key.text, candidate.entry.question, candidate.similarity)
+        if not verdict.accept or not (key.context or candidate.entry.context):
+            return verdict
+        context_similarity = _cosine(context_vector, candidate.entry.context_vector)
+        context_verdict = self.verifier.verify_context(
+            key.context, candidate.entry.context, context_similarity
+        )
+        return verdict if context_verdict.accept else context_verdict
+
+    def _touch_later(self, point_id: str) -> None:
+        """Record the hit for eviction without making the caller wait for the write."""
+        task = asyncio.create_task(self._touch(point_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _touch(self, point_id: str) -> None:
         try:
-            vector = (
-                lookup.vector if lookup.vector is not None else await self.embedder.embed(key.text)
-            )
-            now = self._clock()
-            entry = CacheEntry(
-                tenant=key.tenant,
-                namespace=key.namespace,
-                scope=key.scope,
-                model=answer.model,
-                question=key.text,
-                content=answer.content,
-                finish_reason=answer.finish_reason,
-                prompt_tokens=answer.prompt_tokens,
-                completion_tokens=answer.completion_tokens,
-                cost_usd=answer.cost_usd,
-                created_at=now,
-                expires_at=now + (self._ttl_s or FOREVER_S),
-            )
-            await self.store.upsert(key.point_id, vector, entry)
+            await self.store.touch(point_id, self._clock())
+        except Exception as error:
+            log.warning("cache hit time not recorded", error=repr(error))
+
+    async def store_answer(self, lookup: Lookup, answer: Answer, ttl_s: int | None = None) -> None:
+        """Cache `answer` under `lookup.key`, reusing the lookup's vectors when it has them.
+
+        `ttl_s` overrides the cache's TTL for this entry.
+        """
+        try:
+            vector, context_vector = lookup.vector, lookup.context_vector
+            if vector is None:
+                vector, context_vector = await self._embed(lookup.key)
+            entry = self._entry(lookup.key, answer, context_vector, ttl_s)
+            await self.store.upsert(lookup.key.point_id, vector, entry)
+            if self._max_entries:
+                await self.store.evict_least_recent(lookup.key.tenant, self._max_entries)
         except Exception as error:
             log.warning("cache store failed; answer not cached", error=repr(error))
+
+    def _entry(
+        self, key: CacheKey, answer: Answer, context_vector: Vector | None, ttl_s: int | None
+    ) -> CacheEntry:
+        now = self._clock()
+        lifetime_s = ttl_s if ttl_s is not None else (self._ttl_s or FOREVER_S)
+        return CacheEntry(
+            tenant=key.tenant,
+            namespace=key.namespace,
+            scope=key.scope,
+            model=answer.model,
+            question=key.text,
+            content=answer.content,
+            finish_reason=answer.finish_reason,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            cost_usd=answer.cost_usd,
+            created_at=now,
+            expires_at=now + lifetime_s,
+            last_hit_at=now,
+            context=key.context,
+            context_vector=tuple(context_vector.tolist()) if context_vector is not None else (),
+            tool_calls_json=answer.tool_calls_json,
+        )
 
     async def purge_expired(self) -> int:
         """Delete every entry whose TTL has run out; returns how many."""
@@ -140,3 +266,14 @@ class SemanticCache:
         return await self.store.count(
             EntryFilter(tenant=tenant, namespace=namespace, live_at=self._clock())
         )
+
+    async def close(self) -> None:
+        """Wait for pending background writes."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _cosine(query: Vector | None, cached: Sequence[float]) -> float:
+    if query is None or not cached:
+        return 0.0
+    return float(np.dot(query, np.asarray(cached, dtype=np.float32)))

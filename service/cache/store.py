@@ -18,7 +18,7 @@ Vector = npt.NDArray[np.float32]
 
 # Payload fields with an index, and the kind of index each one gets.
 KEYWORD_FIELDS = ("tenant", "namespace", "scope", "model")
-FLOAT_FIELDS = ("created_at", "expires_at")
+FLOAT_FIELDS = ("created_at", "expires_at", "last_hit_at")
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,21 @@ class CacheEntry:
     cost_usd: float
     created_at: float
     expires_at: float
+    last_hit_at: float
+    context: str = ""
+    context_vector: tuple[float, ...] = ()
+    tool_calls_json: str = ""
 
     def to_payload(self) -> dict[str, Any]:
-        return asdict(self)
+        payload = asdict(self)
+        payload["context_vector"] = list(self.context_vector)
+        return payload
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> CacheEntry:
-        return cls(**{name: payload[name] for name in cls.__dataclass_fields__})
+        fields = {name: payload[name] for name in cls.__dataclass_fields__ if name in payload}
+        fields["context_vector"] = tuple(payload.get("context_vector") or ())
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,14 @@ class VectorStore(Protocol):
 
     async def count(self, selector: EntryFilter) -> int:
         """How many entries `selector` matches."""
+        ...
+
+    async def touch(self, point_id: str, now: float) -> None:
+        """Record that the entry was just served (for least-recently-hit eviction)."""
+        ...
+
+    async def evict_least_recent(self, tenant: str, keep: int) -> int:
+        """Delete `tenant`'s least recently hit entries beyond the newest `keep`."""
         ...
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ decides how long a call may take, and retries belong to the gateway.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -51,9 +52,19 @@ def _request_args(call: ProviderCall) -> dict[str, Any]:
         "max_tokens": sampling.max_tokens,
         "top_p": sampling.top_p,
         "stop": list(sampling.stop) or None,
+        "response_format": {"type": sampling.response_format} if sampling.response_format else None,
+        "tools": json.loads(sampling.tools_json) if sampling.tools_json else None,
+        "tool_choice": _tool_choice(sampling.tool_choice),
     }
     args.update({name: value for name, value in optional.items() if value is not None})
     return args
+
+
+def _tool_choice(value: str | None) -> Any:
+    """'auto' / 'none' / 'required' pass as they are; anything else is a JSON object."""
+    if not value or value in ("auto", "none", "required"):
+        return value or None
+    return json.loads(value)
 
 
 class OpenAIProvider:
@@ -75,11 +86,13 @@ class OpenAIProvider:
             raise UpstreamError(f"upstream provider at {self.base_url} returned no choices")
         choice = response.choices[0]
         usage = response.usage
+        tool_calls = choice.message.tool_calls or []
         return ProviderAnswer(
             content=choice.message.content or "",
             model=response.model or call.model,
             finish_reason=choice.finish_reason or "stop",
             usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
+            tool_calls_json=json.dumps([c.model_dump() for c in tool_calls]) if tool_calls else "",
         )
 
     async def stream(self, call: ProviderCall) -> AsyncGenerator[str | ProviderAnswer, None]:

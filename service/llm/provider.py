@@ -27,6 +27,7 @@ class ProviderAnswer:
     model: str
     finish_reason: str
     usage: Usage
+    tool_calls_json: str = ""
 
 
 class Provider(Protocol):

@@ -258,7 +258,9 @@ class CompleteResponse(_message.Message):
     """The model that produced the answer (for a hit: the one that produced the cached answer)."""
     cache_status: Global___CacheStatus.ValueType
     similarity: _builtins.float
-    """Cosine similarity between the question and the cached one (1.0 for an exact hit, 0 on a miss)."""
+    """Cosine similarity between the question and the cached one (1.0 for an exact hit); on a
+    miss, that of the nearest candidate that was refused (0 if none), with the reason in cache_detail.
+    """
     latency_ms: _builtins.float
     """Time spent in the service for this request, in milliseconds."""
     cost_usd: _builtins.float

@@ -1,0 +1,343 @@
+"""Quality benchmark: how often the cache serves the right answer, and the wrong one.
+
+It goes through the service's own lookup path (`SemanticCache.lookup` over a
+real Qdrant Edge store, the configured embedder and verifier), not a
+re-implementation. Protocol, per data set: every pair's `a` is stored in one
+cache; every `b` is asked. A hit on the pair's own `a` is served (correct if
+the pair deserves the same answer, wrong if not); a hit on any other entry is
+wrong. Questions identical to another pair's `a` are counted as wrong too
+(the strict protocol) and also reported apart, since serving an identical
+question's answer is right.
+
+Data is read where it lies: ../shared/data/qqp_dev.jsonl and the fow-cache package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.cache.edge_store import EdgeVectorStore
+from service.cache.guard import NearMissGuard
+from service.cache.scope import normalise
+from service.cache.semantic import Answer, SemanticCache, ThresholdVerifier, Verifier
+from service.domain import ChatMessage, CompletionRequest
+from service.embedding.base import Embedder, Vectors
+from service.embedding.batcher import EmbeddingBatcher
+
+QQP = Path(__file__).resolve().parents[2] / "shared" / "data" / "qqp_dev.jsonl"
+THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98)
+GUARD_ACCEPT = (0.60, 0.70, 0.75, 0.79, 0.83, 0.87, 0.90, 0.93, 0.96)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One labelled pair: `a` is cached, `b` is asked. Each side is a conversation."""
+
+    id: str
+    group: str
+    a: tuple[ChatMessage, ...]
+    b: tuple[ChatMessage, ...]
+    same_answer: bool
+
+
+def _messages(side: str | list[dict[str, str]]) -> tuple[ChatMessage, ...]:
+    if isinstance(side, str):
+        return (ChatMessage("user", side),)
+    return tuple(ChatMessage(m["role"], m["content"]) for m in side)
+
+
+def load_qqp(path: Path = QQP) -> list[Pair]:
+    rows = [json.loads(line) for line in path.open()]
+    return [
+        Pair(
+            f"qqp-{i}",
+            "duplicate" if r["same_answer"] else "non_duplicate",
+            _messages(r["a"]),
+            _messages(r["b"]),
+            r["same_answer"],
+        )
+        for i, r in enumerate(rows)
+    ]
+
+
+def load_fow_pairs() -> list[Pair]:
+    from fow_cache.data import load_questions
+
+    return [
+        Pair(r["id"], r["category"], _messages(r["a"]), _messages(r["b"]), r["same_answer"])
+        for r in load_questions()
+    ]
+
+
+def load_fow_conversations() -> list[Pair]:
+    from fow_cache.data import load_conversations
+
+    return [
+        Pair(r["id"], r["subtype"], _messages(r["a"]), _messages(r["b"]), r["same_answer"])
+        for r in load_conversations()
+    ]
+
+
+DATASETS = {"qqp": load_qqp, "fow-pairs": load_fow_pairs, "fow-conv": load_fow_conversations}
+
+
+class MemoEmbedder:
+    """Wraps an embedder so each distinct text is embedded once across the whole sweep."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self._inner = inner
+        self._memo: dict[str, np.ndarray[Any, np.dtype[np.float32]]] = {}
+
+    @property
+    def model_id(self) -> str:
+        return self._inner.model_id
+
+    @property
+    def dim(self) -> int:
+        return self._inner.dim
+
+    def warm(self, texts: Iterable[str], batch: int = 64) -> None:
+        todo = sorted({t for t in texts if t not in self._memo})
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            for text, vector in zip(chunk, self._inner.embed(chunk), strict=True):
+                self._memo[text] = vector
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.warm(texts)
+        return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, self.dim))
+
+
+def _fingerprint(messages: tuple[ChatMessage, ...]) -> str:
+    return json.dumps([[m.role, normalise(m.content)] for m in messages])
+
+
+def _request(messages: tuple[ChatMessage, ...]) -> CompletionRequest:
+    return CompletionRequest(messages=messages, tenant="bench", namespace="quality")
+
+
+@dataclass
+class Tally:
+    """Outcomes of one verifier setting on one data set, per group."""
+
+    served: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    wrong: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    identical_other: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    total: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+async def _populate(cache: SemanticCache, pairs: Sequence[Pair]) -> None:
+    for pair in pairs:
+        request = _request(pair.a)
+        lookup = await cache.lookup(request)
+        answer = Answer(_fingerprint(pair.a), "bench", "stop", 0, 0, 0.0)
+        await cache.store_answer(lookup, answer)
+
+
+async def _score(cache: SemanticCache, pairs: Sequence[Pair]) -> Tally:
+    tally = Tally()
+    for pair in pairs:
+        tally.total[pair.group] += 1
+        lookup = await cache.lookup(_request(pair.b))
+        if lookup.hit is None:
+            continue
+        own = lookup.hit.entry.content == _fingerprint(pair.a)
+        if own and pair.same_answer:
+            tally.served[pair.group] += 1
+            continue
+        tally.wrong[pair.group] += 1
+        if not own and lookup.hit.entry.content == _fingerprint(pair.b):
+            tally.identical_other[pair.group] += 1
+    return tally
+
+
+def _settings() -> list[tuple[str, float, Verifier]]:
+    plain: list[tuple[str, float, Verifier]] = [
+        ("threshold", t, ThresholdVerifier(t)) for t in THRESHOLDS
+    ]
+    guarded: list[tuple[str, float, Verifier]] = [
+        ("guard", a, NearMissGuard(0.75, a)) for a in GUARD_ACCEPT
+    ]
+    return plain + guarded
+
+
+async def run_dataset(name: str, embedder: MemoEmbedder, workdir: Path) -> list[dict[str, Any]]:
+    """Every verifier setting on one data set; one row per (setting, group)."""
+    pairs = DATASETS[name]()
+    embedder.warm(m.content for p in pairs for m in (*p.a, *p.b))
+    store = EdgeVectorStore(workdir / name, embedder.dim)
+    batcher = EmbeddingBatcher(embedder)
+    rows: list[dict[str, Any]] = []
+    try:
+        writer = SemanticCache(store, batcher, ThresholdVerifier(1.01), search_limit=5)
+        await _populate(writer, pairs)
+        for mode, value, verifier in _settings():
+            tally = await _score(SemanticCache(store, batcher, verifier, search_limit=5), pairs)
+            rows += _rows(name, mode, value, pairs, tally)
+    finally:
+        await batcher.close()
+        await store.close()
+    return rows
+
+
+def _rows(
+    name: str, mode: str, value: float, pairs: Sequence[Pair], tally: Tally
+) -> list[dict[str, Any]]:
+    should_hit = {p.group for p in pairs if p.same_answer}
+    rows = []
+    for group in sorted(tally.total):
+        total = tally.total[group]
+        rows.append(
+            {
+                "dataset": name,
+                "mode": mode,
+                "value": value,
+                "group": group,
+                "should_hit": group in should_hit,
+                "pairs": total,
+                "served_pct": round(100 * tally.served[group] / total, 2),
+                "wrong_pct": round(100 * tally.wrong[group] / total, 2),
+                "wrong_identical_question": tally.identical_other[group],
+            }
+        )
+    return rows
+
+
+def overall(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (dataset, mode, value): should-hit served % and trap wrong %, pair-weighted."""
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["dataset"], row["mode"], row["value"])].append(row)
+    summary = []
+    for (dataset, mode, value), members in groups.items():
+        hit = [m for m in members if m["should_hit"]]
+        trap = [m for m in members if not m["should_hit"]]
+        summary.append(
+            {
+                "dataset": dataset,
+                "mode": mode,
+                "value": value,
+                "should_hit_served_pct": _weighted(hit, "served_pct"),
+                "should_hit_wrong_pct": _weighted(hit, "wrong_pct"),
+                "trap_wrong_pct": _weighted(trap, "wrong_pct"),
+                "worst_trap_group_pct": max((m["wrong_pct"] for m in trap), default=0.0),
+                "trap_wrong_identical_question": sum(m["wrong_identical_question"] for m in trap),
+            }
+        )
+    return summary
+
+
+def _weighted(members: Sequence[dict[str, Any]], key: str) -> float:
+    total = sum(m["pairs"] for m in members)
+    if not total:
+        return 0.0
+    return round(sum(m[key] * m["pairs"] for m in members) / total, 2)
+
+
+def markdown(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| data set | verifier | setting | should-hit served % | traps wrong % |"
+        " worst trap group % | of which identical question |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in summary:
+        setting = "cosine ≥" if s["mode"] == "threshold" else "floor 0.75, score ≥"
+        lines.append(
+            f"| {s['dataset']} | {s['mode']} | {setting} {s['value']:.2f} |"
+            f" {s['should_hit_served_pct']} | {s['trap_wrong_pct']} |"
+            f" {s['worst_trap_group_pct']} | {s['trap_wrong_identical_question']} |"
+        )
+    return "\n".join(lines)
+
+
+def per_group_markdown(rows: Sequence[dict[str, Any]], mode: str, value: float) -> str:
+    lines = [
+        "| data set | group | kind | pairs | served % | wrong % |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["mode"] == mode and abs(r["value"] - value) < 1e-9:
+            kind = "should hit" if r["should_hit"] else "trap"
+            lines.append(
+                f"| {r['dataset']} | {r['group']} | {kind} | {r['pairs']} |"
+                f" {r['served_pct']} | {r['wrong_pct']} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], out: Path) -> None:
+    """served vs wrongly served per data set (threshold vs guard), and per trap group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({s["dataset"] for s in summary})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.4))
+    for axis, dataset in zip(np.atleast_1d(axes), datasets, strict=True):
+        for mode, style in (("threshold", "o-"), ("guard", "s-")):
+            points = sorted(
+                (s["trap_wrong_pct"], s["should_hit_served_pct"])
+                for s in summary
+                if s["dataset"] == dataset and s["mode"] == mode
+            )
+            axis.plot([p[0] for p in points], [p[1] for p in points], style, label=mode)
+        axis.set_title(dataset)
+        axis.set_xlabel("traps / non-duplicates served wrongly (%, excl. identical question)")
+        axis.set_ylabel("should-hit pairs served (%)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(out / "quality.png", dpi=110)
+    plt.close(fig)
+    _plot_groups(rows, out, plt)
+
+
+def _plot_groups(rows: Sequence[dict[str, Any]], out: Path, plt: Any) -> None:
+    fow = [r for r in rows if r["dataset"] == "fow-pairs" and not r["should_hit"]]
+    groups = sorted({r["group"] for r in fow})
+    if not groups:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for axis, mode in zip(axes, ("threshold", "guard"), strict=True):
+        for group in groups:
+            points = sorted(
+                (r["value"], r["wrong_pct"])
+                for r in fow
+                if r["mode"] == mode and r["group"] == group
+            )
+            axis.plot([p[0] for p in points], [p[1] for p in points], "o-", label=group)
+        axis.set_title(f"fow-cache traps served wrongly — {mode}")
+        axis.set_xlabel("cosine threshold" if mode == "threshold" else "guard score threshold")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("wrongly served (%)")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(out / "quality_traps.png", dpi=110)
+    plt.close(fig)
+
+
+def run(out: Path, embedder: Embedder, datasets: Sequence[str]) -> str:
+    """Run the sweep, write quality.json / quality.md / PNGs under `out`, return the table."""
+    memo = MemoEmbedder(embedder)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in datasets:
+            rows += asyncio.run(run_dataset(name, memo, Path(workdir)))
+    summary = overall(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    table = markdown(summary, rows)
+    defaults = per_group_markdown(rows, "guard", 0.79)
+    (out / "quality.md").write_text(f"{table}\n\nAt the defaults (guard):\n\n{defaults}\n")
+    plot(summary, rows, out)
+    return table + "\n\n" + defaults

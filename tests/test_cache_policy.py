@@ -1,0 +1,161 @@
+"""Issue 3's cache controls, end to end over gRPC on both store backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from service._proto.semcache.v1 import semcache_pb2 as pb
+from service.embedding.base import Embedder
+from service.simulator import UpstreamSimulator
+from tests.conftest import Service, make_settings, start_service
+
+QUESTION = "What is machine learning?"
+PARAPHRASE = "What does machine learning mean?"
+
+
+def ask(text: str, **fields: object) -> pb.CompleteRequest:
+    return pb.CompleteRequest(prompt=text, **fields)  # type: ignore[arg-type]
+
+
+def chat(*turns: tuple[str, str]) -> pb.CompleteRequest:
+    return pb.CompleteRequest(messages=[pb.Message(role=r, content=c) for r, c in turns])
+
+
+async def test_near_miss_traps_are_refused_with_a_reason(service: Service) -> None:
+    await service.stub.Complete(ask("How do I turn on two-factor authentication?"))
+    await service.stub.Complete(ask("Can I get a refund of $50 for my order?"))
+    for trap, reason in (
+        ("How do I turn off two-factor authentication?", "antonym_mismatch"),
+        ("Can I get a refund of $500 for my order?", "number_mismatch"),
+    ):
+        response = await service.stub.Complete(ask(trap))
+        assert response.cache_status == pb.CACHE_STATUS_MISS, trap
+        assert response.cache_detail == reason
+        assert response.similarity > 0.8, "the trap really was a close neighbour"
+
+
+async def test_request_similarity_min_can_only_raise_the_floor(service: Service) -> None:
+    await service.stub.Complete(ask(QUESTION))
+    strict = await service.stub.Complete(ask(PARAPHRASE, similarity_min=0.99))
+    assert strict.cache_status == pb.CACHE_STATUS_MISS
+    assert strict.cache_detail == "below_request_similarity_min"
+    lax = await service.stub.Complete(ask("What is deep learning?", similarity_min=0.01))
+    assert lax.cache_status == pb.CACHE_STATUS_MISS, "a request never lowers the operator's floor"
+    assert 0 < lax.similarity < service.settings.effective_similarity_min
+
+
+async def test_hot_temperatures_skip_the_cache(service: Service) -> None:
+    for _ in range(2):
+        hot = await service.stub.Complete(ask(QUESTION, temperature=1.5))
+        assert hot.cache_status == pb.CACHE_STATUS_BYPASS
+        assert hot.cache_detail == "temperature_above_cacheable"
+    cool = await service.stub.Complete(ask(QUESTION, temperature=0.2))
+    assert cool.cache_status == pb.CACHE_STATUS_MISS
+    again = await service.stub.Complete(ask(QUESTION, temperature=0.2))
+    assert again.cache_status == pb.CACHE_STATUS_EXACT_HIT
+
+
+async def test_follow_ups_need_the_same_conversation(service: Service) -> None:
+    streaming = chat(
+        ("user", "I've got a Streamflix subscription I barely use anymore."),
+        ("assistant", "Your Streamflix Standard plan renews on the 14th. Cancel or change plan?"),
+        ("user", "cancel it"),
+    )
+    gym = chat(
+        ("user", "My FitZone gym membership costs too much and I hardly go."),
+        ("assistant", "Your FitZone membership has a 30-day notice period. Cancel or freeze it?"),
+        ("user", "Cancel it."),
+    )
+    first = await service.stub.Complete(streaming)
+    other = await service.stub.Complete(gym)
+    assert first.cache_status == other.cache_status == pb.CACHE_STATUS_MISS
+    assert other.cache_detail.startswith("context"), other.cache_detail
+    same = await service.stub.Complete(streaming)
+    assert same.cache_status == pb.CACHE_STATUS_EXACT_HIT
+    assert same.content == first.content
+
+
+async def test_standalone_question_ignores_unrelated_history(service: Service) -> None:
+    await service.stub.Complete(ask("How do I reset my online banking password?"))
+    later = await service.stub.Complete(
+        chat(
+            ("user", "Thanks for the help with my statement earlier."),
+            ("assistant", "You're welcome!"),
+            ("user", "How do I reset my online banking password?"),
+        )
+    )
+    assert later.cache_status in (pb.CACHE_STATUS_EXACT_HIT, pb.CACHE_STATUS_SEMANTIC_HIT)
+
+
+async def test_ttl_override_per_request(service: Service) -> None:
+    response = await service.stub.Complete(ask(QUESTION, ttl_s=1))
+    assert response.cache_status == pb.CACHE_STATUS_MISS
+    entry = await service.app.gateway.cache.store.get(
+        service.app.gateway.cache.key_for(_domain(QUESTION)).point_id
+    )
+    assert entry is not None
+    assert entry.expires_at - entry.created_at == pytest.approx(1.0)
+    for bad in (0, -5, service.settings.max_ttl_s + 1):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await service.stub.Complete(ask(QUESTION, ttl_s=bad))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ttl_s" in (caught.value.details() or "")
+
+
+def _domain(text: str) -> object:
+    from service.domain import ChatMessage, CompletionRequest
+
+    return CompletionRequest(messages=(ChatMessage("user", text),))
+
+
+async def test_least_recently_hit_entries_are_evicted(
+    embedder: Embedder, simulator: UpstreamSimulator, backend: str, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        backend, tmp_path / "data", simulator.base_url, max_entries_per_tenant=2
+    )
+    service = await start_service(embedder, simulator, settings)
+    try:
+        questions = ["How tall is Mount Everest?", "Who wrote Hamlet?", "What is photosynthesis?"]
+        await service.stub.Complete(ask(questions[0]))
+        await service.stub.Complete(ask(questions[1]))
+        await service.stub.Complete(ask(questions[0]))  # a hit: the first is now the most recent
+        await service.app.gateway.cache.close()  # let the hit's timestamp land
+        await service.stub.Complete(ask(questions[2]))  # evicts the least recently hit: [1]
+        stats = await service.stub.GetCacheStats(pb.GetCacheStatsRequest())
+        assert stats.entries == 2
+        kept = await service.stub.Complete(ask(questions[0]))
+        evicted = await service.stub.Complete(ask(questions[1]))
+        assert kept.cache_status == pb.CACHE_STATUS_EXACT_HIT
+        assert evicted.cache_status == pb.CACHE_STATUS_MISS
+        other = await service.stub.Complete(ask(questions[1]), metadata=(("x-tenant-id", "b"),))
+        assert other.cache_status == pb.CACHE_STATUS_MISS, "eviction is per tenant"
+    finally:
+        await service.close()
+
+
+async def test_batch_complete_answers_in_order_with_a_status_per_item(service: Service) -> None:
+    await service.stub.Complete(ask(QUESTION))
+    reply = await service.stub.BatchComplete(
+        pb.BatchCompleteRequest(
+            requests=[ask(QUESTION), ask(""), ask("Who painted the Mona Lisa?"), ask(PARAPHRASE)],
+            max_concurrency=2,
+        )
+    )
+    kinds = [r.WhichOneof("result") for r in reply.results]
+    assert kinds == ["response", "error", "response", "response"]
+    assert reply.results[0].response.cache_status == pb.CACHE_STATUS_EXACT_HIT
+    assert reply.results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "prompt" in reply.results[1].error.message
+    assert "Mona Lisa" in reply.results[2].response.content
+    assert reply.results[3].response.cache_status == pb.CACHE_STATUS_SEMANTIC_HIT
+
+
+async def test_batch_complete_rejects_empty_and_oversized_batches(service: Service) -> None:
+    for batch in ([], [ask(QUESTION)] * (service.settings.batch_max_items + 1)):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await service.stub.BatchComplete(pb.BatchCompleteRequest(requests=batch))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,110 @@
+"""Near-miss guard: fixed cosines in, decisions out (no embedding model needed)."""
+
+import pytest
+
+from service.cache.guard import NearMissGuard, context_text, conversation_text
+
+
+@pytest.fixture
+def guard() -> NearMissGuard:
+    return NearMissGuard()
+
+
+@pytest.mark.parametrize(
+    ("query", "cached", "reason"),
+    [
+        ("How do I turn on 2FA?", "How do I turn off 2FA?", "antonym_mismatch"),
+        ("Is the deposit $50?", "Is the deposit $500?", "number_mismatch"),
+        ("Remind me at 7pm", "Remind me at 7am", "number_mismatch"),
+        ("Don't cancel my subscription", "Cancel my subscription", "negation_mismatch"),
+        ("Who is the CEO of Microsoft?", "Who is the CEO of Apple?", "entity_mismatch"),
+        (
+            "Transfer £50 from my savings to my current account",
+            "Transfer £50 from my current account to my savings",
+            "direction_swap",
+        ),
+        ("How do I update the app on iPhone?", "How do I update the app on Android?",
+         "entity_mismatch"),
+    ],
+)  # fmt: skip
+def test_near_miss_rejected_even_at_high_cosine(
+    guard: NearMissGuard, query: str, cached: str, reason: str
+) -> None:
+    verdict = guard.verify(query, cached, similarity=0.97)
+    assert not verdict.accept
+    assert verdict.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("How can I reset my password?", "How do I reset my password?"),
+        ("How do I change energy supplier?", "How do I switch energy supplier?"),
+        ("Where can I find my invioce history?", "Where can I find my invoice history?"),
+    ],
+)
+def test_paraphrase_accepted(guard: NearMissGuard, query: str, cached: str) -> None:
+    verdict = guard.verify(query, cached, similarity=0.93)
+    assert verdict.accept
+    assert verdict.reason == "ok"
+    assert 0.0 <= verdict.score <= 1.0
+
+
+def test_floor_is_never_crossed() -> None:
+    guard = NearMissGuard(similarity_min=0.9)
+    verdict = guard.verify("How do I reset my password?", "How do I reset my password?", 0.89)
+    assert not verdict.accept
+    assert verdict.reason == "below_threshold"
+
+
+def test_identical_text_accepted_above_floor(guard: NearMissGuard) -> None:
+    assert guard.verify("What's the check-out time?", "what's the check-out time", 0.99).accept
+
+
+def test_low_cosine_paraphrase_scored_out(guard: NearMissGuard) -> None:
+    verdict = guard.verify("How do I learn Python quickly?", "Best books for Python?", 0.76)
+    assert not verdict.accept
+    assert verdict.reason == "low_score"
+
+
+GYM = [
+    ("user", "My PulseFit gym membership costs too much."),
+    ("assistant", "Your PulseFit Off-Peak membership is £24.99 a month."),
+    ("user", "Cancel it."),
+]
+STREAMING = [
+    ("user", "I've got a Flixora subscription I barely use."),
+    ("assistant", "Your Flixora Standard plan renews on the 3rd."),
+    ("user", "cancel it"),
+]
+
+
+def test_conversation_text_is_final_user_message() -> None:
+    assert conversation_text(GYM) == "Cancel it."
+
+
+def test_conversation_text_requires_final_user_message() -> None:
+    with pytest.raises(ValueError, match="user message"):
+        conversation_text(GYM[:2])
+
+
+def test_short_follow_up_carries_its_context() -> None:
+    context = context_text(GYM)
+    assert "PulseFit gym membership" in context
+    assert "£24.99" in context
+
+
+def test_standalone_question_needs_no_context() -> None:
+    chat = [*GYM[:2], ("user", "What's the cooling-off period for a new broadband contract?")]
+    assert context_text(chat) == ""
+
+
+def test_cancel_it_not_served_across_subscriptions(guard: NearMissGuard) -> None:
+    verdict = guard.verify_context(context_text(GYM), context_text(STREAMING), similarity=0.8)
+    assert not verdict.accept
+    assert verdict.reason.startswith("context_")
+
+
+def test_same_context_passes(guard: NearMissGuard) -> None:
+    verdict = guard.verify_context(context_text(GYM), context_text(GYM), similarity=0.99)
+    assert verdict.accept
