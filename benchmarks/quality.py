@@ -114,7 +114,9 @@ class MemoEmbedder:
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         self.warm(texts)
-        return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, self.dim))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._memo[t] for t in texts]).astype(np.float32)
 
 
 def _fingerprint(messages: tuple[ChatMessage, ...]) -> str:
@@ -127,8 +129,13 @@ def _request(messages: tuple[ChatMessage, ...]) -> CompletionRequest:
 
 @dataclass
 class Tally:
-    """Outcomes of one verifier setting on one data set, per group."""
+    """Outcomes of one verifier setting on one data set, per group.
 
+    `decisions` holds, per asked question in order, what was served: the hit
+    entry's fingerprint, or "" for a miss (to compare two embedders' decisions).
+    """
+
+    decisions: list[str] = field(default_factory=list)
     served: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     wrong: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     identical_other: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -148,6 +155,7 @@ async def _score(cache: SemanticCache, pairs: Sequence[Pair]) -> Tally:
     for pair in pairs:
         tally.total[pair.group] += 1
         lookup = await cache.lookup(_request(pair.b))
+        tally.decisions.append(lookup.hit.entry.content if lookup.hit else "")
         if lookup.hit is None:
             continue
         own = lookup.hit.entry.content == _fingerprint(pair.a)
@@ -160,7 +168,11 @@ async def _score(cache: SemanticCache, pairs: Sequence[Pair]) -> Tally:
     return tally
 
 
-def _settings() -> list[tuple[str, float, Verifier]]:
+Setting = tuple[str, float, Verifier]
+DEFAULT_SETTINGS: tuple[tuple[str, float], ...] = (("guard", 0.79), ("threshold", 0.95))
+
+
+def _settings() -> list[Setting]:
     plain: list[tuple[str, float, Verifier]] = [
         ("threshold", t, ThresholdVerifier(t)) for t in THRESHOLDS
     ]
@@ -170,8 +182,17 @@ def _settings() -> list[tuple[str, float, Verifier]]:
     return plain + guarded
 
 
-async def run_dataset(name: str, embedder: MemoEmbedder, workdir: Path) -> list[dict[str, Any]]:
-    """Every verifier setting on one data set; one row per (setting, group)."""
+Decisions = dict[tuple[str, str, float], list[str]]
+
+
+async def run_dataset(
+    name: str,
+    embedder: MemoEmbedder,
+    workdir: Path,
+    settings: Sequence[Setting],
+    decisions: Decisions,
+) -> list[dict[str, Any]]:
+    """Each verifier setting on one data set; one row per (setting, group)."""
     pairs = DATASETS[name]()
     embedder.warm(m.content for p in pairs for m in (*p.a, *p.b))
     store = EdgeVectorStore(workdir / name, embedder.dim)
@@ -180,9 +201,10 @@ async def run_dataset(name: str, embedder: MemoEmbedder, workdir: Path) -> list[
     try:
         writer = SemanticCache(store, batcher, ThresholdVerifier(1.01), search_limit=5)
         await _populate(writer, pairs)
-        for mode, value, verifier in _settings():
+        for mode, value, verifier in settings:
             tally = await _score(SemanticCache(store, batcher, verifier, search_limit=5), pairs)
             rows += _rows(name, mode, value, pairs, tally)
+            decisions[(name, mode, value)] = tally.decisions
     finally:
         await batcher.close()
         await store.close()
@@ -240,7 +262,8 @@ def _weighted(members: Sequence[dict[str, Any]], key: str) -> float:
     total = sum(m["pairs"] for m in members)
     if not total:
         return 0.0
-    return round(sum(m[key] * m["pairs"] for m in members) / total, 2)
+    weighted: float = sum(m[key] * m["pairs"] for m in members)
+    return float(round(weighted / total, 2))
 
 
 def markdown(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> str:
@@ -326,13 +349,21 @@ def _plot_groups(rows: Sequence[dict[str, Any]], out: Path, plt: Any) -> None:
     plt.close(fig)
 
 
-def run(out: Path, embedder: Embedder, datasets: Sequence[str]) -> str:
-    """Run the sweep, write quality.json / quality.md / PNGs under `out`, return the table."""
+def _sweep(
+    embedder: Embedder, datasets: Sequence[str], settings: Sequence[Setting]
+) -> tuple[list[dict[str, Any]], Decisions]:
     memo = MemoEmbedder(embedder)
     rows: list[dict[str, Any]] = []
+    decisions: Decisions = {}
     with tempfile.TemporaryDirectory() as workdir:
         for name in datasets:
-            rows += asyncio.run(run_dataset(name, memo, Path(workdir)))
+            rows += asyncio.run(run_dataset(name, memo, Path(workdir), settings, decisions))
+    return rows, decisions
+
+
+def run(out: Path, embedder: Embedder, datasets: Sequence[str]) -> str:
+    """Run the sweep, write quality.json / quality.md / PNGs under `out`, return the table."""
+    rows, _ = _sweep(embedder, datasets, _settings())
     summary = overall(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
@@ -341,3 +372,34 @@ def run(out: Path, embedder: Embedder, datasets: Sequence[str]) -> str:
     (out / "quality.md").write_text(f"{table}\n\nAt the defaults (guard):\n\n{defaults}\n")
     plot(summary, rows, out)
     return table + "\n\n" + defaults
+
+
+def _default_settings() -> list[Setting]:
+    return [s for s in _settings() if (s[0], s[1]) in DEFAULT_SETTINGS]
+
+
+def compare_embedders(
+    out: Path, reference: Embedder, candidate: Embedder, datasets: Sequence[str]
+) -> str:
+    """How often two embedders lead the cache to the same decision, at the default settings."""
+    ref_rows, ref = _sweep(reference, datasets, _default_settings())
+    cand_rows, cand = _sweep(candidate, datasets, _default_settings())
+    lines = [
+        f"| data set | verifier | same decision % ({reference.model_id} vs {candidate.model_id})"
+        " | served % ref | served % cand | wrong % ref | wrong % cand |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    ref_sum = {(s["dataset"], s["mode"]): s for s in overall(ref_rows)}
+    cand_sum = {(s["dataset"], s["mode"]): s for s in overall(cand_rows)}
+    for key, decisions in ref.items():
+        same = sum(a == b for a, b in zip(decisions, cand[key], strict=True))
+        r, c = ref_sum[key[:2]], cand_sum[key[:2]]
+        lines.append(
+            f"| {key[0]} | {key[1]} {key[2]:.2f} | {100 * same / len(decisions):.2f} |"
+            f" {r['should_hit_served_pct']} | {c['should_hit_served_pct']} |"
+            f" {r['trap_wrong_excl_identical_pct']} | {c['trap_wrong_excl_identical_pct']} |"
+        )
+    table = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "embedder_agreement.md").write_text(table + "\n")
+    return table

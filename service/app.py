@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from service.cache.factory import build_store
@@ -13,8 +14,15 @@ from service.embedding.base import Embedder
 from service.embedding.batcher import EmbeddingBatcher
 from service.embedding.factory import build_embedder
 from service.gateway import CachingPolicy, Gateway
-from service.llm.openai_provider import OpenAIProvider
-from service.llm.pricing import DEFAULT_PRICES
+from service.llm.catalogue import Catalogue, load_catalogue
+from service.llm.resilience import (
+    ResilienceOptions,
+    RetryPolicy,
+    build_resilient_provider,
+)
+from service.metrics import Metrics
+from service.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
+from service.routing.router import Router, build_router
 from service.validation import Limits
 
 Closer = Callable[[], Awaitable[None]]
@@ -44,18 +52,23 @@ def load_embedder(settings: Settings) -> Embedder:
     )
 
 
-async def build_app(settings: Settings, embedder: Embedder | None = None) -> App:
-    """Wire store, embedder, provider and gateway; `embedder` may be passed in pre-loaded.
+async def build_app(
+    settings: Settings, embedder: Embedder | None = None, environ: Mapping[str, str] | None = None
+) -> App:
+    """Wire store, embedder, providers, router and gateway.
+
+    `embedder` may be passed in pre-loaded; `environ` supplies the catalogue's
+    `${VAR}` substitutions and provider API keys (the CLI passes `os.environ`).
 
     Raises:
-        ValueError: no upstream base URL is configured.
+        ValueError: no upstream base URL is configured, or the catalogue is invalid.
     """
-    if not settings.upstream_base_url:
-        raise ValueError("no upstream configured: set SEMCACHE_UPSTREAM_BASE_URL")
     batcher = EmbeddingBatcher(embedder or load_embedder(settings), settings.embedding_max_batch)
     store = await build_store(settings, batcher.dim)
-    api_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-    provider = OpenAIProvider(settings.upstream_base_url, api_key, settings.upstream_timeout_s)
+    catalogue = load_settings_catalogue(settings, environ)
+    provider = build_resilient_provider(catalogue, resilience_options(settings))
+    router = await asyncio.to_thread(build_settings_router, settings, catalogue, batcher.embedder)
+    limiter = build_limiter(settings)
     cache = SemanticCache(
         store,
         batcher,
@@ -67,8 +80,8 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
     gateway = Gateway(
         cache=cache,
         provider=provider,
-        prices=DEFAULT_PRICES,
-        default_model=settings.default_model,
+        catalogue=catalogue,
+        router=router,
         upstream_timeout_s=settings.upstream_timeout_s,
         limits=Limits(
             settings.max_prompt_bytes,
@@ -77,8 +90,57 @@ async def build_app(settings: Settings, embedder: Embedder | None = None) -> App
             settings.max_ttl_s,
         ),
         policy=CachingPolicy(settings.max_cacheable_temperature, settings.cache_tool_calls),
+        limiter=limiter,
+        metrics=Metrics(),
     )
-    return App(gateway, [batcher.close, store.close, cache.close, provider.close])
+    return App(gateway, [batcher.close, store.close, cache.close, provider.close, limiter.aclose])
+
+
+def load_settings_catalogue(settings: Settings, environ: Mapping[str, str] | None) -> Catalogue:
+    """The catalogue file, with providers that name no URL sent to the default upstream.
+
+    Raises:
+        ValueError: the file is invalid, or no default upstream is configured.
+    """
+    if not settings.upstream_base_url:
+        raise ValueError("no upstream configured: set SEMCACHE_UPSTREAM_BASE_URL")
+    api_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+    catalogue = load_catalogue(settings.catalogue_path, environ or {})
+    return catalogue.with_default_base_url(settings.upstream_base_url, api_key)
+
+
+def resilience_options(settings: Settings) -> ResilienceOptions:
+    retry = RetryPolicy(
+        max_attempts=settings.retry_max_attempts,
+        base_delay_s=settings.retry_base_delay_s,
+        max_delay_s=settings.retry_max_delay_s,
+    )
+    return ResilienceOptions(
+        retry=retry,
+        breaker_failures=settings.breaker_failures,
+        breaker_cooldown_s=settings.breaker_cooldown_s,
+    )
+
+
+def build_settings_router(settings: Settings, catalogue: Catalogue, embedder: Embedder) -> Router:
+    """The router the settings ask for (blocking: embeds the labelled examples once)."""
+    uses_examples = settings.routing_strategy != "rules"
+    return build_router(
+        catalogue,
+        settings.routing_strategy,
+        settings.routing_examples_path if uses_examples else None,
+        embedder.embed if uses_examples else None,
+        confidence_min=settings.routing_confidence_min,
+        k=settings.routing_k,
+    )
+
+
+def build_limiter(settings: Settings) -> RateLimiter:
+    """Per-tenant limits in Redis when a URL is set (shared by replicas), else in memory."""
+    rpm, tpm = settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
+    if settings.rate_limit_redis_url:
+        return RedisRateLimiter(settings.rate_limit_redis_url, rpm, tpm)
+    return InMemoryRateLimiter(rpm, tpm)
 
 
 def build_verifier(settings: Settings) -> Verifier:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
 
 # Chosen on ../shared/data/qqp_dev.jsonl; see the README's "How the threshold was chosen".
 THRESHOLD_SIMILARITY_MIN = 0.95  # plain cosine threshold: ~2.5% of non-duplicates served
@@ -63,8 +65,38 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest wait for one upstream call when the caller sets no deadline.",
     )
-    default_model: str = Field(
-        "gpt-4o-mini", min_length=1, description="Model used when a request names none."
+    catalogue_path: Path = Field(
+        DEFAULTS_DIR / "models.example.yaml",
+        description="Model catalogue YAML: providers, models, tiers, prices, fallbacks. The"
+        " shipped example is the seed catalogue, served offline by the simulator.",
+    )
+    routing_strategy: Literal["rules", "nearest", "nearest+rules"] = Field(
+        "rules",
+        description="How a model is chosen when a request names none: prompt rules, the nearest"
+        " labelled examples, or nearest with the rules as fallback when unsure.",
+    )
+    routing_examples_path: Path = Field(
+        DEFAULTS_DIR / "route-examples.yaml",
+        description="Labelled example prompts per tier, for the nearest strategies.",
+    )
+    routing_confidence_min: float = Field(
+        0.7, ge=0, le=1, description="Below this confidence, `nearest+rules` uses the rules."
+    )
+    routing_k: int = Field(5, ge=1, description="Nearest examples that vote on a tier.")
+    retry_max_attempts: int = Field(
+        3, ge=1, description="Tries per model on 429, 5xx, timeouts and lost connections."
+    )
+    retry_base_delay_s: float = Field(
+        0.1, gt=0, description="First backoff delay (exponential, full jitter)."
+    )
+    retry_max_delay_s: float = Field(
+        2.0, gt=0, description="Longest backoff delay; a Retry-After header can only raise it."
+    )
+    breaker_failures: int = Field(
+        5, ge=1, description="Consecutive failures that open a provider's circuit."
+    )
+    breaker_cooldown_s: float = Field(
+        30.0, gt=0, description="How long an open circuit skips its provider before one trial."
     )
     near_miss_guard: bool = Field(
         True,
@@ -142,6 +174,37 @@ class Settings(BaseSettings):
     batch_max_concurrency: int = Field(
         16, ge=1, description="Most items of one BatchComplete in flight at once."
     )
+    api_keys_file: Path | None = Field(
+        None,
+        description="File of hashed API keys (`semcache keys add`); unset = open mode: loopback"
+        " only, tenant taken from `x-tenant-id`.",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain for the gRPC port; set with `tls_key_file`."
+    )
+    tls_key_file: Path | None = Field(
+        None, description="PEM private key for the gRPC port; set with `tls_cert_file`."
+    )
+    rate_limit_requests_per_minute: int = Field(
+        0, ge=0, description="Completions per tenant per minute (hits included); 0 = unlimited."
+    )
+    rate_limit_tokens_per_minute: int = Field(
+        0, ge=0, description="Upstream tokens per tenant per minute (hits free); 0 = unlimited."
+    )
+    rate_limit_redis_url: str | None = Field(
+        None,
+        description="Keep rate limits in this Redis (e.g. `redis://redis:6379/0`) so replicas"
+        " share them; unset = in memory.",
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Port for Prometheus `/metrics`; unset = no endpoint."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds to.")
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/gRPC collector for OpenTelemetry traces, e.g."
+        " `http://otel-collector:4317`; unset = tracing off.",
+    )
     log_format: Literal["console", "json"] = Field(
         "console", description="`json` for production log shipping, `console` for people."
     )
@@ -156,7 +219,15 @@ class Settings(BaseSettings):
             return self.similarity_min
         return GUARD_SIMILARITY_MIN if self.near_miss_guard else THRESHOLD_SIMILARITY_MIN
 
-    @field_validator("qdrant_url", "upstream_base_url")
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "set both SEMCACHE_TLS_CERT_FILE and SEMCACHE_TLS_KEY_FILE, or neither"
+            )
+        return self
+
+    @field_validator("qdrant_url", "upstream_base_url", "rate_limit_redis_url", "otlp_endpoint")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None

@@ -100,3 +100,7 @@ class Completion:
     latency_ms: float = 0.0
     cache_detail: str = ""
     tool_calls_json: str = ""
+    tier: str = ""
+    route_reason: str = ""
+    route_score: float = 0.0
+    upstream_attempts: int = 0

@@ -2,8 +2,12 @@
 
     SemcacheError                     INTERNAL (also any error not in this tree)
     ├── InvalidRequestError           INVALID_ARGUMENT: the message says what to change
+    ├── AuthenticationError           UNAUTHENTICATED: no API key, or an unknown one
+    ├── PermissionDeniedError         PERMISSION_DENIED: the key's role or tenant does not allow it
+    ├── RateLimitedError              RESOURCE_EXHAUSTED, with a RetryInfo detail
     ├── UpstreamError                 UNAVAILABLE: the provider failed or is unreachable
     │   ├── UpstreamTimeoutError      DEADLINE_EXCEEDED
+    │   ├── UpstreamBusyError         RESOURCE_EXHAUSTED: the provider's queue is full
     │   └── UpstreamRejectedError     INVALID_ARGUMENT: the provider refused the request (4xx)
     └── CacheUnavailableError         never reaches a caller: the cache fails open
 
@@ -12,6 +16,8 @@ The mapping lives in `STATUS_BY_ERROR`; the error interceptor
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import grpc
 
@@ -24,12 +30,43 @@ class InvalidRequestError(SemcacheError):
     """The request cannot be served as sent; the message says what to change."""
 
 
+class AuthenticationError(SemcacheError):
+    """The caller sent no API key, a malformed one, or one the service does not know."""
+
+
+class PermissionDeniedError(SemcacheError):
+    """The caller's key is valid but its role or tenant does not allow the action."""
+
+
+class RateLimitedError(SemcacheError):
+    """A tenant is over its requests- or tokens-per-minute limit; retry after `retry_after_s`."""
+
+    def __init__(
+        self,
+        tenant: str,
+        limit: Literal["requests", "tokens"],
+        per_minute: int,
+        retry_after_s: float,
+    ) -> None:
+        self.tenant = tenant
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"tenant {tenant!r} is over its limit of {per_minute} {limit} per minute;"
+            f" retry in {retry_after_s:.2f} s"
+        )
+
+
 class UpstreamError(SemcacheError):
     """The upstream provider failed, was unreachable, or answered with an error."""
 
 
 class UpstreamTimeoutError(UpstreamError):
     """The upstream provider did not answer within the deadline."""
+
+
+class UpstreamBusyError(UpstreamError):
+    """The provider's concurrency limit is reached and its waiting queue is full."""
 
 
 class UpstreamRejectedError(UpstreamError):
@@ -43,7 +80,11 @@ class CacheUnavailableError(SemcacheError):
 STATUS_BY_ERROR: tuple[tuple[type[SemcacheError], grpc.StatusCode], ...] = (
     # most specific first
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (RateLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UpstreamTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (UpstreamBusyError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UpstreamRejectedError, grpc.StatusCode.INVALID_ARGUMENT),
     (UpstreamError, grpc.StatusCode.UNAVAILABLE),
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -25,9 +25,13 @@ from service.domain import (
     CompletionRequest,
     Usage,
 )
-from service.errors import InvalidRequestError, UpstreamTimeoutError
-from service.llm.pricing import ModelPrice
+from service.errors import InvalidRequestError, RateLimitedError, UpstreamTimeoutError
+from service.llm.catalogue import Catalogue
 from service.llm.provider import Provider, ProviderAnswer, ProviderCall
+from service.llm.resilience import ResilientAnswer
+from service.metrics import Metrics
+from service.ratelimit import InMemoryRateLimiter, RateLimiter
+from service.routing.router import RouteDecision, Router
 from service.validation import Limits, check_name, validate
 
 log = structlog.get_logger(__name__)
@@ -63,7 +67,7 @@ class TenantStats:
 class Invalidation:
     """Which of a tenant's entries to delete; see InvalidateCacheRequest."""
 
-    tenant: str
+    tenant: str | None  # None: every tenant (an admin's call)
     namespace: str | None = None
     model: str | None = None
     older_than_s: float = 0.0
@@ -78,22 +82,26 @@ class Gateway:
         *,
         cache: SemanticCache,
         provider: Provider,
-        prices: Mapping[str, ModelPrice],
-        default_model: str,
+        catalogue: Catalogue,
+        router: Router,
         upstream_timeout_s: float,
         limits: Limits,
         policy: CachingPolicy | None = None,
         stats: CacheStats | None = None,
+        limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.cache = cache
         self.provider = provider
         self.stats = stats or CacheStats()
         self._misses: Coalescer[tuple[ProviderAnswer, float]] = Coalescer()
-        self._prices = prices
-        self._default_model = default_model
+        self.catalogue = catalogue
+        self.router = router
         self._upstream_timeout_s = upstream_timeout_s
         self._limits = limits
         self._policy = policy or CachingPolicy()
+        self.limiter: RateLimiter = limiter or InMemoryRateLimiter(0, 0)
+        self.metrics = metrics or Metrics()
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Answer `request` in one piece.
@@ -106,20 +114,33 @@ class Gateway:
             UpstreamError: it missed the cache and the provider failed.
         """
         started = time.perf_counter()
-        validate(request, self._limits)
+        self._validate(request)
+        await self._admit(request.tenant)
         lookup = await self._lookup(request)
-        if lookup is None:
-            answer = await self.provider.complete(self._call(request))
-            return self._answered(request, None, answer, self._cost_usd(answer), started)
-        if lookup.hit is not None:
+        if lookup is not None and lookup.hit is not None:
             return self._serve_hit(request, lookup.hit, started)
+        route = self._route(request, lookup)
+        if lookup is None:
+            answer = await self._upstream(request, route)
+            return self._answered(request, None, route, answer, self._cost_usd(answer), started)
         key = f"{lookup.key.point_id}:{request.cache_policy.value}"
         (answer, cost_usd), leader = await self._misses.run(
-            key, lambda: self._fetch_and_store(request, lookup)
+            key, lambda: self._fetch_and_store(request, lookup, route)
         )
-        if leader:
-            return self._answered(request, lookup, answer, cost_usd, started)
-        return self._answered(request, lookup, answer, 0.0, started, saved_usd=cost_usd)
+        saved_usd = 0.0 if leader else cost_usd
+        spent_usd = cost_usd if leader else 0.0
+        return self._answered(request, lookup, route, answer, spent_usd, started, saved_usd)
+
+    def _validate(self, request: CompletionRequest) -> None:
+        validate(request, self._limits)
+        if request.model:
+            self.catalogue.require_model(request.model)
+
+    def _route(self, request: CompletionRequest, lookup: Lookup | None) -> RouteDecision:
+        """The model for a miss, reusing the lookup's embedding (never a second one)."""
+        vector = lookup.vector if lookup is not None else None
+        with self.metrics.timed_stage("route"):
+            return self.router.route(request.question, vector, request.model)
 
     async def complete_many(
         self, requests: Sequence[CompletionRequest], max_concurrency: int
@@ -137,10 +158,33 @@ class Gateway:
         results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
         return [_item_result(result) for result in results]
 
+    async def _admit(self, tenant: str) -> None:
+        """Count the request against the tenant's request limit (hits included)."""
+        try:
+            await self.limiter.acquire_request(tenant)
+        except RateLimitedError as error:
+            self.metrics.record_rate_limited(tenant, error.limit)
+            raise
+
+    async def _check_tokens(self, tenant: str) -> None:
+        try:
+            await self.limiter.check_tokens(tenant)
+        except RateLimitedError as error:
+            self.metrics.record_rate_limited(tenant, error.limit)
+            raise
+
+    async def _upstream(self, request: CompletionRequest, route: RouteDecision) -> ProviderAnswer:
+        """One unary upstream call, within the tenant's token budget."""
+        await self._check_tokens(request.tenant)
+        with self.metrics.timed_stage("upstream"):
+            answer = await self.provider.complete(self._call(request, route.model))
+        await self.limiter.spend_tokens(request.tenant, answer.usage.total_tokens)
+        return answer
+
     async def _fetch_and_store(
-        self, request: CompletionRequest, lookup: Lookup
+        self, request: CompletionRequest, lookup: Lookup, route: RouteDecision
     ) -> tuple[ProviderAnswer, float]:
-        answer = await self.provider.complete(self._call(request))
+        answer = await self._upstream(request, route)
         cost_usd = self._cost_usd(answer)
         await self._store_if_allowed(request, lookup, answer, cost_usd)
         return answer, cost_usd
@@ -156,22 +200,32 @@ class Gateway:
             UpstreamError: it missed the cache and the provider failed.
         """
         started = time.perf_counter()
-        validate(request, self._limits)
+        self._validate(request)
+        await self._admit(request.tenant)
         lookup = await self._lookup(request)
         if lookup is not None and lookup.hit is not None:
+            self.metrics.observe_ttft(lookup.hit.status.value, time.perf_counter() - started)
             for piece in _REPLAY_CHUNK.findall(lookup.hit.entry.content):
                 yield piece
             yield self._serve_hit(request, lookup.hit, started)
             return
-        upstream = self.provider.stream(self._call(request))
+        route = self._route(request, lookup)
+        await self._check_tokens(request.tenant)
+        upstream = self.provider.stream(self._call(request, route.model))
+        first = True
         try:
             async for event in upstream:
                 if isinstance(event, ProviderAnswer):
+                    await self.limiter.spend_tokens(request.tenant, event.usage.total_tokens)
                     cost_usd = self._cost_usd(event)
                     await self._store_if_allowed(request, lookup, event, cost_usd)
-                    yield self._answered(request, lookup, event, cost_usd, started)
-                else:
-                    yield event
+                    yield self._answered(request, lookup, route, event, cost_usd, started)
+                    continue
+                if first:
+                    status = CacheStatus.BYPASS if lookup is None else CacheStatus.MISS
+                    self.metrics.observe_ttft(status.value, time.perf_counter() - started)
+                    first = False
+                yield event
         finally:
             await upstream.aclose()
 
@@ -181,7 +235,8 @@ class Gateway:
             return None
         if request.cache_policy is CachePolicy.REFRESH:
             return Lookup(self.cache.key_for(request))
-        return await self.cache.lookup(request)
+        with self.metrics.timed_stage("lookup"):
+            return await self.cache.lookup(request)
 
     def _too_hot(self, request: CompletionRequest) -> bool:
         limit = self._policy.max_temperature
@@ -191,6 +246,14 @@ class Gateway:
     def _serve_hit(self, request: CompletionRequest, hit: CacheHit, started: float) -> Completion:
         entry = hit.entry
         self.stats.record(request.tenant, hit.status, 0.0, entry.cost_usd)
+        self.metrics.record_usage(
+            request.tenant,
+            entry.model,
+            entry.prompt_tokens,
+            entry.completion_tokens,
+            entry.cost_usd,
+            saved=True,
+        )
         return Completion(
             content=entry.content,
             model=entry.model,
@@ -202,7 +265,13 @@ class Gateway:
             latency_ms=_elapsed_ms(started),
             cache_detail="exact" if hit.status is CacheStatus.EXACT_HIT else "ok",
             tool_calls_json=entry.tool_calls_json,
+            tier=self._tier_of(entry.model),
+            route_reason="cache",
         )
+
+    def _tier_of(self, model: str) -> str:
+        spec = self.catalogue.models.get(model)
+        return spec.tier if spec is not None else ""
 
     async def _store_if_allowed(
         self,
@@ -218,6 +287,7 @@ class Gateway:
         self,
         request: CompletionRequest,
         lookup: Lookup | None,
+        route: RouteDecision,
         answer: ProviderAnswer,
         cost_usd: float,
         started: float,
@@ -226,6 +296,15 @@ class Gateway:
         """The completion for an upstream answer; `saved_usd` > 0 when it was shared."""
         status = CacheStatus.BYPASS if lookup is None else CacheStatus.MISS
         self.stats.record(request.tenant, status, cost_usd, saved_usd)
+        usage = answer.usage
+        self.metrics.record_usage(
+            request.tenant,
+            answer.model,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            saved_usd or cost_usd,
+            saved=saved_usd > 0,
+        )
         return Completion(
             content=answer.content,
             model=answer.model,
@@ -238,6 +317,10 @@ class Gateway:
             latency_ms=_elapsed_ms(started),
             cache_detail=self._miss_detail(request, lookup),
             tool_calls_json=answer.tool_calls_json,
+            tier=self._tier_of(answer.model) or route.tier,
+            route_reason=_route_reason(route, answer),
+            route_score=route.score,
+            upstream_attempts=answer.attempts if isinstance(answer, ResilientAnswer) else 1,
         )
 
     def _miss_detail(self, request: CompletionRequest, lookup: Lookup | None) -> str:
@@ -254,24 +337,25 @@ class Gateway:
             return self._policy.cache_tool_calls and answer.finish_reason == "tool_calls"
         return answer.finish_reason in _STORABLE_FINISH_REASONS and bool(answer.content.strip())
 
-    def _call(self, request: CompletionRequest) -> ProviderCall:
+    def _call(self, request: CompletionRequest, model: str) -> ProviderCall:
         timeout_s = self._upstream_timeout_s
         if request.deadline_s is not None:
             timeout_s = min(timeout_s, request.deadline_s - _DEADLINE_MARGIN_S)
             if timeout_s <= 0:
                 raise UpstreamTimeoutError("the caller's deadline left no time for the provider")
         return ProviderCall(
-            model=request.model or self._default_model,
+            model=model,
             messages=request.messages,
             sampling=request.sampling,
             timeout_s=timeout_s,
         )
 
     def _cost_usd(self, answer: ProviderAnswer) -> float:
-        price = self._prices.get(answer.model)
-        if price is None:
+        spec = self.catalogue.models.get(answer.model)
+        if spec is None:
+            log.warning("no price for model; cost counted as 0", model=answer.model)
             return 0.0
-        return price.cost_usd(answer.usage.prompt_tokens, answer.usage.completion_tokens)
+        return spec.price.cost_usd(answer.usage.prompt_tokens, answer.usage.completion_tokens)
 
     async def tenant_stats(self, tenant: str, namespace: str | None) -> TenantStats:
         """Counters and the live entry count for `tenant` (optionally one namespace)."""
@@ -288,7 +372,8 @@ class Gateway:
             InvalidRequestError: no filter was set and `everything` was not asked for,
                 or a filter is malformed.
         """
-        check_name("tenant", what.tenant)
+        if what.tenant is not None:
+            check_name("tenant", what.tenant)
         if what.namespace is not None:
             check_name("namespace", what.namespace)
         if what.older_than_s < 0:
@@ -330,6 +415,12 @@ def _cache_answer(answer: ProviderAnswer, cost_usd: float) -> Answer:
         cost_usd=cost_usd,
         tool_calls_json=answer.tool_calls_json,
     )
+
+
+def _route_reason(route: RouteDecision, answer: ProviderAnswer) -> str:
+    if isinstance(answer, ResilientAnswer) and answer.fallback_from:
+        return f"fallback:{answer.fallback_from}"
+    return route.reason
 
 
 def _item_result(result: Completion | BaseException) -> Completion | Exception:

@@ -1,12 +1,14 @@
-"""The server interceptor: a request id per RPC, and errors mapped to gRPC statuses.
+"""The server interceptor: a request id per RPC, errors mapped to statuses, metrics.
 
 Handlers raise the exceptions of `service.errors`; this is the only place that
 turns them into status codes (through `errors.status_for`). Anything
-unexpected becomes INTERNAL and is logged with its traceback.
+unexpected becomes INTERNAL and is logged with its traceback. A rate-limited
+call also carries a `google.rpc.RetryInfo` detail saying when to retry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,11 +18,15 @@ from typing import Any
 import grpc
 import structlog
 
-from service.errors import status_for
+from service.errors import RateLimitedError, status_for
+from service.metrics import Metrics
+from service.ratelimit import abort_with_retry_info
 
 log = structlog.get_logger(__name__)
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="")
+# (cache status, model) of the RPC in progress, set by the servicer for metrics.
+rpc_outcome_var: ContextVar[tuple[str, str]] = ContextVar("rpc_outcome", default=("none", ""))
 
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 ServerStream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -33,20 +39,52 @@ def _request_id(details: grpc.HandlerCallDetails) -> str:
     return uuid.uuid4().hex
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception, started: float) -> None:
-    code = status_for(error)
-    elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
-    if code is grpc.StatusCode.INTERNAL:
-        log.exception("rpc failed", code=code.name, latency_ms=elapsed_ms)
-        message = f"internal error (request id {request_id_var.get()})"
-    else:
-        log.info("rpc rejected", code=code.name, reason=str(error), latency_ms=elapsed_ms)
-        message = str(error)
-    await context.abort(code, message)
+class _Call:
+    """Book-keeping for one RPC: its request id, timing, and metrics on the way out."""
+
+    def __init__(self, method: str, request_id: str, metrics: Metrics | None) -> None:
+        self.method = method
+        self.rpc = method.rsplit("/", 1)[-1]
+        self.request_id = request_id
+        self.metrics = metrics
+        self.started = time.perf_counter()
+
+    def bind(self) -> None:
+        self.started = time.perf_counter()
+        request_id_var.set(self.request_id)
+        rpc_outcome_var.set(("none", ""))
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=self.request_id, rpc=self.method)
+
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 2)
+
+    def done(self, code: grpc.StatusCode) -> None:
+        if self.metrics is None:
+            return
+        cache_status, model = rpc_outcome_var.get()
+        if code is not grpc.StatusCode.OK and cache_status == "none":
+            cache_status = "error"
+        seconds = time.perf_counter() - self.started
+        self.metrics.observe_request(self.rpc, code.name, cache_status, model, seconds)
+
+    async def fail(self, context: grpc.aio.ServicerContext, error: Exception) -> None:
+        code = status_for(error)
+        self.done(code)
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("rpc failed", code=code.name, latency_ms=self.elapsed_ms())
+            await context.abort(code, f"internal error (request id {self.request_id})")
+        log.info("rpc rejected", code=code.name, reason=str(error), latency_ms=self.elapsed_ms())
+        if isinstance(error, RateLimitedError):
+            await abort_with_retry_info(context, error)
+        await context.abort(code, str(error))
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Binds a request id to logs and responses, and maps errors to statuses."""
+    """Binds a request id to logs and responses, maps errors to statuses, counts RPCs."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
 
     async def intercept_service(
         self,
@@ -56,52 +94,60 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return handler
-        request_id = _request_id(details)
-        method = details.method
+        call = _Call(details.method, _request_id(details), self._metrics)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, request_id),
+                _wrap_unary(handler.unary_unary, call),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, request_id),
+                _wrap_stream(handler.unary_stream, call),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
 
-def _bind(method: str, request_id: str) -> float:
-    request_id_var.set(request_id)
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method)
-    return time.perf_counter()
+def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
 
-def _wrap_unary(behaviour: Unary, method: str, request_id: str) -> Unary:
+def _wrap_unary(behaviour: Unary, call: _Call) -> Unary:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = _bind(method, request_id)
+        call.bind()
         try:
-            return await behaviour(request, context)
+            response = await behaviour(request, context)
         except grpc.aio.AbortError:
+            call.done(_code_of(context))
+            raise
+        except asyncio.CancelledError:
+            call.done(grpc.StatusCode.CANCELLED)
             raise
         except Exception as error:
-            await _abort(context, error, started)
+            await call.fail(context, error)
+        call.done(grpc.StatusCode.OK)
+        return response
 
     return wrapped
 
 
-def _wrap_stream(behaviour: ServerStream, method: str, request_id: str) -> ServerStream:
+def _wrap_stream(behaviour: ServerStream, call: _Call) -> ServerStream:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started = _bind(method, request_id)
+        call.bind()
         try:
             async for response in behaviour(request, context):
                 yield response
         except grpc.aio.AbortError:
+            call.done(_code_of(context))
+            raise
+        except asyncio.CancelledError:
+            call.done(grpc.StatusCode.CANCELLED)
             raise
         except Exception as error:
-            await _abort(context, error, started)
+            await call.fail(context, error)
+        call.done(grpc.StatusCode.OK)
 
     return wrapped

@@ -15,8 +15,17 @@ from grpc_reflection.v1alpha import reflection
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.app import App
+from service.auth import (
+    OPEN_MODE_WARNING,
+    AuthInterceptor,
+    KeyRing,
+    check_open_mode_bind,
+    load_keys,
+    load_server_credentials,
+)
 from service.config import Settings
 from service.interceptors import ServiceInterceptor
+from service.metrics import start_metrics_server
 from service.servicer import BatchLimits, SemanticCacheServicer
 
 log = structlog.get_logger(__name__)
@@ -36,15 +45,48 @@ class RunningServer:
         await self.server.stop(grace_s)
 
 
+@dataclass(frozen=True)
+class Security:
+    """Who may call, and over what: API keys (None = open mode) and TLS (None = plaintext)."""
+
+    keyring: KeyRing | None = None
+    credentials: grpc.ServerCredentials | None = None
+
+
+def security_from(settings: Settings) -> Security:
+    """Load the keys file and TLS files the settings name.
+
+    Raises:
+        ValueError: open mode on a non-loopback address, or a bad keys file.
+        OSError: a TLS file cannot be read.
+    """
+    if settings.api_keys_file is None:
+        check_open_mode_bind(settings.grpc_host)
+        log.warning(OPEN_MODE_WARNING)
+        keyring = None
+    else:
+        keyring = load_keys(settings.api_keys_file)
+    credentials = None
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        credentials = load_server_credentials(settings.tls_cert_file, settings.tls_key_file)
+    return Security(keyring, credentials)
+
+
 async def start_server(
-    app: App, host: str, port: int, batch_limits: BatchLimits | None = None
+    app: App,
+    host: str,
+    port: int,
+    batch_limits: BatchLimits | None = None,
+    security: Security | None = None,
 ) -> RunningServer:
     """Serve `app` on host:port (port 0 picks a free one) and mark it SERVING.
 
     Raises:
         RuntimeError: the port could not be bound.
     """
-    server = grpc.aio.server(interceptors=[ServiceInterceptor()])
+    security = security or Security()
+    interceptors = [ServiceInterceptor(app.gateway.metrics), AuthInterceptor(security.keyring)]
+    server = grpc.aio.server(interceptors=interceptors)
     servicer = SemanticCacheServicer(app.gateway, batch_limits)
     pb_grpc.add_SemanticCacheServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -52,7 +94,11 @@ async def start_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if security.credentials is not None:
+        bound = server.add_secure_port(address, security.credentials)
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
         raise RuntimeError(f"could not bind the gRPC port {host}:{port}")
     await server.start()
@@ -64,9 +110,21 @@ async def start_server(
 async def serve_until_signalled(app: App, settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully and close `app`."""
     limits = BatchLimits(settings.batch_max_items, settings.batch_max_concurrency)
-    running = await start_server(app, settings.grpc_host, settings.grpc_port, limits)
+    security = security_from(settings)
+    running = await start_server(app, settings.grpc_host, settings.grpc_port, limits, security)
+    metrics_server = None
+    if settings.metrics_port is not None:
+        metrics_server = start_metrics_server(
+            app.gateway.metrics, settings.metrics_host, settings.metrics_port
+        )
+        log.info("metrics at /metrics", port=metrics_server.port)
     purger = asyncio.create_task(app.gateway.purge_forever(settings.purge_interval_s))
-    log.info("semcache serving", address=f"{settings.grpc_host}:{running.port}")
+    log.info(
+        "semcache serving",
+        address=f"{settings.grpc_host}:{running.port}",
+        tls=security.credentials is not None,
+        api_keys=security.keyring is not None,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -78,4 +136,6 @@ async def serve_until_signalled(app: App, settings: Settings) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await purger
     await app.aclose()
+    if metrics_server is not None:
+        await metrics_server.aclose()
     log.info("stopped")

@@ -9,6 +9,7 @@ import grpc
 
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
+from service.auth import require_admin, require_principal, resolve_tenant
 from service.domain import (
     CachePolicy,
     CacheStatus,
@@ -18,10 +19,8 @@ from service.domain import (
     SamplingParams,
 )
 from service.errors import InvalidRequestError, status_for
-from service.gateway import Gateway, Invalidation
-from service.interceptors import request_id_var
-
-TENANT_METADATA_KEY = "x-tenant-id"
+from service.gateway import Gateway, Invalidation, TenantStats
+from service.interceptors import request_id_var, rpc_outcome_var
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,6 @@ class BatchLimits:
     max_concurrency: int = 16
 
 
-DEFAULT_TENANT = "default"
 DEFAULT_NAMESPACE = "default"
 
 _POLICIES: dict[int, CachePolicy] = {
@@ -51,11 +49,12 @@ _STATUSES = {
 
 
 def tenant_of(context: grpc.aio.ServicerContext) -> str:
-    """The caller's tenant, from `x-tenant-id` metadata (until authentication exists)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == TENANT_METADATA_KEY:
-            return str(value)
-    return DEFAULT_TENANT
+    """The caller's tenant: its API key's, or in open mode its `x-tenant-id`.
+
+    Raises:
+        AuthenticationError: no caller was authenticated for this RPC.
+    """
+    return require_principal().tenant
 
 
 def _messages(request: pb.CompleteRequest) -> tuple[ChatMessage, ...]:
@@ -98,6 +97,8 @@ def to_request(request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -
 
 
 def to_response(completion: Completion) -> pb.CompleteResponse:
+    """The CompleteResponse for `completion`; also notes the outcome for the RPC's metrics."""
+    rpc_outcome_var.set((completion.cache_status.value, completion.model))
     usage = completion.usage
     return pb.CompleteResponse(
         content=completion.content,
@@ -116,6 +117,10 @@ def to_response(completion: Completion) -> pb.CompleteResponse:
         request_id=request_id_var.get(),
         cache_detail=completion.cache_detail,
         tool_calls_json=completion.tool_calls_json,
+        tier=completion.tier,
+        route_reason=completion.route_reason,
+        route_score=completion.route_score,
+        upstream_attempts=completion.upstream_attempts,
     )
 
 
@@ -134,6 +139,21 @@ def _item(result: Completion | Exception) -> pb.BatchItemResult:
     code = status_for(result)
     message = str(result) if code is not grpc.StatusCode.INTERNAL else "internal error"
     return pb.BatchItemResult(error=pb.ItemError(code=code.value[0], message=message))
+
+
+def _stats(stats: TenantStats) -> pb.GetCacheStatsResponse:
+    counters = stats.counters
+    return pb.GetCacheStatsResponse(
+        tenant=stats.tenant,
+        entries=stats.entries,
+        exact_hits=counters.exact_hits,
+        semantic_hits=counters.semantic_hits,
+        misses=counters.misses,
+        bypasses=counters.bypasses,
+        hit_rate=counters.hit_rate,
+        cost_saved_usd=counters.cost_saved_usd,
+        cost_spent_usd=counters.cost_spent_usd,
+    )
 
 
 class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
@@ -182,30 +202,29 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
     async def GetCacheStats(
         self, request: pb.GetCacheStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetCacheStatsResponse:
-        stats = await self._gateway.tenant_stats(tenant_of(context), request.namespace or None)
-        counters = stats.counters
-        return pb.GetCacheStatsResponse(
-            tenant=stats.tenant,
-            entries=stats.entries,
-            exact_hits=counters.exact_hits,
-            semantic_hits=counters.semantic_hits,
-            misses=counters.misses,
-            bypasses=counters.bypasses,
-            hit_rate=counters.hit_rate,
-            cost_saved_usd=counters.cost_saved_usd,
-            cost_spent_usd=counters.cost_spent_usd,
-        )
+        principal = require_principal()
+        namespace = request.namespace or None
+        response = _stats(await self._gateway.tenant_stats(principal.tenant, namespace))
+        if request.all_tenants:
+            require_admin(principal, "stats for all tenants")
+            for tenant in self._gateway.stats.tenants():
+                response.tenants.append(_stats(await self._gateway.tenant_stats(tenant, namespace)))
+        return response
 
     async def InvalidateCache(
         self, request: pb.InvalidateCacheRequest, context: grpc.aio.ServicerContext
     ) -> pb.InvalidateCacheResponse:
+        principal = require_principal()
+        if request.all_tenants:
+            require_admin(principal, "invalidating every tenant's cache")
+        tenant = None if request.all_tenants else resolve_tenant(principal, request.tenant or None)
         deleted = await self._gateway.invalidate(
             Invalidation(
-                tenant=tenant_of(context),
+                tenant=tenant,
                 namespace=request.namespace or None,
                 model=request.model or None,
                 older_than_s=float(request.older_than_s),
-                everything=request.all,
+                everything=request.all or request.all_tenants,
             )
         )
         return pb.InvalidateCacheResponse(deleted_entries=deleted)

@@ -17,7 +17,7 @@ from service.app import App, build_app
 from service.config import Settings
 from service.embedding.base import Embedder
 from service.embedding.factory import build_embedder
-from service.server import RunningServer, start_server
+from service.server import RunningServer, Security, start_server
 from service.simulator import SimulatorConfig, UpstreamSimulator
 
 BACKENDS = ("edge", "qdrant-memory")
@@ -66,10 +66,14 @@ class Service:
 
 
 async def start_service(
-    embedder: Embedder, simulator: UpstreamSimulator, settings: Settings
+    embedder: Embedder,
+    simulator: UpstreamSimulator,
+    settings: Settings,
+    security: Security | None = None,
+    environ: dict[str, str] | None = None,
 ) -> Service:
-    app = await build_app(settings, embedder)
-    server = await start_server(app, "127.0.0.1", 0)
+    app = await build_app(settings, embedder, environ or {})
+    server = await start_server(app, "127.0.0.1", 0, security=security)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     stub = pb_grpc.SemanticCacheServiceStub(channel)
     return Service(app, server, channel, stub, simulator, settings)

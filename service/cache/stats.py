@@ -44,6 +44,10 @@ class CacheStats:
         counters.cost_spent_usd += cost_usd
         counters.cost_saved_usd += saved_usd
 
+    def tenants(self) -> list[str]:
+        """Every tenant this replica has counted, sorted."""
+        return sorted(self._tenants)
+
     def for_tenant(self, tenant: str) -> TenantCounters:
         """A copy of `tenant`'s counters (zeros for a tenant never seen)."""
         counters = self._tenants.get(tenant, TenantCounters())

@@ -1,0 +1,92 @@
+"""How an OpenAI-compatible endpoint's failures become the service's errors.
+
+    UpstreamError                     (service.errors)
+    ├── RetryableUpstreamError        429, 5xx, connection lost: worth another try;
+    │                                 carries the provider's Retry-After, if any
+    ├── UpstreamTimeoutError          no answer in time: worth another try within the deadline
+    └── UpstreamRejectedError         any other 4xx: the request itself is wrong; never retried
+
+The resilience layer (`service.llm.resilience`) decides what to retry from
+these types alone; it never looks at HTTP.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import openai
+
+from service.errors import UpstreamError, UpstreamRejectedError, UpstreamTimeoutError
+
+
+class RetryableUpstreamError(UpstreamError):
+    """A failure that may pass on retry: HTTP 429 or 5xx, or a lost connection.
+
+    `retry_after_s` is how long the provider asked us to wait (None when it
+    did not say); `status` is the HTTP status, None for a connection error.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+def translate_openai_error(error: openai.OpenAIError, provider: str) -> UpstreamError:
+    """The service's error for an `openai` client error; `provider` names the endpoint."""
+    if isinstance(error, openai.APITimeoutError):
+        return UpstreamTimeoutError(f"{provider} did not answer in time")
+    if isinstance(error, openai.APIConnectionError):
+        return RetryableUpstreamError(f"{provider} is unreachable: {error}")
+    if isinstance(error, openai.APIStatusError):
+        return _status_error(error, provider)
+    return UpstreamError(f"{provider} failed: {error}")
+
+
+def _status_error(error: openai.APIStatusError, provider: str) -> UpstreamError:
+    status = error.status_code
+    detail = f"{provider} answered HTTP {status}: {error.message}"
+    if status == 429 or status >= 500:
+        retry_after_s = retry_after_from_headers(error.response.headers)
+        return RetryableUpstreamError(detail, status=status, retry_after_s=retry_after_s)
+    return UpstreamRejectedError(detail)
+
+
+def retry_after_from_headers(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms` (OpenAI's) or `Retry-After` (seconds or an
+    HTTP date); None when neither is present and valid."""
+    milliseconds = _finite(headers.get("retry-after-ms"))
+    if milliseconds is not None:
+        return max(milliseconds / 1000, 0.0)
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    seconds = _finite(raw)
+    if seconds is not None:
+        return max(seconds, 0.0)
+    return _seconds_until(raw)
+
+
+def _finite(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _seconds_until(http_date: str) -> float | None:
+    try:
+        when = parsedate_to_datetime(http_date)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)

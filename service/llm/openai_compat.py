@@ -1,0 +1,137 @@
+"""Any OpenAI-compatible endpoint, through `openai.AsyncOpenAI`.
+
+The simulator, OpenAI, Anthropic's OpenAI-compatible API, vLLM, Ollama and
+llama.cpp's server all go through this one code path. openai's own retries
+are off: the caller's deadline decides how long a call may take, and
+retries, fallbacks and circuit breaking belong to `service.llm.resilience`,
+which tells what to retry from the errors raised here (see
+`service.llm.http_errors`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionChunk
+
+from service.domain import Usage
+from service.errors import UpstreamError
+from service.llm.http_errors import RetryableUpstreamError, translate_openai_error
+from service.llm.provider import ProviderAnswer, ProviderCall
+
+
+class OpenAICompatProvider:
+    """A `Provider` for one OpenAI-compatible base URL.
+
+    `name` labels the endpoint in error messages (e.g. the catalogue's
+    provider name); it defaults to the base URL.
+    """
+
+    def __init__(
+        self, base_url: str, api_key: str | None, timeout_s: float, *, name: str | None = None
+    ) -> None:
+        self.base_url = base_url
+        self.name = name or base_url
+        named = f" {name}" if name else ""
+        self._where = f"upstream provider{named} at {base_url}"
+        # Local servers accept any key; the client refuses to start without one.
+        self._client = AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "unused", timeout=timeout_s, max_retries=0
+        )
+
+    async def complete(self, call: ProviderCall) -> ProviderAnswer:
+        """The whole answer in one piece.
+
+        Raises:
+            RetryableUpstreamError: HTTP 429 or 5xx, or the connection failed.
+            UpstreamTimeoutError: no answer within `call.timeout_s`.
+            UpstreamRejectedError: any other HTTP 4xx.
+            UpstreamError: an answer without choices, or another client failure.
+        """
+        try:
+            response = await self._client.chat.completions.create(**_request_args(call))
+        except openai.OpenAIError as error:
+            raise translate_openai_error(error, self._where) from error
+        if not response.choices:
+            raise UpstreamError(f"{self._where} returned no choices")
+        choice = response.choices[0]
+        usage = response.usage
+        tool_calls = choice.message.tool_calls or []
+        return ProviderAnswer(
+            content=choice.message.content or "",
+            model=response.model or call.model,
+            finish_reason=choice.finish_reason or "stop",
+            usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
+            tool_calls_json=json.dumps([c.model_dump() for c in tool_calls]) if tool_calls else "",
+        )
+
+    async def stream(self, call: ProviderCall) -> AsyncGenerator[str | ProviderAnswer, None]:
+        """Text deltas, then one `ProviderAnswer`; closing the generator closes the stream.
+
+        Raises:
+            RetryableUpstreamError: as `complete`, or the stream ended without a finish.
+            UpstreamTimeoutError, UpstreamRejectedError, UpstreamError: as `complete`.
+        """
+        parts: list[str] = []
+        finish_reason = ""
+        model = call.model
+        usage = Usage()
+        try:
+            stream = await self._client.chat.completions.create(
+                **_request_args(call), stream=True, stream_options={"include_usage": True}
+            )
+            async with stream:
+                async for chunk in stream:
+                    model = chunk.model or model
+                    usage = _usage_of(chunk) or usage
+                    for choice in chunk.choices:
+                        finish_reason = choice.finish_reason or finish_reason
+                        if choice.delta.content:
+                            parts.append(choice.delta.content)
+                            yield choice.delta.content
+        except openai.OpenAIError as error:
+            raise translate_openai_error(error, self._where) from error
+        if not finish_reason:
+            raise RetryableUpstreamError(f"{self._where} ended the stream early")
+        yield ProviderAnswer("".join(parts), model, finish_reason, usage)
+
+    async def close(self) -> None:
+        """Close the HTTP client's connections."""
+        await self._client.close()
+
+
+def _request_args(call: ProviderCall) -> dict[str, Any]:
+    sampling = call.sampling
+    args: dict[str, Any] = {
+        "model": call.model,
+        "messages": [{"role": m.role, "content": m.content} for m in call.messages],
+        "timeout": call.timeout_s,
+    }
+    optional = {
+        "temperature": sampling.temperature,
+        "max_tokens": sampling.max_tokens,
+        "top_p": sampling.top_p,
+        "stop": list(sampling.stop) or None,
+        "response_format": {"type": sampling.response_format} if sampling.response_format else None,
+        "tools": json.loads(sampling.tools_json) if sampling.tools_json else None,
+        "tool_choice": _tool_choice(sampling.tool_choice),
+    }
+    args.update({name: value for name, value in optional.items() if value is not None})
+    return args
+
+
+def _tool_choice(value: str | None) -> Any:
+    """'auto' / 'none' / 'required' pass as they are; anything else is a JSON object."""
+    if not value or value in ("auto", "none", "required"):
+        return value or None
+    return json.loads(value)
+
+
+def _usage_of(chunk: ChatCompletionChunk) -> Usage | None:
+    if chunk.usage is None:
+        return None
+    return Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)

@@ -1,0 +1,283 @@
+"""Prometheus metrics for the request path, served over HTTP at `/metrics`.
+
+`Metrics` owns its own `CollectorRegistry` (never prometheus_client's global
+one), so each service instance, and each test, has its own counters. The
+gateway and interceptors call its `observe_*` and `record_*` methods, provider
+state is read at scrape time (`watch_providers`), and
+`start_metrics_server` serves the registry on its own port.
+
+Series (labels in braces):
+
+    semcache_requests_total{rpc, code, cache, model}   RPCs by outcome
+    semcache_request_duration_seconds{rpc, cache}       whole-RPC latency
+    semcache_stage_duration_seconds{stage}              embed, lookup, verify, route, upstream…
+    semcache_time_to_first_token_seconds{cache}         streaming RPCs
+    semcache_cache_lookups_total{result}                hit, miss, error (a bypass is no lookup)
+    semcache_tokens_total{tenant, model, kind}          tokens sent upstream (prompt, completion)
+    semcache_saved_tokens_total{tenant, model, kind}    tokens a cache hit did not send
+    semcache_cost_usd_total{tenant, model}              upstream spend
+    semcache_saved_usd_total{tenant, model}             spend avoided by hits
+    semcache_rate_limited_total{tenant, limit}          refusals (limit: requests, tokens)
+    semcache_upstream_queue_depth{provider}             calls waiting for a provider slot
+    semcache_batch_size{kind}                           items per batch (embed, search, …)
+    semcache_circuit_breaker_state{provider}            0 closed, 1 half-open, 2 open
+
+The hit rate is derived, not stored: a gauge of the lifetime ratio would hide
+today's behaviour behind last month's. Over five minutes:
+
+    sum(rate(semcache_cache_lookups_total{result="hit"}[5m]))
+      / sum(rate(semcache_cache_lookups_total[5m]))
+
+Per-tenant labels are bounded by the keys file; in open mode they follow
+whatever tenants callers name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+LOOKUP_RESULTS = frozenset({"hit", "exact_hit", "semantic_hit", "miss", "error"})
+LATENCY_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """The service's Prometheus series, in a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._define_traffic()
+        self._define_usage()
+        self._define_capacity()
+
+    def _define_traffic(self) -> None:
+        r = self.registry
+        self._requests = Counter(
+            "semcache_requests",
+            "RPCs handled, by status code, cache outcome and model.",
+            ("rpc", "code", "cache", "model"),
+            registry=r,
+        )
+        self._request_s = Histogram(
+            "semcache_request_duration_seconds",
+            "Whole-RPC latency.",
+            ("rpc", "cache"),
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self._stage_s = Histogram(
+            "semcache_stage_duration_seconds",
+            "Latency of one stage of the request path.",
+            ("stage",),
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self._ttft_s = Histogram(
+            "semcache_time_to_first_token_seconds",
+            "Time to the first streamed token.",
+            ("cache",),
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self._lookups = Counter(
+            "semcache_cache_lookups",
+            "Cache lookups by result (hit, miss, error).",
+            ("result",),
+            registry=r,
+        )
+
+    def _define_usage(self) -> None:
+        r = self.registry
+        self._tokens = Counter(
+            "semcache_tokens",
+            "Tokens sent to and received from providers.",
+            ("tenant", "model", "kind"),
+            registry=r,
+        )
+        self._saved_tokens = Counter(
+            "semcache_saved_tokens",
+            "Tokens not spent because the cache answered.",
+            ("tenant", "model", "kind"),
+            registry=r,
+        )
+        self._cost = Counter(
+            "semcache_cost_usd", "Upstream spend in US dollars.", ("tenant", "model"), registry=r
+        )
+        self._saved = Counter(
+            "semcache_saved_usd",
+            "Spend avoided by cache hits, in US dollars.",
+            ("tenant", "model"),
+            registry=r,
+        )
+        self._rate_limited = Counter(
+            "semcache_rate_limited",
+            "Requests refused by a rate limit.",
+            ("tenant", "limit"),
+            registry=r,
+        )
+
+    def _define_capacity(self) -> None:
+        r = self.registry
+        self._batch_size = Histogram(
+            "semcache_batch_size",
+            "Items per batch.",
+            ("kind",),
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+
+    def observe_request(
+        self, rpc: str, code: str, cache_status: str, model: str, seconds: float
+    ) -> None:
+        """One finished RPC: `code` is the gRPC status name ("OK", "UNAVAILABLE", ...),
+        `cache_status` "exact_hit", "semantic_hit", "miss", "bypass" or "error"
+        (the cache failed open), or "none" for RPCs that do not look up."""
+        self._requests.labels(rpc, code, cache_status, model).inc()
+        self._request_s.labels(rpc, cache_status).observe(seconds)
+        if cache_status in LOOKUP_RESULTS:
+            self._lookups.labels("hit" if cache_status.endswith("hit") else cache_status).inc()
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """Latency of one stage: "embed", "lookup", "verify", "route", "upstream", "store"."""
+        self._stage_s.labels(stage).observe(seconds)
+
+    @contextmanager
+    def timed_stage(self, stage: str) -> Iterator[None]:
+        """Time the body as `stage` (recorded whether or not it raises)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.observe_stage(stage, time.perf_counter() - started)
+
+    def observe_ttft(self, cache_status: str, seconds: float) -> None:
+        """Time from the start of a streaming RPC to its first token."""
+        self._ttft_s.labels(cache_status).observe(seconds)
+
+    def record_usage(
+        self,
+        tenant: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+        *,
+        saved: bool,
+    ) -> None:
+        """Tokens and cost of one answer: spent upstream (a miss), or saved (a hit)."""
+        tokens, cost = (self._saved_tokens, self._saved) if saved else (self._tokens, self._cost)
+        tokens.labels(tenant, model, "prompt").inc(max(0, prompt_tokens))
+        tokens.labels(tenant, model, "completion").inc(max(0, completion_tokens))
+        cost.labels(tenant, model).inc(max(0.0, cost_usd))
+
+    def record_rate_limited(self, tenant: str, limit: str) -> None:
+        """A request refused by the `limit` ("requests" or "tokens") limit."""
+        self._rate_limited.labels(tenant, limit).inc()
+
+    def observe_batch_size(self, kind: str, size: int) -> None:
+        """Items in one batch of `kind` ("embed", "search", "upstream")."""
+        self._batch_size.labels(kind).observe(size)
+
+    def watch_providers(
+        self,
+        breaker_states: Callable[[], Mapping[str, str]],
+        queue_depths: Callable[[], Mapping[str, int]],
+    ) -> None:
+        """Read each provider's breaker state and queue depth at every scrape (call once).
+
+        The callbacks (e.g. the resilient dispatcher's `breaker_states` and
+        `queue_depths`) run on the metrics server's thread: they must only read.
+        """
+        self.registry.register(_ProviderCollector(breaker_states, queue_depths))
+
+
+class _ProviderCollector(Collector):
+    def __init__(
+        self,
+        breaker_states: Callable[[], Mapping[str, str]],
+        queue_depths: Callable[[], Mapping[str, int]],
+    ) -> None:
+        self._breaker_states = breaker_states
+        self._queue_depths = queue_depths
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only: the registry must not call the callbacks when registering.
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        depth, breaker = self._families()
+        for provider, waiting in self._queue_depths().items():
+            depth.add_metric([provider], waiting)
+        for provider, state in self._breaker_states().items():
+            if state in BREAKER_STATE_VALUES:
+                breaker.add_metric([provider], BREAKER_STATE_VALUES[state])
+        return depth, breaker
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "semcache_upstream_queue_depth",
+            "Upstream calls waiting for a provider slot.",
+            labels=("provider",),
+        )
+        breaker = GaugeMetricFamily(
+            "semcache_circuit_breaker_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+            labels=("provider",),
+        )
+        return depth, breaker
+
+
+@dataclass
+class MetricsServer:
+    """A running `/metrics` endpoint (prometheus_client's HTTP server, in its own thread)."""
+
+    port: int
+    _server: WSGIServer
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        """Stop serving and free the port (blocks for up to half a second)."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    async def aclose(self) -> None:
+        """`close`, off the event loop."""
+        await asyncio.to_thread(self.close)
+
+
+def start_metrics_server(metrics: Metrics, host: str, port: int) -> MetricsServer:
+    """Serve `metrics` at http://host:port/metrics (port 0 picks a free one).
+
+    Raises:
+        OSError: the port could not be bound.
+    """
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    return MetricsServer(server.server_port, server, thread)
