@@ -5,27 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
 import structlog
 
-from service._proto.semcache.v1 import semcache_pb2 as pb
-from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.config import Settings
+
+if TYPE_CHECKING:
+    from service.client import Answer, SemcacheClient
 from service.logs import configure_logging
 
 log = structlog.get_logger(__name__)
 
-_POLICIES = {
-    "default": pb.CACHE_POLICY_DEFAULT,
-    "bypass": pb.CACHE_POLICY_BYPASS,
-    "refresh": pb.CACHE_POLICY_REFRESH,
-    "no-store": pb.CACHE_POLICY_NO_STORE,
-}
+_POLICIES = ("default", "bypass", "refresh", "no-store")
 
 
 async def _serve(settings: Settings) -> None:
@@ -45,7 +42,7 @@ async def _serve(settings: Settings) -> None:
         )
     log.info("loading embedding model", backend=settings.embedding_backend)
     embedder = await asyncio.to_thread(load_embedder, settings)
-    app = await build_app(settings, embedder)
+    app = await build_app(settings, embedder, os.environ)
     try:
         await serve_until_signalled(app, settings)
     finally:
@@ -103,102 +100,134 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
         settings.embedding_threads,
     )
     datasets = args.datasets or sorted(DATASETS)
+    if args.compare_backend:
+        from benchmarks.quality import compare_embedders
+
+        other = build_embedder(
+            args.compare_backend,
+            settings.embedding_model_path,
+            settings.embedding_cache_dir,
+            settings.embedding_threads,
+        )
+        print(compare_embedders(Path(args.out), embedder, other, datasets))
+        return 0
     print(run(Path(args.out), embedder, datasets))
     return 0
 
 
-def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
-    return (("x-tenant-id", args.tenant),)
+def _cmd_route_eval(args: argparse.Namespace) -> int:
+    from service.app import build_settings_router, load_embedder
+    from service.llm.catalogue import load_catalogue
+    from service.routing.evaluate import route_eval
+
+    configure_logging("console", "warning")
+    settings = Settings()
+    if args.strategy:
+        settings = settings.model_copy(update={"routing_strategy": args.strategy})
+    catalogue = load_catalogue(settings.catalogue_path, os.environ)
+    embedder = load_embedder(settings)
+    router = build_settings_router(settings, catalogue, embedder)
+    print(route_eval(Path(args.file), router, catalogue, embedder.embed, args.output_tokens))
+    return 0
 
 
-def _print_completion(response: pb.CompleteResponse, round_trip_ms: float) -> None:
-    status = pb.CacheStatus.Name(response.cache_status).removeprefix("CACHE_STATUS_").lower()
-    print(response.content)
+def _client(args: argparse.Namespace) -> SemcacheClient:
+    from service.client import SemcacheClient
+
+    return SemcacheClient(
+        args.target, tenant=args.tenant, api_key=args.api_key, timeout_s=args.timeout_s
+    )
+
+
+def _print_answer(answer: Answer, round_trip_ms: float) -> None:
     print(
-        f"-- cache={status} similarity={response.similarity:.3f} model={response.model}"
-        f" service={response.latency_ms:.1f}ms round_trip={round_trip_ms:.1f}ms"
-        f" cost=${response.cost_usd:.6f} saved=${response.cost_saved_usd:.6f}",
+        f"-- cache={answer.cache_status.value} similarity={answer.similarity:.3f}"
+        f" detail={answer.cache_detail or '-'} model={answer.model} tier={answer.tier or '-'}"
+        f" route={answer.route_reason or '-'} service={answer.latency_ms:.1f}ms"
+        f" round_trip={round_trip_ms:.1f}ms cost=${answer.cost_usd:.6f}"
+        f" saved=${answer.cost_saved_usd:.6f}",
         file=sys.stderr,
     )
 
 
-def _complete_request(args: argparse.Namespace) -> pb.CompleteRequest:
-    request = pb.CompleteRequest(
-        prompt=args.prompt,
-        model=args.model or "",
-        namespace=args.namespace or "",
-        cache_policy=_POLICIES[args.policy],
-    )
-    if args.temperature is not None:
-        request.temperature = args.temperature
-    if args.max_tokens is not None:
-        request.max_tokens = args.max_tokens
-    return request
-
-
-async def _complete(args: argparse.Namespace) -> None:
-    request = _complete_request(args)
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        stub = pb_grpc.SemanticCacheServiceStub(channel)
+def _cmd_complete(args: argparse.Namespace) -> int:
+    options = {
+        "model": args.model,
+        "namespace": args.namespace,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "cache_policy": args.policy,
+    }
+    with _client(args) as client:
         started = time.perf_counter()
         if not args.stream:
-            response = await stub.Complete(
-                request, metadata=_metadata(args), timeout=args.timeout_s
-            )
-            _print_completion(response, (time.perf_counter() - started) * 1000)
-            return
-        async for event in stub.StreamComplete(
-            request, metadata=_metadata(args), timeout=args.timeout_s
-        ):
-            if event.HasField("final"):
-                print(file=sys.stdout)
-                final = pb.CompleteResponse()
-                final.CopyFrom(event.final)
-                final.content = ""
-                _print_completion(final, (time.perf_counter() - started) * 1000)
-            else:
-                print(event.delta, end="", flush=True)
-
-
-async def _stats(args: argparse.Namespace) -> None:
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        stub = pb_grpc.SemanticCacheServiceStub(channel)
-        response = await stub.GetCacheStats(
-            pb.GetCacheStatsRequest(namespace=args.namespace or ""),
-            metadata=_metadata(args),
-            timeout=args.timeout_s,
-        )
-    print(response)
-
-
-async def _invalidate(args: argparse.Namespace) -> None:
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        stub = pb_grpc.SemanticCacheServiceStub(channel)
-        response = await stub.InvalidateCache(
-            pb.InvalidateCacheRequest(
-                namespace=args.namespace or "",
-                model=args.model or "",
-                older_than_s=args.older_than_s,
-                all=args.all,
-            ),
-            metadata=_metadata(args),
-            timeout=args.timeout_s,
-        )
-    print(f"deleted {response.deleted_entries} entries")
-
-
-def _run_client(coroutine_fn: object, args: argparse.Namespace) -> int:
-    try:
-        asyncio.run(coroutine_fn(args))  # type: ignore[operator]
-    except grpc.aio.AioRpcError as error:
-        print(f"semcache: {error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
+            answer = client.complete(args.prompt, **options)
+            print(answer.content)
+            _print_answer(answer, (time.perf_counter() - started) * 1000)
+            return 0
+        stream = client.stream(args.prompt, **options)
+        for delta in stream:
+            print(delta, end="", flush=True)
+        print()
+        if stream.answer is not None:
+            _print_answer(stream.answer, (time.perf_counter() - started) * 1000)
     return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        stats = client.stats(args.namespace, all_tenants=args.all_tenants)
+    for each in stats.tenants if args.all_tenants else (stats,):
+        print(
+            f"tenant={each.tenant} entries={each.entries} exact_hits={each.exact_hits}"
+            f" semantic_hits={each.semantic_hits} misses={each.misses} bypasses={each.bypasses}"
+            f" hit_rate={each.hit_rate:.3f} cost_saved_usd={each.cost_saved_usd:.6f}"
+            f" cost_spent_usd={each.cost_spent_usd:.6f}"
+        )
+    return 0
+
+
+def _cmd_invalidate(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        deleted = client.invalidate(
+            namespace=args.namespace,
+            model=args.model,
+            older_than_s=args.older_than_s or None,
+            all=args.all,
+            tenant=args.for_tenant,
+            all_tenants=args.all_tenants,
+        )
+    print(f"deleted {deleted} entries")
+    return 0
+
+
+def _cmd_keys_add(args: argparse.Namespace) -> int:
+    from service.auth import add_key
+
+    key = add_key(Path(args.file), args.tenant, args.role, args.name)
+    print(key)
+    print(
+        f"added key {args.name!r} (tenant {args.tenant}, role {args.role}) to {args.file};"
+        " the key above is shown once and stored only as a hash",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _run_client(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    from service.client import SemcacheError
+
+    try:
+        return command(args)
+    except SemcacheError as error:
+        print(f"semcache: {error.code.name}: {error.details}", file=sys.stderr)
+        return 1
 
 
 def _client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="localhost:50051", help="service address host:port")
-    parser.add_argument("--tenant", default="default", help="sent as x-tenant-id metadata")
+    parser.add_argument("--tenant", help="sent as x-tenant-id (open mode only)")
+    parser.add_argument("--api-key", help="sent as authorization: Bearer KEY")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="the call's deadline")
 
 
@@ -215,23 +244,35 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--namespace", help="cache namespace; default: 'default'")
     complete.add_argument("--temperature", type=float)
     complete.add_argument("--max-tokens", type=int)
-    complete.add_argument("--policy", choices=sorted(_POLICIES), default="default")
+    complete.add_argument("--policy", choices=_POLICIES, default="default")
     complete.add_argument("--stream", action="store_true", help="use StreamComplete")
     _client_arguments(complete)
-    complete.set_defaults(run=lambda a: _run_client(_complete, a))
+    complete.set_defaults(run=lambda a: _run_client(_cmd_complete, a))
 
     stats = commands.add_parser("stats", help="cache statistics for a tenant")
     stats.add_argument("--namespace", help="count entries of this namespace only")
+    stats.add_argument("--all-tenants", action="store_true", help="every tenant's (admin)")
     _client_arguments(stats)
-    stats.set_defaults(run=lambda a: _run_client(_stats, a))
+    stats.set_defaults(run=lambda a: _run_client(_cmd_stats, a))
 
     invalidate = commands.add_parser("invalidate", help="delete cached entries of a tenant")
     invalidate.add_argument("--namespace")
     invalidate.add_argument("--model")
     invalidate.add_argument("--older-than-s", type=int, default=0)
     invalidate.add_argument("--all", action="store_true", help="delete every entry of the tenant")
+    invalidate.add_argument("--for-tenant", help="act on this tenant (admin)")
+    invalidate.add_argument("--all-tenants", action="store_true", help="every tenant (admin)")
     _client_arguments(invalidate)
-    invalidate.set_defaults(run=lambda a: _run_client(_invalidate, a))
+    invalidate.set_defaults(run=lambda a: _run_client(_cmd_invalidate, a))
+
+    keys = commands.add_parser("keys", help="manage the API keys file")
+    key_commands = keys.add_subparsers(dest="keys", required=True)
+    keys_add = key_commands.add_parser("add", help="create a key; prints it once, stores its hash")
+    keys_add.add_argument("--file", required=True, help="the keys file (SEMCACHE_API_KEYS_FILE)")
+    keys_add.add_argument("--tenant", required=True)
+    keys_add.add_argument("--role", choices=["client", "admin"], default="client")
+    keys_add.add_argument("--name", required=True, help="a label for the key, e.g. the app")
+    keys_add.set_defaults(run=_cmd_keys_add)
 
     bench = commands.add_parser("bench", help="benchmarks (see the README's Benchmarks section)")
     benches = bench.add_subparsers(dest="bench", required=True)
@@ -251,7 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--datasets", nargs="*", choices=["qqp", "fow-pairs", "fow-conv"])
     quality.add_argument("--out", default="bench-results", help="folder for JSON, Markdown, PNG")
     quality.add_argument("--embedding-backend", choices=["torch", "onnx-int8", "onnx-fp32"])
+    quality.add_argument(
+        "--compare-backend",
+        choices=["torch", "onnx-int8", "onnx-fp32"],
+        help="instead of the sweep: how often this embedder makes the same decisions",
+    )
     quality.set_defaults(run=_cmd_bench_quality)
+
+    route = commands.add_parser(
+        "route-eval", help="routing accuracy, confusion matrix and projected cost on a file"
+    )
+    route.add_argument("file", help='JSONL, one {"prompt": ..., "tier": ...} per line')
+    route.add_argument("--strategy", choices=["rules", "nearest", "nearest+rules"])
+    route.add_argument(
+        "--output-tokens", type=int, default=250, help="assumed answer length for the cost"
+    )
+    route.set_defaults(run=_cmd_route_eval)
 
     simulate = commands.add_parser(
         "simulate-upstream", help="run the OpenAI-compatible upstream simulator"
