@@ -23,6 +23,8 @@ from service.llm.resilience import (
 from service.metrics import Metrics
 from service.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
 from service.routing.router import Router, build_router
+from service.telemetry import Telemetry
+from service.tracing import build_tracing
 from service.validation import Limits
 
 Closer = Callable[[], Awaitable[None]]
@@ -69,6 +71,7 @@ async def build_app(
     provider = build_resilient_provider(catalogue, resilience_options(settings))
     router = await asyncio.to_thread(build_settings_router, settings, catalogue, batcher.embedder)
     limiter = build_limiter(settings)
+    telemetry = Telemetry(Metrics(), build_tracing(settings.otlp_endpoint))
     cache = SemanticCache(
         store,
         batcher,
@@ -76,6 +79,7 @@ async def build_app(
         search_limit=settings.search_limit,
         ttl_s=settings.ttl_s,
         max_entries_per_tenant=settings.max_entries_per_tenant,
+        telemetry=telemetry,
     )
     gateway = Gateway(
         cache=cache,
@@ -91,9 +95,10 @@ async def build_app(
         ),
         policy=CachingPolicy(settings.max_cacheable_temperature, settings.cache_tool_calls),
         limiter=limiter,
-        metrics=Metrics(),
+        telemetry=telemetry,
     )
-    return App(gateway, [batcher.close, store.close, cache.close, provider.close, limiter.aclose])
+    closers = [batcher.close, store.close, cache.close, provider.close, limiter.aclose]
+    return App(gateway, [telemetry.tracing.aclose, *closers])
 
 
 def load_settings_catalogue(settings: Settings, environ: Mapping[str, str] | None) -> Catalogue:

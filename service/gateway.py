@@ -29,9 +29,9 @@ from service.errors import InvalidRequestError, RateLimitedError, UpstreamTimeou
 from service.llm.catalogue import Catalogue
 from service.llm.provider import Provider, ProviderAnswer, ProviderCall
 from service.llm.resilience import ResilientAnswer
-from service.metrics import Metrics
 from service.ratelimit import InMemoryRateLimiter, RateLimiter
 from service.routing.router import RouteDecision, Router
+from service.telemetry import Telemetry
 from service.validation import Limits, check_name, validate
 
 log = structlog.get_logger(__name__)
@@ -89,7 +89,7 @@ class Gateway:
         policy: CachingPolicy | None = None,
         stats: CacheStats | None = None,
         limiter: RateLimiter | None = None,
-        metrics: Metrics | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.cache = cache
         self.provider = provider
@@ -101,7 +101,8 @@ class Gateway:
         self._limits = limits
         self._policy = policy or CachingPolicy()
         self.limiter: RateLimiter = limiter or InMemoryRateLimiter(0, 0)
-        self.metrics = metrics or Metrics()
+        self.telemetry = telemetry or Telemetry()
+        self.metrics = self.telemetry.metrics
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Answer `request` in one piece.
@@ -139,7 +140,7 @@ class Gateway:
     def _route(self, request: CompletionRequest, lookup: Lookup | None) -> RouteDecision:
         """The model for a miss, reusing the lookup's embedding (never a second one)."""
         vector = lookup.vector if lookup is not None else None
-        with self.metrics.timed_stage("route"):
+        with self.telemetry.stage("route"):
             return self.router.route(request.question, vector, request.model)
 
     async def complete_many(
@@ -176,7 +177,7 @@ class Gateway:
     async def _upstream(self, request: CompletionRequest, route: RouteDecision) -> ProviderAnswer:
         """One unary upstream call, within the tenant's token budget."""
         await self._check_tokens(request.tenant)
-        with self.metrics.timed_stage("upstream"):
+        with self.telemetry.stage("upstream"):
             answer = await self.provider.complete(self._call(request, route.model))
         await self.limiter.spend_tokens(request.tenant, answer.usage.total_tokens)
         return answer
@@ -235,7 +236,7 @@ class Gateway:
             return None
         if request.cache_policy is CachePolicy.REFRESH:
             return Lookup(self.cache.key_for(request))
-        with self.metrics.timed_stage("lookup"):
+        with self.telemetry.stage("lookup"):
             return await self.cache.lookup(request)
 
     def _too_hot(self, request: CompletionRequest) -> bool:

@@ -159,3 +159,15 @@ async def test_metrics_endpoint_counts_requests_by_outcome(service: Service) -> 
     assert 'code="INVALID_ARGUMENT"' in text
     assert "semcache_stage_duration_seconds_bucket" in text
     assert 'semcache_saved_usd_total{model="gpt-4o-mini",tenant="default"}' in text
+
+
+async def test_tracing_records_a_span_per_stage(service: Service) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from service.tracing import tracing_with_exporter
+
+    exporter = InMemorySpanExporter()
+    service.app.gateway.telemetry.tracing = tracing_with_exporter(exporter, batch=False)
+    await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
+    names = {span.name for span in exporter.get_finished_spans()}
+    assert {"lookup", "embed", "search", "verify", "route", "upstream"} <= names

@@ -24,6 +24,7 @@ from service.cache.scope import CacheKey, cache_key
 from service.cache.store import CacheEntry, EntryFilter, ScoredEntry, Vector, VectorStore
 from service.domain import CacheStatus, CompletionRequest
 from service.embedding.batcher import EmbeddingBatcher
+from service.telemetry import Telemetry
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +111,7 @@ class SemanticCache:
         ttl_s: int = 0,
         max_entries_per_tenant: int = 0,
         clock: Callable[[], float] = time.time,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -119,6 +121,7 @@ class SemanticCache:
         self._max_entries = max_entries_per_tenant
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
+        self._telemetry = telemetry or Telemetry()
 
     def key_for(self, request: CompletionRequest) -> CacheKey:
         return cache_key(request, self.embedder.model_id)
@@ -135,25 +138,28 @@ class SemanticCache:
                 self._touch_later(exact.point_id)
                 return Lookup(key, hit=exact, best_similarity=1.0, detail="exact")
             vector, context_vector = await self._embed(key)
-            found = await self.store.search(
-                vector, key.tenant, key.scope, self._clock(), self._search_limit
-            )
+            with self._telemetry.stage("search"):
+                found = await self.store.search(
+                    vector, key.tenant, key.scope, self._clock(), self._search_limit
+                )
         except Exception as error:
             log.warning("cache lookup failed; treating as a miss", error=repr(error))
             return Lookup(key, detail="lookup_failed")
-        hit, detail = self._choose(key, found, context_vector, request.similarity_min or 0.0)
+        with self._telemetry.stage("verify"):
+            hit, detail = self._choose(key, found, context_vector, request.similarity_min or 0.0)
         if hit is not None:
             self._touch_later(hit.point_id)
         best = found[0].similarity if found else 0.0
         return Lookup(key, hit, vector, context_vector, best, detail)
 
     async def _embed(self, key: CacheKey) -> tuple[Vector, Vector | None]:
-        if not key.context:
-            return await self.embedder.embed(key.text), None
-        question, context = await asyncio.gather(
-            self.embedder.embed(key.text), self.embedder.embed(key.context)
-        )
-        return question, context
+        with self._telemetry.stage("embed"):
+            if not key.context:
+                return await self.embedder.embed(key.text), None
+            question, context = await asyncio.gather(
+                self.embedder.embed(key.text), self.embedder.embed(key.context)
+            )
+            return question, context
 
     async def _exact(self, key: CacheKey) -> CacheHit | None:
         entry = await self.store.get(key.point_id)
