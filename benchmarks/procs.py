@@ -65,6 +65,7 @@ def run_stack(
     ttft_ms: float = 0.0,
     ms_per_token: float = 0.0,
     extra_env: dict[str, str] | None = None,
+    simulator_args: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
     """Run `semcache simulate-upstream` and `semcache serve` until the block ends."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +82,7 @@ def run_stack(
             str(ttft_ms),
             "--ms-per-token",
             str(ms_per_token),
+            *simulator_args,
         ],
         env,
         workdir / "simulator.log",

@@ -115,6 +115,13 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_resilience(args: argparse.Namespace) -> int:
+    from benchmarks.resilience import run
+
+    print(run(Path(args.out), args.requests, args.error_rate, args.ttft_ms))
+    return 0
+
+
 def _cmd_route_eval(args: argparse.Namespace) -> int:
     from service.app import build_settings_router, load_embedder
     from service.llm.catalogue import load_catalogue
@@ -308,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-tokens", type=int, default=250, help="assumed answer length for the cost"
     )
     route.set_defaults(run=_cmd_route_eval)
+
+    resilience = benches.add_parser(
+        "resilience", help="success rate and latency under injected upstream failures, on vs off"
+    )
+    resilience.add_argument("--requests", type=int, default=300)
+    resilience.add_argument("--error-rate", type=float, default=0.3)
+    resilience.add_argument("--ttft-ms", type=float, default=20.0)
+    resilience.add_argument("--out", default="bench-results")
+    resilience.set_defaults(run=_cmd_bench_resilience)
 
     simulate = commands.add_parser(
         "simulate-upstream", help="run the OpenAI-compatible upstream simulator"
