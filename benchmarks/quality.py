@@ -229,6 +229,9 @@ def _rows(
                 "served_pct": round(100 * tally.served[group] / total, 2),
                 "wrong_pct": round(100 * tally.wrong[group] / total, 2),
                 "wrong_identical_question": tally.identical_other[group],
+                "wrong_excl_identical_pct": round(
+                    100 * (tally.wrong[group] - tally.identical_other[group]) / total, 2
+                ),
             }
         )
     return rows
@@ -253,6 +256,10 @@ def overall(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "trap_wrong_pct": _weighted(trap, "wrong_pct"),
                 "worst_trap_group_pct": max((m["wrong_pct"] for m in trap), default=0.0),
                 "trap_wrong_identical_question": sum(m["wrong_identical_question"] for m in trap),
+                "trap_wrong_excl_identical_pct": _weighted(trap, "wrong_excl_identical_pct"),
+                "worst_trap_group_excl_identical_pct": max(
+                    (m["wrong_excl_identical_pct"] for m in trap), default=0.0
+                ),
             }
         )
     return summary
@@ -268,31 +275,34 @@ def _weighted(members: Sequence[dict[str, Any]], key: str) -> float:
 
 def markdown(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| data set | verifier | setting | should-hit served % | traps wrong % |"
-        " worst trap group % | of which identical question |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| data set | verifier | setting | should-hit served % | traps wrong % (strict) |"
+        " identical-question hits | traps wrong % (excl. identical) |"
+        " worst trap group % (excl. identical) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
         setting = "cosine ≥" if s["mode"] == "threshold" else "floor 0.75, score ≥"
         lines.append(
             f"| {s['dataset']} | {s['mode']} | {setting} {s['value']:.2f} |"
             f" {s['should_hit_served_pct']} | {s['trap_wrong_pct']} |"
-            f" {s['worst_trap_group_pct']} | {s['trap_wrong_identical_question']} |"
+            f" {s['trap_wrong_identical_question']} | {s['trap_wrong_excl_identical_pct']} |"
+            f" {s['worst_trap_group_excl_identical_pct']} |"
         )
     return "\n".join(lines)
 
 
 def per_group_markdown(rows: Sequence[dict[str, Any]], mode: str, value: float) -> str:
     lines = [
-        "| data set | group | kind | pairs | served % | wrong % |",
-        "|---|---|---|---:|---:|---:|",
+        "| data set | group | kind | pairs | served % | wrong % (strict) |"
+        " wrong % excl. identical |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["mode"] == mode and abs(r["value"] - value) < 1e-9:
             kind = "should hit" if r["should_hit"] else "trap"
             lines.append(
                 f"| {r['dataset']} | {r['group']} | {kind} | {r['pairs']} |"
-                f" {r['served_pct']} | {r['wrong_pct']} |"
+                f" {r['served_pct']} | {r['wrong_pct']} | {r['wrong_excl_identical_pct']} |"
             )
     return "\n".join(lines)
 
@@ -309,7 +319,7 @@ def plot(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], out:
     for axis, dataset in zip(np.atleast_1d(axes), datasets, strict=True):
         for mode, style in (("threshold", "o-"), ("guard", "s-")):
             points = sorted(
-                (s["trap_wrong_pct"], s["should_hit_served_pct"])
+                (s["trap_wrong_excl_identical_pct"], s["should_hit_served_pct"])
                 for s in summary
                 if s["dataset"] == dataset and s["mode"] == mode
             )
@@ -334,7 +344,7 @@ def _plot_groups(rows: Sequence[dict[str, Any]], out: Path, plt: Any) -> None:
     for axis, mode in zip(axes, ("threshold", "guard"), strict=True):
         for group in groups:
             points = sorted(
-                (r["value"], r["wrong_pct"])
+                (r["value"], r["wrong_excl_identical_pct"])
                 for r in fow
                 if r["mode"] == mode and r["group"] == group
             )

@@ -8,6 +8,9 @@ want="1.85.1"
 have=$($PY -c "import importlib.metadata as m; print(m.version('grpcio-tools'))")
 [ "$have" = "$want" ] || { echo "grpcio-tools $want required, found $have" >&2; exit 1; }
 
+# the protoc plugins (protoc-gen-mypy...) live next to that python
+export PATH="$(dirname "$($PY -c 'import sys; print(sys.executable)')"):$PATH"
+
 out=service/_proto
 gen() {
   local dest=$1
