@@ -145,7 +145,15 @@ class Settings(BaseSettings):
         7 * 24 * 3600, ge=0, description="Seconds a cached answer stays servable; 0 = forever."
     )
     purge_interval_s: float = Field(
-        60.0, gt=0, description="How often expired entries are deleted in the background."
+        60.0,
+        gt=0,
+        description="How often expired entries are deleted and the embedded index is checked.",
+    )
+    index_after_points: int = Field(
+        2_000,
+        ge=1,
+        description="Embedded store: rebuild the HNSW index in the background once this many"
+        " entries lack it (until then they are searched exhaustively).",
     )
     embedding_model_path: Path | None = Field(
         None,

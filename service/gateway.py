@@ -393,17 +393,21 @@ class Gateway:
         )
         return await self.cache.invalidate(selector)
 
-    async def purge_forever(self, interval_s: float) -> None:
-        """Delete expired entries every `interval_s` until cancelled."""
+    async def maintain_forever(self, interval_s: float, index_after_points: int) -> None:
+        """Every `interval_s` until cancelled: delete expired entries, and let the store
+        rebuild its index once `index_after_points` new points lack one."""
         while True:
             await asyncio.sleep(interval_s)
             try:
                 purged = await self.cache.purge_expired()
+                indexing = await self.cache.maintain(index_after_points)
             except Exception as error:
-                log.warning("ttl purge failed", error=repr(error))
+                log.warning("cache upkeep failed", error=repr(error))
                 continue
             if purged:
                 log.info("purged expired cache entries", entries=purged)
+            if indexing:
+                log.info("rebuilding the vector index in the background")
 
 
 def _cache_answer(answer: ProviderAnswer, cost_usd: float) -> Answer:

@@ -118,7 +118,9 @@ async def serve_until_signalled(app: App, settings: Settings) -> None:
             app.gateway.metrics, settings.metrics_host, settings.metrics_port
         )
         log.info("metrics at /metrics", port=metrics_server.port)
-    purger = asyncio.create_task(app.gateway.purge_forever(settings.purge_interval_s))
+    purger = asyncio.create_task(
+        app.gateway.maintain_forever(settings.purge_interval_s, settings.index_after_points)
+    )
     log.info(
         "semcache serving",
         address=f"{settings.grpc_host}:{running.port}",

@@ -185,5 +185,9 @@ class QdrantVectorStore:
         await self._client.delete(self._collection, models.PointIdsList(points=ids), wait=True)
         return len(ids)
 
+    async def maintain(self, min_unindexed: int) -> bool:
+        """Nothing to do: a Qdrant server builds its indexes itself."""
+        return False
+
     async def close(self) -> None:
         await self._client.close()

@@ -261,6 +261,10 @@ class SemanticCache:
             tool_calls_json=answer.tool_calls_json,
         )
 
+    async def maintain(self, min_unindexed: int) -> bool:
+        """Let the store build its index in the background; see `VectorStore.maintain`."""
+        return await self.store.maintain(min_unindexed)
+
     async def purge_expired(self) -> int:
         """Delete every entry whose TTL has run out; returns how many."""
         return await self.store.delete(EntryFilter(expired_at=self._clock()))

@@ -117,6 +117,13 @@ class VectorStore(Protocol):
         """Delete `tenant`'s least recently hit entries beyond the newest `keep`."""
         ...
 
+    async def maintain(self, min_unindexed: int) -> bool:
+        """Background upkeep (index building) once `min_unindexed` points lack an index.
+
+        Returns whether work was started.
+        """
+        ...
+
     async def close(self) -> None:
         """Persist what is pending and release the store."""
         ...

@@ -1,0 +1,87 @@
+"""Vector store backends: the same behaviour from Qdrant Edge and qdrant-client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from service.cache.edge_store import EdgeVectorStore
+from service.cache.qdrant_store import QdrantVectorStore
+from service.cache.store import CacheEntry, EntryFilter, VectorStore
+
+DIM = 16
+
+
+def entry(tenant: str, scope: str = "s", *, expires_in_s: float = 3600.0) -> CacheEntry:
+    now = time.time()
+    return CacheEntry(
+        tenant, "ns", scope, "m", "q", "answer", "stop", 1, 1, 0.0, now, now + expires_in_s, now
+    )
+
+
+def unit(seed: int) -> np.ndarray:
+    vector = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+@pytest_asyncio.fixture(params=["edge", "qdrant-memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
+    backend: VectorStore
+    if request.param == "edge":
+        backend = EdgeVectorStore(tmp_path / "shard", DIM)
+    else:
+        backend = await QdrantVectorStore.open(":memory:", "test", DIM)
+    yield backend
+    await backend.close()
+
+
+async def test_search_never_crosses_tenant_or_scope(store: VectorStore) -> None:
+    vector = unit(1)
+    await store.upsert(str(uuid.uuid4()), vector, entry("a"))
+    await store.upsert(str(uuid.uuid4()), vector, entry("b"))
+    await store.upsert(str(uuid.uuid4()), vector, entry("a", scope="other"))
+    found = await store.search(vector, "a", "s", time.time(), 10)
+    assert [(f.entry.tenant, f.entry.scope) for f in found] == [("a", "s")]
+    assert found[0].similarity == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_expired_entries_are_not_found_and_purged(store: VectorStore) -> None:
+    await store.upsert(str(uuid.uuid4()), unit(2), entry("a", expires_in_s=-1))
+    assert await store.search(unit(2), "a", "s", time.time(), 5) == []
+    assert await store.delete(EntryFilter(expired_at=time.time())) == 1
+    assert await store.count(EntryFilter()) == 0
+
+
+async def test_eviction_keeps_the_most_recently_hit(store: VectorStore) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    for i, point_id in enumerate(ids):
+        await store.upsert(point_id, unit(i), entry("a"))
+    await store.touch(ids[0], time.time() + 10)
+    assert await store.evict_least_recent("a", keep=2) == 1
+    assert await store.get(ids[0]) is not None
+    assert await store.get(ids[1]) is None
+
+
+async def test_edge_builds_its_index_in_the_background(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    try:
+        for i in range(50):
+            await store.upsert(str(uuid.uuid4()), unit(i), entry("a"))
+        assert await store.maintain(min_unindexed=1_000) is False, "below the threshold"
+        assert await store.maintain(min_unindexed=10) is True
+        found = await store.search(unit(3), "a", "s", time.time(), 1)  # lookups go on meanwhile
+        assert found and found[0].similarity == pytest.approx(1.0, abs=1e-5)
+        for _ in range(200):  # bounded wait for the background rebuild
+            if await store.maintain(min_unindexed=10) is False:
+                break
+            await asyncio.sleep(0.05)
+        assert await store.count(EntryFilter(tenant="a")) == 50
+    finally:
+        await store.close()
