@@ -306,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quality.set_defaults(run=_cmd_bench_quality)
 
+    from benchmarks.commands import add_bench_commands
+
+    add_bench_commands(benches)  # load, overhead, compare, gptcache, scale
+
     route = commands.add_parser(
         "route-eval", help="routing accuracy, confusion matrix and projected cost on a file"
     )

@@ -1,0 +1,1 @@
+"""Baselines semcache is measured against, re-implemented as their authors described them."""

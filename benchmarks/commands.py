@@ -1,0 +1,153 @@
+"""The `semcache bench load|overhead|compare|gptcache|scale` subcommands.
+
+`add_bench_commands(benches)` adds them to the `bench` subparsers of
+`service.cli.build_parser`; until that one line is wired in, the same
+commands run as `python -m benchmarks.commands load|overhead|...`.
+Service processes started by a benchmark get `SEMCACHE_EMBEDDING_BACKEND`
+from `--embedding-backend` (default onnx-int8); in-process benchmarks build
+the same embedder from the usual settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ["torch", "onnx-int8", "onnx-fp32"]
+
+
+def _service_env(args: argparse.Namespace) -> dict[str, str]:
+    return {"SEMCACHE_EMBEDDING_BACKEND": args.embedding_backend}
+
+
+def _embedder(args: argparse.Namespace) -> Any:
+    from service.config import Settings
+    from service.embedding.factory import build_embedder
+    from service.logs import configure_logging
+
+    configure_logging("console", "warning")
+    settings = Settings()
+    return build_embedder(
+        args.embedding_backend,
+        settings.embedding_model_path,
+        settings.embedding_cache_dir,
+        settings.embedding_threads,
+    )
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    from benchmarks.load import LoadConfig, run
+
+    config = LoadConfig(
+        pairs=args.pairs,
+        requests=args.requests,
+        hit_requests=args.hit_requests,
+        concurrency=tuple(args.concurrency),
+        modes=tuple(args.modes),
+        zipf_s=args.zipf_s,
+        paraphrase_p=args.paraphrase_p,
+        seed=args.seed,
+    )
+    print(run(Path(args.out), config, args.target, args.service_pid, _service_env(args)))
+    return 0
+
+
+def _cmd_overhead(args: argparse.Namespace) -> int:
+    from benchmarks.overhead import run
+
+    print(run(Path(args.out), args.requests, _service_env(args)))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from benchmarks.compare import run
+
+    print(run(Path(args.out), _embedder(args), args.sizes, args.queries))
+    return 0
+
+
+def _cmd_gptcache(args: argparse.Namespace) -> int:
+    from benchmarks.gptcache_bench import run
+
+    embedder = _embedder(args)
+    print(run(Path(args.out), embedder, args.pairs, args.requests, _service_env(args)))
+    return 0
+
+
+def _cmd_scale(args: argparse.Namespace) -> int:
+    from benchmarks.scale import run
+
+    sizes = [*args.sizes, *([1_000_000] if args.with_1m else [])]
+    print(run(Path(args.out), _embedder(args), sizes, args.variants, args.time_limit_s))
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser, out: str) -> None:
+    parser.add_argument("--out", default=out, help="folder for JSON, Markdown and PNG results")
+    parser.add_argument(
+        "--embedding-backend",
+        choices=BACKENDS,
+        default="onnx-int8",
+        help="embedding backend of the service (and of in-process caches)",
+    )
+
+
+def add_bench_commands(benches: Any) -> None:
+    """Add load, overhead, compare, gptcache and scale to the `bench` subparsers."""
+    load = benches.add_parser("load", help="Zipf workload and hit phases through gRPC, swept")
+    load.add_argument("--pairs", type=int, default=2000, help="distinct duplicate pairs")
+    load.add_argument("--requests", type=int, default=1000, help="requests per Zipf phase")
+    load.add_argument("--hit-requests", type=int, default=1000, help="requests per hit phase")
+    load.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64, 256])
+    load.add_argument(
+        "--modes", nargs="+", choices=["unary", "stream"], default=["unary", "stream"]
+    )
+    load.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent over pairs")
+    load.add_argument("--paraphrase-p", type=float, default=0.3, help="chance of asking `b`")
+    load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--target", help="measure this running service instead of starting one")
+    load.add_argument("--service-pid", type=int, help="pid of --target's process, for CPU/RSS")
+    _common(load, "bench-results/load")
+    load.set_defaults(run=_cmd_load)
+
+    overhead = benches.add_parser("overhead", help="miss latency: simulator direct vs via semcache")
+    overhead.add_argument("--requests", type=int, default=300, help="distinct questions")
+    _common(overhead, "bench-results/overhead")
+    overhead.set_defaults(run=_cmd_overhead)
+
+    compare = benches.add_parser("compare", help="lookup vs the article's reference cache")
+    compare.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    compare.add_argument("--queries", type=int, default=200, help="queries per size")
+    _common(compare, "bench-results/compare")
+    compare.set_defaults(run=_cmd_compare)
+
+    gptcache = benches.add_parser("gptcache", help="semantic-hit throughput vs GPTCache")
+    gptcache.add_argument("--pairs", type=int, default=500, help="duplicate pairs cached")
+    gptcache.add_argument("--requests", type=int, default=1000, help="hits asked per phase")
+    _common(gptcache, "bench-results/gptcache")
+    gptcache.set_defaults(run=_cmd_gptcache)
+
+    scale = benches.add_parser("scale", help="store lookup latency and memory at 10k-1M entries")
+    scale.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    scale.add_argument("--with-1m", action="store_true", help="add 1,000,000 entries (slow)")
+    scale.add_argument(
+        "--variants", nargs="+", choices=["service", "int8-disk"], default=["service", "int8-disk"]
+    )
+    scale.add_argument("--time-limit-s", type=float, default=600.0, help="per build or probe")
+    _common(scale, "bench-results/scale")
+    scale.set_defaults(run=_cmd_scale)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m benchmarks.commands NAME ...`: the same commands without the main CLI."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.commands")
+    add_bench_commands(parser.add_subparsers(dest="bench", required=True))
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

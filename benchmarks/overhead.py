@@ -1,0 +1,211 @@
+"""The gateway's overhead on a miss: the simulator called directly vs through semcache.
+
+    semcache bench overhead [--requests 300]
+
+The simulator answers with zero latency. For each of `requests` distinct
+questions (qqp questions, read in place, each made unique by a numbered
+prefix) three calls are made in turn, so load from other processes falls on
+all of them alike: straight to the simulator with the `openai` client, through
+semcache as a plain request (a miss: the full path of exact lookup, embedding,
+ANN search, upstream call, store), and through semcache with
+CACHE_POLICY_BYPASS (no lookup, no store). The same is done streaming. The
+overhead is reported as the difference of the p50s and as the median of the
+per-question differences; calls that were not misses are left out and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from openai import AsyncOpenAI
+from tqdm import tqdm
+
+from benchmarks.load import DEFAULT_DATA, Sample, call_stream, call_unary
+from benchmarks.procs import run_stack
+from benchmarks.report import Row, latency_summary, machine_note, markdown_table, write_results
+from service._proto.semcache.v1 import semcache_pb2 as pb
+from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
+
+MODEL = "gpt-4o-mini"
+VARIANTS = ("direct", "semcache_miss", "semcache_bypass")
+
+
+def distinct_questions(n: int, path: Path = DEFAULT_DATA) -> list[str]:
+    """`n` different questions, numbered to stay distinct.
+
+    Every `a` of the file, and the `b` of pairs that are not duplicates (a
+    duplicate's `b` would be a semantic hit on its `a`).
+    """
+    seen: dict[str, None] = {}
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            row = json.loads(line)
+            seen[row["a"]] = None
+            if not row["same_answer"]:
+                seen[row["b"]] = None
+            if len(seen) >= n:
+                break
+    return [f"Q{i}: {question}" for i, question in enumerate(list(seen)[:n])]
+
+
+async def direct_call(client: AsyncOpenAI, prompt: str, stream: bool) -> Sample:
+    """One chat completion straight to the simulator, timed like the gRPC calls."""
+    messages: Any = [{"role": "user", "content": prompt}]
+    started = time.perf_counter()
+    if not stream:
+        await client.chat.completions.create(model=MODEL, messages=messages)
+        return Sample("direct", (time.perf_counter() - started) * 1000)
+    first_ms = 0.0
+    chunks = await client.chat.completions.create(
+        model=MODEL, messages=messages, stream=True, stream_options={"include_usage": True}
+    )
+    async for _ in chunks:
+        first_ms = first_ms or (time.perf_counter() - started) * 1000
+    return Sample("direct", (time.perf_counter() - started) * 1000, first_event_ms=first_ms)
+
+
+async def measure(
+    target: str, upstream_url: str, prompts: Sequence[str], stream: bool
+) -> dict[str, list[Sample]]:
+    """The three variants, interleaved question by question, at concurrency 1."""
+    namespace = f"overhead-{uuid.uuid4().hex[:8]}-{'s' if stream else 'u'}"
+    call = call_stream if stream else call_unary
+    results: dict[str, list[Sample]] = {name: [] for name in VARIANTS}
+    async with (
+        grpc.aio.insecure_channel(target) as channel,
+        AsyncOpenAI(base_url=upstream_url, api_key="bench", max_retries=0, timeout=60) as client,
+    ):
+        stub = pb_grpc.SemanticCacheServiceStub(channel)
+        for warm_up in range(3):
+            await direct_call(client, f"warm-up {warm_up}", stream)
+            await call(stub, pb.CompleteRequest(prompt=f"warm-up {warm_up}", namespace=namespace))
+        label = f"overhead {'stream' if stream else 'unary'}"
+        for prompt in tqdm(prompts, desc=label, unit="q", leave=False, mininterval=0.5):
+            results["direct"].append(await direct_call(client, prompt, stream))
+            miss = pb.CompleteRequest(prompt=prompt, namespace=namespace)
+            results["semcache_miss"].append(await call(stub, miss))
+            bypass = pb.CompleteRequest(
+                prompt=prompt, namespace=namespace, cache_policy=pb.CACHE_POLICY_BYPASS
+            )
+            results["semcache_bypass"].append(await call(stub, bypass))
+    return results
+
+
+EXPECTED = {"direct": "direct", "semcache_miss": "miss", "semcache_bypass": "bypass"}
+
+
+def summarise(results: dict[str, list[Sample]], mode: str) -> list[Row]:
+    """One row per variant: latency, and its overhead over the direct call."""
+    kept = [
+        i
+        for i in range(len(results["direct"]))
+        if all(results[v][i].outcome == EXPECTED[v] for v in VARIANTS)
+    ]
+    direct = [results["direct"][i].round_trip_ms for i in kept]
+    direct_p50 = statistics.median(direct) if direct else 0.0
+    rows: list[Row] = []
+    for variant in VARIANTS:
+        times = [results[variant][i].round_trip_ms for i in kept]
+        paired = [t - d for t, d in zip(times, direct, strict=True)]
+        rows.append(
+            {
+                "mode": mode,
+                "variant": variant,
+                "requests": len(times),
+                "left_out": len(results[variant]) - len(times),
+                **latency_summary(times),
+                "first_event_p50_ms": round(
+                    statistics.median([results[variant][i].first_event_ms for i in kept] or [0]),
+                    3,
+                ),
+                "service_p50_ms": round(
+                    statistics.median([results[variant][i].service_ms for i in kept] or [0]), 3
+                ),
+                "overhead_p50_ms": round(statistics.median(times) - direct_p50, 3)
+                if times
+                else 0.0,
+                "overhead_paired_p50_ms": round(statistics.median(paired), 3) if paired else 0.0,
+            }
+        )
+    return rows
+
+
+COLUMNS = (
+    ("mode", "mode"),
+    ("variant", "variant"),
+    ("requests", "requests"),
+    ("left_out", "left out"),
+    ("p50_ms", "p50 ms"),
+    ("p95_ms", "p95 ms"),
+    ("p99_ms", "p99 ms"),
+    ("first_event_p50_ms", "first event p50 ms"),
+    ("service_p50_ms", "in-service p50 ms"),
+    ("overhead_p50_ms", "overhead (p50 diff) ms"),
+    ("overhead_paired_p50_ms", "overhead (paired median) ms"),
+)
+
+
+def _targets(rows: Sequence[Row]) -> list[Row]:
+    return [
+        {
+            "target": f"miss overhead ≤ 3 ms at p50 ({row['mode']}, {row['variant']})",
+            "measured": row["overhead_paired_p50_ms"],
+            "met": row["overhead_paired_p50_ms"] <= 3.0,
+        }
+        for row in rows
+        if row["variant"] != "direct"
+    ]
+
+
+def run(out_dir: Path, requests: int, env: dict[str, str] | None = None) -> str:
+    """Measure, write overhead.json / overhead.md / overhead.png under `out_dir`."""
+    from benchmarks.report import bar_plot
+
+    env = env or {}
+    prompts = distinct_questions(requests)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as workdir, run_stack(Path(workdir), extra_env=env) as stack:
+        for stream in (False, True):
+            results = asyncio.run(measure(stack.target, stack.upstream_url, prompts, stream))
+            rows += summarise(results, "stream" if stream else "unary")
+    report: dict[str, Any] = {
+        "embedding_backend": env.get("SEMCACHE_EMBEDDING_BACKEND", "service default"),
+        "machine": machine_note(),
+        "rows": rows,
+        "targets": _targets(rows),
+    }
+    table = "\n\n".join(
+        [
+            f"Embedding backend: {report['embedding_backend']}. {report['machine']}.",
+            markdown_table(rows, COLUMNS),
+            markdown_table(
+                report["targets"], (("target", "target"), ("measured", "ms"), ("met", "met"))
+            ),
+        ]
+    )
+    write_results(out_dir, "overhead", report, table)
+    modes = ["unary", "stream"]
+    series = {
+        variant: [
+            next(r["p50_ms"] for r in rows if (r["mode"], r["variant"]) == (m, variant))
+            for m in modes
+        ]
+        for variant in VARIANTS
+    }
+    bar_plot(
+        out_dir / "overhead.png",
+        "Miss latency: direct vs through semcache (p50)",
+        "ms",
+        modes,
+        series,
+    )
+    return table
