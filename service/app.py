@@ -65,13 +65,19 @@ async def build_app(
     Raises:
         ValueError: no upstream base URL is configured, or the catalogue is invalid.
     """
-    batcher = EmbeddingBatcher(embedder or load_embedder(settings), settings.embedding_max_batch)
+    metrics = Metrics()
+    batcher = EmbeddingBatcher(
+        embedder or load_embedder(settings),
+        settings.embedding_max_batch,
+        on_batch=lambda size: metrics.observe_batch_size("embed", size),
+    )
     store = await build_store(settings, batcher.dim)
     catalogue = load_settings_catalogue(settings, environ)
     provider = build_resilient_provider(catalogue, resilience_options(settings))
     router = await asyncio.to_thread(build_settings_router, settings, catalogue, batcher.embedder)
     limiter = build_limiter(settings)
-    telemetry = Telemetry(Metrics(), build_tracing(settings.otlp_endpoint))
+    metrics.watch_providers(provider.breaker_states, provider.queue_depths)
+    telemetry = Telemetry(metrics, build_tracing(settings.otlp_endpoint))
     cache = SemanticCache(
         store,
         batcher,

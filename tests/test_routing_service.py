@@ -6,6 +6,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.embedding.base import Embedder
@@ -120,3 +121,45 @@ async def test_stream_broken_after_first_token_errors_and_caches_nothing(
     finally:
         await service.close()
         await sim.stop()
+
+
+async def test_stream_fails_over_before_the_first_token(embedder: Embedder, tmp_path: Path) -> None:
+    sim, service = await faulty_service(
+        embedder, tmp_path, {"gpt-4o-mini": FaultConfig(error_rate=1.0)}
+    )
+    try:
+        deltas, final = [], None
+        async for event in service.stub.StreamComplete(ask(SIMPLE)):
+            if event.HasField("final"):
+                final = event.final
+            else:
+                deltas.append(event.delta)
+        assert final is not None
+        assert final.model == "claude-3-5-haiku"
+        assert final.route_reason == "fallback:gpt-4o-mini"
+        assert "".join(deltas) == final.content
+    finally:
+        await service.close()
+        await sim.stop()
+
+
+async def test_prompt_too_big_for_the_context_window_goes_to_a_bigger_model(
+    embedder: Embedder, simulator: UpstreamSimulator, tmp_path: Path
+) -> None:
+    from service.config import DEFAULTS_DIR
+
+    catalogue = yaml.safe_load((DEFAULTS_DIR / "models.example.yaml").read_text())
+    for model in catalogue["models"]:
+        if model["name"] == "gpt-4o-mini":
+            model["context_window_tokens"] = 50
+    path = tmp_path / "small-window.yaml"
+    path.write_text(yaml.safe_dump(catalogue))
+    settings = make_settings("edge", tmp_path / "data", simulator.base_url, catalogue_path=path)
+    service = await start_service(embedder, simulator, settings)
+    try:
+        fits = await service.stub.Complete(ask(SIMPLE, max_tokens=20))
+        too_big = await service.stub.Complete(ask("What is the capital of Spain?", max_tokens=200))
+        assert fits.model == "gpt-4o-mini"
+        assert too_big.model == "claude-3-5-haiku"
+    finally:
+        await service.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from service.embedding.base import Embedder, Vectors
@@ -19,8 +20,14 @@ _Job = tuple[str, "asyncio.Future[Vectors]"]
 class EmbeddingBatcher:
     """Async front of an `Embedder`: `await embed(text)` returns one unit vector."""
 
-    def __init__(self, embedder: Embedder, max_batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        max_batch_size: int = 64,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self.embedder = embedder
+        self._on_batch = on_batch
         self._max_batch_size = max_batch_size
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
@@ -69,6 +76,8 @@ class EmbeddingBatcher:
             return
         self.batches_total += 1
         self.texts_total += len(batch)
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
         for (_, future), vector in zip(batch, vectors, strict=True):
             if not future.done():
                 future.set_result(vector)
