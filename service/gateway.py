@@ -114,10 +114,7 @@ class Gateway:
             InvalidRequestError: the request cannot be served as sent.
             UpstreamError: it missed the cache and the provider failed.
         """
-        started = time.perf_counter()
-        self._validate(request)
-        await self._admit(request.tenant)
-        lookup = await self._lookup(request)
+        started, lookup = await self._begin(request)
         if lookup is not None and lookup.hit is not None:
             return self._serve_hit(request, lookup.hit, started)
         route = self._route(request, lookup)
@@ -131,6 +128,13 @@ class Gateway:
         saved_usd = 0.0 if leader else cost_usd
         spent_usd = cost_usd if leader else 0.0
         return self._answered(request, lookup, route, answer, spent_usd, started, saved_usd)
+
+    async def _begin(self, request: CompletionRequest) -> tuple[float, Lookup | None]:
+        """Validate, count against the rate limit, look up: the start of every request."""
+        started = time.perf_counter()
+        self._validate(request)
+        await self._admit(request.tenant)
+        return started, await self._lookup(request)
 
     def _validate(self, request: CompletionRequest) -> None:
         validate(request, self._limits)
@@ -200,10 +204,7 @@ class Gateway:
             InvalidRequestError: the request cannot be served as sent.
             UpstreamError: it missed the cache and the provider failed.
         """
-        started = time.perf_counter()
-        self._validate(request)
-        await self._admit(request.tenant)
-        lookup = await self._lookup(request)
+        started, lookup = await self._begin(request)
         if lookup is not None and lookup.hit is not None:
             self.metrics.observe_ttft(lookup.hit.status.value, time.perf_counter() - started)
             for piece in _REPLAY_CHUNK.findall(lookup.hit.entry.content):

@@ -9,6 +9,7 @@ call also carries a `google.rpc.RetryInfo` detail saying when to retry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -115,21 +116,28 @@ def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
 
+@contextlib.asynccontextmanager
+async def _handled(call: _Call, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Count the RPC's outcome, and turn an error raised inside into its status."""
+    try:
+        yield
+    except grpc.aio.AbortError:
+        call.done(_code_of(context))
+        raise
+    except asyncio.CancelledError:
+        call.done(grpc.StatusCode.CANCELLED)
+        raise
+    except Exception as error:
+        await call.fail(context, error)
+    else:
+        call.done(grpc.StatusCode.OK)
+
+
 def _wrap_unary(behaviour: Unary, call: _Call) -> Unary:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         call.bind()
-        try:
-            response = await behaviour(request, context)
-        except grpc.aio.AbortError:
-            call.done(_code_of(context))
-            raise
-        except asyncio.CancelledError:
-            call.done(grpc.StatusCode.CANCELLED)
-            raise
-        except Exception as error:
-            await call.fail(context, error)
-        call.done(grpc.StatusCode.OK)
-        return response
+        async with _handled(call, context):
+            return await behaviour(request, context)
 
     return wrapped
 
@@ -137,17 +145,8 @@ def _wrap_unary(behaviour: Unary, call: _Call) -> Unary:
 def _wrap_stream(behaviour: ServerStream, call: _Call) -> ServerStream:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         call.bind()
-        try:
+        async with _handled(call, context):
             async for response in behaviour(request, context):
                 yield response
-        except grpc.aio.AbortError:
-            call.done(_code_of(context))
-            raise
-        except asyncio.CancelledError:
-            call.done(grpc.StatusCode.CANCELLED)
-            raise
-        except Exception as error:
-            await call.fail(context, error)
-        call.done(grpc.StatusCode.OK)
 
     return wrapped
