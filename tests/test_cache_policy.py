@@ -159,3 +159,32 @@ async def test_batch_complete_rejects_empty_and_oversized_batches(service: Servi
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await service.stub.BatchComplete(pb.BatchCompleteRequest(requests=batch))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+TOOLS = '[{"type": "function", "function": {"name": "lookup_order", "parameters": {}}}]'
+
+
+async def test_tool_call_answers_are_passed_on_but_not_cached(service: Service) -> None:
+    request = ask("Where is my order 1234?", tools_json=TOOLS, tool_choice="required")
+    first = await service.stub.Complete(request)
+    assert first.finish_reason == "tool_calls"
+    assert "lookup_order" in first.tool_calls_json
+    again = await service.stub.Complete(request)
+    assert again.cache_status == pb.CACHE_STATUS_MISS, "tool calls are not cached by default"
+
+
+async def test_tool_call_answers_are_cached_when_allowed(
+    embedder: Embedder, simulator: UpstreamSimulator, tmp_path: Path
+) -> None:
+    settings = make_settings("edge", tmp_path / "data", simulator.base_url, cache_tool_calls=True)
+    service = await start_service(embedder, simulator, settings)
+    try:
+        request = ask("Where is my order 1234?", tools_json=TOOLS, tool_choice="required")
+        first = await service.stub.Complete(request)
+        hit = await service.stub.Complete(request)
+        assert hit.cache_status == pb.CACHE_STATUS_EXACT_HIT
+        assert hit.tool_calls_json == first.tool_calls_json != ""
+        other_tools = await service.stub.Complete(ask("Where is my order 1234?"))
+        assert other_tools.cache_status == pb.CACHE_STATUS_MISS, "tools are part of the scope"
+    finally:
+        await service.close()

@@ -127,6 +127,7 @@ class _Run:
             model=model,
             finish_reason=answer.finish_reason,
             usage=answer.usage,
+            tool_calls_json=answer.tool_calls_json,
             attempts=self.attempts,
             fallback_from=requested if model != requested else None,
         )

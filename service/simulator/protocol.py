@@ -60,6 +60,7 @@ class ChatRequest:
     temperature: float | None = None
     stream: bool = False
     include_usage: bool = False
+    tool_call: str | None = None  # the function the answer calls, when tools force one
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,21 @@ def parse_chat_request(body: object) -> ChatRequest:
         temperature=_temperature(fields),
         stream=stream,
         include_usage=_include_usage(fields, stream),
+        tool_call=_forced_tool(fields),
     )
+
+
+def _forced_tool(fields: dict[str, Any]) -> str | None:
+    """The function a unary answer calls: the named one, or the first with "required"."""
+    tools = fields.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return None
+    choice = fields.get("tool_choice")
+    if isinstance(choice, dict):
+        name = choice.get("function", {}).get("name")
+        return name if isinstance(name, str) else None
+    first = tools[0].get("function", {}).get("name") if isinstance(tools[0], dict) else None
+    return first if choice == "required" and isinstance(first, str) else None
 
 
 def parse_completion_request(body: object) -> CompletionRequest:

@@ -59,6 +59,10 @@ class _Routes:
             return await self._stream_chat(request, chat, answer, prompt_tokens, plan)
         await _sleep_ms(self._ttft_ms(chat.model, plan) + self._generation_ms(chat.model, answer))
         meta = wire.ResponseMeta.new("chatcmpl", chat.model)
+        if chat.tool_call is not None:
+            arguments = {"question": chat.messages[-1].text}
+            body = wire.tool_call_completion(meta, chat.tool_call, arguments, prompt_tokens)
+            return web.json_response(body)
         return web.json_response(wire.chat_completion(meta, answer, prompt_tokens))
 
     async def completions(self, request: web.Request) -> web.Response:

@@ -59,6 +59,24 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def tool_call_completion(
+    meta: ResponseMeta, function: str, arguments: dict[str, Any], prompt_tokens: int
+) -> dict[str, Any]:
+    """A unary `chat.completion` whose one choice calls `function` with `arguments`."""
+    call = {
+        "id": f"call_{meta.id[-12:]}",
+        "type": "function",
+        "function": {"name": function, "arguments": json.dumps(arguments)},
+    }
+    message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+    return {
+        **meta.header("chat.completion"),
+        "choices": [choice],
+        "usage": usage(prompt_tokens, 8),
+    }
+
+
 def chat_completion(meta: ResponseMeta, answer: Answer, prompt_tokens: int) -> dict[str, Any]:
     """A unary `chat.completion` with one choice."""
     choice = {
