@@ -314,13 +314,13 @@ async def test_a_half_open_breaker_lets_one_trial_through_and_closes_on_success(
         _gateway(sim, clock, breaker_failures=2, retry_attempts=2) as provider,
     ):
         await provider.complete(_call(SMALL))
-        clock.now_s += 30
+        clock.now_s += 30.5  # past the 30 s cool-down (exactly 30 can round to 29.99...)
         assert provider.breaker_states()["openai"] == "half_open"
         trial_failed = await provider.complete(_call(SMALL))
         assert provider.breaker_states()["openai"] == "open"  # one failed trial reopens it
         assert sim.request_count(SMALL) == 3
 
-        clock.now_s += 30
+        clock.now_s += 30.5  # past the 30 s cool-down (exactly 30 can round to 29.99...)
         recovered = await provider.complete(_call(LARGE))
 
         assert provider.breaker_states()["openai"] == "closed"
