@@ -103,6 +103,7 @@ class Gateway:
         self.limiter: RateLimiter = limiter or InMemoryRateLimiter(0, 0)
         self.telemetry = telemetry or Telemetry()
         self.metrics = self.telemetry.metrics
+        self.metrics.watch_hit_rates(self.stats.hit_rates)
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Answer `request` in one piece.

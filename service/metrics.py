@@ -217,6 +217,10 @@ class Metrics:
         """
         self.registry.register(_ProviderCollector(breaker_states, queue_depths))
 
+    def watch_hit_rates(self, hit_rates: Callable[[], Mapping[str, float]]) -> None:
+        """Expose each tenant's hit ratio, read at every scrape (call once; read-only)."""
+        self.registry.register(_HitRateCollector(hit_rates))
+
 
 class _ProviderCollector(Collector):
     def __init__(
@@ -252,6 +256,29 @@ class _ProviderCollector(Collector):
             labels=("provider",),
         )
         return depth, breaker
+
+
+class _HitRateCollector(Collector):
+    def __init__(self, hit_rates: Callable[[], Mapping[str, float]]) -> None:
+        self._hit_rates = hit_rates
+
+    def describe(self) -> Iterable[Metric]:
+        return (self._family(),)
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        for tenant, rate in self._hit_rates().items():
+            family.add_metric([tenant], rate)
+        return (family,)
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "semcache_cache_hit_ratio",
+            "Hits over lookups per tenant on this replica since it started (sum"
+            " semcache_cache_lookups_total across replicas for a fleet-wide rate).",
+            labels=("tenant",),
+        )
 
 
 @dataclass

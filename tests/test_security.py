@@ -160,6 +160,7 @@ async def test_metrics_endpoint_counts_requests_by_outcome(service: Service) -> 
     assert "semcache_stage_duration_seconds_bucket" in text
     assert 'semcache_saved_usd_total{model="gpt-4o-mini",tenant="default"}' in text
     assert 'semcache_batch_size_count{kind="embed"}' in text
+    assert 'semcache_cache_hit_ratio{tenant="default"} 0.5' in text
     assert 'semcache_circuit_breaker_state{provider="openai"} 0.0' in text
     assert 'semcache_upstream_queue_depth{provider="openai"}' in text
 

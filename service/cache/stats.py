@@ -48,6 +48,10 @@ class CacheStats:
         """Every tenant this replica has counted, sorted."""
         return sorted(self._tenants)
 
+    def hit_rates(self) -> dict[str, float]:
+        """Each tenant's hit rate (for the metrics endpoint)."""
+        return {tenant: counters.hit_rate for tenant, counters in list(self._tenants.items())}
+
     def for_tenant(self, tenant: str) -> TenantCounters:
         """A copy of `tenant`'s counters (zeros for a tenant never seen)."""
         counters = self._tenants.get(tenant, TenantCounters())
