@@ -18,6 +18,23 @@ def test_every_setting_is_in_the_readme_table(name: str) -> None:
     assert f"| `SEMCACHE_{name.upper()}` |" in README
 
 
+def _documented_default(name: str) -> str:
+    default = Settings.model_fields[name].default
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, Path) and default.is_absolute():
+        return f"`{default.relative_to(Path(__file__).resolve().parents[1])}`"
+    return f"`{default}`"
+
+
+@pytest.mark.parametrize("name", sorted(Settings.model_fields))
+def test_the_readme_states_each_settings_default(name: str) -> None:
+    row = next(line for line in README.splitlines() if f"| `SEMCACHE_{name.upper()}` |" in line)
+    assert row.split(" | ")[1] == _documented_default(name)
+
+
 @pytest.mark.parametrize(
     "rpc", [m.name for m in pb.DESCRIPTOR.services_by_name["SemanticCacheService"].methods]
 )
