@@ -85,3 +85,17 @@ async def test_edge_builds_its_index_in_the_background(tmp_path: Path) -> None:
         assert await store.count(EntryFilter(tenant="a")) == 50
     finally:
         await store.close()
+
+
+async def test_search_many_answers_each_query_in_order(store: VectorStore) -> None:
+    from service.cache.store import SearchQuery
+
+    for i in range(3):
+        await store.upsert(str(uuid.uuid4()), unit(i), entry("a"))
+    now = time.time()
+    queries = [SearchQuery(unit(i), "a", "s", now, 1) for i in (2, 0, 1)]
+    queries.append(SearchQuery(unit(0), "b", "s", now, 1))  # another tenant: nothing
+    answers = await store.search_many(queries)
+    singles = [await store.search(q.vector, q.tenant, q.scope, q.now, q.limit) for q in queries]
+    assert [[e.point_id for e in a] for a in answers] == [[e.point_id for e in s] for s in singles]
+    assert [len(a) for a in answers] == [1, 1, 1, 0]

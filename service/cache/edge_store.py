@@ -24,6 +24,7 @@ from service.cache.store import (
     CacheEntry,
     EntryFilter,
     ScoredEntry,
+    SearchQuery,
     Vector,
 )
 
@@ -80,6 +81,14 @@ def _edge_filter(selector: EntryFilter) -> qe.Filter:
     return qe.Filter(must=list(must))
 
 
+def _scored(points: Sequence[qe.ScoredPoint]) -> list[ScoredEntry]:
+    return [
+        ScoredEntry(str(p.id), float(p.score), CacheEntry.from_payload(p.payload))
+        for p in points
+        if p.payload is not None
+    ]
+
+
 class EdgeVectorStore:
     """A `VectorStore` on a Qdrant Edge shard in `path` (created on first use)."""
 
@@ -108,25 +117,29 @@ class EdgeVectorStore:
     async def search(
         self, vector: Vector, tenant: str, scope: str, now: float, limit: int
     ) -> Sequence[ScoredEntry]:
-        query = qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest(vector.tolist()),
+        request = self._query(SearchQuery(vector, tenant, scope, now, limit))
+        return _scored(await self._run(lambda: self._shard.query(request)))
+
+    async def search_many(self, queries: Sequence[SearchQuery]) -> list[Sequence[ScoredEntry]]:
+        batch = qe.QueryBatchRequest([self._query(q) for q in queries])
+        return [
+            _scored(points) for points in await self._run(lambda: self._shard.query_batch(batch))
+        ]
+
+    def _query(self, query: SearchQuery) -> qe.QueryRequest:
+        return qe.QueryRequest(
+            limit=query.limit,
+            query=qe.Query.Nearest(query.vector.tolist()),
             filter=qe.Filter(
                 must=[
-                    _match("tenant", tenant),
-                    _match("scope", scope),
-                    qe.FieldCondition(key="expires_at", range=qe.RangeFloat(gt=now)),
+                    _match("tenant", query.tenant),
+                    _match("scope", query.scope),
+                    qe.FieldCondition(key="expires_at", range=qe.RangeFloat(gt=query.now)),
                 ]
             ),
             with_payload=True,
             params=self._params,
         )
-        points = await self._run(lambda: self._shard.query(query))
-        return [
-            ScoredEntry(str(p.id), float(p.score), CacheEntry.from_payload(p.payload))
-            for p in points
-            if p.payload is not None
-        ]
 
     async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:
         point = qe.Point(point_id, vector.tolist(), entry.to_payload())

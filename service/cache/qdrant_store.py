@@ -17,6 +17,7 @@ from service.cache.store import (
     CacheEntry,
     EntryFilter,
     ScoredEntry,
+    SearchQuery,
     Vector,
 )
 
@@ -48,6 +49,14 @@ def _qdrant_filter(selector: EntryFilter) -> models.Filter:
             models.FieldCondition(key="expires_at", range=models.Range(gt=selector.live_at))
         )
     return models.Filter(must=must)
+
+
+def _scored(points: Sequence[models.ScoredPoint]) -> list[ScoredEntry]:
+    return [
+        ScoredEntry(str(p.id), float(p.score), CacheEntry.from_payload(p.payload))
+        for p in points
+        if p.payload is not None
+    ]
 
 
 class QdrantVectorStore:
@@ -125,26 +134,30 @@ class QdrantVectorStore:
     async def search(
         self, vector: Vector, tenant: str, scope: str, now: float, limit: int
     ) -> Sequence[ScoredEntry]:
+        (found,) = await self.search_many([SearchQuery(vector, tenant, scope, now, limit)])
+        return found
+
+    async def search_many(self, queries: Sequence[SearchQuery]) -> list[Sequence[ScoredEntry]]:
+        responses = await self._client.query_batch_points(
+            self._collection, [self._request(q) for q in queries]
+        )
+        return [_scored(response.points) for response in responses]
+
+    def _request(self, query: SearchQuery) -> models.QueryRequest:
         scope_filter = models.Filter(
             must=[
-                _match("tenant", tenant),
-                _match("scope", scope),
-                models.FieldCondition(key="expires_at", range=models.Range(gt=now)),
+                _match("tenant", query.tenant),
+                _match("scope", query.scope),
+                models.FieldCondition(key="expires_at", range=models.Range(gt=query.now)),
             ]
         )
-        response = await self._client.query_points(
-            self._collection,
-            query=vector.tolist(),
-            query_filter=scope_filter,
-            limit=limit,
+        return models.QueryRequest(
+            query=query.vector.tolist(),
+            filter=scope_filter,
+            limit=query.limit,
             with_payload=True,
-            search_params=None if self._local else self._params,
+            params=None if self._local else self._params,
         )
-        return [
-            ScoredEntry(str(p.id), float(p.score), CacheEntry.from_payload(p.payload))
-            for p in response.points
-            if p.payload is not None
-        ]
 
     async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:
         point = models.PointStruct(id=point_id, vector=vector.tolist(), payload=entry.to_payload())

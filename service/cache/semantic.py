@@ -19,9 +19,17 @@ from typing import Protocol
 import numpy as np
 import structlog
 
+from service.batching.micro import MicroBatcher
 from service.cache.guard import GuardVerdict
 from service.cache.scope import CacheKey, cache_key
-from service.cache.store import CacheEntry, EntryFilter, ScoredEntry, Vector, VectorStore
+from service.cache.store import (
+    CacheEntry,
+    EntryFilter,
+    ScoredEntry,
+    SearchQuery,
+    Vector,
+    VectorStore,
+)
 from service.domain import CacheStatus, CompletionRequest
 from service.embedding.batcher import EmbeddingBatcher
 from service.telemetry import Telemetry
@@ -122,6 +130,13 @@ class SemanticCache:
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
         self._telemetry = telemetry or Telemetry()
+        metrics = self._telemetry.metrics
+        # Concurrent lookups' searches go to the store together.
+        self._searches: MicroBatcher[SearchQuery, Sequence[ScoredEntry]] = MicroBatcher(
+            store.search_many,
+            name="search-batcher",
+            on_batch=lambda size: metrics.observe_batch_size("search", size),
+        )
 
     def key_for(self, request: CompletionRequest) -> CacheKey:
         return cache_key(request, self.embedder.model_id)
@@ -138,10 +153,9 @@ class SemanticCache:
                 self._touch_later(exact.point_id)
                 return Lookup(key, hit=exact, best_similarity=1.0, detail="exact")
             vector, context_vector = await self._embed(key)
+            query = SearchQuery(vector, key.tenant, key.scope, self._clock(), self._search_limit)
             with self._telemetry.stage("search"):
-                found = await self.store.search(
-                    vector, key.tenant, key.scope, self._clock(), self._search_limit
-                )
+                found = await self._searches.submit(query)
         except Exception as error:
             log.warning("cache lookup failed; treating as a miss", error=repr(error))
             return Lookup(key, detail="lookup_failed")
@@ -278,9 +292,10 @@ class SemanticCache:
         )
 
     async def close(self) -> None:
-        """Wait for pending background writes."""
+        """Wait for pending background writes, and stop the search batcher."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self._searches.close()
 
 
 def _cosine(query: Vector | None, cached: Sequence[float]) -> float:

@@ -64,6 +64,17 @@ class ScoredEntry:
 
 
 @dataclass(frozen=True)
+class SearchQuery:
+    """One scoped search: live entries of (tenant, scope) nearest to `vector`."""
+
+    vector: Vector
+    tenant: str
+    scope: str
+    now: float
+    limit: int
+
+
+@dataclass(frozen=True)
 class EntryFilter:
     """Selects entries for counting and deletion; unset fields match everything.
 
@@ -95,6 +106,10 @@ class VectorStore(Protocol):
         self, vector: Vector, tenant: str, scope: str, now: float, limit: int
     ) -> Sequence[ScoredEntry]:
         """Up to `limit` live entries in (tenant, scope), most similar first."""
+        ...
+
+    async def search_many(self, queries: Sequence[SearchQuery]) -> list[Sequence[ScoredEntry]]:
+        """`search` for several queries in one call to the store, answers in order."""
         ...
 
     async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:

@@ -1,20 +1,18 @@
 """Runs an `Embedder` off the event loop, batching whatever requests are waiting.
 
-One worker task owns the model. When it is free it takes every text that has
-queued up (at most `max_batch_size`) and embeds them in one call on a
-dedicated thread. A lone request is embedded at once; it never waits for company.
+When the model is free, every text that has queued up (at most
+`max_batch_size`) is embedded in one call on a dedicated thread. A lone
+request is embedded at once; it never waits for company.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from service.batching.micro import MicroBatcher
 from service.embedding.base import Embedder, Vectors
-
-_Job = tuple[str, "asyncio.Future[Vectors]"]
 
 
 class EmbeddingBatcher:
@@ -27,13 +25,13 @@ class EmbeddingBatcher:
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.embedder = embedder
-        self._on_batch = on_batch
-        self._max_batch_size = max_batch_size
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
-        self._worker: asyncio.Task[None] | None = None
-        self.batches_total = 0
-        self.texts_total = 0
+        self._batcher: MicroBatcher[str, Vectors] = MicroBatcher(
+            self._embed_batch,
+            max_batch_size=max_batch_size,
+            name="embedding-batcher",
+            on_batch=on_batch,
+        )
 
     @property
     def model_id(self) -> str:
@@ -43,49 +41,27 @@ class EmbeddingBatcher:
     def dim(self) -> int:
         return self.embedder.dim
 
+    @property
+    def batches_total(self) -> int:
+        return self._batcher.batches_total
+
+    @property
+    def texts_total(self) -> int:
+        return self._batcher.items_total
+
     async def embed(self, text: str) -> Vectors:
         """The embedding of `text`, shape `(dim,)`.
 
         Raises:
             Whatever the embedder raised for the batch this text was in.
         """
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._run(), name="embedding-batcher")
-        future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((text, future))
-        return await future
+        return await self._batcher.submit(text)
 
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch_size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._embed_batch([job for job in batch if not job[1].cancelled()])
-
-    async def _embed_batch(self, batch: list[_Job]) -> None:
-        if not batch:
-            return
-        texts = [text for text, _ in batch]
+    async def _embed_batch(self, texts: list[str]) -> list[Vectors]:
         loop = asyncio.get_running_loop()
-        try:
-            vectors = await loop.run_in_executor(self._executor, self.embedder.embed, texts)
-        except Exception as error:  # handed to every waiter; the worker carries on
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        self.batches_total += 1
-        self.texts_total += len(batch)
-        if self._on_batch is not None:
-            self._on_batch(len(batch))
-        for (_, future), vector in zip(batch, vectors, strict=True):
-            if not future.done():
-                future.set_result(vector)
+        return list(await loop.run_in_executor(self._executor, self.embedder.embed, texts))
 
     async def close(self) -> None:
         """Stop the worker and release the embedding thread."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        await self._batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
