@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 
 from benchmarks.procs import run_stack
+from benchmarks.report import percentile
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 
@@ -73,11 +74,6 @@ def measure(target: str, pairs: list[tuple[str, str]]) -> LatencyResult:
     return result
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def summarise(result: LatencyResult) -> list[dict[str, float | int | str]]:
     rows: list[dict[str, float | int | str]] = []
     for outcome, values in sorted(result.round_trip_ms.items()):
@@ -86,7 +82,7 @@ def summarise(result: LatencyResult) -> list[dict[str, float | int | str]]:
                 "outcome": outcome,
                 "count": len(values),
                 "p50_ms": round(statistics.median(values), 2),
-                "p95_ms": round(_percentile(values, 0.95), 2),
+                "p95_ms": round(percentile(values, 0.95), 2),
                 "service_p50_ms": round(statistics.median(result.service_ms[outcome]), 2),
             }
         )

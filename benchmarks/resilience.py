@@ -21,6 +21,7 @@ import grpc
 import yaml
 
 from benchmarks.procs import run_stack
+from benchmarks.report import percentile
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.config import DEFAULTS_DIR
@@ -64,7 +65,7 @@ def _summary(
         "succeeded": len(ordered),
         "success_pct": round(100 * len(ordered) / requests, 2),
         "p50_ms": round(statistics.median(ordered), 1) if ordered else None,
-        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 1) if ordered else None,
+        "p95_ms": round(percentile(ordered, 0.95), 1) if ordered else None,
         "mean_attempts": round(statistics.fmean(attempts), 2) if attempts else None,
         "failures": failures,
     }

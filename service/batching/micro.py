@@ -33,8 +33,6 @@ class MicroBatcher(Generic[In, Out]):
         self._on_batch = on_batch
         self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        self.batches_total = 0
-        self.items_total = 0
 
     async def submit(self, item: In) -> Out:
         """The answer for `item`.
@@ -65,8 +63,6 @@ class MicroBatcher(Generic[In, Out]):
                 if not future.done():
                     future.set_exception(error)
             return
-        self.batches_total += 1
-        self.items_total += len(batch)
         if self._on_batch is not None:
             self._on_batch(len(batch))
         for (_, future), result in zip(batch, results, strict=True):

@@ -186,10 +186,6 @@ class EdgeVectorStore:
 
         return await self._write(evict)
 
-    async def flush(self) -> None:
-        """Persist pending writes (also done by `close`)."""
-        await self._write(self._shard.flush)
-
     async def maintain(self, min_unindexed: int) -> bool:
         """Rebuild the HNSW index in the background once `min_unindexed` points lack it.
 

@@ -41,14 +41,6 @@ class EmbeddingBatcher:
     def dim(self) -> int:
         return self.embedder.dim
 
-    @property
-    def batches_total(self) -> int:
-        return self._batcher.batches_total
-
-    @property
-    def texts_total(self) -> int:
-        return self._batcher.items_total
-
     async def embed(self, text: str) -> Vectors:
         """The embedding of `text`, shape `(dim,)`.
 
