@@ -77,6 +77,23 @@ def _cmd_gptcache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_grouping(args: argparse.Namespace) -> int:
+    from benchmarks.grouping import run
+
+    table = run(
+        Path(args.out),
+        args.requests,
+        args.concurrency,
+        args.ttft_ms,
+        args.ms_per_token,
+        args.max_prompts,
+        args.max_in_flight,
+        _service_env(args),
+    )
+    print(table)
+    return 0
+
+
 def _cmd_scale(args: argparse.Namespace) -> int:
     from benchmarks.scale import run
 
@@ -96,7 +113,7 @@ def _common(parser: argparse.ArgumentParser, out: str) -> None:
 
 
 def add_bench_commands(benches: Any) -> None:
-    """Add load, overhead, compare, gptcache and scale to the `bench` subparsers."""
+    """Add load, overhead, compare, gptcache, grouping and scale to the `bench` subparsers."""
     load = benches.add_parser("load", help="Zipf workload and hit phases through gRPC, swept")
     load.add_argument("--pairs", type=int, default=2000, help="distinct duplicate pairs")
     load.add_argument("--requests", type=int, default=1000, help="requests per Zipf phase")
@@ -129,6 +146,18 @@ def add_bench_commands(benches: Any) -> None:
     gptcache.add_argument("--requests", type=int, default=1000, help="hits asked per phase")
     _common(gptcache, "bench-results/gptcache")
     gptcache.set_defaults(run=_cmd_gptcache)
+
+    grouping = benches.add_parser(
+        "grouping", help="misses at high concurrency: one call each vs grouped /v1/completions"
+    )
+    grouping.add_argument("--requests", type=int, default=512, help="distinct misses")
+    grouping.add_argument("--concurrency", type=int, default=64)
+    grouping.add_argument("--ttft-ms", type=float, default=50.0, help="simulator latency")
+    grouping.add_argument("--ms-per-token", type=float, default=2.0, help="simulator latency")
+    grouping.add_argument("--max-prompts", type=int, default=16, help="group_prompts setting")
+    grouping.add_argument("--max-in-flight", type=int, default=4, help="group_prompts setting")
+    _common(grouping, "bench-results/grouping")
+    grouping.set_defaults(run=_cmd_grouping)
 
     scale = benches.add_parser("scale", help="store lookup latency and memory at 10k-1M entries")
     scale.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])

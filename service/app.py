@@ -73,7 +73,11 @@ async def build_app(
     )
     store = await build_store(settings, batcher.dim)
     catalogue = load_settings_catalogue(settings, environ)
-    provider = build_resilient_provider(catalogue, resilience_options(settings))
+    provider = build_resilient_provider(
+        catalogue,
+        resilience_options(settings),
+        on_group=lambda size: metrics.observe_batch_size("upstream", size),
+    )
     router = await asyncio.to_thread(build_settings_router, settings, catalogue, batcher.embedder)
     limiter = build_limiter(settings)
     metrics.watch_providers(provider.breaker_states, provider.queue_depths)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +96,12 @@ def test_report_helpers() -> None:
     assert percentile([], 0.99) == 0.0
     table = markdown_table([{"name": "a", "ms": 1.5}], (("name", "name"), ("ms", "p50 ms")))
     assert table.splitlines() == ["| name | p50 ms |", "|---|---:|", "| a | 1.500 |"]
+
+
+def test_grouping_bench_catalogue_groups_the_benchmarked_model(tmp_path: Path) -> None:
+    from benchmarks.grouping import MODEL, grouped_catalogue
+    from service.llm.catalogue import PromptGrouping, load_catalogue
+
+    catalogue = load_catalogue(grouped_catalogue(tmp_path, 8, 2), {})
+    grouping = catalogue.provider_of(MODEL).grouping
+    assert grouping == PromptGrouping(max_prompts=8, max_in_flight=2)

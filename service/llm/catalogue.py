@@ -3,7 +3,8 @@
 A YAML file (see `service/defaults/models.example.yaml`) lists providers and models:
 
     providers:                    one OpenAI-compatible endpoint each
-      - name, base_url?, api_key_env?, max_concurrency, max_queue, timeout_s
+      - name, base_url?, api_key_env?, max_concurrency, max_queue, timeout_s,
+        group_prompts? {max_prompts, max_in_flight, max_wait_ms, prompt_format}
     models:                       one priced model each, served by one provider
       - name, provider, tier, input_usd_per_mtok, output_usd_per_mtok,
         context_window_tokens, fallbacks
@@ -33,8 +34,21 @@ TIERS: tuple[str, ...] = ("small", "medium", "large")
 _CHARS_PER_TOKEN = 4
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PROVIDER_KEYS = frozenset(
-    {"name", "base_url", "api_key_env", "max_concurrency", "max_queue", "timeout_s"}
+    {
+        "name",
+        "base_url",
+        "api_key_env",
+        "max_concurrency",
+        "max_queue",
+        "timeout_s",
+        "group_prompts",
+    }
 )
+_GROUPING_KEYS = frozenset({"max_prompts", "max_in_flight", "max_wait_ms", "prompt_format"})
+PROMPT_FORMATS: tuple[str, ...] = ("plain", "chatml")
+"""How a grouped call's messages become one prompt: `plain` sends a lone user
+message as it is (any other conversation is not grouped), `chatml` renders
+every message with ChatML markers."""
 _MODEL_KEYS = frozenset(
     {
         "name",
@@ -67,6 +81,24 @@ def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
 
 
 @dataclass(frozen=True)
+class PromptGrouping:
+    """Send concurrent unary calls for one model as one `/v1/completions` request.
+
+    For providers that take a list of prompts in one request (vLLM does).
+    Calls are grouped only with calls of the same model and sampling
+    parameters; at most `max_in_flight` grouped requests per model and
+    parameters run at once, and calls that arrive while they do go together
+    in the next one (at most `max_prompts`). A lone call is sent at once
+    unless `max_wait_ms` holds it back for company.
+    """
+
+    max_prompts: int = 16
+    max_in_flight: int = 4
+    max_wait_ms: float = 0.0
+    prompt_format: str = "plain"
+
+
+@dataclass(frozen=True)
 class ProviderSpec:
     """One OpenAI-compatible endpoint and the limits the gateway keeps towards it.
 
@@ -82,12 +114,13 @@ class ProviderSpec:
     max_concurrency: int
     max_queue: int
     timeout_s: float
+    grouping: PromptGrouping | None = None
 
     def __repr__(self) -> str:
         return (
             f"ProviderSpec(name={self.name!r}, base_url={self.base_url!r}, "
             f"api_key_env={self.api_key_env!r}, max_concurrency={self.max_concurrency}, "
-            f"max_queue={self.max_queue}, timeout_s={self.timeout_s})"
+            f"max_queue={self.max_queue}, timeout_s={self.timeout_s}, grouping={self.grouping})"
         )
 
 
@@ -287,6 +320,25 @@ def _provider(entry: _Entry, env: Mapping[str, str]) -> ProviderSpec:
         max_concurrency=entry.integer("max_concurrency", 64, minimum=1),
         max_queue=entry.integer("max_queue", 256),
         timeout_s=timeout_s,
+        grouping=_grouping(entry),
+    )
+
+
+def _grouping(provider: _Entry) -> PromptGrouping | None:
+    raw = provider.raw.get("group_prompts")
+    if raw is None or raw is False:
+        return None
+    entry = _Entry(f"{provider.where}: group_prompts", {} if raw is True else raw, _GROUPING_KEYS)
+    prompt_format = entry.text("prompt_format", "plain")
+    if prompt_format not in PROMPT_FORMATS:
+        raise entry.fail(
+            f"unknown prompt_format {prompt_format!r}; use one of {list(PROMPT_FORMATS)}"
+        )
+    return PromptGrouping(
+        max_prompts=entry.integer("max_prompts", 16, minimum=1),
+        max_in_flight=entry.integer("max_in_flight", 4, minimum=1),
+        max_wait_ms=entry.number("max_wait_ms", 0.0),
+        prompt_format=prompt_format,
     )
 
 

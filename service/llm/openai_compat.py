@@ -11,14 +11,14 @@ which tells what to retry from the errors raised here (see
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import openai
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionChunk
 
-from service.domain import Usage
+from service.domain import SamplingParams, Usage
 from service.errors import UpstreamError
 from service.llm.http_errors import RetryableUpstreamError, translate_openai_error
 from service.llm.provider import ProviderAnswer, ProviderCall
@@ -68,6 +68,49 @@ class OpenAICompatProvider:
             usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
             tool_calls_json=json.dumps([c.model_dump() for c in tool_calls]) if tool_calls else "",
         )
+
+    async def complete_prompts(
+        self, model: str, prompts: Sequence[str], sampling: SamplingParams, timeout_s: float
+    ) -> list[ProviderAnswer]:
+        """One legacy `/v1/completions` request answering every prompt, in order.
+
+        The response reports usage for the whole request only, so each answer's
+        share is apportioned: prompt tokens by prompt length, completion tokens
+        by answer length (the shares add up to the reported totals).
+
+        Raises:
+            as `complete`; UpstreamError also when a prompt got no choice.
+        """
+        args: dict[str, Any] = {"model": model, "prompt": list(prompts), "timeout": timeout_s}
+        optional = {
+            "temperature": sampling.temperature,
+            "max_tokens": sampling.max_tokens,
+            "top_p": sampling.top_p,
+            "stop": list(sampling.stop) or None,
+        }
+        args.update({name: value for name, value in optional.items() if value is not None})
+        try:
+            response = await self._client.completions.create(**args)
+        except openai.OpenAIError as error:
+            raise translate_openai_error(error, self._where) from error
+        choices = {choice.index: choice for choice in response.choices}
+        if sorted(choices) != list(range(len(prompts))):
+            raise UpstreamError(
+                f"{self._where} answered {len(response.choices)} choices for {len(prompts)} prompts"
+            )
+        texts = [choices[i].text for i in range(len(prompts))]
+        usage = response.usage
+        prompt_shares = apportion(usage.prompt_tokens if usage else 0, [len(p) for p in prompts])
+        answer_shares = apportion(usage.completion_tokens if usage else 0, [len(t) for t in texts])
+        return [
+            ProviderAnswer(
+                content=text,
+                model=response.model or model,
+                finish_reason=choices[i].finish_reason or "stop",
+                usage=Usage(prompt_shares[i], answer_shares[i]),
+            )
+            for i, text in enumerate(texts)
+        ]
 
     async def stream(self, call: ProviderCall) -> AsyncGenerator[str | ProviderAnswer, None]:
         """Text deltas, then one `ProviderAnswer`; closing the generator closes the stream.
@@ -122,6 +165,20 @@ def _request_args(call: ProviderCall) -> dict[str, Any]:
     }
     args.update({name: value for name, value in optional.items() if value is not None})
     return args
+
+
+def apportion(total: int, weights: Sequence[int]) -> list[int]:
+    """`total` split in proportion to `weights` (equally when they are all 0), in whole
+    numbers that add up to `total`: the largest remainders get the leftover units."""
+    if not weights:
+        return []
+    scale = sum(weights)
+    exact = [total * w / scale for w in weights] if scale else [total / len(weights)] * len(weights)
+    shares = [int(x) for x in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: exact[i] - shares[i], reverse=True)
+    for i in by_remainder[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
 
 
 def _tool_choice(value: str | None) -> Any:

@@ -39,6 +39,7 @@ from service.errors import (
     UpstreamTimeoutError,
 )
 from service.llm.catalogue import Catalogue, ProviderSpec, estimate_prompt_tokens
+from service.llm.grouping import GroupingProvider
 from service.llm.guards import (
     BreakerState,
     CircuitBreaker,
@@ -344,9 +345,13 @@ def _broken_stream(model: str, sent_chars: int, error: UpstreamError) -> Upstrea
 
 
 def build_resilient_provider(
-    catalogue: Catalogue, options: ResilienceOptions | None = None
+    catalogue: Catalogue,
+    options: ResilienceOptions | None = None,
+    on_group: Callable[[int], None] | None = None,
 ) -> ResilientProvider:
-    """A `ResilientProvider` with one `OpenAICompatProvider` per catalogue provider.
+    """A `ResilientProvider` with one `OpenAICompatProvider` per catalogue provider,
+    behind a `GroupingProvider` where the catalogue sets `group_prompts`
+    (`on_group` is told each grouped request's size).
 
     Raises:
         ValueError: a provider has no base URL (see `Catalogue.with_default_base_url`).
@@ -358,5 +363,10 @@ def build_resilient_provider(
                 f"{catalogue.source}: provider {name!r} has no base_url; set one in the "
                 "catalogue or give the gateway a default upstream"
             )
-        clients[name] = OpenAICompatProvider(spec.base_url, spec.api_key, spec.timeout_s, name=name)
+        client = OpenAICompatProvider(spec.base_url, spec.api_key, spec.timeout_s, name=name)
+        clients[name] = (
+            client
+            if spec.grouping is None
+            else GroupingProvider(client, spec.grouping, on_group=on_group)
+        )
     return ResilientProvider(catalogue, clients, options)
