@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -195,7 +195,7 @@ class Gateway:
         await self._store_if_allowed(request, lookup, answer, cost_usd)
         return answer, cost_usd
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[str | Completion]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
         """Answer `request` as text deltas followed by one `Completion`.
 
         Nothing is cached unless the upstream stream ends normally; a caller that

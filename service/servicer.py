@@ -10,6 +10,7 @@ import grpc
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.auth import require_admin, require_principal, resolve_tenant
+from service.batching.deltas import join_waiting_text
 from service.domain import (
     CachePolicy,
     CacheStatus,
@@ -172,7 +173,8 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
     async def StreamComplete(
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompleteResponse]:
-        async for event in self._gateway.stream(to_request(request, context)):
+        events = join_waiting_text(self._gateway.stream(to_request(request, context)))
+        async for event in events:
             if isinstance(event, Completion):
                 yield pb.StreamCompleteResponse(final=to_response(event))
             else:

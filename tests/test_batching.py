@@ -1,12 +1,16 @@
-"""The micro-batcher: a lone item runs at once; items that wait are run together."""
+"""The micro-batcher (a lone item runs at once; items that wait are run together), and
+stream deltas joined while the reader is busy."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 
 import pytest
 
+from service.batching.deltas import join_waiting_text
 from service.batching.micro import MicroBatcher
+from service.errors import UpstreamError
 
 
 async def test_a_lone_item_runs_at_once_and_waiting_items_share_the_next_batch() -> None:
@@ -44,3 +48,53 @@ async def test_a_failing_batch_fails_its_callers_and_the_worker_carries_on() -> 
         await batcher.submit("bad")
     assert await batcher.submit("good") == "good"
     await batcher.close()
+
+
+# --- text deltas joined while the reader is busy ---------------------------------
+
+
+async def test_waiting_text_deltas_are_joined_and_other_items_keep_their_place() -> None:
+    async def source() -> AsyncGenerator[str | int, None]:
+        for item in ("a", "b", "c", 1, "d", "e"):
+            yield item
+
+    assert [item async for item in join_waiting_text(source())] == ["abc", 1, "de"]
+
+
+async def test_slow_deltas_go_out_one_by_one_as_they_arrive() -> None:
+    async def source() -> AsyncGenerator[str, None]:
+        for word in ("one ", "two ", "three"):
+            await asyncio.sleep(0.01)
+            yield word
+
+    assert [item async for item in join_waiting_text(source())] == ["one ", "two ", "three"]
+
+
+async def test_a_source_error_comes_after_the_text_before_it() -> None:
+    async def source() -> AsyncGenerator[str, None]:
+        yield "partial "
+        yield "answer"
+        raise UpstreamError("the stream broke")
+
+    seen: list[str] = []
+    with pytest.raises(UpstreamError, match="broke"):
+        async for item in join_waiting_text(source()):
+            seen.append(item)
+    assert seen == ["partial answer"]
+
+
+async def test_closing_the_reader_early_closes_the_source() -> None:
+    closed = asyncio.Event()
+
+    async def source() -> AsyncGenerator[str, None]:
+        try:
+            while True:
+                yield "tick "
+                await asyncio.sleep(0.001)
+        finally:
+            closed.set()
+
+    events = join_waiting_text(source())
+    assert (await anext(events)).startswith("tick")
+    await events.aclose()
+    assert closed.is_set()
