@@ -163,7 +163,7 @@ def add_bench_commands(benches: Any) -> None:
     scale.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     scale.add_argument("--with-1m", action="store_true", help="add 1,000,000 entries (slow)")
     scale.add_argument(
-        "--variants", nargs="+", choices=["service", "int8-disk"], default=["service", "int8-disk"]
+        "--variants", nargs="+", choices=["ram", "int8-disk"], default=["ram", "int8-disk"]
     )
     scale.add_argument("--time-limit-s", type=float, default=600.0, help="per build or probe")
     _common(scale, "bench-results/scale")

@@ -1,14 +1,15 @@
 """Scale run: lookup latency and memory of the embedded store at 10k, 100k (and 1M) entries.
 
-    semcache bench scale [--sizes 10000 100000] [--with-1m] [--variants service int8-disk]
+    semcache bench scale [--sizes 10000 100000] [--with-1m] [--variants ram int8-disk]
 
 Each size and store configuration is built in a child process, then opened
 again in a fresh child process and queried, so the memory figures are those
 of a process holding only that store (the parent samples each child's
-resident memory with psutil):
+resident memory with psutil). The configurations are the service's own
+`SEMCACHE_VECTOR_STORAGE` values (`edge_store.edge_config`; HNSW m=16,
+ef_construct=100):
 
-* `service`: the configuration `EdgeVectorStore` creates (vectors in RAM,
-  HNSW m=16, ef_construct=100).
+* `ram` (the default): float32 vectors in memory.
 * `int8-disk`: original vectors on disk (memory-mapped, `Memory.Cold`), int8
   scalar quantization (quantile 0.99) kept in RAM, searched with rescoring.
 
@@ -52,10 +53,11 @@ from benchmarks.report import (
     markdown_table,
     write_results,
 )
+from service.cache.edge_store import VECTOR_STORAGE
 from service.embedding.base import Embedder
 
 SIZES = (10_000, 100_000)
-VARIANTS = ("service", "int8-disk")
+VARIANTS = VECTOR_STORAGE
 BATCH = 2_000
 QUERIES = 200
 RECALL_QUERIES = 50
@@ -72,23 +74,6 @@ class Job:
     size: int
     real_vectors: Path
     query_vectors: Path
-
-
-def edge_config(variant: str, dim: int) -> Any:
-    """The Qdrant Edge configuration of a variant (see the module docstring)."""
-    import qdrant_edge as qe
-
-    hnsw = qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000)
-    if variant == "service":
-        vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
-        return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw)
-    if variant == "int8-disk":
-        quantization = qe.ScalarQuantizationConfig(
-            qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned
-        )
-        vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, memory=qe.Memory.Cold)
-        return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw, quantization_config=quantization)
-    raise ValueError(f"unknown store variant {variant!r}: use one of {', '.join(VARIANTS)}")
 
 
 def _payload(index: int, text: str) -> dict[str, Any]:
@@ -189,11 +174,11 @@ def _child(job: Job, results: Any) -> None:
 def _build(job: Job, report: Any) -> None:
     import qdrant_edge as qe
 
-    from service.cache.edge_store import EdgeVectorStore, _create_indexes
+    from service.cache.edge_store import EdgeVectorStore, _create_indexes, edge_config
 
     real = np.load(job.real_vectors)
     queries = np.load(job.query_vectors)
-    shard = qe.EdgeShard.create(str(job.path), edge_config(job.variant, real.shape[1]))
+    shard = qe.EdgeShard.create(str(job.path), edge_config(real.shape[1], job.variant))
     _create_indexes(shard)
     began = time.perf_counter()
     _insert(shard, job.size, real, report)

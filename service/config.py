@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         " 0 = no limit.",
     )
     hnsw_ef: int = Field(64, ge=4, description="HNSW search breadth (recall vs speed).")
+    vector_storage: Literal["ram", "int8-disk"] = Field(
+        "ram",
+        description="How a new store keeps its vectors: `ram` (float32 in memory) or"
+        " `int8-disk` (int8 copies in memory, originals on disk, read to rescore; about a"
+        " quarter of the memory at 1M entries). An existing store keeps what it was created with.",
+    )
     ttl_s: int = Field(
         7 * 24 * 3600, ge=0, description="Seconds a cached answer stays servable; 0 = forever."
     )

@@ -31,15 +31,41 @@ def unit(seed: int) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-@pytest_asyncio.fixture(params=["edge", "qdrant-memory"])
+@pytest_asyncio.fixture(
+    params=["edge", "qdrant-memory", "edge int8-disk", "qdrant-memory int8-disk"]
+)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
+    """Each backend, with the default vector storage and with int8 copies in RAM."""
     backend: VectorStore
-    if request.param == "edge":
-        backend = EdgeVectorStore(tmp_path / "shard", DIM)
+    name, _, storage = str(request.param).partition(" ")
+    if name == "edge":
+        backend = EdgeVectorStore(tmp_path / "shard", DIM, storage=storage or "ram")
     else:
-        backend = await QdrantVectorStore.open(":memory:", "test", DIM)
+        backend = await QdrantVectorStore.open(":memory:", "test", DIM, storage=storage or "ram")
     yield backend
     await backend.close()
+
+
+def test_unknown_vector_storage_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown vector storage 'fp16'"):
+        EdgeVectorStore(tmp_path / "shard", DIM, storage="fp16")
+
+
+async def test_int8_disk_store_finds_the_nearest_entry_after_indexing(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "shard", DIM, storage="int8-disk")
+    ids = [str(uuid.uuid4()) for _ in range(300)]
+    try:
+        for i, point_id in enumerate(ids):
+            await store.upsert(point_id, unit(i), entry("a"))
+        assert await store.maintain(min_unindexed=10) is True
+        await store.close()
+        store = EdgeVectorStore(tmp_path / "shard", DIM)  # reopened: keeps its own storage
+        for i in (0, 150, 299):
+            found = await store.search(unit(i), "a", "s", time.time(), 1)
+            assert found[0].point_id == ids[i]
+            assert found[0].similarity == pytest.approx(1.0, abs=1e-3)  # rescored: exact cosine
+    finally:
+        await store.close()
 
 
 async def test_search_never_crosses_tenant_or_scope(store: VectorStore) -> None:

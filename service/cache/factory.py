@@ -19,5 +19,11 @@ async def build_store(settings: Settings, dim: int) -> VectorStore:
             api_key=api_key,
             prefer_grpc=settings.qdrant_prefer_grpc,
             hnsw_ef=settings.hnsw_ef,
+            storage=settings.vector_storage,
         )
-    return EdgeVectorStore(settings.data_dir / settings.qdrant_collection, dim, settings.hnsw_ef)
+    return EdgeVectorStore(
+        settings.data_dir / settings.qdrant_collection,
+        dim,
+        settings.hnsw_ef,
+        settings.vector_storage,
+    )

@@ -21,6 +21,12 @@ from service.cache.store import (
     Vector,
 )
 
+_INT8_IN_RAM = models.ScalarQuantization(
+    scalar=models.ScalarQuantizationConfig(
+        type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+    )
+)
+
 
 def _match(key: str, value: str) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
@@ -85,8 +91,10 @@ class QdrantVectorStore:
         prefer_grpc: bool = True,
         timeout_s: float = 10.0,
         hnsw_ef: int = 64,
+        storage: str = "ram",
     ) -> QdrantVectorStore:
-        """Connect, and create `collection` for `dim`-sized cosine vectors if absent."""
+        """Connect, and create `collection` for `dim`-sized cosine vectors if absent,
+        keeping them as `storage` says (see `edge_store.VECTOR_STORAGE`)."""
         local = url == ":memory:"
         if local:
             client = AsyncQdrantClient(location=":memory:")
@@ -95,15 +103,19 @@ class QdrantVectorStore:
                 url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=int(max(1, timeout_s))
             )
         store = cls(client, collection, hnsw_ef, local=local)
-        await store._ensure_collection(dim)
+        await store._ensure_collection(dim, storage)
         return store
 
-    async def _ensure_collection(self, dim: int) -> None:
+    async def _ensure_collection(self, dim: int, storage: str) -> None:
         if await self._client.collection_exists(self._collection):
             return
+        on_disk = storage == "int8-disk"
         await self._client.create_collection(
             self._collection,
-            vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+            vectors_config=models.VectorParams(
+                size=dim, distance=models.Distance.COSINE, on_disk=on_disk
+            ),
+            quantization_config=_INT8_IN_RAM if on_disk else None,
         )
         if not self._local:  # in-process mode has no payload indexes (and warns about them)
             await self._create_indexes()
