@@ -51,7 +51,10 @@ def _cmd_load(args: argparse.Namespace) -> int:
         paraphrase_p=args.paraphrase_p,
         seed=args.seed,
     )
-    print(run(Path(args.out), config, args.target, args.service_pid, _service_env(args)))
+    env = _service_env(args)
+    if args.embedding_memo_size is not None:
+        env["SEMCACHE_EMBEDDING_MEMO_SIZE"] = str(args.embedding_memo_size)
+    print(run(Path(args.out), config, args.target, args.service_pid, env))
     return 0
 
 
@@ -127,6 +130,12 @@ def add_bench_commands(benches: Any) -> None:
     load.add_argument("--seed", type=int, default=0)
     load.add_argument("--target", help="measure this running service instead of starting one")
     load.add_argument("--service-pid", type=int, help="pid of --target's process, for CPU/RSS")
+    load.add_argument(
+        "--embedding-memo-size",
+        type=int,
+        help="SEMCACHE_EMBEDDING_MEMO_SIZE for the service it starts (0: every repeated"
+        " paraphrase is embedded again)",
+    )
     _common(load, "bench-results/load")
     load.set_defaults(run=_cmd_load)
 

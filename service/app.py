@@ -70,6 +70,8 @@ async def build_app(
         embedder or load_embedder(settings),
         settings.embedding_max_batch,
         on_batch=lambda size: metrics.observe_batch_size("embed", size),
+        memo_size=settings.embedding_memo_size,
+        on_embed=metrics.record_embedding,
     )
     store = await build_store(settings, batcher.dim)
     catalogue = load_settings_catalogue(settings, environ)

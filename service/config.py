@@ -178,6 +178,12 @@ class Settings(BaseSettings):
     )
     embedding_max_batch: int = Field(64, ge=1, description="Most texts embedded in one batch.")
     embedding_threads: int = Field(1, ge=1, description="CPU threads the embedding model may use.")
+    embedding_memo_size: int = Field(
+        10_000,
+        ge=0,
+        description="Vectors of this many recent distinct texts are kept, so a text asked again"
+        " is not embedded again (about 1.5 KB each); 0 = off.",
+    )
     max_prompt_bytes: int = Field(
         32_768, ge=1, description="Largest prompt (all messages together), in UTF-8 bytes."
     )

@@ -20,6 +20,7 @@ Series (labels in braces):
     semcache_rate_limited_total{tenant, limit}          refusals (limit: requests, tokens)
     semcache_upstream_queue_depth{provider}             calls waiting for a provider slot
     semcache_batch_size{kind}                           items per batch (embed, search, …)
+    semcache_embeddings_total{source}                   vectors from the model or the memo
     semcache_circuit_breaker_state{provider}            0 closed, 1 half-open, 2 open
 
 The hit rate is derived, not stored: a gauge of the lifetime ratio would hide
@@ -152,6 +153,12 @@ class Metrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
+        self._embeddings = Counter(
+            "semcache_embeddings",
+            "Vectors handed out, by source: model (a model run) or memo (a recent text).",
+            ("source",),
+            registry=r,
+        )
 
     def observe_request(
         self, rpc: str, code: str, cache_status: str, model: str, seconds: float
@@ -200,6 +207,10 @@ class Metrics:
     def record_rate_limited(self, tenant: str, limit: str) -> None:
         """A request refused by the `limit` ("requests" or "tokens") limit."""
         self._rate_limited.labels(tenant, limit).inc()
+
+    def record_embedding(self, source: str) -> None:
+        """One vector handed out, from the "model" or the "memo" of recent texts."""
+        self._embeddings.labels(source).inc()
 
     def observe_batch_size(self, kind: str, size: int) -> None:
         """Items in one batch of `kind` ("embed", "search", "upstream")."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from service.embedding import onnx_int8
 from service.embedding.base import Embedder
+from service.embedding.batcher import EmbeddingBatcher
 from service.embedding.errors import EmbeddingModelError
 from service.embedding.factory import build_embedder
 from service.embedding.onnx_int8 import OnnxEmbedder, model_fingerprint
@@ -254,3 +256,46 @@ def test_missing_model_package_says_what_to_install(monkeypatch: pytest.MonkeyPa
 def test_unknown_backend_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="onnx-int8"):
         build_embedder("tensorflow", None, tmp_path, None)  # type: ignore[arg-type]
+
+
+class CountingEmbedder:
+    """A tiny deterministic `Embedder` that counts the texts it runs."""
+
+    model_id = "counting/test"
+    dim = 4
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.seen.extend(texts)
+        rows = np.array([[len(t), 1.0, 0.0, 0.0] for t in texts], dtype=np.float32)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+async def test_a_recent_text_is_answered_from_the_memo_read_only() -> None:
+    model = CountingEmbedder()
+    sources: list[str] = []
+    batcher = EmbeddingBatcher(model, memo_size=2, on_embed=sources.append)
+    try:
+        first = await batcher.embed("how do magnets work")
+        again = await batcher.embed("how do magnets work")
+        await batcher.embed("b")
+        await batcher.embed("c")  # the memo holds two: the magnets question goes
+        await batcher.embed("how do magnets work")
+    finally:
+        await batcher.close()
+    assert again is first and not first.flags.writeable
+    assert model.seen == ["how do magnets work", "b", "c", "how do magnets work"]
+    assert sources == ["model", "memo", "model", "model", "model"]
+
+
+async def test_memo_size_zero_always_runs_the_model() -> None:
+    model = CountingEmbedder()
+    batcher = EmbeddingBatcher(model, memo_size=0)
+    try:
+        vectors = [await batcher.embed("same") for _ in range(3)]
+    finally:
+        await batcher.close()
+    assert model.seen == ["same"] * 3
+    assert all(v.flags.writeable for v in vectors)

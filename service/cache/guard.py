@@ -41,6 +41,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from service.cache import guard_lexicon as lex
 
@@ -143,6 +144,7 @@ def _normalise(text: str) -> str:
     return lowered
 
 
+@lru_cache(maxsize=8192)  # a query meets up to five candidates; popular entries recur
 def _parse(text: str) -> _Parsed:
     words: list[str] = []
     numbers: list[float] = []
