@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 import pytest
 
 from service._proto.semcache.v1 import semcache_pb2 as pb
+from service.cache.edge_store import EdgeVectorStore
+from service.cache.semantic import Answer, SemanticCache, ThresholdVerifier
+from service.domain import ChatMessage, CompletionRequest
 from service.embedding.base import Embedder
+from service.embedding.batcher import EmbeddingBatcher
 from service.simulator import UpstreamSimulator
 from tests.conftest import Service, make_settings, start_service
 
@@ -188,3 +193,35 @@ async def test_tool_call_answers_are_cached_when_allowed(
         assert other_tools.cache_status == pb.CACHE_STATUS_MISS, "tools are part of the scope"
     finally:
         await service.close()
+
+
+class TouchCountingStore(EdgeVectorStore):
+    """The embedded store, remembering each hit-time write."""
+
+    def __init__(self, path: Path, dim: int) -> None:
+        super().__init__(path, dim)
+        self.touches: list[list[str]] = []
+
+    async def touch(self, point_ids: Sequence[str], now: float) -> None:
+        self.touches.append(list(point_ids))
+        await super().touch(point_ids, now)
+
+
+async def test_hit_times_are_written_together_not_once_per_hit(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    store = TouchCountingStore(tmp_path / "shard", embedder.dim)
+    batcher = EmbeddingBatcher(embedder)
+    cache = SemanticCache(store, batcher, ThresholdVerifier(0.9))
+    request = CompletionRequest(messages=(ChatMessage("user", "How tall is Mount Everest?"),))
+    try:
+        missed = await cache.lookup(request)
+        await cache.store_answer(missed, Answer("8,849 m", "m", "stop", 1, 1, 0.0))
+        for _ in range(5):
+            assert (await cache.lookup(request)).hit is not None
+        assert store.touches == []  # nothing written on the request path
+    finally:
+        await cache.close()
+        await batcher.close()
+        await store.close()
+    assert store.touches == [[missed.key.point_id]]

@@ -89,7 +89,7 @@ async def test_eviction_keeps_the_most_recently_hit(store: VectorStore) -> None:
     ids = [str(uuid.uuid4()) for _ in range(3)]
     for i, point_id in enumerate(ids):
         await store.upsert(point_id, unit(i), entry("a"))
-    await store.touch(ids[0], time.time() + 10)
+    await store.touch([ids[0]], time.time() + 10)
     assert await store.evict_least_recent("a", keep=2) == 1
     assert await store.get(ids[0]) is not None
     assert await store.get(ids[1]) is None

@@ -183,8 +183,8 @@ class EdgeVectorStore:
             lambda: self._shard.count(qe.CountRequest(exact=True, filter=edge_filter))
         )
 
-    async def touch(self, point_id: str, now: float) -> None:
-        operation = qe.UpdateOperation.set_payload([point_id], {"last_hit_at": now})
+    async def touch(self, point_ids: Sequence[str], now: float) -> None:
+        operation = qe.UpdateOperation.set_payload(list(point_ids), {"last_hit_at": now})
         await self._write(lambda: self._shard.update(operation))
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:

@@ -188,9 +188,9 @@ class QdrantVectorStore:
         result = await self._client.count(self._collection, _qdrant_filter(selector), exact=True)
         return result.count
 
-    async def touch(self, point_id: str, now: float) -> None:
+    async def touch(self, point_ids: Sequence[str], now: float) -> None:
         await self._client.set_payload(
-            self._collection, {"last_hit_at": now}, points=[point_id], wait=False
+            self._collection, {"last_hit_at": now}, points=list(point_ids), wait=False
         )
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:

@@ -37,6 +37,7 @@ from service.telemetry import Telemetry
 log = structlog.get_logger(__name__)
 
 FOREVER_S = 100 * 365 * 24 * 3600  # what "no TTL" means for an entry's expiry
+HIT_WRITE_INTERVAL_S = 0.5  # hit times are written together, at most this late
 
 
 class Verifier(Protocol):
@@ -128,7 +129,8 @@ class SemanticCache:
         self._ttl_s = ttl_s
         self._max_entries = max_entries_per_tenant
         self._clock = clock
-        self._background: set[asyncio.Task[None]] = set()
+        self._hit_ids: set[str] = set()
+        self._hit_writer: asyncio.Task[None] | None = None
         self._telemetry = telemetry or Telemetry()
         metrics = self._telemetry.metrics
         # Concurrent lookups' searches go to the store together.
@@ -224,16 +226,27 @@ class SemanticCache:
         return verdict if context_verdict.accept else context_verdict
 
     def _touch_later(self, point_id: str) -> None:
-        """Record the hit for eviction without making the caller wait for the write."""
-        task = asyncio.create_task(self._touch(point_id))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        """Record the hit for eviction without making the caller wait for the write.
 
-    async def _touch(self, point_id: str) -> None:
+        Hits are written together, at most `HIT_WRITE_INTERVAL_S` late: one store
+        write per interval instead of one per hit.
+        """
+        self._hit_ids.add(point_id)
+        if self._hit_writer is None or self._hit_writer.done():
+            self._hit_writer = asyncio.create_task(self._write_hits_soon())
+
+    async def _write_hits_soon(self) -> None:
+        await asyncio.sleep(HIT_WRITE_INTERVAL_S)
+        await self._write_hits()
+
+    async def _write_hits(self) -> None:
+        if not self._hit_ids:
+            return
+        point_ids, self._hit_ids = list(self._hit_ids), set()
         try:
-            await self.store.touch(point_id, self._clock())
+            await self.store.touch(point_ids, self._clock())
         except Exception as error:
-            log.warning("cache hit time not recorded", error=repr(error))
+            log.warning("cache hit times not recorded", entries=len(point_ids), error=repr(error))
 
     async def store_answer(self, lookup: Lookup, answer: Answer, ttl_s: int | None = None) -> None:
         """Cache `answer` under `lookup.key`, reusing the lookup's vectors when it has them.
@@ -247,6 +260,7 @@ class SemanticCache:
             entry = self._entry(lookup.key, answer, context_vector, ttl_s)
             await self.store.upsert(lookup.key.point_id, vector, entry)
             if self._max_entries:
+                await self._write_hits()  # eviction must see the latest hits
                 await self.store.evict_least_recent(lookup.key.tenant, self._max_entries)
         except Exception as error:
             log.warning("cache store failed; answer not cached", error=repr(error))
@@ -292,9 +306,11 @@ class SemanticCache:
         )
 
     async def close(self) -> None:
-        """Wait for pending background writes, and stop the search batcher."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        """Write the pending hit times, and stop the search batcher."""
+        if self._hit_writer is not None:
+            self._hit_writer.cancel()
+            await asyncio.gather(self._hit_writer, return_exceptions=True)
+        await self._write_hits()
         await self._searches.close()
 
 

@@ -124,8 +124,8 @@ class VectorStore(Protocol):
         """How many entries `selector` matches."""
         ...
 
-    async def touch(self, point_id: str, now: float) -> None:
-        """Record that the entry was just served (for least-recently-hit eviction)."""
+    async def touch(self, point_ids: Sequence[str], now: float) -> None:
+        """Record that the entries were served at `now` (for least-recently-hit eviction)."""
         ...
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
