@@ -72,6 +72,7 @@ async def build_app(
         on_batch=lambda size: metrics.observe_batch_size("embed", size),
         memo_size=settings.embedding_memo_size,
         on_embed=metrics.record_embedding,
+        workers=settings.embedding_workers,
     )
     store = await build_store(settings, batcher.dim)
     catalogue = load_settings_catalogue(settings, environ)

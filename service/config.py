@@ -177,7 +177,15 @@ class Settings(BaseSettings):
         description="Where ONNX exports of the embedding model are cached.",
     )
     embedding_max_batch: int = Field(64, ge=1, description="Most texts embedded in one batch.")
-    embedding_threads: int = Field(1, ge=1, description="CPU threads the embedding model may use.")
+    embedding_threads: int = Field(
+        1, ge=1, description="CPU threads one embedding run may use (onnxruntime intra-op)."
+    )
+    embedding_workers: int = Field(
+        1,
+        ge=1,
+        description="Embedding runs at once, each on its own thread; give it spare cores"
+        " (workers x threads at most the cores the service may use).",
+    )
     embedding_memo_size: int = Field(
         10_000,
         ge=0,

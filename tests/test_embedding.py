@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -299,3 +301,23 @@ async def test_memo_size_zero_always_runs_the_model() -> None:
         await batcher.close()
     assert model.seen == ["same"] * 3
     assert all(v.flags.writeable for v in vectors)
+
+
+async def test_two_workers_embed_two_texts_at_the_same_time() -> None:
+    both_inside = threading.Barrier(2, timeout=5)
+
+    class MeetingEmbedder(CountingEmbedder):
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            both_inside.wait()  # only returns once the other run is inside too
+            return super().embed(texts)
+
+    model = MeetingEmbedder()
+    batcher = EmbeddingBatcher(model, workers=2)
+    try:
+        first = asyncio.create_task(batcher.embed("one"))
+        await asyncio.sleep(0.01)  # the first run is on its thread before the second is asked
+        second = await batcher.embed("three")
+        assert (await first).shape == second.shape == (4,)
+    finally:
+        await batcher.close()
+    assert sorted(model.seen) == ["one", "three"]

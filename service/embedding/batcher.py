@@ -31,16 +31,19 @@ class EmbeddingBatcher:
         on_batch: Callable[[int], None] | None = None,
         memo_size: int = 0,
         on_embed: Callable[[str], None] | None = None,
+        workers: int = 1,
     ) -> None:
-        """`on_embed` is told where each vector came from: "model" or "memo"."""
+        """`workers` batches may run at once, each on its own thread (the model is
+        shared); `on_embed` is told where each vector came from: "model" or "memo"."""
         self.embedder = embedder
         self._memo: OrderedDict[str, Vectors] = OrderedDict()
         self._memo_size = memo_size
         self._on_embed = on_embed
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedder")
         self._batcher: MicroBatcher[str, Vectors] = MicroBatcher(
             self._embed_batch,
             max_batch_size=max_batch_size,
+            workers=workers,
             name="embedding-batcher",
             on_batch=on_batch,
         )
