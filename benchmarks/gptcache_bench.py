@@ -13,7 +13,9 @@ backend as the service), so the cache engines are compared on equal
 embeddings. Concurrency is a thread pool calling `gptcache.adapter.api.get`.
 
 semcache runs as `semcache serve` (a separate process) and is called through
-gRPC, so its numbers include a network round trip GPTCache does not pay.
+gRPC, so its numbers include a network round trip GPTCache does not pay. Its
+memo of recent vectors is off (`SEMCACHE_EMBEDDING_MEMO_SIZE=0`): the asks
+are cycled, and GPTCache embeds every one of them, so semcache does too.
 Both caches get the `a` of the same qqp duplicate pairs; the `b`s that are a
 hit in both are then asked, cycled up to `requests` per phase.
 """
@@ -58,6 +60,9 @@ from service.embedding.base import Embedder
 GPTCACHE_THRESHOLD = 0.875  # 4 - (2 - 2 * 0.75) over GPTCache's max distance 4
 SEMCACHE_CONCURRENCY = (1, 8, 64)
 GPTCACHE_CONCURRENCY = (1, 8)
+
+
+NO_MEMO = {"SEMCACHE_EMBEDDING_MEMO_SIZE": "0"}
 
 
 def gptcache_version() -> str:
@@ -220,7 +225,7 @@ def measure(
         caches[label], hit_sets[label] = _gptcache_rows(folder, embed, dim, pairs, workdir)
     with (
         tempfile.TemporaryDirectory() as stackdir,
-        run_stack(Path(stackdir), extra_env=env) as stack,
+        run_stack(Path(stackdir), extra_env={**NO_MEMO, **env}) as stack,
     ):
         namespace = "gptcache-compare"
         hit_sets["semcache"] = asyncio.run(_semcache_hit_set(stack.target, namespace, pairs))
