@@ -51,9 +51,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
         paraphrase_p=args.paraphrase_p,
         seed=args.seed,
     )
-    env = _service_env(args)
-    if args.embedding_memo_size is not None:
-        env["SEMCACHE_EMBEDDING_MEMO_SIZE"] = str(args.embedding_memo_size)
+    env = {**_service_env(args), "SEMCACHE_EMBEDDING_MEMO_SIZE": str(args.embedding_memo_size)}
     print(run(Path(args.out), config, args.target, args.service_pid, env))
     return 0
 
@@ -133,8 +131,9 @@ def add_bench_commands(benches: Any) -> None:
     load.add_argument(
         "--embedding-memo-size",
         type=int,
-        help="SEMCACHE_EMBEDDING_MEMO_SIZE for the service it starts (0: every repeated"
-        " paraphrase is embedded again)",
+        default=0,
+        help="SEMCACHE_EMBEDDING_MEMO_SIZE for the service it starts; 0 (the default here)"
+        " embeds every ask, as phases replay the same texts and would find them in the memo",
     )
     _common(load, "bench-results/load")
     load.set_defaults(run=_cmd_load)
