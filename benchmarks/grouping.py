@@ -28,7 +28,14 @@ import yaml
 from benchmarks.load import drive
 from benchmarks.overhead import distinct_questions
 from benchmarks.procs import run_stack
-from benchmarks.report import Row, latency_summary, machine_note, markdown_table, write_results
+from benchmarks.report import (
+    Row,
+    bar_plot,
+    latency_summary,
+    machine_note,
+    markdown_table,
+    write_results,
+)
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.config import DEFAULTS_DIR
@@ -127,7 +134,7 @@ def run(
     max_in_flight: int,
     service_env: dict[str, str] | None = None,
 ) -> str:
-    """Measure both configurations; write grouping.json / grouping.md; return the table."""
+    """Measure both configurations; write grouping.json / .md / .png; return the table."""
     questions = distinct_questions(requests)
     rows = measure(
         questions, concurrency, ttft_ms, ms_per_token, max_prompts, max_in_flight, service_env or {}
@@ -139,4 +146,15 @@ def run(
     )
     table = f"{setup}\n\n{markdown_table(rows, COLUMNS)}"
     write_results(out_dir, "grouping", {"setup": setup, "rows": rows}, table)
+    bar_plot(
+        out_dir / "grouping.png",
+        f"{requests} misses at concurrency {concurrency}",
+        "count / per second / ms",
+        [str(row["configuration"]) for row in rows],
+        {
+            "upstream HTTP requests": [float(row["upstream_http_requests"]) for row in rows],
+            "misses/s": [float(row["throughput_rps"]) for row in rows],
+            "p95 ms": [float(row["p95_ms"]) for row in rows],
+        },
+    )
     return table
