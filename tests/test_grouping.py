@@ -18,6 +18,7 @@ from service.embedding.base import Embedder
 from service.errors import UpstreamRejectedError, UpstreamTimeoutError
 from service.llm.catalogue import PromptGrouping, parse_catalogue
 from service.llm.grouping import GroupingProvider, render_prompt
+from service.llm.http_errors import RetryableUpstreamError
 from service.llm.openai_compat import OpenAICompatProvider, apportion
 from service.llm.provider import ProviderAnswer, ProviderCall
 from service.simulator import UpstreamSimulator
@@ -322,3 +323,37 @@ async def test_grouped_provider_errors_reach_the_caller_as_grpc_codes(
     finally:
         await service.close()
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_one_failed_grouped_request_counts_once_on_the_breaker() -> None:
+    from service.llm.catalogue import parse_catalogue
+    from service.llm.resilience import ResilienceOptions, ResilientProvider, RetryPolicy
+
+    class FailingOnce(ScriptedPrompts):
+        async def complete_prompts(
+            self, model: str, prompts: Sequence[str], sampling: SamplingParams, timeout_s: float
+        ) -> list[ProviderAnswer]:
+            self.requests.append(list(prompts))
+            await asyncio.sleep(0.01)
+            if len(self.requests) == 2:  # the grouped request of six
+                raise RetryableUpstreamError("HTTP 500", status=500)
+            return [ProviderAnswer(f"re: {p}", model, "stop", Usage(1, 1)) for p in prompts]
+
+    document = catalogue_with({"max_in_flight": 1})
+    catalogue = parse_catalogue(document, {}, "t").with_default_base_url("http://unused")
+    inner = FailingOnce()
+    providers = {
+        name: GroupingProvider(inner, PromptGrouping(max_in_flight=1))
+        for name in catalogue.providers
+    }
+    options = ResilienceOptions(
+        retry=RetryPolicy(max_attempts=3, base_delay_s=0.001), breaker_failures=3
+    )
+    resilient = ResilientProvider(catalogue, providers, options)
+    blocker = asyncio.create_task(resilient.complete(user_call("first")))
+    await asyncio.sleep(0.001)
+    answers = await asyncio.gather(*(resilient.complete(user_call(f"q{n}")) for n in range(6)))
+    await blocker
+    assert inner.requests[:2] == [["first"], [f"q{n}" for n in range(6)]]
+    assert all(a.content.startswith("re: ") and a.attempts == 2 for a in answers)
+    assert resilient.breaker_states()["openai"] == "closed"  # six calls, one failure

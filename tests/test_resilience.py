@@ -458,3 +458,14 @@ def test_retry_after_is_read_from_milliseconds_seconds_or_a_date() -> None:
     assert retry_after_from_headers(httpx.Headers({"Retry-After": past})) == 0.0
     assert retry_after_from_headers(httpx.Headers({"Retry-After": "soon"})) is None
     assert retry_after_from_headers(httpx.Headers({})) is None
+
+
+def test_calls_failing_with_one_shared_error_count_once(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(failure_threshold=2, cooldown_s=10, clock=clock.now)
+    shared = UpstreamError("HTTP 500 for a grouped request of five prompts")
+    for _ in range(5):
+        assert breaker.try_acquire()
+        breaker.record_failure(shared)
+    assert breaker.state == "closed"  # one upstream failure, not five
+    breaker.record_failure(UpstreamError("another request failed"))
+    assert breaker.state == "open"

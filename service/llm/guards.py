@@ -73,6 +73,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._trial_in_flight = False
+        self._last_cause: BaseException | None = None
 
     @property
     def state(self) -> BreakerState:
@@ -105,17 +106,26 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         """The provider answered: close the breaker and forget past failures."""
+        self._last_cause = None
         self._failures = 0
         self._opened_at = None
         self._trial_in_flight = False
 
-    def record_failure(self) -> None:
+    def record_failure(self, cause: BaseException | None = None) -> None:
         """The provider failed: count it, and (re)open when the threshold is reached
-        or a half-open trial failed."""
+        or a half-open trial failed.
+
+        `cause` is the error the call failed with. Calls that fail with the very
+        same error object (the members of one grouped upstream request) are one
+        failure of the provider, and count once.
+        """
         trial_failed = self._trial_in_flight
         self._trial_in_flight = False
-        self._failures += 1
-        if trial_failed or self._failures >= self._failure_threshold:
+        counted = cause is None or cause is not self._last_cause
+        self._last_cause = cause
+        if counted:
+            self._failures += 1
+        if trial_failed or (counted and self._failures >= self._failure_threshold):
             self._opened_at = self._clock()
 
     def release(self) -> None:

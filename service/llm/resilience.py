@@ -332,7 +332,7 @@ def _settle(backend: _Backend, error: BaseException, timeout_s: float | None) ->
     elif isinstance(error, UpstreamTimeoutError) and timeout_s < backend.spec.timeout_s:
         breaker.release()  # the caller's short deadline, not the provider's slowness
     elif isinstance(error, UpstreamError):
-        breaker.record_failure()
+        breaker.record_failure(error)  # a grouped request's failure counts once
     else:
         breaker.release()
 
