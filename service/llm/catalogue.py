@@ -329,15 +329,16 @@ def _grouping(provider: _Entry) -> PromptGrouping | None:
     if raw is None or raw is False:
         return None
     entry = _Entry(f"{provider.where}: group_prompts", {} if raw is True else raw, _GROUPING_KEYS)
-    prompt_format = entry.text("prompt_format", "plain")
+    defaults = PromptGrouping()
+    prompt_format = entry.text("prompt_format", defaults.prompt_format)
     if prompt_format not in PROMPT_FORMATS:
         raise entry.fail(
             f"unknown prompt_format {prompt_format!r}; use one of {list(PROMPT_FORMATS)}"
         )
     return PromptGrouping(
-        max_prompts=entry.integer("max_prompts", 16, minimum=1),
-        max_in_flight=entry.integer("max_in_flight", 4, minimum=1),
-        max_wait_ms=entry.number("max_wait_ms", 0.0),
+        max_prompts=entry.integer("max_prompts", defaults.max_prompts, minimum=1),
+        max_in_flight=entry.integer("max_in_flight", defaults.max_in_flight, minimum=1),
+        max_wait_ms=entry.number("max_wait_ms", defaults.max_wait_ms),
         prompt_format=prompt_format,
     )
 

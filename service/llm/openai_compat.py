@@ -82,13 +82,7 @@ class OpenAICompatProvider:
             as `complete`; UpstreamError also when a prompt got no choice.
         """
         args: dict[str, Any] = {"model": model, "prompt": list(prompts), "timeout": timeout_s}
-        optional = {
-            "temperature": sampling.temperature,
-            "max_tokens": sampling.max_tokens,
-            "top_p": sampling.top_p,
-            "stop": list(sampling.stop) or None,
-        }
-        args.update({name: value for name, value in optional.items() if value is not None})
+        args.update(_sampling_args(sampling))
         try:
             response = await self._client.completions.create(**args)
         except openai.OpenAIError as error:
@@ -154,17 +148,25 @@ def _request_args(call: ProviderCall) -> dict[str, Any]:
         "messages": [{"role": m.role, "content": m.content} for m in call.messages],
         "timeout": call.timeout_s,
     }
+    chat_only = {
+        "response_format": {"type": sampling.response_format} if sampling.response_format else None,
+        "tools": json.loads(sampling.tools_json) if sampling.tools_json else None,
+        "tool_choice": _tool_choice(sampling.tool_choice),
+    }
+    args.update(_sampling_args(sampling))
+    args.update({name: value for name, value in chat_only.items() if value is not None})
+    return args
+
+
+def _sampling_args(sampling: SamplingParams) -> dict[str, Any]:
+    """The sampling parameters both the chat and the legacy completions API take, when set."""
     optional = {
         "temperature": sampling.temperature,
         "max_tokens": sampling.max_tokens,
         "top_p": sampling.top_p,
         "stop": list(sampling.stop) or None,
-        "response_format": {"type": sampling.response_format} if sampling.response_format else None,
-        "tools": json.loads(sampling.tools_json) if sampling.tools_json else None,
-        "tool_choice": _tool_choice(sampling.tool_choice),
     }
-    args.update({name: value for name, value in optional.items() if value is not None})
-    return args
+    return {name: value for name, value in optional.items() if value is not None}
 
 
 def apportion(total: int, weights: Sequence[int]) -> list[int]:
