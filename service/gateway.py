@@ -198,8 +198,11 @@ class Gateway:
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
         """Answer `request` as text deltas followed by one `Completion`.
 
-        Nothing is cached unless the upstream stream ends normally; a caller that
-        goes away mid-stream closes the upstream stream and stores nothing.
+        Nothing is cached unless the upstream stream ends normally and the caller
+        takes the final `Completion` and asks for more (as `async for` does once it
+        has sent that message on): the answer is stored then, not before. A caller
+        that goes away mid-stream, or before its final message was sent, closes the
+        upstream stream and stores nothing.
 
         Raises:
             InvalidRequestError: the request cannot be served as sent.
@@ -221,8 +224,9 @@ class Gateway:
                 if isinstance(event, ProviderAnswer):
                     await self.limiter.spend_tokens(request.tenant, event.usage.total_tokens)
                     cost_usd = self._cost_usd(event)
-                    await self._store_if_allowed(request, lookup, event, cost_usd)
                     yield self._answered(request, lookup, route, event, cost_usd, started)
+                    # Resumed only once the caller has sent the final message on.
+                    await self._store_if_allowed(request, lookup, event, cost_usd)
                     continue
                 if first:
                     status = CacheStatus.BYPASS if lookup is None else CacheStatus.MISS

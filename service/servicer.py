@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import grpc
@@ -174,11 +175,12 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompleteResponse]:
         events = join_waiting_text(self._gateway.stream(to_request(request, context)))
-        async for event in events:
-            if isinstance(event, Completion):
-                yield pb.StreamCompleteResponse(final=to_response(event))
-            else:
-                yield pb.StreamCompleteResponse(delta=event)
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, Completion):
+                    yield pb.StreamCompleteResponse(final=to_response(event))
+                else:
+                    yield pb.StreamCompleteResponse(delta=event)
 
     async def BatchComplete(
         self, request: pb.BatchCompleteRequest, context: grpc.aio.ServicerContext

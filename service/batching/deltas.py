@@ -6,6 +6,12 @@ writes, not the provider, set the pace. `join_waiting_text` reads the source
 in its own task; whenever the caller asks for the next item it gets every
 text delta that has arrived since, joined. A slow provider's deltas still go
 out one by one, as soon as each arrives: nothing waits for company.
+
+Only text is read ahead. After a non-text item (the final answer) the reading
+task waits until the caller has taken it and asked for the next item, so the
+source's code after yielding that item runs only once the caller has sent
+it on: the gateway stores a streamed answer there, and a caller that goes
+away before its final message was written stores nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -33,16 +39,23 @@ _DONE = _Done()
 
 @dataclass
 class _Pump(Generic[T]):
-    """Reads `source` into `queue` until it ends, fails or is cancelled."""
+    """Reads `source` into `queue` until it ends, fails or is cancelled.
+
+    Text is read ahead; after any other item it waits for `taken`.
+    """
 
     source: AsyncGenerator[str | T, None]
     queue: asyncio.Queue[str | T | _Failed | _Done]
+    taken: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
         try:
             async with aclosing(self.source):
                 async for item in self.source:
                     self.queue.put_nowait(item)
+                    if not isinstance(item, str):
+                        await self.taken.wait()
+                        self.taken.clear()
         except Exception as error:  # handed to the reader, in order
             self.queue.put_nowait(_Failed(error))
             return
@@ -59,7 +72,8 @@ async def join_waiting_text(
     the reading task, which closes `source`.
     """
     queue: asyncio.Queue[str | T | _Failed | _Done] = asyncio.Queue()
-    reader = asyncio.create_task(_Pump(source, queue).run())
+    pump = _Pump(source, queue)
+    reader = asyncio.create_task(pump.run())
     try:
         while True:
             waiting = [await queue.get()]
@@ -78,6 +92,7 @@ async def join_waiting_text(
                 if isinstance(item, _Failed):
                     raise item.error
                 yield item
+                pump.taken.set()
             if text:
                 yield "".join(text)
     finally:
