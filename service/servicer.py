@@ -228,7 +228,7 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
                 namespace=request.namespace or None,
                 model=request.model or None,
                 older_than_s=float(request.older_than_s),
-                everything=request.all or request.all_tenants,
+                everything=request.all,
             )
         )
         return pb.InvalidateCacheResponse(deleted_entries=deleted)
