@@ -11,6 +11,9 @@
     │   └── UpstreamRejectedError     INVALID_ARGUMENT: the provider refused the request (4xx)
     └── CacheUnavailableError         never reaches a caller: the cache fails open
 
+    StartupError                      never reaches a caller: `semcache serve` prints
+                                      it as one line and exits non-zero
+
 The mapping lives in `STATUS_BY_ERROR`; the error interceptor
 (`service.interceptors`) is the only code that turns these into statuses.
 """
@@ -75,6 +78,15 @@ class UpstreamRejectedError(UpstreamError):
 
 class CacheUnavailableError(SemcacheError):
     """The embedder or the vector store failed; the gateway treats it as a miss."""
+
+
+class StartupError(Exception):
+    """The service cannot start as configured.
+
+    The message is one line that says what is wrong and what to change;
+    `semcache serve` prints it (no traceback) and exits with status 1. Raise a
+    subclass (or this) for any start-up failure an operator can fix.
+    """
 
 
 STATUS_BY_ERROR: tuple[tuple[type[SemcacheError], grpc.StatusCode], ...] = (
