@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from service.cache.factory import build_store
 from service.cache.guard import NearMissGuard
 from service.cache.semantic import SemanticCache, ThresholdVerifier, Verifier
+from service.cache.stats import CacheStats
 from service.config import Settings
 from service.embedding.base import Embedder
 from service.embedding.batcher import EmbeddingBatcher
 from service.embedding.factory import build_embedder
-from service.gateway import CachingPolicy, Gateway
 from service.llm.catalogue import Catalogue, load_catalogue
 from service.llm.resilience import (
     ResilienceOptions,
@@ -21,6 +21,10 @@ from service.llm.resilience import (
     build_resilient_provider,
 )
 from service.metrics import Metrics
+from service.pipeline.admin import CacheAdmin
+from service.pipeline.ledger import Ledger
+from service.pipeline.maintenance import Maintenance
+from service.pipeline.request import CachingPolicy, RequestPipeline, Upstream
 from service.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
 from service.routing.router import Router, build_router
 from service.telemetry import Telemetry
@@ -32,13 +36,28 @@ Closer = Callable[[], Awaitable[None]]
 
 @dataclass
 class App:
-    """The running parts of one service instance."""
+    """The running parts of one service instance, built by `build_app`.
 
-    gateway: Gateway
+    The doors (gRPC, HTTP) call `pipeline` and `admin`; the server starts
+    `maintenance` and serves `metrics`; `cache` and `telemetry` are here for
+    the operator's tools and tests, not for the doors.
+    """
+
+    pipeline: RequestPipeline
+    admin: CacheAdmin
+    maintenance: Maintenance
+    cache: SemanticCache
+    telemetry: Telemetry
     closers: list[Closer] = field(default_factory=list)
 
+    @property
+    def metrics(self) -> Metrics:
+        """The Prometheus metrics every part of this instance records into."""
+        return self.telemetry.metrics
+
     async def aclose(self) -> None:
-        """Close every part, last built first."""
+        """Stop the upkeep loop, then close every part, last built first."""
+        await self.maintenance.aclose()
         for close in reversed(self.closers):
             await close()
         self.closers.clear()
@@ -94,24 +113,33 @@ async def build_app(
         max_entries_per_tenant=settings.max_entries_per_tenant,
         telemetry=telemetry,
     )
-    gateway = Gateway(
+    stats = CacheStats()
+    metrics.watch_hit_rates(stats.hit_rates)
+    pipeline = RequestPipeline(
         cache=cache,
-        provider=provider,
+        upstream=Upstream(provider, router, settings.upstream_timeout_s),
         catalogue=catalogue,
-        router=router,
-        upstream_timeout_s=settings.upstream_timeout_s,
+        ledger=Ledger(catalogue, stats, metrics),
         limits=Limits(
             settings.max_prompt_bytes,
             settings.max_messages,
             settings.max_tokens_limit,
             settings.max_ttl_s,
         ),
-        policy=CachingPolicy(settings.max_cacheable_temperature, settings.cache_tool_calls),
         limiter=limiter,
         telemetry=telemetry,
+        policy=CachingPolicy(settings.max_cacheable_temperature, settings.cache_tool_calls),
     )
+    maintenance = Maintenance(cache, settings.purge_interval_s, settings.index_after_points)
     closers = [batcher.close, store.close, cache.close, provider.close, limiter.aclose]
-    return App(gateway, [telemetry.tracing.aclose, *closers])
+    return App(
+        pipeline=pipeline,
+        admin=CacheAdmin(cache, stats),
+        maintenance=maintenance,
+        cache=cache,
+        telemetry=telemetry,
+        closers=[telemetry.tracing.aclose, *closers],
+    )
 
 
 def load_settings_catalogue(settings: Settings, environ: Mapping[str, str] | None) -> Catalogue:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from dataclasses import dataclass
 
@@ -85,9 +84,9 @@ async def start_server(
         RuntimeError: the port could not be bound.
     """
     security = security or Security()
-    interceptors = [ServiceInterceptor(app.gateway.metrics), AuthInterceptor(security.keyring)]
+    interceptors = [ServiceInterceptor(app.metrics), AuthInterceptor(security.keyring)]
     server = grpc.aio.server(interceptors=interceptors)
-    servicer = SemanticCacheServicer(app.gateway, batch_limits)
+    servicer = SemanticCacheServicer(app.pipeline, app.admin, batch_limits)
     pb_grpc.add_SemanticCacheServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -115,12 +114,10 @@ async def serve_until_signalled(app: App, settings: Settings) -> None:
     metrics_server = None
     if settings.metrics_port is not None:
         metrics_server = start_metrics_server(
-            app.gateway.metrics, settings.metrics_host, settings.metrics_port
+            app.metrics, settings.metrics_host, settings.metrics_port
         )
         log.info("metrics at /metrics", port=metrics_server.port)
-    purger = asyncio.create_task(
-        app.gateway.maintain_forever(settings.purge_interval_s, settings.index_after_points)
-    )
+    app.maintenance.start()
     log.info(
         "semcache serving",
         address=f"{settings.grpc_host}:{running.port}",
@@ -134,9 +131,6 @@ async def serve_until_signalled(app: App, settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down", grace_s=settings.grace_period_s)
     await running.stop(settings.grace_period_s)
-    purger.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await purger
     await app.aclose()
     if metrics_server is not None:
         await metrics_server.aclose()

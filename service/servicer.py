@@ -21,8 +21,9 @@ from service.domain import (
     SamplingParams,
 )
 from service.errors import InvalidRequestError, status_for
-from service.gateway import Gateway, Invalidation, TenantStats
 from service.interceptors import request_id_var, rpc_outcome_var
+from service.pipeline.admin import CacheAdmin, Invalidation, TenantStats
+from service.pipeline.request import RequestPipeline
 
 
 @dataclass(frozen=True)
@@ -159,22 +160,28 @@ def _stats(stats: TenantStats) -> pb.GetCacheStatsResponse:
 
 
 class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
-    """Implements semcache.v1.SemanticCacheService on top of a `Gateway`."""
+    """Implements semcache.v1.SemanticCacheService on the request pipeline and cache admin."""
 
-    def __init__(self, gateway: Gateway, batch_limits: BatchLimits | None = None) -> None:
-        self._gateway = gateway
+    def __init__(
+        self,
+        pipeline: RequestPipeline,
+        admin: CacheAdmin,
+        batch_limits: BatchLimits | None = None,
+    ) -> None:
+        self._pipeline = pipeline
+        self._admin = admin
         self._batch = batch_limits or BatchLimits()
 
     async def Complete(
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> pb.CompleteResponse:
-        completion = await self._gateway.complete(to_request(request, context))
+        completion = await self._pipeline.complete(to_request(request, context))
         return to_response(completion)
 
     async def StreamComplete(
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompleteResponse]:
-        events = join_waiting_text(self._gateway.stream(to_request(request, context)))
+        events = join_waiting_text(self._pipeline.stream(to_request(request, context)))
         async with aclosing(events):
             async for event in events:
                 if isinstance(event, Completion):
@@ -199,7 +206,7 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
         concurrency = min(request.max_concurrency or limit, limit)
         domain = [_to_request_or_error(item, context) for item in items]
         valid = [d for d in domain if isinstance(d, CompletionRequest)]
-        answers = iter(await self._gateway.complete_many(valid, concurrency))
+        answers = iter(await self._pipeline.complete_many(valid, concurrency))
         results = [_item(d if isinstance(d, Exception) else next(answers)) for d in domain]
         return pb.BatchCompleteResponse(results=results)
 
@@ -208,11 +215,11 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
     ) -> pb.GetCacheStatsResponse:
         principal = require_principal()
         namespace = request.namespace or None
-        response = _stats(await self._gateway.tenant_stats(principal.tenant, namespace))
+        response = _stats(await self._admin.tenant_stats(principal.tenant, namespace))
         if request.all_tenants:
             require_admin(principal, "stats for all tenants")
-            for tenant in self._gateway.stats.tenants():
-                response.tenants.append(_stats(await self._gateway.tenant_stats(tenant, namespace)))
+            for tenant in self._admin.tenants():
+                response.tenants.append(_stats(await self._admin.tenant_stats(tenant, namespace)))
         return response
 
     async def InvalidateCache(
@@ -222,7 +229,7 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
         if request.all_tenants:
             require_admin(principal, "invalidating every tenant's cache")
         tenant = None if request.all_tenants else resolve_tenant(principal, request.tenant or None)
-        deleted = await self._gateway.invalidate(
+        deleted = await self._admin.invalidate(
             Invalidation(
                 tenant=tenant,
                 namespace=request.namespace or None,

@@ -98,9 +98,7 @@ async def test_standalone_question_ignores_unrelated_history(service: Service) -
 async def test_ttl_override_per_request(service: Service) -> None:
     response = await service.stub.Complete(ask(QUESTION, ttl_s=1))
     assert response.cache_status == pb.CACHE_STATUS_MISS
-    entry = await service.app.gateway.cache.store.get(
-        service.app.gateway.cache.key_for(_domain(QUESTION)).point_id
-    )
+    entry = await service.app.cache.store.get(service.app.cache.key_for(_domain(QUESTION)).point_id)
     assert entry is not None
     assert entry.expires_at - entry.created_at == pytest.approx(1.0)
     for bad in (0, -5, service.settings.max_ttl_s + 1):
@@ -128,7 +126,7 @@ async def test_least_recently_hit_entries_are_evicted(
         await service.stub.Complete(ask(questions[0]))
         await service.stub.Complete(ask(questions[1]))
         await service.stub.Complete(ask(questions[0]))  # a hit: the first is now the most recent
-        await service.app.gateway.cache.close()  # let the hit's timestamp land
+        await service.app.cache.close()  # let the hit's timestamp land
         await service.stub.Complete(ask(questions[2]))  # evicts the least recently hit: [1]
         stats = await service.stub.GetCacheStats(pb.GetCacheStatsRequest())
         assert stats.entries == 2

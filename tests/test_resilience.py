@@ -29,7 +29,6 @@ from service.llm.openai_compat import OpenAICompatProvider
 from service.llm.provider import Provider, ProviderAnswer, ProviderCall
 from service.llm.resilience import (
     ResilienceOptions,
-    ResilientAnswer,
     ResilientProvider,
     UpstreamBusyError,
 )
@@ -187,7 +186,7 @@ async def test_a_server_error_is_retried_and_the_retry_answers(clock: FakeClock)
     async with _simulator({SMALL: fault}, seed) as sim, _gateway(sim, clock) as provider:
         answer = await provider.complete(_call(SMALL))
 
-    assert isinstance(answer, ResilientAnswer)
+    assert isinstance(answer, ProviderAnswer)
     assert (answer.model, answer.attempts, answer.fallback_from) == (SMALL, 2, None)
     assert answer.content
     assert sim.request_count(SMALL) == 2
@@ -370,7 +369,7 @@ async def test_a_stream_failing_before_its_first_delta_fails_over(clock: FakeClo
     ):
         deltas, final = await _collect(provider.stream(_call(SMALL)))
 
-    assert isinstance(final, ResilientAnswer)
+    assert isinstance(final, ProviderAnswer)
     assert (final.model, final.fallback_from, final.attempts) == (MEDIUM, SMALL, 2)
     assert "".join(deltas) == final.content != ""
 

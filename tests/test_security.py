@@ -147,7 +147,7 @@ async def test_metrics_endpoint_counts_requests_by_outcome(service: Service) -> 
     await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
     with pytest.raises(grpc.aio.AioRpcError):
         await service.stub.Complete(pb.CompleteRequest(prompt=""))
-    server = start_metrics_server(service.app.gateway.metrics, "127.0.0.1", 0)
+    server = start_metrics_server(service.app.metrics, "127.0.0.1", 0)
     try:
         url = f"http://127.0.0.1:{server.port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:  # noqa: ASYNC210
@@ -171,7 +171,7 @@ async def test_tracing_records_a_span_per_stage(service: Service) -> None:
     from service.tracing import tracing_with_exporter
 
     exporter = InMemorySpanExporter()
-    service.app.gateway.telemetry.tracing = tracing_with_exporter(exporter, batch=False)
+    service.app.telemetry.tracing = tracing_with_exporter(exporter, batch=False)
     await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
     names = {span.name for span in exporter.get_finished_spans()}
     assert {"lookup", "embed", "search", "verify", "route", "upstream"} <= names

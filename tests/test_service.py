@@ -181,8 +181,8 @@ async def test_ttl_expiry_and_background_purge(
         assert (await service.stub.Complete(ask(QUESTION))).cache_status == pb.CACHE_STATUS_MISS
         await service.stub.Complete(ask(UNRELATED))
         await asyncio.sleep(1.2)
-        assert await service.app.gateway.cache.purge_expired() == 2
-        assert await service.app.gateway.cache.purge_expired() == 0
+        assert await service.app.cache.purge_expired() == 2
+        assert await service.app.cache.purge_expired() == 0
     finally:
         await service.close()
 

@@ -26,7 +26,7 @@ class _Context:
 
 def _stream(service: Service) -> SemanticCacheServicer:
     current_principal.set(Principal(tenant="default", role="admin", key_name="test"))
-    return SemanticCacheServicer(service.app.gateway)
+    return SemanticCacheServicer(service.app.pipeline, service.app.admin)
 
 
 async def _status_of_next_ask(service: Service) -> int:

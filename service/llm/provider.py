@@ -21,13 +21,19 @@ class ProviderCall:
 
 @dataclass(frozen=True)
 class ProviderAnswer:
-    """A complete upstream answer."""
+    """A complete upstream answer.
+
+    `attempts` counts the upstream calls it took (retries and fallbacks
+    included); `fallback_from` names the requested model when another answered.
+    """
 
     content: str
     model: str
     finish_reason: str
     usage: Usage
     tool_calls_json: str = ""
+    attempts: int = 1
+    fallback_from: str | None = None
 
 
 class Provider(Protocol):

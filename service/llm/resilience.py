@@ -9,7 +9,7 @@ backoff, honouring Retry-After, always within the caller's deadline
 concurrency limit with a bounded queue (see `service.llm.guards`).
 
 What a caller sees:
-    a `ResilientAnswer`            `model` is the catalogue model that answered;
+    a `ProviderAnswer`             `model` is the catalogue model that answered;
                                    `attempts` and `fallback_from` say how
     UpstreamRejectedError          a provider refused the request itself; not retried
     InvalidRequestError            the prompt fits no model of the chain
@@ -56,7 +56,6 @@ __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "ResilienceOptions",
-    "ResilientAnswer",
     "ResilientProvider",
     "RetryPolicy",
     "UpstreamBusyError",
@@ -64,18 +63,6 @@ __all__ = [
 ]
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class ResilientAnswer(ProviderAnswer):
-    """A `ProviderAnswer` plus how it was obtained.
-
-    `attempts` counts upstream calls made (retries and fallbacks included);
-    `fallback_from` is the requested model when another one answered.
-    """
-
-    attempts: int = 1
-    fallback_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,9 +108,9 @@ class _Run:
     def note(self, model: str, provider: str, error: UpstreamError) -> None:
         self._failures.append((model, provider, error))
 
-    def answer(self, answer: ProviderAnswer, model: str) -> ResilientAnswer:
+    def answer(self, answer: ProviderAnswer, model: str) -> ProviderAnswer:
         requested = self.call.model
-        return ResilientAnswer(
+        return ProviderAnswer(
             content=answer.content,
             model=model,
             finish_reason=answer.finish_reason,
@@ -195,7 +182,7 @@ class ResilientProvider:
         """Calls waiting for a free slot, per provider (for metrics)."""
         return {name: backend.limit.waiting for name, backend in self._backends.items()}
 
-    async def complete(self, call: ProviderCall) -> ResilientAnswer:
+    async def complete(self, call: ProviderCall) -> ProviderAnswer:
         """The whole answer from the first model of the chain that gives one.
 
         Raises:
@@ -218,7 +205,7 @@ class ResilientProvider:
         raise run.exhausted()
 
     async def stream(self, call: ProviderCall) -> AsyncGenerator[str | ProviderAnswer, None]:
-        """Deltas, then one `ResilientAnswer`; fails over until the first delta is sent.
+        """Deltas, then one `ProviderAnswer`; fails over until the first delta is sent.
 
         Raises:
             UpstreamError: the stream broke after its first delta (the message

@@ -1,0 +1,87 @@
+"""Cache administration: invalidation and per-tenant statistics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from service.cache.semantic import SemanticCache
+from service.cache.stats import CacheStats, TenantCounters
+from service.cache.store import EntryFilter
+from service.errors import InvalidRequestError
+from service.validation import check_name
+
+
+@dataclass(frozen=True)
+class TenantStats:
+    """One tenant's live entry count and this replica's counters."""
+
+    tenant: str
+    entries: int
+    counters: TenantCounters
+
+
+@dataclass(frozen=True)
+class Invalidation:
+    """Which of a tenant's entries to delete; see InvalidateCacheRequest."""
+
+    tenant: str | None  # None: every tenant (an admin's call)
+    namespace: str | None = None
+    model: str | None = None
+    older_than_s: float = 0.0
+    everything: bool = False
+
+
+class CacheAdmin:
+    """What operators ask of the cache as a whole, rather than of one answer."""
+
+    def __init__(self, cache: SemanticCache, stats: CacheStats) -> None:
+        self._cache = cache
+        self._stats = stats
+
+    def tenants(self) -> list[str]:
+        """Every tenant this replica has counted, sorted."""
+        return self._stats.tenants()
+
+    async def tenant_stats(self, tenant: str, namespace: str | None) -> TenantStats:
+        """Counters and the live entry count for `tenant` (optionally one namespace).
+
+        Raises:
+            InvalidRequestError: a malformed tenant or namespace.
+        """
+        check_name("tenant", tenant)
+        if namespace is not None:
+            check_name("namespace", namespace)
+        entries = await self._cache.live_entries(tenant, namespace)
+        return TenantStats(tenant, entries, self._stats.for_tenant(tenant))
+
+    async def invalidate(self, what: Invalidation) -> int:
+        """Delete the entries that `what` selects; returns how many.
+
+        Raises:
+            InvalidRequestError: no filter was set and `everything` was not asked for,
+                or a filter is malformed.
+        """
+        _check_invalidation(what)
+        created_before = time.time() - what.older_than_s if what.older_than_s else None
+        selector = EntryFilter(
+            tenant=what.tenant,
+            namespace=what.namespace,
+            model=what.model,
+            created_before=created_before,
+        )
+        return await self._cache.invalidate(selector)
+
+
+def _check_invalidation(what: Invalidation) -> None:
+    if what.tenant is not None:
+        check_name("tenant", what.tenant)
+    if what.namespace is not None:
+        check_name("namespace", what.namespace)
+    if what.older_than_s < 0:
+        raise InvalidRequestError("older_than_s must be 0 (any age) or a positive number")
+    has_filter = bool(what.namespace or what.model or what.older_than_s)
+    if not has_filter and not what.everything:
+        raise InvalidRequestError(
+            "set namespace, model or older_than_s, or set all=true to delete every entry"
+        )

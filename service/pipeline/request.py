@@ -1,0 +1,314 @@
+"""The path of one request: validate → exact lookup → embed → ANN lookup → upstream → store.
+
+Knows nothing of transports: a door (gRPC, HTTP) converts its messages to a
+`CompletionRequest` and back. See docs/DESIGN.md ("The path of one request").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from service.batching.coalesce import Coalescer
+from service.cache.semantic import Answer, Lookup, SemanticCache
+from service.domain import CachePolicy, CacheStatus, Completion, CompletionRequest
+from service.errors import RateLimitedError, UpstreamTimeoutError
+from service.llm.catalogue import Catalogue
+from service.llm.provider import Provider, ProviderAnswer, ProviderCall
+from service.pipeline.ledger import Ledger, UpstreamReceipt
+from service.ratelimit import RateLimiter
+from service.routing.router import RouteDecision, Router
+from service.telemetry import Telemetry
+from service.validation import Limits, validate
+
+# Keep a little of the caller's deadline for our own reply.
+_DEADLINE_MARGIN_S = 0.05
+_REPLAY_CHUNK = re.compile(r"\S+\s*|\s+")
+_STORABLE_FINISH_REASONS = frozenset({"stop"})
+
+
+@dataclass(frozen=True)
+class CachingPolicy:
+    """What may be cached, beyond what each request asks for.
+
+    `max_temperature`: requests sampled hotter than this skip the cache (their
+    answers are meant to vary); None caches every temperature. Unset
+    temperatures are cached. `cache_tool_calls`: store answers that are tool
+    calls (off by default: a tool call usually depends on state outside the prompt).
+    """
+
+    max_temperature: float | None = 1.0
+    cache_tool_calls: bool = False
+
+    def too_hot(self, request: CompletionRequest) -> bool:
+        """Whether `request` is sampled too hot to be cached at all."""
+        temperature = request.sampling.temperature
+        limit = self.max_temperature
+        return limit is not None and temperature is not None and temperature > limit
+
+    def storable(self, request: CompletionRequest, answer: ProviderAnswer) -> bool:
+        """Whether `answer` to `request` may be stored: complete, and asked to be kept."""
+        if request.cache_policy is CachePolicy.NO_STORE:
+            return False
+        if answer.tool_calls_json:
+            return self.cache_tool_calls and answer.finish_reason == "tool_calls"
+        return answer.finish_reason in _STORABLE_FINISH_REASONS and bool(answer.content.strip())
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where misses go, and how long they may take."""
+
+    provider: Provider
+    router: Router
+    timeout_s: float
+
+
+class RequestPipeline:
+    """Answers completion requests from the cache or the provider."""
+
+    def __init__(
+        self,
+        *,
+        cache: SemanticCache,
+        upstream: Upstream,
+        catalogue: Catalogue,
+        ledger: Ledger,
+        limits: Limits,
+        limiter: RateLimiter,
+        telemetry: Telemetry,
+        policy: CachingPolicy | None = None,
+    ) -> None:
+        self._cache = cache
+        self._upstream = upstream
+        self._catalogue = catalogue
+        self._ledger = ledger
+        self._limits = limits
+        self._limiter = limiter
+        self._telemetry = telemetry
+        self._policy = policy or CachingPolicy()
+        self._misses: Coalescer[tuple[ProviderAnswer, float]] = Coalescer()
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """Answer `request` in one piece.
+
+        Identical misses in flight at the same time (same scope, same normalised
+        question, same store policy) share one upstream call.
+
+        Raises:
+            InvalidRequestError: the request cannot be served as sent.
+            RateLimitedError: the tenant is over its request or token limit.
+            UpstreamError: it missed the cache and the provider failed.
+        """
+        started, lookup = await self._begin(request)
+        if lookup is not None and lookup.hit is not None:
+            return self._ledger.hit(request.tenant, lookup.hit, started)
+        route = self._route(request, lookup)
+        if lookup is None:
+            answer = await self._ask(request, route)
+            spent = self._ledger.cost_usd(answer)
+            return self._receipt(request, lookup, route, answer, started, spent)
+        key = f"{lookup.key.point_id}:{request.cache_policy.value}"
+        (answer, cost_usd), leader = await self._misses.run(
+            key, lambda: self._ask_and_store(request, lookup, route)
+        )
+        spent, saved = (cost_usd, 0.0) if leader else (0.0, cost_usd)
+        return self._receipt(request, lookup, route, answer, started, spent, saved)
+
+    async def complete_many(
+        self, requests: Sequence[CompletionRequest], max_concurrency: int
+    ) -> list[Completion | Exception]:
+        """Answer each request, at most `max_concurrency` at a time, in order.
+
+        A failing item yields its exception in its place; the others carry on.
+        """
+        gate = asyncio.Semaphore(max_concurrency)
+
+        async def one(request: CompletionRequest) -> Completion:
+            async with gate:
+                return await self.complete(request)
+
+        results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+        return [_item_result(result) for result in results]
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+        """Answer `request` as text deltas followed by one `Completion`.
+
+        Nothing is cached unless the upstream stream ends normally and the caller
+        takes the final `Completion` and asks for more (as `async for` does once it
+        has sent that message on): the answer is stored then, not before. A caller
+        that goes away mid-stream, or before its final message was sent, closes the
+        upstream stream and stores nothing.
+
+        Raises:
+            InvalidRequestError: the request cannot be served as sent.
+            RateLimitedError: the tenant is over its request or token limit.
+            UpstreamError: it missed the cache and the provider failed.
+        """
+        started, lookup = await self._begin(request)
+        if lookup is not None and lookup.hit is not None:
+            self._telemetry.metrics.observe_ttft(
+                lookup.hit.status.value, time.perf_counter() - started
+            )
+            for piece in _REPLAY_CHUNK.findall(lookup.hit.entry.content):
+                yield piece
+            yield self._ledger.hit(request.tenant, lookup.hit, started)
+            return
+        route = self._route(request, lookup)
+        async with aclosing(self._stream_upstream(request, lookup, route, started)) as events:
+            async for event in events:
+                yield event
+
+    async def _stream_upstream(
+        self,
+        request: CompletionRequest,
+        lookup: Lookup | None,
+        route: RouteDecision,
+        started: float,
+    ) -> AsyncGenerator[str | Completion, None]:
+        await self._check_tokens(request.tenant)
+        upstream = self._upstream.provider.stream(self._call(request, route.model))
+        first = True
+        try:
+            async for event in upstream:
+                if isinstance(event, ProviderAnswer):
+                    await self._limiter.spend_tokens(request.tenant, event.usage.total_tokens)
+                    spent = self._ledger.cost_usd(event)
+                    yield self._receipt(request, lookup, route, event, started, spent)
+                    # Resumed only once the caller has sent the final message on.
+                    await self._store_if_allowed(request, lookup, event, spent)
+                    continue
+                if first:
+                    status = CacheStatus.BYPASS if lookup is None else CacheStatus.MISS
+                    ttft_s = time.perf_counter() - started
+                    self._telemetry.metrics.observe_ttft(status.value, ttft_s)
+                    first = False
+                yield event
+        finally:
+            await upstream.aclose()
+
+    async def _begin(self, request: CompletionRequest) -> tuple[float, Lookup | None]:
+        """Validate, count against the rate limit, look up: the start of every request."""
+        started = time.perf_counter()
+        validate(request, self._limits)
+        if request.model:
+            self._catalogue.require_model(request.model)
+        await self._admit(request.tenant)
+        return started, await self._lookup(request)
+
+    async def _lookup(self, request: CompletionRequest) -> Lookup | None:
+        """None when the cache is skipped entirely (bypass, or too hot to cache)."""
+        if request.cache_policy is CachePolicy.BYPASS or self._policy.too_hot(request):
+            return None
+        if request.cache_policy is CachePolicy.REFRESH:
+            return Lookup(self._cache.key_for(request))
+        with self._telemetry.stage("lookup"):
+            return await self._cache.lookup(request)
+
+    def _route(self, request: CompletionRequest, lookup: Lookup | None) -> RouteDecision:
+        """The model for a miss, reusing the lookup's embedding (never a second one)."""
+        vector = lookup.vector if lookup is not None else None
+        with self._telemetry.stage("route"):
+            return self._upstream.router.route(request.question, vector, request.model)
+
+    async def _admit(self, tenant: str) -> None:
+        """Count the request against the tenant's request limit (hits included)."""
+        try:
+            await self._limiter.acquire_request(tenant)
+        except RateLimitedError as error:
+            self._telemetry.metrics.record_rate_limited(tenant, error.limit)
+            raise
+
+    async def _check_tokens(self, tenant: str) -> None:
+        try:
+            await self._limiter.check_tokens(tenant)
+        except RateLimitedError as error:
+            self._telemetry.metrics.record_rate_limited(tenant, error.limit)
+            raise
+
+    async def _ask(self, request: CompletionRequest, route: RouteDecision) -> ProviderAnswer:
+        """One unary upstream call, within the tenant's token budget."""
+        await self._check_tokens(request.tenant)
+        with self._telemetry.stage("upstream"):
+            answer = await self._upstream.provider.complete(self._call(request, route.model))
+        await self._limiter.spend_tokens(request.tenant, answer.usage.total_tokens)
+        return answer
+
+    async def _ask_and_store(
+        self, request: CompletionRequest, lookup: Lookup, route: RouteDecision
+    ) -> tuple[ProviderAnswer, float]:
+        answer = await self._ask(request, route)
+        cost_usd = self._ledger.cost_usd(answer)
+        await self._store_if_allowed(request, lookup, answer, cost_usd)
+        return answer, cost_usd
+
+    async def _store_if_allowed(
+        self,
+        request: CompletionRequest,
+        lookup: Lookup | None,
+        answer: ProviderAnswer,
+        cost_usd: float,
+    ) -> None:
+        if lookup is not None and self._policy.storable(request, answer):
+            await self._cache.store_answer(lookup, _cache_answer(answer, cost_usd), request.ttl_s)
+
+    def _receipt(
+        self,
+        request: CompletionRequest,
+        lookup: Lookup | None,
+        route: RouteDecision,
+        answer: ProviderAnswer,
+        started: float,
+        spent_usd: float,
+        saved_usd: float = 0.0,
+    ) -> Completion:
+        receipt = UpstreamReceipt(
+            tenant=request.tenant,
+            answer=answer,
+            lookup=lookup,
+            route=route,
+            detail=self._miss_detail(request, lookup),
+            started=started,
+            spent_usd=spent_usd,
+            saved_usd=saved_usd,
+        )
+        return self._ledger.upstream(receipt)
+
+    def _miss_detail(self, request: CompletionRequest, lookup: Lookup | None) -> str:
+        if lookup is None:
+            return "temperature_above_cacheable" if self._policy.too_hot(request) else "bypass"
+        if request.cache_policy is CachePolicy.REFRESH:
+            return "refresh"
+        return lookup.detail
+
+    def _call(self, request: CompletionRequest, model: str) -> ProviderCall:
+        timeout_s = self._upstream.timeout_s
+        if request.deadline_s is not None:
+            timeout_s = min(timeout_s, request.deadline_s - _DEADLINE_MARGIN_S)
+            if timeout_s <= 0:
+                raise UpstreamTimeoutError("the caller's deadline left no time for the provider")
+        return ProviderCall(
+            model=model, messages=request.messages, sampling=request.sampling, timeout_s=timeout_s
+        )
+
+
+def _cache_answer(answer: ProviderAnswer, cost_usd: float) -> Answer:
+    return Answer(
+        content=answer.content,
+        model=answer.model,
+        finish_reason=answer.finish_reason,
+        prompt_tokens=answer.usage.prompt_tokens,
+        completion_tokens=answer.usage.completion_tokens,
+        cost_usd=cost_usd,
+        tool_calls_json=answer.tool_calls_json,
+    )
+
+
+def _item_result(result: Completion | BaseException) -> Completion | Exception:
+    if isinstance(result, Exception | Completion):
+        return result
+    raise result  # CancelledError and friends are not an item's failure
