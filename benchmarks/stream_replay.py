@@ -1,0 +1,486 @@
+"""Replay a labelled question stream through an in-process cache model, three deciders side by side.
+
+Protocol (see ../shared/data/README_stream.md): requests in file order at concurrency 1
+into an empty cache; the upstream answers each question with its cluster's tag, so a
+served answer is right when its tag is the request's cluster. The cache model is the
+service's, minus the network: an exact layer on `scope.normalise(text)`, then the top
+`SEARCH_LIMIT` entries by cosine (numpy over every stored vector), then a decider.
+A miss (and an exploration) stores the question with its fresh answer; a hit stores
+nothing. Deciders:
+
+- `verdict`: `service.cache.verify` (guard rules as hard vetoes, calibrated prior,
+  per-entry evidence from the `exact` judge, exploration and error budgets);
+- `guard`: today's `NearMissGuard` at its shipped `accept_min`;
+- `cosine`: a plain threshold; the best one at the verdict's error is reported.
+
+Vectors come from the project's default embedder and are cached in a temp file
+keyed by the model id and the texts, so a second run embeds nothing.
+
+    python -m benchmarks.stream_replay run [--stream FILE] [--out DIR]
+    python -m benchmarks.stream_replay calibrate   # prints the prior fitted on qqp_dev
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from benchmarks.report import markdown_table
+from service.cache.guard import NearMissGuard
+from service.cache.scope import normalise
+from service.cache.verify.decision import Action, Candidate, Policy, Verdict, decide, estimate
+from service.cache.verify.evidence import Evidence, Observation
+from service.cache.verify.forms import form_key
+from service.cache.verify.online import ErrorBudget, ExplorationBudget, LiveCalibration
+from service.cache.verify.prior import DEFAULT_PRIOR, Prior, fit_prior
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+STREAM = DATA / "qqp_stream_dev.jsonl"
+QQP = DATA / "qqp_dev.jsonl"
+SEARCH_LIMIT = 5
+COSINES = tuple(round(0.80 + 0.005 * i, 3) for i in range(40))
+Matrix = npt.NDArray[np.float32]
+Embed = Callable[[Sequence[str]], Matrix]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One line of the stream, with what scoring needs to know about it."""
+
+    q: str
+    cluster: str
+    should_hit: bool  # its cluster was asked before
+    reworded: bool  # should-hit, and this exact text was not asked before
+    trap: bool
+
+
+def load_stream(path: Path) -> list[Request]:
+    """Read a `{"q", "cluster"}` stream and label each request.
+
+    Raises:
+        ValueError: a line lacks "q" or "cluster".
+    """
+    seen_clusters: set[str] = set()
+    seen_texts: set[str] = set()
+    requests = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        row = json.loads(line)
+        if "q" not in row or "cluster" not in row:
+            raise ValueError(f"{path}:{number}: each line needs 'q' and 'cluster'")
+        q, cluster, text = row["q"], row["cluster"], normalise(row["q"])
+        should = cluster in seen_clusters
+        trap = cluster.startswith("t")
+        requests.append(Request(q, cluster, should, should and text not in seen_texts, trap))
+        seen_clusters.add(cluster)
+        seen_texts.add(text)
+    return requests
+
+
+def cached_vectors(texts: Sequence[str], embed: Embed, model_id: str) -> dict[str, Matrix]:
+    """Vectors of `texts`, from a temp-file cache keyed by model and texts when present."""
+    unique = sorted(set(texts))
+    digest = hashlib.sha256("\0".join([model_id, *unique]).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"semcache-stream-vectors-{digest}.npy"
+    if path.is_file():
+        matrix = np.load(path)
+    else:
+        matrix = np.asarray(embed(unique), dtype=np.float32)
+        np.save(path, matrix)
+    return {text: matrix[i] for i, text in enumerate(unique)}
+
+
+@dataclass
+class Entry:
+    """One cached question, its answer and what was learned about it."""
+
+    question: str
+    answer: str
+    evidence: Evidence = field(default_factory=Evidence)
+
+
+class ReplayCache:
+    """Exact layer plus brute-force cosine search over everything stored."""
+
+    def __init__(self, dim: int) -> None:
+        self.entries: list[Entry] = []
+        self._exact: dict[str, int] = {}
+        self._vectors = np.zeros((64, dim), dtype=np.float32)
+
+    def exact(self, question: str) -> Entry | None:
+        index = self._exact.get(normalise(question))
+        return None if index is None else self.entries[index]
+
+    def nearest(self, vector: Matrix, limit: int) -> list[tuple[Entry, float]]:
+        count = len(self.entries)
+        if not count:
+            return []
+        similarities = self._vectors[:count] @ vector
+        top = np.argsort(-similarities, kind="stable")[:limit]
+        return [(self.entries[i], float(similarities[i])) for i in top]
+
+    def add(self, question: str, answer: str, vector: Matrix) -> None:
+        if len(self.entries) == len(self._vectors):
+            self._vectors = np.vstack([self._vectors, np.zeros_like(self._vectors)])
+        self._vectors[len(self.entries)] = vector
+        self._exact.setdefault(normalise(question), len(self.entries))
+        self.entries.append(Entry(question, answer))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A decider's answer for one request: what to do, and with which entry."""
+
+    action: Action
+    entry: Entry | None = None
+    score: float = 0.0
+
+
+class Decider(Protocol):
+    """Chooses among the candidates of one request and learns from judged explorations."""
+
+    name: str
+
+    def choose(self, query: str, candidates: Sequence[tuple[Entry, float]]) -> Choice: ...
+
+    def learn(self, request_index: int, choice: Choice, same: bool) -> None: ...
+
+
+class CosineDecider:
+    """Serve the most similar entry when its cosine reaches `threshold`."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.name = f"cosine {threshold:.3f}"
+
+    def choose(self, query: str, candidates: Sequence[tuple[Entry, float]]) -> Choice:
+        if candidates and candidates[0][1] >= self.threshold:
+            return Choice(Action.SERVE, candidates[0][0], candidates[0][1])
+        return Choice(Action.MISS)
+
+    def learn(self, request_index: int, choice: Choice, same: bool) -> None:
+        return None
+
+
+class GuardDecider:
+    """Today's decision: the near-miss guard, best accepted score served."""
+
+    def __init__(self, guard: NearMissGuard) -> None:
+        self.guard = guard
+        self.name = f"guard (accept {guard.accept_min})"
+
+    def choose(self, query: str, candidates: Sequence[tuple[Entry, float]]) -> Choice:
+        best = Choice(Action.MISS)
+        for entry, similarity in candidates:
+            verdict = self.guard.verify(query, entry.question, similarity)
+            if verdict.accept and (best.entry is None or verdict.score > best.score):
+                best = Choice(Action.SERVE, entry, verdict.score)
+        return best
+
+    def learn(self, request_index: int, choice: Choice, same: bool) -> None:
+        return None
+
+
+def candidate_for(guard: NearMissGuard, query: str, cached: str, similarity: float) -> Candidate:
+    """The decision's view of one pair: guard score, the rule that vetoed it, same form."""
+    verdict = guard.verify(query, cached, similarity)
+    if verdict.reason in ("ok", "low_score", "identical"):
+        key = form_key(query)
+        same_form = key is not None and key == form_key(cached)
+        return Candidate(verdict.score, "", verdict.reason == "identical" or same_form)
+    return Candidate(verdict.score, verdict.reason)
+
+
+class VerdictDecider:
+    """`service.cache.verify` with its budgets, as the gateway would run it."""
+
+    def __init__(self, policy: Policy, prior: Prior, explore_share: float, seed: int = 0) -> None:
+        self.policy, self.prior = policy, prior
+        self.guard = NearMissGuard(accept_min=0.0)
+        self.exploration = ExplorationBudget(share=explore_share)
+        self.errors = ErrorBudget(max_error_rate=policy.max_error_rate)
+        self.calibration = LiveCalibration(prior)
+        self._random = random.Random(seed)
+        self.name = f"verdict δ={policy.max_error_rate:.0%}"
+
+    def choose(self, query: str, candidates: Sequence[tuple[Entry, float]]) -> Choice:
+        self.exploration.on_request()
+        judged = [(e, candidate_for(self.guard, query, e.question, s)) for e, s in candidates]
+        draw = self._random.random()
+        risk_max = self.errors.allowance()
+        verdicts = [(e, c, self._decide(e, c, risk_max, draw)) for e, c in judged]
+        self.errors.on_request(self._best_risk(judged))
+        choice = _pick(verdicts)
+        if choice.action is Action.EXPLORE:
+            self.exploration.spend()
+        return choice
+
+    def _decide(self, entry: Entry, candidate: Candidate, risk_max: float, draw: float) -> Verdict:
+        return decide(
+            candidate, entry.evidence, prior=self.prior, policy=self.policy, risk_max=risk_max,
+            may_explore=self.exploration.available(), draw=draw, offset=self.calibration.offset,
+        )  # fmt: skip
+
+    def _best_risk(self, judged: Sequence[tuple[Entry, Candidate]]) -> float | None:
+        risks = [
+            0.0 if c.identical else self._p_wrong(e, c) for e, c in judged if not c.veto
+        ]  # fmt: skip
+        return min(risks, default=None)
+
+    def _p_wrong(self, entry: Entry, candidate: Candidate) -> float:
+        offset = self.calibration.offset
+        return estimate(candidate.score, entry.evidence, self.prior, self.policy, offset).p_wrong
+
+    def learn(self, request_index: int, choice: Choice, same: bool) -> None:
+        assert choice.entry is not None
+        seen = Observation(float(request_index), f"r{request_index}", choice.score, same)
+        choice.entry.evidence = choice.entry.evidence.add(seen)
+        if choice.score < 1.0:
+            self.calibration.add(choice.score, same)
+
+
+def _pick(verdicts: Sequence[tuple[Entry, Candidate, Verdict]]) -> Choice:
+    """The safest candidate to serve; else the safest to explore; else a miss."""
+    for action in (Action.SERVE, Action.EXPLORE):
+        ranked = sorted(
+            (v.p_wrong, i) for i, (_, _, v) in enumerate(verdicts) if v.action is action
+        )
+        if ranked:
+            entry, candidate, _ = verdicts[ranked[0][1]]
+            return Choice(action, entry, candidate.score)
+    return Choice(Action.MISS)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one request."""
+
+    request: Request
+    kind: str  # "exact", "semantic", "explore" or "miss"
+    correct: bool | None = None  # for exact and semantic hits
+
+
+def _answer(cluster: str) -> str:
+    return f"ANSWER[{cluster}]"
+
+
+def _serve(request: Request, choice: Choice, cache: ReplayCache, vector: Matrix) -> Outcome:
+    if choice.action is Action.SERVE and choice.entry is not None:
+        return Outcome(request, "semantic", choice.entry.answer == _answer(request.cluster))
+    cache.add(request.q, _answer(request.cluster), vector)
+    return Outcome(request, "explore" if choice.action is Action.EXPLORE else "miss")
+
+
+def replay(
+    requests: Sequence[Request], vectors: dict[str, Matrix], decider: Decider
+) -> list[Outcome]:
+    """Run the stream through an empty cache with `decider`; one outcome per request."""
+    cache = ReplayCache(len(next(iter(vectors.values()))))
+    outcomes = []
+    for index, request in enumerate(requests):
+        exact = cache.exact(request.q)
+        if exact is not None:
+            outcomes.append(Outcome(request, "exact", exact.answer == _answer(request.cluster)))
+            continue
+        vector = vectors[request.q]
+        choice = decider.choose(request.q, cache.nearest(vector, SEARCH_LIMIT))
+        if choice.action is Action.EXPLORE and choice.entry is not None:
+            decider.learn(index, choice, choice.entry.answer == _answer(request.cluster))
+        outcomes.append(_serve(request, choice, cache, vector))
+    return outcomes
+
+
+def _share(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
+
+
+def summarise(name: str, outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """The issue's figures for one decider over `outcomes`."""
+    hits = [o for o in outcomes if o.kind in ("exact", "semantic")]
+    right = [o for o in hits if o.correct]
+    should = [o for o in outcomes if o.request.should_hit]
+    reworded = [o for o in outcomes if o.request.reworded]
+    return {
+        "decider": name,
+        "requests": len(outcomes),
+        "served": _share(sum(o.request.should_hit for o in right), len(should)),
+        "reworded_served": _share(sum(o.request.reworded for o in right), len(reworded)),
+        "error_rate": _share(len(hits) - len(right), len(outcomes)),
+        "wrong": len(hits) - len(right),
+        "semantic_hits": sum(o.kind == "semantic" for o in outcomes),
+        "traps_served": sum(o.request.trap for o in hits),
+        "explorations": sum(o.kind == "explore" for o in outcomes),
+        "exploration_share": _share(sum(o.kind == "explore" for o in outcomes), len(outcomes)),
+    }
+
+
+def best_cosine(
+    requests: Sequence[Request], vectors: dict[str, Matrix], max_error_rate: float
+) -> tuple[float, list[Outcome]]:
+    """The plain threshold serving most should-hit requests at an error rate <= the given."""
+    best: tuple[float, float, list[Outcome]] | None = None
+    for threshold in COSINES:
+        outcomes = replay(requests, vectors, CosineDecider(threshold))
+        figures = summarise("", outcomes)
+        if figures["error_rate"] <= max_error_rate and (
+            best is None or figures["served"] > best[0]
+        ):
+            best = (figures["served"], threshold, outcomes)
+    if best is None:
+        threshold = COSINES[-1]
+        return threshold, replay(requests, vectors, CosineDecider(threshold))
+    return best[1], best[2]
+
+
+COLUMNS = [
+    ("decider", "decider"),
+    ("part", "part"),
+    ("served", "served (of should-hit)"),
+    ("reworded_served", "reworded served"),
+    ("error_rate", "error rate"),
+    ("wrong", "wrong"),
+    ("semantic_hits", "semantic hits"),
+    ("traps_served", "traps served"),
+    ("explorations", "explorations"),
+    ("exploration_share", "exploration share"),
+]
+
+
+def table_rows(results: dict[str, list[Outcome]]) -> list[dict[str, Any]]:
+    """Whole-stream and second-half figures for every decider."""
+    rows = []
+    for name, outcomes in results.items():
+        half = len(outcomes) // 2
+        rows.append({**summarise(name, outcomes), "part": "all"})
+        rows.append({**summarise(name, outcomes[half:]), "part": "2nd half"})
+    return rows
+
+
+def learning_curve(outcomes: Sequence[Outcome], block: int) -> tuple[list[float], list[float]]:
+    """Served share (of should-hit) and error rate per block of `block` requests."""
+    served, errors = [], []
+    for start in range(0, len(outcomes), block):
+        figures = summarise("", outcomes[start : start + block])
+        served.append(figures["served"])
+        errors.append(figures["error_rate"])
+    return served, errors
+
+
+def plot(results: dict[str, list[Outcome]], path: Path, block: int = 300) -> None:
+    """A two-panel PNG: served share and error rate per block of the stream."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for name, outcomes in results.items():
+        served, errors = learning_curve(outcomes, block)
+        x = [block * (i + 1) for i in range(len(served))]
+        top.plot(x, served, marker="o", label=name)
+        bottom.plot(x, [100 * e for e in errors], marker="o", label=name)
+    top.set_ylabel(f"served / should-hit, per {block} requests")
+    bottom.set_ylabel("wrong answers, % of requests")
+    bottom.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    bottom.set_xlabel("requests replayed")
+    top.legend(fontsize=8)
+    top.set_title("qqp_stream_dev replay: learning curve")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def default_embed() -> tuple[Embed, str]:
+    """The project's default embedder (onnx-int8, one thread, .semcache/models)."""
+    from service.embedding.factory import build_embedder
+
+    embedder = build_embedder("onnx-int8", None, Path(".semcache/models"), 1)
+    return embedder.embed, embedder.model_id
+
+
+def run_all(
+    requests: Sequence[Request], vectors: dict[str, Matrix], deltas: Iterable[float],
+    explore_share: float = 0.1,
+) -> tuple[dict[str, list[Outcome]], float]:  # fmt: skip
+    """Every decider over the stream; returns outcomes by name and the cosine chosen."""
+    results: dict[str, list[Outcome]] = {}
+    for delta in deltas:
+        decider = VerdictDecider(Policy(max_error_rate=delta), DEFAULT_PRIOR, explore_share)
+        results[decider.name] = replay(requests, vectors, decider)
+    guard = GuardDecider(NearMissGuard())
+    results[guard.name] = replay(requests, vectors, guard)
+    first = summarise("", next(iter(results.values())))
+    threshold, outcomes = best_cosine(requests, vectors, first["error_rate"])
+    results[f"cosine {threshold:.3f} (best at ≤ verdict's error)"] = outcomes
+    return results, threshold
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    requests = load_stream(args.stream)
+    embed, model_id = default_embed()
+    vectors = cached_vectors([r.q for r in requests], embed, model_id)
+    results, _ = run_all(requests, vectors, args.deltas, args.explore_share)
+    table = markdown_table(table_rows(results), COLUMNS)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(results, args.out / "stream_replay.png")
+    (args.out / "stream_replay.md").write_text(table + "\n")
+    print(f"\nwrote {args.out / 'stream_replay.png'} and stream_replay.md")
+    return 0
+
+
+def calibration_pairs(path: Path, embed: Embed) -> tuple[list[float], list[bool]]:
+    """Guard scores and labels of the qqp pairs that pass the guard's floor and rules."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    a = embed([r["a"] for r in rows])
+    b = embed([r["b"] for r in rows])
+    guard = NearMissGuard(accept_min=0.0)
+    scores, labels = [], []
+    for row, similarity in zip(rows, (a * b).sum(axis=1), strict=True):
+        verdict = guard.verify(row["b"], row["a"], float(similarity))
+        if verdict.reason in ("ok", "identical"):
+            scores.append(verdict.score)
+            labels.append(bool(row["same_answer"]))
+    return scores, labels
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    embed, _ = default_embed()
+    scores, labels = calibration_pairs(args.pairs, embed)
+    print(f"{len(scores)} pairs, {sum(labels)} same answer: {fit_prior(scores, labels)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.stream_replay")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="replay the stream with every decider")
+    run.add_argument("--stream", type=Path, default=STREAM)
+    run.add_argument("--out", type=Path, default=Path("bench-results/stream-replay"))
+    run.add_argument("--deltas", type=float, nargs="+", default=[0.01, 0.02])
+    run.add_argument("--explore-share", type=float, default=0.1)
+    run.set_defaults(handler=_cmd_run)
+    calibrate = commands.add_parser("calibrate", help="fit the cold-start prior on qqp_dev")
+    calibrate.add_argument("--pairs", type=Path, default=QQP)
+    calibrate.set_defaults(handler=_cmd_calibrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The per-process state the decision needs: exploration budget, error budget, live calibration.
+
+None of it is per entry (that is `evidence.Evidence`), and none of it must be shared
+between replicas: each replica bounds its own exploration and error share, so the
+fleet's shares are bounded too.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from service.cache.verify.decision import fit_shift
+from service.cache.verify.prior import Prior
+
+__all__ = ["ErrorBudget", "ExplorationBudget", "LiveCalibration"]
+
+_RISK_BIN = 0.0025  # width (P(wrong) units) of the error budget's histogram bins
+_RISK_BINS = 400  # covers P(wrong) 0..1
+
+
+@dataclass
+class ExplorationBudget:
+    """Token bucket: `share` of requests may explore, at most `burst` in a row.
+
+    Raises:
+        ValueError: `share` is outside 0..1 or `burst` < 1.
+    """
+
+    share: float = 0.1
+    burst: float = 5.0
+    tokens: float = 1.0
+    explored: int = 0
+    requests: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0 or self.burst < 1.0:
+            raise ValueError(
+                f"share must be in 0..1 and burst >= 1, got {self.share}, {self.burst}"
+            )
+
+    def on_request(self) -> None:
+        """Count one request; it earns `share` of an exploration."""
+        self.requests += 1
+        self.tokens = min(self.burst, self.tokens + self.share)
+
+    def available(self) -> bool:
+        """Whether one more exploration fits the budget."""
+        return self.tokens >= 1.0
+
+    def spend(self) -> None:
+        """Record one exploration (call only after `available()` said yes)."""
+        self.tokens -= 1.0
+        self.explored += 1
+
+
+@dataclass
+class ErrorBudget:
+    """Turns delta, a share of *requests* that may be wrong, into a per-candidate allowance.
+
+    Most requests carry no risk (exact repeats, nothing similar cached), so serving
+    only candidates with P(wrong) <= delta leaves most of the budget unspent. This keeps
+    a histogram of the best candidate's P(wrong) per request and allows the largest
+    `r` at which serving every past candidate with P(wrong) <= r would have spent at
+    most `headroom * delta` per request. It is never stricter than delta itself.
+    Counts halve every `window` requests, so the allowance follows the traffic.
+    """
+
+    max_error_rate: float = 0.01
+    headroom: float = 0.8
+    window: int = 20_000
+    min_requests: int = 100
+    requests: float = 0.0
+    _counts: list[float] = field(default_factory=lambda: [0.0] * _RISK_BINS)
+    _risk: list[float] = field(default_factory=lambda: [0.0] * _RISK_BINS)
+
+    def on_request(self, p_wrong: float | None) -> None:
+        """Count one request and the P(wrong) of its best candidate (None: no candidate)."""
+        self.requests += 1
+        if p_wrong is not None:
+            index = min(int(p_wrong / _RISK_BIN), _RISK_BINS - 1)
+            self._counts[index] += 1
+            self._risk[index] += p_wrong
+        if self.requests >= 2 * self.window:
+            self._halve()
+
+    def _halve(self) -> None:
+        self.requests /= 2
+        self._counts = [c / 2 for c in self._counts]
+        self._risk = [r / 2 for r in self._risk]
+
+    def allowance(self) -> float:
+        """The largest P(wrong) a candidate may be served at now (>= max_error_rate)."""
+        if self.requests < self.min_requests:
+            return self.max_error_rate
+        budget = self.headroom * self.max_error_rate * self.requests
+        spent, allowed = 0.0, self.max_error_rate
+        for index, risk in enumerate(self._risk):
+            spent += risk
+            if spent > budget:
+                break
+            if self._counts[index]:
+                allowed = max(allowed, (index + 1) * _RISK_BIN)
+        return allowed
+
+
+@dataclass
+class LiveCalibration:
+    """The log-odds offset between the calibrated prior and this cache's judged traffic.
+
+    Every judged observation (any entry) is kept, the newest `limit`; the offset is
+    the MAP shift of the prior under N(0, sd^2), refitted every `refit_every` adds.
+    """
+
+    prior: Prior
+    sd: float = 1.0
+    limit: int = 4096
+    refit_every: int = 16
+    offset: float = 0.0
+    _seen: deque[tuple[float, bool]] = field(default_factory=deque)
+    _pending: int = 0
+
+    def add(self, score: float, same: bool) -> None:
+        """Record one judged comparison at guard score `score`."""
+        self._seen.append((score, same))
+        while len(self._seen) > self.limit:
+            self._seen.popleft()
+        self._pending += 1
+        if self._pending >= self.refit_every:
+            self.refit()
+
+    def refit(self) -> float:
+        """Refit the offset now and return it."""
+        bases = [self.prior.logit_same(score) for score, _ in self._seen]
+        labels = [same for _, same in self._seen]
+        self.offset, _ = fit_shift(bases, labels, self.sd)
+        self._pending = 0
+        return self.offset
