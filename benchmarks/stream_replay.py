@@ -227,8 +227,8 @@ class VerdictDecider:
 
     def _decide(self, entry: Entry, candidate: Candidate, risk_max: float, draw: float) -> Verdict:
         return decide(
-            candidate, entry.evidence, prior=self.prior, policy=self.policy, risk_max=risk_max,
-            may_explore=self.exploration.available(), draw=draw, offset=self.calibration.offset,
+            candidate, entry.evidence, prior=self.calibration.current, policy=self.policy,
+            risk_max=risk_max, may_explore=self.exploration.available(), draw=draw,
         )  # fmt: skip
 
     def _best_risk(self, judged: Sequence[tuple[Entry, Candidate]]) -> float | None:
@@ -238,8 +238,8 @@ class VerdictDecider:
         return min(risks, default=None)
 
     def _p_wrong(self, entry: Entry, candidate: Candidate) -> float:
-        offset = self.calibration.offset
-        return estimate(candidate.score, entry.evidence, self.prior, self.policy, offset).p_wrong
+        prior = self.calibration.current
+        return estimate(candidate.score, entry.evidence, prior, self.policy).p_wrong
 
     def learn(self, request_index: int, choice: Choice, same: bool) -> None:
         assert choice.entry is not None

@@ -3,15 +3,15 @@
 Model (built after vCache, Schroeder et al., ICLR 2026, not copied from it): the
 log-odds that a query at guard score `s` deserves entry e's answer is
 
-    logit P(same | s, e) = prior.logit_same(s) + offset + delta_e
+    logit P(same | s, e) = prior.logit_same(s) + delta_e
 
-`prior` is the calibrated cold-start map (`prior.Prior`); `offset` is a live
-correction learned from all judged observations of this cache (`online.LiveCalibration`;
-0 at start); `delta_e` is the entry's own shift, with prior N(0, entry_sd^2), fitted
+`prior` is the calibrated cold-start map (`prior.Prior`), or the live one that
+`online.LiveCalibration` re-fits to this cache's judged traffic; `delta_e` is the
+entry's own shift, with prior N(0, entry_sd^2), fitted
 to the entry's evidence by Newton steps (MAP) with a Laplace variance. The decision uses
-the predictive probability, which averages over that uncertainty, so an entry with
-little evidence is pulled towards 1/2 and must rely on the prior; each "same" at a
-score raises delta_e and lowers the score it takes to serve.
+the predictive probability, which averages over that uncertainty: with no evidence
+it equals the calibrated prior; each "same" at a score raises delta_e and lowers the
+score it takes to serve, each "wrong" does the opposite.
 
 Hard stops, before any estimate: a guard rule veto (numbers, negation, names...) or a
 score below the guard's floor is a MISS; a "wrong" judged on this entry at a score at
@@ -117,14 +117,28 @@ class Verdict:
     reason: str
 
 
+def _log_posterior(
+    bases: Sequence[float], labels: Sequence[bool], shift: float, sd: float
+) -> float:
+    total = -0.5 * (shift / sd) ** 2
+    for base, same in zip(bases, labels, strict=True):
+        p = sigmoid(base + shift)
+        total += math.log(max(p if same else 1.0 - p, 1e-300))
+    return total
+
+
 def fit_shift(logits: Sequence[float], labels: Sequence[bool], sd: float) -> tuple[float, float]:
     """MAP log-odds shift (and its Laplace variance) for observations at base `logits`.
 
-    Maximises sum log-likelihood(sigmoid(logit_i + shift), label_i) - shift^2 / (2 sd^2).
-    With no observations it is (0, sd^2): the prior itself.
+    Maximises sum log-likelihood(sigmoid(logit_i + shift), label_i) - shift^2 / (2 sd^2)
+    by Newton steps, halved while they would lower it. With no observations it is
+    (0, sd^2): the prior itself.
     """
     precision = 1.0 / (sd * sd)
     shift, curvature = 0.0, precision
+    if not logits:
+        return shift, 1.0 / curvature
+    current = _log_posterior(logits, labels, shift, sd)
     for _ in range(_NEWTON_STEPS):
         gradient, curvature = -shift * precision, precision
         for base, same in zip(logits, labels, strict=True):
@@ -132,7 +146,10 @@ def fit_shift(logits: Sequence[float], labels: Sequence[bool], sd: float) -> tup
             gradient += (1.0 if same else 0.0) - p
             curvature += p * (1.0 - p)
         step = gradient / curvature
+        while abs(step) > 1e-12 and _log_posterior(logits, labels, shift + step, sd) < current:
+            step /= 2.0
         shift += step
+        current = _log_posterior(logits, labels, shift, sd)
         if abs(step) < 1e-9:
             break
     return shift, 1.0 / curvature
@@ -143,14 +160,19 @@ def _moderated(logit_value: float, variance: float) -> float:
     return sigmoid(logit_value / math.sqrt(1.0 + math.pi * variance / 8.0))
 
 
-def estimate(
-    score: float, evidence: Evidence, prior: Prior, policy: Policy, offset: float = 0.0
-) -> Estimate:
-    """The predictive P(wrong) of serving the entry for a query at guard score `score`."""
+def estimate(score: float, evidence: Evidence, prior: Prior, policy: Policy) -> Estimate:
+    """The predictive P(wrong) of serving the entry for a query at guard score `score`.
+
+    The calibrated prior is already averaged over entries, so the entry-level base
+    log-odds are the prior's stretched by the factor that the averaging shrinks them by;
+    with no evidence the predictive probability is then exactly the prior's.
+    """
+    stretch = math.sqrt(1.0 + math.pi * policy.entry_sd**2 / 8.0)
     scores, labels = evidence.scores_and_labels()
-    bases = [prior.logit_same(s) + offset for s in scores]
+    bases = [stretch * prior.logit_same(s) for s in scores]
     shift, variance = fit_shift(bases, labels, policy.entry_sd)
-    p_same = _moderated(prior.logit_same(score) + offset + shift, variance)
+    base = stretch * prior.logit_same(score)
+    p_same = _moderated(base + shift, variance)
     return Estimate(1.0 - p_same, shift, variance, len(labels))
 
 
@@ -174,7 +196,6 @@ def decide(
     risk_max: float,
     may_explore: bool,
     draw: float,
-    offset: float = 0.0,
 ) -> Verdict:
     """Serve, explore or miss `candidate`, given its entry's `evidence`.
 
@@ -184,12 +205,11 @@ def decide(
         may_explore: whether the exploration budget has room for one more call.
         draw: a uniform number in [0, 1) for the audit (a seeded RNG, or a hash of the
             request id, so a replay decides the same way twice).
-        offset: the live calibration's log-odds correction (`online.LiveCalibration`).
     """
     stop = _hard_stop(candidate, evidence)
     if stop is not None:
         return stop
-    p_wrong = estimate(candidate.score, evidence, prior, policy, offset).p_wrong
+    p_wrong = estimate(candidate.score, evidence, prior, policy).p_wrong
     if p_wrong <= risk_max:
         if may_explore and draw < policy.audit_share:
             return Verdict(Action.EXPLORE, p_wrong, "audit")

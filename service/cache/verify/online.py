@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from service.cache.verify.decision import fit_shift
-from service.cache.verify.prior import Prior
+import numpy as np
+import numpy.typing as npt
+
+from service.cache.verify.prior import Prior, penalised_newton
 
 __all__ = ["ErrorBudget", "ExplorationBudget", "LiveCalibration"]
 
@@ -106,19 +108,24 @@ class ErrorBudget:
 
 @dataclass
 class LiveCalibration:
-    """The log-odds offset between the calibrated prior and this cache's judged traffic.
+    """The calibrated prior, re-fitted to this cache's judged traffic.
 
-    Every judged observation (any entry) is kept, the newest `limit`; the offset is
-    the MAP shift of the prior under N(0, sd^2), refitted every `refit_every` adds.
+    A workload's base rate and difficulty differ from qqp_dev's (more look-alikes, say),
+    so every judged observation (any entry) is kept, the newest `limit`, and the prior's
+    log-odds `l` are corrected to `(1 + b) * l + a`, with (a, b) the MAP fit under
+    N(0, sd^2) each: no data leaves the prior as it is. Refitted every `refit_every` adds.
     """
 
-    prior: Prior
+    base: Prior
     sd: float = 1.0
     limit: int = 4096
     refit_every: int = 16
-    offset: float = 0.0
+    current: Prior = field(init=False)
     _seen: deque[tuple[float, bool]] = field(default_factory=deque)
     _pending: int = 0
+
+    def __post_init__(self) -> None:
+        self.current = self.base
 
     def add(self, score: float, same: bool) -> None:
         """Record one judged comparison at guard score `score`."""
@@ -129,10 +136,22 @@ class LiveCalibration:
         if self._pending >= self.refit_every:
             self.refit()
 
-    def refit(self) -> float:
-        """Refit the offset now and return it."""
-        bases = [self.prior.logit_same(score) for score, _ in self._seen]
-        labels = [same for _, same in self._seen]
-        self.offset, _ = fit_shift(bases, labels, self.sd)
+    def refit(self) -> Prior:
+        """Refit the correction now and return the corrected prior."""
+        logits = np.array([self.base.logit_same(score) for score, _ in self._seen])
+        labels = np.array([same for _, same in self._seen], dtype=np.float64)
+        a, b = _fit_correction(logits, labels, self.sd)
+        self.current = Prior(
+            round((1.0 + b) * self.base.intercept + a, 6), round((1.0 + b) * self.base.slope, 6)
+        )
         self._pending = 0
-        return self.offset
+        return self.current
+
+
+def _fit_correction(
+    logits: npt.NDArray[np.float64], labels: npt.NDArray[np.float64], sd: float
+) -> tuple[float, float]:
+    """MAP (a, b) of P(same) = sigmoid(l + a + b * l) under N(0, sd^2) priors."""
+    x = np.column_stack([np.ones_like(logits), logits])
+    a, b = penalised_newton(x, labels, logits, np.eye(2) / (sd * sd))
+    return float(a), float(b)

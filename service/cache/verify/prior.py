@@ -5,8 +5,8 @@ but is not a calibrated probability for a decision against an error budget.
 `Prior` re-maps it as `P(same) = sigmoid(intercept + slope * logit(score))` (Platt
 scaling), fitted by `fit_prior` on labelled pairs: qqp_dev pairs that pass the
 guard's floor and rules, scored with the default int8 embedder. `fit_logistic` is a
-plain Newton (IRLS) fit in float64 with a small ridge: no randomness, no
-solver-dependent stopping, so the same data gives the same numbers bit for bit.
+damped Newton fit in float64 with a small ridge: no randomness, no solver-dependent
+stopping, so the same data gives the same numbers bit for bit on one machine.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DEFAULT_PRIOR", "Prior", "fit_logistic", "fit_prior", "logit", "sigmoid"]
+__all__ = [
+    "DEFAULT_PRIOR",
+    "Prior",
+    "fit_logistic",
+    "fit_prior",
+    "logit",
+    "penalised_newton",
+    "sigmoid",
+]
 
 _SCORE_EPSILON = 1e-6
 Floats = npt.NDArray[np.float64]
@@ -54,13 +62,41 @@ class Prior:
         return sigmoid(self.logit_same(score))
 
 
-def fit_logistic(
-    features: Floats, labels: Sequence[bool], ridge: float = 1e-3, iterations: int = 50
-) -> Floats:
-    """Weights of a logistic regression (first column is usually the constant 1).
+def _objective(x: Floats, y: Floats, base: Floats, precision: Floats, w: Floats) -> float:
+    z = base + x @ w
+    # log-likelihood of labels y under sigmoid(z), minus the Gaussian penalty
+    return float(np.sum(y * z - np.logaddexp(0.0, z)) - 0.5 * w @ precision @ w)
 
-    Newton steps on the ridge-penalised log-likelihood until the step is below 1e-12
-    or `iterations` have run; deterministic for given inputs.
+
+def penalised_newton(
+    x: Floats, y: Floats, base: Floats, precision: Floats, iterations: int = 50
+) -> Floats:
+    """MAP weights w of P(y) = sigmoid(base + x @ w) under a N(0, precision^-1) prior.
+
+    Newton steps, halved until the penalised log-likelihood does not fall (plain
+    Newton can oscillate and diverge when many rows share one value), until the step
+    is below 1e-10 or `iterations` have run. Deterministic for given inputs.
+    """
+    w = np.zeros(x.shape[1], dtype=np.float64)
+    current = _objective(x, y, base, precision, w)
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(base + x @ w)))
+        gradient = x.T @ (y - p) - precision @ w
+        hessian = (x.T * (p * (1.0 - p))) @ x + precision
+        step = np.linalg.solve(hessian, gradient)
+        for _ in range(30):
+            candidate = _objective(x, y, base, precision, w + step)
+            if candidate >= current:
+                break
+            step = step / 2.0
+        w, current = w + step, max(candidate, current)
+        if float(np.max(np.abs(step))) < 1e-10:
+            break
+    return w
+
+
+def fit_logistic(features: Floats, labels: Sequence[bool], ridge: float = 1e-3) -> Floats:
+    """Weights of a logistic regression (first column is usually the constant 1).
 
     Raises:
         ValueError: the shapes disagree or there are no rows.
@@ -69,17 +105,7 @@ def fit_logistic(
     y = np.asarray(labels, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(f"features {x.shape} and labels {y.shape} must have the same rows")
-    weights = np.zeros(x.shape[1], dtype=np.float64)
-    penalty = ridge * np.eye(x.shape[1])
-    for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-(x @ weights)))
-        gradient = x.T @ (y - p) - penalty @ weights
-        hessian = (x.T * (p * (1.0 - p))) @ x + penalty
-        step = np.linalg.solve(hessian, gradient)
-        weights = weights + step
-        if float(np.max(np.abs(step))) < 1e-12:
-            break
-    return weights
+    return penalised_newton(x, y, np.zeros(x.shape[0]), ridge * np.eye(x.shape[1]))
 
 
 def fit_prior(scores: Sequence[float], labels: Sequence[bool]) -> Prior:
