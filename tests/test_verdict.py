@@ -88,10 +88,17 @@ def test_one_wrong_at_or_above_a_score_stops_serving_there_at_once() -> None:
 def test_guard_vetoes_stay_hard_and_identical_questions_serve() -> None:
     vetoed = Candidate(0.99, veto="number_mismatch")
     identical = Candidate(0.5, identical=True)
-    kwargs = {"prior": PRIOR, "policy": POLICY, "risk_max": 0.5, "may_explore": True}
 
-    assert decide(vetoed, _evidence((0.99, True)), draw=0.99, **kwargs).action is Action.MISS
-    assert decide(identical, Evidence(), draw=0.99, **kwargs).action is Action.SERVE
+    assert _decide_candidate(vetoed, _evidence((0.99, True))) is Action.MISS
+    assert _decide_candidate(identical, Evidence()) is Action.SERVE
+
+
+def _decide_candidate(candidate: Candidate, evidence: Evidence) -> Action:
+    verdict = decide(
+        candidate, evidence, prior=PRIOR, policy=POLICY, risk_max=0.5, may_explore=True,
+        draw=0.99,
+    )  # fmt: skip
+    return verdict.action
 
 
 def test_an_exhausted_exploration_budget_stops_exploring() -> None:
