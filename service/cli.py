@@ -122,6 +122,26 @@ def _cmd_bench_resilience(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from service.cache.calibrate import DEFAULT_DATA, run
+    from service.embedding.factory import build_embedder
+
+    configure_logging("console", "warning")
+    settings = Settings()
+    command = f"semcache calibrate --embedding-backend {args.embedding_backend}"
+    return run(
+        Path(args.data) if args.data else DEFAULT_DATA,
+        Path(args.out) if args.out else None,
+        lambda: build_embedder(
+            args.embedding_backend,
+            settings.embedding_model_path,
+            settings.embedding_cache_dir,
+            settings.embedding_threads,
+        ),
+        command,
+    )
+
+
 def _cmd_route_eval(args: argparse.Namespace) -> int:
     from service.app import build_settings_router, load_embedder
     from service.llm.catalogue import load_catalogue
@@ -328,6 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
     resilience.add_argument("--ttft-ms", type=float, default=20.0)
     resilience.add_argument("--out", default="bench-results")
     resilience.set_defaults(run=_cmd_bench_resilience)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="refit the near-miss guard's weights from labelled pairs"
+    )
+    calibrate.add_argument("--data", help="qqp-style JSONL; default ../shared/data/qqp_dev.jsonl")
+    calibrate.add_argument("--out", help="write the weights JSON here; default: print it")
+    calibrate.add_argument(
+        "--embedding-backend", choices=["torch", "onnx-int8", "onnx-fp32"], default="torch"
+    )
+    calibrate.set_defaults(run=_cmd_calibrate)
 
     simulate = commands.add_parser(
         "simulate-upstream", help="run the OpenAI-compatible upstream simulator"

@@ -14,8 +14,9 @@ cosine (no extra model calls, ~0.2 ms p50 per candidate in pure Python):
    sides hold a capitalised name the other lacks ("entity_mismatch"), or a scope word
    is swapped within its group (my/our, per/each/all, iPhone/Android, child/adult...:
    "scope_mismatch").
-4. A logistic regression (`_WEIGHTS`, fitted on qqp_dev) over the cosine and
-   content-word edit features gives `score`; accept when it reaches `accept_min`.
+4. A logistic regression over the cosine and content-word edit features gives `score`;
+   accept when it reaches `accept_min`. Its weights are in `guard_weights.json`, fitted
+   on qqp_dev by `semcache calibrate` (`service.cache.calibrate`).
 
 Defaults: `similarity_min` 0.75, `accept_min` 0.79, the largest value that still
 serves >= 40% of qqp_dev duplicates. Measured (top-5 candidates, best score served):
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from service.cache import guard_lexicon as lex
+from service.cache.guard_model import GuardModel, shipped_guard_model
 
 __all__ = [
     "GuardVerdict",
@@ -52,6 +54,7 @@ __all__ = [
     "context_text",
     "conversation_text",
     "pair_features",
+    "veto_reason",
 ]
 
 _TOKEN_RE = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
@@ -252,7 +255,7 @@ class PairFeatures:
     direction_swap: bool
 
     def vector(self) -> tuple[float, ...]:
-        """The soft features, in the order of `_WEIGHTS`."""
+        """The soft features, in the order of `guard_model.FEATURE_NAMES`."""
         return (
             self.similarity,
             float(self.unmatched_min >= 1),
@@ -310,12 +313,6 @@ def pair_features(query: str, cached: str, similarity: float) -> PairFeatures:
     )
 
 
-# Logistic regression over PairFeatures.vector(): fitted with scikit-learn (C=1, lbfgs) on
-# the 4,000 qqp_dev pairs (query=b, cached=a, label same_answer), keeping the pairs with
-# cosine >= 0.6 that no hard rule vetoes. Rule-generated synthetic traps were tried and made
-# near-repeats worse, so they are not in the fit. See /tmp/guard-research/fit.py.
-_WEIGHTS = (8.2521, -0.0988, -0.2392, 0.6579, -0.2581, -0.4115, 0.1383)
-_BIAS = -5.9982
 _VETOES = (
     ("number_mismatch", "number_mismatch"),
     ("negation_mismatch", "negation_mismatch"),
@@ -335,9 +332,9 @@ class GuardVerdict:
     reason: str  # "ok", "identical", "below_threshold", "low_score" or a rule name
 
 
-def _score(features: PairFeatures) -> float:
-    z = _BIAS + sum(w * x for w, x in zip(_WEIGHTS, features.vector(), strict=True))
-    return 1.0 / (1.0 + math.exp(-z))
+def veto_reason(features: PairFeatures) -> str | None:
+    """The first hard rule that rejects the pair ("number_mismatch"...), or None."""
+    return next((reason for field, reason in _VETOES if getattr(features, field)), None)
 
 
 def _plain(text: str) -> str:
@@ -351,14 +348,23 @@ class NearMissGuard:
         similarity_min: cosine floor (-1..1); nothing below it is ever accepted.
         accept_min: minimum guard score (0..1) for pairs that pass the hard rules.
         context_min: cosine floor for the conversation contexts of follow-up questions.
+        model: the score's weights; None reads the shipped `guard_weights.json`.
+
+    Raises:
+        GuardModelError: `model` is None and the shipped weights file is missing or damaged.
     """
 
     def __init__(
-        self, similarity_min: float = 0.75, accept_min: float = 0.79, context_min: float = 0.7
+        self,
+        similarity_min: float = 0.75,
+        accept_min: float = 0.79,
+        context_min: float = 0.7,
+        model: GuardModel | None = None,
     ) -> None:
         self.similarity_min = similarity_min
         self.accept_min = accept_min
         self.context_min = context_min
+        self.model = model if model is not None else shipped_guard_model()
 
     def verify(self, query: str, cached: str, similarity: float) -> GuardVerdict:
         """Decide whether the answer cached for `cached` may be served for `query`."""
@@ -367,10 +373,10 @@ class NearMissGuard:
         if _plain(query) == _plain(cached):
             return GuardVerdict(True, 1.0, "identical")
         features = pair_features(query, cached, similarity)
-        score = _score(features)
-        for field, reason in _VETOES:
-            if getattr(features, field):
-                return GuardVerdict(False, score, reason)
+        score = self.model.score(features.vector())
+        reason = veto_reason(features)
+        if reason is not None:
+            return GuardVerdict(False, score, reason)
         if score < self.accept_min:
             return GuardVerdict(False, score, "low_score")
         return GuardVerdict(True, score, "ok")
