@@ -10,11 +10,12 @@ install: $(VENV)/.installed
 
 # torch==2.13.0 first: the CPU wheel on this machine. Anything that asks for
 # torch later finds it satisfied instead of pulling CUDA builds.
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ./clients/python
 	touch $@
 
 run: install
@@ -29,8 +30,8 @@ protos: install
 	PYTHON=$(PY) scripts/gen_protos.sh
 
 lint: install
-	$(BIN)/ruff check service tests benchmarks
-	$(BIN)/ruff format --check service tests benchmarks
+	$(BIN)/ruff check service tests benchmarks clients
+	$(BIN)/ruff format --check service tests benchmarks clients
 
 typecheck: install
 	$(BIN)/mypy

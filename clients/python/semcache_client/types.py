@@ -1,0 +1,224 @@
+"""What a semcache client sends and gets back, as plain frozen dataclasses.
+
+No gRPC in here: `_convert` turns these into protobuf messages and back.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+import grpc
+
+from semcache_client.errors import SemcacheError, error_for
+
+
+class CachePolicy(enum.Enum):
+    """What the cache may do for one request (see the README's cache_policy table)."""
+
+    DEFAULT = "default"  # look up, and store the answer on a miss
+    BYPASS = "bypass"  # neither look up nor store
+    REFRESH = "refresh"  # skip the lookup, ask the provider, replace the cached answer
+    NO_STORE = "no_store"  # look up, but never store this answer
+
+    @classmethod
+    def parse(cls, value: CachePolicy | str) -> CachePolicy:
+        """`value` as a policy; strings may use `-` or `_` ("no-store", "no_store").
+
+        Raises:
+            ValueError: `value` names no policy.
+        """
+        if isinstance(value, CachePolicy):
+            return value
+        try:
+            return cls(value.strip().lower().replace("-", "_"))
+        except ValueError:
+            names = ", ".join(policy.value for policy in cls)
+            raise ValueError(f"unknown cache_policy {value!r}: use one of {names}") from None
+
+
+class CacheStatus(enum.Enum):
+    """What the cache did for one request."""
+
+    MISS = "miss"  # the provider answered
+    EXACT_HIT = "exact_hit"  # the same normalised question was cached in the same scope
+    SEMANTIC_HIT = "semantic_hit"  # a question close enough in meaning was cached
+    BYPASS = "bypass"  # the caller asked to bypass the cache
+    UNSPECIFIED = "unspecified"  # the server did not say (a server older or newer than this client)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message; `role` is "system", "user" or "assistant"."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of the upstream call (for a hit: of the call that produced the answer)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One completion and what the cache and the provider did to produce it.
+
+    `similarity` is cosine similarity to the cached question (1.0 for an exact
+    hit, 0 on a miss); `latency_ms` is time inside the service; `cost_usd` is
+    what this request cost upstream and `cost_saved_usd` what a hit saved.
+    """
+
+    content: str
+    model: str
+    cache_status: CacheStatus
+    similarity: float
+    latency_ms: float
+    usage: Usage
+    cost_usd: float
+    cost_saved_usd: float
+    finish_reason: str
+    request_id: str
+    tier: str = ""
+    route_reason: str = ""
+    route_score: float = 0.0
+    cache_detail: str = ""
+    upstream_attempts: int = 0
+    tool_calls_json: str = ""
+
+    @property
+    def is_hit(self) -> bool:
+        """True when the answer came from the cache (an exact or a semantic hit)."""
+        return self.cache_status in (CacheStatus.EXACT_HIT, CacheStatus.SEMANTIC_HIT)
+
+
+class RequestOptions(TypedDict, total=False):
+    """The options of one completion, as keyword arguments of `complete` and `stream`.
+
+    Declared once, here: `complete`, `stream` (sync and async) take them as
+    `**options`, and `CompleteParams` has the same fields plus `prompt`. An
+    option left out (or None) is left to the service: `model` (the service
+    chooses), `temperature`, `max_tokens`, `top_p` (the provider's defaults),
+    `namespace` ("default"), `ttl_s` (`SEMCACHE_TTL_S`, in seconds),
+    `similarity_min` (cosine similarity, 0 to 1: the service's floor, which a
+    request can only raise). `messages` replaces the prompt with a
+    conversation ending with a user message; `cache_policy` defaults to
+    `CachePolicy.DEFAULT`; `stop` holds at most 4 stop sequences;
+    `response_format` is "text" or "json_object"; `tools_json` and
+    `tool_choice` pass OpenAI-style tools through to the provider.
+    """
+
+    messages: Sequence[Message | tuple[str, str]] | None
+    model: str | None
+    temperature: float | None
+    max_tokens: int | None
+    namespace: str | None
+    cache_policy: CachePolicy | str
+    ttl_s: int | None
+    similarity_min: float | None
+    top_p: float | None
+    stop: Sequence[str]
+    response_format: str | None
+    tools_json: str | None
+    tool_choice: str | None
+
+
+@dataclass(frozen=True)
+class CompleteParams:
+    """One completion request, as `batch_complete`, `map_reduce` and `complete_with` take it.
+
+    A prompt and the `RequestOptions` (see there for what each means and what
+    None leaves to the service); set exactly one of `prompt` or `messages`.
+    The clients build one with `CompleteParams(prompt, **options)`, which
+    mypy checks against `RequestOptions`, and a test checks the field names.
+    """
+
+    prompt: str | None = None
+    messages: Sequence[Message | tuple[str, str]] | None = None
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    namespace: str | None = None
+    cache_policy: CachePolicy | str = CachePolicy.DEFAULT
+    ttl_s: int | None = None
+    similarity_min: float | None = None
+    top_p: float | None = None
+    stop: Sequence[str] = ()
+    response_format: str | None = None
+    tools_json: str | None = None
+    tool_choice: str | None = None
+
+
+class MapOptions(TypedDict, total=False):
+    """How `map_reduce` sends its prompts (every key optional).
+
+    `template`: the other fields of every request (model, namespace,
+    sampling...), its prompt and messages replaced; `max_concurrency`: items
+    the service runs at once (None: its default); `batch_size`: items per
+    BatchComplete call (default 64, under the service's
+    `SEMCACHE_BATCH_MAX_ITEMS`); `skip_failures`: drop failed items instead
+    of raising the first (default False); `timeout_s`: the deadline of each
+    BatchComplete call (default: the client's).
+    """
+
+    template: CompleteParams | None
+    max_concurrency: int | None
+    batch_size: int
+    skip_failures: bool
+    timeout_s: float | None
+
+
+class InvalidateFilters(TypedDict, total=False):
+    """Which cached entries `invalidate` deletes: those matching every filter given.
+
+    `namespace`, `model`: entries of that namespace or model; `older_than_s`:
+    entries stored more than that many seconds ago; `all=True` (and no
+    filter) every entry of the tenant; `tenant` another tenant's entries and
+    `all_tenants` every tenant's (both admin only).
+    """
+
+    namespace: str | None
+    model: str | None
+    older_than_s: int | None
+    all: bool
+    tenant: str | None
+    all_tenants: bool
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """Why item `index` of a batch failed: a gRPC status code and the server's message."""
+
+    index: int
+    code: grpc.StatusCode
+    message: str
+
+    def error(self) -> SemcacheError:
+        """This failure as the client error a single call would have raised."""
+        return error_for(self.code, f"batch item {self.index}: {self.message}")
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Cache counters of one tenant; `tenants` holds every tenant's (admin, `all_tenants`).
+
+    `entries` counts live cached answers; the hit and miss counters are the
+    answering replica's since it started.
+    """
+
+    tenant: str
+    entries: int
+    exact_hits: int
+    semantic_hits: int
+    misses: int
+    bypasses: int
+    hit_rate: float
+    cost_saved_usd: float
+    cost_spent_usd: float
+    tenants: tuple[CacheStats, ...] = field(default=())
