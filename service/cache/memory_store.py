@@ -1,0 +1,146 @@
+"""`MemoryVectorStore`: the `VectorStore` protocol over a dict, for tests.
+
+Exact (brute-force) cosine search in numpy, the same filters as the real
+backends (`EntryFilter`, tenant + scope + live at `now`), nothing persisted.
+`tests/test_store_congruence.py` holds it to the answers of the Qdrant Edge
+and qdrant-client `:memory:` backends, so a test that passes on it means the
+same on them. `fail_with` makes every call raise, to test that the cache
+fails open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from service.cache.store import CacheEntry, EntryFilter, ScoredEntry, SearchQuery, Vector
+
+__all__ = ["MemoryVectorStore", "matches"]
+
+
+@dataclass(frozen=True)
+class _Point:
+    vector: Vector  # unit length, as Qdrant keeps cosine vectors
+    entry: CacheEntry
+
+
+def matches(entry: CacheEntry, selector: EntryFilter) -> bool:
+    """Whether `selector` selects `entry` (unset fields match everything)."""
+    return (
+        selector.tenant in (None, entry.tenant)
+        and selector.namespace in (None, entry.namespace)
+        and selector.model in (None, entry.model)
+        and (selector.created_before is None or entry.created_at < selector.created_before)
+        and (selector.expired_at is None or entry.expires_at <= selector.expired_at)
+        and (selector.live_at is None or entry.expires_at > selector.live_at)
+    )
+
+
+def _unit(vector: Vector) -> Vector:
+    v = np.asarray(vector, dtype=np.float32)
+    norm = np.linalg.norm(v)
+    return v if norm == 0 else (v / norm).astype(np.float32)
+
+
+class MemoryVectorStore:
+    """An in-memory `VectorStore`; `upserts` and `searches` count entries written and
+    queries searched (a `search_many` of three queries counts three).
+
+    Raises:
+        Exception: every method raises `fail_with` while it is set.
+    """
+
+    def __init__(self) -> None:
+        self._points: dict[str, _Point] = {}
+        self.fail_with: Exception | None = None
+        self.upserts = 0
+        self.searches = 0
+        self.closed = False
+
+    def _check(self) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+
+    async def get(self, point_id: str) -> CacheEntry | None:
+        """The entry stored under `point_id`, expired or not; None if absent."""
+        self._check()
+        point = self._points.get(point_id)
+        return None if point is None else point.entry
+
+    async def search(
+        self, vector: Vector, tenant: str, scope: str, now: float, limit: int
+    ) -> Sequence[ScoredEntry]:
+        """Up to `limit` live entries in (tenant, scope), most similar first."""
+        (found,) = await self.search_many([SearchQuery(vector, tenant, scope, now, limit)])
+        return found
+
+    async def search_many(self, queries: Sequence[SearchQuery]) -> list[Sequence[ScoredEntry]]:
+        """`search` for each query, answers in order."""
+        self._check()
+        self.searches += len(queries)
+        return [self._search(query) for query in queries]
+
+    def _search(self, query: SearchQuery) -> list[ScoredEntry]:
+        unit = _unit(query.vector)
+        scored = [
+            ScoredEntry(point_id, float(np.dot(unit, point.vector)), point.entry)
+            for point_id, point in self._points.items()
+            if point.entry.tenant == query.tenant
+            and point.entry.scope == query.scope
+            and point.entry.expires_at > query.now
+        ]
+        scored.sort(key=lambda s: -s.similarity)
+        return scored[: query.limit]
+
+    async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:
+        """Store `entry` under `point_id`, replacing what was there."""
+        self._check()
+        self.upserts += 1
+        self._points[point_id] = _Point(_unit(vector), entry)
+
+    async def delete(self, selector: EntryFilter) -> int:
+        """Delete the entries `selector` matches; returns how many there were."""
+        self._check()
+        doomed = [pid for pid, p in self._points.items() if matches(p.entry, selector)]
+        for point_id in doomed:
+            del self._points[point_id]
+        return len(doomed)
+
+    async def count(self, selector: EntryFilter) -> int:
+        """How many entries `selector` matches."""
+        self._check()
+        return sum(1 for p in self._points.values() if matches(p.entry, selector))
+
+    async def touch(self, point_ids: Sequence[str], now: float) -> None:
+        """Set `last_hit_at` to `now` on the entries that exist."""
+        self._check()
+        for point_id in point_ids:
+            point = self._points.get(point_id)
+            if point is not None:
+                self._points[point_id] = replace(point, entry=replace(point.entry, last_hit_at=now))
+
+    async def evict_least_recent(self, tenant: str, keep: int) -> int:
+        """Delete `tenant`'s least recently hit entries beyond the newest `keep`."""
+        self._check()
+        mine = [
+            (p.entry.last_hit_at, pid)
+            for pid, p in self._points.items()
+            if p.entry.tenant == tenant
+        ]
+        excess = len(mine) - keep
+        if excess <= 0:
+            return 0
+        for _, point_id in sorted(mine)[:excess]:
+            del self._points[point_id]
+        return excess
+
+    async def maintain(self, min_unindexed: int) -> bool:
+        """Nothing to build: search is exact. Always False."""
+        self._check()
+        return False
+
+    async def close(self) -> None:
+        """Mark the store closed (nothing to persist)."""
+        self.closed = True

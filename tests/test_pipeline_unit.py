@@ -1,0 +1,196 @@
+"""The request path on fakes: no model, no vector store, no network.
+
+`RequestPipeline` is built as `service.app.build_app` builds it, but over a
+`HashingEmbedder`, a `MemoryVectorStore` and a `ScriptedProvider`, so each
+test states what a caller sees (status, answer, upstream calls made, entries
+stored) in a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from service.cache.guard import NearMissGuard
+from service.cache.memory_store import MemoryVectorStore
+from service.cache.semantic import SemanticCache
+from service.cache.stats import CacheStats
+from service.domain import CachePolicy, CacheStatus, ChatMessage, Completion, CompletionRequest
+from service.embedding.batcher import EmbeddingBatcher
+from service.embedding.fake import HashingEmbedder
+from service.errors import UpstreamError
+from service.llm.catalogue import load_catalogue
+from service.llm.fake import ScriptedProvider
+from service.metrics import Metrics
+from service.pipeline.ledger import Ledger
+from service.pipeline.request import CachingPolicy, RequestPipeline, Upstream
+from service.ratelimit import InMemoryRateLimiter
+from service.routing.router import build_router
+from service.telemetry import Telemetry
+from service.validation import Limits
+
+CATALOGUE = Path(__file__).resolve().parents[1] / "service" / "defaults" / "models.example.yaml"
+QUESTION = "How do I reset my password?"
+PARAPHRASE = "how do i reset my password please"  # guard score 0.84 on the fake embedder
+
+
+@dataclass
+class Rig:
+    pipeline: RequestPipeline
+    store: MemoryVectorStore
+    provider: ScriptedProvider
+
+
+@pytest_asyncio.fixture
+async def rig() -> AsyncIterator[Rig]:
+    store, provider = MemoryVectorStore(), ScriptedProvider({QUESTION: "Use the reset link."})
+    catalogue = load_catalogue(CATALOGUE, {})
+    metrics = Metrics()
+    telemetry = Telemetry(metrics)
+    batcher = EmbeddingBatcher(HashingEmbedder())
+    cache = SemanticCache(store, batcher, NearMissGuard(), telemetry=telemetry)
+    pipeline = RequestPipeline(
+        cache=cache,
+        upstream=Upstream(provider, build_router(catalogue, "rules", None, None), 30.0),
+        catalogue=catalogue,
+        ledger=Ledger(catalogue, CacheStats(), metrics),
+        limits=Limits(),
+        limiter=InMemoryRateLimiter(0, 0),
+        telemetry=telemetry,
+        policy=CachingPolicy(),
+    )
+    yield Rig(pipeline, store, provider)
+    await cache.close()
+    await batcher.close()
+
+
+def ask(question: str = QUESTION, **fields: object) -> CompletionRequest:
+    request = CompletionRequest(messages=(ChatMessage("user", question),))
+    return replace(request, **fields)  # type: ignore[arg-type]
+
+
+async def test_miss_is_stored_then_served_as_exact_hit(rig: Rig) -> None:
+    first = await rig.pipeline.complete(ask())
+    second = await rig.pipeline.complete(ask())
+    assert (first.cache_status, second.cache_status) == (CacheStatus.MISS, CacheStatus.EXACT_HIT)
+    assert second.content == first.content == "Use the reset link."
+    assert len(rig.provider.calls) == 1
+    assert rig.store.upserts == 1
+
+
+async def test_paraphrase_is_a_semantic_hit(rig: Rig) -> None:
+    await rig.pipeline.complete(ask())
+    hit = await rig.pipeline.complete(ask(PARAPHRASE))
+    assert hit.cache_status is CacheStatus.SEMANTIC_HIT
+    assert hit.content == "Use the reset link."
+    assert 0.9 < hit.similarity < 1.0
+    assert len(rig.provider.calls) == 1
+
+
+async def test_unrelated_question_misses(rig: Rig) -> None:
+    await rig.pipeline.complete(ask())
+    other = await rig.pipeline.complete(ask("What is the capital of France?"))
+    assert other.cache_status is CacheStatus.MISS
+    assert len(rig.provider.calls) == 2
+
+
+async def test_bypass_neither_reads_nor_writes(rig: Rig) -> None:
+    await rig.pipeline.complete(ask())
+    bypassed = await rig.pipeline.complete(ask(cache_policy=CachePolicy.BYPASS))
+    assert bypassed.cache_status is CacheStatus.BYPASS
+    assert len(rig.provider.calls) == 2
+    assert rig.store.upserts == 1
+
+
+async def test_no_store_reads_but_does_not_write(rig: Rig) -> None:
+    miss = await rig.pipeline.complete(ask(cache_policy=CachePolicy.NO_STORE))
+    assert miss.cache_status is CacheStatus.MISS
+    assert rig.store.upserts == 0
+    await rig.pipeline.complete(ask())
+    hit = await rig.pipeline.complete(ask(cache_policy=CachePolicy.NO_STORE))
+    assert hit.cache_status is CacheStatus.EXACT_HIT
+
+
+async def test_refresh_asks_upstream_and_replaces_the_entry(rig: Rig) -> None:
+    await rig.pipeline.complete(ask())
+    rig.provider.script[QUESTION] = "Use the new reset page."
+    refreshed = await rig.pipeline.complete(ask(cache_policy=CachePolicy.REFRESH))
+    assert (refreshed.cache_status, refreshed.cache_detail) == (CacheStatus.MISS, "refresh")
+    again = await rig.pipeline.complete(ask())
+    assert (again.cache_status, again.content) == (CacheStatus.EXACT_HIT, "Use the new reset page.")
+    assert len(rig.provider.calls) == 2
+
+
+async def _until(condition: object, rounds: int = 5000) -> None:
+    """Yield to the loop (and the embedding thread) until `condition()` holds."""
+    for _ in range(rounds):
+        if condition():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition never held")
+
+
+async def test_identical_concurrent_misses_share_one_upstream_call(rig: Rig) -> None:
+    rig.provider.gate = asyncio.Event()
+    asks = [asyncio.create_task(rig.pipeline.complete(ask())) for _ in range(3)]
+    await _until(lambda: rig.store.searches == 3 and len(rig.provider.calls) >= 1)
+    for _ in range(50):  # let the other two reach the shared call after their search
+        await asyncio.sleep(0)
+    rig.provider.gate.set()
+    answers = await asyncio.gather(*asks)
+    assert len(rig.provider.calls) == 1
+    assert {a.content for a in answers} == {"Use the reset link."}
+    assert sorted(a.cost_saved_usd > 0 for a in answers) == [False, True, True]
+    assert rig.store.upserts == 1
+
+
+async def test_stream_is_stored_only_after_its_final_message(rig: Rig) -> None:
+    events = rig.pipeline.stream(ask())
+    first = await anext(events)
+    assert isinstance(first, str)
+    final = None
+    while final is None:
+        event = await anext(events)
+        final = event if isinstance(event, Completion) else None
+    assert rig.store.upserts == 0  # the caller has the final message, not yet sent it on
+    with pytest.raises(StopAsyncIteration):
+        await anext(events)
+    assert rig.store.upserts == 1
+    hit = await rig.pipeline.complete(ask())
+    assert (hit.cache_status, hit.content) == (CacheStatus.EXACT_HIT, final.content)
+
+
+async def test_stream_abandoned_midway_stores_nothing(rig: Rig) -> None:
+    events = rig.pipeline.stream(ask())
+    await anext(events)
+    await events.aclose()
+    assert rig.store.upserts == 0
+    assert (await rig.pipeline.complete(ask())).cache_status is CacheStatus.MISS
+
+
+async def test_provider_failure_stores_nothing(rig: Rig) -> None:
+    rig.provider.fail_next(UpstreamError("upstream down"))
+    with pytest.raises(UpstreamError, match="upstream down"):
+        await rig.pipeline.complete(ask())
+    assert rig.store.upserts == 0
+    answer = await rig.pipeline.complete(ask())
+    assert answer.cache_status is CacheStatus.MISS
+    assert len(rig.provider.calls) == 2
+
+
+async def test_truncated_answer_is_not_stored(rig: Rig) -> None:
+    rig.provider.finish_reason = "length"
+    await rig.pipeline.complete(ask())
+    assert rig.store.upserts == 0
+
+
+async def test_failing_store_is_a_miss_answered_upstream(rig: Rig) -> None:
+    rig.store.fail_with = OSError("disk gone")
+    answer = await rig.pipeline.complete(ask())
+    assert (answer.cache_status, answer.cache_detail) == (CacheStatus.MISS, "lookup_failed")
+    assert answer.content == "Use the reset link."
