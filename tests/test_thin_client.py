@@ -13,11 +13,14 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import importlib
 import importlib.metadata
+import inspect
 import re
 import subprocess
 import sys
 import tomllib
+import typing
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -606,3 +609,28 @@ def test_importing_the_client_loads_neither_the_service_nor_ml_modules(tmp_path:
     assert "semcache_client" in modules and "grpc" in modules
     assert not modules & HEAVY_MODULES
     assert not {m for m in modules if m.startswith("google.rpc")}  # no googleapis-common-protos
+
+
+def _accepted(function: Callable[..., Any]) -> set[str]:
+    """The names `function` takes, with the keys of `**options: Unpack[SomeTypedDict]`."""
+    names = set()
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            (typed_dict,) = typing.get_args(typing.get_type_hints(function)[parameter.name])
+            names |= set(typed_dict.__annotations__)
+        else:
+            names.add(parameter.name)
+    return names
+
+
+def test_the_old_client_api_is_kept_so_callers_change_only_the_import() -> None:
+    old = pytest.importorskip("service.client")  # goes once service/client is removed
+    new = importlib.import_module("semcache_client")
+    assert set(old.__all__) <= set(new.__all__)
+    for name in ("SemcacheClient", "AsyncSemcacheClient", "AnswerStream", "AsyncAnswerStream"):
+        old_class, new_class = getattr(old, name), getattr(new, name)
+        for method, function in inspect.getmembers(old_class, inspect.isfunction):
+            # a stream is made by the client, never by its caller
+            public = not method.startswith("_") or (method == "__init__" and "Client" in name)
+            if public:
+                assert _accepted(function) <= _accepted(getattr(new_class, method)), method
