@@ -184,7 +184,13 @@ class EdgeVectorStore:
         )
 
     async def touch(self, point_ids: Sequence[str], now: float) -> None:
-        operation = qe.UpdateOperation.set_payload(list(point_ids), {"last_hit_at": now})
+        """Record hit times.
+
+        By filter, not by id list: an id deleted since its hit matches nothing, where
+        in a list it would fail the whole update.
+        """
+        chosen = qe.Filter(must=[qe.HasIdCondition(set(point_ids))])
+        operation = qe.UpdateOperation.set_payload_by_filter(chosen, {"last_hit_at": now})
         await self._write(lambda: self._shard.update(operation))
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:

@@ -189,8 +189,14 @@ class QdrantVectorStore:
         return result.count
 
     async def touch(self, point_ids: Sequence[str], now: float) -> None:
+        # By filter, not by id list: an id deleted since its hit matches nothing,
+        # where in a list it would fail the whole batch.
+        ids: list[models.ExtendedPointId] = list(point_ids)
+        selector = models.FilterSelector(
+            filter=models.Filter(must=[models.HasIdCondition(has_id=ids)])
+        )
         await self._client.set_payload(
-            self._collection, {"last_hit_at": now}, points=list(point_ids), wait=False
+            self._collection, {"last_hit_at": now}, points=selector, wait=False
         )
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
