@@ -160,7 +160,7 @@ async def measure_semcache(memo: MemoEmbedder, corpus: Corpus, workdir: Path) ->
         )
         if len(corpus.texts) >= 10_000:
             begun = time.perf_counter()
-            await store._run(store._shard.optimize)  # the service itself never calls it
+            await store._run(store.shard.optimize)  # the service itself never calls it
             optimize_s = time.perf_counter() - begun
             times_ms, answers = await _lookups(cache, corpus)
             rows.append(_semcache_row("semcache (after optimize)", times_ms, answers, optimize_s))

@@ -147,7 +147,7 @@ def _recall(store: Any, queries: np.ndarray[Any, Any]) -> float:
             request = qe.QueryRequest(
                 limit=1, query=qe.Query.Nearest(vector.tolist()), params=params
             )
-            ids.append([p.id for p in store._shard.query(request)])
+            ids.append([p.id for p in store.shard.query(request)])
         agree += ids[0] == ids[1]
     return agree / len(queries)
 
@@ -174,12 +174,13 @@ def _child(job: Job, results: Any) -> None:
 def _build(job: Job, report: Any) -> None:
     import qdrant_edge as qe
 
-    from service.cache.edge_store import EdgeVectorStore, _create_indexes, edge_config
+    from service.cache.edge_shard import create_indexes, edge_config
+    from service.cache.edge_store import EdgeVectorStore
 
     real = np.load(job.real_vectors)
     queries = np.load(job.query_vectors)
     shard = qe.EdgeShard.create(str(job.path), edge_config(real.shape[1], job.variant))
-    _create_indexes(shard)
+    create_indexes(shard)
     began = time.perf_counter()
     _insert(shard, job.size, real, report)
     shard.flush()
@@ -189,7 +190,7 @@ def _build(job: Job, report: Any) -> None:
     served = asyncio.run(_lookups(store, queries[:50]))
     report("searched unoptimized", unoptimized=latency_summary(served))
     began = time.perf_counter()
-    store._shard.optimize()
+    store.shard.optimize()
     report("optimized", optimize_s=round(time.perf_counter() - began, 1))
     asyncio.run(store.close())
     report("done")
@@ -209,7 +210,7 @@ def _probe(job: Job, report: Any) -> None:
     times_ms = asyncio.run(_lookups(store, queries))
     after = rss_mib(os.getpid())
     recall = _recall(store, queries[:RECALL_QUERIES])
-    info = store._shard.info()
+    info = store.shard.info()
     report(
         "done",
         open_s=round(opened_s, 2),

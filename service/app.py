@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from service.cache.factory import build_store
 from service.cache.guard import NearMissGuard
+from service.cache.scope import upstream_identity
 from service.cache.semantic import SemanticCache, ThresholdVerifier, Verifier
 from service.cache.stats import CacheStats
 from service.config import Settings
@@ -74,15 +75,23 @@ def load_embedder(settings: Settings) -> Embedder:
 
 
 async def build_app(
-    settings: Settings, embedder: Embedder | None = None, environ: Mapping[str, str] | None = None
+    settings: Settings,
+    embedder: Embedder | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    simulated: bool = False,
 ) -> App:
     """Wire store, embedder, providers, router and gateway.
 
     `embedder` may be passed in pre-loaded; `environ` supplies the catalogue's
     `${VAR}` substitutions and provider API keys (the CLI passes `os.environ`).
+    `simulated` says the upstream is the built-in simulator: its answers get a
+    cache scope of their own (see `scope.upstream_identity`).
 
     Raises:
         ValueError: no upstream base URL is configured, or the catalogue is invalid.
+        StartupError: the store cannot be opened, or is damaged and
+            SEMCACHE_ON_STORE_DAMAGE=refuse.
     """
     metrics = Metrics()
     batcher = EmbeddingBatcher(
@@ -112,9 +121,11 @@ async def build_app(
         ttl_s=settings.ttl_s,
         max_entries_per_tenant=settings.max_entries_per_tenant,
         telemetry=telemetry,
+        upstream_id=settings_upstream_identity(settings, catalogue, simulated),
     )
     stats = CacheStats()
     metrics.watch_hit_rates(stats.hit_rates)
+    metrics.watch_store(lambda: store.health().writable, lambda: store.health().missing_entries)
     pipeline = RequestPipeline(
         cache=cache,
         upstream=Upstream(provider, router, settings.upstream_timeout_s),
@@ -153,6 +164,13 @@ def load_settings_catalogue(settings: Settings, environ: Mapping[str, str] | Non
     api_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
     catalogue = load_catalogue(settings.catalogue_path, environ or {})
     return catalogue.with_default_base_url(settings.upstream_base_url, api_key)
+
+
+def settings_upstream_identity(settings: Settings, catalogue: Catalogue, simulated: bool) -> str:
+    """The upstream identity every cache scope carries: SEMCACHE_UPSTREAM_ID when set,
+    else derived from the catalogue's providers; the simulator's own otherwise."""
+    providers = [(name, spec.base_url or "") for name, spec in catalogue.providers.items()]
+    return upstream_identity(providers, settings.upstream_id, simulated)
 
 
 def resilience_options(settings: Settings) -> ResilienceOptions:

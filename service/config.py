@@ -39,6 +39,17 @@ class Settings(BaseSettings):
         Path(".semcache/data"),
         description="Directory of the embedded Qdrant Edge store (used when no Qdrant URL is set).",
     )
+    min_free_disk_mb: int = Field(
+        128,
+        ge=0,
+        description="Embedded store: stop storing new entries (lookups go on) while less than"
+        " this much disk stays free beyond what the store's files may still fill.",
+    )
+    on_store_damage: Literal["warn", "refuse"] = Field(
+        "warn",
+        description="A store that opens with entries missing: `warn` (log an error, count"
+        " them in `semcache_store_missing_entries`, start) or `refuse` (do not start).",
+    )
     qdrant_url: str | None = Field(
         None,
         description="Use this Qdrant server instead of the embedded store, e.g. `http://qdrant:6333`;"
@@ -59,6 +70,13 @@ class Settings(BaseSettings):
         None,
         validation_alias=AliasChoices("SEMCACHE_UPSTREAM_API_KEY", "OPENAI_API_KEY"),
         description="API key for the upstream provider (also read from `OPENAI_API_KEY`).",
+    )
+    upstream_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Names the upstream in the cache scope instead of its providers' URLs: set"
+        " it to keep the cache when the same upstream moves behind a new URL.",
     )
     upstream_timeout_s: float = Field(
         60.0,

@@ -5,14 +5,19 @@
     ├── AuthenticationError           UNAUTHENTICATED: no API key, or an unknown one
     ├── PermissionDeniedError         PERMISSION_DENIED: the key's role or tenant does not allow it
     ├── RateLimitedError              RESOURCE_EXHAUSTED, with a RetryInfo detail
+    ├── OverloadedError               RESOURCE_EXHAUSTED, with a RetryInfo detail: the server
+    │                                 is at its bound on RPCs in flight
     ├── UpstreamError                 UNAVAILABLE: the provider failed or is unreachable
     │   ├── UpstreamTimeoutError      DEADLINE_EXCEEDED
     │   ├── UpstreamBusyError         RESOURCE_EXHAUSTED: the provider's queue is full
     │   └── UpstreamRejectedError     INVALID_ARGUMENT: the provider refused the request (4xx)
     └── CacheUnavailableError         never reaches a caller: the cache fails open
+        └── StoreNotWritableError     UNAVAILABLE when an invalidation cannot be written
+                                      (disk full); a skipped store otherwise
 
     StartupError                      never reaches a caller: `semcache serve` prints
                                       it as one line and exits non-zero
+    └── StoreDamagedError             the store lacks entries it held (SEMCACHE_ON_STORE_DAMAGE)
 
 The mapping lives in `STATUS_BY_ERROR`; the error interceptor
 (`service.interceptors`) is the only code that turns these into statuses.
@@ -60,6 +65,18 @@ class RateLimitedError(SemcacheError):
         )
 
 
+class OverloadedError(SemcacheError):
+    """The server already has its most RPCs in flight; retry after `retry_after_s`."""
+
+    def __init__(self, max_in_flight: int, retry_after_s: float) -> None:
+        self.max_in_flight = max_in_flight
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"the server is overloaded: {max_in_flight} calls are already in flight"
+            f" (SEMCACHE_MAX_CONCURRENT_RPCS); retry in {retry_after_s:.2f} s"
+        )
+
+
 class UpstreamError(SemcacheError):
     """The upstream provider failed, was unreachable, or answered with an error."""
 
@@ -80,6 +97,10 @@ class CacheUnavailableError(SemcacheError):
     """The embedder or the vector store failed; the gateway treats it as a miss."""
 
 
+class StoreNotWritableError(CacheUnavailableError):
+    """The store takes no writes now: the disk is (nearly) full, or the store is not open."""
+
+
 class StartupError(Exception):
     """The service cannot start as configured.
 
@@ -95,11 +116,17 @@ STATUS_BY_ERROR: tuple[tuple[type[SemcacheError], grpc.StatusCode], ...] = (
     (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (RateLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UpstreamTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (UpstreamBusyError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UpstreamRejectedError, grpc.StatusCode.INVALID_ARGUMENT),
     (UpstreamError, grpc.StatusCode.UNAVAILABLE),
+    (StoreNotWritableError, grpc.StatusCode.UNAVAILABLE),
 )
+
+
+class StoreDamagedError(StartupError):
+    """The store opened with entries missing, and SEMCACHE_ON_STORE_DAMAGE=refuse."""
 
 
 def status_for(error: BaseException) -> grpc.StatusCode:

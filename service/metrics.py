@@ -22,6 +22,9 @@ Series (labels in braces):
     semcache_batch_size{kind}                           items per batch (embed, search, …)
     semcache_embeddings_total{source}                   vectors from the model or the memo
     semcache_circuit_breaker_state{provider}            0 closed, 1 half-open, 2 open
+    semcache_cache_stores_skipped_total{reason}         answers not cached: disk_full, store_error
+    semcache_store_writable                             1 storing, 0 paused (disk full)
+    semcache_store_missing_entries                      entries the store lacked when it opened
 
 The hit rate is derived, not stored: a gauge of the lifetime ratio would hide
 today's behaviour behind last month's. Over five minutes:
@@ -159,6 +162,12 @@ class Metrics:
             ("source",),
             registry=r,
         )
+        self._stores_skipped = Counter(
+            "semcache_cache_stores_skipped",
+            "Answers not cached, by reason: disk_full (storing paused) or store_error.",
+            ("reason",),
+            registry=r,
+        )
 
     def observe_request(
         self, rpc: str, code: str, cache_status: str, model: str, seconds: float
@@ -211,6 +220,15 @@ class Metrics:
     def record_embedding(self, source: str) -> None:
         """One vector handed out, from the "model" or the "memo" of recent texts."""
         self._embeddings.labels(source).inc()
+
+    def record_store_skipped(self, reason: str) -> None:
+        """An answer that was not cached: "disk_full" or "store_error"."""
+        self._stores_skipped.labels(reason).inc()
+
+    def watch_store(self, writable: Callable[[], bool], missing: Callable[[], int]) -> None:
+        """Expose whether the store takes new entries, and how many it lacked when it
+        opened, read at every scrape (call once; the callbacks must only read)."""
+        self.registry.register(_StoreCollector(writable, missing))
 
     def observe_batch_size(self, kind: str, size: int) -> None:
         """Items in one batch of `kind` ("embed", "search", "upstream")."""
@@ -267,6 +285,33 @@ class _ProviderCollector(Collector):
             labels=("provider",),
         )
         return depth, breaker
+
+
+class _StoreCollector(Collector):
+    def __init__(self, writable: Callable[[], bool], missing: Callable[[], int]) -> None:
+        self._writable = writable
+        self._missing = missing
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        writable, missing = self._families()
+        writable.add_metric([], 1.0 if self._writable() else 0.0)
+        missing.add_metric([], self._missing())
+        return writable, missing
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        writable = GaugeMetricFamily(
+            "semcache_store_writable",
+            "1 while new answers are stored, 0 while storing is paused (disk full).",
+        )
+        missing = GaugeMetricFamily(
+            "semcache_store_missing_entries",
+            "Entries the store held before and lacked when this process opened it.",
+        )
+        return writable, missing
 
 
 class _HitRateCollector(Collector):

@@ -156,6 +156,9 @@ def _stats(stats: TenantStats) -> pb.GetCacheStatsResponse:
         hit_rate=counters.hit_rate,
         cost_saved_usd=counters.cost_saved_usd,
         cost_spent_usd=counters.cost_spent_usd,
+        storing_paused=not stats.store.writable,
+        storing_paused_reason=stats.store.reason,
+        store_missing_entries=stats.store.missing_entries,
     )
 
 

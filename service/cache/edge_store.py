@@ -6,6 +6,12 @@ seconds to minutes) on a third, so that a growing cache keeps its HNSW index
 without lookups waiting for it. The engine takes its own locks; measured
 here, queries kept answering in about half a millisecond while `optimize`
 rebuilt a 20k-point index.
+
+A full disk pauses storing (`disk.DiskGuard`): lookups still answer from what
+is stored, and storing resumes when space returns. A shard that cannot be
+opened without running out of disk is left closed (every lookup misses) and
+opened by the upkeep loop once there is room. Opening compares the shard with
+its manifest (`edge_shard`) and reports entries gone missing.
 """
 
 from __future__ import annotations
@@ -14,64 +20,50 @@ import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import qdrant_edge as qe
+import structlog
 
+from service.cache.disk import DiskGuard, apparent_bytes
+from service.cache.edge_shard import (
+    VECTOR_STORAGE,
+    Damage,
+    Manifest,
+    check_vector_size,
+    edge_config,
+    find_damage,
+    open_shard,
+    segments_missing,
+)
 from service.cache.store import (
-    FLOAT_FIELDS,
-    KEYWORD_FIELDS,
     CacheEntry,
     EntryFilter,
     ScoredEntry,
     SearchQuery,
+    StoreHealth,
     Vector,
 )
+from service.errors import StoreDamagedError, StoreNotWritableError
+
+__all__ = ["VECTOR_STORAGE", "EdgeVectorStore", "edge_config"]
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
 
-VECTOR_STORAGE: tuple[str, ...] = ("ram", "int8-disk")
-"""How a new shard keeps its vectors: `ram` (float32 in memory), or `int8-disk`
-(int8 scalar-quantized copies in memory, the float32 originals memory-mapped
-from disk and read to rescore the best candidates: about a quarter of the
-memory, for a recall@1 of about 0.98)."""
+DELETE_BYTES = 64 * 1024  # what a deletion may add on disk (log record, flags)
+PAGE_OVERHEAD_BYTES = 64 * 1024  # pages an upsert may touch beyond its payload
+OnDamage = Literal["warn", "refuse"]
 
 
-def edge_config(dim: int, storage: str = "ram") -> qe.EdgeConfig:
-    """The shard configuration for `dim`-sized cosine vectors kept as `storage` says."""
-    hnsw = qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000)
-    if storage == "ram":
-        vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
-        return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw)
-    if storage == "int8-disk":
-        quantization = qe.ScalarQuantizationConfig(
-            qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned
-        )
-        vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, memory=qe.Memory.Cold)
-        return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw, quantization_config=quantization)
-    raise ValueError(f"unknown vector storage {storage!r}: use one of {', '.join(VECTOR_STORAGE)}")
-
-
-def _open_shard(path: Path, dim: int, storage: str) -> qe.EdgeShard:
-    """The shard in `path`, created (with `storage`) if there is none; an existing
-    shard keeps the storage it was created with."""
-    if (path / "edge_config.json").exists() or any(path.glob("segments*")):
-        return qe.EdgeShard.load(str(path))
-    path.mkdir(parents=True, exist_ok=True)
-    shard = qe.EdgeShard.create(str(path), edge_config(dim, storage))
-    _create_indexes(shard)
-    return shard
-
-
-def _create_indexes(shard: qe.EdgeShard) -> None:
-    shard.update(
-        qe.UpdateOperation.create_field_index("tenant", qe.KeywordIndexParams(is_tenant=True))
-    )
-    for name in KEYWORD_FIELDS[1:]:
-        shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
-    for name in FLOAT_FIELDS:
-        shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
+def _estimate_bytes(entry: CacheEntry, dim: int) -> int:
+    """About what storing `entry` may add on disk: payload and vector, each in the
+    segment and again in the write-ahead log, plus the pages they touch."""
+    texts = (entry.question, entry.content, entry.context, entry.tool_calls_json)
+    payload = sum(len(text.encode()) for text in texts) + 16 * len(entry.context_vector)
+    return 2 * (payload + 4 * dim) + PAGE_OVERHEAD_BYTES
 
 
 def _match(key: str, value: str) -> qe.FieldCondition:
@@ -111,15 +103,97 @@ def _scored(points: Sequence[qe.ScoredPoint]) -> list[ScoredEntry]:
 
 class EdgeVectorStore:
     """A `VectorStore` on a Qdrant Edge shard in `path` (created on first use, with
-    `storage`, one of `VECTOR_STORAGE`)."""
+    `storage`, one of `VECTOR_STORAGE`).
 
-    def __init__(self, path: Path, dim: int, hnsw_ef: int = 64, storage: str = "ram") -> None:
+    `min_free_bytes` is the room kept free on the disk: below it new entries are
+    not stored. `on_damage` says what opening a shard with entries missing does:
+    "warn" (log an error, count them in `health().missing_entries`, go on) or
+    "refuse" (raise).
+
+    Raises:
+        StartupError: the shard cannot be loaded, holds vectors of another size,
+            or (with `on_damage="refuse"`) lacks entries it held.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        dim: int,
+        hnsw_ef: int = 64,
+        storage: str = "ram",
+        *,
+        min_free_bytes: int = 0,
+        on_damage: OnDamage = "warn",
+    ) -> None:
+        if storage not in VECTOR_STORAGE:
+            edge_config(dim, storage)  # raises the ValueError that names the choices
         self._reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge-read")
         self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge-write")
         self._indexer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge-index")
         self._indexing: asyncio.Future[bool] | None = None
-        self._shard = _open_shard(path, dim, storage)
+        self._path, self._dim, self._storage, self._on_damage = path, dim, storage, on_damage
+        self._disk = DiskGuard(path, min_free_bytes)
+        self._manifest = Manifest(path)
+        self._missing_entries = 0
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef)
+        self._shard: qe.EdgeShard | None = None
+        try:
+            self._open()
+        except BaseException:
+            self._shutdown_executors()
+            raise
+
+    def _open(self) -> None:
+        """Open the shard if the disk has room for it; else leave it closed."""
+        if not self._disk.can_open():
+            log.warning(
+                "cache store left closed: the disk is full; every lookup misses until there"
+                " is room",
+                reason=self._disk.health.reason,
+            )
+            return
+        manifest = self._manifest.read()
+        check_vector_size(self._path, manifest, self._dim)
+        lost_segments = segments_missing(self._path)
+        shard = open_shard(self._path, self._dim, self._storage)
+        count = shard.count(qe.CountRequest(exact=True))
+        damage = find_damage(self._path, manifest, count, lost_segments)
+        if damage is not None:
+            self._report_damage(damage, shard)
+        self._manifest.write(count, self._dim)
+        self._shard = shard
+        self._disk.refresh()
+
+    def _report_damage(self, damage: Damage, shard: qe.EdgeShard) -> None:
+        where = f"the cache store {self._path} is damaged: {damage.detail}"
+        if self._on_damage == "refuse":
+            shard.close()
+            raise StoreDamagedError(
+                f"{where} ({damage.missing_entries} entries missing); not starting"
+                " (SEMCACHE_ON_STORE_DAMAGE=refuse): restore it from a backup, move it"
+                " away, or set SEMCACHE_ON_STORE_DAMAGE=warn to start with what is left"
+            )
+        log.error(
+            f"{where}; starting with the entries that are left",
+            missing_entries=damage.missing_entries,
+        )
+        self._missing_entries += damage.missing_entries
+
+    @property
+    def shard(self) -> qe.EdgeShard:
+        """The open shard (for benchmarks and tests).
+
+        Raises:
+            StoreNotWritableError: the shard is closed (the disk was too full to open it).
+        """
+        if self._shard is None:
+            raise StoreNotWritableError(f"the cache store is closed: {self._disk.health.reason}")
+        return self._shard
+
+    def health(self) -> StoreHealth:
+        """Whether new entries are stored now, and how many were found missing at open."""
+        disk = self._disk.health
+        return StoreHealth(disk.writable, disk.reason, self._missing_entries)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reads, fn)
@@ -127,9 +201,26 @@ class EdgeVectorStore:
     async def _write(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writes, fn)
 
+    def _writable(self, n_bytes: int, deletion: bool = False) -> qe.EdgeShard:
+        """The shard, if a write of about `n_bytes` fits on the disk (write thread only).
+
+        Raises:
+            StoreNotWritableError: the shard is closed, or the disk is too full.
+        """
+        shard = self._shard
+        if shard is None:
+            raise StoreNotWritableError(f"the cache store is closed: {self._disk.health.reason}")
+        fits = self._disk.fits(n_bytes, 0) if deletion else self._disk.admit(n_bytes)
+        if not fits:
+            raise StoreNotWritableError(f"the disk under {self._path} is full")
+        return shard
+
     async def get(self, point_id: str) -> CacheEntry | None:
+        shard = self._shard
+        if shard is None:
+            return None
         records = await self._run(
-            lambda: self._shard.retrieve([point_id], with_payload=True, with_vector=False)
+            lambda: shard.retrieve([point_id], with_payload=True, with_vector=False)
         )
         if not records or records[0].payload is None:
             return None
@@ -138,14 +229,15 @@ class EdgeVectorStore:
     async def search(
         self, vector: Vector, tenant: str, scope: str, now: float, limit: int
     ) -> Sequence[ScoredEntry]:
-        request = self._query(SearchQuery(vector, tenant, scope, now, limit))
-        return _scored(await self._run(lambda: self._shard.query(request)))
+        found = await self.search_many([SearchQuery(vector, tenant, scope, now, limit)])
+        return found[0]
 
     async def search_many(self, queries: Sequence[SearchQuery]) -> list[Sequence[ScoredEntry]]:
+        shard = self._shard
+        if shard is None:
+            return [[] for _ in queries]
         batch = qe.QueryBatchRequest([self._query(q) for q in queries])
-        return [
-            _scored(points) for points in await self._run(lambda: self._shard.query_batch(batch))
-        ]
+        return [_scored(points) for points in await self._run(lambda: shard.query_batch(batch))]
 
     def _query(self, query: SearchQuery) -> qe.QueryRequest:
         return qe.QueryRequest(
@@ -163,44 +255,76 @@ class EdgeVectorStore:
         )
 
     async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:
+        """Store `entry`.
+
+        Raises:
+            StoreNotWritableError: storing is paused (disk full) or the store is closed.
+        """
         point = qe.Point(point_id, vector.tolist(), entry.to_payload())
-        await self._write(lambda: self._shard.update(qe.UpdateOperation.upsert_points([point])))
+        n_bytes = _estimate_bytes(entry, self._dim)
+        await self._write(
+            lambda: self._writable(n_bytes).update(qe.UpdateOperation.upsert_points([point]))
+        )
 
     async def delete(self, selector: EntryFilter) -> int:
+        """Delete what `selector` matches.
+
+        Raises:
+            StoreNotWritableError: the store is closed, or the disk has no room left.
+        """
         edge_filter = _edge_filter(selector)
 
         def count_then_delete() -> int:
-            matched = self._shard.count(qe.CountRequest(exact=True, filter=edge_filter))
+            shard = self._writable(DELETE_BYTES, deletion=True)
+            matched = shard.count(qe.CountRequest(exact=True, filter=edge_filter))
             if matched:
-                self._shard.update(qe.UpdateOperation.delete_points_by_filter(edge_filter))
+                self._lower_manifest(shard, matched)
+                shard.update(qe.UpdateOperation.delete_points_by_filter(edge_filter))
             return matched
 
         return await self._write(count_then_delete)
 
+    def _lower_manifest(self, shard: qe.EdgeShard, deleting: int) -> None:
+        """Keep the manifest a lower bound across a deletion (write thread only)."""
+        bound = self._manifest.entries_min
+        if bound is None:
+            return
+        left = shard.count(qe.CountRequest(exact=True)) - deleting
+        if bound > left:
+            self._manifest.write(max(0, left), self._dim)
+
     async def count(self, selector: EntryFilter) -> int:
+        """Entries `selector` matches; 0 while the store is closed (disk full)."""
+        shard = self._shard
+        if shard is None:
+            return 0
         edge_filter = _edge_filter(selector)
-        return await self._run(
-            lambda: self._shard.count(qe.CountRequest(exact=True, filter=edge_filter))
-        )
+        return await self._run(lambda: shard.count(qe.CountRequest(exact=True, filter=edge_filter)))
 
     async def touch(self, point_ids: Sequence[str], now: float) -> None:
-        """Record hit times.
+        """Record hit times; skipped while storing is paused (they only order eviction).
 
         By filter, not by id list: an id deleted since its hit matches nothing, where
         in a list it would fail the whole update.
         """
         chosen = qe.Filter(must=[qe.HasIdCondition(set(point_ids))])
         operation = qe.UpdateOperation.set_payload_by_filter(chosen, {"last_hit_at": now})
-        await self._write(lambda: self._shard.update(operation))
+
+        def write() -> None:
+            if self._shard is not None and self._disk.fits(DELETE_BYTES, self._disk.min_free_bytes):
+                self._shard.update(operation)
+
+        await self._write(write)
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
         tenant_filter = qe.Filter(must=[_match("tenant", tenant)])
 
         def evict() -> int:
-            excess = self._shard.count(qe.CountRequest(exact=True, filter=tenant_filter)) - keep
+            shard = self._writable(DELETE_BYTES, deletion=True)
+            excess = shard.count(qe.CountRequest(exact=True, filter=tenant_filter)) - keep
             if excess <= 0:
                 return 0
-            oldest, _ = self._shard.scroll(
+            oldest, _ = shard.scroll(
                 qe.ScrollRequest(
                     limit=excess,
                     filter=tenant_filter,
@@ -208,32 +332,78 @@ class EdgeVectorStore:
                     order_by=qe.OrderBy("last_hit_at", qe.Direction.Asc),
                 )
             )
-            self._shard.update(qe.UpdateOperation.delete_points([p.id for p in oldest]))
+            self._lower_manifest(shard, len(oldest))
+            shard.update(qe.UpdateOperation.delete_points([p.id for p in oldest]))
             return len(oldest)
 
         return await self._write(evict)
 
     async def maintain(self, min_unindexed: int) -> bool:
-        """Rebuild the HNSW index in the background once `min_unindexed` points lack it.
+        """Upkeep: open a shard left closed once there is room, re-measure the disk
+        (storing pauses or resumes), raise the manifest's bound, and rebuild the HNSW
+        index in the background once `min_unindexed` points lack it and the disk has
+        room for the rebuilt segments.
 
         Returns whether a rebuild was started. Lookups go on while it runs.
+
+        Raises:
+            StartupError: a shard left closed cannot be opened now that there is room.
         """
+        if self._shard is None:
+            await self._write(self._open)
+            return False
+        await self._write(self._record_upkeep)
         if self._indexing is not None and not self._indexing.done():
             return False
-        info = await self._run(self._shard.info)
+        shard = self._shard
+        info = await self._run(shard.info)
         if info.points_count - info.indexed_vectors_count < min_unindexed:
             return False
+        if not await self._write(self._room_to_index):
+            log.warning("index rebuild postponed: not enough disk space", path=str(self._path))
+            return False
         loop = asyncio.get_running_loop()
-        self._indexing = loop.run_in_executor(self._indexer, self._shard.optimize)
+        self._indexing = loop.run_in_executor(self._indexer, shard.optimize)
         return True
 
-    async def close(self) -> None:
-        def flush_and_close() -> None:
-            self._shard.flush()
-            self._shard.close()
+    def _record_upkeep(self) -> None:
+        self._disk.refresh()
+        if self._shard is None:
+            return
+        count = self._shard.count(qe.CountRequest(exact=True))
+        if self._manifest.entries_min is None or count > self._manifest.entries_min:
+            self._manifest.write(count, self._dim)
 
+    def _room_to_index(self) -> bool:
+        """Rebuilt segments may need as much disk as the current ones (write thread)."""
+        need = apparent_bytes(self._path / "segments")
+        return self._disk.fits(need, self._disk.min_free_bytes)
+
+    async def close(self) -> None:
+        """Flush and close the shard, recording its count in the manifest.
+
+        A flush that fails (a full disk) is logged: what the write-ahead log holds
+        is replayed at the next start.
+        """
         if self._indexing is not None:
             await asyncio.wait([self._indexing])
-        await self._write(flush_and_close)
+        if self._shard is not None:
+            try:
+                await self._write(self._flush_and_close)
+            except Exception as error:
+                log.warning("cache store not flushed at close", error=repr(error))
+        self._shutdown_executors()
+
+    def _shutdown_executors(self) -> None:
         for executor in (self._reads, self._writes, self._indexer):
             executor.shutdown(wait=True)
+
+    def _flush_and_close(self) -> None:
+        shard, self._shard = self._shard, None
+        if shard is None:
+            return
+        shard.flush()
+        count = shard.count(qe.CountRequest(exact=True))
+        shard.close()
+        if self._manifest.entries_min is None or count > self._manifest.entries_min:
+            self._manifest.write(count, self._dim)

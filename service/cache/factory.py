@@ -9,7 +9,12 @@ from service.config import Settings
 
 
 async def build_store(settings: Settings, dim: int) -> VectorStore:
-    """Qdrant server (or `:memory:`) when `qdrant_url` is set, else embedded Qdrant Edge."""
+    """Qdrant server (or `:memory:`) when `qdrant_url` is set, else embedded Qdrant Edge.
+
+    Raises:
+        StartupError: the embedded store cannot be opened, or is damaged and
+            `on_store_damage` is "refuse".
+    """
     if settings.qdrant_url:
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return await QdrantVectorStore.open(
@@ -26,4 +31,6 @@ async def build_store(settings: Settings, dim: int) -> VectorStore:
         dim,
         settings.hnsw_ef,
         settings.vector_storage,
+        min_free_bytes=settings.min_free_disk_mb * 1024 * 1024,
+        on_damage=settings.on_store_damage,
     )

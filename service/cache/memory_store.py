@@ -15,7 +15,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from service.cache.store import CacheEntry, EntryFilter, ScoredEntry, SearchQuery, Vector
+from service.cache.store import (
+    CacheEntry,
+    EntryFilter,
+    ScoredEntry,
+    SearchQuery,
+    StoreHealth,
+    Vector,
+)
 
 __all__ = ["MemoryVectorStore", "matches"]
 
@@ -140,6 +147,10 @@ class MemoryVectorStore:
         """Nothing to build: search is exact. Always False."""
         self._check()
         return False
+
+    def health(self) -> StoreHealth:
+        """Always writable: memory never fills a disk."""
+        return StoreHealth(writable=True)
 
     async def close(self) -> None:
         """Mark the store closed (nothing to persist)."""

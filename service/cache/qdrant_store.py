@@ -18,6 +18,7 @@ from service.cache.store import (
     EntryFilter,
     ScoredEntry,
     SearchQuery,
+    StoreHealth,
     Vector,
 )
 
@@ -219,6 +220,11 @@ class QdrantVectorStore:
     async def maintain(self, min_unindexed: int) -> bool:
         """Nothing to do: a Qdrant server builds its indexes itself."""
         return False
+
+    def health(self) -> StoreHealth:
+        """Always writable from here: the server minds its own disk. A write it
+        refuses (a full disk included) fails that store only, with a warning."""
+        return StoreHealth(writable=True)
 
     async def close(self) -> None:
         await self._client.close()

@@ -5,8 +5,9 @@ scope is hashed into a fingerprint that every entry carries and every lookup
 filters on, so no lookup can cross it: tenant, namespace, model (or "auto"
 when the service chooses), the system prompt, each sampling parameter
 (temperature, top_p, max_tokens, stop, response format, tools and tool
-choice), the embedding model's id (vectors of two models never mix), and
-whether the question leans on earlier turns.
+choice), the embedding model's id (vectors of two models never mix), the
+upstream's identity (answers of one upstream are never served for another; see
+`upstream_identity`), and whether the question leans on earlier turns.
 
 Earlier turns enter in two ways. A question that stands alone ("How do I
 reset my password?") is matched on its own, whatever came before it. A
@@ -23,6 +24,7 @@ import json
 import re
 import unicodedata
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from service.cache.guard import context_text, conversation_text
@@ -31,7 +33,8 @@ from service.domain import CompletionRequest
 _WHITESPACE = re.compile(r"\s+")
 _TRAILING_PUNCTUATION = re.compile(r"[\s?!.。？！]+$")
 _POINT_NAMESPACE = uuid.UUID("5b1f5a52-8f0e-4c7e-9d1c-2f6d8f0b6c11")
-SCOPE_VERSION = 2
+SCOPE_VERSION = 3  # 3: the upstream identity entered the scope
+SIMULATOR_UPSTREAM_ID = "simulator"
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,27 @@ def normalise(text: str) -> str:
     return _TRAILING_PUNCTUATION.sub("", collapsed)
 
 
-def scope_fingerprint(request: CompletionRequest, embedding_model_id: str, context: str) -> str:
+def upstream_identity(
+    providers: Iterable[tuple[str, str]], named: str | None = None, simulated: bool = False
+) -> str:
+    """Which upstream answers: "simulator" for the built-in simulator, else the
+    operator's `named` identity, else a digest of every provider's (name, base URL).
+
+    The three forms carry different prefixes, so no real upstream can share the
+    simulator's identity, nor a named one a derived one.
+    """
+    if simulated:
+        return SIMULATOR_UPSTREAM_ID
+    if named:
+        return f"named:{named}"
+    canonical = sorted((name, url.rstrip("/")) for name, url in providers)
+    digest = hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
+    return f"providers:{digest[:32]}"
+
+
+def scope_fingerprint(
+    request: CompletionRequest, embedding_model_id: str, context: str, upstream_id: str = ""
+) -> str:
     """A stable hex digest of everything that must match besides the question's wording."""
     sampling = request.sampling
     parts = {
@@ -71,6 +94,7 @@ def scope_fingerprint(request: CompletionRequest, embedding_model_id: str, conte
         "tools": sampling.tools_json,
         "tool_choice": sampling.tool_choice,
         "embedding_model": embedding_model_id,
+        "upstream": upstream_id,
     }
     canonical = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -80,12 +104,14 @@ def _turns(request: CompletionRequest) -> list[tuple[str, str]]:
     return [(m.role, m.content) for m in request.messages if m.role != "system"]
 
 
-def cache_key(request: CompletionRequest, embedding_model_id: str) -> CacheKey:
+def cache_key(
+    request: CompletionRequest, embedding_model_id: str, upstream_id: str = ""
+) -> CacheKey:
     """The key for `request`; equal questions (and contexts) in equal scopes share an id."""
     turns = _turns(request)
     text = conversation_text(turns)
     context = context_text(turns)
-    scope = scope_fingerprint(request, embedding_model_id, context)
+    scope = scope_fingerprint(request, embedding_model_id, context, upstream_id)
     exact = f"{scope}\x00{normalise(text)}\x00{normalise(context)}"
     point_id = str(uuid.uuid5(_POINT_NAMESPACE, exact))
     return CacheKey(request.tenant, request.namespace, scope, text, context, point_id)

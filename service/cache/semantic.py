@@ -32,6 +32,7 @@ from service.cache.store import (
 )
 from service.domain import CacheStatus, CompletionRequest
 from service.embedding.batcher import EmbeddingBatcher
+from service.errors import StoreNotWritableError
 from service.telemetry import Telemetry
 
 log = structlog.get_logger(__name__)
@@ -108,7 +109,11 @@ class Answer:
 
 
 class SemanticCache:
-    """Scoped semantic cache over a `VectorStore`, embedding through an `EmbeddingBatcher`."""
+    """Scoped semantic cache over a `VectorStore`, embedding through an `EmbeddingBatcher`.
+
+    `upstream_id` (see `scope.upstream_identity`) enters every scope, so answers
+    from one upstream are never served for another.
+    """
 
     def __init__(
         self,
@@ -121,8 +126,10 @@ class SemanticCache:
         max_entries_per_tenant: int = 0,
         clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
+        upstream_id: str = "",
     ) -> None:
         self.store = store
+        self.upstream_id = upstream_id
         self.embedder = embedder
         self.verifier = verifier
         self._search_limit = search_limit
@@ -141,7 +148,7 @@ class SemanticCache:
         )
 
     def key_for(self, request: CompletionRequest) -> CacheKey:
-        return cache_key(request, self.embedder.model_id)
+        return cache_key(request, self.embedder.model_id, self.upstream_id)
 
     async def lookup(self, request: CompletionRequest) -> Lookup:
         """Exact match by id first; else the best verified live entry in scope.
@@ -262,7 +269,11 @@ class SemanticCache:
             if self._max_entries:
                 await self._write_hits()  # eviction must see the latest hits
                 await self.store.evict_least_recent(lookup.key.tenant, self._max_entries)
+        except StoreNotWritableError:
+            # The store logged why once, when storing paused; each skip is only counted.
+            self._telemetry.metrics.record_store_skipped("disk_full")
         except Exception as error:
+            self._telemetry.metrics.record_store_skipped("store_error")
             log.warning("cache store failed; answer not cached", error=repr(error))
 
     def _entry(
@@ -294,8 +305,15 @@ class SemanticCache:
         return await self.store.maintain(min_unindexed)
 
     async def purge_expired(self) -> int:
-        """Delete every entry whose TTL has run out; returns how many."""
-        return await self.store.delete(EntryFilter(expired_at=self._clock()))
+        """Delete every entry whose TTL has run out; returns how many.
+
+        0 while the store takes no writes (disk full): expired entries are never
+        served, and go at the first purge once there is room.
+        """
+        try:
+            return await self.store.delete(EntryFilter(expired_at=self._clock()))
+        except StoreNotWritableError:
+            return 0
 
     async def invalidate(self, selector: EntryFilter) -> int:
         return await self.store.delete(selector)

@@ -55,6 +55,19 @@ class CacheEntry:
 
 
 @dataclass(frozen=True)
+class StoreHealth:
+    """Whether the store takes new entries, and what it found when it opened.
+
+    `reason` says, for people, why storing is paused; `missing_entries` counts
+    entries the store held before and lacked when this process opened it.
+    """
+
+    writable: bool
+    reason: str = ""
+    missing_entries: int = 0
+
+
+@dataclass(frozen=True)
 class ScoredEntry:
     """A search result: an entry and its cosine similarity to the query."""
 
@@ -137,6 +150,10 @@ class VectorStore(Protocol):
 
         Returns whether work was started.
         """
+        ...
+
+    def health(self) -> StoreHealth:
+        """Whether new entries are stored now (cheap: no I/O)."""
         ...
 
     async def close(self) -> None:

@@ -7,18 +7,19 @@ from dataclasses import dataclass
 
 from service.cache.semantic import SemanticCache
 from service.cache.stats import CacheStats, TenantCounters
-from service.cache.store import EntryFilter
+from service.cache.store import EntryFilter, StoreHealth
 from service.errors import InvalidRequestError
 from service.validation import check_name
 
 
 @dataclass(frozen=True)
 class TenantStats:
-    """One tenant's live entry count and this replica's counters."""
+    """One tenant's live entry count, this replica's counters, and its store's health."""
 
     tenant: str
     entries: int
     counters: TenantCounters
+    store: StoreHealth
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class CacheAdmin:
         if namespace is not None:
             check_name("namespace", namespace)
         entries = await self._cache.live_entries(tenant, namespace)
-        return TenantStats(tenant, entries, self._stats.for_tenant(tenant))
+        counters = self._stats.for_tenant(tenant)
+        return TenantStats(tenant, entries, counters, self._cache.store.health())
 
     async def invalidate(self, what: Invalidation) -> int:
         """Delete the entries that `what` selects; returns how many.

@@ -381,6 +381,9 @@ class GetCacheStatsResponse(_message.Message):
     COST_SPENT_USD_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
     TENANTS_FIELD_NUMBER: _builtins.int
+    STORING_PAUSED_FIELD_NUMBER: _builtins.int
+    STORING_PAUSED_REASON_FIELD_NUMBER: _builtins.int
+    STORE_MISSING_ENTRIES_FIELD_NUMBER: _builtins.int
     entries: _builtins.int
     """Live (unexpired) cached entries."""
     exact_hits: _builtins.int
@@ -395,6 +398,15 @@ class GetCacheStatsResponse(_message.Message):
     """Sum of cost_usd over all upstream calls."""
     tenant: _builtins.str
     """The tenant these numbers are for."""
+    storing_paused: _builtins.bool
+    """True while this replica stores no new answers: its disk is nearly full
+    (SEMCACHE_MIN_FREE_DISK_MB), or the store could not be opened. Lookups still
+    answer from what is stored; storing resumes by itself when space returns.
+    """
+    storing_paused_reason: _builtins.str
+    """Why storing is paused, for people; empty while storing."""
+    store_missing_entries: _builtins.int
+    """Entries the store lacked when this replica opened it (a damaged store); 0 normally."""
     @_builtins.property
     def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetCacheStatsResponse]:
         """With all_tenants (admin): one entry per tenant this replica has seen."""
@@ -412,10 +424,13 @@ class GetCacheStatsResponse(_message.Message):
         cost_spent_usd: _builtins.float = ...,
         tenant: _builtins.str = ...,
         tenants: _abc.Iterable[Global___GetCacheStatsResponse] | None = ...,
+        storing_paused: _builtins.bool = ...,
+        storing_paused_reason: _builtins.str = ...,
+        store_missing_entries: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "cost_saved_usd", b"cost_saved_usd", "cost_spent_usd", b"cost_spent_usd", "entries", b"entries", "exact_hits", b"exact_hits", "hit_rate", b"hit_rate", "misses", b"misses", "semantic_hits", b"semantic_hits", "tenant", b"tenant", "tenants", b"tenants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "cost_saved_usd", b"cost_saved_usd", "cost_spent_usd", b"cost_spent_usd", "entries", b"entries", "exact_hits", b"exact_hits", "hit_rate", b"hit_rate", "misses", b"misses", "semantic_hits", b"semantic_hits", "store_missing_entries", b"store_missing_entries", "storing_paused", b"storing_paused", "storing_paused_reason", b"storing_paused_reason", "tenant", b"tenant", "tenants", b"tenants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
