@@ -26,7 +26,6 @@ import pytest_asyncio
 
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
-from service.cache.disk import MIB, unfilled_bytes
 from service.simulator import SimulatorConfig, UpstreamSimulator
 
 pytestmark = pytest.mark.skipif(
@@ -34,9 +33,10 @@ pytestmark = pytest.mark.skipif(
     reason="mounts a tmpfs to fill a disk: needs Linux and root (CI runs as root)",
 )
 
-SEMCACHE = str(Path(sys.executable).with_name("semcache"))
+REPO = Path(__file__).resolve().parents[1]
 BIG_PROMPT_BYTES = 30_000
 START_TIMEOUT_S = 180.0
+MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +76,15 @@ async def upstream() -> AsyncIterator[UpstreamSimulator]:
 
 
 class Served:
-    """`semcache serve` in a subprocess, with JSON logs in a file and a gRPC stub."""
+    """`semcache serve` in a subprocess (this checkout's code), with JSON logs in a
+    file and a gRPC stub."""
 
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.log_path = log_dir / f"serve-{len(list(log_dir.glob('serve-*.log')))}.log"
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen([SEMCACHE, "serve"], env=env, stderr=self._log)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve"], cwd=REPO, env=env, stderr=self._log
+        )
         self.grpc_port = 0
         self.metrics_port = 0
         self.channel: grpc.aio.Channel | None = None
@@ -172,6 +175,8 @@ async def _stats(stub: pb_grpc.SemanticCacheServiceStub) -> pb.GetCacheStatsResp
 def _fill(mount: Path, store_dir: Path, room_left_bytes: int) -> Path:
     """A file that leaves the store `room_left_bytes` (free space minus what the
     store's sparse files may still claim)."""
+    from service.cache.disk import unfilled_bytes
+
     free = shutil.disk_usage(mount).free
     filler = mount / "filler"
     size = free - unfilled_bytes(store_dir) - room_left_bytes

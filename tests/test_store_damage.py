@@ -7,6 +7,7 @@ manifest makes that loud: a warning and a metric, or a refusal to start.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,6 @@ from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.cache.edge_store import EdgeVectorStore
 from service.cache.store import CacheEntry, EntryFilter
 from service.embedding.base import Embedder
-from service.errors import StartupError, StoreDamagedError
 from service.simulator import UpstreamSimulator
 from tests.conftest import make_settings, start_service
 
@@ -67,6 +67,8 @@ async def test_deleted_segments_start_with_a_warning_and_a_count(tmp_path: Path)
 
 
 async def test_deleted_segments_refuse_to_start_when_asked(tmp_path: Path) -> None:
+    from service.errors import StartupError, StoreDamagedError
+
     shard = tmp_path / "shard"
     await _fill(shard, 30)
     shutil.rmtree(shard / "segments")
@@ -77,6 +79,8 @@ async def test_deleted_segments_refuse_to_start_when_asked(tmp_path: Path) -> No
 
 
 async def test_a_deleted_shard_beside_its_manifest_is_damage(tmp_path: Path) -> None:
+    from service.errors import StoreDamagedError
+
     shard = tmp_path / "shard"
     await _fill(shard, 30)
     shutil.rmtree(shard)
@@ -128,7 +132,8 @@ _KILLED_WRITER = textwrap.dedent(
 async def test_sigkill_after_writes_and_deletions_is_not_damage(tmp_path: Path) -> None:
     shard = tmp_path / "shard"
     await _fill(shard, 30)  # a manifest vouching for 30
-    killed = subprocess.run(
+    killed = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-c", _KILLED_WRITER, str(shard)],
         cwd=REPO,
         capture_output=True,

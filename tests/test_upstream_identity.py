@@ -11,7 +11,6 @@ import pytest_asyncio
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.app import build_app
-from service.cache.scope import SIMULATOR_UPSTREAM_ID, upstream_identity
 from service.config import Settings
 from service.embedding.base import Embedder
 from service.server import start_server
@@ -65,6 +64,8 @@ async def test_a_named_upstream_keeps_its_cache_behind_a_new_url(
     assert await _status(embedder, simulator, old_url) == pb.CACHE_STATUS_MISS
     assert await _status(embedder, other_simulator, new_url) == pb.CACHE_STATUS_EXACT_HIT
     assert other_simulator.request_count() == 0
+    renamed = make_settings("edge", data, simulator.base_url, upstream_id="staging-llm")
+    assert await _status(embedder, simulator, renamed) == pb.CACHE_STATUS_MISS
 
 
 async def _ask_through_app(settings: Settings, embedder: Embedder, simulated: bool) -> int:
@@ -86,6 +87,8 @@ async def test_simulated_answers_are_never_served_as_real_ones(
     """`semcache serve` without an upstream answers from the built-in simulator;
     a real provider later configured on the same directory (even at the very
     same address) must not be served those answers."""
+    from service.cache.scope import SIMULATOR_UPSTREAM_ID
+
     settings = make_settings("edge", tmp_path / "data", simulator.base_url)
     assert await _ask_through_app(settings, embedder, simulated=True) == pb.CACHE_STATUS_MISS
     assert await _ask_through_app(settings, embedder, simulated=True) == pb.CACHE_STATUS_EXACT_HIT
@@ -95,6 +98,8 @@ async def test_simulated_answers_are_never_served_as_real_ones(
 
 
 def test_upstream_identity_forms_cannot_collide() -> None:
+    from service.cache.scope import SIMULATOR_UPSTREAM_ID, upstream_identity
+
     providers = [("openai", "https://api.example.com/v1"), ("local", "http://127.0.0.1:8000/v1")]
     derived = upstream_identity(providers)
     assert derived == upstream_identity(list(reversed(providers)))
