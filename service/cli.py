@@ -8,7 +8,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +17,7 @@ import structlog
 from service.config import Settings
 
 if TYPE_CHECKING:
+    from service.app import App
     from service.client import Answer, SemcacheClient
 from service.logs import configure_logging
 
@@ -26,35 +27,90 @@ _POLICIES = ("default", "bypass", "refresh", "no-store")
 
 
 async def _serve(settings: Settings) -> None:
-    from service.app import build_app, load_embedder
-    from service.server import serve_until_signalled
+    """Check what can be checked at once, load the model, serve, then close it all.
+
+    Raises:
+        StartupError: the service cannot start as configured.
+    """
+    from service.server import security_from, serve_until_signalled
+    from service.startup import data_dir_lock
+
+    security = security_from(settings)
+    with data_dir_lock(settings):
+        async with _upstream(settings) as settings:
+            app = await _build(settings)
+            try:
+                await serve_until_signalled(app, settings, security)
+            finally:
+                await app.aclose()
+    log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def _upstream(settings: Settings) -> AsyncIterator[Settings]:
+    """`settings`, pointed at the built-in simulator when no upstream is configured."""
+    if settings.upstream_base_url:
+        yield settings
+        return
     from service.simulator import SimulatorConfig, UpstreamSimulator
 
-    simulator: UpstreamSimulator | None = None
-    if not settings.upstream_base_url:
-        simulator = UpstreamSimulator(SimulatorConfig())
-        await simulator.start()
-        settings = settings.model_copy(update={"upstream_base_url": simulator.base_url})
-        log.warning(
-            "no upstream configured (SEMCACHE_UPSTREAM_BASE_URL); answering from the built-in"
-            " simulator",
-            simulator=simulator.base_url,
-        )
-    log.info("loading embedding model", backend=settings.embedding_backend)
-    embedder = await asyncio.to_thread(load_embedder, settings)
-    app = await build_app(settings, embedder, os.environ)
+    simulator = UpstreamSimulator(SimulatorConfig())
+    await simulator.start()
+    log.warning(
+        "no upstream configured (SEMCACHE_UPSTREAM_BASE_URL); answering from the built-in"
+        " simulator",
+        simulator=simulator.base_url,
+    )
     try:
-        await serve_until_signalled(app, settings)
+        yield settings.model_copy(update={"upstream_base_url": simulator.base_url})
     finally:
-        if simulator is not None:
-            await simulator.stop()
+        await simulator.stop()
+
+
+async def _build(settings: Settings) -> App:
+    """The service's parts, with the embedding model loaded off the event loop.
+
+    Raises:
+        StartupError: a file, model or setting it needs is missing or invalid.
+    """
+    from service.app import build_app, load_embedder
+    from service.startup import startup_error_for
+
+    log.info("loading embedding model", backend=settings.embedding_backend)
+    try:
+        embedder = await asyncio.to_thread(load_embedder, settings)
+        return await build_app(settings, embedder, os.environ)
+    except Exception as error:
+        known = startup_error_for(error, settings)
+        if known is None:
+            raise
+        raise known from error
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    settings = Settings()
-    configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(_serve(settings))
+    """Serve until signalled; a start-up failure is one line on stderr and status 1."""
+    from service.errors import StartupError
+    from service.startup import load_settings, one_line
+
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_format, settings.log_level)
+        asyncio.run(_serve(settings))
+    except StartupError as error:
+        return _serve_failed(one_line(error))
+    except KeyboardInterrupt:
+        return _serve_failed("interrupted (Ctrl-C) while starting; nothing was served", 130)
+    except Exception as error:
+        log.exception("semcache serve failed")
+        return _serve_failed(
+            f"unexpected {type(error).__name__}: {one_line(error)}; the traceback above says where"
+        )
     return 0
+
+
+def _serve_failed(line: str, status: int = 1) -> int:
+    print(f"semcache serve: {line}", file=sys.stderr)
+    return status
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

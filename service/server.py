@@ -1,4 +1,8 @@
-"""Start and stop the gRPC server: health, reflection, signals. Nothing else."""
+"""Start and stop the gRPC server: health, reflection, signals. Nothing else.
+
+Start-up failures an operator can fix (a busy port, open mode on a public
+address, a bad keys or TLS file) are `StartupError`s with a one-line message.
+"""
 
 from __future__ import annotations
 
@@ -23,11 +27,17 @@ from service.auth import (
     load_server_credentials,
 )
 from service.config import Settings
+from service.errors import StartupError
 from service.interceptors import ServiceInterceptor
-from service.metrics import start_metrics_server
+from service.metrics import MetricsServer, start_metrics_server
 from service.servicer import BatchLimits, SemanticCacheServicer
+from service.startup import bind_problem, one_line
 
 log = structlog.get_logger(__name__)
+
+# gRPC sets SO_REUSEPORT by default: a second server on a busy port would bind
+# it too, and the kernel would split the calls between two caches.
+SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SemanticCacheService"].full_name
 
@@ -56,19 +66,32 @@ def security_from(settings: Settings) -> Security:
     """Load the keys file and TLS files the settings name.
 
     Raises:
-        ValueError: open mode on a non-loopback address, or a bad keys file.
-        OSError: a TLS file cannot be read.
+        StartupError: open mode on a non-loopback address, a bad keys file, or
+            an unreadable TLS file.
     """
+    try:
+        keyring = _keyring(settings)
+        credentials = None
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            credentials = load_server_credentials(settings.tls_cert_file, settings.tls_key_file)
+    except ValueError as error:
+        raise StartupError(one_line(error)) from error
+    if keyring is None:
+        log.warning(OPEN_MODE_WARNING)
+    return Security(keyring, credentials)
+
+
+def _keyring(settings: Settings) -> KeyRing | None:
     if settings.api_keys_file is None:
         check_open_mode_bind(settings.grpc_host)
-        log.warning(OPEN_MODE_WARNING)
-        keyring = None
-    else:
-        keyring = load_keys(settings.api_keys_file)
-    credentials = None
-    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
-        credentials = load_server_credentials(settings.tls_cert_file, settings.tls_key_file)
-    return Security(keyring, credentials)
+        return None
+    try:
+        return load_keys(settings.api_keys_file)
+    except ValueError as error:
+        raise ValueError(
+            f"{error}; fix the file (`semcache keys add` writes valid entries)"
+            " or point SEMCACHE_API_KEYS_FILE at another"
+        ) from error
 
 
 async def start_server(
@@ -81,11 +104,12 @@ async def start_server(
     """Serve `app` on host:port (port 0 picks a free one) and mark it SERVING.
 
     Raises:
-        RuntimeError: the port could not be bound.
+        StartupError: the port could not be bound (in use, or not an address
+            of this machine); the message says which and what to change.
     """
     security = security or Security()
     interceptors = [ServiceInterceptor(app.metrics), AuthInterceptor(security.keyring)]
-    server = grpc.aio.server(interceptors=interceptors)
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     servicer = SemanticCacheServicer(app.pipeline, app.admin, batch_limits)
     pb_grpc.add_SemanticCacheServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -93,30 +117,49 @@ async def start_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    address = f"{host}:{port}"
-    if security.credentials is not None:
-        bound = server.add_secure_port(address, security.credentials)
-    else:
-        bound = server.add_insecure_port(address)
-    if bound == 0:
-        raise RuntimeError(f"could not bind the gRPC port {host}:{port}")
+    bound = _add_port(server, host, port, security.credentials)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, bound, health_servicer)
 
 
-async def serve_until_signalled(app: App, settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully and close `app`."""
+def _add_port(
+    server: grpc.aio.Server, host: str, port: int, credentials: grpc.ServerCredentials | None
+) -> int:
+    address = f"{host}:{port}"
+    try:
+        if credentials is not None:
+            bound = int(server.add_secure_port(address, credentials))
+        else:
+            bound = int(server.add_insecure_port(address))
+    except RuntimeError:  # gRPC says only that binding failed, not why
+        bound = 0
+    if bound == 0:
+        problem = bind_problem(host, port, "SEMCACHE_GRPC_PORT", "SEMCACHE_GRPC_HOST")
+        raise StartupError(f"cannot listen for gRPC on {address}: {problem}")
+    return bound
+
+
+async def serve_until_signalled(
+    app: App, settings: Settings, security: Security | None = None
+) -> None:
+    """Serve `app` until SIGTERM or SIGINT, then drain: health reports NOT_SERVING,
+    new calls are refused, and calls in flight get up to `grace_period_s` to finish.
+    A second signal ends the drain at once. The caller closes `app` afterwards.
+
+    Raises:
+        StartupError: the gRPC or metrics port cannot be bound, or `security`
+            was not given and the keys or TLS files are bad.
+    """
+    security = security or security_from(settings)
     limits = BatchLimits(settings.batch_max_items, settings.batch_max_concurrency)
-    security = security_from(settings)
     running = await start_server(app, settings.grpc_host, settings.grpc_port, limits, security)
-    metrics_server = None
-    if settings.metrics_port is not None:
-        metrics_server = start_metrics_server(
-            app.metrics, settings.metrics_host, settings.metrics_port
-        )
-        log.info("metrics at /metrics", port=metrics_server.port)
+    try:
+        metrics_server = _start_metrics(app, settings)
+    except StartupError:
+        await running.stop(0)
+        raise
     app.maintenance.start()
     log.info(
         "semcache serving",
@@ -124,14 +167,48 @@ async def serve_until_signalled(app: App, settings: Settings) -> None:
         tls=security.credentials is not None,
         api_keys=security.keyring is not None,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down", grace_s=settings.grace_period_s)
-    await running.stop(settings.grace_period_s)
-    await app.aclose()
+    signals = _signal_queue()
+    await signals.get()
+    log.info("shutting down", grace_s=settings.grace_period_s, in_flight="draining")
+    await _drain(running, settings.grace_period_s, signals)
     if metrics_server is not None:
         await metrics_server.aclose()
-    log.info("stopped")
+
+
+def _start_metrics(app: App, settings: Settings) -> MetricsServer | None:
+    if settings.metrics_port is None:
+        return None
+    try:
+        server = start_metrics_server(app.metrics, settings.metrics_host, settings.metrics_port)
+    except OSError as error:
+        address = f"{settings.metrics_host}:{settings.metrics_port}"
+        problem = bind_problem(
+            settings.metrics_host,
+            settings.metrics_port,
+            "SEMCACHE_METRICS_PORT",
+            "SEMCACHE_METRICS_HOST",
+        )
+        raise StartupError(f"cannot serve metrics on {address}: {problem}") from error
+    log.info("metrics at /metrics", port=server.port)
+    return server
+
+
+def _signal_queue() -> asyncio.Queue[int]:
+    """SIGTERM and SIGINT, as they arrive, instead of their default actions."""
+    signals: asyncio.Queue[int] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    return signals
+
+
+async def _drain(running: RunningServer, grace_s: float, signals: asyncio.Queue[int]) -> None:
+    """`running.stop(grace_s)`, cut short by the next signal."""
+    draining = asyncio.ensure_future(running.stop(grace_s))
+    hurry = asyncio.ensure_future(signals.get())
+    await asyncio.wait((draining, hurry), return_when=asyncio.FIRST_COMPLETED)
+    if not draining.done():
+        log.warning("second signal: cancelling the calls still in flight")
+        await running.server.stop(0)
+    hurry.cancel()
+    await draining

@@ -1,5 +1,6 @@
-"""Shared fixtures: one embedding model per session; a fresh simulator, store and
-in-process gRPC server (port 0) per test, on each vector store backend."""
+"""Shared fixtures: one embedding model per session (the default backend, the one
+users run); a fresh simulator, store and in-process gRPC server (port 0) per
+test, on each vector store backend. Test settings never read the environment."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.app import App, build_app
@@ -21,11 +23,32 @@ from service.server import RunningServer, Security, start_server
 from service.simulator import SimulatorConfig, UpstreamSimulator
 
 BACKENDS = ("edge", "qdrant-memory")
+REPO = Path(__file__).resolve().parents[1]
+# The ONNX export `make run` makes, shared: exporting takes 10-20 s, and a lock
+# plus atomic renames let concurrent sessions share the directory.
+MODEL_CACHE_DIR = REPO / ".semcache" / "models"
+
+
+class IsolatedSettings(Settings):
+    """`Settings` from keyword arguments only: no SEMCACHE_*, OPENAI_* or .env values."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
 @pytest.fixture(scope="session")
-def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
-    return build_embedder("torch", None, tmp_path_factory.mktemp("models"), 1)
+def embedder() -> Embedder:
+    """The embedding backend `semcache serve` uses by default (ONNX int8)."""
+    backend = IsolatedSettings().embedding_backend
+    return build_embedder(backend, None, MODEL_CACHE_DIR, 1)
 
 
 @pytest_asyncio.fixture
@@ -45,7 +68,7 @@ def make_settings(
         "upstream_api_key": "test-key",
         **overrides,
     }
-    return Settings(**values)
+    return IsolatedSettings(**values)
 
 
 @dataclass

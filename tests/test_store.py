@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_asyncio
+import qdrant_edge as qe
 
 from service.cache.edge_store import EdgeVectorStore
 from service.cache.qdrant_store import QdrantVectorStore
@@ -95,20 +96,43 @@ async def test_eviction_keeps_the_most_recently_hit(store: VectorStore) -> None:
     assert await store.get(ids[1]) is None
 
 
+def indexed_vectors(store: EdgeVectorStore) -> int:
+    """How many points the engine's HNSW index covers (the store exposes no count)."""
+    shard = store._shard
+    assert shard is not None
+    return int(shard.info().indexed_vectors_count)
+
+
+def small_indexable_shard(path: Path) -> None:
+    """A shard that indexes any segment: by default Qdrant indexes none under ~10 MB of
+    vectors, which would take thousands of entries and seconds of index building."""
+    config = qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine),
+        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=1),
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
+    )
+    qe.EdgeShard.create(str(path), config).close()
+
+
 async def test_edge_builds_its_index_in_the_background(tmp_path: Path) -> None:
+    small_indexable_shard(tmp_path / "shard")
     store = EdgeVectorStore(tmp_path / "shard", DIM)
     try:
         for i in range(50):
             await store.upsert(str(uuid.uuid4()), unit(i), entry("a"))
+        assert indexed_vectors(store) == 0
         assert await store.maintain(min_unindexed=1_000) is False, "below the threshold"
         assert await store.maintain(min_unindexed=10) is True
         found = await store.search(unit(3), "a", "s", time.time(), 1)  # lookups go on meanwhile
         assert found and found[0].similarity == pytest.approx(1.0, abs=1e-5)
-        for _ in range(200):  # bounded wait for the background rebuild
-            if await store.maintain(min_unindexed=10) is False:
-                break
-            await asyncio.sleep(0.05)
-        assert await store.count(EntryFilter(tenant="a")) == 50
+        async with asyncio.timeout(30):  # bounded wait for the rebuild's outcome
+            while True:
+                if indexed_vectors(store) == 50:
+                    break
+                await asyncio.sleep(0.05)
+        assert await store.maintain(min_unindexed=10) is False, "nothing left to index"
+        found = await store.search(unit(7), "a", "s", time.time(), 1)  # through the index now
+        assert found and found[0].similarity == pytest.approx(1.0, abs=1e-5)
     finally:
         await store.close()
 
