@@ -136,6 +136,7 @@ async def build_app(
             settings.max_messages,
             settings.max_tokens_limit,
             settings.max_ttl_s,
+            settings.max_tools_json_bytes,
         ),
         limiter=limiter,
         telemetry=telemetry,

@@ -305,6 +305,9 @@ def _run_client(command: Callable[[argparse.Namespace], int], args: argparse.Nam
     except SemcacheError as error:
         print(f"semcache: {error.code.name}: {error.details}", file=sys.stderr)
         return 1
+    except ValueError as error:  # an argument the client refuses, e.g. a non-ASCII key
+        print(f"semcache: {error}", file=sys.stderr)
+        return 2
 
 
 def _client_arguments(parser: argparse.ArgumentParser) -> None:

@@ -217,9 +217,18 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(
         16_384, ge=1, description="Largest `max_tokens` a request may ask for."
     )
+    max_tools_json_bytes: int = Field(
+        65_536, ge=1, description="Largest `tools_json` (the tool definitions), in UTF-8 bytes."
+    )
     batch_max_items: int = Field(256, ge=1, description="Most requests in one BatchComplete.")
     batch_max_concurrency: int = Field(
         16, ge=1, description="Most items of one BatchComplete in flight at once."
+    )
+    max_concurrent_rpcs: int = Field(
+        512,
+        ge=1,
+        description="Most cache-service RPCs in flight at once; past it a call is refused at"
+        " once with RESOURCE_EXHAUSTED and a retry hint (health checks are never refused).",
     )
     api_keys_file: Path | None = Field(
         None,

@@ -1,25 +1,43 @@
-"""The server interceptor: a request id per RPC, errors mapped to statuses, metrics.
+"""The server interceptor: a request id per RPC, errors mapped to statuses, metrics,
+and the bound on RPCs in flight.
 
 Handlers raise the exceptions of `service.errors`; this is the only place that
 turns them into status codes (through `errors.status_for`). Anything
 unexpected becomes INTERNAL and is logged with its traceback. A rate-limited
-call also carries a `google.rpc.RetryInfo` detail saying when to retry.
+or overloaded call also carries a `google.rpc.RetryInfo` detail saying when to
+retry.
+
+Request bytes that are not the method's protobuf message (a truncated varint,
+invalid UTF-8 in a string field) reach the handler as `Undecodable` and end
+INVALID_ARGUMENT, instead of gRPC's UNKNOWN "Unexpected DecodeError".
+
+Overload: gRPC accepts every call its transport receives and queues the ones
+the event loop has not picked up yet; a call queued for 30 s is cancelled with
+no message (`grpc.server_max_unrequested_time_in_server`). Under a burst the
+loop is busy with the calls it already runs, so the queue grows and calls die
+silently. `ServiceInterceptor(max_in_flight=…)` keeps the work bounded: past the
+bound, a call of the cache service is refused at once with RESOURCE_EXHAUSTED
+and a RetryInfo, logged and counted. Health and reflection are never refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
-from service.errors import RateLimitedError, status_for
+from service.errors import InvalidRequestError, OverloadedError, RateLimitedError, status_for
 from service.metrics import Metrics
 from service.ratelimit import abort_with_retry_info
 
@@ -31,6 +49,31 @@ rpc_outcome_var: ContextVar[tuple[str, str]] = ContextVar("rpc_outcome", default
 
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 ServerStream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+Deserializer = Callable[[bytes], Any]
+
+# How many RPCs may be in flight at once when the caller does not say: a
+# 2,000-stream burst on 2 cores served 100% of 512 concurrent streams with no
+# CANCELLED call (see the README's "Overload").
+DEFAULT_MAX_IN_FLIGHT = 512
+# An overloaded server asks callers to come back after about this long; the
+# jitter (±50%) keeps refused callers from returning all at once.
+OVERLOAD_RETRY_AFTER_S = 1.0
+OVERLOAD_LOG_INTERVAL_S = 10.0
+# gRPC core holds the calls the event loop has not picked up yet. Past 1,000 of
+# them it drops new ones at random (all of them past 3,000), and it drops any
+# that waited 30 s: each as a bare CANCELLED the service never sees. The loop
+# picks up one call per turn, so a burst waits there. These options let a call
+# wait (its own deadline still applies) until the interceptor can serve it or
+# refuse it explicitly; only past this many waiting calls does gRPC drop any.
+PENDING_CALLS_MAX = 20_000
+PENDING_WAIT_MAX_S = 300
+BACKLOG_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.server.max_pending_requests", PENDING_CALLS_MAX),
+    ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_MAX),
+    ("grpc.server_max_unrequested_time_in_server", PENDING_WAIT_MAX_S),
+)
+# Health checks and reflection answer even under overload (probes must not fail).
+_UNBOUNDED_PREFIX = "/grpc."
 
 
 def _request_id(details: grpc.HandlerCallDetails) -> str:
@@ -40,14 +83,109 @@ def _request_id(details: grpc.HandlerCallDetails) -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """Request bytes that did not parse as the method's message (`message` says why)."""
+
+    message_type: str
+    reason: str
+
+    def error(self) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"the request is not a valid {self.message_type} message ({self.reason}); send the"
+            " message serialized by a client generated from protos/semcache/v1/semcache.proto"
+        )
+
+
+def tolerant(deserialize: Deserializer | None) -> Deserializer | None:
+    """`deserialize`, returning `Undecodable` instead of raising on malformed bytes."""
+    if deserialize is None:
+        return None
+    owner = getattr(deserialize, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    message_type = getattr(descriptor, "full_name", "request")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except (DecodeError, UnicodeDecodeError, ValueError) as error:
+            # "Error parsing message with type 'x': String field had bad UTF-8" -> the reason
+            reason = str(error).rsplit("': ", 1)[-1] or type(error).__name__
+            return Undecodable(message_type, reason)
+
+    return parse
+
+
+class InFlight:
+    """Counts the RPCs in flight and refuses one past `limit` (`OverloadedError`).
+
+    Refusals are counted one by one (`semcache_overloaded_total`) but logged as
+    a warning at most once per `OVERLOAD_LOG_INTERVAL_S`, with how many there were.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 1:
+            raise ValueError(f"the bound on RPCs in flight must be at least 1, got {limit}")
+        self.limit = limit
+        self.count = 0
+        self._metrics = metrics
+        self._clock = clock
+        self._unlogged_refusals = 0
+        self._logged_at = -math.inf
+
+    def enter(self, rpc: str) -> None:
+        """Take a slot for one RPC.
+
+        Raises:
+            OverloadedError: `limit` RPCs are in flight already.
+        """
+        if self.count >= self.limit:
+            self._refuse(rpc)
+        self.count += 1
+        self._publish()
+
+    def leave(self) -> None:
+        """Give back the slot `enter` took."""
+        self.count -= 1
+        self._publish()
+
+    def _refuse(self, rpc: str) -> None:
+        self._unlogged_refusals += 1
+        if self._metrics is not None:
+            self._metrics.record_overloaded(rpc)
+        now = self._clock()
+        if now - self._logged_at >= OVERLOAD_LOG_INTERVAL_S:
+            log.warning(
+                "server overloaded: refusing new calls with RESOURCE_EXHAUSTED",
+                max_concurrent_rpcs=self.limit,
+                refused=self._unlogged_refusals,
+                hint="raise SEMCACHE_MAX_CONCURRENT_RPCS if the machine has room, or add replicas",
+            )
+            self._logged_at, self._unlogged_refusals = now, 0
+        retry_after_s = OVERLOAD_RETRY_AFTER_S * random.uniform(0.5, 1.5)
+        raise OverloadedError(self.limit, retry_after_s)
+
+    def _publish(self) -> None:
+        if self._metrics is not None:
+            self._metrics.set_rpcs_in_flight(self.count)
+
+
 class _Call:
     """Book-keeping for one RPC: its request id, timing, and metrics on the way out."""
 
-    def __init__(self, method: str, request_id: str, metrics: Metrics | None) -> None:
+    def __init__(
+        self, method: str, request_id: str, metrics: Metrics | None, gate: InFlight | None
+    ) -> None:
         self.method = method
         self.rpc = method.rsplit("/", 1)[-1]
         self.request_id = request_id
         self.metrics = metrics
+        self.gate = gate
         self.started = time.perf_counter()
 
     def bind(self) -> None:
@@ -61,11 +199,11 @@ class _Call:
         return round((time.perf_counter() - self.started) * 1000, 2)
 
     def done(self, code: grpc.StatusCode) -> None:
+        """Count the finished RPC; its cache label is what the servicer noted, else "none"
+        (a refused or failed RPC is no lookup: lookups are counted by the cache itself)."""
         if self.metrics is None:
             return
         cache_status, model = rpc_outcome_var.get()
-        if code is not grpc.StatusCode.OK and cache_status == "none":
-            cache_status = "error"
         seconds = time.perf_counter() - self.started
         self.metrics.observe_request(self.rpc, code.name, cache_status, model, seconds)
 
@@ -76,16 +214,20 @@ class _Call:
             log.exception("rpc failed", code=code.name, latency_ms=self.elapsed_ms())
             await context.abort(code, f"internal error (request id {self.request_id})")
         log.info("rpc rejected", code=code.name, reason=str(error), latency_ms=self.elapsed_ms())
-        if isinstance(error, RateLimitedError):
+        if isinstance(error, RateLimitedError | OverloadedError):
             await abort_with_retry_info(context, error)
         await context.abort(code, str(error))
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Binds a request id to logs and responses, maps errors to statuses, counts RPCs."""
+    """Binds a request id to logs and responses, maps errors to statuses, counts RPCs,
+    and refuses calls past `max_in_flight` RPCs in flight (health and reflection aside)."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, metrics: Metrics | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    ) -> None:
         self._metrics = metrics
+        self._in_flight = InFlight(max_in_flight, metrics)
 
     async def intercept_service(
         self,
@@ -95,17 +237,19 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return handler
-        call = _Call(details.method, _request_id(details), self._metrics)
+        gate = None if details.method.startswith(_UNBOUNDED_PREFIX) else self._in_flight
+        call = _Call(details.method, _request_id(details), self._metrics, gate)
+        deserializer = tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, call),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, call),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -133,11 +277,32 @@ async def _handled(call: _Call, context: grpc.aio.ServicerContext) -> AsyncItera
         call.done(grpc.StatusCode.OK)
 
 
+@contextlib.contextmanager
+def _admitted(call: _Call, request: Any) -> Iterator[None]:
+    """Hold an in-flight slot for the RPC's body; refuse undecodable bytes first.
+
+    Raises:
+        InvalidRequestError: the request bytes were not the method's message.
+        OverloadedError: the server is at its bound on RPCs in flight.
+    """
+    if isinstance(request, Undecodable):
+        raise request.error()
+    if call.gate is None:
+        yield
+        return
+    call.gate.enter(call.rpc)
+    try:
+        yield
+    finally:
+        call.gate.leave()
+
+
 def _wrap_unary(behaviour: Unary, call: _Call) -> Unary:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         call.bind()
         async with _handled(call, context):
-            return await behaviour(request, context)
+            with _admitted(call, request):
+                return await behaviour(request, context)
 
     return wrapped
 
@@ -146,7 +311,8 @@ def _wrap_stream(behaviour: ServerStream, call: _Call) -> ServerStream:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         call.bind()
         async with _handled(call, context):
-            async for response in behaviour(request, context):
-                yield response
+            with _admitted(call, request):
+                async for response in behaviour(request, context):
+                    yield response
 
     return wrapped

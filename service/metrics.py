@@ -12,7 +12,9 @@ Series (labels in braces):
     semcache_request_duration_seconds{rpc, cache}       whole-RPC latency
     semcache_stage_duration_seconds{stage}              embed, lookup, verify, route, upstream…
     semcache_time_to_first_token_seconds{cache}         streaming RPCs
-    semcache_cache_lookups_total{result}                hit, miss, error (a bypass is no lookup)
+    semcache_cache_lookups_total{result}                hit, miss, error (see `record_lookup`)
+    semcache_rpcs_in_flight                             RPCs being served now
+    semcache_overloaded_total{rpc}                      RPCs refused: SEMCACHE_MAX_CONCURRENT_RPCS
     semcache_tokens_total{tenant, model, kind}          tokens sent upstream (prompt, completion)
     semcache_saved_tokens_total{tenant, model, kind}    tokens a cache hit did not send
     semcache_cost_usd_total{tenant, model}              upstream spend
@@ -46,12 +48,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
-LOOKUP_RESULTS = frozenset({"hit", "exact_hit", "semantic_hit", "miss", "error"})
+LOOKUP_RESULTS = frozenset({"hit", "miss", "error"})
 LATENCY_BUCKETS_S = (
     0.001,
     0.0025,
@@ -112,8 +114,19 @@ class Metrics:
         )
         self._lookups = Counter(
             "semcache_cache_lookups",
-            "Cache lookups by result (hit, miss, error).",
+            "Cache lookups by result: hit, miss, or error (the embedder or store failed and"
+            " the lookup was served as a miss).",
             ("result",),
+            registry=r,
+        )
+        self._in_flight = Gauge(
+            "semcache_rpcs_in_flight", "RPCs of the cache service being served now.", registry=r
+        )
+        self._overloaded = Counter(
+            "semcache_overloaded",
+            "RPCs refused with RESOURCE_EXHAUSTED because SEMCACHE_MAX_CONCURRENT_RPCS were"
+            " in flight.",
+            ("rpc",),
             registry=r,
         )
 
@@ -173,12 +186,30 @@ class Metrics:
         self, rpc: str, code: str, cache_status: str, model: str, seconds: float
     ) -> None:
         """One finished RPC: `code` is the gRPC status name ("OK", "UNAVAILABLE", ...),
-        `cache_status` "exact_hit", "semantic_hit", "miss", "bypass" or "error"
-        (the cache failed open), or "none" for RPCs that do not look up."""
+        `cache_status` how it was served ("exact_hit", "semantic_hit", "miss", "bypass"),
+        or "none" for an RPC that served no answer (failed, refused, admin, a batch).
+        Lookups are not counted here: see `record_lookup`."""
         self._requests.labels(rpc, code, cache_status, model).inc()
         self._request_s.labels(rpc, cache_status).observe(seconds)
-        if cache_status in LOOKUP_RESULTS:
-            self._lookups.labels("hit" if cache_status.endswith("hit") else cache_status).inc()
+
+    def record_lookup(self, result: str) -> None:
+        """One cache lookup, by what the cache did: "hit" (exact or semantic), "miss", or
+        "error" (the embedder or store failed; the request went on as a miss).
+
+        Raises:
+            ValueError: `result` is none of those.
+        """
+        if result not in LOOKUP_RESULTS:
+            raise ValueError(f"lookup result {result!r} is not one of {sorted(LOOKUP_RESULTS)}")
+        self._lookups.labels(result).inc()
+
+    def set_rpcs_in_flight(self, count: int) -> None:
+        """How many RPCs of the cache service are being served now."""
+        self._in_flight.set(count)
+
+    def record_overloaded(self, rpc: str) -> None:
+        """One RPC refused because the bound on RPCs in flight was reached."""
+        self._overloaded.labels(rpc).inc()
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Latency of one stage: "embed", "lookup", "verify", "route", "upstream", "store"."""

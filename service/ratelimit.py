@@ -49,7 +49,7 @@ from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untype
 from google.rpc.status_pb2 import Status  # type: ignore[import-untyped,unused-ignore]
 from redis.exceptions import RedisError
 
-from service.errors import RateLimitedError
+from service.errors import OverloadedError, RateLimitedError
 
 log = structlog.get_logger(__name__)
 
@@ -296,7 +296,7 @@ def retry_info_trailer(retry_after_s: float, message: str) -> tuple[tuple[str, b
 
 
 async def abort_with_retry_info(
-    context: grpc.aio.ServicerContext, error: RateLimitedError
+    context: grpc.aio.ServicerContext, error: RateLimitedError | OverloadedError
 ) -> NoReturn:
     """End the RPC with RESOURCE_EXHAUSTED, the error's message and a `RetryInfo` detail.
 

@@ -28,7 +28,11 @@ from service.auth import (
 )
 from service.config import Settings
 from service.errors import StartupError
-from service.interceptors import ServiceInterceptor
+from service.interceptors import (
+    BACKLOG_SERVER_OPTIONS,
+    DEFAULT_MAX_IN_FLIGHT,
+    ServiceInterceptor,
+)
 from service.metrics import MetricsServer, start_metrics_server
 from service.servicer import BatchLimits, SemanticCacheServicer
 from service.startup import bind_problem, one_line
@@ -37,7 +41,7 @@ log = structlog.get_logger(__name__)
 
 # gRPC sets SO_REUSEPORT by default: a second server on a busy port would bind
 # it too, and the kernel would split the calls between two caches.
-SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+SERVER_OPTIONS = (("grpc.so_reuseport", 0), *BACKLOG_SERVER_OPTIONS)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SemanticCacheService"].full_name
 
@@ -100,15 +104,22 @@ async def start_server(
     port: int,
     batch_limits: BatchLimits | None = None,
     security: Security | None = None,
+    max_concurrent_rpcs: int = DEFAULT_MAX_IN_FLIGHT,
 ) -> RunningServer:
     """Serve `app` on host:port (port 0 picks a free one) and mark it SERVING.
+
+    Past `max_concurrent_rpcs` cache-service RPCs in flight, a new call is
+    refused with RESOURCE_EXHAUSTED and a retry hint (`service.interceptors`).
 
     Raises:
         StartupError: the port could not be bound (in use, or not an address
             of this machine); the message says which and what to change.
     """
     security = security or Security()
-    interceptors = [ServiceInterceptor(app.metrics), AuthInterceptor(security.keyring)]
+    interceptors = [
+        ServiceInterceptor(app.metrics, max_concurrent_rpcs),
+        AuthInterceptor(security.keyring),
+    ]
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     servicer = SemanticCacheServicer(app.pipeline, app.admin, batch_limits)
     pb_grpc.add_SemanticCacheServiceServicer_to_server(servicer, server)
@@ -154,7 +165,9 @@ async def serve_until_signalled(
     """
     security = security or security_from(settings)
     limits = BatchLimits(settings.batch_max_items, settings.batch_max_concurrency)
-    running = await start_server(app, settings.grpc_host, settings.grpc_port, limits, security)
+    running = await start_server(
+        app, settings.grpc_host, settings.grpc_port, limits, security, settings.max_concurrent_rpcs
+    )
     try:
         metrics_server = _start_metrics(app, settings)
     except StartupError:

@@ -1,7 +1,18 @@
-"""Checks a request before any work is done; each failure says what to change."""
+"""Checks a request before any work is done; each failure says what to change.
+
+Every field is bounded, so nothing a caller sends can make the service fail
+later (an INTERNAL) or carry an unbounded payload upstream: the prompt by
+`Limits.max_prompt_bytes`; `stop` by OpenAI's 4 sequences of at most
+`MAX_STOP_SEQUENCE_BYTES` each; `tools_json` by `Limits.max_tools_json_bytes`,
+`MAX_JSON_DEPTH` levels of nesting and plain JSON (no NaN, no Infinity, no
+number too large for a float, no unpaired surrogate escape), since it is sent
+on as JSON; `tool_choice` likewise, within `MAX_TOOL_CHOICE_BYTES`. Values
+echoed in an error message are cut to `SHOWN_CHARS`.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -12,8 +23,14 @@ from service.errors import InvalidRequestError
 
 ROLES = ("system", "user", "assistant")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-MAX_STOP_SEQUENCES = 4
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+MAX_STOP_SEQUENCE_BYTES = 1_024  # stop sequences are markers, a few characters long
 MAX_MODEL_NAME_CHARS = 128
+MAX_JSON_DEPTH = 32  # tool schemas nest a few levels; Python's parser recurses per level
+MAX_TOOL_CHOICE_BYTES = 4_096  # {"type": "function", "function": {"name": ...}}
+SHOWN_CHARS = 40
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
 
 
 @dataclass(frozen=True)
@@ -24,13 +41,14 @@ class Limits:
     max_messages: int = 64
     max_tokens: int = 16_384
     max_ttl_s: int = 30 * 24 * 3600
+    max_tools_json_bytes: int = 65_536
 
 
 def check_name(kind: str, value: str) -> None:
     """Tenant and namespace names: 1–64 of letters, digits and `._:-`, starting alphanumeric."""
     if not NAME_PATTERN.match(value):
         raise InvalidRequestError(
-            f"{kind} {value!r} is not valid: use 1-64 letters, digits, '.', '_', ':' or '-',"
+            f"{kind} {shown(value)} is not valid: use 1-64 letters, digits, '.', '_', ':' or '-',"
             " starting with a letter or digit"
         )
 
@@ -57,7 +75,7 @@ def _check_messages(request: CompletionRequest, limits: Limits) -> None:
     for index, message in enumerate(messages):
         if message.role not in ROLES:
             raise InvalidRequestError(
-                f"messages[{index}].role is {message.role!r}; use one of {', '.join(ROLES)}"
+                f"messages[{index}].role is {shown(message.role)}; use one of {', '.join(ROLES)}"
             )
     if messages[-1].role != "user":
         raise InvalidRequestError("the last message must have role 'user' (the question)")
@@ -77,33 +95,90 @@ def _check_sampling(sampling: SamplingParams, limits: Limits) -> None:
         )
     _check_range("temperature", sampling.temperature, 0.0, 2.0)
     _check_range("top_p", sampling.top_p, 0.0, 1.0)
-    if len(sampling.stop) > MAX_STOP_SEQUENCES:
-        raise InvalidRequestError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
-    if any(not s for s in sampling.stop):
-        raise InvalidRequestError("stop sequences must not be empty strings")
+    _check_stop(sampling.stop)
     if sampling.response_format not in (None, "text", "json_object"):
         raise InvalidRequestError(
-            f"response_format is {sampling.response_format!r}; use 'text' or 'json_object'"
+            f"response_format is {shown(sampling.response_format)}; use 'text' or 'json_object'"
         )
-    _check_tools(sampling)
+    _check_tools(sampling, limits)
 
 
-def _check_tools(sampling: SamplingParams) -> None:
+def _check_stop(stop: tuple[str, ...]) -> None:
+    if len(stop) > MAX_STOP_SEQUENCES:
+        raise InvalidRequestError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
+    for index, sequence in enumerate(stop):
+        if not sequence:
+            raise InvalidRequestError("stop sequences must not be empty strings")
+        if len(sequence.encode()) > MAX_STOP_SEQUENCE_BYTES:
+            raise InvalidRequestError(
+                f"stop[{index}] is {len(sequence.encode())} bytes; the limit is"
+                f" {MAX_STOP_SEQUENCE_BYTES} bytes per stop sequence"
+            )
+
+
+def _check_tools(sampling: SamplingParams, limits: Limits) -> None:
     if sampling.tools_json is not None:
-        tools = _json("tools_json", sampling.tools_json)
+        tools = parse_json("tools_json", sampling.tools_json, limits.max_tools_json_bytes)
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
             raise InvalidRequestError("tools_json must be a JSON array of tool objects")
     choice = sampling.tool_choice
-    named = choice is not None and choice not in ("auto", "none", "required")
-    if named and not isinstance(_json("tool_choice", str(choice)), dict):
+    if choice is None or choice in ("auto", "none", "required"):
+        return
+    if not isinstance(parse_json("tool_choice", choice, MAX_TOOL_CHOICE_BYTES), dict):
         raise InvalidRequestError("tool_choice must be 'auto', 'none', 'required' or a JSON object")
 
 
-def _json(name: str, text: str) -> object:
+def parse_json(name: str, text: str, max_bytes: int) -> object:
+    """`text` parsed as plain JSON that can be sent on as it is.
+
+    Raises:
+        InvalidRequestError: `text` is larger than `max_bytes` UTF-8 bytes, nests
+            deeper than `MAX_JSON_DEPTH`, is not JSON, or holds NaN, Infinity, a
+            number too large for a float, or an unpaired surrogate escape.
+    """
+    size = len(text.encode())
+    if size > max_bytes:
+        raise InvalidRequestError(f"{name} is {size} bytes; the limit is {max_bytes} bytes")
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidRequestError(
+            f"{name} nests {depth} levels deep; the limit is {MAX_JSON_DEPTH} levels"
+        )
     try:
-        return json.loads(text)
-    except ValueError as error:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        json.dumps(value, ensure_ascii=False).encode()  # as the HTTP client will send it
+    except UnicodeEncodeError:
+        raise InvalidRequestError(
+            f"{name} holds an unpaired surrogate escape such as \\ud800; send valid Unicode"
+        ) from None
+    except ValueError as error:  # JSONDecodeError, and the limits of the parse_* hooks
         raise InvalidRequestError(f"{name} is not valid JSON: {error}") from None
+    return value
+
+
+def json_depth(text: str) -> int:
+    """How deep brackets nest in JSON `text` (brackets inside strings do not count)."""
+    brackets = _JSON_BRACKET.findall(_JSON_STRING.sub("", text))
+    steps = (1 if b in "[{" else -1 for b in brackets)
+    return max(itertools.accumulate(steps, initial=0))
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number; send a finite number or a string")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{shown(literal)} does not fit in a 64-bit float; send a smaller number")
+    return value
+
+
+def shown(value: str) -> str:
+    """`value` quoted for an error message, cut to `SHOWN_CHARS` characters."""
+    if len(value) <= SHOWN_CHARS:
+        return repr(value)
+    return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"
 
 
 def _check_cache_controls(request: CompletionRequest, limits: Limits) -> None:

@@ -59,16 +59,20 @@ def test_requests_are_counted_by_rpc_code_cache_and_model(
     )
 
 
-def test_lookups_give_the_hit_rate_and_bypasses_are_not_lookups(
+def test_lookups_are_counted_by_result_and_rpcs_are_not_lookups(
     metrics: Metrics, served: MetricsServer
 ) -> None:
-    for cache_status in ("exact_hit", "semantic_hit", "miss", "bypass", "error"):
+    for result in ("hit", "hit", "miss", "error"):
+        metrics.record_lookup(result)
+    for cache_status in ("exact_hit", "miss", "bypass", "none"):
         metrics.observe_request("Complete", "OK", cache_status, "m", 0.01)
     samples = scrape(served)
     assert value(samples, "semcache_cache_lookups_total", result="hit") == 2
     assert value(samples, "semcache_cache_lookups_total", result="miss") == 1
     assert value(samples, "semcache_cache_lookups_total", result="error") == 1
     assert value(samples, "semcache_cache_lookups_total") == 4
+    with pytest.raises(ValueError, match="bypass"):
+        metrics.record_lookup("bypass")
 
 
 def test_stage_and_first_token_latencies_are_histograms(

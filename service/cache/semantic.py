@@ -160,6 +160,7 @@ class SemanticCache:
             exact = await self._exact(key)
             if exact is not None:
                 self._touch_later(exact.point_id)
+                self._telemetry.metrics.record_lookup("hit")
                 return Lookup(key, hit=exact, best_similarity=1.0, detail="exact")
             vector, context_vector = await self._embed(key)
             query = SearchQuery(vector, key.tenant, key.scope, self._clock(), self._search_limit)
@@ -167,11 +168,13 @@ class SemanticCache:
                 found = await self._searches.submit(query)
         except Exception as error:
             log.warning("cache lookup failed; treating as a miss", error=repr(error))
+            self._telemetry.metrics.record_lookup("error")
             return Lookup(key, detail="lookup_failed")
         with self._telemetry.stage("verify"):
             hit, detail = self._choose(key, found, context_vector, request.similarity_min or 0.0)
         if hit is not None:
             self._touch_later(hit.point_id)
+        self._telemetry.metrics.record_lookup("miss" if hit is None else "hit")
         best = found[0].similarity if found else 0.0
         return Lookup(key, hit, vector, context_vector, best, detail)
 

@@ -71,7 +71,8 @@ class CallOptions:
         """Validated options for a client's constructor arguments.
 
         Raises:
-            ValueError: `timeout_s` is not positive or `retries` is negative.
+            ValueError: `timeout_s` is not positive, `retries` is negative, or
+                `tenant` or `api_key` cannot be sent as gRPC metadata.
         """
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")

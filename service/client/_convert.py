@@ -43,13 +43,31 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def call_metadata(tenant: str | None, api_key: str | None) -> Metadata:
-    """The metadata sent with every call: the tenant and the bearer key, when set."""
+    """The metadata sent with every call: the tenant and the bearer key, when set.
+
+    Raises:
+        ValueError: `tenant` or `api_key` holds a character gRPC cannot send in
+            metadata (anything but printable ASCII); the message says which.
+    """
     metadata: list[tuple[str, str]] = []
     if tenant is not None:
-        metadata.append((TENANT_KEY, tenant))
+        metadata.append((TENANT_KEY, _sendable("tenant", tenant)))
     if api_key is not None:
-        metadata.append((AUTHORIZATION_KEY, f"Bearer {api_key}"))
+        metadata.append((AUTHORIZATION_KEY, f"Bearer {_sendable('api_key', api_key)}"))
     return tuple(metadata)
+
+
+def _sendable(name: str, value: str) -> str:
+    """`value`, if gRPC can send it as a metadata value (else it fails every call
+    with INTERNAL "Invalid metadata" before anything is sent)."""
+    for position, char in enumerate(value):
+        if not " " <= char <= "~":
+            raise ValueError(
+                f"{name} holds {char!r} (U+{ord(char):04X}) at position {position}: gRPC"
+                " metadata must be printable ASCII; pass the value exactly as issued"
+                " (`semcache keys add` prints keys of ASCII letters, digits, '-' and '_')"
+            )
+    return value
 
 
 def _message(message: Message | tuple[str, str]) -> pb.Message:

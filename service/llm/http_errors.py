@@ -13,7 +13,7 @@ these types alone; it never looks at HTTP.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -37,20 +37,35 @@ class RetryableUpstreamError(UpstreamError):
         self.retry_after_s = retry_after_s
 
 
-def translate_openai_error(error: openai.OpenAIError, provider: str) -> UpstreamError:
-    """The service's error for an `openai` client error; `provider` names the endpoint."""
+def translate_openai_error(
+    error: openai.OpenAIError, provider: str, *, hide: Sequence[str] = ()
+) -> UpstreamError:
+    """The service's error for an `openai` client error; `provider` names the endpoint.
+
+    The message reaches callers: each string of `hide` (the provider's URL, host
+    and port) is replaced by "<provider address>" wherever the client's or the
+    provider's own text quotes it.
+    """
     if isinstance(error, openai.APITimeoutError):
         return UpstreamTimeoutError(f"{provider} did not answer in time")
     if isinstance(error, openai.APIConnectionError):
-        return RetryableUpstreamError(f"{provider} is unreachable: {error}")
+        return RetryableUpstreamError(f"{provider} is unreachable: {_hidden(str(error), hide)}")
     if isinstance(error, openai.APIStatusError):
-        return _status_error(error, provider)
-    return UpstreamError(f"{provider} failed: {error}")
+        return _status_error(error, provider, hide)
+    return UpstreamError(f"{provider} failed: {_hidden(str(error), hide)}")
 
 
-def _status_error(error: openai.APIStatusError, provider: str) -> UpstreamError:
+def _hidden(text: str, addresses: Sequence[str]) -> str:
+    for address in addresses:  # longest first, so a URL goes before its host
+        text = text.replace(address, "<provider address>")
+    return text
+
+
+def _status_error(
+    error: openai.APIStatusError, provider: str, hide: Sequence[str]
+) -> UpstreamError:
     status = error.status_code
-    detail = f"{provider} answered HTTP {status}: {error.message}"
+    detail = f"{provider} answered HTTP {status}: {_hidden(error.message, hide)}"
     if status == 429 or status >= 500:
         retry_after_s = retry_after_from_headers(error.response.headers)
         return RetryableUpstreamError(detail, status=status, retry_after_s=retry_after_s)

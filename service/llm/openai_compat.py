@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
+import structlog
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionChunk
 
@@ -23,21 +25,24 @@ from service.errors import UpstreamError
 from service.llm.http_errors import RetryableUpstreamError, translate_openai_error
 from service.llm.provider import ProviderAnswer, ProviderCall
 
+log = structlog.get_logger(__name__)
+
 
 class OpenAICompatProvider:
     """A `Provider` for one OpenAI-compatible base URL.
 
     `name` labels the endpoint in error messages (e.g. the catalogue's
-    provider name); it defaults to the base URL.
+    provider name; "upstream" when not given). Errors name the provider, never
+    its address, since they reach callers; the address goes to the log.
     """
 
     def __init__(
         self, base_url: str, api_key: str | None, timeout_s: float, *, name: str | None = None
     ) -> None:
         self.base_url = base_url
-        self.name = name or base_url
-        named = f" {name}" if name else ""
-        self._where = f"upstream provider{named} at {base_url}"
+        self.name = name or "upstream"
+        self._where = f"upstream provider {self.name}"
+        self._addresses = _addresses_of(base_url)
         # Local servers accept any key; the client refuses to start without one.
         self._client = AsyncOpenAI(
             base_url=base_url, api_key=api_key or "unused", timeout=timeout_s, max_retries=0
@@ -55,7 +60,7 @@ class OpenAICompatProvider:
         try:
             response = await self._client.chat.completions.create(**_request_args(call))
         except openai.OpenAIError as error:
-            raise translate_openai_error(error, self._where) from error
+            raise self._failed(error) from error
         if not response.choices:
             raise UpstreamError(f"{self._where} returned no choices")
         choice = response.choices[0]
@@ -86,7 +91,7 @@ class OpenAICompatProvider:
         try:
             response = await self._client.completions.create(**args)
         except openai.OpenAIError as error:
-            raise translate_openai_error(error, self._where) from error
+            raise self._failed(error) from error
         choices = {choice.index: choice for choice in response.choices}
         if sorted(choices) != list(range(len(prompts))):
             raise UpstreamError(
@@ -131,7 +136,7 @@ class OpenAICompatProvider:
                             parts.append(choice.delta.content)
                             yield choice.delta.content
         except openai.OpenAIError as error:
-            raise translate_openai_error(error, self._where) from error
+            raise self._failed(error) from error
         if not finish_reason:
             raise RetryableUpstreamError(f"{self._where} ended the stream early")
         yield ProviderAnswer("".join(parts), model, finish_reason, usage)
@@ -139,6 +144,24 @@ class OpenAICompatProvider:
     async def close(self) -> None:
         """Close the HTTP client's connections."""
         await self._client.close()
+
+    def _failed(self, error: openai.OpenAIError) -> UpstreamError:
+        """The service's error for `error`, without the provider's address (logged instead)."""
+        translated = translate_openai_error(error, self._where, hide=self._addresses)
+        log.warning(
+            "upstream call failed",
+            provider=self.name,
+            base_url=self.base_url,
+            error=f"{type(error).__name__}: {error}",
+        )
+        return translated
+
+
+def _addresses_of(base_url: str) -> tuple[str, ...]:
+    """The forms of `base_url` an error message might quote: the URL, host:port, host."""
+    parts = urlsplit(base_url)
+    forms = (base_url.rstrip("/"), parts.netloc, parts.hostname or "")
+    return tuple(sorted({form for form in forms if form}, key=len, reverse=True))
 
 
 def _request_args(call: ProviderCall) -> dict[str, Any]:
