@@ -2,6 +2,7 @@
 
     SemcacheError                     INTERNAL (also any error not in this tree)
     ├── InvalidRequestError           INVALID_ARGUMENT: the message says what to change
+    │   └── UnknownModelError         INVALID_ARGUMENT (HTTP 404): no such model in the catalogue
     ├── AuthenticationError           UNAUTHENTICATED: no API key, or an unknown one
     ├── PermissionDeniedError         PERMISSION_DENIED: the key's role or tenant does not allow it
     ├── RateLimitedError              RESOURCE_EXHAUSTED, with a RetryInfo detail
@@ -36,6 +37,10 @@ class SemcacheError(Exception):
 
 class InvalidRequestError(SemcacheError):
     """The request cannot be served as sent; the message says what to change."""
+
+
+class UnknownModelError(InvalidRequestError):
+    """The request names a model the catalogue does not list (the HTTP door answers 404)."""
 
 
 class AuthenticationError(SemcacheError):

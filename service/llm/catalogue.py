@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 from service.domain import ChatMessage
-from service.errors import InvalidRequestError
+from service.errors import UnknownModelError
 from service.llm.pricing import ModelPrice
 
 TIERS: tuple[str, ...] = ("small", "medium", "large")
@@ -148,11 +148,11 @@ class Catalogue:
         """The model called `name`.
 
         Raises:
-            InvalidRequestError: no such model; the message lists the known ones.
+            UnknownModelError: no such model; the message lists the known ones.
         """
         model = self.models.get(name)
         if model is None:
-            raise InvalidRequestError(
+            raise UnknownModelError(
                 f"unknown model {name!r}; use one of {sorted(self.models)} or name no model "
                 "and let the router choose"
             )
@@ -162,7 +162,7 @@ class Catalogue:
         """What `model` charges.
 
         Raises:
-            InvalidRequestError: no such model.
+            UnknownModelError: no such model.
         """
         return self.require_model(model).price
 
@@ -174,7 +174,7 @@ class Catalogue:
         """The provider serving `model`.
 
         Raises:
-            InvalidRequestError: no such model.
+            UnknownModelError: no such model.
         """
         return self.providers[self.require_model(model).provider]
 
