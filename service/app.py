@@ -39,9 +39,9 @@ Closer = Callable[[], Awaitable[None]]
 class App:
     """The running parts of one service instance, built by `build_app`.
 
-    The doors (gRPC, HTTP) call `pipeline` and `admin`; the server starts
-    `maintenance` and serves `metrics`; `cache` and `telemetry` are here for
-    the operator's tools and tests, not for the doors.
+    The doors (gRPC, HTTP) call `pipeline` and `admin`, and list the models of
+    `catalogue`; the server starts `maintenance` and serves `metrics`; `cache`
+    and `telemetry` are here for the operator's tools and tests, not for the doors.
     """
 
     pipeline: RequestPipeline
@@ -49,6 +49,7 @@ class App:
     maintenance: Maintenance
     cache: SemanticCache
     telemetry: Telemetry
+    catalogue: Catalogue
     closers: list[Closer] = field(default_factory=list)
 
     @property
@@ -150,6 +151,7 @@ async def build_app(
         maintenance=maintenance,
         cache=cache,
         telemetry=telemetry,
+        catalogue=catalogue,
         closers=[telemetry.tracing.aclose, *closers],
     )
 

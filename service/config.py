@@ -252,6 +252,16 @@ class Settings(BaseSettings):
         description="Keep rate limits in this Redis (e.g. `redis://redis:6379/0`) so replicas"
         " share them; unset = in memory.",
     )
+    http_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the OpenAI-compatible HTTP door and the live page; unset = off,"
+        " 0 picks a free one.",
+    )
+    http_host: str | None = Field(
+        None, description="Address the HTTP door binds to; unset = the same as the gRPC host."
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Port for Prometheus `/metrics`; unset = no endpoint."
     )
@@ -275,6 +285,11 @@ class Settings(BaseSettings):
             return self.similarity_min
         return GUARD_SIMILARITY_MIN if self.near_miss_guard else THRESHOLD_SIMILARITY_MIN
 
+    @property
+    def effective_http_host(self) -> str:
+        """`http_host`, or the gRPC host when it is unset."""
+        return self.http_host or self.grpc_host
+
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -283,7 +298,9 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("qdrant_url", "upstream_base_url", "rate_limit_redis_url", "otlp_endpoint")
+    @field_validator(
+        "qdrant_url", "upstream_base_url", "rate_limit_redis_url", "otlp_endpoint", "http_host"
+    )
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None

@@ -13,6 +13,8 @@ Series (labels in braces):
     semcache_stage_duration_seconds{stage}              embed, lookup, verify, route, upstream…
     semcache_time_to_first_token_seconds{cache}         streaming RPCs
     semcache_cache_lookups_total{result}                hit, miss, error (see `record_lookup`)
+    semcache_cache_decisions_total{tenant, detail}      answers by cache_detail: exact, ok, or
+                                                        why the cache did not serve (a reason)
     semcache_rpcs_in_flight                             RPCs being served now
     semcache_overloaded_total{rpc}                      RPCs refused: SEMCACHE_MAX_CONCURRENT_RPCS
     semcache_tokens_total{tenant, model, kind}          tokens sent upstream (prompt, completion)
@@ -119,6 +121,13 @@ class Metrics:
             ("result",),
             registry=r,
         )
+        self._decisions = Counter(
+            "semcache_cache_decisions",
+            "Answers by tenant and cache_detail: exact, ok (a hit), or why the cache did not"
+            " serve (below_threshold, number_mismatch, no_candidates, bypass, refresh...).",
+            ("tenant", "detail"),
+            registry=r,
+        )
         self._in_flight = Gauge(
             "semcache_rpcs_in_flight", "RPCs of the cache service being served now.", registry=r
         )
@@ -202,6 +211,31 @@ class Metrics:
         if result not in LOOKUP_RESULTS:
             raise ValueError(f"lookup result {result!r} is not one of {sorted(LOOKUP_RESULTS)}")
         self._lookups.labels(result).inc()
+
+    def record_cache_decision(self, tenant: str, detail: str) -> None:
+        """One answer served to `tenant`, by its `cache_detail` ("" counts as "none")."""
+        self._decisions.labels(tenant, detail or "none").inc()
+
+    def cache_decisions(self) -> dict[tuple[str, str], float]:
+        """Answers so far by (tenant, cache_detail), for the live page."""
+        return {
+            (sample.labels["tenant"], sample.labels["detail"]): sample.value
+            for family in self._decisions.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
+
+    def request_duration_buckets(self) -> dict[tuple[str, str], list[tuple[float, float]]]:
+        """Cumulative `semcache_request_duration_seconds` buckets by (rpc, cache):
+        (upper bound in seconds, count) pairs, +Inf last. For the live page's percentiles."""
+        buckets: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for family in self._request_s.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    series = (sample.labels["rpc"], sample.labels["cache"])
+                    upper_s = float(sample.labels["le"])
+                    buckets.setdefault(series, []).append((upper_s, sample.value))
+        return buckets
 
     def set_rpcs_in_flight(self, count: int) -> None:
         """How many RPCs of the cache service are being served now."""
