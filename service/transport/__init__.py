@@ -1,0 +1,1 @@
+"""The doors onto the request pipeline: gRPC and the OpenAI-compatible HTTP API."""

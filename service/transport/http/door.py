@@ -1,0 +1,172 @@
+"""What every HTTP request goes through: a request id, the caller, errors, logs and metrics.
+
+The HTTP twin of the gRPC interceptors. `door_middleware` gives each request
+a request id (the caller's `x-request-id` when it sends a sane one), binds it
+to structlog, turns an error a handler raises into an OpenAI-shaped error
+body through `errors.http_error_for`, and counts the request in the same
+Prometheus series as gRPC (`semcache_requests_total`, `..._duration_seconds`)
+under an `rpc` label of its own (`http_chat_completions`, ...). Unexpected
+errors are 500s that name the request id, logged with their traceback.
+
+Callers authenticate as on the gRPC port: `Authorization: Bearer <key>` (or
+`x-api-key`) from the same keys file, the tenant taken from the key; with no
+keys file (open mode, loopback only) `x-tenant-id` names the tenant and every
+caller is an admin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import web
+
+from service.app import App
+from service.auth import (
+    OPEN_MODE_DEFAULT_TENANT,
+    OPEN_MODE_KEY_NAME,
+    OPEN_MODE_TENANT_KEY,
+    KeyRing,
+    Principal,
+)
+from service.transport.http.errors import (
+    INTERNAL,
+    error_body,
+    http_error_for,
+    retry_headers,
+)
+from service.transport.http.replies import REQUEST_ID_HEADER
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_REQUEST_ID_CHARS = 128
+
+
+@dataclass
+class HttpCall:
+    """Book-keeping for one HTTP request: its id, caller, timing and outcome.
+
+    `rpc` is the metrics label (None: not counted); a handler sets `cache` and
+    `model` once it knows how the request was served.
+    """
+
+    request_id: str
+    rpc: str | None = None
+    cache: str = "none"
+    model: str = ""
+    code: str = "OK"
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 2)
+
+
+@dataclass(frozen=True)
+class Door:
+    """What the handlers share: the service's parts and who may call."""
+
+    app: App
+    keyring: KeyRing | None
+
+    def principal(self, request: web.Request) -> Principal:
+        """The caller of `request`.
+
+        Raises:
+            AuthenticationError: keys are configured and the request has no known key.
+        """
+        if self.keyring is not None:
+            return self.keyring.authenticate(list(request.headers.items()))
+        tenant = request.headers.get(OPEN_MODE_TENANT_KEY, OPEN_MODE_DEFAULT_TENANT)
+        return Principal(tenant=tenant, role="admin", key_name=OPEN_MODE_KEY_NAME)
+
+
+DOOR = web.AppKey("semcache_door", Door)
+CALL = web.RequestKey("semcache_call", HttpCall)
+
+
+def request_id_of(request: web.Request) -> str:
+    """The caller's `x-request-id` when it is 1-128 printable characters, else a new one."""
+    incoming = request.headers.get("x-request-id", "")
+    if 0 < len(incoming) <= MAX_REQUEST_ID_CHARS and incoming.isprintable():
+        return incoming
+    return uuid.uuid4().hex
+
+
+def counted(rpc: str) -> Callable[[Handler], Handler]:
+    """Count the requests of a handler in the metrics under `rpc`."""
+
+    def decorate(handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            request[CALL].rpc = rpc
+            return await handler(request)
+
+        return wrapped
+
+    return decorate
+
+
+@web.middleware
+async def door_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, structlog binding, error mapping and metrics around every handler."""
+    call = HttpCall(request_id_of(request))
+    request[CALL] = call
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        request_id=call.request_id, rpc=f"{request.method} {request.path}"
+    )
+    try:
+        response = await handler(request)
+    except asyncio.CancelledError:
+        call.code = "CANCELLED"
+        raise
+    except web.HTTPException as error:
+        response = _http_exception(error, call)
+    except Exception as error:  # every error becomes an answer; unknown ones a 500
+        response = failure(error, call)
+    finally:
+        _count(request, call)
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = call.request_id
+    return response
+
+
+def failure(error: BaseException, call: HttpCall) -> web.Response:
+    """The OpenAI-shaped error response for `error`, logged as the gRPC door logs."""
+    answer = http_error_for(error)
+    call.code, call.cache, call.model = answer.metric_code, "none", ""
+    if answer is INTERNAL:
+        log.error("request failed", exc_info=error, status=500, latency_ms=call.elapsed_ms())
+    else:
+        log.info(
+            "request rejected",
+            status=answer.status,
+            reason=str(error),
+            latency_ms=call.elapsed_ms(),
+        )
+    return web.json_response(
+        error_body(error, answer, call.request_id),
+        status=answer.status,
+        headers=retry_headers(error),
+    )
+
+
+def _http_exception(error: web.HTTPException, call: HttpCall) -> web.Response:
+    """aiohttp's own refusals (no such route, wrong method, body too large) in OpenAI's shape."""
+    call.code = "NOT_FOUND" if error.status == 404 else "INVALID_ARGUMENT"
+    kind = "invalid_request_error" if error.status < 500 else "server_error"
+    body = {"error": {"message": error.reason, "type": kind, "param": None, "code": None}}
+    headers = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
+    return web.json_response(body, status=error.status, headers=headers)
+
+
+def _count(request: web.Request, call: HttpCall) -> None:
+    if call.rpc is None:
+        return
+    seconds = time.perf_counter() - call.started
+    metrics = request.app[DOOR].app.metrics
+    metrics.observe_request(call.rpc, call.code, call.cache, call.model, seconds)

@@ -1,0 +1,158 @@
+"""The live page: `GET /live` (one HTML file, no external assets) polls `GET /live.json`.
+
+`/live.json` shows what the cache did since this replica started: hits
+(exact and semantic), misses and bypasses, the hit rate, money spent upstream
+and saved by hits, per tenant from the cache's counters; latency percentiles
+of completion calls (both doors) from `semcache_request_duration_seconds`;
+and the most common reasons the cache did not serve, from
+`semcache_cache_decisions_total`. An admin key (or open mode) sees every
+tenant; a client key sees its own tenant only. Latency percentiles are
+service-wide: the histogram has no tenant label. No prompt or answer text is
+ever shown; there is no setting that would show it.
+
+The page itself holds no data and needs no key; `/live.json` takes the same
+key as the API (the page asks for one when it gets a 401 and keeps it in the
+tab's sessionStorage only).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from service.auth import Principal
+from service.cache.stats import TenantCounters
+from service.metrics import Metrics
+from service.pipeline.admin import CacheAdmin
+from service.transport.http.door import DOOR
+
+PAGE = resources.files(__package__).joinpath("live.html").read_text(encoding="utf-8")
+# Completion calls of both doors: gRPC method names and the HTTP door's labels.
+COMPLETION_RPCS = frozenset(
+    {"Complete", "StreamComplete", "http_chat_completions", "http_chat_completions_stream"}
+)
+SERVED_FROM = {"exact_hit": "hit", "semantic_hit": "hit", "miss": "miss", "bypass": "miss"}
+QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+HIT_DETAILS = frozenset({"exact", "ok"})
+TOP_REASONS = 8
+
+Buckets = list[tuple[float, float]]
+
+
+async def live_page(request: web.Request) -> web.Response:
+    """`GET /live`: the page; its script fetches `/live.json` every 2 s."""
+    return web.Response(text=PAGE, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+async def live_json(request: web.Request) -> web.Response:
+    """`GET /live.json`: the numbers the page shows (see the module docstring).
+
+    Raises:
+        AuthenticationError: keys are configured and the caller sent no known key.
+    """
+    door = request.app[DOOR]
+    principal = door.principal(request)
+    snapshot = await live_snapshot(door.app.admin, door.app.metrics, principal)
+    return web.json_response(snapshot, headers={"Cache-Control": "no-store"})
+
+
+async def live_snapshot(admin: CacheAdmin, metrics: Metrics, viewer: Principal) -> dict[str, Any]:
+    """What `viewer` may see of this replica's cache, now."""
+    tenants = admin.tenants() if viewer.is_admin else [viewer.tenant]
+    rows = [await _tenant_row(admin, tenant) for tenant in tenants]
+    return {
+        "generated_at_unix_s": round(time.time(), 3),
+        "viewer": {"tenant": viewer.tenant, "all_tenants": viewer.is_admin},
+        "totals": _totals(rows),
+        "tenants": rows,
+        "latency_ms": latency_ms(metrics.request_duration_buckets()),
+        "refusal_reasons": refusal_reasons(metrics.cache_decisions(), set(tenants)),
+        "prompts_shown": False,
+    }
+
+
+async def _tenant_row(admin: CacheAdmin, tenant: str) -> dict[str, Any]:
+    stats = await admin.tenant_stats(tenant, None)
+    return {"tenant": tenant, "entries": stats.entries, **_counters(stats.counters)}
+
+
+def _counters(counters: TenantCounters) -> dict[str, Any]:
+    hits = counters.exact_hits + counters.semantic_hits
+    return {
+        "requests": hits + counters.misses + counters.bypasses,
+        "exact_hits": counters.exact_hits,
+        "semantic_hits": counters.semantic_hits,
+        "misses": counters.misses,
+        "bypasses": counters.bypasses,
+        "hit_rate": counters.hit_rate,
+        "cost_spent_usd": round(counters.cost_spent_usd, 8),
+        "cost_saved_usd": round(counters.cost_saved_usd, 8),
+    }
+
+
+def _totals(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    total = TenantCounters()
+    entries = 0
+    for row in rows:
+        entries += row["entries"]
+        total.exact_hits += row["exact_hits"]
+        total.semantic_hits += row["semantic_hits"]
+        total.misses += row["misses"]
+        total.bypasses += row["bypasses"]
+        total.cost_spent_usd += row["cost_spent_usd"]
+        total.cost_saved_usd += row["cost_saved_usd"]
+    return {"entries": entries, **_counters(total)}
+
+
+def refusal_reasons(
+    decisions: Mapping[tuple[str, str], float], tenants: set[str]
+) -> list[dict[str, Any]]:
+    """The commonest reasons the cache did not serve, for `tenants`, most frequent first."""
+    counts: dict[str, float] = {}
+    for (tenant, detail), count in decisions.items():
+        if tenant in tenants and detail not in HIT_DETAILS:
+            counts[detail] = counts.get(detail, 0.0) + count
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:TOP_REASONS]
+    return [{"reason": reason, "count": int(count)} for reason, count in ranked]
+
+
+def latency_ms(series: Mapping[tuple[str, str], Buckets]) -> dict[str, dict[str, Any]]:
+    """p50/p95/p99 of completion calls served from the cache ("hit") and not ("miss")."""
+    merged: dict[str, dict[float, float]] = {"hit": {}, "miss": {}}
+    for (rpc, cache), buckets in series.items():
+        served = SERVED_FROM.get(cache)
+        if rpc in COMPLETION_RPCS and served is not None:
+            for upper_s, count in buckets:
+                merged[served][upper_s] = merged[served].get(upper_s, 0.0) + count
+    return {served: _summary(sorted(buckets.items())) for served, buckets in merged.items()}
+
+
+def _summary(buckets: Buckets) -> dict[str, Any]:
+    count = buckets[-1][1] if buckets else 0.0
+    summary: dict[str, Any] = {"count": int(count)}
+    for name, q in QUANTILES.items():
+        seconds = quantile_s(q, buckets)
+        summary[name] = None if seconds is None else round(seconds * 1000, 2)
+    return summary
+
+
+def quantile_s(q: float, buckets: Buckets) -> float | None:
+    """The `q` quantile of cumulative histogram `buckets` ((upper bound s, count), +Inf
+    last), interpolated linearly within a bucket as Prometheus' `histogram_quantile`
+    does; None with no observations."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_s, below = 0.0, 0.0
+    for upper_s, cumulative in buckets:
+        if cumulative >= rank:
+            if upper_s == float("inf"):
+                return lower_s  # beyond the largest bound: report that bound
+            inside = cumulative - below
+            return lower_s + (upper_s - lower_s) * ((rank - below) / inside if inside else 1.0)
+        lower_s, below = upper_s, cumulative
+    return lower_s

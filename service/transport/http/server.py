@@ -1,0 +1,124 @@
+"""Start and stop the HTTP door: an aiohttp server in the same event loop as gRPC.
+
+aiohttp runs on the loop the gRPC server already runs on (grpc.aio), so both
+doors share one pipeline, one cache and one set of metrics with no thread
+hand-offs. Routes:
+
+    POST /v1/chat/completions      OpenAI chat completions (unary and `stream: true`)
+    GET  /v1/models                the catalogue's models
+    GET  /v1/models/{model}        one of them
+    GET  /live, /live.json         the live page and its numbers
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from service.app import App
+from service.auth import KeyRing, check_open_mode_bind
+from service.config import Settings
+from service.errors import StartupError
+from service.startup import bind_problem, one_line
+from service.transport.http.chat import chat_completions, list_models, retrieve_model
+from service.transport.http.door import DOOR, Door, door_middleware
+from service.transport.http.live import live_json, live_page
+
+log = structlog.get_logger(__name__)
+
+# Bodies up to this size are read; larger ones are refused with 413 before parsing.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_GRACE_S = 5.0
+
+
+def build_http_app(app: App, keyring: KeyRing | None) -> web.Application:
+    """The aiohttp application of the HTTP door over `app` (see the module docstring)."""
+    web_app = web.Application(middlewares=[door_middleware], client_max_size=MAX_BODY_BYTES)
+    web_app[DOOR] = Door(app, keyring)
+    web_app.router.add_post("/v1/chat/completions", chat_completions)
+    web_app.router.add_get("/v1/models", list_models)
+    web_app.router.add_get("/v1/models/{model}", retrieve_model)
+    web_app.router.add_get("/live", live_page)
+    web_app.router.add_get("/live.json", live_json)
+    return web_app
+
+
+@dataclass
+class RunningHttpServer:
+    """A running HTTP door: the port it listens on, and how to stop it."""
+
+    port: int
+    host: str
+    _runner: web.AppRunner
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL of this door, e.g. `http://127.0.0.1:8080/v1`."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    async def aclose(self) -> None:
+        """Stop taking connections, let requests in flight finish (up to the grace
+        period given at start), then close the rest."""
+        await self._runner.cleanup()
+
+
+async def start_http_server(
+    app: App,
+    host: str,
+    port: int,
+    keyring: KeyRing | None,
+    grace_s: float = DEFAULT_GRACE_S,
+) -> RunningHttpServer:
+    """Serve the HTTP door of `app` on host:port (port 0 picks a free one).
+
+    `keyring` is the gRPC port's (None: open mode, allowed on loopback only).
+
+    Raises:
+        StartupError: open mode on a non-loopback host, or the port cannot be
+            bound; the message says what to change.
+    """
+    if keyring is None:
+        try:
+            check_open_mode_bind(host)
+        except ValueError as error:
+            message = one_line(error).replace("SEMCACHE_GRPC_HOST", "SEMCACHE_HTTP_HOST")
+            raise StartupError(message) from error
+    runner = web.AppRunner(build_http_app(app, keyring), access_log=None, shutdown_timeout=grace_s)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=False)
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        problem = bind_problem(host, port, "SEMCACHE_HTTP_PORT", "SEMCACHE_HTTP_HOST")
+        raise StartupError(f"cannot listen for HTTP on {host}:{port}: {problem}") from error
+    bound = _bound_port(runner, port)
+    log.info(
+        "HTTP door serving", base_url=f"http://{host}:{bound}/v1", api_keys=keyring is not None
+    )
+    return RunningHttpServer(bound, host, runner)
+
+
+async def start_http_from_settings(
+    app: App, settings: Settings, keyring: KeyRing | None
+) -> RunningHttpServer | None:
+    """The HTTP door the settings ask for: None when SEMCACHE_HTTP_PORT is unset.
+
+    Raises:
+        StartupError: see `start_http_server`.
+    """
+    if settings.http_port is None:
+        return None
+    return await start_http_server(
+        app, settings.effective_http_host, settings.http_port, keyring, settings.grace_period_s
+    )
+
+
+def _bound_port(runner: web.AppRunner, asked: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return asked

@@ -1,0 +1,289 @@
+"""OpenAI chat-completion request bodies and semcache's cache controls → domain requests.
+
+Fields OpenAI defines and semcache does not use (`user`, `seed`, `logprobs`,
+`presence_penalty`, `metadata`, ...) and fields nobody defines are ignored, as
+the OpenAI API ignores unknown ones. A field semcache uses but cannot read is a
+`BadFieldError` naming it (HTTP 400). Range checks (temperature 0-2, ...) are
+the pipeline's, the same for both doors.
+
+Cache controls come from headers and from the body's `semcache` object; a field
+in the body wins over its header, so a header set once on a client (the SDKs'
+`default_headers`) is the default that one call's `extra_body` can override.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from service.domain import CachePolicy, ChatMessage, CompletionRequest, SamplingParams
+from service.transport.http.errors import BadFieldError
+
+T = TypeVar("T")
+
+DEFAULT_NAMESPACE = "default"
+EXTENSION_KEY = "semcache"
+# Header ⇄ body-extension field, for each cache control.
+CONTROL_HEADERS: dict[str, str] = {
+    "cache": "x-semcache-cache",
+    "namespace": "x-semcache-namespace",
+    "ttl_s": "x-semcache-ttl-s",
+    "similarity_min": "x-semcache-similarity-min",
+}
+CACHE_POLICIES: dict[str, CachePolicy] = {
+    "default": CachePolicy.DEFAULT,
+    "bypass": CachePolicy.BYPASS,
+    "refresh": CachePolicy.REFRESH,
+    "no-store": CachePolicy.NO_STORE,
+    "no_store": CachePolicy.NO_STORE,
+}
+# OpenAI's "developer" role is its newer name for "system".
+_ROLE_ALIASES = {"developer": "system"}
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """One parsed `POST /v1/chat/completions`: the domain request and how to answer it."""
+
+    request: CompletionRequest
+    stream: bool
+    include_usage: bool
+
+
+@dataclass(frozen=True)
+class CacheControls:
+    """The per-request cache fields, from headers and the body's extension."""
+
+    policy: CachePolicy = CachePolicy.DEFAULT
+    namespace: str = DEFAULT_NAMESPACE
+    ttl_s: int | None = None
+    similarity_min: float | None = None
+
+
+def parse_chat(
+    body: object, headers: Mapping[str, str], tenant: str, deadline_s: float | None
+) -> ChatCall:
+    """The domain request for an OpenAI chat-completions body.
+
+    Raises:
+        BadFieldError: a field or cache-control header is malformed; it is named.
+    """
+    if not isinstance(body, dict):
+        raise BadFieldError("body", "the request body must be a JSON object")
+    controls = cache_controls(body.get(EXTENSION_KEY), headers)
+    request = CompletionRequest(
+        messages=_messages(body.get("messages")),
+        tenant=tenant,
+        namespace=controls.namespace,
+        model=_optional(body, "model", str) or None,
+        sampling=_sampling(body),
+        cache_policy=controls.policy,
+        deadline_s=deadline_s,
+        ttl_s=controls.ttl_s,
+        similarity_min=controls.similarity_min,
+    )
+    stream = _optional(body, "stream", bool) or False
+    return ChatCall(request, stream, stream and _include_usage(body.get("stream_options")))
+
+
+def cache_controls(extension: object, headers: Mapping[str, str]) -> CacheControls:
+    """The cache controls of one request: the body's `semcache` fields over the headers.
+
+    Raises:
+        BadFieldError: a value is malformed (named as `semcache.<field>` or its header).
+    """
+    if extension is not None and not isinstance(extension, dict):
+        raise BadFieldError(EXTENSION_KEY, "semcache must be an object of cache controls")
+    fields: dict[str, tuple[str, object]] = {}
+    for name, header in CONTROL_HEADERS.items():
+        if extension and extension.get(name) is not None:
+            fields[name] = (f"{EXTENSION_KEY}.{name}", extension[name])
+        elif header in headers:
+            fields[name] = (header, headers[header].strip())
+    return CacheControls(
+        policy=_policy(*fields["cache"]) if "cache" in fields else CachePolicy.DEFAULT,
+        namespace=_text(*fields["namespace"]) if "namespace" in fields else DEFAULT_NAMESPACE,
+        ttl_s=_integer(*fields["ttl_s"]) if "ttl_s" in fields else None,
+        similarity_min=_number(*fields["similarity_min"]) if "similarity_min" in fields else None,
+    )
+
+
+def _policy(param: str, value: object) -> CachePolicy:
+    policy = CACHE_POLICIES.get(value.strip().lower()) if isinstance(value, str) else None
+    if policy is None:
+        raise BadFieldError(
+            param, f"{param} is {value!r}; use default, bypass, refresh or no-store"
+        )
+    return policy
+
+
+def _text(param: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise BadFieldError(param, f"{param} must be a string")
+    return value
+
+
+def _integer(param: str, value: object) -> int:
+    """An integer from JSON (a whole number) or a header (its digits)."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise BadFieldError(param, f"{param} is {value!r}; send a whole number") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise BadFieldError(param, f"{param} is {value!r}; send a whole number")
+    return int(value)
+
+
+def _number(param: str, value: object) -> float:
+    """A finite number from JSON or a header."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise BadFieldError(param, f"{param} is {value!r}; send a number") from None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise BadFieldError(param, f"{param} is {value!r}; send a number")
+    if not math.isfinite(number):
+        raise BadFieldError(param, f"{param} is {value!r}; send a finite number")
+    return number
+
+
+def _optional(body: Mapping[str, Any], name: str, kind: type[T], prefix: str = "") -> T | None:
+    """`body[name]` when it is a `kind`; None when absent or null.
+
+    Raises:
+        BadFieldError: present with another type (named `prefix + name`).
+    """
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        param = prefix + name
+        raise BadFieldError(param, f"{param} must be a {_KIND_NAMES.get(kind, kind.__name__)}")
+    return value
+
+
+_KIND_NAMES: dict[type, str] = {str: "string", bool: "boolean", dict: "JSON object", list: "list"}
+
+
+def _messages(raw: object) -> tuple[ChatMessage, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise BadFieldError(
+            "messages", "messages must be a non-empty array ending with a user message"
+        )
+    return tuple(_message(index, item) for index, item in enumerate(raw))
+
+
+def _message(index: int, raw: object) -> ChatMessage:
+    where = f"messages[{index}]"
+    if not isinstance(raw, dict):
+        raise BadFieldError(where, f"{where} must be an object with role and content")
+    role = raw.get("role")
+    if not isinstance(role, str):
+        raise BadFieldError(f"{where}.role", f"{where}.role must be a string")
+    return ChatMessage(_ROLE_ALIASES.get(role, role), _content(where, raw.get("content")))
+
+
+def _content(where: str, content: object) -> str:
+    """Text content: a string, null (an assistant turn that called tools), or text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise BadFieldError(f"{where}.content", f"{where}.content must be a string or an array")
+    texts = []
+    for part in content:
+        if not (isinstance(part, dict) and part.get("type") == "text"):
+            raise BadFieldError(
+                f"{where}.content",
+                f"{where}.content has a part that is not text; semcache caches text only",
+            )
+        texts.append(_text(f"{where}.content", part.get("text")))
+    return "".join(texts)
+
+
+def _sampling(body: Mapping[str, Any]) -> SamplingParams:
+    tools = _optional(body, "tools", list)
+    if tools is not None and not all(isinstance(tool, dict) for tool in tools):
+        raise BadFieldError("tools", "tools must be an array of tool objects")
+    _check_one_choice(body)
+    return SamplingParams(
+        temperature=_optional_number(body, "temperature"),
+        max_tokens=_max_tokens(body),
+        top_p=_optional_number(body, "top_p"),
+        stop=_stop(body.get("stop")),
+        response_format=_response_format(body.get("response_format")),
+        tools_json=json.dumps(tools) if tools else None,
+        tool_choice=_tool_choice(body.get("tool_choice")),
+    )
+
+
+def _check_one_choice(body: Mapping[str, Any]) -> None:
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise BadFieldError("n", f"n is {n!r}; semcache answers with one choice: send 1 or omit n")
+
+
+def _optional_number(body: Mapping[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    return None if value is None else _number(name, value)
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    values = {
+        name: _integer(name, body[name])
+        for name in ("max_completion_tokens", "max_tokens")
+        if body.get(name) is not None
+    }
+    if len(set(values.values())) > 1:
+        raise BadFieldError(
+            "max_tokens", "max_tokens and max_completion_tokens differ; send one of them"
+        )
+    return next(iter(values.values()), None)
+
+
+def _stop(raw: object) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        return (raw,)
+    if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        return tuple(raw)
+    raise BadFieldError("stop", "stop must be a string or an array of strings")
+
+
+def _response_format(raw: object) -> str | None:
+    if raw is None:
+        return None
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind not in ("text", "json_object"):
+        raise BadFieldError(
+            "response_format",
+            f"response_format must be {{'type': 'text'}} or {{'type': 'json_object'}}, got {raw!r}",
+        )
+    return str(kind)
+
+
+def _tool_choice(raw: object) -> str | None:
+    if raw is None or isinstance(raw, str):
+        return raw
+    if isinstance(raw, dict):
+        return json.dumps(raw)
+    raise BadFieldError(
+        "tool_choice", "tool_choice must be 'auto', 'none', 'required' or an object"
+    )
+
+
+def _include_usage(raw: object) -> bool:
+    if raw is None:
+        return False
+    if not isinstance(raw, dict):
+        raise BadFieldError("stream_options", "stream_options must be an object")
+    return bool(_optional(raw, "include_usage", bool, "stream_options."))

@@ -1,0 +1,453 @@
+"""The OpenAI-compatible HTTP door, called with the real `openai` Python SDK (sync, async,
+streaming) against the service running in-process with both doors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+import pytest_asyncio
+import yaml
+
+from service.auth import hash_key, load_keys
+from service.domain import Completion, CompletionRequest
+from service.embedding.base import Embedder
+from service.errors import StartupError, UpstreamError
+from service.simulator import UpstreamSimulator
+from service.transport.http import start_http_server
+from tests.httpdoor import HttpService, start_http_service
+
+QUESTION = "What is machine learning?"
+PARAPHRASE = "What does machine learning mean?"
+MODEL = "gpt-4o-mini"
+CLIENT_KEY = "sk-sc-http-client-key"
+OTHER_KEY = "sk-sc-http-other-key"
+ADMIN_KEY = "sk-sc-http-admin-key"
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest_asyncio.fixture
+async def door(
+    embedder: Embedder, simulator: UpstreamSimulator, tmp_path: Path
+) -> AsyncIterator[HttpService]:
+    running = await start_http_service(embedder, simulator, tmp_path / "data")
+    yield running
+    await running.close()
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path) -> Path:
+    path = tmp_path / "keys.yaml"
+    entries = [
+        {"key_sha256": hash_key(CLIENT_KEY), "tenant": "acme", "role": "client", "name": "app"},
+        {"key_sha256": hash_key(OTHER_KEY), "tenant": "globex", "role": "client", "name": "g"},
+        {"key_sha256": hash_key(ADMIN_KEY), "tenant": "ops", "role": "admin", "name": "root"},
+    ]
+    path.write_text(yaml.safe_dump(entries))
+    return path
+
+
+@pytest_asyncio.fixture
+async def keyed_door(
+    embedder: Embedder, simulator: UpstreamSimulator, tmp_path: Path, keys_file: Path
+) -> AsyncIterator[HttpService]:
+    running = await start_http_service(embedder, simulator, tmp_path / "data", load_keys(keys_file))
+    yield running
+    await running.close()
+
+
+# --- the SDKs ------------------------------------------------------------------------------
+
+
+async def test_sync_sdk_miss_then_paraphrase_is_a_semantic_hit_in_the_headers(
+    door: HttpService,
+) -> None:
+    def calls() -> tuple[Any, Any]:
+        with door.client() as client:
+            chat = client.chat.completions.with_raw_response
+            return (
+                chat.create(model=MODEL, messages=ask(QUESTION)),
+                chat.create(model=MODEL, messages=ask(PARAPHRASE)),
+            )
+
+    miss_raw, hit_raw = await asyncio.to_thread(calls)
+    miss, hit = miss_raw.parse(), hit_raw.parse()
+    assert miss_raw.headers["x-semcache-cache-status"] == "miss"
+    assert hit_raw.headers["x-semcache-cache-status"] == "semantic_hit"
+    assert 0.0 < float(hit_raw.headers["x-semcache-similarity"]) < 1.0
+    assert float(hit_raw.headers["x-semcache-cost-saved-usd"]) > 0
+    assert hit_raw.headers["x-semcache-request-id"]
+    assert hit_raw.headers["x-semcache-route-reason"] == "cache"
+    assert hit.choices[0].message.content == miss.choices[0].message.content
+    assert QUESTION in (miss.choices[0].message.content or "")
+    assert hit.model == MODEL and hit.usage is not None and hit.usage.total_tokens > 0
+    assert door.grpc.simulator.request_count() == 1
+
+
+async def test_async_sdk_body_extension_says_what_the_cache_did(door: HttpService) -> None:
+    async with door.async_client() as client:
+        first = await client.chat.completions.create(model=MODEL, messages=ask(QUESTION))
+        again = await client.chat.completions.create(model=MODEL, messages=ask(QUESTION))
+    first_ext: dict[str, Any] = first.model_extra["semcache"]  # type: ignore[index]
+    again_ext: dict[str, Any] = again.model_extra["semcache"]  # type: ignore[index]
+    assert first_ext["cache_status"] == "miss" and first_ext["cost_usd"] > 0
+    assert again_ext["cache_status"] == "exact_hit" and again_ext["similarity"] == 1.0
+    assert again_ext["cost_saved_usd"] == pytest.approx(first_ext["cost_usd"])
+    assert again.id == f"chatcmpl-{again_ext['request_id']}"
+    assert again.object == "chat.completion"
+    assert again.choices[0].finish_reason == "stop"
+
+
+async def test_sync_sdk_stream_ends_with_usage_and_the_answer_is_cached(
+    door: HttpService,
+) -> None:
+    def stream() -> list[Any]:
+        with door.client() as client:
+            chunks = client.chat.completions.create(
+                model=MODEL,
+                messages=ask(QUESTION),
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            return list(chunks)
+
+    chunks = await asyncio.to_thread(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert QUESTION in text
+    final = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+    assert final.choices[0].finish_reason == "stop"
+    assert final.model_extra["semcache"]["cache_status"] == "miss"  # type: ignore[index]
+    usage_chunk = chunks[-1]
+    assert usage_chunk.choices == [] and usage_chunk.usage is not None
+    assert usage_chunk.usage.completion_tokens > 0
+    # [DONE] was sent after the answer was stored: asking again is a hit at once.
+    async with door.async_client() as client:
+        hit = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=ask(QUESTION)
+        )
+    assert hit.headers["x-semcache-cache-status"] == "exact_hit"
+    assert hit.parse().choices[0].message.content == text
+
+
+async def test_async_sdk_stream_of_a_hit_replays_the_answer(door: HttpService) -> None:
+    async with door.async_client() as client:
+        miss = await client.chat.completions.create(model=MODEL, messages=ask(QUESTION))
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=ask(PARAPHRASE), stream=True
+        )
+        chunks = [chunk async for chunk in stream]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(chunk.usage is None for chunk in chunks)  # include_usage was not asked for
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == miss.choices[0].message.content
+    assert chunks[-1].model_extra["semcache"]["cache_status"] == "semantic_hit"  # type: ignore[index]
+    assert door.grpc.simulator.request_count() == 1
+
+
+async def test_models_lists_the_catalogue(door: HttpService) -> None:
+    async with door.async_client() as client:
+        models = [model.id async for model in client.models.list()]
+        one = await client.models.retrieve(MODEL)
+        with pytest.raises(openai.NotFoundError):
+            await client.models.retrieve("no-such-model")
+    assert models == list(door.grpc.app.catalogue.models)
+    assert one.id == MODEL and one.owned_by == "openai"
+
+
+# --- cache controls ------------------------------------------------------------------------
+
+
+async def test_cache_controls_from_headers_and_the_body_which_wins(door: HttpService) -> None:
+    async with door.async_client() as client:
+        chat = client.chat.completions.with_raw_response
+        await chat.create(model=MODEL, messages=ask(QUESTION))
+        bypass = await chat.create(
+            model=MODEL, messages=ask(QUESTION), extra_headers={"x-semcache-cache": "bypass"}
+        )
+        body_wins = await chat.create(
+            model=MODEL,
+            messages=ask(QUESTION),
+            extra_headers={"x-semcache-cache": "bypass"},
+            extra_body={"semcache": {"cache": "default"}},
+        )
+        other_namespace = await chat.create(
+            model=MODEL, messages=ask(QUESTION), extra_headers={"x-semcache-namespace": "faq"}
+        )
+        in_body_namespace = await chat.create(
+            model=MODEL, messages=ask(QUESTION), extra_body={"semcache": {"namespace": "faq"}}
+        )
+    assert bypass.headers["x-semcache-cache-status"] == "bypass"
+    assert bypass.headers["x-semcache-cache-detail"] == "bypass"
+    assert body_wins.headers["x-semcache-cache-status"] == "exact_hit"
+    assert other_namespace.headers["x-semcache-cache-status"] == "miss"
+    assert in_body_namespace.headers["x-semcache-cache-status"] == "exact_hit"
+
+
+async def test_no_store_and_similarity_min_controls(door: HttpService) -> None:
+    async with door.async_client() as client:
+        chat = client.chat.completions.with_raw_response
+        await chat.create(
+            model=MODEL, messages=ask(QUESTION), extra_headers={"x-semcache-cache": "no-store"}
+        )
+        after_no_store = await chat.create(model=MODEL, messages=ask(QUESTION))
+        strict = await chat.create(
+            model=MODEL,
+            messages=ask(PARAPHRASE),
+            extra_headers={"x-semcache-similarity-min": "0.999"},
+        )
+    assert after_no_store.headers["x-semcache-cache-status"] == "miss"
+    assert strict.headers["x-semcache-cache-status"] == "miss"
+    assert strict.headers["x-semcache-cache-detail"] == "below_request_similarity_min"
+
+
+async def test_unknown_fields_are_ignored_and_openai_fields_are_read(door: HttpService) -> None:
+    async with door.async_client() as client:
+        reply = await client.chat.completions.create(
+            model=MODEL,
+            messages=[
+                {"role": "developer", "content": "Answer briefly."},
+                {"role": "user", "content": [{"type": "text", "text": QUESTION}]},
+            ],
+            temperature=0.2,
+            top_p=0.9,
+            max_completion_tokens=64,
+            stop=["\n\n\n"],
+            user="someone",
+            seed=7,
+            extra_body={"not_an_openai_field": {"x": 1}},
+        )
+    assert reply.choices[0].message.content
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": 3}, "temperature"),
+        ({"stop": 5}, "stop"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"n": 2}, "n"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"extra_body": {"semcache": {"cache": "sometimes"}}}, "semcache.cache"),
+        ({"extra_headers": {"x-semcache-ttl-s": "a week"}}, "x-semcache-ttl-s"),
+    ],
+)
+async def test_malformed_fields_are_a_400_naming_the_field(
+    door: HttpService, fields: dict[str, Any], param: str
+) -> None:
+    async with door.async_client() as client:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(model=MODEL, messages=ask(QUESTION), **fields)
+    assert caught.value.status_code == 400
+    assert caught.value.param == param
+    assert caught.value.type == "invalid_request_error"
+
+
+async def test_malformed_json_and_bad_messages_are_a_400(door: HttpService) -> None:
+    async with aiohttp.ClientSession() as session:
+        url = door.base_url + "/chat/completions"
+        async with session.post(url, data=b"{not json") as response:
+            not_json = response.status, await response.json()
+        async with session.post(url, json={"model": MODEL, "messages": []}) as response:
+            empty = response.status, await response.json()
+        async with session.post(url, json={"messages": ask("hi"), "stream": "yes"}) as response:
+            stream_flag = response.status, await response.json()
+    assert not_json[0] == 400 and not_json[1]["error"]["param"] == "body"
+    assert empty[0] == 400 and empty[1]["error"]["param"] == "messages"
+    assert stream_flag[0] == 400 and stream_flag[1]["error"]["param"] == "stream"
+    assert set(empty[1]["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_unknown_model_is_a_404(door: HttpService) -> None:
+    async with door.async_client() as client:
+        with pytest.raises(openai.NotFoundError) as caught:
+            await client.chat.completions.create(model="gpt-9", messages=ask(QUESTION))
+    assert caught.value.code == "model_not_found" and caught.value.param == "model"
+    assert "gpt-9" in caught.value.message
+
+
+async def test_keys_are_checked_and_the_tenant_comes_from_the_key(
+    keyed_door: HttpService,
+) -> None:
+    async with keyed_door.async_client(api_key="sk-sc-not-a-key") as stranger:
+        with pytest.raises(openai.AuthenticationError):
+            await stranger.chat.completions.create(model=MODEL, messages=ask(QUESTION))
+    async with keyed_door.async_client(api_key=CLIENT_KEY) as acme:
+        await acme.chat.completions.create(model=MODEL, messages=ask(QUESTION))
+        hit = await acme.chat.completions.with_raw_response.create(
+            model=MODEL, messages=ask(QUESTION), extra_headers={"x-tenant-id": "globex"}
+        )
+    async with keyed_door.async_client(api_key=OTHER_KEY) as globex:
+        other = await globex.chat.completions.with_raw_response.create(
+            model=MODEL, messages=ask(QUESTION)
+        )
+    assert hit.headers["x-semcache-cache-status"] == "exact_hit"  # x-tenant-id is ignored
+    assert other.headers["x-semcache-cache-status"] == "miss"  # another tenant's cache
+
+
+async def test_a_missing_key_is_a_401(keyed_door: HttpService) -> None:
+    async with aiohttp.ClientSession() as session:
+        url = keyed_door.base_url + "/chat/completions"
+        async with session.post(url, json={"messages": ask(QUESTION)}) as response:
+            assert response.status == 401
+            assert (await response.json())["error"]["code"] == "invalid_api_key"
+
+
+async def test_over_the_rate_limit_is_a_429_with_retry_after(
+    embedder: Embedder, simulator: UpstreamSimulator, tmp_path: Path
+) -> None:
+    running = await start_http_service(
+        embedder, simulator, tmp_path / "data", rate_limit_requests_per_minute=1
+    )
+    try:
+        async with running.async_client() as client:
+            await client.chat.completions.create(model=MODEL, messages=ask(QUESTION))
+            with pytest.raises(openai.RateLimitError) as caught:
+                await client.chat.completions.create(model=MODEL, messages=ask(QUESTION))
+    finally:
+        await running.close()
+    headers = caught.value.response.headers
+    assert int(headers["retry-after"]) >= 1
+    assert float(headers["retry-after-ms"]) > 0
+    assert caught.value.code == "rate_limit_exceeded"
+
+
+async def test_no_provider_reachable_is_a_503(
+    embedder: Embedder, simulator: UpstreamSimulator, tmp_path: Path
+) -> None:
+    running = await start_http_service(
+        embedder,
+        simulator,
+        tmp_path / "data",
+        upstream_base_url="http://127.0.0.1:9/v1",
+        retry_max_attempts=1,
+    )
+    try:
+        async with running.async_client() as client:
+            with pytest.raises(openai.InternalServerError) as caught:
+                await client.chat.completions.create(model=MODEL, messages=ask(QUESTION))
+    finally:
+        await running.close()
+    assert caught.value.status_code == 503
+    assert caught.value.code == "upstream_unavailable"
+
+
+async def test_a_deadline_too_short_for_the_provider_is_a_504(door: HttpService) -> None:
+    async with door.async_client() as client:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await client.chat.completions.create(
+                model=MODEL, messages=ask(QUESTION), extra_headers={"x-semcache-timeout-s": "0.01"}
+            )
+    assert caught.value.status_code == 504
+    assert door.grpc.simulator.request_count() == 0
+
+
+async def test_an_unexpected_error_is_a_500_naming_the_request_id(
+    door: HttpService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(request: CompletionRequest) -> Completion:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(door.grpc.app.pipeline, "complete", broken)
+    async with door.async_client() as client:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await client.chat.completions.create(
+                model=MODEL, messages=ask(QUESTION), extra_headers={"x-request-id": "req-42"}
+            )
+    assert caught.value.status_code == 500
+    assert caught.value.body == {
+        "message": "internal error (request id req-42)",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    assert caught.value.response.headers["x-semcache-request-id"] == "req-42"
+
+
+async def test_a_failure_mid_stream_is_an_error_event(
+    door: HttpService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def failing(request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
+        yield "The beginning"
+        raise UpstreamError("the provider hung up")
+
+    monkeypatch.setattr(door.grpc.app.pipeline, "stream", failing)
+    async with door.async_client() as client:
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=ask(QUESTION), stream=True
+        )
+        with pytest.raises(openai.APIError, match="the provider hung up"):
+            async for _ in stream:
+                pass
+
+
+# --- ids, metrics, start-up ----------------------------------------------------------------
+
+
+async def test_requests_are_counted_like_grpc_calls(door: HttpService) -> None:
+    async with door.async_client() as client:
+        await client.chat.completions.create(model=MODEL, messages=ask(QUESTION))
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=ask(QUESTION), stream=True
+        )
+        async for _ in stream:
+            pass
+        with pytest.raises(openai.NotFoundError):
+            await client.chat.completions.create(model="gpt-9", messages=ask(QUESTION))
+    registry = door.grpc.app.metrics.registry
+
+    def requests(rpc: str, code: str, cache: str) -> float | None:
+        labels = {
+            "rpc": rpc,
+            "code": code,
+            "cache": cache,
+            "model": MODEL if cache != "none" else "",
+        }
+        return registry.get_sample_value("semcache_requests_total", labels)
+
+    assert requests("http_chat_completions", "OK", "miss") == 1
+    assert requests("http_chat_completions_stream", "OK", "exact_hit") == 1
+    assert requests("http_chat_completions", "INVALID_ARGUMENT", "none") == 1
+    decisions = {"tenant": "default", "detail": "exact"}
+    assert registry.get_sample_value("semcache_cache_decisions_total", decisions) == 1
+
+
+async def test_an_incoming_request_id_is_kept(door: HttpService) -> None:
+    async with door.async_client() as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=ask(QUESTION), extra_headers={"x-request-id": "trace-7"}
+        )
+    assert raw.headers["x-semcache-request-id"] == "trace-7"
+    assert raw.parse().id == "chatcmpl-trace-7"
+
+
+async def test_open_mode_refuses_a_public_address(door: HttpService) -> None:
+    with pytest.raises(StartupError, match="SEMCACHE_HTTP_HOST"):
+        await start_http_server(door.grpc.app, "0.0.0.0", 0, None)
+
+
+async def test_a_busy_port_is_a_one_line_startup_error(door: HttpService) -> None:
+    with pytest.raises(StartupError, match="SEMCACHE_HTTP_PORT"):
+        await start_http_server(door.grpc.app, "127.0.0.1", door.http.port, None)
+
+
+async def test_unknown_routes_answer_in_openai_shape(door: HttpService) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(door.base_url + "/embeddings") as response,
+    ):
+        body = json.loads(await response.text())
+    assert response.status == 404
+    assert body["error"]["type"] == "invalid_request_error"
