@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install run test lint typecheck protos check-protos pytest bench-quality clean
+.PHONY: install run test test-deps lint typecheck protos check-protos pytest bench-quality clean
 
 install: $(VENV)/.installed
 
@@ -21,7 +21,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt clients/python/pyproject.toml
 run: install
 	$(BIN)/semcache serve
 
-test: install check-protos lint typecheck pytest
+test: install test-deps check-protos lint typecheck pytest
+
+# redis-server and openssl for the rate-limit and TLS tests: installed when
+# missing and possible (root with apt-get); otherwise their tests skip.
+test-deps:
+	scripts/test_deps.sh
 
 check-protos: install
 	PYTHON=$(PY) scripts/gen_protos.sh --check
@@ -36,8 +41,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
-	$(BIN)/pytest -q
+# -rs: the run ends with every skipped test and the reason it was skipped.
+pytest: install test-deps
+	$(BIN)/pytest -q -rs
 
 clean:
 	rm -rf $(VENV) .semcache .pytest_cache .mypy_cache .ruff_cache

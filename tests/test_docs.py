@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.cli import build_parser
 from service.config import Settings
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name", sorted(Settings.model_fields))
@@ -74,3 +77,13 @@ def test_bad_settings_fail_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEMCACHE_SIMILARITY_MIN", "1.5")
     with pytest.raises(ValueError, match="similarity_min"):
         Settings()
+
+
+def test_make_test_installs_what_the_tests_need_and_lists_every_skip() -> None:
+    dry_run = subprocess.run(
+        ["make", "-n", "test"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert "scripts/test_deps.sh" in dry_run, "make test must install redis-server and openssl"
+    assert re.search(r"pytest .*-rs", dry_run), "make test must list skipped tests and why"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make test" in ci and "apt-get" not in ci, ".ci/run runs exactly what make test does"
