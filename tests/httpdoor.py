@@ -8,13 +8,36 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import yaml
 
-from service.auth import KeyRing
+from service.auth import KeyRing, hash_key
 from service.embedding.base import Embedder
 from service.server import Security
 from service.simulator import UpstreamSimulator
 from service.transport.http import RunningHttpServer, start_http_server
 from tests.conftest import Service, make_settings, start_service
+
+QUESTION = "What is machine learning?"
+PARAPHRASE = "What does machine learning mean?"
+MODEL = "gpt-4o-mini"
+CLIENT_KEY = "sk-sc-http-client-key"  # tenant acme
+OTHER_KEY = "sk-sc-http-other-key"  # tenant globex
+ADMIN_KEY = "sk-sc-http-admin-key"  # tenant ops, admin
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def write_keys_file(path: Path) -> Path:
+    """A keys file with `CLIENT_KEY`, `OTHER_KEY` and `ADMIN_KEY`."""
+    entries = [
+        {"key_sha256": hash_key(CLIENT_KEY), "tenant": "acme", "role": "client", "name": "app"},
+        {"key_sha256": hash_key(OTHER_KEY), "tenant": "globex", "role": "client", "name": "g"},
+        {"key_sha256": hash_key(ADMIN_KEY), "tenant": "ops", "role": "admin", "name": "root"},
+    ]
+    path.write_text(yaml.safe_dump(entries))
+    return path
 
 
 @dataclass

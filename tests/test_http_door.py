@@ -13,26 +13,24 @@ import aiohttp
 import openai
 import pytest
 import pytest_asyncio
-import yaml
 
-from service.auth import hash_key, load_keys
+from service.auth import load_keys
 from service.domain import Completion, CompletionRequest
 from service.embedding.base import Embedder
 from service.errors import StartupError, UpstreamError
 from service.simulator import UpstreamSimulator
 from service.transport.http import start_http_server
-from tests.httpdoor import HttpService, start_http_service
-
-QUESTION = "What is machine learning?"
-PARAPHRASE = "What does machine learning mean?"
-MODEL = "gpt-4o-mini"
-CLIENT_KEY = "sk-sc-http-client-key"
-OTHER_KEY = "sk-sc-http-other-key"
-ADMIN_KEY = "sk-sc-http-admin-key"
-
-
-def ask(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
+from tests.httpdoor import (
+    CLIENT_KEY,
+    MODEL,
+    OTHER_KEY,
+    PARAPHRASE,
+    QUESTION,
+    HttpService,
+    ask,
+    start_http_service,
+    write_keys_file,
+)
 
 
 @pytest_asyncio.fixture
@@ -46,14 +44,7 @@ async def door(
 
 @pytest.fixture
 def keys_file(tmp_path: Path) -> Path:
-    path = tmp_path / "keys.yaml"
-    entries = [
-        {"key_sha256": hash_key(CLIENT_KEY), "tenant": "acme", "role": "client", "name": "app"},
-        {"key_sha256": hash_key(OTHER_KEY), "tenant": "globex", "role": "client", "name": "g"},
-        {"key_sha256": hash_key(ADMIN_KEY), "tenant": "ops", "role": "admin", "name": "root"},
-    ]
-    path.write_text(yaml.safe_dump(entries))
-    return path
+    return write_keys_file(tmp_path / "keys.yaml")
 
 
 @pytest_asyncio.fixture

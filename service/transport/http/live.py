@@ -6,7 +6,8 @@ and saved by hits, per tenant from the cache's counters; latency percentiles
 of completion calls (both doors) from `semcache_request_duration_seconds`;
 and the most common reasons the cache did not serve, from
 `semcache_cache_decisions_total`. An admin key (or open mode) sees every
-tenant; a client key sees its own tenant only. Latency percentiles are
+tenant (`?tenant=NAME` narrows it to one); a client key sees its own tenant
+only, and asking for another is a 403. Latency percentiles are
 service-wide: the histogram has no tenant label. No prompt or answer text is
 ever shown; there is no setting that would show it.
 
@@ -24,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service.auth import Principal
+from service.auth import Principal, resolve_tenant
 from service.cache.stats import TenantCounters
 from service.metrics import Metrics
 from service.pipeline.admin import CacheAdmin
@@ -56,13 +57,28 @@ async def live_json(request: web.Request) -> web.Response:
     """
     door = request.app[DOOR]
     principal = door.principal(request)
-    snapshot = await live_snapshot(door.app.admin, door.app.metrics, principal)
+    requested = request.query.get("tenant")
+    tenants = _visible_tenants(door.app.admin, principal, requested)
+    snapshot = await live_snapshot(door.app.admin, door.app.metrics, principal, tenants)
     return web.json_response(snapshot, headers={"Cache-Control": "no-store"})
 
 
-async def live_snapshot(admin: CacheAdmin, metrics: Metrics, viewer: Principal) -> dict[str, Any]:
-    """What `viewer` may see of this replica's cache, now."""
-    tenants = admin.tenants() if viewer.is_admin else [viewer.tenant]
+def _visible_tenants(admin: CacheAdmin, viewer: Principal, requested: str | None) -> list[str]:
+    """`?tenant=` when the viewer may see it; else every tenant for an admin, its own for
+    a client key.
+
+    Raises:
+        PermissionDeniedError: a client key asked for another tenant.
+    """
+    if requested:
+        return [resolve_tenant(viewer, requested)]
+    return admin.tenants() if viewer.is_admin else [viewer.tenant]
+
+
+async def live_snapshot(
+    admin: CacheAdmin, metrics: Metrics, viewer: Principal, tenants: list[str]
+) -> dict[str, Any]:
+    """What the live page shows of `tenants` (which `viewer` may see), now."""
     rows = [await _tenant_row(admin, tenant) for tenant in tenants]
     return {
         "generated_at_unix_s": round(time.time(), 3),
