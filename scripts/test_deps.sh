@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the tests need besides the venv, from Debian's packages: redis-server
-# (the rate-limit tests start their own) and openssl (the TLS test makes a
-# certificate). Installs the missing ones when it can (root with apt-get);
+# (the rate-limit tests start their own), openssl (the TLS test makes a
+# certificate), chromium (the live page's browser test) and nodejs with npm
+# (the openai npm package's test; it runs `npm ci` in tests/node itself). Installs the missing ones when it can (root with apt-get);
 # otherwise says so, and those tests skip: pytest -rs lists every skip and why.
 # Called by `make test` (and so by .ci/run).
 set -uo pipefail
@@ -9,10 +10,13 @@ set -uo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  echo "test-deps: installing ${missing[*]} (Debian packages) for the rate-limit and TLS tests"
+  echo "test-deps: installing ${missing[*]} (Debian packages) for the tests that use them"
   if apt-get update -qq &&
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; then
     exit 0
