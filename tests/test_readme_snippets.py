@@ -43,6 +43,8 @@ NOT_RUN = {
     "client stub ─gRPC─▶": "a diagram, not code",
     "providers:\n  - name: local-vllm": "a catalogue fragment, not a command; grouping is"
     " tested in tests/test_grouping.py",
+    "curl -s localhost:8080/": "needs the HTTP door: run by tests/test_http_readme.py",
+    "from openai import OpenAI": "needs the HTTP door: run by tests/test_http_readme.py",
 }
 
 
