@@ -19,7 +19,8 @@ from service.domain import Completion, CompletionRequest
 from service.embedding.base import Embedder
 from service.errors import StartupError, UpstreamError
 from service.simulator import UpstreamSimulator
-from service.transport.http import start_http_server
+from service.transport.http import start_http_from_settings, start_http_server
+from tests.conftest import IsolatedSettings
 from tests.httpdoor import (
     CLIENT_KEY,
     MODEL,
@@ -442,3 +443,24 @@ async def test_unknown_routes_answer_in_openai_shape(door: HttpService) -> None:
         body = json.loads(await response.text())
     assert response.status == 404
     assert body["error"]["type"] == "invalid_request_error"
+
+
+async def test_the_settings_turn_the_door_on_and_name_its_host(door: HttpService) -> None:
+    app, settings = door.grpc.app, door.grpc.settings
+    off = settings.model_copy(update={"http_port": None})
+    assert await start_http_from_settings(app, off, None) is None
+    running = await start_http_from_settings(app, settings, None)  # http_port=0: a free port
+    assert running is not None
+    try:
+        assert running.port not in (0, door.http.port) and running.host == settings.grpc_host
+        async with openai.AsyncOpenAI(base_url=running.base_url, api_key="-") as client:
+            models = await client.models.list()
+        assert models.data
+    finally:
+        await running.aclose()
+
+
+def test_blank_http_host_means_the_grpc_host() -> None:
+    settings = IsolatedSettings(grpc_host="127.0.0.2", http_host="")
+    assert settings.http_host is None and settings.effective_http_host == "127.0.0.2"
+    assert IsolatedSettings(http_host="::1").effective_http_host == "::1"
