@@ -18,7 +18,7 @@ from service.auth import load_keys
 from service.domain import Completion, CompletionRequest
 from service.embedding.base import Embedder
 from service.errors import StartupError, UpstreamError
-from service.simulator import UpstreamSimulator
+from service.simulator import SimulatorConfig, UpstreamSimulator
 from service.transport.http import start_http_from_settings, start_http_server
 from tests.conftest import IsolatedSettings
 from tests.httpdoor import (
@@ -464,3 +464,37 @@ def test_blank_http_host_means_the_grpc_host() -> None:
     settings = IsolatedSettings(grpc_host="127.0.0.2", http_host="")
     assert settings.http_host is None and settings.effective_http_host == "127.0.0.2"
     assert IsolatedSettings(http_host="::1").effective_http_host == "::1"
+
+
+async def test_a_stream_the_caller_abandons_is_not_stored(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    slow = UpstreamSimulator(SimulatorConfig(ttft_ms=0, ms_per_token=20))
+    async with slow:
+        running = await start_http_service(embedder, slow, tmp_path / "data")
+        try:
+            body = {"model": MODEL, "messages": ask(QUESTION), "stream": True}
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(running.base_url + "/chat/completions", json=body) as response,
+            ):
+                assert b"data: " in await response.content.readline()
+            # The connection is closed; the door notices at its next write.
+            await _until_counted(running, "http_chat_completions_stream", "CANCELLED")
+            async with running.async_client() as client:
+                again = await client.chat.completions.with_raw_response.create(
+                    model=MODEL, messages=ask(QUESTION)
+                )
+        finally:
+            await running.close()
+    assert again.headers["x-semcache-cache-status"] == "miss"
+
+
+async def _until_counted(running: HttpService, rpc: str, code: str) -> None:
+    registry = running.grpc.app.metrics.registry
+    for _ in range(500):
+        labels = {"rpc": rpc, "code": code, "cache": "none", "model": ""}
+        if registry.get_sample_value("semcache_requests_total", labels):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no {rpc} request ended {code}")
