@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import openai
 import pytest
 import pytest_asyncio
@@ -17,9 +18,16 @@ import pytest_asyncio
 from service.auth import load_keys
 from service.domain import Completion, CompletionRequest
 from service.embedding.base import Embedder
-from service.errors import StartupError, UpstreamError
+from service.errors import (
+    InvalidRequestError,
+    StartupError,
+    UnknownModelError,
+    UpstreamError,
+    status_for,
+)
 from service.simulator import SimulatorConfig, UpstreamSimulator
 from service.transport.http import start_http_from_settings, start_http_server
+from service.transport.http.errors import http_error_for
 from tests.conftest import IsolatedSettings
 from tests.httpdoor import (
     CLIENT_KEY,
@@ -498,3 +506,11 @@ async def _until_counted(running: HttpService, rpc: str, code: str) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"no {rpc} request ended {code}")
+
+
+def test_an_unknown_model_is_404_over_http_and_still_invalid_argument_over_grpc() -> None:
+    error = UnknownModelError("unknown model 'gpt-9'")
+    assert http_error_for(error).status == 404
+    assert status_for(error) is grpc.StatusCode.INVALID_ARGUMENT
+    assert http_error_for(InvalidRequestError("bad")).status == 400
+    assert http_error_for(KeyError("surprise")).status == 500
