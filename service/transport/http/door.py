@@ -97,19 +97,6 @@ def request_id_of(request: web.Request) -> str:
     return uuid.uuid4().hex
 
 
-def counted(rpc: str) -> Callable[[Handler], Handler]:
-    """Count the requests of a handler in the metrics under `rpc`."""
-
-    def decorate(handler: Handler) -> Handler:
-        async def wrapped(request: web.Request) -> web.StreamResponse:
-            request[CALL].rpc = rpc
-            return await handler(request)
-
-        return wrapped
-
-    return decorate
-
-
 @web.middleware
 async def door_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, structlog binding, error mapping and metrics around every handler."""

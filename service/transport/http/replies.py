@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from service.domain import Completion, Usage
+from service.transport.http.wire import EXTENSION_KEY
 
-EXTENSION_KEY = "semcache"
 REQUEST_ID_HEADER = "x-semcache-request-id"
 
 
