@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.config import Settings
+from service.errors import StartupError
+from service.startup import load_settings
 
 DEFAULT_TIMEOUT_S = 3.0
 
@@ -49,10 +50,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status 0 if the server is SERVING, else 1."""
+    """Exit status 0 if the server is SERVING, else 1 (also when the settings that
+    name its port are invalid: one line on stderr says which)."""
     args = _parser().parse_args(argv)
-    target = args.target or f"127.0.0.1:{Settings().grpc_port}"
-    return 0 if check(target, args.service, args.timeout_s) else 1
+    if args.target is None:
+        try:
+            args.target = f"127.0.0.1:{load_settings().grpc_port}"
+        except StartupError as error:
+            print(f"unhealthy: {error}", file=sys.stderr)
+            return 1
+    return 0 if check(args.target, args.service, args.timeout_s) else 1
 
 
 if __name__ == "__main__":

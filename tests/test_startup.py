@@ -290,3 +290,15 @@ async def test_sigterm_drains_calls_in_flight_and_a_second_signal_stops_at_once(
             await stuck
     assert "stopped" in serve.lines[-1], serve.stderr
     assert "Traceback" not in serve.stderr, serve.stderr
+
+
+def test_the_health_probe_reports_invalid_settings_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service import healthcheck
+
+    monkeypatch.setenv("SEMCACHE_GRPC_PORT", "port")
+    assert healthcheck.main([]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("unhealthy: invalid settings: SEMCACHE_GRPC_PORT='port'"), err
+    assert len(err.splitlines()) == 1, err
