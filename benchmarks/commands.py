@@ -1,4 +1,4 @@
-"""The `semcache bench load|overhead|compare|gptcache|scale` subcommands.
+"""The `semcache bench load|overhead|compare|gptcache|grouping|scale|readme` subcommands.
 
 `add_bench_commands(benches)` adds them to the `bench` subparsers of
 `service.cli.build_parser`; until that one line is wired in, the same
@@ -52,21 +52,21 @@ def _cmd_load(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     env = {**_service_env(args), "SEMCACHE_EMBEDDING_MEMO_SIZE": str(args.embedding_memo_size)}
-    print(run(Path(args.out), config, args.target, args.service_pid, env))
+    print(run(Path(args.out), config, args.target, args.service_pid, env, _data(args)))
     return 0
 
 
 def _cmd_overhead(args: argparse.Namespace) -> int:
     from benchmarks.overhead import run
 
-    print(run(Path(args.out), args.requests, _service_env(args)))
+    print(run(Path(args.out), args.requests, _service_env(args), _data(args)))
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from benchmarks.compare import run
 
-    print(run(Path(args.out), _embedder(args), args.sizes, args.queries))
+    print(run(Path(args.out), _embedder(args), args.sizes, args.queries, args.warmup, _data(args)))
     return 0
 
 
@@ -74,7 +74,7 @@ def _cmd_gptcache(args: argparse.Namespace) -> int:
     from benchmarks.gptcache_bench import run
 
     embedder = _embedder(args)
-    print(run(Path(args.out), embedder, args.pairs, args.requests, _service_env(args)))
+    print(run(Path(args.out), embedder, args.pairs, args.requests, _service_env(args), _data(args)))
     return 0
 
 
@@ -90,6 +90,7 @@ def _cmd_grouping(args: argparse.Namespace) -> int:
         args.max_prompts,
         args.max_in_flight,
         _service_env(args),
+        _data(args),
     )
     print(table)
     return 0
@@ -99,12 +100,34 @@ def _cmd_scale(args: argparse.Namespace) -> int:
     from benchmarks.scale import run
 
     sizes = [*args.sizes, *([1_000_000] if args.with_1m else [])]
-    print(run(Path(args.out), _embedder(args), sizes, args.variants, args.time_limit_s))
+    print(
+        run(Path(args.out), _embedder(args), sizes, args.variants, args.time_limit_s, _data(args))
+    )
     return 0
+
+
+def _data(args: argparse.Namespace) -> Path | None:
+    return Path(args.data) if args.data else None
+
+
+def data_argument(parser: argparse.ArgumentParser) -> None:
+    """`--data FILE`: the qqp-style JSONL a benchmark reads (default from the settings)."""
+    parser.add_argument(
+        "--data",
+        help="qqp-style JSONL; default: qqp_dev.jsonl in SEMCACHE_BENCH_DATA_DIR, else in"
+        " shared/data beside the repository's folder",
+    )
+
+
+def _cmd_readme(args: argparse.Namespace) -> int:
+    from benchmarks.readme_tables import run
+
+    return run(args.check)
 
 
 def _common(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--out", default=out, help="folder for JSON, Markdown and PNG results")
+    data_argument(parser)
     parser.add_argument(
         "--embedding-backend",
         choices=BACKENDS,
@@ -114,7 +137,7 @@ def _common(parser: argparse.ArgumentParser, out: str) -> None:
 
 
 def add_bench_commands(benches: Any) -> None:
-    """Add load, overhead, compare, gptcache, grouping and scale to the `bench` subparsers."""
+    """Add load, overhead, compare, gptcache, grouping, scale and readme to `bench`."""
     load = benches.add_parser("load", help="Zipf workload and hit phases through gRPC, swept")
     load.add_argument("--pairs", type=int, default=2000, help="distinct duplicate pairs")
     load.add_argument("--requests", type=int, default=1000, help="requests per Zipf phase")
@@ -145,7 +168,10 @@ def add_bench_commands(benches: Any) -> None:
 
     compare = benches.add_parser("compare", help="lookup vs the article's reference cache")
     compare.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
-    compare.add_argument("--queries", type=int, default=200, help="queries per size")
+    compare.add_argument("--queries", type=int, default=200, help="measured queries per size")
+    compare.add_argument(
+        "--warmup", type=int, default=20, help="unmeasured queries first, for every lookup alike"
+    )
     _common(compare, "bench-results/compare")
     compare.set_defaults(run=_cmd_compare)
 
@@ -176,6 +202,12 @@ def add_bench_commands(benches: Any) -> None:
     scale.add_argument("--time-limit-s", type=float, default=600.0, help="per build or probe")
     _common(scale, "bench-results/scale")
     scale.set_defaults(run=_cmd_scale)
+
+    readme = benches.add_parser(
+        "readme", help="rewrite README.md's benchmark tables from the results in docs/bench"
+    )
+    readme.add_argument("--check", action="store_true", help="exit 1 if the README is stale")
+    readme.set_defaults(run=_cmd_readme)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,12 +17,20 @@ gRPC, so its numbers include a network round trip GPTCache does not pay. Its
 memo of recent vectors is off (`SEMCACHE_EMBEDDING_MEMO_SIZE=0`): the asks
 are cycled, and GPTCache embeds every one of them, so semcache does too.
 Both caches get the `a` of the same qqp duplicate pairs; the `b`s that are a
-hit in both are then asked, cycled up to `requests` per phase.
+hit in both are then asked, cycled up to `requests` per phase, at the same
+concurrency levels on both sides.
+
+Floors (`benchmarks.floors`): before each semcache phase a burst of gRPC
+health checks at its concurrency through the same channel, and before every
+phase a burst of single-text embeddings with semcache's embedder in this
+process; every row's hits/s is also given as a ratio to the embedder's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import itertools
 import os
 import shutil
@@ -37,8 +45,9 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.data import data_file
+from benchmarks.floors import FloorRecorder, floors_markdown, health_of, ratio
 from benchmarks.load import (
-    DEFAULT_DATA,
     load_pairs,
     measure_phase,
     requests_for,
@@ -51,6 +60,7 @@ from benchmarks.report import (
     latency_summary,
     machine_note,
     markdown_table,
+    progress,
     write_results,
 )
 from service._proto.semcache.v1 import semcache_pb2 as pb
@@ -58,8 +68,7 @@ from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.embedding.base import Embedder
 
 GPTCACHE_THRESHOLD = 0.875  # 4 - (2 - 2 * 0.75) over GPTCache's max distance 4
-SEMCACHE_CONCURRENCY = (1, 8, 64)
-GPTCACHE_CONCURRENCY = (1, 8)
+CONCURRENCY = (1, 8, 64)
 
 
 NO_MEMO = {"SEMCACHE_EMBEDDING_MEMO_SIZE": "0"}
@@ -155,14 +164,17 @@ def _cycled(prompts: Sequence[str], n: int) -> list[str]:
 
 
 async def semcache_phases(
-    target: str, namespace: str, prompts: Sequence[str], pid: int
+    target: str, namespace: str, prompts: Sequence[str], pid: int, floors: FloorRecorder
 ) -> list[Row]:
-    """Semantic-hit phases through gRPC (unary, NO_STORE) at each concurrency."""
+    """Semantic-hit phases through gRPC (unary, NO_STORE) at each concurrency, floors first."""
     rows: list[Row] = []
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.SemanticCacheServiceStub(channel)
         requests = requests_for(prompts, namespace, pb.CACHE_POLICY_NO_STORE)
-        for concurrency in SEMCACHE_CONCURRENCY:
+        for concurrency in CONCURRENCY:
+            progress(f"gptcache: semcache c={concurrency}, {len(requests)} asks")
+            await floors.health_burst(channel, concurrency, max(200, 2 * concurrency))
+            await floors.embed_burst_async()
             phase = await measure_phase(
                 stub,
                 requests,
@@ -209,6 +221,7 @@ def measure(
     requests: int,
     env: dict[str, str],
     workdir: Path,
+    floors: FloorRecorder,
 ) -> dict[str, Any]:
     """Every phase; the prompts asked are the paraphrases that hit in all the caches."""
     (workdir / "sbert").mkdir(parents=True)
@@ -231,9 +244,13 @@ def measure(
         hit_sets["semcache"] = asyncio.run(_semcache_hit_set(stack.target, namespace, pairs))
         common = sorted(set.intersection(*hit_sets.values()))
         prompts = _cycled(common, requests) if common else []
-        rows = asyncio.run(semcache_phases(stack.target, namespace, prompts, stack.service_pid))
+        rows = asyncio.run(
+            semcache_phases(stack.target, namespace, prompts, stack.service_pid, floors)
+        )
     for label, cache in caches.items():
-        for concurrency in GPTCACHE_CONCURRENCY:
+        for concurrency in CONCURRENCY:
+            progress(f"gptcache: {label} c={concurrency}, {len(prompts)} asks")
+            floors.embed_burst()
             rows.append(gptcache_phase(cache, prompts, concurrency, label))
     return {
         "hits_per_cache": {k: len(v) for k, v in hit_sets.items()},
@@ -251,7 +268,20 @@ COLUMNS = (
     ("p50_ms", "p50 ms"),
     ("p95_ms", "p95 ms"),
     ("p99_ms", "p99 ms"),
+    ("x_embed_rps", "hits/s ÷ embedder texts/s"),
+    ("x_health_rps", "hits/s ÷ health checks/s"),
+    ("x_health_p50", "p50 ÷ health p50"),
 )
+
+
+def add_ratios(rows: Sequence[Row], floors: dict[str, Any]) -> None:
+    """Hits/s over the embedder's texts/s; semcache's also over the health floor (in place)."""
+    for row in rows:
+        row["x_embed_rps"] = ratio(row["throughput_rps"], floors["embedder"]["embed_texts_per_s"])
+        if row["system"].startswith("semcache"):
+            health = health_of(floors, row["concurrency"])
+            row["x_health_rps"] = ratio(row["throughput_rps"], health.get("health_rps"))
+            row["x_health_p50"] = ratio(row["p50_ms"], health.get("health_p50_ms"))
 
 
 def ratios(rows: Sequence[Row]) -> list[Row]:
@@ -281,24 +311,15 @@ def plot(rows: Sequence[Row], out_dir: Path) -> None:
     bar_plot(out_dir / "gptcache.png", "Semantic hits per second", "hits/s", groups, series)
 
 
-def run(out_dir: Path, embedder: Embedder, pairs: int, requests: int, env: dict[str, str]) -> str:
-    """Measure; write gptcache.json / gptcache.md / gptcache.png under `out_dir`."""
-    questions = load_pairs(DEFAULT_DATA, pairs)
-    # GPTCache writes its FAISS index at interpreter exit (atexit), so its data
-    # must outlive this function: it lives in the results folder, not a temp dir.
-    workdir = out_dir / "gptcache-data"
-    shutil.rmtree(workdir, ignore_errors=True)
-    result = measure(embedder, questions, requests, env, workdir)
-    result["ratios"] = ratios(result["rows"])
-    result["gptcache_version"] = gptcache_version()
-    result["machine"] = machine_note()
-    result["service_embedding_backend"] = env.get("SEMCACHE_EMBEDDING_BACKEND", "service default")
-    table = "\n\n".join(
+def markdown(result: dict[str, Any]) -> str:
+    """The report's tables: setup, floors, every phase, semcache over GPTCache."""
+    return "\n\n".join(
         [
             f"GPTCache {result['gptcache_version']}; semcache embedding backend"
             f" {result['service_embedding_backend']}. {result['machine']}.",
-            f"Hits per cache on {len(questions)} paraphrases: {result['hits_per_cache']};"
+            f"Hits per cache on {result['pairs']} paraphrases: {result['hits_per_cache']};"
             f" asked: the {result['common_hits']} that hit in all of them, cycled.",
+            floors_markdown(result["floors"]),
             markdown_table(result["rows"], COLUMNS),
             markdown_table(
                 result["ratios"],
@@ -310,6 +331,39 @@ def run(out_dir: Path, embedder: Embedder, pairs: int, requests: int, env: dict[
             ),
         ]
     )
+
+
+def run(
+    out_dir: Path,
+    embedder: Embedder,
+    pairs: int,
+    requests: int,
+    env: dict[str, str],
+    data: Path | None = None,
+) -> str:
+    """Measure; write gptcache.json / gptcache.md / gptcache.png under `out_dir`.
+
+    Raises:
+        MissingDataError: the qqp-style data file is not there.
+    """
+    from service.config import Settings
+
+    questions = load_pairs(data_file(data), pairs)
+    # GPTCache writes its FAISS index at interpreter exit (atexit), so its data
+    # must outlive this function; this cleanup is registered before GPTCache's
+    # own hook, so it runs after it.
+    workdir = Path(tempfile.mkdtemp(prefix="semcache-gptcache-"))
+    atexit.register(functools.partial(shutil.rmtree, workdir, ignore_errors=True))
+    floors = FloorRecorder(embedder, [b for _, b in questions], Settings().embedding_workers)
+    result = measure(embedder, questions, requests, env, workdir, floors)
+    result["floors"] = floors.report()
+    add_ratios(result["rows"], result["floors"])
+    result["ratios"] = ratios(result["rows"])
+    result["gptcache_version"] = gptcache_version()
+    result["machine"] = machine_note()
+    result["pairs"] = len(questions)
+    result["service_embedding_backend"] = env.get("SEMCACHE_EMBEDDING_BACKEND", "service default")
+    table = markdown(result)
     write_results(out_dir, "gptcache", result, table)
     plot(result["rows"], out_dir)
     return table

@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 import yaml
 
+from benchmarks.data import data_file
 from benchmarks.load import drive
 from benchmarks.overhead import distinct_questions
 from benchmarks.procs import run_stack
@@ -124,6 +125,11 @@ COLUMNS = (
 )
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The report: its setup line and one row per configuration."""
+    return f"{report['setup']}\n\n{markdown_table(report['rows'], COLUMNS)}"
+
+
 def run(
     out_dir: Path,
     requests: int,
@@ -133,9 +139,14 @@ def run(
     max_prompts: int,
     max_in_flight: int,
     service_env: dict[str, str] | None = None,
+    data: Path | None = None,
 ) -> str:
-    """Measure both configurations; write grouping.json / .md / .png; return the table."""
-    questions = distinct_questions(requests)
+    """Measure both configurations; write grouping.json / .md / .png; return the table.
+
+    Raises:
+        MissingDataError: the qqp-style data file is not there.
+    """
+    questions = distinct_questions(requests, data_file(data))
     rows = measure(
         questions, concurrency, ttft_ms, ms_per_token, max_prompts, max_in_flight, service_env or {}
     )
@@ -144,8 +155,9 @@ def run(
         f" {ttft_ms:g} ms to first token + {ms_per_token:g} ms/token; grouped: at most"
         f" {max_prompts} prompts per request, {max_in_flight} requests in flight. {machine_note()}."
     )
-    table = f"{setup}\n\n{markdown_table(rows, COLUMNS)}"
-    write_results(out_dir, "grouping", {"setup": setup, "rows": rows}, table)
+    report = {"setup": setup, "rows": rows}
+    table = markdown(report)
+    write_results(out_dir, "grouping", report, table)
     bar_plot(
         out_dir / "grouping.png",
         f"{requests} misses at concurrency {concurrency}",

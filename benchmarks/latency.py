@@ -1,10 +1,16 @@
 """Latency of a miss, an exact hit and a semantic hit through the gRPC API, at concurrency 1.
 
-Questions come from ../shared/data/qqp_dev.jsonl (read in place): for each
+    semcache bench latency [--pairs 200] [--data FILE]
+
+Questions come from qqp_dev.jsonl (`benchmarks.data`, read in place): for each
 duplicate pair, `a` is asked (a miss), asked again (an exact hit), then `b`
-is asked (a semantic hit when it clears the threshold). Latency is the
-client's round trip through the generated stub; the simulator answers with
-zero latency, so a miss shows the gateway's own cost plus one HTTP call.
+is asked (a semantic hit when it clears the guard). Latency is the client's
+round trip through the generated stub; the simulator answers with zero
+latency, so a miss shows the gateway's own cost plus one HTTP call.
+
+After each pair, one gRPC health check through the same channel and `b`
+embedded alone in this process (the service's backend and threads) measure
+the floors call by call, so noise falls on both (`benchmarks.floors`).
 """
 
 from __future__ import annotations
@@ -15,20 +21,31 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.data import data_file
+from benchmarks.floors import FloorRecorder, embedder_from_settings, floors_markdown, ratio
 from benchmarks.procs import run_stack
-from benchmarks.report import percentile
+from benchmarks.report import (
+    Row,
+    machine_note,
+    markdown_table,
+    percentile,
+    progress,
+    write_results,
+)
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "qqp_dev.jsonl"
 STATUS_NAMES = {
     pb.CACHE_STATUS_MISS: "miss",
     pb.CACHE_STATUS_EXACT_HIT: "exact_hit",
     pb.CACHE_STATUS_SEMANTIC_HIT: "semantic_hit",
 }
+PROGRESS_EVERY = 25
 
 
 @dataclass
@@ -45,7 +62,7 @@ class LatencyResult:
 def load_pairs(path: Path, limit: int) -> list[tuple[str, str]]:
     """Duplicate pairs (a, b), in file order."""
     pairs = []
-    with path.open() as lines:
+    with path.open(encoding="utf-8") as lines:
         for line in lines:
             row = json.loads(line)
             if row["same_answer"]:
@@ -61,61 +78,131 @@ def _timed(stub: pb_grpc.SemanticCacheServiceStub, text: str, result: LatencyRes
     result.add(response, (time.perf_counter() - started) * 1000)
 
 
-def measure(target: str, pairs: list[tuple[str, str]]) -> LatencyResult:
+def _health_ms(health: health_pb2_grpc.HealthStub) -> float:
+    started = time.perf_counter()
+    health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+    return (time.perf_counter() - started) * 1000
+
+
+def measure(target: str, pairs: list[tuple[str, str]], floors: FloorRecorder) -> LatencyResult:
+    """Each pair's three calls, then a health check and one embedding, pair by pair."""
     result = LatencyResult()
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.SemanticCacheServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
         for warm_up in ("warm-up question one", "warm-up question one", "warm-up question two"):
             stub.Complete(pb.CompleteRequest(prompt=warm_up), timeout=30)
-        for a, b in pairs:
+            _health_ms(health)
+            floors.warm_up(warm_up)
+        for done, (a, b) in enumerate(pairs, start=1):
             _timed(stub, a, result)
             _timed(stub, a, result)
             _timed(stub, b, result)
+            floors.add_health(1, _health_ms(health))
+            floors.add_embed(b)
+            if done % PROGRESS_EVERY == 0 or done == len(pairs):
+                progress(f"latency: {done}/{len(pairs)} pairs")
     return result
 
 
-def summarise(result: LatencyResult) -> list[dict[str, float | int | str]]:
-    rows: list[dict[str, float | int | str]] = []
+def summarise(result: LatencyResult, floors: dict[str, Any]) -> list[Row]:
+    """One row per outcome: round trip p50/p95, in-service p50, ratios to the floors."""
+    health = floors["health"][0]["health_p50_ms"] if floors["health"] else None
+    embed = floors["embedder"]["embed_p50_ms"]
+    rows: list[Row] = []
     for outcome, values in sorted(result.round_trip_ms.items()):
-        rows.append(
-            {
-                "outcome": outcome,
-                "count": len(values),
-                "p50_ms": round(statistics.median(values), 2),
-                "p95_ms": round(percentile(values, 0.95), 2),
-                "service_p50_ms": round(statistics.median(result.service_ms[outcome]), 2),
-            }
-        )
+        p50_ms = round(statistics.median(values), 3)
+        row: Row = {
+            "outcome": outcome,
+            "count": len(values),
+            "p50_ms": p50_ms,
+            "p95_ms": round(percentile(values, 0.95), 3),
+            "service_p50_ms": round(statistics.median(result.service_ms[outcome]), 3),
+            "x_health_p50": ratio(p50_ms, health),
+        }
+        if outcome == "semantic_hit" and health is not None:
+            row["over_floor_ms"] = round(p50_ms - health - embed, 3)
+        rows.append(row)
     return rows
 
 
-def markdown(rows: list[dict[str, float | int | str]]) -> str:
-    lines = [
-        "| outcome | requests | round trip p50 (ms) | round trip p95 (ms) | in service p50 (ms) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['outcome']} | {row['count']} | {row['p50_ms']} | {row['p95_ms']}"
-            f" | {row['service_p50_ms']} |"
+def targets(rows: list[Row]) -> list[Row]:
+    """Exact hit p50 ≤ 1.15× health p50; semantic hit p50 ≤ health + embedding + 1 ms."""
+    by = {row["outcome"]: row for row in rows}
+    out: list[Row] = []
+    exact, semantic = by.get("exact_hit", {}), by.get("semantic_hit", {})
+    if isinstance(exact.get("x_health_p50"), float):
+        measured = exact["x_health_p50"]
+        out.append(
+            {
+                "target": "exact hit p50 ≤ 1.15× health p50",
+                "measured": measured,
+                "met": measured <= 1.15,
+            }
         )
-    return "\n".join(lines)
+    if "over_floor_ms" in semantic:
+        measured = semantic["over_floor_ms"]
+        out.append(
+            {
+                "target": "semantic hit p50 − (health p50 + embedding p50) ≤ 1.0 ms",
+                "measured": measured,
+                "met": measured <= 1.0,
+            }
+        )
+    return out
 
 
-def run(out_dir: Path, pairs: int, data: Path, target: str | None, env: dict[str, str]) -> str:
-    """Measure, write latency.json and latency.md under `out_dir`, return the table."""
-    questions = load_pairs(data, pairs)
+COLUMNS = (
+    ("outcome", "outcome"),
+    ("count", "requests"),
+    ("p50_ms", "round trip p50 ms"),
+    ("p95_ms", "round trip p95 ms"),
+    ("service_p50_ms", "in service p50 ms"),
+    ("x_health_p50", "p50 ÷ health p50"),
+    ("over_floor_ms", "p50 − (health p50 + embedding p50) ms"),
+)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report's tables: floors, outcomes, targets."""
+    return "\n\n".join(
+        [
+            f"Embedding backend: {report['embedding_backend']}. {report['machine']}.",
+            floors_markdown(report["floors"]),
+            markdown_table(report["rows"], COLUMNS),
+            markdown_table(
+                report["targets"], (("target", "target"), ("measured", "measured"), ("met", "met"))
+            ),
+        ]
+    )
+
+
+def run(
+    out_dir: Path, pairs: int, data: Path | None, target: str | None, env: dict[str, str]
+) -> str:
+    """Measure, write latency.json and latency.md under `out_dir`, return the tables.
+
+    Raises:
+        MissingDataError: the qqp-style data file is not there.
+    """
+    questions = load_pairs(data_file(data), pairs)
+    embedder, workers = embedder_from_settings(env.get("SEMCACHE_EMBEDDING_BACKEND"))
+    floors = FloorRecorder(embedder, [b for _, b in questions], workers)
     if target is not None:
-        result = measure(target, questions)
+        result = measure(target, questions, floors)
     else:
         with (
             tempfile.TemporaryDirectory() as workdir,
             run_stack(Path(workdir), extra_env=env) as stack,
         ):
-            result = measure(stack.target, questions)
-    rows = summarise(result)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "latency.json").write_text(json.dumps(rows, indent=2))
-    table = markdown(rows)
-    (out_dir / "latency.md").write_text(table + "\n")
+            result = measure(stack.target, questions, floors)
+    report: dict[str, Any] = {
+        "embedding_backend": embedder.model_id,
+        "machine": machine_note(),
+        "floors": floors.report(),
+    }
+    report["rows"] = summarise(result, report["floors"])
+    report["targets"] = targets(report["rows"])
+    table = markdown(report)
+    write_results(out_dir, "latency", report, table)
     return table

@@ -2,7 +2,7 @@
 
     semcache bench load [--pairs 2000] [--requests 1000] [--concurrency 1 8 64 256]
 
-Questions are the duplicate pairs of ../shared/data/qqp_dev.jsonl, read in
+Questions are the duplicate pairs of qqp_dev.jsonl (`benchmarks.data`), read in
 place. A request picks pair i with probability proportional to 1 / (i+1)^s
 (Zipf, s = 1.1 by default) and asks its `a`, or with probability
 `paraphrase_p` its paraphrase `b`. Each (mode, concurrency) phase runs in its
@@ -13,6 +13,10 @@ paraphrases that come back as semantic hits are kept, then exact hits (the
 `a`s again) and semantic hits (those `b`s, with CACHE_POLICY_NO_STORE) are
 asked at each concurrency. The service is driven only through the generated
 grpc.aio stubs; its process is sampled with psutil for CPU and memory.
+
+Before each phase, a burst of gRPC health checks at the phase's concurrency
+and a burst of single-text embeddings measure the floors
+(`benchmarks.floors`); the report states each phase as ratios to them.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.load_report import markdown, plot, targets
+from benchmarks.data import data_file
+from benchmarks.floors import FloorRecorder
+from benchmarks.load_report import add_ratios, markdown, plot, targets
 from benchmarks.procs import run_stack
 from benchmarks.report import (
     ProcessSampler,
@@ -41,12 +47,12 @@ from benchmarks.report import (
     Row,
     latency_summary,
     machine_note,
+    progress,
     write_results,
 )
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "qqp_dev.jsonl"
 CONCURRENCY = (1, 8, 64, 256)
 MODES = ("unary", "stream")
 OUTCOMES = {
@@ -58,7 +64,7 @@ OUTCOMES = {
 TIMEOUT_S = 60.0
 
 
-def load_pairs(path: Path = DEFAULT_DATA, limit: int | None = None) -> list[tuple[str, str]]:
+def load_pairs(path: Path, limit: int | None = None) -> list[tuple[str, str]]:
     """Duplicate pairs (a, b) of a qqp-style JSON-lines file, in file order."""
     pairs: list[tuple[str, str]] = []
     with path.open(encoding="utf-8") as lines:
@@ -302,43 +308,67 @@ def _cycled(prompts: Sequence[str], n: int) -> list[str]:
     return list(itertools.islice(itertools.cycle(prompts), n))
 
 
+@dataclass
+class Driver:
+    """What every phase of one run shares: the stub, its channel, the floors, the service pid."""
+
+    channel: grpc.aio.Channel
+    floors: FloorRecorder
+    service_pid: int | None
+
+    @property
+    def stub(self) -> pb_grpc.SemanticCacheServiceStub:
+        return pb_grpc.SemanticCacheServiceStub(self.channel)
+
+    async def phase(
+        self, requests: Sequence[pb.CompleteRequest], name: str, mode: str, concurrency: int
+    ) -> Row:
+        """Floors at this concurrency, then the phase; its summary row."""
+        progress(f"load: {name} {mode} c={concurrency}, {len(requests)} requests")
+        await self.floors.health_burst(self.channel, concurrency, max(200, 2 * concurrency))
+        await self.floors.embed_burst_async()
+        result = await measure_phase(
+            self.stub,
+            requests,
+            name=name,
+            concurrency=concurrency,
+            stream=mode == "stream",
+            service_pid=self.service_pid,
+        )
+        return result.summary()
+
+
 async def run_workload(
-    target: str, config: LoadConfig, service_pid: int | None
+    target: str,
+    config: LoadConfig,
+    pairs: Sequence[tuple[str, str]],
+    floors: FloorRecorder,
+    service_pid: int | None,
 ) -> dict[str, list[Row]]:
-    """Every phase of the load benchmark against the service at `target`."""
-    pairs = load_pairs(DEFAULT_DATA, config.pairs)
+    """Every phase of the load benchmark against the service at `target`, floors between."""
     run_id = uuid.uuid4().hex[:8]
     asks = ZipfWorkload(pairs, config.zipf_s, config.paraphrase_p, config.seed).draw(
         config.requests
     )
-    zipf: list[Row] = []
-    hits: list[Row] = []
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.SemanticCacheServiceStub(channel)
-        await drive(stub, requests_for(["warm-up one", "warm-up one"], f"w-{run_id}"), 1, False)
+        driver = Driver(channel, floors, service_pid)
+        await drive(driver.stub, requests_for(["warm-up one"] * 2, f"w-{run_id}"), 1, False)
+        zipf: list[Row] = []
         for mode, concurrency in itertools.product(config.modes, config.concurrency):
             namespace = f"zipf-{run_id}-{mode}-{concurrency}"
-            phase = await measure_phase(
-                stub,
-                requests_for([a.prompt for a in asks], namespace),
-                name="zipf",
-                concurrency=concurrency,
-                stream=mode == "stream",
-                service_pid=service_pid,
-            )
-            zipf.append(phase.summary())
-        hits = await _hit_phases(stub, pairs, f"hits-{run_id}", config, service_pid)
+            requests = requests_for([a.prompt for a in asks], namespace)
+            zipf.append(await driver.phase(requests, "zipf", mode, concurrency))
+        hits = await _hit_phases(driver, pairs, f"hits-{run_id}", config)
+        await floors.health_burst(channel, 1)
+        await floors.embed_burst_async()
     return {"zipf": zipf, "hits": hits}
 
 
 async def _hit_phases(
-    stub: pb_grpc.SemanticCacheServiceStub,
-    pairs: Sequence[tuple[str, str]],
-    namespace: str,
-    config: LoadConfig,
-    service_pid: int | None,
+    driver: Driver, pairs: Sequence[tuple[str, str]], namespace: str, config: LoadConfig
 ) -> list[Row]:
-    paraphrases = await semantic_hit_prompts(stub, pairs, namespace)
+    progress(f"load: caching {len(pairs)} questions and probing their paraphrases")
+    paraphrases = await semantic_hit_prompts(driver.stub, pairs, namespace)
     exact = requests_for(_cycled([a for a, _ in pairs], config.hit_requests), namespace)
     semantic = requests_for(
         _cycled(paraphrases, config.hit_requests), namespace, pb.CACHE_POLICY_NO_STORE
@@ -346,19 +376,9 @@ async def _hit_phases(
     rows: list[Row] = []
     for mode, concurrency in itertools.product(config.modes, config.concurrency):
         for name, requests in (("exact_hit", exact), ("semantic_hit", semantic)):
-            if not requests:
-                continue
-            phase = await measure_phase(
-                stub,
-                requests,
-                name=name,
-                concurrency=concurrency,
-                stream=mode == "stream",
-                service_pid=service_pid,
-            )
-            rows.append(
-                {**phase.summary(), "distinct_prompts": len(set(r.prompt for r in requests))}
-            )
+            if requests:
+                row = await driver.phase(requests, name, mode, concurrency)
+                rows.append({**row, "distinct_prompts": len(set(r.prompt for r in requests))})
     return rows
 
 
@@ -368,28 +388,42 @@ def run(
     target: str | None = None,
     service_pid: int | None = None,
     env: dict[str, str] | None = None,
+    data: Path | None = None,
 ) -> str:
     """Run the load benchmark, write load.json / load.md / PNGs under `out_dir`, return the table.
 
     With no `target` it starts the simulator (zero latency) and `semcache serve`
-    as separate processes, with `env` added to the service's environment.
+    as separate processes, with `env` added to the service's environment. The
+    embedder floor is measured in this process with the service's backend.
+
+    Raises:
+        MissingDataError: the qqp-style data file is not there.
     """
+    from benchmarks.floors import embedder_from_settings
+
     env = env or {}
+    pairs = load_pairs(data_file(data), config.pairs)
+    embedder, workers = embedder_from_settings(env.get("SEMCACHE_EMBEDDING_BACKEND"))
+    floors = FloorRecorder(embedder, [b for _, b in pairs], workers)
     if target is not None:
-        results = asyncio.run(run_workload(target, config, service_pid))
+        results = asyncio.run(run_workload(target, config, pairs, floors, service_pid))
     else:
         with (
             tempfile.TemporaryDirectory() as workdir,
             run_stack(Path(workdir), extra_env=env) as stack,
         ):
-            results = asyncio.run(run_workload(stack.target, config, stack.service_pid))
+            results = asyncio.run(
+                run_workload(stack.target, config, pairs, floors, stack.service_pid)
+            )
     report: dict[str, Any] = {
         "config": config.__dict__,
-        "embedding_backend": env.get("SEMCACHE_EMBEDDING_BACKEND", "service default"),
+        "embedding_backend": embedder.model_id,
         "machine": machine_note(),
+        "floors": floors.report(),
         **results,
-        "targets": targets(results["hits"]),
     }
+    add_ratios(report)
+    report["targets"] = targets(report)
     table = markdown(report)
     write_results(out_dir, "load", report, table)
     plot(report, out_dir)

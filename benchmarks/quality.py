@@ -9,22 +9,27 @@ wrong. Questions identical to another pair's `a` are counted as wrong too
 (the strict protocol) and also reported apart, since serving an identical
 question's answer is right.
 
-Data is read where it lies: ../shared/data/qqp_dev.jsonl and the fow-cache package.
+Data is read where it lies: qqp_dev.jsonl (`benchmarks.data`, or `--data`) and
+the fow-cache package. `--limit N` keeps the first N pairs of each data set (a
+quick look). A progress line goes to stderr per data set and verifier setting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.data import data_file
+from benchmarks.report import progress
 from service.cache.edge_store import EdgeVectorStore
 from service.cache.guard import NearMissGuard
 from service.cache.scope import normalise
@@ -33,7 +38,6 @@ from service.domain import ChatMessage, CompletionRequest
 from service.embedding.base import Embedder, Vectors
 from service.embedding.batcher import EmbeddingBatcher
 
-QQP = Path(__file__).resolve().parents[2] / "shared" / "data" / "qqp_dev.jsonl"
 THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98)
 GUARD_ACCEPT = (0.60, 0.70, 0.75, 0.79, 0.83, 0.87, 0.90, 0.93, 0.96)
 
@@ -55,8 +59,14 @@ def _messages(side: str | list[dict[str, str]]) -> tuple[ChatMessage, ...]:
     return tuple(ChatMessage(m["role"], m["content"]) for m in side)
 
 
-def load_qqp(path: Path = QQP) -> list[Pair]:
-    rows = [json.loads(line) for line in path.open()]
+def load_qqp(path: Path | None = None) -> list[Pair]:
+    """The qqp-style pairs at `path` (default: qqp_dev.jsonl in the benchmark data folder).
+
+    Raises:
+        MissingDataError: the file is not there.
+    """
+    with data_file(path).open(encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in lines]
     return [
         Pair(
             f"qqp-{i}",
@@ -185,30 +195,60 @@ def _settings() -> list[Setting]:
 Decisions = dict[tuple[str, str, float], list[str]]
 
 
+Loader = Callable[[], list[Pair]]
+
+
+def loaders(data: Path | None = None, limit: int | None = None) -> dict[str, Loader]:
+    """Each data set's loader, qqp from `data`, each cut to its first `limit` pairs."""
+
+    def cut(load: Loader) -> Loader:
+        return lambda: load()[:limit] if limit is not None else load()
+
+    chosen: dict[str, Loader] = {**DATASETS, "qqp": functools.partial(load_qqp, data)}
+    return {name: cut(load) for name, load in chosen.items()}
+
+
 async def run_dataset(
     name: str,
     embedder: MemoEmbedder,
     workdir: Path,
     settings: Sequence[Setting],
     decisions: Decisions,
+    load: Loader | None = None,
 ) -> list[dict[str, Any]]:
     """Each verifier setting on one data set; one row per (setting, group)."""
-    pairs = DATASETS[name]()
+    pairs = (load or DATASETS[name])()
+    progress(f"quality {name}: embedding {len(pairs)} pairs")
     embedder.warm(m.content for p in pairs for m in (*p.a, *p.b))
     store = EdgeVectorStore(workdir / name, embedder.dim)
     batcher = EmbeddingBatcher(embedder)
     rows: list[dict[str, Any]] = []
     try:
-        writer = SemanticCache(store, batcher, ThresholdVerifier(1.01), search_limit=5)
-        await _populate(writer, pairs)
-        for mode, value, verifier in settings:
-            tally = await _score(SemanticCache(store, batcher, verifier, search_limit=5), pairs)
+        await _with_cache(store, batcher, ThresholdVerifier(1.01), _populate, pairs)
+        for done, (mode, value, verifier) in enumerate(settings, start=1):
+            progress(f"quality {name}: setting {done}/{len(settings)} ({mode} {value:.2f})")
+            tally = await _with_cache(store, batcher, verifier, _score, pairs)
             rows += _rows(name, mode, value, pairs, tally)
             decisions[(name, mode, value)] = tally.decisions
     finally:
         await batcher.close()
         await store.close()
     return rows
+
+
+async def _with_cache(
+    store: EdgeVectorStore,
+    batcher: EmbeddingBatcher,
+    verifier: Verifier,
+    work: Callable[[SemanticCache, Sequence[Pair]], Any],
+    pairs: Sequence[Pair],
+) -> Any:
+    """`work(cache, pairs)` on a cache over `store`, closed after (its background tasks too)."""
+    cache = SemanticCache(store, batcher, verifier, search_limit=5)
+    try:
+        return await work(cache, pairs)
+    finally:
+        await cache.close()
 
 
 def _rows(
@@ -360,20 +400,36 @@ def _plot_groups(rows: Sequence[dict[str, Any]], out: Path, plt: Any) -> None:
 
 
 def _sweep(
-    embedder: Embedder, datasets: Sequence[str], settings: Sequence[Setting]
+    embedder: Embedder,
+    datasets: Sequence[str],
+    settings: Sequence[Setting],
+    load: dict[str, Loader] | None = None,
 ) -> tuple[list[dict[str, Any]], Decisions]:
     memo = MemoEmbedder(embedder)
+    load = load or loaders()
     rows: list[dict[str, Any]] = []
     decisions: Decisions = {}
     with tempfile.TemporaryDirectory() as workdir:
         for name in datasets:
-            rows += asyncio.run(run_dataset(name, memo, Path(workdir), settings, decisions))
+            rows += asyncio.run(
+                run_dataset(name, memo, Path(workdir), settings, decisions, load[name])
+            )
     return rows, decisions
 
 
-def run(out: Path, embedder: Embedder, datasets: Sequence[str]) -> str:
-    """Run the sweep, write quality.json / quality.md / PNGs under `out`, return the table."""
-    rows, _ = _sweep(embedder, datasets, _settings())
+def run(
+    out: Path,
+    embedder: Embedder,
+    datasets: Sequence[str],
+    data: Path | None = None,
+    limit: int | None = None,
+) -> str:
+    """Run the sweep, write quality.json / quality.md / PNGs under `out`, return the table.
+
+    Raises:
+        MissingDataError: the qqp-style data file is not there.
+    """
+    rows, _ = _sweep(embedder, datasets, _settings(), loaders(data, limit))
     summary = overall(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
@@ -389,11 +445,21 @@ def _default_settings() -> list[Setting]:
 
 
 def compare_embedders(
-    out: Path, reference: Embedder, candidate: Embedder, datasets: Sequence[str]
+    out: Path,
+    reference: Embedder,
+    candidate: Embedder,
+    datasets: Sequence[str],
+    data: Path | None = None,
+    limit: int | None = None,
 ) -> str:
-    """How often two embedders lead the cache to the same decision, at the default settings."""
-    ref_rows, ref = _sweep(reference, datasets, _default_settings())
-    cand_rows, cand = _sweep(candidate, datasets, _default_settings())
+    """How often two embedders lead the cache to the same decision, at the default settings.
+
+    Raises:
+        MissingDataError: the qqp-style data file is not there.
+    """
+    load = loaders(data, limit)
+    ref_rows, ref = _sweep(reference, datasets, _default_settings(), load)
+    cand_rows, cand = _sweep(candidate, datasets, _default_settings(), load)
     lines = [
         f"| data set | verifier | same decision % ({reference.model_id} vs {candidate.model_id})"
         " | served % ref | served % cand | wrong % ref | wrong % cand |",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -50,7 +52,10 @@ def markdown_table(rows: Sequence[Row], columns: Sequence[tuple[str, str]]) -> s
 
 
 def _numeric(rows: Sequence[Row], key: str) -> bool:
-    return any(isinstance(row.get(key), int | float) for row in rows)
+    return any(
+        isinstance(row.get(key), int | float) and not isinstance(row.get(key), bool)
+        for row in rows
+    )
 
 
 def _cell(value: Any) -> str:
@@ -61,11 +66,28 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The `semcache bench ...` command this process runs, as a user would type it."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if "bench" in words:
+        words = words[words.index("bench") + 1 :]
+    return "semcache bench " + shlex.join(words)
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr, so a long run shows it is alive."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
 def write_results(out_dir: Path, name: str, data: Mapping[str, Any], markdown: str) -> None:
-    """Write `<name>.json` and `<name>.md` under `out_dir` (created if missing)."""
+    """Write `<name>.json` and `<name>.md` under `out_dir` (created if missing).
+
+    The JSON gets the command line that produced it (`command`) unless it has one.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    data = {"command": command_line(), **data}
     (out_dir / f"{name}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-    (out_dir / f"{name}.md").write_text(markdown + "\n")
+    (out_dir / f"{name}.md").write_text(f"Command: `{data['command']}`\n\n{markdown}\n")
 
 
 def _pyplot() -> Any:

@@ -24,6 +24,10 @@ leaves the store (nothing calls `optimize()` on the request path) and after
 an exact search. A child that runs past the time limit is stopped and the
 stage it reached is reported; a store stopped during `optimize()` is still
 reopened and queried (the "HNSW-indexed" column says how much of it was indexed).
+
+Floors (`benchmarks.floors`), measured in the parent before each size: the
+embedder alone on one text (which a real lookup adds on top of the search)
+and a no-op gRPC health check through a bare in-process server.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.load import DEFAULT_DATA
+from benchmarks.data import data_file
+from benchmarks.floors import FloorRecorder, bare_health_server, floors_markdown, ratio
+from benchmarks.load import load_pairs
 from benchmarks.report import (
     ProcessSampler,
     Row,
@@ -51,6 +57,7 @@ from benchmarks.report import (
     line_plot,
     machine_note,
     markdown_table,
+    progress,
     write_results,
 )
 from service.cache.edge_store import VECTOR_STORAGE
@@ -238,6 +245,7 @@ def run_child(job: Job, time_limit_s: float) -> dict[str, Any]:
         while merged.get("stage") not in ("done", "failed") and time.monotonic() < deadline:
             try:
                 merged.update(results.get(timeout=1.0))
+                progress(f"scale: {job.kind} {job.variant} {job.size}: {_stage(merged)}")
             except queue.Empty:
                 if not process.is_alive():
                     break
@@ -252,9 +260,14 @@ def run_child(job: Job, time_limit_s: float) -> dict[str, Any]:
     return merged
 
 
-def embed_vectors(embedder: Embedder, workdir: Path) -> tuple[Path, Path]:
+def _stage(values: dict[str, Any]) -> str:
+    done = f", {values['done']} points" if "done" in values else ""
+    return f"{values.get('stage')} after {values.get('elapsed_s')} s{done}"
+
+
+def embed_vectors(embedder: Embedder, workdir: Path, data: Path) -> tuple[Path, Path]:
     """Embed qqp_dev's questions (entries) and duplicate paraphrases (queries) into .npy files."""
-    rows = [json.loads(line) for line in DEFAULT_DATA.open(encoding="utf-8")]
+    rows = [json.loads(line) for line in data.open(encoding="utf-8")]
     entries = list(dict.fromkeys(t for r in rows for t in (r["a"], r["b"])))
     asked = [r["b"] for r in rows if r["same_answer"]][:QUERIES]
     # Queries are paraphrases of entries, so they must not be entries themselves.
@@ -268,17 +281,27 @@ def embed_vectors(embedder: Embedder, workdir: Path) -> tuple[Path, Path]:
     return paths
 
 
+async def _floor_burst(floors: FloorRecorder) -> None:
+    async with bare_health_server() as channel:
+        await floors.health_burst(channel, 1)
+    await floors.embed_burst_async()
+
+
 def measure(
     embedder: Embedder,
     sizes: Sequence[int],
     variants: Sequence[str],
     time_limit_s: float,
     workdir: Path,
+    data: Path,
+    floors: FloorRecorder,
 ) -> list[Row]:
-    """Build then probe every (size, variant); one row each."""
-    real, queries = embed_vectors(embedder, workdir)
+    """Build then probe every (size, variant), floors before each size; one row each."""
+    progress("scale: embedding the qqp questions")
+    real, queries = embed_vectors(embedder, workdir, data)
     rows: list[Row] = []
     for size in sizes:
+        asyncio.run(_floor_burst(floors))
         for variant in variants:
             path = workdir / f"{variant}-{size}"
             build = run_child(Job("build", path, variant, size, real, queries), time_limit_s)
@@ -341,6 +364,8 @@ COLUMNS = (
     ("disk_mib", "disk MiB"),
     ("indexed_vectors", "HNSW-indexed"),
     ("build_stage", "build reached"),
+    ("x_embed_p50", "reopened p50 ÷ embedding p50"),
+    ("x_health_p50", "reopened p50 ÷ health p50"),
 )
 
 
@@ -364,28 +389,22 @@ def targets(rows: Sequence[Row]) -> list[Row]:
     return out
 
 
-def run(
-    out_dir: Path,
-    embedder: Embedder,
-    sizes: Sequence[int] = SIZES,
-    variants: Sequence[str] = VARIANTS,
-    time_limit_s: float = 600.0,
-) -> str:
-    """Measure; write scale.json / scale.md / scale.png under `out_dir`, return the table."""
-    with tempfile.TemporaryDirectory() as workdir:
-        rows = measure(embedder, sizes, variants, time_limit_s, Path(workdir))
-    report: dict[str, Any] = {
-        "machine": machine_note(),
-        "embedding_model": embedder.model_id,
-        "time_limit_s": time_limit_s,
-        "rows": rows,
-        "targets": targets(rows),
-    }
-    table = "\n\n".join(
+def add_ratios(rows: Sequence[Row], floors: dict[str, Any]) -> None:
+    """Each reopened store's lookup p50 over one embedding and a no-op gRPC call (in place)."""
+    health = floors["health"][0]["health_p50_ms"] if floors["health"] else None
+    for row in rows:
+        row["x_embed_p50"] = ratio(row["p50_ms"], floors["embedder"]["embed_p50_ms"])
+        row["x_health_p50"] = ratio(row["p50_ms"], health)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report's tables: what the entries are, floors, every store, the 1M targets."""
+    return "\n\n".join(
         [
-            f"Entries: qqp_dev questions embedded with {embedder.model_id}, the rest random unit"
-            f" vectors (synthetic). {report['machine']}.",
-            markdown_table(rows, COLUMNS),
+            f"Entries: qqp_dev questions embedded with {report['embedding_model']}, the rest"
+            f" random unit vectors (synthetic). {report['machine']}.",
+            floors_markdown(report["floors"]),
+            markdown_table(report["rows"], COLUMNS),
             markdown_table(
                 report["targets"], (("target", "target"), ("measured", "measured"), ("met", "met"))
             )
@@ -393,6 +412,35 @@ def run(
             else "Targets at 1M: not measured in this run (1M is behind --with-1m).",
         ]
     )
+
+
+def run(
+    out_dir: Path,
+    embedder: Embedder,
+    sizes: Sequence[int] = SIZES,
+    variants: Sequence[str] = VARIANTS,
+    time_limit_s: float = 600.0,
+    data: Path | None = None,
+) -> str:
+    """Measure; write scale.json / scale.md / scale.png under `out_dir`, return the table.
+
+    Raises:
+        MissingDataError: the qqp-style data file is not there.
+    """
+    path = data_file(data)
+    floors = FloorRecorder(embedder, [b for _, b in load_pairs(path, 50)])
+    with tempfile.TemporaryDirectory() as workdir:
+        rows = measure(embedder, sizes, variants, time_limit_s, Path(workdir), path, floors)
+    report: dict[str, Any] = {
+        "machine": machine_note(),
+        "embedding_model": embedder.model_id,
+        "time_limit_s": time_limit_s,
+        "floors": floors.report(),
+        "rows": rows,
+        "targets": targets(rows),
+    }
+    add_ratios(rows, report["floors"])
+    table = markdown(report)
     write_results(out_dir, "scale", report, table)
     _plot(rows, out_dir)
     return table

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from benchmarks.data import data_file
 from benchmarks.report import markdown_table
 from service.cache.guard import NearMissGuard
 from service.cache.scope import normalise
@@ -45,9 +46,7 @@ from service.cache.verify.forms import form_key
 from service.cache.verify.online import ErrorBudget, ExplorationBudget, LiveCalibration
 from service.cache.verify.prior import DEFAULT_PRIOR, Prior, fit_prior
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-STREAM = DATA / "qqp_stream_dev.jsonl"
-QQP = DATA / "qqp_dev.jsonl"
+STREAM_FILE = "qqp_stream_dev.jsonl"
 SEARCH_LIMIT = 5
 COSINES = tuple(round(0.80 + 0.005 * i, 3) for i in range(40))
 Matrix = npt.NDArray[np.float32]
@@ -426,7 +425,7 @@ def run_all(
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    requests = load_stream(args.stream)
+    requests = load_stream(data_file(args.stream, STREAM_FILE))
     embed, model_id = default_embed()
     vectors = cached_vectors([r.q for r in requests], embed, model_id)
     results, _ = run_all(requests, vectors, args.deltas, args.explore_share)
@@ -456,7 +455,7 @@ def calibration_pairs(path: Path, embed: Embed) -> tuple[list[float], list[bool]
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     embed, _ = default_embed()
-    scores, labels = calibration_pairs(args.pairs, embed)
+    scores, labels = calibration_pairs(data_file(args.pairs), embed)
     print(f"{len(scores)} pairs, {sum(labels)} same answer: {fit_prior(scores, labels)}")
     return 0
 
@@ -465,13 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stream_replay")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="replay the stream with every decider")
-    run.add_argument("--stream", type=Path, default=STREAM)
+    run.add_argument(
+        "--stream", type=Path, help=f"default: {STREAM_FILE} in SEMCACHE_BENCH_DATA_DIR"
+    )
     run.add_argument("--out", type=Path, default=Path("bench-results/stream-replay"))
     run.add_argument("--deltas", type=float, nargs="+", default=[0.01, 0.02])
     run.add_argument("--explore-share", type=float, default=0.1)
     run.set_defaults(handler=_cmd_run)
     calibrate = commands.add_parser("calibrate", help="fit the cold-start prior on qqp_dev")
-    calibrate.add_argument("--pairs", type=Path, default=QQP)
+    calibrate.add_argument(
+        "--pairs", type=Path, help="default: qqp_dev.jsonl in SEMCACHE_BENCH_DATA_DIR"
+    )
     calibrate.set_defaults(handler=_cmd_calibrate)
     return parser
 

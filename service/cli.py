@@ -135,10 +135,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_latency(args: argparse.Namespace) -> int:
-    from benchmarks.latency import DEFAULT_DATA, run
+    from benchmarks.latency import run
 
     env = {"SEMCACHE_EMBEDDING_BACKEND": args.embedding_backend} if args.embedding_backend else {}
-    table = run(Path(args.out), args.pairs, Path(args.data or DEFAULT_DATA), args.target, env)
+    data = Path(args.data) if args.data else None
+    table = run(Path(args.out), args.pairs, data, args.target, env)
     print(table)
     return 0
 
@@ -156,6 +157,7 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
         settings.embedding_threads,
     )
     datasets = args.datasets or sorted(DATASETS)
+    data = Path(args.data) if args.data else None
     if args.compare_backend:
         from benchmarks.quality import compare_embedders
 
@@ -165,9 +167,9 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
             settings.embedding_cache_dir,
             settings.embedding_threads,
         )
-        print(compare_embedders(Path(args.out), embedder, other, datasets))
+        print(compare_embedders(Path(args.out), embedder, other, datasets, data, args.limit))
         return 0
-    print(run(Path(args.out), embedder, datasets))
+    print(run(Path(args.out), embedder, datasets, data, args.limit))
     return 0
 
 
@@ -362,20 +364,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks (see the README's Benchmarks section)")
     benches = bench.add_subparsers(dest="bench", required=True)
+    from benchmarks.commands import add_bench_commands, data_argument
+
     latency = benches.add_parser(
         "latency", help="p50/p95 of miss, exact hit and semantic hit at concurrency 1"
     )
     latency.add_argument("--pairs", type=int, default=200, help="duplicate pairs to ask")
-    latency.add_argument("--data", help="qqp-style JSONL; default ../shared/data/qqp_dev.jsonl")
     latency.add_argument("--out", default="bench-results", help="folder for JSON and Markdown")
     latency.add_argument("--target", help="measure this running service instead of starting one")
     latency.add_argument("--embedding-backend", choices=["torch", "onnx-int8", "onnx-fp32"])
+    data_argument(latency)
     latency.set_defaults(run=_cmd_bench_latency)
 
     quality = benches.add_parser(
         "quality", help="served vs wrongly served on qqp_dev and fow-cache, threshold vs guard"
     )
     quality.add_argument("--datasets", nargs="*", choices=["qqp", "fow-pairs", "fow-conv"])
+    data_argument(quality)
+    quality.add_argument("--limit", type=int, help="only the first N pairs of each data set")
     quality.add_argument("--out", default="bench-results", help="folder for JSON, Markdown, PNG")
     quality.add_argument("--embedding-backend", choices=["torch", "onnx-int8", "onnx-fp32"])
     quality.add_argument(
@@ -384,8 +390,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of the sweep: how often this embedder makes the same decisions",
     )
     quality.set_defaults(run=_cmd_bench_quality)
-
-    from benchmarks.commands import add_bench_commands
 
     add_bench_commands(benches)  # load, overhead, compare, gptcache, scale
 

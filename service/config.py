@@ -277,6 +277,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest log level written."
     )
+    bench_data_dir: Path | None = Field(
+        None,
+        description="Folder of the benchmarks' data files (`qqp_dev.jsonl`); unset ="
+        " `shared/data` beside the repository's folder.",
+    )
 
     @property
     def effective_similarity_min(self) -> float:

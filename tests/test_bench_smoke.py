@@ -6,9 +6,12 @@ No timing is asserted; these only catch a harness that would report nonsense.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,3 +108,205 @@ def test_grouping_bench_catalogue_groups_the_benchmarked_model(tmp_path: Path) -
     catalogue = load_catalogue(grouped_catalogue(tmp_path, 8, 2), {})
     grouping = catalogue.provider_of(MODEL).grouping
     assert grouping == PromptGrouping(max_prompts=8, max_in_flight=2)
+
+
+# --- floors, data paths, progress and clean shutdown, compare's symmetry ---------------
+
+REPO = Path(__file__).resolve().parents[1]
+QQP_ROWS = [
+    {
+        "a": "How do I learn Python quickly?",
+        "b": "What is the fastest way to learn Python?",
+        "same_answer": True,
+    },
+    {
+        "a": "What is the capital of France?",
+        "b": "Which city is the capital of France?",
+        "same_answer": True,
+    },
+    {"a": "How do I cook rice?", "b": "How do I cook pasta?", "same_answer": False},
+    {"a": "Why is the sky blue?", "b": "What makes the sky look blue?", "same_answer": True},
+    {"a": "Is coffee bad for you?", "b": "Is tea bad for you?", "same_answer": False},
+    {
+        "a": "How can I sleep better?",
+        "b": "What helps me sleep better at night?",
+        "same_answer": True,
+    },
+]
+
+
+def _qqp_file(tmp_path: Path) -> Path:
+    import json
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in QQP_ROWS))
+    return path
+
+
+def _bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SEMCACHE_")}
+    clean["SEMCACHE_EMBEDDING_CACHE_DIR"] = str(REPO / ".semcache" / "models")
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "bench", *args],
+        cwd=REPO,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_bench_quality_on_a_few_pairs_shows_progress_and_leaves_no_pending_task(
+    tmp_path: Path,
+) -> None:
+    result = _bench(
+        "quality",
+        "--datasets",
+        "qqp",
+        "--data",
+        str(_qqp_file(tmp_path)),
+        "--limit",
+        "5",
+        "--out",
+        str(tmp_path / "out"),
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "[bench] quality qqp: setting 1/20" in result.stderr
+    assert "Task was destroyed" not in result.stderr
+    assert len(json_rows(tmp_path / "out" / "quality.json")) == 20  # 5 pairs, one group each
+
+
+def json_rows(path: Path) -> list[dict[str, object]]:
+    import json
+
+    summary: list[dict[str, object]] = json.loads(path.read_text())["summary"]
+    return summary
+
+
+def test_missing_bench_data_is_one_line_that_says_how_to_point_at_it(tmp_path: Path) -> None:
+    result = _bench("latency", env={"SEMCACHE_BENCH_DATA_DIR": str(tmp_path / "nowhere")})
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(tmp_path / "nowhere" / "qqp_dev.jsonl") in lines[0]
+    assert "SEMCACHE_BENCH_DATA_DIR" in lines[0] and "--data" in lines[0]
+
+
+def test_bench_data_comes_from_the_setting_else_beside_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks.data import data_dir, data_file
+
+    monkeypatch.chdir(tmp_path)  # the working directory plays no part
+    monkeypatch.delenv("SEMCACHE_BENCH_DATA_DIR", raising=False)
+    assert data_dir() == REPO.parent / "shared" / "data"
+
+    (tmp_path / "qqp_dev.jsonl").write_text("")
+    monkeypatch.setenv("SEMCACHE_BENCH_DATA_DIR", str(tmp_path))
+    assert data_file() == tmp_path / "qqp_dev.jsonl"
+
+
+async def test_floors_pool_health_checks_and_single_text_embeddings() -> None:
+    from benchmarks.floors import FloorRecorder, bare_health_server
+    from service.embedding.fake import HashingEmbedder
+
+    floors = FloorRecorder(HashingEmbedder(), ["one text", "another text"], workers=2)
+    async with bare_health_server() as channel:
+        await floors.health_burst(channel, 4, n=20)
+        await floors.health_burst(channel, 4, n=10)
+    floors.embed_burst(5)
+    report = floors.report()
+
+    assert [row["concurrency"] for row in report["health"]] == [4]
+    assert report["health"][0]["health_checks"] == 30
+    assert report["health"][0]["health_p50_ms"] > 0 and report["health"][0]["health_rps"] > 0
+    assert report["embedder"]["texts"] == 5 and report["embedder"]["workers"] == 2
+    assert report["embedder"]["embed_texts_per_s"] > 0
+
+
+def _hit_row(phase: str, concurrency: int, p50_ms: float, rps: float) -> dict[str, object]:
+    return {
+        "phase": phase,
+        "mode": "unary",
+        "concurrency": concurrency,
+        "p50_ms": p50_ms,
+        "throughput_rps": rps,
+    }
+
+
+def test_load_states_each_phase_as_ratios_to_the_floors_and_checks_the_targets() -> None:
+    from benchmarks.load_report import add_ratios, targets
+
+    health = [
+        {"concurrency": 1, "health_p50_ms": 1.0, "health_rps": 900.0},
+        {"concurrency": 64, "health_p50_ms": 40.0, "health_rps": 1600.0},
+    ]
+    report: dict[str, object] = {
+        "floors": {
+            "health": health,
+            "embedder": {"texts": 10, "embed_p50_ms": 3.0, "embed_texts_per_s": 300.0},
+        },
+        "zipf": [],
+        "hits": [
+            _hit_row("exact_hit", 1, 1.1, 800.0),
+            _hit_row("exact_hit", 64, 50.0, 1200.0),
+            _hit_row("semantic_hit", 1, 5.5, 180.0),
+            _hit_row("semantic_hit", 64, 300.0, 210.0),
+        ],
+    }
+
+    add_ratios(report)
+
+    exact_1, exact_64, semantic_1, semantic_64 = report["hits"]  # type: ignore[misc]
+    assert exact_1["x_health_p50"] == 1.1
+    assert exact_64["x_health_rps"] == 0.75
+    assert semantic_1["over_floor_ms"] == 1.5
+    assert semantic_64["x_embed_rps"] == 0.7
+    assert [(t["measured"], t["met"]) for t in targets(report)] == [
+        (1.1, True),
+        (0.75, False),
+        (1.5, False),
+        (0.7, False),
+    ]
+
+
+async def test_compare_asks_every_lookup_the_same_queries_after_the_same_warmup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import compare
+    from benchmarks.floors import FloorRecorder
+    from benchmarks.quality import MemoEmbedder
+    from service.cache.semantic import SemanticCache
+    from service.embedding.fake import HashingEmbedder
+
+    calls: Counter[str] = Counter()
+
+    def counting(name: str, inner: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return inner(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(
+        ReferenceSemanticCache, "lookup", counting("reference", ReferenceSemanticCache.lookup)
+    )
+    monkeypatch.setattr(compare, "_matmul_best", counting("matmul", compare._matmul_best))
+    monkeypatch.setattr(SemanticCache, "lookup", counting("semcache", SemanticCache.lookup))
+    memo = MemoEmbedder(HashingEmbedder())
+    pairs = [(row["a"], row["b"]) for row in QQP_ROWS]
+    corpus = compare.build_corpus(memo, pairs, 40, queries=6)  # type: ignore[arg-type]
+
+    rows = await compare.compare_size(memo, corpus, tmp_path, 2, FloorRecorder(None, []))
+
+    assert [row["lookup"] for row in rows] == [
+        "reference (Python loop)",
+        "numpy matmul brute force",
+        "semcache (as served, no optimize)",
+    ]
+    assert {row["queries"] for row in rows} == {6}
+    assert calls == {"reference": 2 + 6, "matmul": 2 + 6, "semcache": 2 + 6}
+    assert all("hits" in row and "same_hit_as_reference" in row for row in rows)
