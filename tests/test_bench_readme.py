@@ -1,0 +1,76 @@
+"""The README's benchmark tables are the checked-in results, rendered by `semcache bench readme`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.readme_tables import README, RENDERERS, RESULTS_DIR, regenerate, regions
+
+TEXT = README.read_text(encoding="utf-8")
+BENCHMARKS = TEXT[TEXT.index("## Benchmarks\n") : TEXT.index("## Development\n")]
+
+
+def test_every_latency_and_throughput_benchmark_has_a_generated_region() -> None:
+    assert sorted(regions(TEXT)) == sorted(RENDERERS)
+
+
+def test_every_region_has_its_results_file_and_every_results_file_a_region() -> None:
+    checked_in = {path.stem for path in RESULTS_DIR.glob("*.json")}
+    assert checked_in == set(regions(TEXT))
+
+
+def test_the_readme_tables_are_what_the_checked_in_results_render_to() -> None:
+    assert regenerate(TEXT) == TEXT, "README is stale: run `semcache bench readme`"
+
+
+@pytest.mark.parametrize("name", sorted(RENDERERS))
+def test_each_table_names_the_command_that_wrote_its_results(name: str) -> None:
+    report = json.loads((RESULTS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    command = report["command"]
+
+    assert command.startswith(f"semcache bench {name}")
+    assert "--out docs/bench" in command
+    assert f"Produced by `{command}`" in TEXT
+
+
+@pytest.mark.parametrize("name", ["latency", "load", "overhead", "compare", "gptcache", "scale"])
+def test_each_latency_report_carries_its_floors(name: str) -> None:
+    report = json.loads((RESULTS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+    assert report["floors"]["health"], "no health-check floor"
+    assert report["floors"]["embedder"]["texts"] > 0, "no embedder floor"
+
+
+def test_figures_that_no_command_produces_are_gone() -> None:
+    for unsourced in ("146 to 175", "179 → 219", "a second job on one core", "0.18 ms"):
+        assert unsourced not in TEXT
+
+
+def test_compare_shows_every_row_it_printed() -> None:
+    report = json.loads((RESULTS_DIR / "compare.json").read_text(encoding="utf-8"))
+    lookups = {row["lookup"] for row in report["rows"]}
+
+    assert "numpy matmul brute force" in lookups
+    for lookup in lookups:
+        assert f"| {lookup} |" in BENCHMARKS
+
+
+def test_a_stale_region_is_rewritten_from_its_results_file(tmp_path: Path) -> None:
+    report = {
+        "command": "semcache bench grouping --out docs/bench",
+        "setup": "2 misses",
+        "rows": [{"configuration": "grouped", "requests": 2, "p50_ms": 1.5}],
+    }
+    (tmp_path / "grouping.json").write_text(json.dumps(report))
+    stale = "before\n<!-- bench:grouping -->\nold table\n<!-- /bench:grouping -->\nafter\n"
+
+    fresh = regenerate(stale, tmp_path)
+
+    assert "old table" not in fresh
+    assert "Produced by `semcache bench grouping --out docs/bench`:" in fresh
+    assert "| grouped | 2 |" in fresh
+    assert fresh.startswith("before\n<!-- bench:grouping -->\n")
+    assert fresh.endswith("<!-- /bench:grouping -->\nafter\n")
