@@ -4,7 +4,7 @@ test, on each vector store backend. Test settings never read the environment."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+import structlog
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
@@ -42,6 +43,15 @@ class IsolatedSettings(Settings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
+
+
+@pytest.fixture(autouse=True)
+def structlog_defaults() -> Iterator[None]:
+    """A test that runs a CLI command in process configures logging for the whole
+    process, with loggers cached on first use; put structlog's defaults back so
+    the loggers of later tests stay uncached and `capture_logs` sees them."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")
