@@ -7,7 +7,8 @@ other processes on the machine falls on all of them alike. Prints batch-1
 latency (p50/p95), batched throughput, the cosine between int8 and fp32
 vectors of the same text, and how often int8 and fp32 make the same hit/miss
 decision on Quora question pairs at thresholds 0.80-0.95. The pairs are read
-in place from shared/data and never copied.
+in place (`--pairs-path`, else qqp_dev.jsonl in `SEMCACHE_BENCH_DATA_DIR`, see
+`benchmarks.data`) and never copied.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.data import data_file
 from service.embedding.base import Embedder, Vectors
 from service.embedding.factory import EmbeddingBackend, build_embedder
 
-DEFAULT_PAIRS_PATH = Path("/work/shared/data/qqp_dev.jsonl")
 BACKENDS: tuple[EmbeddingBackend, ...] = ("torch", "onnx-fp32", "onnx-int8")
 THRESHOLDS = (0.80, 0.85, 0.90, 0.95)
 LATENCY_SENTENCES = 100
@@ -109,12 +110,12 @@ def build_all(cache_dir: Path) -> dict[str, Embedder]:
 def main() -> None:
     """Parse arguments, then measure speed and agreement."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--pairs-path", type=Path, default=DEFAULT_PAIRS_PATH)
+    parser.add_argument("--pairs-path", type=Path, help="default: qqp_dev.jsonl in the data dir")
     parser.add_argument("--pairs", type=int, default=4000, help="question pairs for agreement")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved speed rounds")
     parser.add_argument("--cache-dir", type=Path, default=Path(".semcache/onnx"))
     args = parser.parse_args()
-    pairs = read_pairs(args.pairs_path, args.pairs)
+    pairs = read_pairs(data_file(args.pairs_path), args.pairs)
     embedders = build_all(args.cache_dir)
     measure_speed(embedders, [a for a, _ in pairs], args.rounds)
     measure_agreement(embedders["onnx-fp32"], embedders["onnx-int8"], pairs)

@@ -35,6 +35,7 @@ from benchmarks.report import (
     latency_summary,
     machine_note,
     markdown_table,
+    progress,
     write_results,
 )
 from service._proto.semcache.v1 import semcache_pb2 as pb
@@ -88,6 +89,7 @@ def measure(
             "SEMCACHE_CATALOGUE_PATH": str(grouped_catalogue(workdir, max_prompts, max_in_flight))
         }
         for name, env in (("one call per miss", {}), ("grouped", grouped)):
+            progress(f"grouping: {name}, {len(questions)} misses at c={concurrency}")
             stack_dir = workdir / name.replace(" ", "-")
             with run_stack(stack_dir, ttft_ms, ms_per_token, {**service_env, **env}) as stack:
                 samples, wall_s = asyncio.run(_run_phase(stack.target, questions, concurrency))

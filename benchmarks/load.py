@@ -16,7 +16,9 @@ grpc.aio stubs; its process is sampled with psutil for CPU and memory.
 
 Before each phase, a burst of gRPC health checks at the phase's concurrency
 and a burst of single-text embeddings measure the floors
-(`benchmarks.floors`); the report states each phase as ratios to them.
+(`benchmarks.floors`); the report states each phase as ratios to them. With
+`--target`, the embedder floor is still measured in this process: on the
+service's cores only if it runs on this machine.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import grpc
 import yaml
 
 from benchmarks.procs import run_stack
-from benchmarks.report import percentile
+from benchmarks.report import percentile, progress
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.config import DEFAULTS_DIR
@@ -34,6 +34,9 @@ def _catalogue_without_fallbacks(workdir: Path) -> Path:
     path = workdir / "no-fallbacks.yaml"
     path.write_text(yaml.safe_dump(catalogue))
     return path
+
+
+PROGRESS_EVERY = 50
 
 
 def _drive(target: str, requests: int) -> dict[str, Any]:
@@ -53,6 +56,8 @@ def _drive(target: str, requests: int) -> dict[str, Any]:
                 continue
             latencies_ms.append((time.perf_counter() - started) * 1000)
             attempts.append(answer.upstream_attempts)
+            if (i + 1) % PROGRESS_EVERY == 0:
+                progress(f"resilience: {i + 1}/{requests} requests")
     return _summary(requests, latencies_ms, attempts, failures)
 
 
@@ -83,6 +88,7 @@ def run(out: Path, requests: int, error_rate: float, ttft_ms: float) -> str:
             "SEMCACHE_CATALOGUE_PATH": str(_catalogue_without_fallbacks(workdir)),
         }
         for name, env in (("resilience on", {}), ("resilience off", off_env)):
+            progress(f"resilience: {name}, {requests} requests")
             with run_stack(workdir / name.replace(" ", "-"), ttft_ms, 1.0, env, fault) as stack:
                 results[name] = _drive(stack.target, requests)
     out.mkdir(parents=True, exist_ok=True)
