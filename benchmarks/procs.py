@@ -31,18 +31,36 @@ def _wait_for_port(port: int, timeout_s: float) -> None:
     raise TimeoutError(f"nothing listened on port {port} within {timeout_s} s")
 
 
-def wait_until_serving(target: str, timeout_s: float = 120.0) -> None:
-    """Block until the gRPC health service at `target` reports SERVING."""
+def wait_until_serving(
+    target: str, timeout_s: float = 120.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until the gRPC health service at `target` reports SERVING.
+
+    Raises:
+        TimeoutError: it did not within `timeout_s`.
+        ServiceExited: `process` (the service) ended first.
+    """
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise ServiceExited(f"semcache serve exited ({process.returncode}) before serving")
             with contextlib.suppress(grpc.RpcError):
                 reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             time.sleep(0.2)
     raise TimeoutError(f"{target} was not SERVING within {timeout_s} s")
+
+
+class ServiceExited(RuntimeError):
+    """The service process ended before it was serving."""
+
+
+def _last_line(log: Path) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    return lines[-1] if lines else "(its log is empty)"
 
 
 @dataclass
@@ -55,8 +73,8 @@ class Stack:
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    handle = log.open("wb")
-    return subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    with log.open("wb") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
 @contextlib.contextmanager
@@ -100,7 +118,11 @@ def run_stack(
     try:
         _wait_for_port(sim_port, 30)
         target = f"127.0.0.1:{grpc_port}"
-        wait_until_serving(target)
+        try:
+            wait_until_serving(target, process=service)
+        except ServiceExited as error:
+            log = workdir / "service.log"
+            raise ServiceExited(f"{error}; last line of {log}: {_last_line(log)}") from None
         yield Stack(target, upstream, service.pid)
     finally:
         for process in (service, simulator):

@@ -310,3 +310,17 @@ async def test_compare_asks_every_lookup_the_same_queries_after_the_same_warmup(
     assert {row["queries"] for row in rows} == {6}
     assert calls == {"reference": 2 + 6, "matmul": 2 + 6, "semcache": 2 + 6}
     assert all("hits" in row and "same_hit_as_reference" in row for row in rows)
+
+
+def test_a_service_that_cannot_start_stops_the_benchmark_at_once_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.procs import ServiceExited, run_stack
+
+    started = time.monotonic()
+    with (
+        pytest.raises(ServiceExited, match="SEMCACHE_GRPC_PORT='-1' is invalid"),
+        run_stack(tmp_path, extra_env={"SEMCACHE_GRPC_PORT": "-1"}),
+    ):
+        pass
+    assert time.monotonic() - started < 100  # not the 120 s wait for SERVING
