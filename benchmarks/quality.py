@@ -116,8 +116,11 @@ class MemoEmbedder:
         return self._inner.dim
 
     def warm(self, texts: Iterable[str], batch: int = 64) -> None:
+        """Embed every text not seen yet, in batches; a progress line every 1,024 texts."""
         todo = sorted({t for t in texts if t not in self._memo})
         for start in range(0, len(todo), batch):
+            if start and start % 1024 == 0:
+                progress(f"embedded {start}/{len(todo)} texts")
             chunk = todo[start : start + batch]
             for text, vector in zip(chunk, self._inner.embed(chunk), strict=True):
                 self._memo[text] = vector
