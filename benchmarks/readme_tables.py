@@ -32,7 +32,9 @@ RENDERERS = {
     "compare": "benchmarks.compare:markdown",
     "gptcache": "benchmarks.gptcache_bench:markdown",
     "scale": "benchmarks.scale:markdown",
+    "peers": "benchmarks.peers_report:markdown",
 }
+REQUIRED = ("latency", "load", "overhead", "grouping", "compare", "gptcache", "scale")
 REGION = re.compile(r"(<!-- bench:([a-z_-]+) -->\n)(.*?)(<!-- /bench:\2 -->)", re.DOTALL)
 
 

@@ -7,14 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.readme_tables import README, RENDERERS, RESULTS_DIR, regenerate, regions
+from benchmarks.readme_tables import (
+    README,
+    RENDERERS,
+    REQUIRED,
+    RESULTS_DIR,
+    regenerate,
+    regions,
+)
 
 TEXT = README.read_text(encoding="utf-8")
 BENCHMARKS = TEXT[TEXT.index("## Benchmarks\n") : TEXT.index("## Development\n")]
 
 
 def test_every_latency_and_throughput_benchmark_has_a_generated_region() -> None:
-    assert sorted(regions(TEXT)) == sorted(RENDERERS)
+    assert set(REQUIRED) <= set(regions(TEXT)) <= set(RENDERERS)
 
 
 def test_every_region_has_its_results_file_and_every_results_file_a_region() -> None:
@@ -26,7 +33,7 @@ def test_the_readme_tables_are_what_the_checked_in_results_render_to() -> None:
     assert regenerate(TEXT) == TEXT, "README is stale: run `semcache bench readme`"
 
 
-@pytest.mark.parametrize("name", sorted(RENDERERS))
+@pytest.mark.parametrize("name", regions(TEXT))
 def test_each_table_names_the_command_that_wrote_its_results(name: str) -> None:
     report = json.loads((RESULTS_DIR / f"{name}.json").read_text(encoding="utf-8"))
     command = report["command"]
