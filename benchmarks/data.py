@@ -31,17 +31,17 @@ def data_dir() -> Path:
     return configured if configured is not None else DEFAULT_DATA_DIR
 
 
-def data_file(explicit: Path | None = None, name: str = QQP_FILE) -> Path:
-    """`explicit` if given, else `name` in `data_dir()`; checked to exist.
+def data_file(explicit: Path | None = None, name: str = QQP_FILE, flag: str = "--data") -> Path:
+    """`explicit` if given (by the option `flag`), else `name` in `data_dir()`; checked to exist.
 
     Raises:
         MissingDataError: the file is not there (the message says how to point at it).
     """
     path = explicit if explicit is not None else data_dir() / name
     if not path.is_file():
-        source = "--data" if explicit is not None else _dir_source()
+        source = flag if explicit is not None else _dir_source()
         raise MissingDataError(
-            f"semcache bench: data file {path} not found (from {source}); pass --data FILE or"
+            f"semcache bench: data file {path} not found (from {source}); pass {flag} FILE or"
             f" set SEMCACHE_BENCH_DATA_DIR to the folder holding {name}"
         )
     return path

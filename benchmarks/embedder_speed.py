@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved speed rounds")
     parser.add_argument("--cache-dir", type=Path, default=Path(".semcache/onnx"))
     args = parser.parse_args()
-    pairs = read_pairs(data_file(args.pairs_path), args.pairs)
+    pairs = read_pairs(data_file(args.pairs_path, flag="--pairs-path"), args.pairs)
     embedders = build_all(args.cache_dir)
     measure_speed(embedders, [a for a, _ in pairs], args.rounds)
     measure_agreement(embedders["onnx-fp32"], embedders["onnx-int8"], pairs)

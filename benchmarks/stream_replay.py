@@ -425,7 +425,7 @@ def run_all(
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    requests = load_stream(data_file(args.stream, STREAM_FILE))
+    requests = load_stream(data_file(args.stream, STREAM_FILE, "--stream"))
     embed, model_id = default_embed()
     vectors = cached_vectors([r.q for r in requests], embed, model_id)
     results, _ = run_all(requests, vectors, args.deltas, args.explore_share)
@@ -455,7 +455,7 @@ def calibration_pairs(path: Path, embed: Embed) -> tuple[list[float], list[bool]
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     embed, _ = default_embed()
-    scores, labels = calibration_pairs(data_file(args.pairs), embed)
+    scores, labels = calibration_pairs(data_file(args.pairs, flag="--pairs"), embed)
     print(f"{len(scores)} pairs, {sum(labels)} same answer: {fit_prior(scores, labels)}")
     return 0
 
