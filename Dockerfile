@@ -50,6 +50,6 @@ WORKDIR /var/lib/semcache
 EXPOSE 50051 9464
 # The embedding model loads before the port opens: give it a start period.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "service.healthcheck", "--timeout-s", "3"]
+    CMD ["semcache", "health", "--timeout-s", "3"]
 ENTRYPOINT ["semcache"]
 CMD ["serve"]

@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt clients/python/pyproject.toml
 	touch $@
 
 run: install
-	$(BIN)/semcache serve
+	$(BIN)/semcache serve --simulate
 
 test: install test-deps check-protos lint typecheck pytest
 

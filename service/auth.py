@@ -1,11 +1,12 @@
-"""Who is calling: API keys mapped to a tenant and a role, checked on every RPC.
+"""Who is calling: API keys mapped to a tenant and a role, checked on every call.
 
 A caller sends its key as `authorization: Bearer <key>` or `x-api-key: <key>`.
-`AuthInterceptor` looks the key up in a `KeyRing` (loaded from the keys file,
-`SEMCACHE_API_KEYS_FILE`) and binds the caller's `Principal` in
-`current_principal` for the handler; with a keys file the tenant always comes
-from the key, never from what the caller claims. Health checks and server
-reflection need no key, so load balancers and grpcurl keep working.
+Each door (the gRPC interceptor, the HTTP middleware) looks the key up in a
+`KeyRing` (loaded from the keys file, `SEMCACHE_API_KEYS_FILE`) and binds the
+caller's `Principal` in `current_principal` for the handler; with a keys file
+the tenant always comes from the key, never from what the caller claims.
+Health checks and server reflection need no key, so load balancers and
+grpcurl keep working.
 
 Keys are stored hashed, with plain SHA-256. A password hash (bcrypt, scrypt,
 argon2) exists to slow down guessing of low-entropy secrets; our keys are 32
@@ -37,13 +38,12 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import grpc
 import structlog
 import yaml
 
@@ -91,7 +91,7 @@ current_principal: ContextVar[Principal | None] = ContextVar("current_principal"
 
 
 def require_principal() -> Principal:
-    """The caller bound by `AuthInterceptor` for this RPC.
+    """The caller the door bound for this call (gRPC interceptor, HTTP middleware).
 
     Raises:
         AuthenticationError: no caller is bound (fails closed if the interceptor is missing).
@@ -326,118 +326,22 @@ def check_open_mode_bind(host: str) -> None:
         )
 
 
-def load_server_credentials(cert_file: Path, key_file: Path) -> grpc.ServerCredentials:
-    """TLS credentials for the gRPC port from a PEM certificate chain and its private key.
+def principal_for(
+    keyring: KeyRing | None, metadata: Sequence[tuple[str, str | bytes]]
+) -> Principal:
+    """The caller behind `metadata` (header or gRPC metadata pairs, lower-case names).
+
+    With a `KeyRing`, the key decides; with none (open mode) the caller's
+    `x-tenant-id` is trusted and it gets the admin role (see the module
+    docstring for why).
 
     Raises:
-        ValueError: a file is missing, unreadable, or not PEM.
+        AuthenticationError: keys are configured and `metadata` has no known key.
     """
-    pems = []
-    for what, path in (("private key", key_file), ("certificate", cert_file)):
-        try:
-            pem = path.read_bytes()
-        except OSError as error:
-            raise ValueError(f"cannot read the TLS {what} {path}: {error.strerror}") from error
-        if b"-----BEGIN" not in pem:
-            raise ValueError(f"TLS {what} {path} is not PEM")
-        pems.append(pem)
-    return grpc.ssl_server_credentials([(pems[0], pems[1])])
-
-
-Guard = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Authenticates every RPC but health and reflection, and binds `current_principal`.
-
-    With a `KeyRing`, a call without a known key ends UNAUTHENTICATED before
-    its handler runs. With none (open mode) the caller's `x-tenant-id` is
-    trusted and it gets the admin role (see the module docstring for why).
-    Streaming handlers must be async generators, as the servicer's are. Put it
-    after `ServiceInterceptor` so that rejections are logged with a request id.
-    """
-
-    def __init__(
-        self, keyring: KeyRing | None, exempt_prefixes: tuple[str, ...] = EXEMPT_METHOD_PREFIXES
-    ) -> None:
-        self._keyring = keyring
-        self._exempt = exempt_prefixes
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(self._exempt):
-            return handler
-        metadata = tuple(details.invocation_metadata or ())
-        try:
-            principal = self.principal_for(metadata)
-        except AuthenticationError as error:
-            return _rewrap(handler, _rejecting(details.method, error))
-        return _rewrap(handler, _binding(principal))
-
-    def principal_for(self, metadata: Sequence[tuple[str, str | bytes]]) -> Principal:
-        """The caller behind `metadata`.
-
-        Raises:
-            AuthenticationError: keys are configured and `metadata` has no known key.
-        """
-        if self._keyring is not None:
-            return self._keyring.authenticate(metadata)
-        tenant = next(
-            (str(value) for name, value in metadata if name == OPEN_MODE_TENANT_KEY),
-            OPEN_MODE_DEFAULT_TENANT,
-        )
-        return Principal(tenant=tenant, role="admin", key_name=OPEN_MODE_KEY_NAME)
-
-
-def _binding(principal: Principal) -> Guard:
-    async def bind(context: grpc.aio.ServicerContext) -> None:
-        current_principal.set(principal)
-
-    return bind
-
-
-def _rejecting(method: str, error: AuthenticationError) -> Guard:
-    async def reject(context: grpc.aio.ServicerContext) -> None:
-        log.info("rpc unauthenticated", rpc=method, reason=str(error))
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
-
-    return reject
-
-
-def _rewrap(handler: grpc.RpcMethodHandler, guard: Guard) -> grpc.RpcMethodHandler:
-    kinds = (
-        ("unary_unary", grpc.unary_unary_rpc_method_handler, _guard_call),
-        ("stream_unary", grpc.stream_unary_rpc_method_handler, _guard_call),
-        ("unary_stream", grpc.unary_stream_rpc_method_handler, _guard_stream),
-        ("stream_stream", grpc.stream_stream_rpc_method_handler, _guard_stream),
+    if keyring is not None:
+        return keyring.authenticate(metadata)
+    tenant = next(
+        (str(value) for name, value in metadata if name.lower() == OPEN_MODE_TENANT_KEY),
+        OPEN_MODE_DEFAULT_TENANT,
     )
-    for attribute, make_handler, wrap in kinds:
-        behaviour = getattr(handler, attribute)
-        if behaviour is not None:
-            return make_handler(
-                wrap(behaviour, guard),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-    return handler
-
-
-def _guard_call(behaviour: Callable[..., Awaitable[Any]], guard: Guard) -> Callable[..., Any]:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await guard(context)
-        return await behaviour(request, context)
-
-    return guarded
-
-
-def _guard_stream(behaviour: Callable[..., Any], guard: Guard) -> Callable[..., Any]:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await guard(context)
-        async for response in behaviour(request, context):
-            yield response
-
-    return guarded
+    return Principal(tenant=tenant, role="admin", key_name=OPEN_MODE_KEY_NAME)

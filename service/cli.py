@@ -10,15 +10,15 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from service.config import Settings
 
 if TYPE_CHECKING:
+    from semcache_client import Answer, SemcacheClient
     from service.app import App
-    from service.client import Answer, SemcacheClient
 from service.logs import configure_logging
 
 log = structlog.get_logger(__name__)
@@ -26,19 +26,20 @@ log = structlog.get_logger(__name__)
 _POLICIES = ("default", "bypass", "refresh", "no-store")
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, simulate: bool) -> None:
     """Check what can be checked at once, load the model, serve, then close it all.
 
     Raises:
         StartupError: the service cannot start as configured.
     """
-    from service.server import security_from, serve_until_signalled
+    from service.serve import serve_until_signalled
     from service.startup import data_dir_lock
+    from service.transport.grpc.server import security_from
 
     security = security_from(settings)
     with data_dir_lock(settings):
-        async with _upstream(settings) as settings:
-            app = await _build(settings)
+        async with _upstream(settings, simulate) as settings:
+            app = await _build(settings, simulated=simulate)
             try:
                 await serve_until_signalled(app, settings, security)
             finally:
@@ -47,18 +48,36 @@ async def _serve(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _upstream(settings: Settings) -> AsyncIterator[Settings]:
-    """`settings`, pointed at the built-in simulator when no upstream is configured."""
-    if settings.upstream_base_url:
+async def _upstream(settings: Settings, simulate: bool) -> AsyncIterator[Settings]:
+    """`settings`, pointed at the built-in simulator when asked to simulate.
+
+    Raises:
+        StartupError: no upstream is configured and simulating was not asked for,
+            or both were.
+    """
+    from service.errors import StartupError
+
+    if not simulate:
+        if not settings.upstream_base_url:
+            raise StartupError(
+                "no upstream configured: set SEMCACHE_UPSTREAM_BASE_URL (or OPENAI_BASE_URL)"
+                " to an OpenAI-compatible provider, or pass --simulate to answer from the"
+                " built-in simulator"
+            )
         yield settings
         return
+    if settings.upstream_base_url:
+        raise StartupError(
+            "--simulate with an upstream configured: unset SEMCACHE_UPSTREAM_BASE_URL"
+            " (and OPENAI_BASE_URL), or drop --simulate"
+        )
     from service.simulator import SimulatorConfig, UpstreamSimulator
 
     simulator = UpstreamSimulator(SimulatorConfig())
     await simulator.start()
     log.warning(
-        "no upstream configured (SEMCACHE_UPSTREAM_BASE_URL); answering from the built-in"
-        " simulator",
+        "answering from the built-in simulator (--simulate): its answers are simulated,"
+        " and cached apart from any real upstream's",
         simulator=simulator.base_url,
     )
     try:
@@ -67,7 +86,7 @@ async def _upstream(settings: Settings) -> AsyncIterator[Settings]:
         await simulator.stop()
 
 
-async def _build(settings: Settings) -> App:
+async def _build(settings: Settings, simulated: bool) -> App:
     """The service's parts, with the embedding model loaded off the event loop.
 
     Raises:
@@ -79,7 +98,7 @@ async def _build(settings: Settings) -> App:
     log.info("loading embedding model", backend=settings.embedding_backend)
     try:
         embedder = await asyncio.to_thread(load_embedder, settings)
-        return await build_app(settings, embedder, os.environ)
+        return await build_app(settings, embedder, os.environ, simulated=simulated)
     except Exception as error:
         known = startup_error_for(error, settings)
         if known is None:
@@ -95,7 +114,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
         configure_logging(settings.log_format, settings.log_level)
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, args.simulate))
     except StartupError as error:
         return _serve_failed(one_line(error))
     except KeyboardInterrupt:
@@ -217,7 +236,7 @@ def _cmd_route_eval(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> SemcacheClient:
-    from service.client import SemcacheClient
+    from semcache_client import SemcacheClient
 
     return SemcacheClient(
         args.target, tenant=args.tenant, api_key=args.api_key, timeout_s=args.timeout_s
@@ -286,6 +305,12 @@ def _cmd_invalidate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_health(args: argparse.Namespace) -> int:
+    from service.transport.grpc import healthcheck
+
+    return healthcheck.run(args)
+
+
 def _cmd_keys_add(args: argparse.Namespace) -> int:
     from service.auth import add_key
 
@@ -300,7 +325,7 @@ def _cmd_keys_add(args: argparse.Namespace) -> int:
 
 
 def _run_client(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    from service.client import SemcacheError
+    from semcache_client import SemcacheError
 
     try:
         return command(args)
@@ -319,51 +344,14 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-s", type=float, default=30.0, help="the call's deadline")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semcache", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_health_arguments(parser: argparse.ArgumentParser) -> None:
+    from service.transport.grpc.healthcheck import add_arguments
 
-    serve = commands.add_parser("serve", help="run the gRPC service (configured by SEMCACHE_*)")
-    serve.set_defaults(run=_cmd_serve)
+    add_arguments(parser)
 
-    complete = commands.add_parser("complete", help="ask the running service one question")
-    complete.add_argument("prompt")
-    complete.add_argument("--model", help="model to use; default: the service chooses")
-    complete.add_argument("--namespace", help="cache namespace; default: 'default'")
-    complete.add_argument("--temperature", type=float)
-    complete.add_argument("--max-tokens", type=int)
-    complete.add_argument("--policy", choices=_POLICIES, default="default")
-    complete.add_argument("--stream", action="store_true", help="use StreamComplete")
-    _client_arguments(complete)
-    complete.set_defaults(run=lambda a: _run_client(_cmd_complete, a))
 
-    stats = commands.add_parser("stats", help="cache statistics for a tenant")
-    stats.add_argument("--namespace", help="count entries of this namespace only")
-    stats.add_argument("--all-tenants", action="store_true", help="every tenant's (admin)")
-    _client_arguments(stats)
-    stats.set_defaults(run=lambda a: _run_client(_cmd_stats, a))
-
-    invalidate = commands.add_parser("invalidate", help="delete cached entries of a tenant")
-    invalidate.add_argument("--namespace")
-    invalidate.add_argument("--model")
-    invalidate.add_argument("--older-than-s", type=int, default=0)
-    invalidate.add_argument("--all", action="store_true", help="delete every entry of the tenant")
-    invalidate.add_argument("--for-tenant", help="act on this tenant (admin)")
-    invalidate.add_argument("--all-tenants", action="store_true", help="every tenant (admin)")
-    _client_arguments(invalidate)
-    invalidate.set_defaults(run=lambda a: _run_client(_cmd_invalidate, a))
-
-    keys = commands.add_parser("keys", help="manage the API keys file")
-    key_commands = keys.add_subparsers(dest="keys", required=True)
-    keys_add = key_commands.add_parser("add", help="create a key; prints it once, stores its hash")
-    keys_add.add_argument("--file", required=True, help="the keys file (SEMCACHE_API_KEYS_FILE)")
-    keys_add.add_argument("--tenant", required=True)
-    keys_add.add_argument("--role", choices=["client", "admin"], default="client")
-    keys_add.add_argument("--name", required=True, help="a label for the key, e.g. the app")
-    keys_add.set_defaults(run=_cmd_keys_add)
-
-    bench = commands.add_parser("bench", help="benchmarks (see the README's Benchmarks section)")
-    benches = bench.add_subparsers(dest="bench", required=True)
+def _add_bench_commands(benches: Any) -> None:
+    """`semcache bench …`: imported only when asked for, so no other command loads them."""
     from benchmarks.commands import add_bench_commands, data_argument
 
     latency = benches.add_parser(
@@ -393,6 +381,77 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_commands(benches)  # load, overhead, compare, gptcache, scale
 
+    resilience = benches.add_parser(
+        "resilience", help="success rate and latency under injected upstream failures, on vs off"
+    )
+    resilience.add_argument("--requests", type=int, default=300)
+    resilience.add_argument("--error-rate", type=float, default=0.3)
+    resilience.add_argument("--ttft-ms", type=float, default=20.0)
+    resilience.add_argument("--out", default="bench-results")
+    resilience.set_defaults(run=_cmd_bench_resilience)
+
+
+def build_parser(with_benchmarks: bool = True) -> argparse.ArgumentParser:
+    """The `semcache` command line; `with_benchmarks=False` leaves `bench`'s
+    subcommands out, so that parsing imports nothing of the benchmarks."""
+    parser = argparse.ArgumentParser(prog="semcache", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gRPC service (configured by SEMCACHE_*)")
+    serve.add_argument(
+        "--simulate",
+        action="store_true",
+        help="answer from the built-in OpenAI-compatible simulator (no upstream configured);"
+        " its answers are cached apart from any real upstream's",
+    )
+    serve.set_defaults(run=_cmd_serve)
+
+    complete = commands.add_parser("complete", help="ask the running service one question")
+    complete.add_argument("prompt")
+    complete.add_argument("--model", help="model to use; default: the service chooses")
+    complete.add_argument("--namespace", help="cache namespace; default: 'default'")
+    complete.add_argument("--temperature", type=float)
+    complete.add_argument("--max-tokens", type=int)
+    complete.add_argument("--policy", choices=_POLICIES, default="default")
+    complete.add_argument("--stream", action="store_true", help="use StreamComplete")
+    _client_arguments(complete)
+    complete.set_defaults(run=lambda a: _run_client(_cmd_complete, a))
+
+    stats = commands.add_parser("stats", help="cache statistics for a tenant")
+    stats.add_argument("--namespace", help="count entries of this namespace only")
+    stats.add_argument("--all-tenants", action="store_true", help="every tenant's (admin)")
+    _client_arguments(stats)
+    stats.set_defaults(run=lambda a: _run_client(_cmd_stats, a))
+
+    invalidate = commands.add_parser("invalidate", help="delete cached entries of a tenant")
+    invalidate.add_argument("--namespace")
+    invalidate.add_argument("--model")
+    invalidate.add_argument("--older-than-s", type=int, default=0)
+    invalidate.add_argument("--all", action="store_true", help="delete every entry of the tenant")
+    invalidate.add_argument("--for-tenant", help="act on this tenant (admin)")
+    invalidate.add_argument("--all-tenants", action="store_true", help="every tenant (admin)")
+    _client_arguments(invalidate)
+    invalidate.set_defaults(run=lambda a: _run_client(_cmd_invalidate, a))
+
+    health = commands.add_parser(
+        "health", help="exit 0 when the local server reports SERVING (the container probe)"
+    )
+    _add_health_arguments(health)
+    health.set_defaults(run=_cmd_health)
+
+    keys = commands.add_parser("keys", help="manage the API keys file")
+    key_commands = keys.add_subparsers(dest="keys", required=True)
+    keys_add = key_commands.add_parser("add", help="create a key; prints it once, stores its hash")
+    keys_add.add_argument("--file", required=True, help="the keys file (SEMCACHE_API_KEYS_FILE)")
+    keys_add.add_argument("--tenant", required=True)
+    keys_add.add_argument("--role", choices=["client", "admin"], default="client")
+    keys_add.add_argument("--name", required=True, help="a label for the key, e.g. the app")
+    keys_add.set_defaults(run=_cmd_keys_add)
+
+    bench = commands.add_parser("bench", help="benchmarks (see the README's Benchmarks section)")
+    if with_benchmarks:
+        _add_bench_commands(bench.add_subparsers(dest="bench", required=True))
+
     route = commands.add_parser(
         "route-eval", help="routing accuracy, confusion matrix and projected cost on a file"
     )
@@ -402,15 +461,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-tokens", type=int, default=250, help="assumed answer length for the cost"
     )
     route.set_defaults(run=_cmd_route_eval)
-
-    resilience = benches.add_parser(
-        "resilience", help="success rate and latency under injected upstream failures, on vs off"
-    )
-    resilience.add_argument("--requests", type=int, default=300)
-    resilience.add_argument("--error-rate", type=float, default=0.3)
-    resilience.add_argument("--ttft-ms", type=float, default=20.0)
-    resilience.add_argument("--out", default="bench-results")
-    resilience.set_defaults(run=_cmd_bench_resilience)
 
     calibrate = commands.add_parser(
         "calibrate", help="refit the near-miss guard's weights from labelled pairs"
@@ -444,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `semcache` console script."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(with_benchmarks=arguments[:1] == ["bench"]).parse_args(arguments)
     return int(args.run(args))
 
 

@@ -1,4 +1,4 @@
-"""The service's error tree, and the gRPC status each error maps to.
+"""The service's error tree, and the gRPC status each error maps to at the door.
 
     SemcacheError                     INTERNAL (also any error not in this tree)
     ├── InvalidRequestError           INVALID_ARGUMENT: the message says what to change
@@ -20,15 +20,13 @@
                                       it as one line and exits non-zero
     └── StoreDamagedError             the store lacks entries it held (SEMCACHE_ON_STORE_DAMAGE)
 
-The mapping lives in `STATUS_BY_ERROR`; the error interceptor
-(`service.interceptors`) is the only code that turns these into statuses.
+Nothing here knows a transport: the gRPC door's table is
+`service.transport.grpc.status`, the HTTP door's `service.transport.http.errors`.
 """
 
 from __future__ import annotations
 
 from typing import Literal
-
-import grpc
 
 
 class SemcacheError(Exception):
@@ -115,28 +113,5 @@ class StartupError(Exception):
     """
 
 
-STATUS_BY_ERROR: tuple[tuple[type[SemcacheError], grpc.StatusCode], ...] = (
-    # most specific first
-    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
-    (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
-    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
-    (RateLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (UpstreamTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (UpstreamBusyError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (UpstreamRejectedError, grpc.StatusCode.INVALID_ARGUMENT),
-    (UpstreamError, grpc.StatusCode.UNAVAILABLE),
-    (StoreNotWritableError, grpc.StatusCode.UNAVAILABLE),
-)
-
-
 class StoreDamagedError(StartupError):
     """The store opened with entries missing, and SEMCACHE_ON_STORE_DAMAGE=refuse."""
-
-
-def status_for(error: BaseException) -> grpc.StatusCode:
-    """The gRPC status for `error`; INTERNAL for anything unexpected."""
-    for error_type, code in STATUS_BY_ERROR:
-        if isinstance(error, error_type):
-            return code
-    return grpc.StatusCode.INTERNAL

@@ -19,9 +19,9 @@ How the gateway uses a `RateLimiter`:
    any long window the tenant's average stays within its limit, at the price
    that one large answer can overdraw the bucket by up to that answer's size.
 
-A refusal raises `RateLimitedError` (RESOURCE_EXHAUSTED) carrying
-`retry_after_s`; `abort_with_retry_info` ends the RPC with that status and a
-`google.rpc.RetryInfo` detail in the `grpc-status-details-bin` trailer.
+A refusal raises `RateLimitedError` carrying `retry_after_s`; each door says
+when to retry in its own terms (gRPC: a `google.rpc.RetryInfo` detail, see
+`service.transport.grpc.status`; HTTP: `Retry-After`).
 
 Two backends: `InMemoryRateLimiter` (one process; the default) and
 `RedisRateLimiter` (buckets shared by every replica, updated atomically by a
@@ -31,29 +31,19 @@ cache, the limiter fails open rather than failing RPCs.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NoReturn, Protocol
+from typing import Literal, Protocol
 
-import grpc
 import redis.asyncio as redis
 import structlog
-from google.protobuf import any_pb2, duration_pb2
-
-# googleapis-common-protos ships .pyi stubs without a py.typed marker; once
-# pyproject sets `follow_untyped_imports` for google.rpc.*, these ignores go unused.
-from google.rpc.code_pb2 import RESOURCE_EXHAUSTED  # type: ignore[import-untyped,unused-ignore]
-from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped,unused-ignore]
-from google.rpc.status_pb2 import Status  # type: ignore[import-untyped,unused-ignore]
 from redis.exceptions import RedisError
 
-from service.errors import OverloadedError, RateLimitedError
+from service.errors import RateLimitedError
 
 log = structlog.get_logger(__name__)
 
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 Limit = Literal["requests", "tokens"]
 _MAX_IDLE_BUCKETS = 10_000
 # Float refills can land a hair short of a whole token exactly when the retry
@@ -278,35 +268,3 @@ class RedisRateLimiter:
             return
         if wait_ms > 0:
             raise RateLimitedError(tenant, limit, per_minute, wait_ms / 1000)
-
-
-def retry_info_trailer(retry_after_s: float, message: str) -> tuple[tuple[str, bytes], ...]:
-    """Trailing metadata for a RESOURCE_EXHAUSTED status with a `RetryInfo` detail.
-
-    `message` must be the status message the RPC ends with: clients
-    (`grpc_status.rpc_status.from_call`) reject details that disagree with it.
-    """
-    retry_ms = max(1, math.ceil(retry_after_s * 1000))
-    retry = RetryInfo(retry_delay=duration_pb2.Duration())
-    retry.retry_delay.FromMilliseconds(retry_ms)
-    detail = any_pb2.Any()
-    detail.Pack(retry)
-    status = Status(code=RESOURCE_EXHAUSTED, message=message, details=[detail])
-    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
-
-
-async def abort_with_retry_info(
-    context: grpc.aio.ServicerContext, error: RateLimitedError | OverloadedError
-) -> NoReturn:
-    """End the RPC with RESOURCE_EXHAUSTED, the error's message and a `RetryInfo` detail.
-
-    Raises:
-        grpc.aio.AbortError: always (that is how grpc.aio ends an RPC).
-    """
-    message = str(error)
-    await context.abort(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        message,
-        trailing_metadata=retry_info_trailer(error.retry_after_s, message),
-    )
-    raise AssertionError("context.abort returned")  # pragma: no cover

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 from pydantic import ValidationError
 
 from service.config import Settings
@@ -27,7 +26,7 @@ from service.embedding.errors import EmbeddingModelError
 from service.errors import StartupError
 
 # Errors of the clients the Qdrant server backend talks through.
-_CLIENT_LIBRARIES = frozenset({"httpx", "httpcore", "qdrant_client"})
+_CLIENT_LIBRARIES = frozenset({"httpx", "httpcore", "qdrant_client", "grpc"})
 _BIND_HINTS = {
     errno.EADDRINUSE: "stop the other server, or set {port_setting} to a free port (0 picks one)",
     errno.EADDRNOTAVAIL: "set {host_setting} to an address of this machine, e.g. 127.0.0.1",
@@ -163,7 +162,7 @@ def _named_in(value: object, message: str) -> bool:
 
 def _is_connection_error(error: Exception) -> bool:
     library = type(error).__module__.split(".")[0]
-    return isinstance(error, (ConnectionError, grpc.RpcError)) or library in _CLIENT_LIBRARIES
+    return isinstance(error, ConnectionError) or library in _CLIENT_LIBRARIES
 
 
 def _detail(error: Exception) -> str:

@@ -20,8 +20,8 @@ from service.app import App, build_app
 from service.config import Settings
 from service.embedding.base import Embedder
 from service.embedding.factory import build_embedder
-from service.server import RunningServer, Security, start_server
 from service.simulator import SimulatorConfig, UpstreamSimulator
+from service.transport.grpc.server import RunningServer, Security, start_server
 
 BACKENDS = ("edge", "qdrant-memory")
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,6 @@ from service.auth import (
     MISSING_KEY_MESSAGE,
     UNKNOWN_KEY_MESSAGE,
     AuthenticationError,
-    AuthInterceptor,
     KeyRing,
     PermissionDeniedError,
     Principal,
@@ -33,11 +32,12 @@ from service.auth import (
     hash_key,
     is_loopback,
     load_keys,
-    load_server_credentials,
     require_admin,
     require_principal,
     resolve_tenant,
 )
+from service.transport.grpc.auth import Authenticator, load_server_credentials
+from service.transport.grpc.interceptors import ServiceInterceptor
 
 CLIENT_KEY = "sk-sc-client-test-key"
 ADMIN_KEY = "sk-sc-admin-test-key"
@@ -284,7 +284,8 @@ def echo_handler() -> grpc.GenericRpcHandler:
 async def start(
     keyring: KeyRing | None, port_of: Callable[[grpc.aio.Server], int]
 ) -> grpc.aio.Server:
-    server = grpc.aio.server(interceptors=[AuthInterceptor(keyring)])
+    interceptor = ServiceInterceptor(authenticator=Authenticator(keyring))
+    server = grpc.aio.server(interceptors=[interceptor])
     server.add_generic_rpc_handlers((echo_handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     port_of(server)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from semcache_client import AsyncSemcacheClient, SemcacheClient
 from service.cli import main
-from service.client import AsyncSemcacheClient, SemcacheClient
 
 PASTED_KEY = "sk-sc-…"  # a key with the README's old ellipsis in it
 
@@ -15,9 +15,9 @@ PASTED_KEY = "sk-sc-…"  # a key with the README's old ellipsis in it
 def test_a_value_grpc_cannot_send_is_refused_when_the_client_is_made(
     client: type[SemcacheClient] | type[AsyncSemcacheClient],
 ) -> None:
-    with pytest.raises(ValueError, match=r"api_key holds '…' \(U\+2026\) at position 6"):
+    with pytest.raises(ValueError, match=r"api_key has '…' \(U\+2026\) at position 6"):
         client("127.0.0.1:1", api_key=PASTED_KEY)
-    with pytest.raises(ValueError, match=r"tenant holds 'é' \(U\+00E9\) at position 3"):
+    with pytest.raises(ValueError, match=r"tenant has 'é' \(U\+00E9\) at position 3"):
         client("127.0.0.1:1", tenant="café")
 
 
@@ -25,4 +25,4 @@ def test_the_cli_says_what_is_wrong_with_the_key(capsys: pytest.CaptureFixture[s
     status = main(["complete", "hi", "--api-key", PASTED_KEY, "--target", "127.0.0.1:1"])
     assert status == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("semcache: api_key holds '…' (U+2026)"), last
+    assert last.startswith("semcache: api_key has '…' (U+2026)"), last

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from service import healthcheck
 from service.config import Settings
+from service.transport.grpc import healthcheck
 from tests.conftest import Service
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_compose_services_have_health_checks_and_start_in_order() -> None:
         test = service["healthcheck"]["test"]
         assert test[0] in ("CMD", "CMD-SHELL"), name
     probe = services["semcache"]["healthcheck"]["test"]
-    assert probe[1:4] == ["python", "-m", "service.healthcheck"]
+    assert probe[1:3] == ["semcache", "health"]
     depends_on = services["semcache"]["depends_on"]
     assert depends_on == {
         "qdrant": {"condition": "service_healthy"},
@@ -172,7 +172,7 @@ def test_dockerfile_installs_cpu_torch_before_the_project() -> None:
 def test_dockerfile_health_check_ports_and_entrypoint() -> None:
     lines = _dockerfile()
     (health,) = [line for line in lines if line.startswith("HEALTHCHECK ")]
-    assert '"service.healthcheck"' in health
+    assert '"semcache", "health"' in health
     (expose,) = [line for line in lines if line.startswith("EXPOSE ")]
     assert set(expose.split()[1:]) == {str(GRPC_PORT), "9464"}
     assert 'ENTRYPOINT ["semcache"]' in lines and 'CMD ["serve"]' in lines
@@ -181,7 +181,7 @@ def test_dockerfile_health_check_ports_and_entrypoint() -> None:
     assert set(re.findall(r"\b(SEMCACHE_[A-Z_]+)=", env)) <= SETTINGS_VARS
 
 
-# --- service/healthcheck.py ------------------------------------------------------
+# --- semcache health -------------------------------------------------------------
 
 
 async def test_healthcheck_passes_against_a_serving_server(service: Service) -> None:

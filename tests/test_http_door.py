@@ -23,9 +23,9 @@ from service.errors import (
     StartupError,
     UnknownModelError,
     UpstreamError,
-    status_for,
 )
 from service.simulator import SimulatorConfig, UpstreamSimulator
+from service.transport.grpc.status import status_for
 from service.transport.http import start_http_from_settings, start_http_server
 from service.transport.http.errors import http_error_for
 from tests.conftest import IsolatedSettings

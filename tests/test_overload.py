@@ -14,14 +14,14 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from semcache_client._rpc_status import retry_after_s
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.app import App, build_app
-from service.client._rpc_status import retry_after_s
 from service.embedding.base import Embedder
 from service.metrics import Metrics
-from service.server import start_server
 from service.simulator import SimulatorConfig, UpstreamSimulator
+from service.transport.grpc.server import start_server
 from tests.conftest import Service, make_settings
 
 BOUND = 2

@@ -91,7 +91,7 @@ class ReadmeService:
         self.lines: list[str] = []
         self._serving = threading.Event()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"],
+            [sys.executable, "-m", "service.cli", "serve", "--simulate"],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from service.client import AsyncSemcacheClient, SemcacheError
+from semcache_client import AsyncSemcacheClient, SemcacheError
 from service.embedding.base import Embedder
 from service.errors import StartupError
-from service.server import start_server
 from service.simulator import SimulatorConfig, UpstreamSimulator
 from service.simulator.config import FaultConfig
+from service.transport.grpc.server import start_server
 from tests.conftest import MODEL_CACHE_DIR, REPO, Service
 
 START_TIMEOUT_S = 120.0  # a cold start exports the model; a warm one takes seconds
@@ -295,7 +295,7 @@ async def test_sigterm_drains_calls_in_flight_and_a_second_signal_stops_at_once(
 def test_the_health_probe_reports_invalid_settings_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service import healthcheck
+    from service.transport.grpc import healthcheck
 
     monkeypatch.setenv("SEMCACHE_GRPC_PORT", "port")
     assert healthcheck.main([]) == 1

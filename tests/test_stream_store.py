@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.auth import Principal, current_principal
-from service.servicer import SemanticCacheServicer
+from service.transport.grpc.servicer import SemanticCacheServicer
 from tests.conftest import Service
 
 QUESTION = "What is machine learning?"

@@ -621,16 +621,3 @@ def _accepted(function: Callable[..., Any]) -> set[str]:
         else:
             names.add(parameter.name)
     return names
-
-
-def test_the_old_client_api_is_kept_so_callers_change_only_the_import() -> None:
-    old = pytest.importorskip("service.client")  # goes once service/client is removed
-    new = importlib.import_module("semcache_client")
-    assert set(old.__all__) <= set(new.__all__)
-    for name in ("SemcacheClient", "AsyncSemcacheClient", "AnswerStream", "AsyncAnswerStream"):
-        old_class, new_class = getattr(old, name), getattr(new, name)
-        for method, function in inspect.getmembers(old_class, inspect.isfunction):
-            # a stream is made by the client, never by its caller
-            public = not method.startswith("_") or (method == "__init__" and "Client" in name)
-            if public:
-                assert _accepted(function) <= _accepted(getattr(new_class, method)), method

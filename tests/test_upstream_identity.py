@@ -13,8 +13,8 @@ from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.app import build_app
 from service.config import Settings
 from service.embedding.base import Embedder
-from service.server import start_server
 from service.simulator import SimulatorConfig, UpstreamSimulator
+from service.transport.grpc.server import start_server
 from tests.conftest import make_settings, start_service
 
 QUESTION = "What is the capital of Australia?"

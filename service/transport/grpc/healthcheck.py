@@ -1,4 +1,4 @@
-"""A gRPC health probe for containers: `python -m service.healthcheck`.
+"""A gRPC health probe for containers: `semcache health`.
 
 Asks `grpc.health.v1.Health/Check` on the local server and exits 0 when it
 answers SERVING, 1 otherwise (not serving, unreachable, or too slow). It is
@@ -39,28 +39,30 @@ def check(target: str, service: str = "", timeout_s: float = DEFAULT_TIMEOUT_S) 
     return serving
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m service.healthcheck", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The probe's options, for `semcache health`."""
     parser.add_argument(
         "--target", help="host:port to probe; default 127.0.0.1:$SEMCACHE_GRPC_PORT"
     )
     parser.add_argument("--service", default="", help="health service name; default: the server")
     parser.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S)
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     """Exit status 0 if the server is SERVING, else 1 (also when the settings that
     name its port are invalid: one line on stderr says which)."""
-    args = _parser().parse_args(argv)
-    if args.target is None:
+    target = args.target
+    if target is None:
         try:
-            args.target = f"127.0.0.1:{load_settings().grpc_port}"
+            target = f"127.0.0.1:{load_settings().grpc_port}"
         except StartupError as error:
             print(f"unhealthy: {error}", file=sys.stderr)
             return 1
-    return 0 if check(args.target, args.service, args.timeout_s) else 1
+    return 0 if check(target, args.service, args.timeout_s) else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: Sequence[str] | None = None) -> int:
+    """`semcache health`'s options parsed from `argv`, then `run`."""
+    parser = argparse.ArgumentParser(prog="semcache health", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

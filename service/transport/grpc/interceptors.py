@@ -2,7 +2,7 @@
 and the bound on RPCs in flight.
 
 Handlers raise the exceptions of `service.errors`; this is the only place that
-turns them into status codes (through `errors.status_for`). Anything
+turns them into status codes (through `status.status_for`). Anything
 unexpected becomes INTERNAL and is logged with its traceback. A rate-limited
 or overloaded call also carries a `google.rpc.RetryInfo` detail saying when to
 retry.
@@ -37,9 +37,16 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from service.errors import InvalidRequestError, OverloadedError, RateLimitedError, status_for
+from service.auth import Principal, current_principal
+from service.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    OverloadedError,
+    RateLimitedError,
+)
 from service.metrics import Metrics
-from service.ratelimit import abort_with_retry_info
+from service.transport.grpc.auth import Authenticator
+from service.transport.grpc.status import abort_with_retry_info, status_for
 
 log = structlog.get_logger(__name__)
 
@@ -180,9 +187,15 @@ class _Call:
     """Book-keeping for one RPC: its request id, timing, and metrics on the way out."""
 
     def __init__(
-        self, method: str, request_id: str, metrics: Metrics | None, gate: InFlight | None
+        self,
+        method: str,
+        request_id: str,
+        metrics: Metrics | None,
+        gate: InFlight | None,
+        caller: Principal | AuthenticationError | None = None,
     ) -> None:
         self.method = method
+        self.caller = caller
         self.rpc = method.rsplit("/", 1)[-1]
         self.request_id = request_id
         self.metrics = metrics
@@ -221,14 +234,23 @@ class _Call:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Binds a request id to logs and responses, maps errors to statuses, counts RPCs,
-    and refuses calls past `max_in_flight` RPCs in flight (health and reflection aside)."""
+    """Binds a request id to logs and responses, authenticates the caller (binding
+    `current_principal`), maps errors to statuses, counts RPCs, and refuses calls
+    past `max_in_flight` RPCs in flight (health and reflection aside).
+
+    With no `authenticator` nobody is authenticated and handlers that need a
+    caller fail closed (`require_principal`).
+    """
 
     def __init__(
-        self, metrics: Metrics | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+        self,
+        metrics: Metrics | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self._metrics = metrics
         self._in_flight = InFlight(max_in_flight, metrics)
+        self._authenticator = authenticator
 
     async def intercept_service(
         self,
@@ -239,7 +261,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return handler
         gate = None if details.method.startswith(_UNBOUNDED_PREFIX) else self._in_flight
-        call = _Call(details.method, _request_id(details), self._metrics, gate)
+        caller = None
+        if self._authenticator is not None:
+            metadata = tuple(details.invocation_metadata or ())
+            caller = self._authenticator.caller(details.method, metadata)
+        call = _Call(details.method, _request_id(details), self._metrics, gate, caller)
         deserializer = tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -280,12 +306,18 @@ async def _handled(call: _Call, context: grpc.aio.ServicerContext) -> AsyncItera
 
 @contextlib.contextmanager
 def _admitted(call: _Call, request: Any) -> Iterator[None]:
-    """Hold an in-flight slot for the RPC's body; refuse undecodable bytes first.
+    """Bind the caller and hold an in-flight slot for the RPC's body; refuse an
+    unknown caller first, then undecodable bytes.
 
     Raises:
+        AuthenticationError: keys are configured and the call has no known key.
         InvalidRequestError: the request bytes were not the method's message.
         OverloadedError: the server is at its bound on RPCs in flight.
     """
+    if isinstance(call.caller, AuthenticationError):
+        raise call.caller
+    if call.caller is not None:
+        current_principal.set(call.caller)
     if isinstance(request, Undecodable):
         raise request.error()
     if call.gate is None:

@@ -1,4 +1,4 @@
-"""Start and stop the gRPC server: health, reflection, signals. Nothing else.
+"""Start and stop the gRPC door: health, reflection, interceptors, TLS. Nothing else.
 
 Start-up failures an operator can fix (a busy port, open mode on a public
 address, a bad keys or TLS file) are `StartupError`s with a one-line message.
@@ -6,8 +6,6 @@ address, a bad keys or TLS file) are `StartupError`s with a one-line message.
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from dataclasses import dataclass
 
 import grpc
@@ -18,24 +16,17 @@ from grpc_reflection.v1alpha import reflection
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.app import App
-from service.auth import (
-    OPEN_MODE_WARNING,
-    AuthInterceptor,
-    KeyRing,
-    check_open_mode_bind,
-    load_keys,
-    load_server_credentials,
-)
+from service.auth import OPEN_MODE_WARNING, KeyRing, check_open_mode_bind, load_keys
 from service.config import Settings
 from service.errors import StartupError
-from service.interceptors import (
+from service.startup import bind_problem, one_line
+from service.transport.grpc.auth import Authenticator, load_server_credentials
+from service.transport.grpc.interceptors import (
     BACKLOG_SERVER_OPTIONS,
     DEFAULT_MAX_IN_FLIGHT,
     ServiceInterceptor,
 )
-from service.metrics import MetricsServer, start_metrics_server
-from service.servicer import BatchLimits, SemanticCacheServicer
-from service.startup import bind_problem, one_line
+from service.transport.grpc.servicer import BatchLimits, SemanticCacheServicer
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +47,10 @@ class RunningServer:
         """Report NOT_SERVING, then let in-flight RPCs finish for up to `grace_s`."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+
+    async def cancel_in_flight(self) -> None:
+        """End every RPC still running, now."""
+        await self.server.stop(0)
 
 
 @dataclass(frozen=True)
@@ -109,17 +104,15 @@ async def start_server(
     """Serve `app` on host:port (port 0 picks a free one) and mark it SERVING.
 
     Past `max_concurrent_rpcs` cache-service RPCs in flight, a new call is
-    refused with RESOURCE_EXHAUSTED and a retry hint (`service.interceptors`).
+    refused with RESOURCE_EXHAUSTED and a retry hint (`interceptors.py`).
 
     Raises:
         StartupError: the port could not be bound (in use, or not an address
             of this machine); the message says which and what to change.
     """
     security = security or Security()
-    interceptors = [
-        ServiceInterceptor(app.metrics, max_concurrent_rpcs),
-        AuthInterceptor(security.keyring),
-    ]
+    authenticator = Authenticator(security.keyring)
+    interceptors = [ServiceInterceptor(app.metrics, max_concurrent_rpcs, authenticator)]
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     servicer = SemanticCacheServicer(app.pipeline, app.admin, batch_limits)
     pb_grpc.add_SemanticCacheServiceServicer_to_server(servicer, server)
@@ -150,78 +143,3 @@ def _add_port(
         problem = bind_problem(host, port, "SEMCACHE_GRPC_PORT", "SEMCACHE_GRPC_HOST")
         raise StartupError(f"cannot listen for gRPC on {address}: {problem}")
     return bound
-
-
-async def serve_until_signalled(
-    app: App, settings: Settings, security: Security | None = None
-) -> None:
-    """Serve `app` until SIGTERM or SIGINT, then drain: health reports NOT_SERVING,
-    new calls are refused, and calls in flight get up to `grace_period_s` to finish.
-    A second signal ends the drain at once. The caller closes `app` afterwards.
-
-    Raises:
-        StartupError: the gRPC or metrics port cannot be bound, or `security`
-            was not given and the keys or TLS files are bad.
-    """
-    security = security or security_from(settings)
-    limits = BatchLimits(settings.batch_max_items, settings.batch_max_concurrency)
-    running = await start_server(
-        app, settings.grpc_host, settings.grpc_port, limits, security, settings.max_concurrent_rpcs
-    )
-    try:
-        metrics_server = _start_metrics(app, settings)
-    except StartupError:
-        await running.stop(0)
-        raise
-    app.maintenance.start()
-    log.info(
-        "semcache serving",
-        address=f"{settings.grpc_host}:{running.port}",
-        tls=security.credentials is not None,
-        api_keys=security.keyring is not None,
-    )
-    signals = _signal_queue()
-    await signals.get()
-    log.info("shutting down", grace_s=settings.grace_period_s, in_flight="draining")
-    await _drain(running, settings.grace_period_s, signals)
-    if metrics_server is not None:
-        await metrics_server.aclose()
-
-
-def _start_metrics(app: App, settings: Settings) -> MetricsServer | None:
-    if settings.metrics_port is None:
-        return None
-    try:
-        server = start_metrics_server(app.metrics, settings.metrics_host, settings.metrics_port)
-    except OSError as error:
-        address = f"{settings.metrics_host}:{settings.metrics_port}"
-        problem = bind_problem(
-            settings.metrics_host,
-            settings.metrics_port,
-            "SEMCACHE_METRICS_PORT",
-            "SEMCACHE_METRICS_HOST",
-        )
-        raise StartupError(f"cannot serve metrics on {address}: {problem}") from error
-    log.info("metrics at /metrics", port=server.port)
-    return server
-
-
-def _signal_queue() -> asyncio.Queue[int]:
-    """SIGTERM and SIGINT, as they arrive, instead of their default actions."""
-    signals: asyncio.Queue[int] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, signals.put_nowait, sig)
-    return signals
-
-
-async def _drain(running: RunningServer, grace_s: float, signals: asyncio.Queue[int]) -> None:
-    """`running.stop(grace_s)`, cut short by the next signal."""
-    draining = asyncio.ensure_future(running.stop(grace_s))
-    hurry = asyncio.ensure_future(signals.get())
-    await asyncio.wait((draining, hurry), return_when=asyncio.FIRST_COMPLETED)
-    if not draining.done():
-        log.warning("second signal: cancelling the calls still in flight")
-        await running.server.stop(0)
-    hurry.cancel()
-    await draining

@@ -20,10 +20,11 @@ from service.domain import (
     CompletionRequest,
     SamplingParams,
 )
-from service.errors import InvalidRequestError, status_for
-from service.interceptors import request_id_var, rpc_outcome_var
+from service.errors import InvalidRequestError
 from service.pipeline.admin import CacheAdmin, Invalidation, TenantStats
 from service.pipeline.request import RequestPipeline
+from service.transport.grpc.interceptors import request_id_var, rpc_outcome_var
+from service.transport.grpc.status import status_for
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,7 @@ import structlog
 from aiohttp import web
 
 from service.app import App
-from service.auth import (
-    OPEN_MODE_DEFAULT_TENANT,
-    OPEN_MODE_KEY_NAME,
-    OPEN_MODE_TENANT_KEY,
-    KeyRing,
-    Principal,
-)
+from service.auth import KeyRing, Principal, principal_for
 from service.transport.http.errors import (
     INTERNAL,
     error_body,
@@ -79,10 +73,7 @@ class Door:
         Raises:
             AuthenticationError: keys are configured and the request has no known key.
         """
-        if self.keyring is not None:
-            return self.keyring.authenticate(list(request.headers.items()))
-        tenant = request.headers.get(OPEN_MODE_TENANT_KEY, OPEN_MODE_DEFAULT_TENANT)
-        return Principal(tenant=tenant, role="admin", key_name=OPEN_MODE_KEY_NAME)
+        return principal_for(self.keyring, list(request.headers.items()))
 
 
 DOOR = web.AppKey("semcache_door", Door)

@@ -1,0 +1,106 @@
+"""Serve until told to stop: both doors, the metrics port and the upkeep loop.
+
+`semcache serve` builds the app, then calls `serve_until_signalled`. On SIGTERM
+or SIGINT it drains: gRPC health reports NOT_SERVING, new calls are refused,
+and calls in flight on either door get up to `grace_period_s` to finish; a
+second signal ends the drain at once. The caller closes the app afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+
+from service.app import App
+from service.config import Settings
+from service.errors import StartupError
+from service.metrics import MetricsServer, start_metrics_server
+from service.startup import bind_problem
+from service.transport.grpc.server import RunningServer, Security, security_from, start_server
+from service.transport.grpc.servicer import BatchLimits
+from service.transport.http.server import RunningHttpServer, start_http_from_settings
+
+log = structlog.get_logger(__name__)
+
+
+async def serve_until_signalled(
+    app: App, settings: Settings, security: Security | None = None
+) -> None:
+    """Serve `app` on the configured doors until SIGTERM or SIGINT, then drain.
+
+    Raises:
+        StartupError: a port cannot be bound, or `security` was not given and
+            the keys or TLS files are bad.
+    """
+    security = security or security_from(settings)
+    limits = BatchLimits(settings.batch_max_items, settings.batch_max_concurrency)
+    running = await start_server(
+        app, settings.grpc_host, settings.grpc_port, limits, security, settings.max_concurrent_rpcs
+    )
+    try:
+        http = await start_http_from_settings(app, settings, security.keyring)
+        metrics_server = _start_metrics(app, settings)
+    except StartupError:
+        await running.stop(0)
+        raise
+    app.maintenance.start()
+    log.info(
+        "semcache serving",
+        address=f"{settings.grpc_host}:{running.port}",
+        http=http.base_url if http is not None else None,
+        tls=security.credentials is not None,
+        api_keys=security.keyring is not None,
+    )
+    signals = _signal_queue()
+    await signals.get()
+    log.info("shutting down", grace_s=settings.grace_period_s, in_flight="draining")
+    await _drain(running, http, settings.grace_period_s, signals)
+    if metrics_server is not None:
+        await metrics_server.aclose()
+
+
+def _start_metrics(app: App, settings: Settings) -> MetricsServer | None:
+    if settings.metrics_port is None:
+        return None
+    try:
+        server = start_metrics_server(app.metrics, settings.metrics_host, settings.metrics_port)
+    except OSError as error:
+        address = f"{settings.metrics_host}:{settings.metrics_port}"
+        problem = bind_problem(
+            settings.metrics_host,
+            settings.metrics_port,
+            "SEMCACHE_METRICS_PORT",
+            "SEMCACHE_METRICS_HOST",
+        )
+        raise StartupError(f"cannot serve metrics on {address}: {problem}") from error
+    log.info("metrics at /metrics", port=server.port)
+    return server
+
+
+def _signal_queue() -> asyncio.Queue[int]:
+    """SIGTERM and SIGINT, as they arrive, instead of their default actions."""
+    signals: asyncio.Queue[int] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    return signals
+
+
+async def _drain(
+    running: RunningServer,
+    http: RunningHttpServer | None,
+    grace_s: float,
+    signals: asyncio.Queue[int],
+) -> None:
+    """Stop both doors within `grace_s`, cut short by the next signal."""
+    stops = [running.stop(grace_s)] + ([http.aclose()] if http is not None else [])
+    draining = asyncio.ensure_future(asyncio.gather(*stops))
+    hurry = asyncio.ensure_future(signals.get())
+    await asyncio.wait((draining, hurry), return_when=asyncio.FIRST_COMPLETED)
+    if not draining.done():
+        log.warning("second signal: cancelling the calls still in flight")
+        await running.cancel_in_flight()
+    hurry.cancel()
+    await draining
