@@ -1,4 +1,4 @@
-"""The `semcache bench load|overhead|compare|gptcache|grouping|scale|readme` subcommands.
+"""The `semcache bench load|overhead|compare|gptcache|grouping|scale|peers|readme` subcommands.
 
 `add_bench_commands(benches)` adds them to the `bench` subparsers of
 `service.cli.build_parser`; until that one line is wired in, the same
@@ -106,6 +106,22 @@ def _cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_peers(args: argparse.Namespace) -> int:
+    from benchmarks.peers import PeersConfig, run
+
+    config = PeersConfig(
+        peer=args.peer,
+        requests=args.requests,
+        hit_set=args.hit_set,
+        hit_requests=args.hit_requests,
+        concurrency=args.concurrency,
+        rounds=args.rounds,
+        warmup=args.warmup,
+    )
+    print(run(Path(args.out), config, _service_env(args), _data(args)))
+    return 0
+
+
 def _data(args: argparse.Namespace) -> Path | None:
     return Path(args.data) if args.data else None
 
@@ -137,7 +153,7 @@ def _common(parser: argparse.ArgumentParser, out: str) -> None:
 
 
 def add_bench_commands(benches: Any) -> None:
-    """Add load, overhead, compare, gptcache, grouping, scale and readme to `bench`."""
+    """Add load, overhead, compare, gptcache, grouping, scale, peers and readme to `bench`."""
     load = benches.add_parser("load", help="Zipf workload and hit phases through gRPC, swept")
     load.add_argument("--pairs", type=int, default=2000, help="distinct duplicate pairs")
     load.add_argument("--requests", type=int, default=1000, help="requests per Zipf phase")
@@ -202,6 +218,25 @@ def add_bench_commands(benches: Any) -> None:
     scale.add_argument("--time-limit-s", type=float, default=600.0, help="per build or probe")
     _common(scale, "bench-results/scale")
     scale.set_defaults(run=_cmd_scale)
+
+    peers = benches.add_parser(
+        "peers", help="semcache beside the LiteLLM proxy, same upstream, interleaved"
+    )
+    peers.add_argument(
+        "--peer",
+        choices=["litellm", "semcache"],
+        default="litellm",
+        help="litellm (installed on first use into .semcache/peers-venv), or a second"
+        " semcache standing in for it (tests the harness without LiteLLM)",
+    )
+    peers.add_argument("--requests", type=int, default=300, help="calls per gateway per phase")
+    peers.add_argument("--hit-set", type=int, default=100, help="distinct exact hits (≤ 100)")
+    peers.add_argument("--hit-requests", type=int, default=1024, help="hits per gateway at c=N")
+    peers.add_argument("--concurrency", type=int, default=64, help="N for the hits/s phase")
+    peers.add_argument("--rounds", type=int, default=4, help="alternating blocks at c=N")
+    peers.add_argument("--warmup", type=int, default=20, help="unmeasured calls per gateway")
+    _common(peers, "bench-results/peers")
+    peers.set_defaults(run=_cmd_peers)
 
     readme = benches.add_parser(
         "readme", help="rewrite README.md's benchmark tables from the results in docs/bench"
