@@ -38,6 +38,8 @@ class Ledger:
         """Count a served cache hit and return its completion."""
         entry = hit.entry
         self._stats.record(tenant, hit.status, 0.0, entry.cost_usd)
+        detail = "exact" if hit.status is CacheStatus.EXACT_HIT else "ok"
+        self._metrics.record_cache_decision(tenant, detail)
         self._metrics.record_usage(
             tenant,
             entry.model,
@@ -55,7 +57,7 @@ class Ledger:
             similarity=hit.similarity,
             cost_saved_usd=entry.cost_usd,
             latency_ms=elapsed_ms(started),
-            cache_detail="exact" if hit.status is CacheStatus.EXACT_HIT else "ok",
+            cache_detail=detail,
             tool_calls_json=entry.tool_calls_json,
             tier=self._tier_of(entry.model),
             route_reason="cache",
@@ -66,6 +68,7 @@ class Ledger:
         answer, lookup = receipt.answer, receipt.lookup
         status = CacheStatus.BYPASS if lookup is None else CacheStatus.MISS
         self._stats.record(receipt.tenant, status, receipt.spent_usd, receipt.saved_usd)
+        self._metrics.record_cache_decision(receipt.tenant, receipt.detail)
         usage = answer.usage
         self._metrics.record_usage(
             receipt.tenant,

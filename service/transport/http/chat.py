@@ -62,7 +62,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         call.rpc = RPC_STREAM
         return await _stream(request, chat, call)
     completion = await door.app.pipeline.complete(chat.request)
-    _served(request, call, completion, principal.tenant)
+    _served(call, completion)
     return web.json_response(
         chat_completion(completion, call.request_id),
         headers=completion_headers(completion, call.request_id),
@@ -141,9 +141,8 @@ def _sdk_timeout_s(headers: Mapping[str, str]) -> float | None:
     return seconds if 0 < seconds < float("inf") else None
 
 
-def _served(request: web.Request, call: HttpCall, completion: Completion, tenant: str) -> None:
+def _served(call: HttpCall, completion: Completion) -> None:
     call.cache, call.model = completion.cache_status.value, completion.model
-    request.app[DOOR].app.metrics.record_cache_decision(tenant, completion.cache_detail)
 
 
 async def _stream(request: web.Request, chat: ChatCall, call: HttpCall) -> web.StreamResponse:
@@ -193,7 +192,7 @@ async def _send(
         await response.write(writer.delta(event))
         return None
     await response.write(writer.final(event))
-    _served(request, call, event, chat.request.tenant)
+    _served(call, event)
     return event
 
 
