@@ -104,3 +104,5 @@ class Completion:
     route_reason: str = ""
     route_score: float = 0.0
     upstream_attempts: int = 0
+    # The cache entry this answer was served from (a hit) or stored as (a miss); "" if none.
+    entry_id: str = ""

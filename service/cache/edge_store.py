@@ -36,6 +36,15 @@ from service.cache.edge_shard import (
     open_shard,
     segments_missing,
 )
+from service.cache.filters import (
+    Condition,
+    Equals,
+    HasIds,
+    entry_conditions,
+    id_conditions,
+    scope_conditions,
+    tenant_conditions,
+)
 from service.cache.store import (
     CacheEntry,
     EntryFilter,
@@ -43,6 +52,7 @@ from service.cache.store import (
     SearchQuery,
     StoreHealth,
     Vector,
+    scored_entries,
 )
 from service.errors import StoreDamagedError, StoreNotWritableError
 
@@ -66,39 +76,18 @@ def _estimate_bytes(entry: CacheEntry, dim: int) -> int:
     return 2 * (payload + 4 * dim) + PAGE_OVERHEAD_BYTES
 
 
-def _match(key: str, value: str) -> qe.FieldCondition:
-    return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+def _edge_condition(condition: Condition) -> qe.FieldCondition | qe.HasIdCondition:
+    if isinstance(condition, HasIds):
+        return qe.HasIdCondition(set(condition.point_ids))
+    if isinstance(condition, Equals):
+        return qe.FieldCondition(key=condition.key, match=qe.MatchValue(condition.value))
+    bound = qe.RangeFloat(**{condition.op: condition.value})
+    return qe.FieldCondition(key=condition.key, range=bound)
 
 
-def _edge_filter(selector: EntryFilter) -> qe.Filter:
-    must: list[qe.FieldCondition] = [
-        _match(key, value)
-        for key, value in (
-            ("tenant", selector.tenant),
-            ("namespace", selector.namespace),
-            ("model", selector.model),
-        )
-        if value is not None
-    ]
-    if selector.created_before is not None:
-        must.append(
-            qe.FieldCondition(key="created_at", range=qe.RangeFloat(lt=selector.created_before))
-        )
-    if selector.expired_at is not None:
-        must.append(
-            qe.FieldCondition(key="expires_at", range=qe.RangeFloat(lte=selector.expired_at))
-        )
-    if selector.live_at is not None:
-        must.append(qe.FieldCondition(key="expires_at", range=qe.RangeFloat(gt=selector.live_at)))
-    return qe.Filter(must=list(must))
-
-
-def _scored(points: Sequence[qe.ScoredPoint]) -> list[ScoredEntry]:
-    return [
-        ScoredEntry(str(p.id), float(p.score), CacheEntry.from_payload(p.payload))
-        for p in points
-        if p.payload is not None
-    ]
+def _edge_filter(conditions: Sequence[Condition]) -> qe.Filter:
+    """`conditions` (all must hold) as a Qdrant Edge filter."""
+    return qe.Filter(must=[_edge_condition(c) for c in conditions])
 
 
 class EdgeVectorStore:
@@ -237,19 +226,15 @@ class EdgeVectorStore:
         if shard is None:
             return [[] for _ in queries]
         batch = qe.QueryBatchRequest([self._query(q) for q in queries])
-        return [_scored(points) for points in await self._run(lambda: shard.query_batch(batch))]
+        return [
+            scored_entries(points) for points in await self._run(lambda: shard.query_batch(batch))
+        ]
 
     def _query(self, query: SearchQuery) -> qe.QueryRequest:
         return qe.QueryRequest(
             limit=query.limit,
             query=qe.Query.Nearest(query.vector.tolist()),
-            filter=qe.Filter(
-                must=[
-                    _match("tenant", query.tenant),
-                    _match("scope", query.scope),
-                    qe.FieldCondition(key="expires_at", range=qe.RangeFloat(gt=query.now)),
-                ]
-            ),
+            filter=_edge_filter(scope_conditions(query)),
             with_payload=True,
             params=self._params,
         )
@@ -272,7 +257,7 @@ class EdgeVectorStore:
         Raises:
             StoreNotWritableError: the store is closed, or the disk has no room left.
         """
-        edge_filter = _edge_filter(selector)
+        edge_filter = _edge_filter(entry_conditions(selector))
 
         def count_then_delete() -> int:
             shard = self._writable(DELETE_BYTES, deletion=True)
@@ -298,7 +283,7 @@ class EdgeVectorStore:
         shard = self._shard
         if shard is None:
             return 0
-        edge_filter = _edge_filter(selector)
+        edge_filter = _edge_filter(entry_conditions(selector))
         return await self._run(lambda: shard.count(qe.CountRequest(exact=True, filter=edge_filter)))
 
     async def touch(self, point_ids: Sequence[str], now: float) -> None:
@@ -307,7 +292,7 @@ class EdgeVectorStore:
         By filter, not by id list: an id deleted since its hit matches nothing, where
         in a list it would fail the whole update.
         """
-        chosen = qe.Filter(must=[qe.HasIdCondition(set(point_ids))])
+        chosen = _edge_filter(id_conditions(point_ids))
         operation = qe.UpdateOperation.set_payload_by_filter(chosen, {"last_hit_at": now})
 
         def write() -> None:
@@ -317,7 +302,7 @@ class EdgeVectorStore:
         await self._write(write)
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
-        tenant_filter = qe.Filter(must=[_match("tenant", tenant)])
+        tenant_filter = _edge_filter(tenant_conditions(tenant))
 
         def evict() -> int:
             shard = self._writable(DELETE_BYTES, deletion=True)

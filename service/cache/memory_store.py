@@ -1,7 +1,8 @@
 """`MemoryVectorStore`: the `VectorStore` protocol over a dict, for tests.
 
 Exact (brute-force) cosine search in numpy, the same filters as the real
-backends (`EntryFilter`, tenant + scope + live at `now`), nothing persisted.
+backends (`filters`: an `EntryFilter`, tenant + scope + live at `now`),
+nothing persisted.
 `tests/test_store_congruence.py` holds it to the answers of the Qdrant Edge
 and qdrant-client `:memory:` backends, so a test that passes on it means the
 same on them. `fail_with` makes every call raise, to test that the cache
@@ -15,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from service.cache.filters import Condition, entry_conditions, holds, scope_conditions
 from service.cache.store import (
     CacheEntry,
     EntryFilter,
@@ -24,25 +26,13 @@ from service.cache.store import (
     Vector,
 )
 
-__all__ = ["MemoryVectorStore", "matches"]
+__all__ = ["MemoryVectorStore"]
 
 
 @dataclass(frozen=True)
 class _Point:
     vector: Vector  # unit length, as Qdrant keeps cosine vectors
     entry: CacheEntry
-
-
-def matches(entry: CacheEntry, selector: EntryFilter) -> bool:
-    """Whether `selector` selects `entry` (unset fields match everything)."""
-    return (
-        selector.tenant in (None, entry.tenant)
-        and selector.namespace in (None, entry.namespace)
-        and selector.model in (None, entry.model)
-        and (selector.created_before is None or entry.created_at < selector.created_before)
-        and (selector.expired_at is None or entry.expires_at <= selector.expired_at)
-        and (selector.live_at is None or entry.expires_at > selector.live_at)
-    )
 
 
 def _unit(vector: Vector) -> Vector:
@@ -89,14 +79,19 @@ class MemoryVectorStore:
         self.searches += len(queries)
         return [self._search(query) for query in queries]
 
+    def _selected(self, conditions: Sequence[Condition]) -> list[str]:
+        """The ids of the entries every one of `conditions` holds for."""
+        return [
+            pid
+            for pid, point in self._points.items()
+            if all(holds(c, pid, point.entry) for c in conditions)
+        ]
+
     def _search(self, query: SearchQuery) -> list[ScoredEntry]:
         unit = _unit(query.vector)
         scored = [
-            ScoredEntry(point_id, float(np.dot(unit, point.vector)), point.entry)
-            for point_id, point in self._points.items()
-            if point.entry.tenant == query.tenant
-            and point.entry.scope == query.scope
-            and point.entry.expires_at > query.now
+            ScoredEntry(pid, float(np.dot(unit, self._points[pid].vector)), self._points[pid].entry)
+            for pid in self._selected(scope_conditions(query))
         ]
         scored.sort(key=lambda s: -s.similarity)
         return scored[: query.limit]
@@ -110,7 +105,7 @@ class MemoryVectorStore:
     async def delete(self, selector: EntryFilter) -> int:
         """Delete the entries `selector` matches; returns how many there were."""
         self._check()
-        doomed = [pid for pid, p in self._points.items() if matches(p.entry, selector)]
+        doomed = self._selected(entry_conditions(selector))
         for point_id in doomed:
             del self._points[point_id]
         return len(doomed)
@@ -118,7 +113,7 @@ class MemoryVectorStore:
     async def count(self, selector: EntryFilter) -> int:
         """How many entries `selector` matches."""
         self._check()
-        return sum(1 for p in self._points.values() if matches(p.entry, selector))
+        return len(self._selected(entry_conditions(selector)))
 
     async def touch(self, point_ids: Sequence[str], now: float) -> None:
         """Set `last_hit_at` to `now` on the entries that exist."""

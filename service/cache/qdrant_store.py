@@ -11,6 +11,15 @@ from collections.abc import Sequence
 
 from qdrant_client import AsyncQdrantClient, models
 
+from service.cache.filters import (
+    Condition,
+    Equals,
+    HasIds,
+    entry_conditions,
+    id_conditions,
+    scope_conditions,
+    tenant_conditions,
+)
 from service.cache.store import (
     FLOAT_FIELDS,
     KEYWORD_FIELDS,
@@ -20,6 +29,7 @@ from service.cache.store import (
     SearchQuery,
     StoreHealth,
     Vector,
+    scored_entries,
 )
 
 _INT8_IN_RAM = models.ScalarQuantization(
@@ -29,41 +39,22 @@ _INT8_IN_RAM = models.ScalarQuantization(
 )
 
 
-def _match(key: str, value: str) -> models.FieldCondition:
-    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+def _qdrant_condition(condition: Condition) -> models.Condition:
+    if isinstance(condition, HasIds):
+        ids: list[models.ExtendedPointId] = list(condition.point_ids)
+        return models.HasIdCondition(has_id=ids)
+    if isinstance(condition, Equals):
+        return models.FieldCondition(
+            key=condition.key, match=models.MatchValue(value=condition.value)
+        )
+    return models.FieldCondition(
+        key=condition.key, range=models.Range(**{condition.op: condition.value})
+    )
 
 
-def _qdrant_filter(selector: EntryFilter) -> models.Filter:
-    must: list[models.Condition] = [
-        _match(key, value)
-        for key, value in (
-            ("tenant", selector.tenant),
-            ("namespace", selector.namespace),
-            ("model", selector.model),
-        )
-        if value is not None
-    ]
-    if selector.created_before is not None:
-        must.append(
-            models.FieldCondition(key="created_at", range=models.Range(lt=selector.created_before))
-        )
-    if selector.expired_at is not None:
-        must.append(
-            models.FieldCondition(key="expires_at", range=models.Range(lte=selector.expired_at))
-        )
-    if selector.live_at is not None:
-        must.append(
-            models.FieldCondition(key="expires_at", range=models.Range(gt=selector.live_at))
-        )
-    return models.Filter(must=must)
-
-
-def _scored(points: Sequence[models.ScoredPoint]) -> list[ScoredEntry]:
-    return [
-        ScoredEntry(str(p.id), float(p.score), CacheEntry.from_payload(p.payload))
-        for p in points
-        if p.payload is not None
-    ]
+def _qdrant_filter(conditions: Sequence[Condition]) -> models.Filter:
+    """`conditions` (all must hold) as a qdrant-client filter."""
+    return models.Filter(must=[_qdrant_condition(c) for c in conditions])
 
 
 class QdrantVectorStore:
@@ -154,19 +145,12 @@ class QdrantVectorStore:
         responses = await self._client.query_batch_points(
             self._collection, [self._request(q) for q in queries]
         )
-        return [_scored(response.points) for response in responses]
+        return [scored_entries(response.points) for response in responses]
 
     def _request(self, query: SearchQuery) -> models.QueryRequest:
-        scope_filter = models.Filter(
-            must=[
-                _match("tenant", query.tenant),
-                _match("scope", query.scope),
-                models.FieldCondition(key="expires_at", range=models.Range(gt=query.now)),
-            ]
-        )
         return models.QueryRequest(
             query=query.vector.tolist(),
-            filter=scope_filter,
+            filter=_qdrant_filter(scope_conditions(query)),
             limit=query.limit,
             with_payload=True,
             params=None if self._local else self._params,
@@ -177,7 +161,7 @@ class QdrantVectorStore:
         await self._client.upsert(self._collection, [point], wait=True)
 
     async def delete(self, selector: EntryFilter) -> int:
-        qdrant_filter = _qdrant_filter(selector)
+        qdrant_filter = _qdrant_filter(entry_conditions(selector))
         matched = (await self._client.count(self._collection, qdrant_filter, exact=True)).count
         if matched:
             await self._client.delete(
@@ -186,22 +170,20 @@ class QdrantVectorStore:
         return matched
 
     async def count(self, selector: EntryFilter) -> int:
-        result = await self._client.count(self._collection, _qdrant_filter(selector), exact=True)
+        qdrant_filter = _qdrant_filter(entry_conditions(selector))
+        result = await self._client.count(self._collection, qdrant_filter, exact=True)
         return result.count
 
     async def touch(self, point_ids: Sequence[str], now: float) -> None:
         # By filter, not by id list: an id deleted since its hit matches nothing,
         # where in a list it would fail the whole batch.
-        ids: list[models.ExtendedPointId] = list(point_ids)
-        selector = models.FilterSelector(
-            filter=models.Filter(must=[models.HasIdCondition(has_id=ids)])
-        )
+        selector = models.FilterSelector(filter=_qdrant_filter(id_conditions(point_ids)))
         await self._client.set_payload(
             self._collection, {"last_hit_at": now}, points=selector, wait=False
         )
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
-        tenant_filter = models.Filter(must=[_match("tenant", tenant)])
+        tenant_filter = _qdrant_filter(tenant_conditions(tenant))
         count = await self._client.count(self._collection, tenant_filter, exact=True)
         excess = count.count - keep
         if excess <= 0:

@@ -258,10 +258,11 @@ class SemanticCache:
         except Exception as error:
             log.warning("cache hit times not recorded", entries=len(point_ids), error=repr(error))
 
-    async def store_answer(self, lookup: Lookup, answer: Answer, ttl_s: int | None = None) -> None:
+    async def store_answer(self, lookup: Lookup, answer: Answer, ttl_s: int | None = None) -> bool:
         """Cache `answer` under `lookup.key`, reusing the lookup's vectors when it has them.
 
-        `ttl_s` overrides the cache's TTL for this entry.
+        `ttl_s` overrides the cache's TTL for this entry. Returns whether it was
+        stored (False, counted and logged, when the store refused it).
         """
         try:
             vector, context_vector = lookup.vector, lookup.context_vector
@@ -275,9 +276,12 @@ class SemanticCache:
         except StoreNotWritableError:
             # The store logged why once, when storing paused; each skip is only counted.
             self._telemetry.metrics.record_store_skipped("disk_full")
+            return False
         except Exception as error:
             self._telemetry.metrics.record_store_skipped("store_error")
             log.warning("cache store failed; answer not cached", error=repr(error))
+            return False
+        return True
 
     def _entry(
         self, key: CacheKey, answer: Answer, context_vector: Vector | None, ttl_s: int | None

@@ -7,7 +7,7 @@ and `qdrant_store.QdrantVectorStore` (a Qdrant server through qdrant-client).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -76,6 +76,28 @@ class ScoredEntry:
     entry: CacheEntry
 
 
+class ScoredPoint(Protocol):
+    """What both backends' libraries answer a search with, as far as we read it."""
+
+    @property
+    def id(self) -> object: ...
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def payload(self) -> Mapping[str, Any] | None: ...
+
+
+def scored_entries(points: Iterable[ScoredPoint]) -> list[ScoredEntry]:
+    """A library's search answer as `ScoredEntry`s (points without a payload dropped)."""
+    return [
+        ScoredEntry(str(p.id), float(p.score), CacheEntry.from_payload(p.payload))
+        for p in points
+        if p.payload is not None
+    ]
+
+
 @dataclass(frozen=True)
 class SearchQuery:
     """One scoped search: live entries of (tenant, scope) nearest to `vector`."""
@@ -93,10 +115,11 @@ class EntryFilter:
 
     `created_before`, `expired_at` and `live_at` are epoch seconds: entries
     created before the first, whose expiry is at or before the second, or
-    still live (expiring after) the third.
+    still live (expiring after) the third. `point_id` selects one entry by id.
     """
 
     tenant: str | None = None
+    point_id: str | None = None
     namespace: str | None = None
     model: str | None = None
     created_before: float | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 
 from service.cache.semantic import SemanticCache
@@ -73,6 +74,27 @@ class CacheAdmin:
             created_before=created_before,
         )
         return await self._cache.invalidate(selector)
+
+    async def delete_entry(self, tenant: str | None, entry_id: str) -> bool:
+        """Delete the entry `entry_id` if it belongs to `tenant` (None: any tenant's).
+
+        Another tenant's entry is left alone and reported exactly like a missing
+        one (False), so an id never reveals whether it exists elsewhere.
+
+        Raises:
+            InvalidRequestError: `entry_id` is not an entry id (a UUID).
+        """
+        _check_entry_id(entry_id)
+        return await self._cache.invalidate(EntryFilter(tenant=tenant, point_id=entry_id)) > 0
+
+
+def _check_entry_id(entry_id: str) -> None:
+    try:
+        uuid.UUID(entry_id)
+    except ValueError:
+        raise InvalidRequestError(
+            f"entry_id {entry_id[:64]!r} is not an entry id: send the entry_id of a response"
+        ) from None
 
 
 def _check_invalidation(what: Invalidation) -> None:

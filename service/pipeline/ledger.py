@@ -61,6 +61,7 @@ class Ledger:
             tool_calls_json=entry.tool_calls_json,
             tier=self._tier_of(entry.model),
             route_reason="cache",
+            entry_id=hit.point_id,
         )
 
     def upstream(self, receipt: UpstreamReceipt) -> Completion:
@@ -96,6 +97,7 @@ class Ledger:
             route_reason=reason,
             route_score=route.score,
             upstream_attempts=answer.attempts,
+            entry_id=receipt.entry_id,
         )
 
     def _tier_of(self, model: str) -> str:
@@ -109,6 +111,7 @@ class UpstreamReceipt:
 
     `spent_usd` is what this request paid; `saved_usd` > 0 when it shared
     another request's upstream call instead. `detail` is the cache's reason.
+    `entry_id` is the cache entry the answer was stored as ("" if not stored).
     """
 
     tenant: str
@@ -119,6 +122,7 @@ class UpstreamReceipt:
     started: float
     spent_usd: float
     saved_usd: float = 0.0
+    entry_id: str = ""
 
 
 def elapsed_ms(started: float) -> float:

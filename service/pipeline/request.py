@@ -91,7 +91,7 @@ class RequestPipeline:
         self._limiter = limiter
         self._telemetry = telemetry
         self._policy = policy or CachingPolicy()
-        self._misses: Coalescer[tuple[ProviderAnswer, float]] = Coalescer()
+        self._misses: Coalescer[tuple[ProviderAnswer, float, bool]] = Coalescer()
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Answer `request` in one piece.
@@ -113,11 +113,12 @@ class RequestPipeline:
             spent = self._ledger.cost_usd(answer)
             return self._receipt(request, lookup, route, answer, started, spent)
         key = f"{lookup.key.point_id}:{request.cache_policy.value}"
-        (answer, cost_usd), leader = await self._misses.run(
+        (answer, cost_usd, stored), leader = await self._misses.run(
             key, lambda: self._ask_and_store(request, lookup, route)
         )
         spent, saved = (cost_usd, 0.0) if leader else (0.0, cost_usd)
-        return self._receipt(request, lookup, route, answer, started, spent, saved)
+        entry_id = lookup.key.point_id if stored else ""
+        return self._receipt(request, lookup, route, answer, started, spent, saved, entry_id)
 
     async def complete_many(
         self, requests: Sequence[CompletionRequest], max_concurrency: int
@@ -178,7 +179,11 @@ class RequestPipeline:
                 if isinstance(event, ProviderAnswer):
                     await self._limiter.spend_tokens(request.tenant, event.usage.total_tokens)
                     spent = self._ledger.cost_usd(event)
-                    yield self._receipt(request, lookup, route, event, started, spent)
+                    # The id it will be stored as once the caller has the final message.
+                    entry_id = self._entry_id_to_be(request, lookup, event)
+                    yield self._receipt(
+                        request, lookup, route, event, started, spent, 0.0, entry_id
+                    )
                     # Resumed only once the caller has sent the final message on.
                     await self._store_if_allowed(request, lookup, event, spent)
                     continue
@@ -240,11 +245,11 @@ class RequestPipeline:
 
     async def _ask_and_store(
         self, request: CompletionRequest, lookup: Lookup, route: RouteDecision
-    ) -> tuple[ProviderAnswer, float]:
+    ) -> tuple[ProviderAnswer, float, bool]:
         answer = await self._ask(request, route)
         cost_usd = self._ledger.cost_usd(answer)
-        await self._store_if_allowed(request, lookup, answer, cost_usd)
-        return answer, cost_usd
+        stored = await self._store_if_allowed(request, lookup, answer, cost_usd)
+        return answer, cost_usd, stored
 
     async def _store_if_allowed(
         self,
@@ -252,9 +257,18 @@ class RequestPipeline:
         lookup: Lookup | None,
         answer: ProviderAnswer,
         cost_usd: float,
-    ) -> None:
+    ) -> bool:
         if lookup is not None and self._policy.storable(request, answer):
-            await self._cache.store_answer(lookup, _cache_answer(answer, cost_usd), request.ttl_s)
+            answer_ = _cache_answer(answer, cost_usd)
+            return await self._cache.store_answer(lookup, answer_, request.ttl_s)
+        return False
+
+    def _entry_id_to_be(
+        self, request: CompletionRequest, lookup: Lookup | None, answer: ProviderAnswer
+    ) -> str:
+        if lookup is not None and self._policy.storable(request, answer):
+            return lookup.key.point_id
+        return ""
 
     def _receipt(
         self,
@@ -265,6 +279,7 @@ class RequestPipeline:
         started: float,
         spent_usd: float,
         saved_usd: float = 0.0,
+        entry_id: str = "",
     ) -> Completion:
         receipt = UpstreamReceipt(
             tenant=request.tenant,
@@ -275,6 +290,7 @@ class RequestPipeline:
             started=started,
             spent_usd=spent_usd,
             saved_usd=saved_usd,
+            entry_id=entry_id,
         )
         return self._ledger.upstream(receipt)
 

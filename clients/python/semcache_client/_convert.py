@@ -101,6 +101,11 @@ def deleted_entries(response: pb.InvalidateCacheResponse) -> int:
     return int(response.deleted_entries)
 
 
+def entry_deleted(response: pb.DeleteEntryResponse) -> bool:
+    """Whether a DeleteEntry call deleted its entry."""
+    return bool(response.deleted)
+
+
 def answer(response: pb.CompleteResponse) -> Answer:
     """The Answer for a CompleteResponse (or a stream's final message)."""
     usage = response.usage
@@ -121,6 +126,7 @@ def answer(response: pb.CompleteResponse) -> Answer:
         cache_detail=response.cache_detail,
         upstream_attempts=response.upstream_attempts,
         tool_calls_json=response.tool_calls_json,
+        entry_id=response.entry_id,
     )
 
 

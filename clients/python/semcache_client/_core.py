@@ -35,7 +35,7 @@ TENANT_KEY = "x-tenant-id"
 AUTHORIZATION_KEY = "authorization"
 
 Metadata = tuple[tuple[str, str], ...]
-UnaryRpc = Literal["Complete", "BatchComplete", "GetCacheStats", "InvalidateCache"]
+UnaryRpc = Literal["Complete", "BatchComplete", "GetCacheStats", "InvalidateCache", "DeleteEntry"]
 
 
 def metadata_value(name: str, value: str) -> str:
@@ -141,6 +141,12 @@ def invalidate_call(filters: InvalidateFilters) -> Unary[int]:
     """InvalidateCache, for the entries matching every filter given."""
     request = _convert.invalidate_request(filters)
     return Unary("InvalidateCache", request, _convert.deleted_entries)
+
+
+def delete_entry_call(entry_id: str) -> Unary[bool]:
+    """DeleteEntry, for the entry an Answer's `entry_id` names."""
+    request = pb.DeleteEntryRequest(entry_id=entry_id)
+    return Unary("DeleteEntry", request, _convert.entry_deleted)
 
 
 @dataclass(frozen=True)

@@ -206,3 +206,11 @@ class AsyncSemcacheClient(ClientCore[AsyncAnswerStream]):
             PermissionDenied: `tenant` or `all_tenants` without admin rights.
         """
         return await self._unary(_core.invalidate_call(filters), timeout_s)
+
+    async def delete_entry(self, entry_id: str, *, timeout_s: float | None = None) -> bool:
+        """Delete one cache entry: `SemcacheClient.delete_entry`, awaited.
+
+        Raises:
+            InvalidArgument: `entry_id` is not an entry id.
+        """
+        return await self._unary(_core.delete_entry_call(entry_id), timeout_s)

@@ -219,3 +219,13 @@ class SemcacheClient(ClientCore[AnswerStream]):
             PermissionDenied: `tenant` or `all_tenants` without admin rights.
         """
         return self._unary(_core.invalidate_call(filters), timeout_s)
+
+    def delete_entry(self, entry_id: str, *, timeout_s: float | None = None) -> bool:
+        """Delete the cache entry `entry_id` (an Answer's `entry_id`); True if it was there.
+
+        Another tenant's entry is reported as missing (False) unless the key is an admin's.
+
+        Raises:
+            InvalidArgument: `entry_id` is not an entry id.
+        """
+        return self._unary(_core.delete_entry_call(entry_id), timeout_s)

@@ -73,6 +73,8 @@ class Answer:
     `similarity` is cosine similarity to the cached question (1.0 for an exact
     hit, 0 on a miss); `latency_ms` is time inside the service; `cost_usd` is
     what this request cost upstream and `cost_saved_usd` what a hit saved.
+    `entry_id` is the cache entry it was served from or stored as ("" if
+    none); `delete_entry(entry_id)` removes that entry.
     """
 
     content: str
@@ -91,6 +93,7 @@ class Answer:
     cache_detail: str = ""
     upstream_attempts: int = 0
     tool_calls_json: str = ""
+    entry_id: str = ""
 
     @property
     def is_hit(self) -> bool:

@@ -125,6 +125,7 @@ def to_response(completion: Completion) -> pb.CompleteResponse:
         route_reason=completion.route_reason,
         route_score=completion.route_score,
         upstream_attempts=completion.upstream_attempts,
+        entry_id=completion.entry_id,
     )
 
 
@@ -245,3 +246,11 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
             )
         )
         return pb.InvalidateCacheResponse(deleted_entries=deleted)
+
+    async def DeleteEntry(
+        self, request: pb.DeleteEntryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteEntryResponse:
+        principal = require_principal()
+        tenant = None if principal.is_admin else principal.tenant
+        deleted = await self._admin.delete_entry(tenant, request.entry_id)
+        return pb.DeleteEntryResponse(deleted=deleted)

@@ -38,6 +38,7 @@ def extension(completion: Completion, request_id: str) -> dict[str, Any]:
         "route_score": completion.route_score,
         "upstream_attempts": completion.upstream_attempts,
         "request_id": request_id,
+        "entry_id": completion.entry_id,
     }
 
 
@@ -52,6 +53,7 @@ def completion_headers(completion: Completion, request_id: str) -> dict[str, str
         "x-semcache-cost-saved-usd": f"{completion.cost_saved_usd:.8f}",
         "x-semcache-model-tier": completion.tier,
         "x-semcache-route-reason": completion.route_reason,
+        "x-semcache-entry-id": completion.entry_id,
     }
 
 

@@ -64,6 +64,11 @@ class SemanticCacheServiceStub:
                 request_serializer=semcache_dot_v1_dot_semcache__pb2.BatchCompleteRequest.SerializeToString,
                 response_deserializer=semcache_dot_v1_dot_semcache__pb2.BatchCompleteResponse.FromString,
                 _registered_method=True)
+        self.DeleteEntry = channel.unary_unary(
+                '/semcache.v1.SemanticCacheService/DeleteEntry',
+                request_serializer=semcache_dot_v1_dot_semcache__pb2.DeleteEntryRequest.SerializeToString,
+                response_deserializer=semcache_dot_v1_dot_semcache__pb2.DeleteEntryResponse.FromString,
+                _registered_method=True)
 
 
 class SemanticCacheServiceServicer:
@@ -115,6 +120,15 @@ class SemanticCacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteEntry(self, request, context):
+        """Delete one cached entry by the `entry_id` a response carried. A client key
+        deletes only its own tenant's entries; an admin key any tenant's. Another
+        tenant's id is answered exactly like a missing one (deleted = false).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SemanticCacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +156,11 @@ def add_SemanticCacheServiceServicer_to_server(servicer, server):
                     servicer.BatchComplete,
                     request_deserializer=semcache_dot_v1_dot_semcache__pb2.BatchCompleteRequest.FromString,
                     response_serializer=semcache_dot_v1_dot_semcache__pb2.BatchCompleteResponse.SerializeToString,
+            ),
+            'DeleteEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEntry,
+                    request_deserializer=semcache_dot_v1_dot_semcache__pb2.DeleteEntryRequest.FromString,
+                    response_serializer=semcache_dot_v1_dot_semcache__pb2.DeleteEntryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -284,6 +303,33 @@ class SemanticCacheService:
             '/semcache.v1.SemanticCacheService/BatchComplete',
             semcache_dot_v1_dot_semcache__pb2.BatchCompleteRequest.SerializeToString,
             semcache_dot_v1_dot_semcache__pb2.BatchCompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semcache.v1.SemanticCacheService/DeleteEntry',
+            semcache_dot_v1_dot_semcache__pb2.DeleteEntryRequest.SerializeToString,
+            semcache_dot_v1_dot_semcache__pb2.DeleteEntryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -253,6 +253,7 @@ class CompleteResponse(_message.Message):
     CACHE_DETAIL_FIELD_NUMBER: _builtins.int
     UPSTREAM_ATTEMPTS_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_JSON_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     model: _builtins.str
     """The model that produced the answer (for a hit: the one that produced the cached answer)."""
@@ -283,6 +284,12 @@ class CompleteResponse(_message.Message):
     """Upstream attempts made for this answer (retries and fallbacks included; 0 for a hit)."""
     tool_calls_json: _builtins.str
     """Tool calls the model asked for, as an OpenAI-style JSON array; empty if none."""
+    entry_id: _builtins.str
+    """The cache entry this answer was served from (a hit) or stored as (a miss);
+    pass it to DeleteEntry. Empty when nothing was stored (bypass, no-store, an
+    answer that may not be cached, or a store that refused it). In a stream's
+    final message it is the id the answer is stored as once that message is sent.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Usage of the upstream call (for a hit: of the original call that produced the answer)."""
@@ -306,10 +313,11 @@ class CompleteResponse(_message.Message):
         cache_detail: _builtins.str = ...,
         upstream_attempts: _builtins.int = ...,
         tool_calls_json: _builtins.str = ...,
+        entry_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_detail", b"cache_detail", "cache_status", b"cache_status", "content", b"content", "cost_saved_usd", b"cost_saved_usd", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "latency_ms", b"latency_ms", "model", b"model", "request_id", b"request_id", "route_reason", b"route_reason", "route_score", b"route_score", "similarity", b"similarity", "tier", b"tier", "tool_calls_json", b"tool_calls_json", "upstream_attempts", b"upstream_attempts", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_detail", b"cache_detail", "cache_status", b"cache_status", "content", b"content", "cost_saved_usd", b"cost_saved_usd", "cost_usd", b"cost_usd", "entry_id", b"entry_id", "finish_reason", b"finish_reason", "latency_ms", b"latency_ms", "model", b"model", "request_id", b"request_id", "route_reason", b"route_reason", "route_score", b"route_score", "similarity", b"similarity", "tier", b"tier", "tool_calls_json", b"tool_calls_json", "upstream_attempts", b"upstream_attempts", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -595,3 +603,49 @@ class BatchCompleteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BatchCompleteResponse: _TypeAlias = BatchCompleteResponse  # noqa: Y015
+
+@_typing.final
+class DeleteEntryRequest(_message.Message):
+    """Which entry DeleteEntry removes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.str
+    """The `entry_id` of a CompleteResponse (a UUID)."""
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteEntryRequest: _TypeAlias = DeleteEntryRequest  # noqa: Y015
+
+@_typing.final
+class DeleteEntryResponse(_message.Message):
+    """What DeleteEntry did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.bool
+    """True when the entry existed in the caller's tenant (any tenant, for an admin) and
+    was deleted; false when there was none to delete.
+    """
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteEntryResponse: _TypeAlias = DeleteEntryResponse  # noqa: Y015

@@ -57,6 +57,11 @@ class SemanticCacheServiceStub:
     """Many completions in one call, answered in order with a status per item.
     Items run concurrently (bounded); one failing item does not fail the rest.
     """
+    DeleteEntry: _grpc.UnaryUnaryMultiCallable[_semcache_pb2.DeleteEntryRequest, _semcache_pb2.DeleteEntryResponse]
+    """Delete one cached entry by the `entry_id` a response carried. A client key
+    deletes only its own tenant's entries; an admin key any tenant's. Another
+    tenant's id is answered exactly like a missing one (deleted = false).
+    """
 
 @_typing.type_check_only
 class SemanticCacheServiceAsyncStub(SemanticCacheServiceStub):
@@ -86,6 +91,11 @@ class SemanticCacheServiceAsyncStub(SemanticCacheServiceStub):
     BatchComplete: _aio.UnaryUnaryMultiCallable[_semcache_pb2.BatchCompleteRequest, _semcache_pb2.BatchCompleteResponse]  # type: ignore[assignment]
     """Many completions in one call, answered in order with a status per item.
     Items run concurrently (bounded); one failing item does not fail the rest.
+    """
+    DeleteEntry: _aio.UnaryUnaryMultiCallable[_semcache_pb2.DeleteEntryRequest, _semcache_pb2.DeleteEntryResponse]  # type: ignore[assignment]
+    """Delete one cached entry by the `entry_id` a response carried. A client key
+    deletes only its own tenant's entries; an admin key any tenant's. Another
+    tenant's id is answered exactly like a missing one (deleted = false).
     """
 
 class SemanticCacheServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -143,6 +153,17 @@ class SemanticCacheServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_semcache_pb2.BatchCompleteResponse, _abc.Awaitable[_semcache_pb2.BatchCompleteResponse]]:
         """Many completions in one call, answered in order with a status per item.
         Items run concurrently (bounded); one failing item does not fail the rest.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteEntry(
+        self,
+        request: _semcache_pb2.DeleteEntryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_semcache_pb2.DeleteEntryResponse, _abc.Awaitable[_semcache_pb2.DeleteEntryResponse]]:
+        """Delete one cached entry by the `entry_id` a response carried. A client key
+        deletes only its own tenant's entries; an admin key any tenant's. Another
+        tenant's id is answered exactly like a missing one (deleted = false).
         """
 
 def add_SemanticCacheServiceServicer_to_server(servicer: SemanticCacheServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,173 @@
+"""Entry handles: every answer names the cache entry it came from or went to, and
+DeleteEntry (gRPC, HTTP, thin client) removes that one entry, within the caller's tenant."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+import pytest_asyncio
+
+from semcache_client import AsyncSemcacheClient, InvalidArgument, SemcacheClient
+from service._proto.semcache.v1 import semcache_pb2 as pb
+from service.auth import load_keys
+from service.embedding.base import Embedder
+from service.simulator import UpstreamSimulator
+from tests.conftest import Service
+from tests.httpdoor import (
+    ADMIN_KEY,
+    CLIENT_KEY,
+    OTHER_KEY,
+    PARAPHRASE,
+    QUESTION,
+    HttpService,
+    ask,
+    start_http_service,
+    write_keys_file,
+)
+
+pytestmark = pytest.mark.asyncio
+
+
+def _bearer(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+@pytest_asyncio.fixture
+async def keyed(
+    embedder: Embedder, simulator: UpstreamSimulator, tmp_path: Path
+) -> AsyncIterator[HttpService]:
+    """Both doors with API keys: CLIENT_KEY (acme), OTHER_KEY (globex), ADMIN_KEY (ops)."""
+    keys = load_keys(write_keys_file(tmp_path / "keys.yaml"))
+    running = await start_http_service(embedder, simulator, tmp_path / "data", keys)
+    yield running
+    await running.close()
+
+
+async def _complete(
+    service: Service, prompt: str, key: str = CLIENT_KEY, **fields: object
+) -> pb.CompleteResponse:
+    request = pb.CompleteRequest(prompt=prompt, model="gpt-4o-mini", **fields)  # type: ignore[arg-type]
+    response: pb.CompleteResponse = await service.stub.Complete(request, metadata=_bearer(key))
+    return response
+
+
+async def _delete(service: Service, entry_id: str, key: str = CLIENT_KEY) -> bool:
+    request = pb.DeleteEntryRequest(entry_id=entry_id)
+    response = await service.stub.DeleteEntry(request, metadata=_bearer(key))
+    return bool(response.deleted)
+
+
+async def test_a_stored_miss_and_its_hits_carry_the_same_entry_id(service: Service) -> None:
+    miss = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
+    exact = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
+    semantic = await service.stub.Complete(pb.CompleteRequest(prompt=PARAPHRASE))
+    assert miss.cache_status == pb.CACHE_STATUS_MISS
+    assert exact.cache_status == pb.CACHE_STATUS_EXACT_HIT
+    assert semantic.cache_status == pb.CACHE_STATUS_SEMANTIC_HIT
+    assert miss.entry_id
+    assert exact.entry_id == miss.entry_id == semantic.entry_id
+
+
+@pytest.mark.parametrize(
+    "policy", [pb.CACHE_POLICY_BYPASS, pb.CACHE_POLICY_NO_STORE], ids=["bypass", "no_store"]
+)
+async def test_nothing_stored_means_no_entry_id(service: Service, policy: int) -> None:
+    response = await service.stub.Complete(
+        pb.CompleteRequest(prompt=QUESTION, cache_policy=policy)  # type: ignore[arg-type]
+    )
+    assert response.entry_id == ""
+
+
+async def test_a_stream_final_message_carries_the_entry_id(service: Service) -> None:
+    events = [e async for e in service.stub.StreamComplete(pb.CompleteRequest(prompt=QUESTION))]
+    streamed = events[-1].final.entry_id
+    hit = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
+    assert hit.cache_status == pb.CACHE_STATUS_EXACT_HIT
+    assert streamed and hit.entry_id == streamed
+
+
+async def test_delete_entry_removes_that_entry_only(service: Service) -> None:
+    first = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
+    other = await service.stub.Complete(pb.CompleteRequest(prompt="Name three prime numbers"))
+    deleted = await service.stub.DeleteEntry(pb.DeleteEntryRequest(entry_id=first.entry_id))
+    again = await service.stub.DeleteEntry(pb.DeleteEntryRequest(entry_id=first.entry_id))
+    assert deleted.deleted and not again.deleted
+    after = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
+    kept = await service.stub.Complete(pb.CompleteRequest(prompt="Name three prime numbers"))
+    assert after.cache_status == pb.CACHE_STATUS_MISS
+    assert kept.cache_status == pb.CACHE_STATUS_EXACT_HIT and kept.entry_id == other.entry_id
+
+
+async def test_a_malformed_entry_id_is_invalid_argument(service: Service) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.DeleteEntry(pb.DeleteEntryRequest(entry_id="not-an-id"))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "entry_id" in (caught.value.details() or "")
+
+
+async def test_another_tenants_entry_looks_missing_and_survives(keyed: HttpService) -> None:
+    service = keyed.grpc
+    acme = await _complete(service, QUESTION)
+    assert not await _delete(service, acme.entry_id, key=OTHER_KEY)
+    still = await _complete(service, QUESTION)
+    assert still.cache_status == pb.CACHE_STATUS_EXACT_HIT
+    assert await _delete(service, acme.entry_id, key=CLIENT_KEY)
+
+
+async def test_an_admin_deletes_any_tenants_entry(keyed: HttpService) -> None:
+    service = keyed.grpc
+    acme = await _complete(service, QUESTION)
+    assert await _delete(service, acme.entry_id, key=ADMIN_KEY)
+    again = await _complete(service, QUESTION)
+    assert again.cache_status == pb.CACHE_STATUS_MISS
+
+
+async def test_http_door_names_the_entry_and_deletes_it(keyed: HttpService) -> None:
+    client = keyed.async_client(CLIENT_KEY)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=ask(QUESTION)
+    )  # type: ignore[call-overload]
+    body = raw.http_response.json()
+    entry_id = raw.headers["x-semcache-entry-id"]
+    assert entry_id and body["semcache"]["entry_id"] == entry_id
+    url = f"{keyed.root_url}/v1/semcache/entries/{entry_id}"
+    async with aiohttp.ClientSession() as session:
+        async with session.delete(url, headers={"authorization": f"Bearer {OTHER_KEY}"}) as r:
+            assert (r.status, (await r.json())["deleted"]) == (200, False)
+        async with session.delete(url, headers={"authorization": f"Bearer {CLIENT_KEY}"}) as r:
+            assert (r.status, await r.json()) == (200, {"entry_id": entry_id, "deleted": True})
+        async with session.delete(url.replace(entry_id, "nope"), headers=_auth(CLIENT_KEY)) as r:
+            assert r.status == 400
+    await client.close()
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def test_thin_client_reads_entry_id_and_deletes(service: Service) -> None:
+    target = f"127.0.0.1:{service.server.port}"
+    async with AsyncSemcacheClient(target) as client:
+        answer = await client.complete(QUESTION)
+        assert answer.entry_id
+        assert await client.delete_entry(answer.entry_id)
+        assert not await client.delete_entry(answer.entry_id)
+        with pytest.raises(InvalidArgument):
+            await client.delete_entry("x")
+
+
+async def test_sync_client_deletes_an_entry(service: Service) -> None:
+    target = f"127.0.0.1:{service.server.port}"
+
+    def run() -> tuple[str, bool, bool]:
+        with SemcacheClient(target) as client:
+            entry_id = client.complete(QUESTION).entry_id
+            return entry_id, client.delete_entry(entry_id), client.delete_entry(entry_id)
+
+    entry_id, first, second = await asyncio.to_thread(run)
+    assert entry_id and first and not second
