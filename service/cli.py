@@ -15,15 +15,30 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from service.config import Settings
+from service.errors import StartupError
+from service.startup import load_settings, one_line
 
 if TYPE_CHECKING:
     from semcache_client import Answer, SemcacheClient
+    from semcache_client.types import RequestOptions
     from service.app import App
 from service.logs import configure_logging
 
 log = structlog.get_logger(__name__)
 
 _POLICIES = ("default", "bypass", "refresh", "no-store")
+_ROLES = ("system", "user", "assistant")
+_SERVE_EPILOG = """\
+Settings come from, in this order of precedence:
+  1. environment variables SEMCACHE_<SETTING> (e.g. SEMCACHE_GRPC_PORT=50051);
+     OPENAI_BASE_URL and OPENAI_API_KEY stand in for the upstream's URL and key.
+     No .env file is read.
+  2. the built-in defaults.
+Two settings name files read at start-up: SEMCACHE_CATALOGUE_PATH (the model
+catalogue: providers, models, prices) and SEMCACHE_API_KEYS_FILE (the hashed API
+keys; unset = open mode). Every setting, its default and what it does: the
+README's Configuration table. An invalid setting is one line on stderr, exit 1.
+"""
 
 
 async def _serve(settings: Settings, simulate: bool) -> None:
@@ -108,9 +123,6 @@ async def _build(settings: Settings, simulated: bool) -> App:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     """Serve until signalled; a start-up failure is one line on stderr and status 1."""
-    from service.errors import StartupError
-    from service.startup import load_settings, one_line
-
     try:
         settings = load_settings()
         configure_logging(settings.log_format, settings.log_level)
@@ -168,7 +180,7 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
     from service.embedding.factory import build_embedder
 
     configure_logging("console", "warning")
-    settings = Settings()
+    settings = load_settings()
     embedder = build_embedder(
         args.embedding_backend or settings.embedding_backend,
         settings.embedding_model_path,
@@ -204,7 +216,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from service.embedding.factory import build_embedder
 
     configure_logging("console", "warning")
-    settings = Settings()
+    settings = load_settings()
     command = f"semcache calibrate --embedding-backend {args.embedding_backend}"
     return run(
         Path(args.data) if args.data else DEFAULT_DATA,
@@ -225,7 +237,7 @@ def _cmd_route_eval(args: argparse.Namespace) -> int:
     from service.routing.evaluate import route_eval
 
     configure_logging("console", "warning")
-    settings = Settings()
+    settings = load_settings()
     if args.strategy:
         settings = settings.model_copy(update={"routing_strategy": args.strategy})
     catalogue = load_catalogue(settings.catalogue_path, os.environ)
@@ -236,10 +248,16 @@ def _cmd_route_eval(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> SemcacheClient:
+    """The client for `--target`, or for SEMCACHE_TARGET when it is absent.
+
+    Raises:
+        StartupError: `--target` is absent and a SEMCACHE_* setting is invalid.
+    """
     from semcache_client import SemcacheClient
 
+    target = args.target or load_settings().target
     return SemcacheClient(
-        args.target, tenant=args.tenant, api_key=args.api_key, timeout_s=args.timeout_s
+        target, tenant=args.tenant, api_key=args.api_key, timeout_s=args.timeout_s
     )
 
 
@@ -254,22 +272,56 @@ def _print_answer(answer: Answer, round_trip_ms: float) -> None:
     )
 
 
-def _cmd_complete(args: argparse.Namespace) -> int:
-    options = {
+def _message(text: str) -> tuple[str, str]:
+    """`ROLE:TEXT` of `--message`, as (role, text).
+
+    Raises:
+        argparse.ArgumentTypeError: no colon, or a role the API does not know.
+    """
+    role, colon, content = text.partition(":")
+    if not colon or role not in _ROLES:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not ROLE:TEXT with ROLE one of {', '.join(_ROLES)}"
+        )
+    return role, content
+
+
+def _messages(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    """The conversation: --system, the --message turns in order, then the prompt
+    as the last user message; None when neither flag is given (a plain prompt)."""
+    if args.system is None and not args.message:
+        return None
+    system = [] if args.system is None else [("system", args.system)]
+    return [*system, *args.message, ("user", args.prompt)]
+
+
+def _complete_options(args: argparse.Namespace) -> RequestOptions:
+    """The request's fields from the flags named after them; unset flags stay unset."""
+    return {
+        "messages": _messages(args),
         "model": args.model,
         "namespace": args.namespace,
         "temperature": args.temperature,
+        "top_p": args.top_p,
         "max_tokens": args.max_tokens,
-        "cache_policy": args.policy,
+        "stop": args.stop,
+        "ttl_s": args.ttl_s,
+        "similarity_min": args.similarity_min,
+        "cache_policy": args.cache_policy,
     }
+
+
+def _cmd_complete(args: argparse.Namespace) -> int:
+    options = _complete_options(args)
+    prompt = None if options["messages"] else args.prompt
     with _client(args) as client:
         started = time.perf_counter()
         if not args.stream:
-            answer = client.complete(args.prompt, **options)
+            answer = client.complete(prompt, **options)
             print(answer.content)
             _print_answer(answer, (time.perf_counter() - started) * 1000)
             return 0
-        stream = client.stream(args.prompt, **options)
+        stream = client.stream(prompt, **options)
         for delta in stream:
             print(delta, end="", flush=True)
         print()
@@ -338,10 +390,48 @@ def _run_client(command: Callable[[argparse.Namespace], int], args: argparse.Nam
 
 
 def _client_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="localhost:50051", help="service address host:port")
+    parser.add_argument(
+        "--target", help="service address host:port; default: SEMCACHE_TARGET (localhost:50051)"
+    )
     parser.add_argument("--tenant", help="sent as x-tenant-id (open mode only)")
     parser.add_argument("--api-key", help="sent as authorization: Bearer KEY")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="the call's deadline")
+
+
+def _add_complete_arguments(parser: argparse.ArgumentParser) -> None:
+    """`semcache complete`'s flags, each the dash form of a CompleteRequest field."""
+    parser.add_argument("--system", help="a system prompt, sent as the first message")
+    parser.add_argument(
+        "--message",
+        type=_message,
+        action="append",
+        default=[],
+        metavar="ROLE:TEXT",
+        help="an earlier turn (user or assistant), repeatable, in order; before the prompt",
+    )
+    parser.add_argument("--model", help="model to use; default: the service chooses")
+    parser.add_argument("--namespace", help="cache namespace; default: 'default'")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument(
+        "--stop", action="append", default=[], help="a stop sequence; repeatable (up to 4)"
+    )
+    parser.add_argument(
+        "--ttl-s", type=int, help="seconds the answer stays cached; default: SEMCACHE_TTL_S"
+    )
+    parser.add_argument(
+        "--similarity-min", type=float, help="raise the cosine a cached question must reach"
+    )
+    parser.add_argument("--cache-policy", choices=_POLICIES, default="default")
+    parser.add_argument(  # the flag's old name
+        "--policy",
+        choices=_POLICIES,
+        dest="cache_policy",
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
+    parser.add_argument("--stream", action="store_true", help="use StreamComplete")
 
 
 def _add_health_arguments(parser: argparse.ArgumentParser) -> None:
@@ -397,7 +487,13 @@ def build_parser(with_benchmarks: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semcache", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the gRPC service (configured by SEMCACHE_*)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the gRPC service (configured by SEMCACHE_*)",
+        description="Run the service until SIGTERM or SIGINT.",
+        epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument(
         "--simulate",
         action="store_true",
@@ -407,13 +503,8 @@ def build_parser(with_benchmarks: bool = True) -> argparse.ArgumentParser:
     serve.set_defaults(run=_cmd_serve)
 
     complete = commands.add_parser("complete", help="ask the running service one question")
-    complete.add_argument("prompt")
-    complete.add_argument("--model", help="model to use; default: the service chooses")
-    complete.add_argument("--namespace", help="cache namespace; default: 'default'")
-    complete.add_argument("--temperature", type=float)
-    complete.add_argument("--max-tokens", type=int)
-    complete.add_argument("--policy", choices=_POLICIES, default="default")
-    complete.add_argument("--stream", action="store_true", help="use StreamComplete")
+    complete.add_argument("prompt", help="the question: the last user message")
+    _add_complete_arguments(complete)
     _client_arguments(complete)
     complete.set_defaults(run=lambda a: _run_client(_cmd_complete, a))
 
@@ -496,7 +587,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `semcache` console script."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(with_benchmarks=arguments[:1] == ["bench"]).parse_args(arguments)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except StartupError as error:  # e.g. an invalid SEMCACHE_* setting
+        print(f"semcache {args.command}: {one_line(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -277,6 +277,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest log level written."
     )
+    target: str = Field(
+        "localhost:50051",
+        min_length=1,
+        description="host:port the client commands (`semcache complete`, `stats`,"
+        " `invalidate`) call when `--target` is not given.",
+    )
     bench_data_dir: Path | None = Field(
         None,
         description="Folder of the benchmarks' data files (`qqp_dev.jsonl`); unset ="

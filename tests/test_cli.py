@@ -1,0 +1,128 @@
+"""`semcache complete` sends every field a request has, by the field's own name;
+the client commands find the service through SEMCACHE_TARGET; a bad setting is
+one line, never a traceback; `serve --help` says where settings come from."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.cli import main
+from tests.conftest import Service
+
+QUESTION = "What is machine learning?"
+PARAPHRASE = "What does machine learning mean?"
+
+
+async def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`semcache ARGV` in a thread (the CLI is sync): status, stdout, stderr."""
+    status = await asyncio.to_thread(main, list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+async def _cache(capsys: pytest.CaptureFixture[str], service: Service, *argv: str) -> str:
+    """What the cache did for `semcache complete ARGV`: miss, exact_hit, semantic_hit..."""
+    target = f"127.0.0.1:{service.server.port}"
+    status, _, err = await _run(capsys, "complete", *argv, "--target", target)
+    assert status == 0, err
+    line = err.strip().splitlines()[-1]
+    return line.split()[1].removeprefix("cache=")
+
+
+async def test_the_system_prompt_and_earlier_turns_reach_the_service(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    french = ("--system", "Answer in French.")
+    assert await _cache(capsys, service, QUESTION, *french) == "miss"
+    assert await _cache(capsys, service, QUESTION, *french) == "exact_hit"
+    assert await _cache(capsys, service, QUESTION, "--system", "Answer in German.") == "miss"
+    turns = ("--message", "user:Name a pasta dish.", "--message", "assistant:Carbonara.")
+    assert await _cache(capsys, service, QUESTION, *french, *turns) == "miss"
+    assert await _cache(capsys, service, QUESTION, *french, *turns, "--stream") == "exact_hit"
+
+
+async def test_top_p_is_part_of_the_request(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await _cache(capsys, service, QUESTION) == "miss"
+    assert await _cache(capsys, service, QUESTION) == "exact_hit"
+    assert await _cache(capsys, service, QUESTION, "--top-p", "0.5") == "miss"
+
+
+async def test_similarity_min_and_cache_policy_reach_the_service(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await _cache(capsys, service, QUESTION) == "miss"
+    strict = ("--similarity-min", "0.999", "--cache-policy", "no-store")
+    assert await _cache(capsys, service, PARAPHRASE, *strict) == "miss"
+    assert await _cache(capsys, service, PARAPHRASE) == "semantic_hit"
+    assert await _cache(capsys, service, PARAPHRASE, "--policy", "bypass") == "bypass"
+
+
+async def test_ttl_s_reaches_the_service(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await _cache(capsys, service, QUESTION, "--ttl-s", "60") == "miss"
+    target = f"127.0.0.1:{service.server.port}"
+    status, _, err = await _run(
+        capsys, "complete", QUESTION, "--ttl-s", "99999999", "--target", target
+    )
+    assert status == 1
+    assert err.strip() == (
+        "semcache: INVALID_ARGUMENT: ttl_s is 99999999; use 1 to 2592000 seconds, or leave it unset"
+    )
+
+
+def test_a_message_flag_names_its_role(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["complete", "hi", "--message", "robot:beep", "--target", "127.0.0.1:1"])
+    assert exited.value.code == 2
+    assert "ROLE one of system, user, assistant" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["complete", QUESTION], ["stats"]])
+async def test_semcache_target_spares_the_flag(
+    service: Service,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+) -> None:
+    monkeypatch.setenv("SEMCACHE_TARGET", f"127.0.0.1:{service.server.port}")
+    status, out, err = await _run(capsys, *command)
+    assert status == 0, err
+    assert out.strip()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["complete", QUESTION], ["stats"], ["invalidate", "--all"], ["route-eval", "x.jsonl"]],
+)
+def test_a_bad_setting_is_one_line_and_status_1(
+    command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEMCACHE_GRPC_PORT", "fifty")
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"semcache {command[0]}: invalid settings: SEMCACHE_GRPC_PORT='fifty'")
+
+
+def test_serve_help_says_where_settings_come_from(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    help_text = capsys.readouterr().out
+    for needed in ("SEMCACHE_<SETTING>", "SEMCACHE_CATALOGUE_PATH", "SEMCACHE_API_KEYS_FILE"):
+        assert needed in help_text
+    assert "README's Configuration table" in help_text and "No .env file" in help_text
+
+
+def test_complete_help_names_the_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["complete", "--help"])
+    help_text = capsys.readouterr().out
+    for flag in ("--cache-policy", "--top-p", "--ttl-s", "--similarity-min", "--system"):
+        assert flag in help_text
+    assert "--policy" not in help_text.replace("--cache-policy", "")
