@@ -26,6 +26,7 @@ from service.pipeline.admin import CacheAdmin
 from service.pipeline.ledger import Ledger
 from service.pipeline.maintenance import Maintenance
 from service.pipeline.request import CachingPolicy, RequestPipeline, Upstream
+from service.pipeline.seed import Seeder
 from service.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
 from service.routing.router import Router, build_router
 from service.telemetry import Telemetry
@@ -127,18 +128,19 @@ async def build_app(
     stats = CacheStats()
     metrics.watch_hit_rates(stats.hit_rates)
     metrics.watch_store(lambda: store.health().writable, lambda: store.health().missing_entries)
+    limits = Limits(
+        settings.max_prompt_bytes,
+        settings.max_messages,
+        settings.max_tokens_limit,
+        settings.max_ttl_s,
+        settings.max_tools_json_bytes,
+    )
     pipeline = RequestPipeline(
         cache=cache,
         upstream=Upstream(provider, router, settings.upstream_timeout_s),
         catalogue=catalogue,
         ledger=Ledger(catalogue, stats, metrics),
-        limits=Limits(
-            settings.max_prompt_bytes,
-            settings.max_messages,
-            settings.max_tokens_limit,
-            settings.max_ttl_s,
-            settings.max_tools_json_bytes,
-        ),
+        limits=limits,
         limiter=limiter,
         telemetry=telemetry,
         policy=CachingPolicy(settings.max_cacheable_temperature, settings.cache_tool_calls),
@@ -147,7 +149,7 @@ async def build_app(
     closers = [batcher.close, store.close, cache.close, provider.close, limiter.aclose]
     return App(
         pipeline=pipeline,
-        admin=CacheAdmin(cache, stats),
+        admin=CacheAdmin(cache, stats, Seeder(cache, catalogue, limits)),
         maintenance=maintenance,
         cache=cache,
         telemetry=telemetry,

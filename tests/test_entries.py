@@ -12,7 +12,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from semcache_client import AsyncSemcacheClient, InvalidArgument, SemcacheClient
+from semcache_client import AsyncSemcacheClient, InvalidArgument, ItemFailure, SemcacheClient
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.auth import load_keys
 from service.embedding.base import Embedder
@@ -171,3 +171,113 @@ async def test_sync_client_deletes_an_entry(service: Service) -> None:
 
     entry_id, first, second = await asyncio.to_thread(run)
     assert entry_id and first and not second
+
+
+# --- warm-up: PutEntries ----------------------------------------------------------
+
+FAQ_ANSWER = "Machine learning is software that learns patterns from data."
+
+
+async def test_seeded_entry_is_an_exact_and_a_semantic_hit(service: Service) -> None:
+    put = await service.stub.PutEntries(
+        pb.PutEntriesRequest(entries=[pb.Entry(question=QUESTION, answer=FAQ_ANSWER)])
+    )
+    entry_id = put.results[0].entry_id
+    exact = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
+    semantic = await service.stub.Complete(pb.CompleteRequest(prompt=PARAPHRASE))
+    assert (exact.cache_status, exact.content) == (pb.CACHE_STATUS_EXACT_HIT, FAQ_ANSWER)
+    assert (semantic.cache_status, semantic.content) == (pb.CACHE_STATUS_SEMANTIC_HIT, FAQ_ANSWER)
+    assert entry_id and exact.entry_id == semantic.entry_id == entry_id
+    assert service.simulator.request_count() == 0
+
+
+async def test_seeded_entries_keep_to_their_scope(service: Service) -> None:
+    await service.stub.PutEntries(
+        pb.PutEntriesRequest(
+            entries=[pb.Entry(question=QUESTION, answer=FAQ_ANSWER)],
+            model="gpt-4o-mini",
+            namespace="faq",
+        )
+    )
+    auto = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION, namespace="faq"))
+    wrong_ns = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION, model="gpt-4o-mini"))
+    scoped = await service.stub.Complete(
+        pb.CompleteRequest(prompt=QUESTION, model="gpt-4o-mini", namespace="faq")
+    )
+    assert auto.cache_status == wrong_ns.cache_status == pb.CACHE_STATUS_MISS
+    assert (scoped.cache_status, scoped.content) == (pb.CACHE_STATUS_EXACT_HIT, FAQ_ANSWER)
+
+
+async def test_a_bad_entry_fails_alone_with_its_index(service: Service) -> None:
+    put = await service.stub.PutEntries(
+        pb.PutEntriesRequest(
+            entries=[
+                pb.Entry(question=QUESTION, answer=FAQ_ANSWER),
+                pb.Entry(question="", answer="no question"),
+                pb.Entry(question="Name three prime numbers", answer=" "),
+            ]
+        )
+    )
+    first, second, third = put.results
+    assert first.entry_id
+    assert second.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert second.error.message.startswith("entries[1]")
+    assert third.error.message.startswith("entries[2]") and "answer" in third.error.message
+
+
+async def test_bad_scope_fails_every_entry_and_no_entries_is_refused(service: Service) -> None:
+    put = await service.stub.PutEntries(
+        pb.PutEntriesRequest(entries=[pb.Entry(question=QUESTION, answer="a")], ttl_s=0)
+    )
+    assert "ttl_s" in put.results[0].error.message
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.PutEntries(pb.PutEntriesRequest())
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_client_key_seeds_only_its_own_tenant(keyed: HttpService) -> None:
+    service = keyed.grpc
+    request = pb.PutEntriesRequest(
+        entries=[pb.Entry(question=QUESTION, answer=FAQ_ANSWER)], model="gpt-4o-mini"
+    )
+    await service.stub.PutEntries(request, metadata=_bearer(CLIENT_KEY))
+    other = await _complete(service, QUESTION, key=OTHER_KEY)
+    own = await _complete(service, QUESTION, key=CLIENT_KEY)
+    assert other.cache_status == pb.CACHE_STATUS_MISS
+    assert (own.cache_status, own.content) == (pb.CACHE_STATUS_EXACT_HIT, FAQ_ANSWER)
+
+
+async def test_http_door_seeds_entries(keyed: HttpService) -> None:
+    body = {
+        "entries": [{"question": QUESTION, "answer": FAQ_ANSWER}, {"question": "", "answer": "x"}],
+        "namespace": "faq",
+        "ttl_s": 3600,
+        "model": "gpt-4o-mini",
+    }
+    url = f"{keyed.root_url}/v1/semcache/entries"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=body, headers=_auth(CLIENT_KEY)) as r:
+            assert r.status == 200
+            ok, bad = (await r.json())["results"]
+        async with session.post(url, json={"entries": "x"}, headers=_auth(CLIENT_KEY)) as r:
+            assert r.status == 400
+    assert ok["entry_id"] and bad["error"]["status"] == 400
+    assert bad["error"]["message"].startswith("entries[1]")
+    client = keyed.async_client(CLIENT_KEY)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=ask(PARAPHRASE), extra_body={"semcache": {"namespace": "faq"}}
+    )  # type: ignore[call-overload]
+    await client.close()
+    assert raw.headers["x-semcache-cache-status"] == "semantic_hit"
+    assert raw.headers["x-semcache-entry-id"] == ok["entry_id"]
+
+
+async def test_thin_client_puts_entries(service: Service) -> None:
+    target = f"127.0.0.1:{service.server.port}"
+    async with AsyncSemcacheClient(target) as client:
+        results = await client.put_entries([(QUESTION, FAQ_ANSWER), ("", "x")], namespace="faq")
+        hit = await client.complete(PARAPHRASE, namespace="faq")
+    entry_id, failure = results
+    assert isinstance(failure, ItemFailure) and failure.index == 1
+    assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert hit.is_hit and hit.entry_id == entry_id and hit.content == FAQ_ANSWER

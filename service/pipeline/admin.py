@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from service.cache.semantic import SemanticCache
 from service.cache.stats import CacheStats, TenantCounters
 from service.cache.store import EntryFilter, StoreHealth
 from service.errors import InvalidRequestError
+from service.pipeline.seed import Seed, Seeder
 from service.validation import check_name
 
 
@@ -37,9 +39,18 @@ class Invalidation:
 class CacheAdmin:
     """What operators ask of the cache as a whole, rather than of one answer."""
 
-    def __init__(self, cache: SemanticCache, stats: CacheStats) -> None:
+    def __init__(self, cache: SemanticCache, stats: CacheStats, seeder: Seeder) -> None:
         self._cache = cache
         self._stats = stats
+        self._seeder = seeder
+
+    async def put_entries(self, seeds: Sequence[Seed]) -> list[str | Exception]:
+        """Store curated answers; per seed, its entry id or why not (see `Seeder.put`).
+
+        Raises:
+            InvalidRequestError: no seeds, or too many in one call.
+        """
+        return await self._seeder.put(seeds)
 
     def tenants(self) -> list[str]:
         """Every tenant this replica has counted, sorted."""

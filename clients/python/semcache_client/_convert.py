@@ -17,6 +17,7 @@ from semcache_client.types import (
     CacheStats,
     CacheStatus,
     CompleteParams,
+    EntryScope,
     InvalidateFilters,
     ItemFailure,
     Message,
@@ -89,6 +90,34 @@ def invalidate_request(filters: InvalidateFilters) -> pb.InvalidateCacheRequest:
         tenant=filters.get("tenant") or "",
         all_tenants=filters.get("all_tenants", False),
     )
+
+
+def put_entries_request(
+    entries: Sequence[tuple[str, str]], scope: EntryScope
+) -> pb.PutEntriesRequest:
+    """The PutEntriesRequest for (question, answer) pairs in `scope`."""
+    return pb.PutEntriesRequest(
+        entries=[pb.Entry(question=question, answer=text) for question, text in entries],
+        namespace=scope.get("namespace") or "",
+        ttl_s=scope.get("ttl_s"),
+        model=scope.get("model") or "",
+        system_prompt=scope.get("system_prompt") or "",
+        temperature=scope.get("temperature"),
+        top_p=scope.get("top_p"),
+        max_tokens=scope.get("max_tokens"),
+    )
+
+
+def put_results(response: pb.PutEntriesResponse) -> list[str | ItemFailure]:
+    """The entry id, or an ItemFailure, of each entry, in the order they were sent."""
+    return [_put_result(index, result) for index, result in enumerate(response.results)]
+
+
+def _put_result(index: int, result: pb.PutEntryResult) -> str | ItemFailure:
+    if result.HasField("entry_id"):
+        return result.entry_id
+    code = _CODES.get(result.error.code, grpc.StatusCode.UNKNOWN)
+    return ItemFailure(index, code, result.error.message)
 
 
 def stats_request(namespace: str | None, all_tenants: bool) -> pb.GetCacheStatsRequest:

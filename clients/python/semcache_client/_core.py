@@ -24,6 +24,7 @@ from semcache_client.types import (
     Answer,
     CacheStats,
     CompleteParams,
+    EntryScope,
     InvalidateFilters,
     ItemFailure,
     RequestOptions,
@@ -35,7 +36,9 @@ TENANT_KEY = "x-tenant-id"
 AUTHORIZATION_KEY = "authorization"
 
 Metadata = tuple[tuple[str, str], ...]
-UnaryRpc = Literal["Complete", "BatchComplete", "GetCacheStats", "InvalidateCache", "DeleteEntry"]
+UnaryRpc = Literal[
+    "Complete", "BatchComplete", "GetCacheStats", "InvalidateCache", "DeleteEntry", "PutEntries"
+]
 
 
 def metadata_value(name: str, value: str) -> str:
@@ -141,6 +144,14 @@ def invalidate_call(filters: InvalidateFilters) -> Unary[int]:
     """InvalidateCache, for the entries matching every filter given."""
     request = _convert.invalidate_request(filters)
     return Unary("InvalidateCache", request, _convert.deleted_entries)
+
+
+def put_entries_call(
+    entries: Sequence[tuple[str, str]], scope: EntryScope
+) -> Unary[list[str | ItemFailure]]:
+    """PutEntries, for (question, answer) pairs in `scope`."""
+    request = _convert.put_entries_request(entries, scope)
+    return Unary("PutEntries", request, _convert.put_results)
 
 
 def delete_entry_call(entry_id: str) -> Unary[bool]:

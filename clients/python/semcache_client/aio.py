@@ -20,6 +20,7 @@ from semcache_client.types import (
     Answer,
     CacheStats,
     CompleteParams,
+    EntryScope,
     InvalidateFilters,
     ItemFailure,
     MapOptions,
@@ -206,6 +207,20 @@ class AsyncSemcacheClient(ClientCore[AsyncAnswerStream]):
             PermissionDenied: `tenant` or `all_tenants` without admin rights.
         """
         return await self._unary(_core.invalidate_call(filters), timeout_s)
+
+    async def put_entries(
+        self,
+        entries: Sequence[tuple[str, str]],
+        *,
+        timeout_s: float | None = None,
+        **scope: Unpack[EntryScope],
+    ) -> list[str | ItemFailure]:
+        """Seed curated (question, answer) pairs: `SemcacheClient.put_entries`, awaited.
+
+        Raises:
+            SemcacheError: the whole call failed (e.g. InvalidArgument: no entries).
+        """
+        return await self._unary(_core.put_entries_call(entries, scope), timeout_s)
 
     async def delete_entry(self, entry_id: str, *, timeout_s: float | None = None) -> bool:
         """Delete one cache entry: `SemcacheClient.delete_entry`, awaited.

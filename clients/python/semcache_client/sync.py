@@ -19,6 +19,7 @@ from semcache_client.types import (
     Answer,
     CacheStats,
     CompleteParams,
+    EntryScope,
     InvalidateFilters,
     ItemFailure,
     MapOptions,
@@ -219,6 +220,23 @@ class SemcacheClient(ClientCore[AnswerStream]):
             PermissionDenied: `tenant` or `all_tenants` without admin rights.
         """
         return self._unary(_core.invalidate_call(filters), timeout_s)
+
+    def put_entries(
+        self,
+        entries: Sequence[tuple[str, str]],
+        *,
+        timeout_s: float | None = None,
+        **scope: Unpack[EntryScope],
+    ) -> list[str | ItemFailure]:
+        """Seed curated (question, answer) pairs: an entry id or ItemFailure per pair, in order.
+
+        `EntryScope` lists the scope the answers stand for; one bad pair does not
+        stop the others.
+
+        Raises:
+            SemcacheError: the whole call failed (e.g. InvalidArgument: no entries).
+        """
+        return self._unary(_core.put_entries_call(entries, scope), timeout_s)
 
     def delete_entry(self, entry_id: str, *, timeout_s: float | None = None) -> bool:
         """Delete the cache entry `entry_id` (an Answer's `entry_id`); True if it was there.

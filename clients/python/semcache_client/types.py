@@ -194,6 +194,24 @@ class InvalidateFilters(TypedDict, total=False):
     all_tenants: bool
 
 
+class EntryScope(TypedDict, total=False):
+    """The requests `put_entries`' answers stand for: an entry is served only in its scope.
+
+    `namespace` (default "default"), `ttl_s` (seconds; `SEMCACHE_TTL_S` if
+    unset), `model` (None: the "auto" scope of requests that leave the model to
+    the service), and the `system_prompt`, `temperature`, `top_p` and
+    `max_tokens` of those requests.
+    """
+
+    namespace: str | None
+    ttl_s: int | None
+    model: str | None
+    system_prompt: str | None
+    temperature: float | None
+    top_p: float | None
+    max_tokens: int | None
+
+
 @dataclass(frozen=True)
 class ItemFailure:
     """Why item `index` of a batch failed: a gRPC status code and the server's message."""

@@ -23,6 +23,7 @@ from service.domain import (
 from service.errors import InvalidRequestError
 from service.pipeline.admin import CacheAdmin, Invalidation, TenantStats
 from service.pipeline.request import RequestPipeline
+from service.pipeline.seed import SeedScope, seeds_for
 from service.transport.grpc.interceptors import request_id_var, rpc_outcome_var
 from service.transport.grpc.status import status_for
 
@@ -138,12 +139,39 @@ def _to_request_or_error(
         return error
 
 
+def _item_error(error: Exception) -> pb.ItemError:
+    code = status_for(error)
+    message = str(error) if code is not grpc.StatusCode.INTERNAL else "internal error"
+    return pb.ItemError(code=code.value[0], message=message)
+
+
 def _item(result: Completion | Exception) -> pb.BatchItemResult:
     if isinstance(result, Completion):
         return pb.BatchItemResult(response=to_response(result))
-    code = status_for(result)
-    message = str(result) if code is not grpc.StatusCode.INTERNAL else "internal error"
-    return pb.BatchItemResult(error=pb.ItemError(code=code.value[0], message=message))
+    return pb.BatchItemResult(error=_item_error(result))
+
+
+def _put_result(result: str | Exception) -> pb.PutEntryResult:
+    if isinstance(result, str):
+        return pb.PutEntryResult(entry_id=result)
+    return pb.PutEntryResult(error=_item_error(result))
+
+
+def seed_scope(request: pb.PutEntriesRequest, tenant: str) -> SeedScope:
+    """The scope a PutEntriesRequest's answers stand for, in the caller's `tenant`."""
+    sampling = SamplingParams(
+        temperature=request.temperature if request.HasField("temperature") else None,
+        max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
+        top_p=request.top_p if request.HasField("top_p") else None,
+    )
+    return SeedScope(
+        tenant=tenant,
+        namespace=request.namespace or DEFAULT_NAMESPACE,
+        model=request.model or None,
+        system_prompt=request.system_prompt,
+        sampling=sampling,
+        ttl_s=request.ttl_s if request.HasField("ttl_s") else None,
+    )
 
 
 def _stats(stats: TenantStats) -> pb.GetCacheStatsResponse:
@@ -254,3 +282,12 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
         tenant = None if principal.is_admin else principal.tenant
         deleted = await self._admin.delete_entry(tenant, request.entry_id)
         return pb.DeleteEntryResponse(deleted=deleted)
+
+    async def PutEntries(
+        self, request: pb.PutEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PutEntriesResponse:
+        scope = seed_scope(request, require_principal().tenant)
+        pairs = [(entry.question, entry.answer) for entry in request.entries]
+        results = await self._admin.put_entries(seeds_for(scope, pairs))
+        rpc_outcome_var.set(("none", ""))
+        return pb.PutEntriesResponse(results=[_put_result(r) for r in results])

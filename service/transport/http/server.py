@@ -8,6 +8,7 @@ hand-offs. Routes:
     GET  /v1/models                the catalogue's models
     GET  /v1/models/{model}        one of them
     GET  /live, /live.json         the live page and its numbers
+    POST /v1/semcache/entries      seed curated answers (PutEntries)
     DELETE /v1/semcache/entries/{entry_id}   one cached entry (DeleteEntry)
 """
 
@@ -25,7 +26,7 @@ from service.errors import StartupError
 from service.startup import bind_problem, one_line
 from service.transport.http.chat import chat_completions, list_models, retrieve_model
 from service.transport.http.door import DOOR, Door, door_middleware
-from service.transport.http.entries import delete_entry
+from service.transport.http.entries import delete_entry, put_entries
 from service.transport.http.live import live_json, live_page
 
 log = structlog.get_logger(__name__)
@@ -44,6 +45,7 @@ def build_http_app(app: App, keyring: KeyRing | None) -> web.Application:
     web_app.router.add_get("/v1/models/{model}", retrieve_model)
     web_app.router.add_get("/live", live_page)
     web_app.router.add_get("/live.json", live_json)
+    web_app.router.add_post("/v1/semcache/entries", put_entries)
     web_app.router.add_delete("/v1/semcache/entries/{entry_id}", delete_entry)
     return web_app
 

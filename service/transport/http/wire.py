@@ -172,6 +172,34 @@ def _optional(body: Mapping[str, Any], name: str, kind: type[T], prefix: str = "
 _KIND_NAMES: dict[type, str] = {str: "string", bool: "boolean", dict: "JSON object", list: "list"}
 
 
+def optional_field(body: Mapping[str, Any], name: str, kind: type[T]) -> T | None:
+    """`body[name]` when it is a `kind`; None when absent or null.
+
+    Raises:
+        BadFieldError: present with another type.
+    """
+    return _optional(body, name, kind)
+
+
+def optional_number(body: Mapping[str, Any], name: str) -> float | None:
+    """`body[name]` as a finite number; None when absent or null.
+
+    Raises:
+        BadFieldError: present and not a finite number.
+    """
+    return _optional_number(body, name)
+
+
+def optional_integer(body: Mapping[str, Any], name: str) -> int | None:
+    """`body[name]` as a whole number; None when absent or null.
+
+    Raises:
+        BadFieldError: present and not a whole number.
+    """
+    value = body.get(name)
+    return None if value is None else _integer(name, value)
+
+
 def _messages(raw: object) -> tuple[ChatMessage, ...]:
     if not isinstance(raw, list) or not raw:
         raise BadFieldError(

@@ -649,3 +649,156 @@ class DeleteEntryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteEntryResponse: _TypeAlias = DeleteEntryResponse  # noqa: Y015
+
+@_typing.final
+class Entry(_message.Message):
+    """One curated answer to seed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUESTION_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    question: _builtins.str
+    """The question, as a user would ask it (matched like a CompleteRequest's prompt)."""
+    answer: _builtins.str
+    """The answer to serve for it and for questions close enough in meaning."""
+    def __init__(
+        self,
+        *,
+        question: _builtins.str = ...,
+        answer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "question", b"question"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Entry: _TypeAlias = Entry  # noqa: Y015
+
+@_typing.final
+class PutEntriesRequest(_message.Message):
+    """A batch of curated answers and the scope they stand for. The scope fields mirror
+    CompleteRequest's: an entry is served only to requests with the same scope.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TTL_S_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The cache partition to store them in; empty = "default"."""
+    ttl_s: _builtins.int
+    """How long each entry stays servable, in seconds (1 to SEMCACHE_MAX_TTL_S);
+    unset uses SEMCACHE_TTL_S.
+    """
+    model: _builtins.str
+    """The catalogue model the answers stand for; empty = the "auto" scope, which is
+    what requests that leave `model` empty (the router chooses) look up.
+    """
+    system_prompt: _builtins.str
+    """The system prompt of the requests these answers are for; empty = none."""
+    temperature: _builtins.float
+    """The temperature of the requests these answers are for; unset = unset."""
+    top_p: _builtins.float
+    """The top_p of the requests these answers are for; unset = unset."""
+    max_tokens: _builtins.int
+    """The max_tokens of the requests these answers are for; unset = unset."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entry]:
+        """The pairs to store (at most 1000 per call)."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___Entry] | None = ...,
+        namespace: _builtins.str = ...,
+        ttl_s: _builtins.int | None = ...,
+        model: _builtins.str = ...,
+        system_prompt: _builtins.str = ...,
+        temperature: _builtins.float | None = ...,
+        top_p: _builtins.float | None = ...,
+        max_tokens: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "_ttl_s", b"_ttl_s", "max_tokens", b"max_tokens", "temperature", b"temperature", "top_p", b"top_p", "ttl_s", b"ttl_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "_ttl_s", b"_ttl_s", "entries", b"entries", "max_tokens", b"max_tokens", "model", b"model", "namespace", b"namespace", "system_prompt", b"system_prompt", "temperature", b"temperature", "top_p", b"top_p", "ttl_s", b"ttl_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    _WhichOneofReturnType__ttl_s: _TypeAlias = _typing.Literal["ttl_s"]  # noqa: Y015
+    _WhichOneofArgType__ttl_s: _TypeAlias = _typing.Literal["_ttl_s", b"_ttl_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ttl_s) -> _WhichOneofReturnType__ttl_s | None: ...
+
+Global___PutEntriesRequest: _TypeAlias = PutEntriesRequest  # noqa: Y015
+
+@_typing.final
+class PutEntryResult(_message.Message):
+    """The outcome of one entry of PutEntries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.str
+    """The id the entry was stored under (use it with DeleteEntry)."""
+    @_builtins.property
+    def error(self) -> Global___ItemError:
+        """Why it was not stored; the message starts with `entries[<index>]`."""
+
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.str = ...,
+        error: Global___ItemError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "error", b"error", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "error", b"error", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["entry_id", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___PutEntryResult: _TypeAlias = PutEntryResult  # noqa: Y015
+
+@_typing.final
+class PutEntriesResponse(_message.Message):
+    """What PutEntries did, one result per entry, in the request's order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PutEntryResult]:
+        """One per entry of the request, in order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___PutEntryResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutEntriesResponse: _TypeAlias = PutEntriesResponse  # noqa: Y015

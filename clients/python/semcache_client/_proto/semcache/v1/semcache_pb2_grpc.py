@@ -69,6 +69,11 @@ class SemanticCacheServiceStub:
                 request_serializer=semcache_dot_v1_dot_semcache__pb2.DeleteEntryRequest.SerializeToString,
                 response_deserializer=semcache_dot_v1_dot_semcache__pb2.DeleteEntryResponse.FromString,
                 _registered_method=True)
+        self.PutEntries = channel.unary_unary(
+                '/semcache.v1.SemanticCacheService/PutEntries',
+                request_serializer=semcache_dot_v1_dot_semcache__pb2.PutEntriesRequest.SerializeToString,
+                response_deserializer=semcache_dot_v1_dot_semcache__pb2.PutEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class SemanticCacheServiceServicer:
@@ -129,6 +134,17 @@ class SemanticCacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutEntries(self, request, context):
+        """Seed the cache with curated question/answer pairs (an FAQ). Each entry is
+        stored under the scope the request states (model, system prompt, sampling
+        parameters, namespace), exactly as an upstream answer to that request would
+        be, so exact and semantic lookups in that scope find it. One bad entry does
+        not stop the others: each gets its entry_id or its error, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SemanticCacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +177,11 @@ def add_SemanticCacheServiceServicer_to_server(servicer, server):
                     servicer.DeleteEntry,
                     request_deserializer=semcache_dot_v1_dot_semcache__pb2.DeleteEntryRequest.FromString,
                     response_serializer=semcache_dot_v1_dot_semcache__pb2.DeleteEntryResponse.SerializeToString,
+            ),
+            'PutEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutEntries,
+                    request_deserializer=semcache_dot_v1_dot_semcache__pb2.PutEntriesRequest.FromString,
+                    response_serializer=semcache_dot_v1_dot_semcache__pb2.PutEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -330,6 +351,33 @@ class SemanticCacheService:
             '/semcache.v1.SemanticCacheService/DeleteEntry',
             semcache_dot_v1_dot_semcache__pb2.DeleteEntryRequest.SerializeToString,
             semcache_dot_v1_dot_semcache__pb2.DeleteEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semcache.v1.SemanticCacheService/PutEntries',
+            semcache_dot_v1_dot_semcache__pb2.PutEntriesRequest.SerializeToString,
+            semcache_dot_v1_dot_semcache__pb2.PutEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

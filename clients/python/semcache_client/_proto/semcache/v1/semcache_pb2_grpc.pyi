@@ -62,6 +62,13 @@ class SemanticCacheServiceStub:
     deletes only its own tenant's entries; an admin key any tenant's. Another
     tenant's id is answered exactly like a missing one (deleted = false).
     """
+    PutEntries: _grpc.UnaryUnaryMultiCallable[_semcache_pb2.PutEntriesRequest, _semcache_pb2.PutEntriesResponse]
+    """Seed the cache with curated question/answer pairs (an FAQ). Each entry is
+    stored under the scope the request states (model, system prompt, sampling
+    parameters, namespace), exactly as an upstream answer to that request would
+    be, so exact and semantic lookups in that scope find it. One bad entry does
+    not stop the others: each gets its entry_id or its error, in order.
+    """
 
 @_typing.type_check_only
 class SemanticCacheServiceAsyncStub(SemanticCacheServiceStub):
@@ -96,6 +103,13 @@ class SemanticCacheServiceAsyncStub(SemanticCacheServiceStub):
     """Delete one cached entry by the `entry_id` a response carried. A client key
     deletes only its own tenant's entries; an admin key any tenant's. Another
     tenant's id is answered exactly like a missing one (deleted = false).
+    """
+    PutEntries: _aio.UnaryUnaryMultiCallable[_semcache_pb2.PutEntriesRequest, _semcache_pb2.PutEntriesResponse]  # type: ignore[assignment]
+    """Seed the cache with curated question/answer pairs (an FAQ). Each entry is
+    stored under the scope the request states (model, system prompt, sampling
+    parameters, namespace), exactly as an upstream answer to that request would
+    be, so exact and semantic lookups in that scope find it. One bad entry does
+    not stop the others: each gets its entry_id or its error, in order.
     """
 
 class SemanticCacheServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -164,6 +178,19 @@ class SemanticCacheServiceServicer(metaclass=_abc_1.ABCMeta):
         """Delete one cached entry by the `entry_id` a response carried. A client key
         deletes only its own tenant's entries; an admin key any tenant's. Another
         tenant's id is answered exactly like a missing one (deleted = false).
+        """
+
+    @_abc_1.abstractmethod
+    def PutEntries(
+        self,
+        request: _semcache_pb2.PutEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_semcache_pb2.PutEntriesResponse, _abc.Awaitable[_semcache_pb2.PutEntriesResponse]]:
+        """Seed the cache with curated question/answer pairs (an FAQ). Each entry is
+        stored under the scope the request states (model, system prompt, sampling
+        parameters, namespace), exactly as an upstream answer to that request would
+        be, so exact and semantic lookups in that scope find it. One bad entry does
+        not stop the others: each gets its entry_id or its error, in order.
         """
 
 def add_SemanticCacheServiceServicer_to_server(servicer: SemanticCacheServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

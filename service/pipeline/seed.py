@@ -1,0 +1,125 @@
+"""Warm-up: operators seed the cache with curated question/answer pairs (an FAQ).
+
+A seeded entry is stored exactly as an upstream answer to the same request
+would be: its `CompletionRequest` gives the scope (tenant, namespace, model or
+"auto", system prompt, sampling parameters) and the cache key, the question
+is embedded the same way, and `SemanticCache.store_answer` writes it. So an
+exact or semantic lookup of a request in that scope finds it like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from service.cache.semantic import Answer, Lookup, SemanticCache
+from service.domain import ChatMessage, CompletionRequest, SamplingParams
+from service.errors import InvalidRequestError, StoreNotWritableError
+from service.llm.catalogue import Catalogue
+from service.validation import Limits, validate
+
+MAX_SEEDS_PER_CALL = 1000
+MAX_ANSWER_BYTES = 262_144
+
+
+@dataclass(frozen=True)
+class SeedScope:
+    """The requests a batch of curated answers stands for: the scope fields of a request.
+
+    `model` None is the "auto" scope, which requests that leave the model to the
+    router look up.
+    """
+
+    tenant: str
+    namespace: str = "default"
+    model: str | None = None
+    system_prompt: str = ""
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    ttl_s: int | None = None
+
+    def request_for(self, question: str) -> CompletionRequest:
+        """The request whose answer `question`'s seed stands in for."""
+        system = (ChatMessage("system", self.system_prompt),) if self.system_prompt else ()
+        return CompletionRequest(
+            messages=(*system, ChatMessage("user", question)),
+            tenant=self.tenant,
+            namespace=self.namespace,
+            model=self.model,
+            sampling=self.sampling,
+            ttl_s=self.ttl_s,
+        )
+
+
+@dataclass(frozen=True)
+class Seed:
+    """One curated answer, and the request (scope and question) it answers."""
+
+    request: CompletionRequest
+    answer: str
+
+
+def seeds_for(scope: SeedScope, pairs: Sequence[tuple[str, str]]) -> list[Seed]:
+    """A `Seed` per (question, answer) pair, all in `scope`."""
+    return [Seed(scope.request_for(question), answer) for question, answer in pairs]
+
+
+class Seeder:
+    """Stores curated answers under the keys their requests would be looked up by."""
+
+    def __init__(self, cache: SemanticCache, catalogue: Catalogue, limits: Limits) -> None:
+        self._cache = cache
+        self._catalogue = catalogue
+        self._limits = limits
+
+    async def put(self, seeds: Sequence[Seed]) -> list[str | Exception]:
+        """Store each seed; per seed, its entry id or why it was not stored.
+
+        One bad seed does not stop the others.
+
+        Raises:
+            InvalidRequestError: no seeds, or more than `MAX_SEEDS_PER_CALL`.
+        """
+        if not seeds:
+            raise InvalidRequestError("entries is empty: send at least one question/answer pair")
+        if len(seeds) > MAX_SEEDS_PER_CALL:
+            raise InvalidRequestError(
+                f"{len(seeds)} entries is more than the limit of {MAX_SEEDS_PER_CALL};"
+                " send them in smaller batches"
+            )
+        results = await asyncio.gather(*(self._put_one(s) for s in seeds), return_exceptions=True)
+        return [_item(index, result) for index, result in enumerate(results)]
+
+    async def _put_one(self, seed: Seed) -> str:
+        self._check(seed)
+        key = self._cache.key_for(seed.request)
+        answer = Answer(
+            content=seed.answer,
+            model=seed.request.model or "",
+            finish_reason="stop",
+            prompt_tokens=0,
+            completion_tokens=0,
+            cost_usd=0.0,
+        )
+        if not await self._cache.store_answer(Lookup(key), answer, seed.request.ttl_s):
+            raise StoreNotWritableError("the cache store took no new entries; try again later")
+        return key.point_id
+
+    def _check(self, seed: Seed) -> None:
+        validate(seed.request, self._limits)
+        if seed.request.model:
+            self._catalogue.require_model(seed.request.model)
+        if not seed.answer.strip():
+            raise InvalidRequestError("answer is empty: send the text to serve for the question")
+        if len(seed.answer.encode()) > MAX_ANSWER_BYTES:
+            raise InvalidRequestError(
+                f"answer is {len(seed.answer.encode())} bytes; keep it to {MAX_ANSWER_BYTES}"
+            )
+
+
+def _item(index: int, result: str | BaseException) -> str | Exception:
+    if isinstance(result, InvalidRequestError):
+        return type(result)(f"entries[{index}]: {result}")
+    if isinstance(result, str | Exception):
+        return result
+    raise result  # CancelledError and friends are not a seed's failure
