@@ -25,6 +25,7 @@ from typing import Literal, TypeVar
 import qdrant_edge as qe
 import structlog
 
+from service.cache import filters
 from service.cache.disk import DiskGuard, apparent_bytes
 from service.cache.edge_shard import (
     VECTOR_STORAGE,
@@ -35,15 +36,6 @@ from service.cache.edge_shard import (
     find_damage,
     open_shard,
     segments_missing,
-)
-from service.cache.filters import (
-    Condition,
-    Equals,
-    HasIds,
-    entry_conditions,
-    id_conditions,
-    scope_conditions,
-    tenant_conditions,
 )
 from service.cache.store import (
     CacheEntry,
@@ -76,16 +68,16 @@ def _estimate_bytes(entry: CacheEntry, dim: int) -> int:
     return 2 * (payload + 4 * dim) + PAGE_OVERHEAD_BYTES
 
 
-def _edge_condition(condition: Condition) -> qe.FieldCondition | qe.HasIdCondition:
-    if isinstance(condition, HasIds):
+def _edge_condition(condition: filters.Condition) -> qe.FieldCondition | qe.HasIdCondition:
+    if isinstance(condition, filters.HasIds):
         return qe.HasIdCondition(set(condition.point_ids))
-    if isinstance(condition, Equals):
+    if isinstance(condition, filters.Equals):
         return qe.FieldCondition(key=condition.key, match=qe.MatchValue(condition.value))
     bound = qe.RangeFloat(**{condition.op: condition.value})
     return qe.FieldCondition(key=condition.key, range=bound)
 
 
-def _edge_filter(conditions: Sequence[Condition]) -> qe.Filter:
+def _edge_filter(conditions: Sequence[filters.Condition]) -> qe.Filter:
     """`conditions` (all must hold) as a Qdrant Edge filter."""
     return qe.Filter(must=[_edge_condition(c) for c in conditions])
 
@@ -234,7 +226,7 @@ class EdgeVectorStore:
         return qe.QueryRequest(
             limit=query.limit,
             query=qe.Query.Nearest(query.vector.tolist()),
-            filter=_edge_filter(scope_conditions(query)),
+            filter=_edge_filter(filters.scope_conditions(query)),
             with_payload=True,
             params=self._params,
         )
@@ -257,7 +249,7 @@ class EdgeVectorStore:
         Raises:
             StoreNotWritableError: the store is closed, or the disk has no room left.
         """
-        edge_filter = _edge_filter(entry_conditions(selector))
+        edge_filter = _edge_filter(filters.entry_conditions(selector))
 
         def count_then_delete() -> int:
             shard = self._writable(DELETE_BYTES, deletion=True)
@@ -283,7 +275,7 @@ class EdgeVectorStore:
         shard = self._shard
         if shard is None:
             return 0
-        edge_filter = _edge_filter(entry_conditions(selector))
+        edge_filter = _edge_filter(filters.entry_conditions(selector))
         return await self._run(lambda: shard.count(qe.CountRequest(exact=True, filter=edge_filter)))
 
     async def touch(self, point_ids: Sequence[str], now: float) -> None:
@@ -292,7 +284,7 @@ class EdgeVectorStore:
         By filter, not by id list: an id deleted since its hit matches nothing, where
         in a list it would fail the whole update.
         """
-        chosen = _edge_filter(id_conditions(point_ids))
+        chosen = _edge_filter(filters.id_conditions(point_ids))
         operation = qe.UpdateOperation.set_payload_by_filter(chosen, {"last_hit_at": now})
 
         def write() -> None:
@@ -302,7 +294,7 @@ class EdgeVectorStore:
         await self._write(write)
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
-        tenant_filter = _edge_filter(tenant_conditions(tenant))
+        tenant_filter = _edge_filter(filters.tenant_conditions(tenant))
 
         def evict() -> int:
             shard = self._writable(DELETE_BYTES, deletion=True)

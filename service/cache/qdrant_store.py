@@ -11,15 +11,7 @@ from collections.abc import Sequence
 
 from qdrant_client import AsyncQdrantClient, models
 
-from service.cache.filters import (
-    Condition,
-    Equals,
-    HasIds,
-    entry_conditions,
-    id_conditions,
-    scope_conditions,
-    tenant_conditions,
-)
+from service.cache import filters
 from service.cache.store import (
     FLOAT_FIELDS,
     KEYWORD_FIELDS,
@@ -39,11 +31,11 @@ _INT8_IN_RAM = models.ScalarQuantization(
 )
 
 
-def _qdrant_condition(condition: Condition) -> models.Condition:
-    if isinstance(condition, HasIds):
+def _qdrant_condition(condition: filters.Condition) -> models.Condition:
+    if isinstance(condition, filters.HasIds):
         ids: list[models.ExtendedPointId] = list(condition.point_ids)
         return models.HasIdCondition(has_id=ids)
-    if isinstance(condition, Equals):
+    if isinstance(condition, filters.Equals):
         return models.FieldCondition(
             key=condition.key, match=models.MatchValue(value=condition.value)
         )
@@ -52,7 +44,7 @@ def _qdrant_condition(condition: Condition) -> models.Condition:
     )
 
 
-def _qdrant_filter(conditions: Sequence[Condition]) -> models.Filter:
+def _qdrant_filter(conditions: Sequence[filters.Condition]) -> models.Filter:
     """`conditions` (all must hold) as a qdrant-client filter."""
     return models.Filter(must=[_qdrant_condition(c) for c in conditions])
 
@@ -150,7 +142,7 @@ class QdrantVectorStore:
     def _request(self, query: SearchQuery) -> models.QueryRequest:
         return models.QueryRequest(
             query=query.vector.tolist(),
-            filter=_qdrant_filter(scope_conditions(query)),
+            filter=_qdrant_filter(filters.scope_conditions(query)),
             limit=query.limit,
             with_payload=True,
             params=None if self._local else self._params,
@@ -161,7 +153,7 @@ class QdrantVectorStore:
         await self._client.upsert(self._collection, [point], wait=True)
 
     async def delete(self, selector: EntryFilter) -> int:
-        qdrant_filter = _qdrant_filter(entry_conditions(selector))
+        qdrant_filter = _qdrant_filter(filters.entry_conditions(selector))
         matched = (await self._client.count(self._collection, qdrant_filter, exact=True)).count
         if matched:
             await self._client.delete(
@@ -170,20 +162,20 @@ class QdrantVectorStore:
         return matched
 
     async def count(self, selector: EntryFilter) -> int:
-        qdrant_filter = _qdrant_filter(entry_conditions(selector))
+        qdrant_filter = _qdrant_filter(filters.entry_conditions(selector))
         result = await self._client.count(self._collection, qdrant_filter, exact=True)
         return result.count
 
     async def touch(self, point_ids: Sequence[str], now: float) -> None:
         # By filter, not by id list: an id deleted since its hit matches nothing,
         # where in a list it would fail the whole batch.
-        selector = models.FilterSelector(filter=_qdrant_filter(id_conditions(point_ids)))
+        selector = models.FilterSelector(filter=_qdrant_filter(filters.id_conditions(point_ids)))
         await self._client.set_payload(
             self._collection, {"last_hit_at": now}, points=selector, wait=False
         )
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
-        tenant_filter = _qdrant_filter(tenant_conditions(tenant))
+        tenant_filter = _qdrant_filter(filters.tenant_conditions(tenant))
         count = await self._client.count(self._collection, tenant_filter, exact=True)
         excess = count.count - keep
         if excess <= 0:
