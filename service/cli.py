@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import ValidationError
 
 from service.config import Settings
 from service.errors import StartupError
-from service.startup import load_settings, one_line
+from service.startup import load_settings, one_line, settings_error
 
 if TYPE_CHECKING:
     from semcache_client import Answer, SemcacheClient
@@ -357,6 +358,22 @@ def _cmd_invalidate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from service.seed_import import import_lines, read_lines
+
+    lines = read_lines(Path(args.file))
+    with _client(args) as client:
+        totals = import_lines(
+            client,
+            lines,
+            args.batch_size,
+            {"namespace": args.namespace, "ttl_s": args.ttl_s, "model": args.model},
+            sys.stderr,
+        )
+    print(f"stored {totals.stored} entries, {totals.failed} failed")
+    return 1 if totals.failed else 0
+
+
 def _cmd_health(args: argparse.Namespace) -> int:
     from service.transport.grpc import healthcheck
 
@@ -524,6 +541,15 @@ def build_parser(with_benchmarks: bool = True) -> argparse.ArgumentParser:
     _client_arguments(invalidate)
     invalidate.set_defaults(run=lambda a: _run_client(_cmd_invalidate, a))
 
+    seed = commands.add_parser("import", help="seed curated answers from a JSONL file")
+    seed.add_argument("file", help='one {"question": ..., "answer": ...} per line')
+    seed.add_argument("--namespace", help="store them in this namespace (default: default)")
+    seed.add_argument("--ttl-s", type=int, help="seconds they stay servable (SEMCACHE_TTL_S)")
+    seed.add_argument("--model", help="the model they stand for (default: the auto scope)")
+    seed.add_argument("--batch-size", type=int, default=100, help="entries per PutEntries call")
+    _client_arguments(seed)
+    seed.set_defaults(run=lambda a: _run_client(_cmd_import, a))
+
     health = commands.add_parser(
         "health", help="exit 0 when the local server reports SERVING (the container probe)"
     )
@@ -590,8 +616,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except StartupError as error:  # e.g. an invalid SEMCACHE_* setting
-        print(f"semcache {args.command}: {one_line(error)}", file=sys.stderr)
-        return 1
+        return _config_failed(args.command, error)
+    except ValidationError as error:  # a tool (e.g. a benchmark) that built Settings() itself
+        if error.title != Settings.__name__:
+            raise
+        return _config_failed(args.command, settings_error(error))
+
+
+def _config_failed(command: str, error: StartupError) -> int:
+    print(f"semcache {command}: {one_line(error)}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

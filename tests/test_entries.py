@@ -4,6 +4,7 @@ DeleteEntry (gRPC, HTTP, thin client) removes that one entry, within the caller'
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest_asyncio
 from semcache_client import AsyncSemcacheClient, InvalidArgument, ItemFailure, SemcacheClient
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.auth import load_keys
+from service.cli import main
 from service.embedding.base import Embedder
 from service.simulator import UpstreamSimulator
 from tests.conftest import Service
@@ -281,3 +283,45 @@ async def test_thin_client_puts_entries(service: Service) -> None:
     assert isinstance(failure, ItemFailure) and failure.index == 1
     assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
     assert hit.is_hit and hit.entry_id == entry_id and hit.content == FAQ_ANSWER
+
+
+# --- semcache import FILE.jsonl ---------------------------------------------------
+
+
+async def _import(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    status = await asyncio.to_thread(main, ["import", *argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+async def test_cli_import_seeds_a_jsonl_file(
+    service: Service, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    lines = [
+        json.dumps({"question": QUESTION, "answer": FAQ_ANSWER}),
+        "",
+        json.dumps({"question": "How do I reset my password?", "answer": "Use the reset link."}),
+        json.dumps({"question": "", "answer": "no question"}),
+    ]
+    faq = tmp_path / "faq.jsonl"
+    faq.write_text("\n".join(lines) + "\n")
+    target = f"127.0.0.1:{service.server.port}"
+    status, out, err = await _import(
+        capsys, str(faq), "--namespace", "faq", "--batch-size", "2", "--target", target
+    )
+    assert status == 1  # one line was refused
+    assert out.strip() == "stored 2 entries, 1 failed"
+    assert "imported 3/3 (1 failed)" in err and "line 4: INVALID_ARGUMENT" in err
+    hit = await service.stub.Complete(pb.CompleteRequest(prompt=PARAPHRASE, namespace="faq"))
+    assert (hit.cache_status, hit.content) == (pb.CACHE_STATUS_SEMANTIC_HIT, FAQ_ANSWER)
+
+
+async def test_cli_import_names_a_bad_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    faq = tmp_path / "faq.jsonl"
+    faq.write_text('{"question": "q", "answer": "a"}\n{"question": 1}\n')
+    status, _, err = await _import(capsys, str(faq), "--target", "127.0.0.1:1")
+    assert status == 2
+    assert f"{faq}:2" in err

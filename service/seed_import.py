@@ -1,0 +1,101 @@
+"""`semcache import FILE.jsonl`: seed a running service with curated answers, in batches.
+
+Each line of the file is one JSON object `{"question": ..., "answer": ...}`
+(blank lines are skipped). The pairs go to PutEntries through the thin client,
+`batch_size` at a time, with a progress line on stderr; an entry the service
+refuses is reported with its line number and the rest go on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from semcache_client import SemcacheClient
+    from semcache_client.types import EntryScope
+
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Line:
+    """One question/answer pair and the file line it came from (1-based)."""
+
+    number: int
+    pair: Pair
+
+
+@dataclass
+class ImportTotals:
+    """How many entries were stored and how many the service refused."""
+
+    stored: int = 0
+    failed: int = 0
+
+
+def read_lines(path: Path) -> list[Line]:
+    """The pairs of a JSONL file, each with its line number.
+
+    Raises:
+        ValueError: the file cannot be read, or a line is not a
+            `{"question": str, "answer": str}` object (the message names the line).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+    return [
+        Line(number, _pair(path, number, raw))
+        for number, raw in enumerate(text.splitlines(), start=1)
+        if raw.strip()
+    ]
+
+
+def _pair(path: Path, number: int, raw: str) -> Pair:
+    where = f"{path}:{number}"
+    try:
+        value = json.loads(raw)
+    except ValueError as error:
+        raise ValueError(f"{where}: not JSON ({error})") from None
+    question = value.get("question") if isinstance(value, dict) else None
+    answer = value.get("answer") if isinstance(value, dict) else None
+    if not isinstance(question, str) or not isinstance(answer, str):
+        raise ValueError(f'{where}: expected {{"question": "...", "answer": "..."}}')
+    return question, answer
+
+
+def import_lines(
+    client: SemcacheClient,
+    lines: Sequence[Line],
+    batch_size: int,
+    scope: EntryScope,
+    progress: TextIO,
+) -> ImportTotals:
+    """Send `lines` with PutEntries, `batch_size` per call, reporting on `progress`.
+
+    Raises:
+        ValueError: `batch_size` is less than 1.
+        SemcacheError: a whole call failed (e.g. the service is unreachable).
+    """
+    from semcache_client import ItemFailure
+
+    if batch_size < 1:
+        raise ValueError(f"--batch-size is {batch_size}; use 1 or more")
+    totals = ImportTotals()
+    for start in range(0, len(lines), batch_size):
+        batch = lines[start : start + batch_size]
+        results = client.put_entries([line.pair for line in batch], **scope)
+        for line, result in zip(batch, results, strict=True):
+            if isinstance(result, ItemFailure):
+                totals.failed += 1
+                progress.write(f"\nline {line.number}: {result.code.name}: {result.message}\n")
+            else:
+                totals.stored += 1
+        progress.write(f"\rimported {start + len(batch)}/{len(lines)} ({totals.failed} failed)")
+        progress.flush()
+    progress.write("\n")
+    return totals
