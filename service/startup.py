@@ -48,8 +48,13 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
-        problems = ", ".join(_setting_problem(each) for each in error.errors())
-        raise StartupError(f"invalid settings: {problems}; change or unset them") from error
+        raise settings_error(error) from error
+
+
+def settings_error(error: ValidationError) -> StartupError:
+    """The one-line StartupError for `Settings()`'s validation error: each variable and why."""
+    problems = ", ".join(_setting_problem(each) for each in error.errors())
+    return StartupError(f"invalid settings: {problems}; change or unset them")
 
 
 def _setting_problem(error: Any) -> str:
