@@ -97,7 +97,13 @@ async def test_semcache_target_spares_the_flag(
 
 @pytest.mark.parametrize(
     "command",
-    [["complete", QUESTION], ["stats"], ["invalidate", "--all"], ["route-eval", "x.jsonl"]],
+    [
+        ["complete", QUESTION],
+        ["stats"],
+        ["invalidate", "--all"],
+        ["route-eval", "x.jsonl"],
+        ["bench", "compare"],  # a benchmark that builds Settings() itself
+    ],
 )
 def test_a_bad_setting_is_one_line_and_status_1(
     command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
