@@ -281,7 +281,7 @@ class Settings(BaseSettings):
         "localhost:50051",
         min_length=1,
         description="host:port the client commands (`semcache complete`, `stats`,"
-        " `invalidate`) call when `--target` is not given.",
+        " `invalidate`, `import`) call when `--target` is not given.",
     )
     bench_data_dir: Path | None = Field(
         None,
