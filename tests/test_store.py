@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import qdrant_edge as qe
 
 from service.cache.edge_store import EdgeVectorStore
 from service.cache.qdrant_store import QdrantVectorStore
-from service.cache.store import CacheEntry, EntryFilter, VectorStore
+from service.cache.store import CacheEntry, EntryFilter, ScoredEntry, SearchQuery, VectorStore
 
 DIM = 16
 
@@ -25,6 +25,14 @@ def entry(tenant: str, scope: str = "s", *, expires_in_s: float = 3600.0) -> Cac
     return CacheEntry(
         tenant, "ns", scope, "m", "q", "answer", "stop", 1, 1, 0.0, now, now + expires_in_s, now
     )
+
+
+async def search(
+    store: VectorStore, vector: np.ndarray, tenant: str, scope: str, now: float, limit: int
+) -> Sequence[ScoredEntry]:
+    """One query through `search_many`, the protocol's only search."""
+    (found,) = await store.search_many([SearchQuery(vector, tenant, scope, now, limit)])
+    return found
 
 
 def unit(seed: int) -> np.ndarray:
@@ -62,7 +70,7 @@ async def test_int8_disk_store_finds_the_nearest_entry_after_indexing(tmp_path: 
         await store.close()
         store = EdgeVectorStore(tmp_path / "shard", DIM)  # reopened: keeps its own storage
         for i in (0, 150, 299):
-            found = await store.search(unit(i), "a", "s", time.time(), 1)
+            found = await search(store, unit(i), "a", "s", time.time(), 1)
             assert found[0].point_id == ids[i]
             assert found[0].similarity == pytest.approx(1.0, abs=1e-3)  # rescored: exact cosine
     finally:
@@ -74,14 +82,14 @@ async def test_search_never_crosses_tenant_or_scope(store: VectorStore) -> None:
     await store.upsert(str(uuid.uuid4()), vector, entry("a"))
     await store.upsert(str(uuid.uuid4()), vector, entry("b"))
     await store.upsert(str(uuid.uuid4()), vector, entry("a", scope="other"))
-    found = await store.search(vector, "a", "s", time.time(), 10)
+    found = await search(store, vector, "a", "s", time.time(), 10)
     assert [(f.entry.tenant, f.entry.scope) for f in found] == [("a", "s")]
     assert found[0].similarity == pytest.approx(1.0, abs=1e-5)
 
 
 async def test_expired_entries_are_not_found_and_purged(store: VectorStore) -> None:
     await store.upsert(str(uuid.uuid4()), unit(2), entry("a", expires_in_s=-1))
-    assert await store.search(unit(2), "a", "s", time.time(), 5) == []
+    assert await search(store, unit(2), "a", "s", time.time(), 5) == []
     assert await store.delete(EntryFilter(expired_at=time.time())) == 1
     assert await store.count(EntryFilter()) == 0
 
@@ -123,7 +131,7 @@ async def test_edge_builds_its_index_in_the_background(tmp_path: Path) -> None:
         assert indexed_vectors(store) == 0
         assert await store.maintain(min_unindexed=1_000) is False, "below the threshold"
         assert await store.maintain(min_unindexed=10) is True
-        found = await store.search(unit(3), "a", "s", time.time(), 1)  # lookups go on meanwhile
+        found = await search(store, unit(3), "a", "s", time.time(), 1)  # lookups go on meanwhile
         assert found and found[0].similarity == pytest.approx(1.0, abs=1e-5)
         async with asyncio.timeout(30):  # bounded wait for the rebuild's outcome
             while True:
@@ -131,21 +139,19 @@ async def test_edge_builds_its_index_in_the_background(tmp_path: Path) -> None:
                     break
                 await asyncio.sleep(0.05)
         assert await store.maintain(min_unindexed=10) is False, "nothing left to index"
-        found = await store.search(unit(7), "a", "s", time.time(), 1)  # through the index now
+        found = await search(store, unit(7), "a", "s", time.time(), 1)  # through the index now
         assert found and found[0].similarity == pytest.approx(1.0, abs=1e-5)
     finally:
         await store.close()
 
 
 async def test_search_many_answers_each_query_in_order(store: VectorStore) -> None:
-    from service.cache.store import SearchQuery
-
     for i in range(3):
         await store.upsert(str(uuid.uuid4()), unit(i), entry("a"))
     now = time.time()
     queries = [SearchQuery(unit(i), "a", "s", now, 1) for i in (2, 0, 1)]
     queries.append(SearchQuery(unit(0), "b", "s", now, 1))  # another tenant: nothing
     answers = await store.search_many(queries)
-    singles = [await store.search(q.vector, q.tenant, q.scope, q.now, q.limit) for q in queries]
+    singles = [await search(store, q.vector, q.tenant, q.scope, q.now, q.limit) for q in queries]
     assert [[e.point_id for e in a] for a in answers] == [[e.point_id for e in s] for s in singles]
     assert [len(a) for a in answers] == [1, 1, 1, 0]

@@ -210,6 +210,8 @@ class EdgeVectorStore:
     async def search(
         self, vector: Vector, tenant: str, scope: str, now: float, limit: int
     ) -> Sequence[ScoredEntry]:
+        """One query's `search_many`; not part of the store protocols (the scale
+        benchmark probes a bare shard with it)."""
         found = await self.search_many([SearchQuery(vector, tenant, scope, now, limit)])
         return found[0]
 

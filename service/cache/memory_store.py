@@ -66,15 +66,8 @@ class MemoryVectorStore:
         point = self._points.get(point_id)
         return None if point is None else point.entry
 
-    async def search(
-        self, vector: Vector, tenant: str, scope: str, now: float, limit: int
-    ) -> Sequence[ScoredEntry]:
-        """Up to `limit` live entries in (tenant, scope), most similar first."""
-        (found,) = await self.search_many([SearchQuery(vector, tenant, scope, now, limit)])
-        return found
-
     async def search_many(self, queries: Sequence[SearchQuery]) -> list[Sequence[ScoredEntry]]:
-        """`search` for each query, answers in order."""
+        """Exact search for each query, answers in order."""
         self._check()
         self.searches += len(queries)
         return [self._search(query) for query in queries]

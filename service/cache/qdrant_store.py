@@ -127,12 +127,6 @@ class QdrantVectorStore:
             return None
         return CacheEntry.from_payload(records[0].payload)
 
-    async def search(
-        self, vector: Vector, tenant: str, scope: str, now: float, limit: int
-    ) -> Sequence[ScoredEntry]:
-        (found,) = await self.search_many([SearchQuery(vector, tenant, scope, now, limit)])
-        return found
-
     async def search_many(self, queries: Sequence[SearchQuery]) -> list[Sequence[ScoredEntry]]:
         responses = await self._client.query_batch_points(
             self._collection, [self._request(q) for q in queries]

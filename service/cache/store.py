@@ -1,4 +1,7 @@
-"""The `VectorStore` protocol, and the entry and filter types its backends share.
+"""The store protocols, and the entry and filter types their backends share.
+
+`LookupStore` is what the request path needs, `AdminStore` what administration
+and upkeep need; `VectorStore` is both, as every backend is.
 
 Backends: `edge_store.EdgeVectorStore` (Qdrant Edge, embedded, the default)
 and `qdrant_store.QdrantVectorStore` (a Qdrant server through qdrant-client).
@@ -127,8 +130,9 @@ class EntryFilter:
     live_at: float | None = None
 
 
-class VectorStore(Protocol):
-    """Scoped nearest-neighbour search over cached questions, with exact lookup by id.
+class LookupStore(Protocol):
+    """What answering a request needs: scoped nearest-neighbour search over cached
+    questions, exact lookup by id, storing, and recording hits.
 
     Every search is restricted to one tenant and one scope fingerprint, and to
     entries not yet expired at `now`.
@@ -138,19 +142,23 @@ class VectorStore(Protocol):
         """The entry stored under `point_id`, expired or not; None if absent."""
         ...
 
-    async def search(
-        self, vector: Vector, tenant: str, scope: str, now: float, limit: int
-    ) -> Sequence[ScoredEntry]:
-        """Up to `limit` live entries in (tenant, scope), most similar first."""
-        ...
-
     async def search_many(self, queries: Sequence[SearchQuery]) -> list[Sequence[ScoredEntry]]:
-        """`search` for several queries in one call to the store, answers in order."""
+        """For each query (in one call to the store), up to `limit` live entries in
+        (tenant, scope), most similar first; answers in query order."""
         ...
 
     async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:
         """Store `entry` under `point_id`, replacing what was there."""
         ...
+
+    async def touch(self, point_ids: Sequence[str], now: float) -> None:
+        """Record that the entries were served at `now` (for least-recently-hit eviction)."""
+        ...
+
+
+class AdminStore(Protocol):
+    """What administering the cache needs: delete and count by filter, evict,
+    upkeep, health, and closing."""
 
     async def delete(self, selector: EntryFilter) -> int:
         """Delete the entries `selector` matches; returns how many there were."""
@@ -158,10 +166,6 @@ class VectorStore(Protocol):
 
     async def count(self, selector: EntryFilter) -> int:
         """How many entries `selector` matches."""
-        ...
-
-    async def touch(self, point_ids: Sequence[str], now: float) -> None:
-        """Record that the entries were served at `now` (for least-recently-hit eviction)."""
         ...
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
@@ -182,3 +186,7 @@ class VectorStore(Protocol):
     async def close(self) -> None:
         """Persist what is pending and release the store."""
         ...
+
+
+class VectorStore(LookupStore, AdminStore, Protocol):
+    """A whole backend: both the lookup and the administration side."""
