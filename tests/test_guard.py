@@ -2,7 +2,8 @@
 
 import pytest
 
-from service.cache.guard import NearMissGuard, context_text, conversation_text
+from service.cache.conversation import context_text, conversation_text
+from service.cache.guard import NearMissGuard
 
 
 @pytest.fixture

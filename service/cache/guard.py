@@ -26,7 +26,7 @@ serves >= 40% of qqp_dev duplicates. Measured (top-5 candidates, best score serv
   scope 1.3%). Static cosine 0.97 serves 28% with 4% wrong. Misses the 55% target.
 - qqp_dev: duplicates served 40.0%, non-duplicates served 5.45% (misses the 2% target).
 
-Conversations: the embedded and verified text is the final user message
+Conversations (`conversation`): the embedded and verified text is the final user message
 (`conversation_text`). When that message does not stand alone (fewer than four content
 words, or "it", "that", "yes"...), `context_text` gives every earlier user message plus
 the last assistant message, and `verify_context` must also pass: both contexts present,
@@ -51,13 +51,10 @@ __all__ = [
     "GuardVerdict",
     "NearMissGuard",
     "PairFeatures",
-    "context_text",
-    "conversation_text",
     "pair_features",
     "veto_reason",
 ]
 
-_TOKEN_RE = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
 _RAW_TOKEN_RE = re.compile(r"[A-Za-z0-9]+")
 _NUMBER_RE = re.compile(r"^(\d+(?:,\d{3})*(?:\.\d+)?)([a-z]*)$")
 _TENS = frozenset({20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0})
@@ -140,19 +137,12 @@ def _number_value(token: str) -> float | None:
     return value * 1000.0 if unit == "k" else value + 12.0 if unit == "pm" else value
 
 
-def _normalise(text: str) -> str:
-    lowered = text.replace("\u2019", "'").lower()
-    for pattern, repl in lex.CONTRACTIONS:
-        lowered = pattern.sub(repl, lowered)
-    return lowered
-
-
 @lru_cache(maxsize=8192)  # a query meets up to five candidates; popular entries recur
 def _parse(text: str) -> _Parsed:
     words: list[str] = []
     numbers: list[float] = []
     dates: set[str] = set()
-    for token in _TOKEN_RE.findall(_normalise(text)):
+    for token in lex.tokens(text):
         value = _number_value(token) if token[0].isdigit() else lex.NUMBER_WORDS.get(token)
         if value is None:
             if token in _DATE_WORDS:
@@ -338,7 +328,7 @@ def veto_reason(features: PairFeatures) -> str | None:
 
 
 def _plain(text: str) -> str:
-    return " ".join(_TOKEN_RE.findall(_normalise(text)))
+    return " ".join(lex.tokens(text))
 
 
 class NearMissGuard:
@@ -401,47 +391,3 @@ class NearMissGuard:
             if getattr(features, field):
                 return GuardVerdict(False, similarity, "context_" + reason)
         return GuardVerdict(True, similarity, "ok")
-
-
-# Words that make a final message lean on earlier turns ("cancel it", "yes please").
-_ANAPHORA = lex.words(
-    "it its that this those these them they one yes no ok okay please same there then and "
-    "also instead"
-)
-
-
-def _stands_alone(message: str) -> bool:
-    tokens = _TOKEN_RE.findall(_normalise(message))
-    content = [t for t in tokens if t not in lex.STOPWORDS]
-    return len(content) >= 4 and not _ANAPHORA.intersection(tokens)
-
-
-def conversation_text(messages: Sequence[tuple[str, str]]) -> str:
-    """The text to embed and verify for a multi-turn request: its final user message.
-
-    Raises:
-        ValueError: if `messages` is empty or does not end with a user message.
-    """
-    if not messages or messages[-1][0] != "user":
-        raise ValueError("messages must end with a user message")
-    return messages[-1][1].strip()
-
-
-def context_text(messages: Sequence[tuple[str, str]]) -> str:
-    """The context that must match separately; "" when the final message stands alone.
-
-    It is every earlier user message plus the last assistant message, so a swapped
-    product, amount or offer anywhere earlier in the chat blocks the hit.
-
-    Raises:
-        ValueError: if `messages` is empty or does not end with a user message.
-    """
-    final = conversation_text(messages)
-    if _stands_alone(final):
-        return ""
-    earlier = messages[:-1]
-    users = [content.strip() for role, content in earlier if role == "user"]
-    assistant = next(
-        (content.strip() for role, content in reversed(earlier) if role == "assistant"), ""
-    )
-    return "\n".join([*users, assistant]).strip()

@@ -1,4 +1,5 @@
-"""Word lists for the near-miss guard: negators, antonyms, synonyms, scope words.
+"""Word lists for the near-miss guard: negators, antonyms, synonyms, scope words,
+and the tokenizer they are matched against (`tokens`).
 
 Generic English, written by hand; nothing here was taken from an evaluation set.
 """
@@ -177,3 +178,18 @@ CONTRACTIONS = (
     ),
     (re.compile(r"'(s|re|ve|ll|d|m)\b"), r" \1"),
 )
+
+TOKEN_RE = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
+
+
+def normalise(text: str) -> str:
+    """`text` lower-cased with curly apostrophes straightened and contractions expanded."""
+    lowered = text.replace("\u2019", "'").lower()
+    for pattern, repl in CONTRACTIONS:
+        lowered = pattern.sub(repl, lowered)
+    return lowered
+
+
+def tokens(text: str) -> list[str]:
+    """The words and numbers of `normalise(text)`, in order."""
+    return TOKEN_RE.findall(normalise(text))

@@ -11,7 +11,7 @@ upstream's identity (answers of one upstream are never served for another; see
 
 Earlier turns enter in two ways. A question that stands alone ("How do I
 reset my password?") is matched on its own, whatever came before it. A
-follow-up ("cancel it") carries its conversation context (`guard.context_text`):
+follow-up ("cancel it") carries its conversation context (`conversation.context_text`):
 the exact layer's id includes it, and a semantic match must also match the
 context (see `SemanticCache`), so "cancel it" about a gym never gets the
 answer about a streaming plan.
@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from service.cache.guard import context_text, conversation_text
+from service.cache.conversation import context_text, conversation_text
 from service.domain import CompletionRequest
 
 _WHITESPACE = re.compile(r"\s+")
