@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.embedding import onnx_int8
+from service.embedding import onnx
 from service.embedding.base import Embedder
 from service.embedding.batcher import EmbeddingBatcher
 from service.embedding.errors import EmbeddingModelError
 from service.embedding.factory import build_embedder
-from service.embedding.onnx_int8 import OnnxEmbedder, model_fingerprint
-from service.embedding.torch_st import default_model_path
+from service.embedding.model_files import default_model_path
+from service.embedding.onnx import OnnxEmbedder, model_fingerprint
 
 DIM = 384
 BACKENDS = ("torch", "onnx-int8", "onnx-fp32")
@@ -178,8 +178,8 @@ def export_forbidden(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*_args: object) -> None:
         raise AssertionError("the cached ONNX model should have been reused")
 
-    monkeypatch.setattr(onnx_int8, "export_transformer", fail)
-    monkeypatch.setattr(onnx_int8, "quantize_int8", fail)
+    monkeypatch.setattr(onnx, "export_transformer", fail)
+    monkeypatch.setattr(onnx, "quantize_int8", fail)
 
 
 @slow
@@ -233,7 +233,7 @@ def test_fingerprint_changes_when_a_model_file_changes(tmp_path: Path) -> None:
 
 
 def _crash_while_writing(target: Path) -> None:
-    with onnx_int8._atomic_path(target) as partial:
+    with onnx._atomic_path(target) as partial:
         partial.write_bytes(b"half a model")
         raise RuntimeError("export crashed")
 

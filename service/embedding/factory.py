@@ -35,7 +35,7 @@ def build_embedder(
         EmbeddingModelError: the model is missing or cannot be loaded or exported.
         ValueError: `backend` is not one of the names above.
     """
-    from service.embedding.torch_st import default_model_path
+    from service.embedding.model_files import default_model_path
 
     path = model_path if model_path is not None else default_model_path()
     if backend == "torch":
@@ -43,7 +43,7 @@ def build_embedder(
 
         return SentenceTransformerEmbedder(path, threads=threads)
     if backend in ("onnx-int8", "onnx-fp32"):
-        from service.embedding.onnx_int8 import OnnxEmbedder
+        from service.embedding.onnx import OnnxEmbedder
 
         quantize = backend == "onnx-int8"
         return OnnxEmbedder(path, cache_dir, quantize=quantize, threads=threads or 1)

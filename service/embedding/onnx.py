@@ -36,7 +36,7 @@ from tokenizers import Tokenizer
 
 from service.embedding.base import Vectors
 from service.embedding.errors import EmbeddingModelError
-from service.embedding.torch_st import model_name
+from service.embedding.model_files import model_name
 
 log = structlog.get_logger(__name__)
 
