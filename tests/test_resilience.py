@@ -22,8 +22,8 @@ from service.errors import (
     UpstreamRejectedError,
     UpstreamTimeoutError,
 )
+from service.llm.admission import CircuitBreaker, RetryPolicy
 from service.llm.catalogue import Catalogue, parse_catalogue
-from service.llm.guards import CircuitBreaker, RetryPolicy
 from service.llm.http_errors import retry_after_from_headers
 from service.llm.openai_compat import OpenAICompatProvider
 from service.llm.provider import Provider, ProviderAnswer, ProviderCall

@@ -6,7 +6,7 @@ cannot fit and providers whose circuit breaker is open. On each model it
 retries 429s, 5xx, timeouts and lost connections with jittered exponential
 backoff, honouring Retry-After, always within the caller's deadline
 (`ProviderCall.timeout_s`). Each provider has its own breaker and its own
-concurrency limit with a bounded queue (see `service.llm.guards`).
+concurrency limit with a bounded queue (see `service.llm.admission`).
 
 What a caller sees:
     a `ProviderAnswer`             `model` is the catalogue model that answered;
@@ -38,9 +38,7 @@ from service.errors import (
     UpstreamRejectedError,
     UpstreamTimeoutError,
 )
-from service.llm.catalogue import Catalogue, ProviderSpec, estimate_prompt_tokens
-from service.llm.grouping import GroupingProvider
-from service.llm.guards import (
+from service.llm.admission import (
     BreakerState,
     CircuitBreaker,
     Clock,
@@ -48,6 +46,8 @@ from service.llm.guards import (
     QueueTimeoutError,
     RetryPolicy,
 )
+from service.llm.catalogue import Catalogue, ProviderSpec, estimate_prompt_tokens
+from service.llm.grouping import GroupingProvider
 from service.llm.http_errors import RetryableUpstreamError
 from service.llm.openai_compat import OpenAICompatProvider
 from service.llm.provider import Provider, ProviderAnswer, ProviderCall

@@ -1,4 +1,5 @@
-"""The three guards around each provider: retry backoff, circuit breaker, concurrency limit.
+"""What lets a call through to a provider, and when: retry backoff, circuit breaker,
+concurrency limit.
 
 Each is a small object with no I/O of its own, so `service.llm.resilience`
 composes them and tests drive them with a fake clock.
