@@ -13,6 +13,10 @@ have=$($PY -c "import importlib.metadata as m; print(m.version('grpcio-tools'))"
 # the protoc plugins (protoc-gen-mypy...) live next to that python
 export PATH="$(dirname "$($PY -c 'import sys; print(sys.executable)')"):$PATH"
 
+# google/rpc/status.proto (imported by semcache.proto) ships in googleapis-common-protos;
+# google/protobuf/*.proto comes with grpc_tools itself
+google_protos=$($PY -c 'import os, google.rpc; print(os.path.dirname(os.path.dirname(google.rpc.__path__[0])))')
+
 # each output directory, and the package its generated modules import each other through
 targets=(
   "service/_proto service._proto"
@@ -22,7 +26,7 @@ targets=(
 gen() {
   local dest=$1 package=$2
   rm -rf "$dest" && mkdir -p "$dest"
-  $PY -m grpc_tools.protoc -I protos \
+  $PY -m grpc_tools.protoc -I protos -I "$google_protos" \
     --python_out="$dest" --grpc_python_out="$dest" --mypy_out="$dest" --mypy_grpc_out="$dest" \
     protos/semcache/v1/semcache.proto
   # generated modules import each other as `semcache.v1...`; make that package-relative

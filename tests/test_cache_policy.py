@@ -149,10 +149,10 @@ async def test_batch_complete_answers_in_order_with_a_status_per_item(service: S
         )
     )
     kinds = [r.WhichOneof("result") for r in reply.results]
-    assert kinds == ["response", "error", "response", "response"]
+    assert kinds == ["response", "status", "response", "response"]
     assert reply.results[0].response.cache_status == pb.CACHE_STATUS_EXACT_HIT
-    assert reply.results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert "prompt" in reply.results[1].error.message
+    assert reply.results[1].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "prompt" in reply.results[1].status.message
     assert "Mona Lisa" in reply.results[2].response.content
     assert reply.results[3].response.cache_status == pb.CACHE_STATUS_SEMANTIC_HIT
 

@@ -13,13 +13,20 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from semcache_client import AsyncSemcacheClient, InvalidArgument, ItemFailure, SemcacheClient
+from semcache_client import (
+    Answer,
+    AsyncSemcacheClient,
+    CompleteParams,
+    InvalidArgument,
+    ItemFailure,
+    SemcacheClient,
+)
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.auth import load_keys
 from service.cli import main
 from service.embedding.base import Embedder
 from service.simulator import UpstreamSimulator
-from tests.conftest import Service
+from tests.conftest import Service, make_settings, start_service
 from tests.httpdoor import (
     ADMIN_KEY,
     CLIENT_KEY,
@@ -222,16 +229,16 @@ async def test_a_bad_entry_fails_alone_with_its_index(service: Service) -> None:
     )
     first, second, third = put.results
     assert first.entry_id
-    assert second.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert second.error.message.startswith("entries[1]")
-    assert third.error.message.startswith("entries[2]") and "answer" in third.error.message
+    assert second.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert second.status.message.startswith("entries[1]")
+    assert third.status.message.startswith("entries[2]") and "answer" in third.status.message
 
 
 async def test_bad_scope_fails_every_entry_and_no_entries_is_refused(service: Service) -> None:
     put = await service.stub.PutEntries(
         pb.PutEntriesRequest(entries=[pb.Entry(question=QUESTION, answer="a")], ttl_s=0)
     )
-    assert "ttl_s" in put.results[0].error.message
+    assert "ttl_s" in put.results[0].status.message
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.PutEntries(pb.PutEntriesRequest())
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -325,3 +332,27 @@ async def test_cli_import_names_a_bad_line(
     status, _, err = await _import(capsys, str(faq), "--target", "127.0.0.1:1")
     assert status == 2
     assert f"{faq}:2" in err
+
+
+# --- batch item errors are google.rpc.Status ---------------------------------------
+
+
+async def test_a_rate_limited_batch_item_carries_retry_info(
+    embedder: Embedder, simulator: UpstreamSimulator, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        "edge", tmp_path / "data", simulator.base_url, rate_limit_requests_per_minute=1
+    )
+    running = await start_service(embedder, simulator, settings)
+    try:
+        target = f"127.0.0.1:{running.server.port}"
+        async with AsyncSemcacheClient(target) as client:
+            first, second = await client.batch_complete(
+                [CompleteParams(prompt=QUESTION), CompleteParams(prompt=PARAPHRASE)],
+                max_concurrency=1,
+            )
+    finally:
+        await running.close()
+    assert isinstance(first, Answer) and isinstance(second, ItemFailure)
+    assert second.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert second.retry_after_s is not None and second.retry_after_s > 0

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
+from google.rpc.status_pb2 import Status
 
 from semcache_client._proto.semcache.v1 import semcache_pb2 as pb
+from semcache_client._rpc_status import status_retry_after_s
 from semcache_client.types import (
     Answer,
     CachePolicy,
@@ -116,8 +118,7 @@ def put_results(response: pb.PutEntriesResponse) -> list[str | ItemFailure]:
 def _put_result(index: int, result: pb.PutEntryResult) -> str | ItemFailure:
     if result.HasField("entry_id"):
         return result.entry_id
-    code = _CODES.get(result.error.code, grpc.StatusCode.UNKNOWN)
-    return ItemFailure(index, code, result.error.message)
+    return _failure(index, result.status)
 
 
 def stats_request(namespace: str | None, all_tenants: bool) -> pb.GetCacheStatsRequest:
@@ -169,8 +170,7 @@ def stream_event(event: pb.StreamCompleteResponse) -> str | Answer:
 def _item(index: int, result: pb.BatchItemResult) -> Answer | ItemFailure:
     if result.HasField("response"):
         return answer(result.response)
-    code = _CODES.get(result.error.code, grpc.StatusCode.UNKNOWN)
-    return ItemFailure(index, code, result.error.message)
+    return _failure(index, result.status)
 
 
 def batch_results(response: pb.BatchCompleteResponse) -> list[Answer | ItemFailure]:
@@ -178,7 +178,13 @@ def batch_results(response: pb.BatchCompleteResponse) -> list[Answer | ItemFailu
     return [_item(index, result) for index, result in enumerate(response.results)]
 
 
-def stats(response: pb.GetCacheStatsResponse) -> CacheStats:
+def _failure(index: int, status: Status) -> ItemFailure:
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    retry_after_s = status_retry_after_s(status.SerializeToString())
+    return ItemFailure(index, code, status.message, retry_after_s)
+
+
+def stats(response: pb.GetCacheStatsResponse | pb.TenantStats) -> CacheStats:
     """The CacheStats for a GetCacheStatsResponse, nested tenants included."""
     return CacheStats(
         tenant=response.tenant,
@@ -190,5 +196,5 @@ def stats(response: pb.GetCacheStatsResponse) -> CacheStats:
         hit_rate=response.hit_rate,
         cost_saved_usd=response.cost_saved_usd,
         cost_spent_usd=response.cost_spent_usd,
-        tenants=tuple(stats(nested) for nested in response.tenants),
+        tenants=tuple(stats(nested) for nested in getattr(response, "tenants", ())),
     )

@@ -105,3 +105,11 @@ def retry_after_s(trailing_metadata: Iterable[tuple[str, Any]] | None) -> float 
         return _retry_delay_s(blob)
     except DecodeError:
         return None
+
+
+def status_retry_after_s(status: bytes) -> float | None:
+    """The `RetryInfo.retry_delay` in seconds inside a serialised google.rpc.Status, or None."""
+    try:
+        return _retry_delay_s(status)
+    except DecodeError:
+        return None

@@ -214,11 +214,16 @@ class EntryScope(TypedDict, total=False):
 
 @dataclass(frozen=True)
 class ItemFailure:
-    """Why item `index` of a batch failed: a gRPC status code and the server's message."""
+    """Why item `index` of a batch failed: a gRPC status code and the server's message.
+
+    `retry_after_s` is when the server said to retry (a rate-limited or
+    overloaded item's RetryInfo), else None.
+    """
 
     index: int
     code: grpc.StatusCode
     message: str
+    retry_after_s: float | None = None
 
     def error(self) -> SemcacheError:
         """This failure as the client error a single call would have raised."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -25,7 +26,7 @@ from service.pipeline.admin import CacheAdmin, Invalidation, TenantStats
 from service.pipeline.request import RequestPipeline
 from service.pipeline.seed import SeedScope, seeds_for
 from service.transport.grpc.interceptors import request_id_var, rpc_outcome_var
-from service.transport.grpc.status import status_for
+from service.transport.grpc.status import item_status
 
 
 @dataclass(frozen=True)
@@ -139,22 +140,16 @@ def _to_request_or_error(
         return error
 
 
-def _item_error(error: Exception) -> pb.ItemError:
-    code = status_for(error)
-    message = str(error) if code is not grpc.StatusCode.INTERNAL else "internal error"
-    return pb.ItemError(code=code.value[0], message=message)
-
-
 def _item(result: Completion | Exception) -> pb.BatchItemResult:
     if isinstance(result, Completion):
         return pb.BatchItemResult(response=to_response(result))
-    return pb.BatchItemResult(error=_item_error(result))
+    return pb.BatchItemResult(status=item_status(result))
 
 
 def _put_result(result: str | Exception) -> pb.PutEntryResult:
     if isinstance(result, str):
         return pb.PutEntryResult(entry_id=result)
-    return pb.PutEntryResult(error=_item_error(result))
+    return pb.PutEntryResult(status=item_status(result))
 
 
 def seed_scope(request: pb.PutEntriesRequest, tenant: str) -> SeedScope:
@@ -175,8 +170,16 @@ def seed_scope(request: pb.PutEntriesRequest, tenant: str) -> SeedScope:
 
 
 def _stats(stats: TenantStats) -> pb.GetCacheStatsResponse:
+    return pb.GetCacheStatsResponse(**_stats_fields(stats))
+
+
+def _tenant_stats(stats: TenantStats) -> pb.TenantStats:
+    return pb.TenantStats(**_stats_fields(stats))
+
+
+def _stats_fields(stats: TenantStats) -> dict[str, Any]:
     counters = stats.counters
-    return pb.GetCacheStatsResponse(
+    return dict(
         tenant=stats.tenant,
         entries=stats.entries,
         exact_hits=counters.exact_hits,
@@ -254,7 +257,8 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
         if request.all_tenants:
             require_admin(principal, "stats for all tenants")
             for tenant in self._admin.tenants():
-                response.tenants.append(_stats(await self._admin.tenant_stats(tenant, namespace)))
+                stats = await self._admin.tenant_stats(tenant, namespace)
+                response.tenants.append(_tenant_stats(stats))
         return response
 
     async def InvalidateCache(

@@ -3,7 +3,8 @@
 The interceptor (`interceptors.py`) is the only code that ends an RPC with a
 status from here; a refusal that says when to retry (`RateLimitedError`,
 `OverloadedError`) carries a `google.rpc.RetryInfo` detail in the
-`grpc-status-details-bin` trailer.
+`grpc-status-details-bin` trailer. A batch item's failure is the same
+`google.rpc.Status` (`item_status`), RetryInfo included, inside the response.
 """
 
 from __future__ import annotations
@@ -59,19 +60,39 @@ def status_for(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _retry_detail(retry_after_s: float) -> any_pb2.Any:
+    retry_ms = max(1, math.ceil(retry_after_s * 1000))
+    retry = RetryInfo(retry_delay=duration_pb2.Duration())
+    retry.retry_delay.FromMilliseconds(retry_ms)
+    detail = any_pb2.Any()
+    detail.Pack(retry)
+    return detail
+
+
 def retry_info_trailer(retry_after_s: float, message: str) -> tuple[tuple[str, bytes], ...]:
     """Trailing metadata for a RESOURCE_EXHAUSTED status with a `RetryInfo` detail.
 
     `message` must be the status message the RPC ends with: clients
     (`grpc_status.rpc_status.from_call`) reject details that disagree with it.
     """
-    retry_ms = max(1, math.ceil(retry_after_s * 1000))
-    retry = RetryInfo(retry_delay=duration_pb2.Duration())
-    retry.retry_delay.FromMilliseconds(retry_ms)
-    detail = any_pb2.Any()
-    detail.Pack(retry)
+    detail = _retry_detail(retry_after_s)
     status = Status(code=RESOURCE_EXHAUSTED, message=message, details=[detail])
     return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+
+def item_status(error: Exception) -> Status:
+    """`error` as the google.rpc.Status of one failed batch item.
+
+    Its code is `status_for(error)`; its message is the error's (or "internal
+    error" for an unexpected one, whose text stays in the logs); a refusal that
+    says when to retry carries a `RetryInfo` detail, as a whole RPC's would.
+    """
+    code = status_for(error)
+    message = str(error) if code is not grpc.StatusCode.INTERNAL else "internal error"
+    status = Status(code=code.value[0], message=message)
+    if isinstance(error, RateLimitedError | OverloadedError):
+        status.details.append(_retry_detail(error.retry_after_s))
+    return status
 
 
 async def abort_with_retry_info(

@@ -22,57 +22,59 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asemcache/v1/semcache.proto\x12\x0bsemcache.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xa9\x03\n\x0f\x43ompleteRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.semcache.v1.Message\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\tnamespace\x18\x06 \x01(\t\x12.\n\x0c\x63\x61\x63he_policy\x18\x07 \x01(\x0e\x32\x18.semcache.v1.CachePolicy\x12\x12\n\x05top_p\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x12\n\x05ttl_s\x18\n \x01(\x03H\x03\x88\x01\x01\x12\x1b\n\x0esimilarity_min\x18\x0b \x01(\x01H\x04\x88\x01\x01\x12\x17\n\x0fresponse_format\x18\x0c \x01(\t\x12\x12\n\ntools_json\x18\r \x01(\t\x12\x13\n\x0btool_choice\x18\x0e \x01(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x08\n\x06_ttl_sB\x11\n\x0f_similarity_min\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\x97\x03\n\x10\x43ompleteResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12.\n\x0c\x63\x61\x63he_status\x18\x03 \x01(\x0e\x32\x18.semcache.v1.CacheStatus\x12\x12\n\nsimilarity\x18\x04 \x01(\x01\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\x12!\n\x05usage\x18\x06 \x01(\x0b\x32\x12.semcache.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x16\n\x0e\x63ost_saved_usd\x18\x08 \x01(\x01\x12\x15\n\rfinish_reason\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x0c\n\x04tier\x18\x0b \x01(\t\x12\x14\n\x0croute_reason\x18\x0c \x01(\t\x12\x13\n\x0broute_score\x18\r \x01(\x01\x12\x14\n\x0c\x63\x61\x63he_detail\x18\x0e \x01(\t\x12\x19\n\x11upstream_attempts\x18\x0f \x01(\x05\x12\x17\n\x0ftool_calls_json\x18\x10 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x11 \x01(\t\"b\n\x16StreamCompleteResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12.\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1d.semcache.v1.CompleteResponseH\x00\x42\x07\n\x05\x65vent\">\n\x14GetCacheStatsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x13\n\x0b\x61ll_tenants\x18\x02 \x01(\x08\"\xd2\x02\n\x15GetCacheStatsResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x03\x12\x12\n\nexact_hits\x18\x02 \x01(\x03\x12\x15\n\rsemantic_hits\x18\x03 \x01(\x03\x12\x0e\n\x06misses\x18\x04 \x01(\x03\x12\x10\n\x08\x62ypasses\x18\x05 \x01(\x03\x12\x10\n\x08hit_rate\x18\x06 \x01(\x01\x12\x16\n\x0e\x63ost_saved_usd\x18\x07 \x01(\x01\x12\x16\n\x0e\x63ost_spent_usd\x18\x08 \x01(\x01\x12\x0e\n\x06tenant\x18\t \x01(\t\x12\x33\n\x07tenants\x18\n \x03(\x0b\x32\".semcache.v1.GetCacheStatsResponse\x12\x16\n\x0estoring_paused\x18\x0b \x01(\x08\x12\x1d\n\x15storing_paused_reason\x18\x0c \x01(\t\x12\x1d\n\x15store_missing_entries\x18\r \x01(\x03\"\x82\x01\n\x16InvalidateCacheRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0colder_than_s\x18\x03 \x01(\x03\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\x13\n\x0b\x61ll_tenants\x18\x06 \x01(\x08\"2\n\x17InvalidateCacheResponse\x12\x17\n\x0f\x64\x65leted_entries\x18\x01 \x01(\x03\"_\n\x14\x42\x61tchCompleteRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.semcache.v1.CompleteRequest\x12\x17\n\x0fmax_concurrency\x18\x02 \x01(\x05\"w\n\x0f\x42\x61tchItemResult\x12\x31\n\x08response\x18\x01 \x01(\x0b\x32\x1d.semcache.v1.CompleteResponseH\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.semcache.v1.ItemErrorH\x00\x42\x08\n\x06result\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"F\n\x15\x42\x61tchCompleteResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.semcache.v1.BatchItemResult\"&\n\x12\x44\x65leteEntryRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\"&\n\x13\x44\x65leteEntryResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\")\n\x05\x45ntry\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\"\xff\x01\n\x11PutEntriesRequest\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.semcache.v1.Entry\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x12\n\x05ttl_s\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rsystem_prompt\x18\x05 \x01(\t\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x08 \x01(\x05H\x03\x88\x01\x01\x42\x08\n\x06_ttl_sB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokens\"W\n\x0ePutEntryResult\x12\x12\n\x08\x65ntry_id\x18\x01 \x01(\tH\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.semcache.v1.ItemErrorH\x00\x42\x08\n\x06result\"B\n\x12PutEntriesResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.semcache.v1.PutEntryResult*\x93\x01\n\x0b\x43\x61\x63hePolicy\x12\x1c\n\x18\x43\x41\x43HE_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41\x43HE_POLICY_DEFAULT\x10\x01\x12\x17\n\x13\x43\x41\x43HE_POLICY_BYPASS\x10\x02\x12\x18\n\x14\x43\x41\x43HE_POLICY_REFRESH\x10\x03\x12\x19\n\x15\x43\x41\x43HE_POLICY_NO_STORE\x10\x04*\x96\x01\n\x0b\x43\x61\x63heStatus\x12\x1c\n\x18\x43\x41\x43HE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41\x43HE_STATUS_MISS\x10\x01\x12\x1a\n\x16\x43\x41\x43HE_STATUS_EXACT_HIT\x10\x02\x12\x1d\n\x19\x43\x41\x43HE_STATUS_SEMANTIC_HIT\x10\x03\x12\x17\n\x13\x43\x41\x43HE_STATUS_BYPASS\x10\x04\x32\xe5\x04\n\x14SemanticCacheService\x12G\n\x08\x43omplete\x12\x1c.semcache.v1.CompleteRequest\x1a\x1d.semcache.v1.CompleteResponse\x12U\n\x0eStreamComplete\x12\x1c.semcache.v1.CompleteRequest\x1a#.semcache.v1.StreamCompleteResponse0\x01\x12V\n\rGetCacheStats\x12!.semcache.v1.GetCacheStatsRequest\x1a\".semcache.v1.GetCacheStatsResponse\x12\\\n\x0fInvalidateCache\x12#.semcache.v1.InvalidateCacheRequest\x1a$.semcache.v1.InvalidateCacheResponse\x12V\n\rBatchComplete\x12!.semcache.v1.BatchCompleteRequest\x1a\".semcache.v1.BatchCompleteResponse\x12P\n\x0b\x44\x65leteEntry\x12\x1f.semcache.v1.DeleteEntryRequest\x1a .semcache.v1.DeleteEntryResponse\x12M\n\nPutEntries\x12\x1e.semcache.v1.PutEntriesRequest\x1a\x1f.semcache.v1.PutEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asemcache/v1/semcache.proto\x12\x0bsemcache.v1\x1a\x17google/rpc/status.proto\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xa9\x03\n\x0f\x43ompleteRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.semcache.v1.Message\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\tnamespace\x18\x06 \x01(\t\x12.\n\x0c\x63\x61\x63he_policy\x18\x07 \x01(\x0e\x32\x18.semcache.v1.CachePolicy\x12\x12\n\x05top_p\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x12\n\x05ttl_s\x18\n \x01(\x03H\x03\x88\x01\x01\x12\x1b\n\x0esimilarity_min\x18\x0b \x01(\x01H\x04\x88\x01\x01\x12\x17\n\x0fresponse_format\x18\x0c \x01(\t\x12\x12\n\ntools_json\x18\r \x01(\t\x12\x13\n\x0btool_choice\x18\x0e \x01(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x08\n\x06_ttl_sB\x11\n\x0f_similarity_min\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\x97\x03\n\x10\x43ompleteResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12.\n\x0c\x63\x61\x63he_status\x18\x03 \x01(\x0e\x32\x18.semcache.v1.CacheStatus\x12\x12\n\nsimilarity\x18\x04 \x01(\x01\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\x12!\n\x05usage\x18\x06 \x01(\x0b\x32\x12.semcache.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x16\n\x0e\x63ost_saved_usd\x18\x08 \x01(\x01\x12\x15\n\rfinish_reason\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x0c\n\x04tier\x18\x0b \x01(\t\x12\x14\n\x0croute_reason\x18\x0c \x01(\t\x12\x13\n\x0broute_score\x18\r \x01(\x01\x12\x14\n\x0c\x63\x61\x63he_detail\x18\x0e \x01(\t\x12\x19\n\x11upstream_attempts\x18\x0f \x01(\x05\x12\x17\n\x0ftool_calls_json\x18\x10 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x11 \x01(\t\"b\n\x16StreamCompleteResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12.\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1d.semcache.v1.CompleteResponseH\x00\x42\x07\n\x05\x65vent\">\n\x14GetCacheStatsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x13\n\x0b\x61ll_tenants\x18\x02 \x01(\x08\"\xc8\x02\n\x15GetCacheStatsResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x03\x12\x12\n\nexact_hits\x18\x02 \x01(\x03\x12\x15\n\rsemantic_hits\x18\x03 \x01(\x03\x12\x0e\n\x06misses\x18\x04 \x01(\x03\x12\x10\n\x08\x62ypasses\x18\x05 \x01(\x03\x12\x10\n\x08hit_rate\x18\x06 \x01(\x01\x12\x16\n\x0e\x63ost_saved_usd\x18\x07 \x01(\x01\x12\x16\n\x0e\x63ost_spent_usd\x18\x08 \x01(\x01\x12\x0e\n\x06tenant\x18\t \x01(\t\x12)\n\x07tenants\x18\n \x03(\x0b\x32\x18.semcache.v1.TenantStats\x12\x16\n\x0estoring_paused\x18\x0b \x01(\x08\x12\x1d\n\x15storing_paused_reason\x18\x0c \x01(\t\x12\x1d\n\x15store_missing_entries\x18\r \x01(\x03\"\x93\x02\n\x0bTenantStats\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x03\x12\x12\n\nexact_hits\x18\x02 \x01(\x03\x12\x15\n\rsemantic_hits\x18\x03 \x01(\x03\x12\x0e\n\x06misses\x18\x04 \x01(\x03\x12\x10\n\x08\x62ypasses\x18\x05 \x01(\x03\x12\x10\n\x08hit_rate\x18\x06 \x01(\x01\x12\x16\n\x0e\x63ost_saved_usd\x18\x07 \x01(\x01\x12\x16\n\x0e\x63ost_spent_usd\x18\x08 \x01(\x01\x12\x0e\n\x06tenant\x18\t \x01(\t\x12\x16\n\x0estoring_paused\x18\x0b \x01(\x08\x12\x1d\n\x15storing_paused_reason\x18\x0c \x01(\t\x12\x1d\n\x15store_missing_entries\x18\r \x01(\x03\"\x82\x01\n\x16InvalidateCacheRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0colder_than_s\x18\x03 \x01(\x03\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\x13\n\x0b\x61ll_tenants\x18\x06 \x01(\x08\"2\n\x17InvalidateCacheResponse\x12\x17\n\x0f\x64\x65leted_entries\x18\x01 \x01(\x03\"_\n\x14\x42\x61tchCompleteRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.semcache.v1.CompleteRequest\x12\x17\n\x0fmax_concurrency\x18\x02 \x01(\x05\"\x81\x01\n\x0f\x42\x61tchItemResult\x12\x31\n\x08response\x18\x01 \x01(\x0b\x32\x1d.semcache.v1.CompleteResponseH\x00\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06resultJ\x04\x08\x02\x10\x03R\x05\x65rror\"F\n\x15\x42\x61tchCompleteResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.semcache.v1.BatchItemResult\"&\n\x12\x44\x65leteEntryRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\"&\n\x13\x44\x65leteEntryResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\")\n\x05\x45ntry\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\"\xff\x01\n\x11PutEntriesRequest\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.semcache.v1.Entry\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x12\n\x05ttl_s\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rsystem_prompt\x18\x05 \x01(\t\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x08 \x01(\x05H\x03\x88\x01\x01\x42\x08\n\x06_ttl_sB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokens\"T\n\x0ePutEntryResult\x12\x12\n\x08\x65ntry_id\x18\x01 \x01(\tH\x00\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"B\n\x12PutEntriesResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.semcache.v1.PutEntryResult*\x93\x01\n\x0b\x43\x61\x63hePolicy\x12\x1c\n\x18\x43\x41\x43HE_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41\x43HE_POLICY_DEFAULT\x10\x01\x12\x17\n\x13\x43\x41\x43HE_POLICY_BYPASS\x10\x02\x12\x18\n\x14\x43\x41\x43HE_POLICY_REFRESH\x10\x03\x12\x19\n\x15\x43\x41\x43HE_POLICY_NO_STORE\x10\x04*\x96\x01\n\x0b\x43\x61\x63heStatus\x12\x1c\n\x18\x43\x41\x43HE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41\x43HE_STATUS_MISS\x10\x01\x12\x1a\n\x16\x43\x41\x43HE_STATUS_EXACT_HIT\x10\x02\x12\x1d\n\x19\x43\x41\x43HE_STATUS_SEMANTIC_HIT\x10\x03\x12\x17\n\x13\x43\x41\x43HE_STATUS_BYPASS\x10\x04\x32\xe5\x04\n\x14SemanticCacheService\x12G\n\x08\x43omplete\x12\x1c.semcache.v1.CompleteRequest\x1a\x1d.semcache.v1.CompleteResponse\x12U\n\x0eStreamComplete\x12\x1c.semcache.v1.CompleteRequest\x1a#.semcache.v1.StreamCompleteResponse0\x01\x12V\n\rGetCacheStats\x12!.semcache.v1.GetCacheStatsRequest\x1a\".semcache.v1.GetCacheStatsResponse\x12\\\n\x0fInvalidateCache\x12#.semcache.v1.InvalidateCacheRequest\x1a$.semcache.v1.InvalidateCacheResponse\x12V\n\rBatchComplete\x12!.semcache.v1.BatchCompleteRequest\x1a\".semcache.v1.BatchCompleteResponse\x12P\n\x0b\x44\x65leteEntry\x12\x1f.semcache.v1.DeleteEntryRequest\x1a .semcache.v1.DeleteEntryResponse\x12M\n\nPutEntries\x12\x1e.semcache.v1.PutEntriesRequest\x1a\x1f.semcache.v1.PutEntriesResponseBO\n\x0f\x64\x65v.semcache.v1P\x01Z:github.com/semcache/semcache/gen/go/semcache/v1;semcachev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'semcache.v1.semcache_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_CACHEPOLICY']._serialized_start=2567
-  _globals['_CACHEPOLICY']._serialized_end=2714
-  _globals['_CACHESTATUS']._serialized_start=2717
-  _globals['_CACHESTATUS']._serialized_end=2867
-  _globals['_MESSAGE']._serialized_start=43
-  _globals['_MESSAGE']._serialized_end=83
-  _globals['_COMPLETEREQUEST']._serialized_start=86
-  _globals['_COMPLETEREQUEST']._serialized_end=511
-  _globals['_USAGE']._serialized_start=513
-  _globals['_USAGE']._serialized_end=592
-  _globals['_COMPLETERESPONSE']._serialized_start=595
-  _globals['_COMPLETERESPONSE']._serialized_end=1002
-  _globals['_STREAMCOMPLETERESPONSE']._serialized_start=1004
-  _globals['_STREAMCOMPLETERESPONSE']._serialized_end=1102
-  _globals['_GETCACHESTATSREQUEST']._serialized_start=1104
-  _globals['_GETCACHESTATSREQUEST']._serialized_end=1166
-  _globals['_GETCACHESTATSRESPONSE']._serialized_start=1169
-  _globals['_GETCACHESTATSRESPONSE']._serialized_end=1507
-  _globals['_INVALIDATECACHEREQUEST']._serialized_start=1510
-  _globals['_INVALIDATECACHEREQUEST']._serialized_end=1640
-  _globals['_INVALIDATECACHERESPONSE']._serialized_start=1642
-  _globals['_INVALIDATECACHERESPONSE']._serialized_end=1692
-  _globals['_BATCHCOMPLETEREQUEST']._serialized_start=1694
-  _globals['_BATCHCOMPLETEREQUEST']._serialized_end=1789
-  _globals['_BATCHITEMRESULT']._serialized_start=1791
-  _globals['_BATCHITEMRESULT']._serialized_end=1910
-  _globals['_ITEMERROR']._serialized_start=1912
-  _globals['_ITEMERROR']._serialized_end=1954
-  _globals['_BATCHCOMPLETERESPONSE']._serialized_start=1956
-  _globals['_BATCHCOMPLETERESPONSE']._serialized_end=2026
-  _globals['_DELETEENTRYREQUEST']._serialized_start=2028
-  _globals['_DELETEENTRYREQUEST']._serialized_end=2066
-  _globals['_DELETEENTRYRESPONSE']._serialized_start=2068
-  _globals['_DELETEENTRYRESPONSE']._serialized_end=2106
-  _globals['_ENTRY']._serialized_start=2108
-  _globals['_ENTRY']._serialized_end=2149
-  _globals['_PUTENTRIESREQUEST']._serialized_start=2152
-  _globals['_PUTENTRIESREQUEST']._serialized_end=2407
-  _globals['_PUTENTRYRESULT']._serialized_start=2409
-  _globals['_PUTENTRYRESULT']._serialized_end=2496
-  _globals['_PUTENTRIESRESPONSE']._serialized_start=2498
-  _globals['_PUTENTRIESRESPONSE']._serialized_end=2564
-  _globals['_SEMANTICCACHESERVICE']._serialized_start=2870
-  _globals['_SEMANTICCACHESERVICE']._serialized_end=3483
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.semcache.v1P\001Z:github.com/semcache/semcache/gen/go/semcache/v1;semcachev1'
+  _globals['_CACHEPOLICY']._serialized_start=2824
+  _globals['_CACHEPOLICY']._serialized_end=2971
+  _globals['_CACHESTATUS']._serialized_start=2974
+  _globals['_CACHESTATUS']._serialized_end=3124
+  _globals['_MESSAGE']._serialized_start=68
+  _globals['_MESSAGE']._serialized_end=108
+  _globals['_COMPLETEREQUEST']._serialized_start=111
+  _globals['_COMPLETEREQUEST']._serialized_end=536
+  _globals['_USAGE']._serialized_start=538
+  _globals['_USAGE']._serialized_end=617
+  _globals['_COMPLETERESPONSE']._serialized_start=620
+  _globals['_COMPLETERESPONSE']._serialized_end=1027
+  _globals['_STREAMCOMPLETERESPONSE']._serialized_start=1029
+  _globals['_STREAMCOMPLETERESPONSE']._serialized_end=1127
+  _globals['_GETCACHESTATSREQUEST']._serialized_start=1129
+  _globals['_GETCACHESTATSREQUEST']._serialized_end=1191
+  _globals['_GETCACHESTATSRESPONSE']._serialized_start=1194
+  _globals['_GETCACHESTATSRESPONSE']._serialized_end=1522
+  _globals['_TENANTSTATS']._serialized_start=1525
+  _globals['_TENANTSTATS']._serialized_end=1800
+  _globals['_INVALIDATECACHEREQUEST']._serialized_start=1803
+  _globals['_INVALIDATECACHEREQUEST']._serialized_end=1933
+  _globals['_INVALIDATECACHERESPONSE']._serialized_start=1935
+  _globals['_INVALIDATECACHERESPONSE']._serialized_end=1985
+  _globals['_BATCHCOMPLETEREQUEST']._serialized_start=1987
+  _globals['_BATCHCOMPLETEREQUEST']._serialized_end=2082
+  _globals['_BATCHITEMRESULT']._serialized_start=2085
+  _globals['_BATCHITEMRESULT']._serialized_end=2214
+  _globals['_BATCHCOMPLETERESPONSE']._serialized_start=2216
+  _globals['_BATCHCOMPLETERESPONSE']._serialized_end=2286
+  _globals['_DELETEENTRYREQUEST']._serialized_start=2288
+  _globals['_DELETEENTRYREQUEST']._serialized_end=2326
+  _globals['_DELETEENTRYRESPONSE']._serialized_start=2328
+  _globals['_DELETEENTRYRESPONSE']._serialized_end=2366
+  _globals['_ENTRY']._serialized_start=2368
+  _globals['_ENTRY']._serialized_end=2409
+  _globals['_PUTENTRIESREQUEST']._serialized_start=2412
+  _globals['_PUTENTRIESREQUEST']._serialized_end=2667
+  _globals['_PUTENTRYRESULT']._serialized_start=2669
+  _globals['_PUTENTRYRESULT']._serialized_end=2753
+  _globals['_PUTENTRIESRESPONSE']._serialized_start=2755
+  _globals['_PUTENTRIESRESPONSE']._serialized_end=2821
+  _globals['_SEMANTICCACHESERVICE']._serialized_start=3127
+  _globals['_SEMANTICCACHESERVICE']._serialized_end=3740
 # @@protoc_insertion_point(module_scope)

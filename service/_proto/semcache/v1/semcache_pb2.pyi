@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -58,6 +59,7 @@ class _CacheStatus:
 class _CacheStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CACHE_STATUS_UNSPECIFIED: _CacheStatus.ValueType  # 0
+    """Never sent by the service."""
     CACHE_STATUS_MISS: _CacheStatus.ValueType  # 1
     """Not found (or refreshed): the provider answered."""
     CACHE_STATUS_EXACT_HIT: _CacheStatus.ValueType  # 2
@@ -71,6 +73,7 @@ class CacheStatus(_CacheStatus, metaclass=_CacheStatusEnumTypeWrapper):
     """What the cache did for one request."""
 
 CACHE_STATUS_UNSPECIFIED: CacheStatus.ValueType  # 0
+"""Never sent by the service."""
 CACHE_STATUS_MISS: CacheStatus.ValueType  # 1
 """Not found (or refreshed): the provider answered."""
 CACHE_STATUS_EXACT_HIT: CacheStatus.ValueType  # 2
@@ -92,6 +95,7 @@ class Message(_message.Message):
     role: _builtins.str
     """"system", "user" or "assistant"."""
     content: _builtins.str
+    """The message's text."""
     def __init__(
         self,
         *,
@@ -108,6 +112,10 @@ Global___Message: _TypeAlias = Message  # noqa: Y015
 
 @_typing.final
 class CompleteRequest(_message.Message):
+    """One completion request: the question, the model and sampling parameters (which,
+    with the tenant and namespace, make up the cache scope), and cache controls.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROMPT_FIELD_NUMBER: _builtins.int
@@ -137,6 +145,7 @@ class CompleteRequest(_message.Message):
     entries are only ever served within their own namespace. Empty = "default".
     """
     cache_policy: Global___CachePolicy.ValueType
+    """What the cache may do for this request; unset = look up and store."""
     top_p: _builtins.float
     """Nucleus sampling, 0 to 1; unset uses the provider's default."""
     ttl_s: _builtins.int
@@ -216,8 +225,11 @@ class Usage(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
+    """Tokens of the question (and conversation) sent upstream."""
     completion_tokens: _builtins.int
+    """Tokens of the answer."""
     total_tokens: _builtins.int
+    """prompt_tokens + completion_tokens."""
     def __init__(
         self,
         *,
@@ -235,6 +247,8 @@ Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
 @_typing.final
 class CompleteResponse(_message.Message):
+    """One answer and what the cache and the provider did to produce it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTENT_FIELD_NUMBER: _builtins.int
@@ -255,9 +269,11 @@ class CompleteResponse(_message.Message):
     TOOL_CALLS_JSON_FIELD_NUMBER: _builtins.int
     ENTRY_ID_FIELD_NUMBER: _builtins.int
     content: _builtins.str
+    """The answer's text (empty when the model only asked for tool calls)."""
     model: _builtins.str
     """The model that produced the answer (for a hit: the one that produced the cached answer)."""
     cache_status: Global___CacheStatus.ValueType
+    """What the cache did: miss, exact hit, semantic hit or bypass."""
     similarity: _builtins.float
     """Cosine similarity between the question and the cached one (1.0 for an exact hit); on a
     miss, that of the nearest candidate that was refused (0 if none), with the reason in cache_detail.
@@ -275,7 +291,11 @@ class CompleteResponse(_message.Message):
     tier: _builtins.str
     """The model tier that answered ("small", "medium", "large"...), from the catalogue."""
     route_reason: _builtins.str
-    """Why this model: "requested", "rule:<name>", "nearest:<tier>", "default", "fallback:<from>"."""
+    """Why this model: "requested" (the request named it), "rule:<name>" (a routing
+    rule matched), "nearest:<tier>" (the nearest routing examples chose the tier),
+    "fallback:<from>" (the chosen model failed and this one answered instead), or
+    "cache" (a hit: no model was asked).
+    """
     route_score: _builtins.float
     """Confidence of a nearest-example routing decision (0 when not applicable)."""
     cache_detail: _builtins.str
@@ -325,6 +345,8 @@ Global___CompleteResponse: _TypeAlias = CompleteResponse  # noqa: Y015
 
 @_typing.final
 class StreamCompleteResponse(_message.Message):
+    """One message of a StreamComplete stream: a text delta, or the final answer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DELTA_FIELD_NUMBER: _builtins.int
@@ -353,6 +375,8 @@ Global___StreamCompleteResponse: _TypeAlias = StreamCompleteResponse  # noqa: Y0
 
 @_typing.final
 class GetCacheStatsRequest(_message.Message):
+    """Which counters GetCacheStats returns."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -377,6 +401,8 @@ Global___GetCacheStatsRequest: _TypeAlias = GetCacheStatsRequest  # noqa: Y015
 
 @_typing.final
 class GetCacheStatsResponse(_message.Message):
+    """Cache counters of the caller's tenant, and (admins) of every tenant."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: _builtins.int
@@ -395,9 +421,13 @@ class GetCacheStatsResponse(_message.Message):
     entries: _builtins.int
     """Live (unexpired) cached entries."""
     exact_hits: _builtins.int
+    """Requests answered from the cache by an exact match."""
     semantic_hits: _builtins.int
+    """Requests answered from the cache by a match in meaning."""
     misses: _builtins.int
+    """Requests that looked up the cache, found nothing servable, and asked a provider."""
     bypasses: _builtins.int
+    """Requests that skipped the cache (bypass, or sampled too hot to cache)."""
     hit_rate: _builtins.float
     """(exact_hits + semantic_hits) / (exact_hits + semantic_hits + misses); 0 when nothing was looked up."""
     cost_saved_usd: _builtins.float
@@ -416,7 +446,7 @@ class GetCacheStatsResponse(_message.Message):
     store_missing_entries: _builtins.int
     """Entries the store lacked when this replica opened it (a damaged store); 0 normally."""
     @_builtins.property
-    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetCacheStatsResponse]:
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantStats]:
         """With all_tenants (admin): one entry per tenant this replica has seen."""
 
     def __init__(
@@ -431,7 +461,7 @@ class GetCacheStatsResponse(_message.Message):
         cost_saved_usd: _builtins.float = ...,
         cost_spent_usd: _builtins.float = ...,
         tenant: _builtins.str = ...,
-        tenants: _abc.Iterable[Global___GetCacheStatsResponse] | None = ...,
+        tenants: _abc.Iterable[Global___TenantStats] | None = ...,
         storing_paused: _builtins.bool = ...,
         storing_paused_reason: _builtins.str = ...,
         store_missing_entries: _builtins.int = ...,
@@ -445,7 +475,77 @@ class GetCacheStatsResponse(_message.Message):
 Global___GetCacheStatsResponse: _TypeAlias = GetCacheStatsResponse  # noqa: Y015
 
 @_typing.final
+class TenantStats(_message.Message):
+    """One tenant's counters in GetCacheStatsResponse.tenants. Its fields have the same
+    meaning (and numbers) as GetCacheStatsResponse's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    EXACT_HITS_FIELD_NUMBER: _builtins.int
+    SEMANTIC_HITS_FIELD_NUMBER: _builtins.int
+    MISSES_FIELD_NUMBER: _builtins.int
+    BYPASSES_FIELD_NUMBER: _builtins.int
+    HIT_RATE_FIELD_NUMBER: _builtins.int
+    COST_SAVED_USD_FIELD_NUMBER: _builtins.int
+    COST_SPENT_USD_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    STORING_PAUSED_FIELD_NUMBER: _builtins.int
+    STORING_PAUSED_REASON_FIELD_NUMBER: _builtins.int
+    STORE_MISSING_ENTRIES_FIELD_NUMBER: _builtins.int
+    entries: _builtins.int
+    """Live (unexpired) cached entries of the tenant."""
+    exact_hits: _builtins.int
+    """Requests of the tenant answered by an exact match."""
+    semantic_hits: _builtins.int
+    """Requests of the tenant answered by a match in meaning."""
+    misses: _builtins.int
+    """Requests of the tenant that missed the cache."""
+    bypasses: _builtins.int
+    """Requests of the tenant that skipped the cache."""
+    hit_rate: _builtins.float
+    """The tenant's hit rate, as GetCacheStatsResponse.hit_rate."""
+    cost_saved_usd: _builtins.float
+    """What the tenant's hits saved, in US dollars."""
+    cost_spent_usd: _builtins.float
+    """What the tenant's upstream calls cost, in US dollars."""
+    tenant: _builtins.str
+    """The tenant's name."""
+    storing_paused: _builtins.bool
+    """As GetCacheStatsResponse.storing_paused (the store is shared by all tenants)."""
+    storing_paused_reason: _builtins.str
+    """As GetCacheStatsResponse.storing_paused_reason."""
+    store_missing_entries: _builtins.int
+    """As GetCacheStatsResponse.store_missing_entries."""
+    def __init__(
+        self,
+        *,
+        entries: _builtins.int = ...,
+        exact_hits: _builtins.int = ...,
+        semantic_hits: _builtins.int = ...,
+        misses: _builtins.int = ...,
+        bypasses: _builtins.int = ...,
+        hit_rate: _builtins.float = ...,
+        cost_saved_usd: _builtins.float = ...,
+        cost_spent_usd: _builtins.float = ...,
+        tenant: _builtins.str = ...,
+        storing_paused: _builtins.bool = ...,
+        storing_paused_reason: _builtins.str = ...,
+        store_missing_entries: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "cost_saved_usd", b"cost_saved_usd", "cost_spent_usd", b"cost_spent_usd", "entries", b"entries", "exact_hits", b"exact_hits", "hit_rate", b"hit_rate", "misses", b"misses", "semantic_hits", b"semantic_hits", "store_missing_entries", b"store_missing_entries", "storing_paused", b"storing_paused", "storing_paused_reason", b"storing_paused_reason", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantStats: _TypeAlias = TenantStats  # noqa: Y015
+
+@_typing.final
 class InvalidateCacheRequest(_message.Message):
+    """Which entries InvalidateCache deletes: those matching every filter set."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -488,10 +588,13 @@ Global___InvalidateCacheRequest: _TypeAlias = InvalidateCacheRequest  # noqa: Y0
 
 @_typing.final
 class InvalidateCacheResponse(_message.Message):
+    """What InvalidateCache did."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DELETED_ENTRIES_FIELD_NUMBER: _builtins.int
     deleted_entries: _builtins.int
+    """How many entries were deleted."""
     def __init__(
         self,
         *,
@@ -507,6 +610,8 @@ Global___InvalidateCacheResponse: _TypeAlias = InvalidateCacheResponse  # noqa: 
 
 @_typing.final
 class BatchCompleteRequest(_message.Message):
+    """Many completion requests, answered in order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTS_FIELD_NUMBER: _builtins.int
@@ -538,59 +643,45 @@ class BatchItemResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESPONSE_FIELD_NUMBER: _builtins.int
-    ERROR_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def response(self) -> Global___CompleteResponse: ...
+    def response(self) -> Global___CompleteResponse:
+        """The item's answer."""
+
     @_builtins.property
-    def error(self) -> Global___ItemError: ...
+    def status(self) -> _status_pb2.Status:
+        """Why the item failed: the gRPC status code, the message the same request
+        would have failed with alone, and details (a google.rpc.RetryInfo saying
+        when to retry, for a rate-limited or overloaded item).
+        """
+
     def __init__(
         self,
         *,
         response: Global___CompleteResponse | None = ...,
-        error: Global___ItemError | None = ...,
+        status: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response", "result", b"result", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response", "result", b"result", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "status"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
 Global___BatchItemResult: _TypeAlias = BatchItemResult  # noqa: Y015
 
 @_typing.final
-class ItemError(_message.Message):
-    """Why one item failed: a gRPC status code and a message."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    CODE_FIELD_NUMBER: _builtins.int
-    MESSAGE_FIELD_NUMBER: _builtins.int
-    code: _builtins.int
-    """The numeric gRPC status code (3 = INVALID_ARGUMENT, 14 = UNAVAILABLE, ...)."""
-    message: _builtins.str
-    def __init__(
-        self,
-        *,
-        code: _builtins.int = ...,
-        message: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ItemError: _TypeAlias = ItemError  # noqa: Y015
-
-@_typing.final
 class BatchCompleteResponse(_message.Message):
+    """The answers of a BatchComplete call."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchItemResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchItemResult]:
+        """One per request, in the request's order."""
+
     def __init__(
         self,
         *,
@@ -756,24 +847,26 @@ class PutEntryResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRY_ID_FIELD_NUMBER: _builtins.int
-    ERROR_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.str
     """The id the entry was stored under (use it with DeleteEntry)."""
     @_builtins.property
-    def error(self) -> Global___ItemError:
-        """Why it was not stored; the message starts with `entries[<index>]`."""
+    def status(self) -> _status_pb2.Status:
+        """Why it was not stored: a gRPC status code and a message starting with
+        `entries[<index>]` for a bad entry.
+        """
 
     def __init__(
         self,
         *,
         entry_id: _builtins.str = ...,
-        error: Global___ItemError | None = ...,
+        status: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "error", b"error", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "result", b"result", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "error", b"error", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "result", b"result", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["entry_id", "error"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["entry_id", "status"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 

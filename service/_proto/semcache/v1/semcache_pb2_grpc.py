@@ -29,7 +29,8 @@ class SemanticCacheServiceStub:
     """SemanticCacheService answers LLM completions from a semantic cache when it
     can, and from the cheapest suitable upstream model when it cannot.
 
-    The caller's tenant comes from the `x-tenant-id` metadata key (default
+    The caller's tenant comes from its API key (`authorization: Bearer <key>`);
+    in open mode (no keys file) from the `x-tenant-id` metadata key (default
     "default"). Every response says what the cache did.
     """
 
@@ -80,7 +81,8 @@ class SemanticCacheServiceServicer:
     """SemanticCacheService answers LLM completions from a semantic cache when it
     can, and from the cheapest suitable upstream model when it cannot.
 
-    The caller's tenant comes from the `x-tenant-id` metadata key (default
+    The caller's tenant comes from its API key (`authorization: Bearer <key>`);
+    in open mode (no keys file) from the `x-tenant-id` metadata key (default
     "default"). Every response says what the cache did.
     """
 
@@ -103,7 +105,7 @@ class SemanticCacheServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCacheStats(self, request, context):
-        """Cache counters for the caller's tenant.
+        """Cache counters for the caller's tenant (every tenant's too, for an admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,7 +197,8 @@ class SemanticCacheService:
     """SemanticCacheService answers LLM completions from a semantic cache when it
     can, and from the cheapest suitable upstream model when it cannot.
 
-    The caller's tenant comes from the `x-tenant-id` metadata key (default
+    The caller's tenant comes from its API key (`authorization: Bearer <key>`);
+    in open mode (no keys file) from the `x-tenant-id` metadata key (default
     "default"). Every response says what the cache did.
     """
 

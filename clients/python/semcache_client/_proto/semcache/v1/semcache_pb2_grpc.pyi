@@ -30,7 +30,8 @@ class SemanticCacheServiceStub:
     """SemanticCacheService answers LLM completions from a semantic cache when it
     can, and from the cheapest suitable upstream model when it cannot.
 
-    The caller's tenant comes from the `x-tenant-id` metadata key (default
+    The caller's tenant comes from its API key (`authorization: Bearer <key>`);
+    in open mode (no keys file) from the `x-tenant-id` metadata key (default
     "default"). Every response says what the cache did.
     """
 
@@ -48,7 +49,7 @@ class SemanticCacheServiceStub:
     on purpose: a client builds one request and chooses unary or streaming.
     """
     GetCacheStats: _grpc.UnaryUnaryMultiCallable[_semcache_pb2.GetCacheStatsRequest, _semcache_pb2.GetCacheStatsResponse]
-    """Cache counters for the caller's tenant."""
+    """Cache counters for the caller's tenant (every tenant's too, for an admin)."""
     InvalidateCache: _grpc.UnaryUnaryMultiCallable[_semcache_pb2.InvalidateCacheRequest, _semcache_pb2.InvalidateCacheResponse]
     """Delete cached entries of the caller's tenant: all of them, one namespace,
     one model, or those older than an age.
@@ -75,7 +76,8 @@ class SemanticCacheServiceAsyncStub(SemanticCacheServiceStub):
     """SemanticCacheService answers LLM completions from a semantic cache when it
     can, and from the cheapest suitable upstream model when it cannot.
 
-    The caller's tenant comes from the `x-tenant-id` metadata key (default
+    The caller's tenant comes from its API key (`authorization: Bearer <key>`);
+    in open mode (no keys file) from the `x-tenant-id` metadata key (default
     "default"). Every response says what the cache did.
     """
 
@@ -90,7 +92,7 @@ class SemanticCacheServiceAsyncStub(SemanticCacheServiceStub):
     on purpose: a client builds one request and chooses unary or streaming.
     """
     GetCacheStats: _aio.UnaryUnaryMultiCallable[_semcache_pb2.GetCacheStatsRequest, _semcache_pb2.GetCacheStatsResponse]  # type: ignore[assignment]
-    """Cache counters for the caller's tenant."""
+    """Cache counters for the caller's tenant (every tenant's too, for an admin)."""
     InvalidateCache: _aio.UnaryUnaryMultiCallable[_semcache_pb2.InvalidateCacheRequest, _semcache_pb2.InvalidateCacheResponse]  # type: ignore[assignment]
     """Delete cached entries of the caller's tenant: all of them, one namespace,
     one model, or those older than an age.
@@ -116,7 +118,8 @@ class SemanticCacheServiceServicer(metaclass=_abc_1.ABCMeta):
     """SemanticCacheService answers LLM completions from a semantic cache when it
     can, and from the cheapest suitable upstream model when it cannot.
 
-    The caller's tenant comes from the `x-tenant-id` metadata key (default
+    The caller's tenant comes from its API key (`authorization: Bearer <key>`);
+    in open mode (no keys file) from the `x-tenant-id` metadata key (default
     "default"). Every response says what the cache did.
     """
 
@@ -147,7 +150,7 @@ class SemanticCacheServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _semcache_pb2.GetCacheStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_semcache_pb2.GetCacheStatsResponse, _abc.Awaitable[_semcache_pb2.GetCacheStatsResponse]]:
-        """Cache counters for the caller's tenant."""
+        """Cache counters for the caller's tenant (every tenant's too, for an admin)."""
 
     @_abc_1.abstractmethod
     def InvalidateCache(
