@@ -45,6 +45,9 @@ NOT_RUN = {
     " tested in tests/test_grouping.py",
     "curl -s localhost:8080/": "needs the HTTP door: run by tests/test_http_readme.py",
     "from openai import OpenAI": "needs the HTTP door: run by tests/test_http_readme.py",
+    "protoc -I protos": "compiled by tests/test_proto_compile.py",
+    "conn, err := grpc.NewClient": "compiled by tests/test_proto_compile.py",
+    'import grpc from "@grpc/grpc-js"': "compiled by tests/test_proto_compile.py",
 }
 
 
