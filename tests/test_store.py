@@ -106,7 +106,7 @@ async def test_eviction_keeps_the_most_recently_hit(store: VectorStore) -> None:
 
 def indexed_vectors(store: EdgeVectorStore) -> int:
     """How many points the engine's HNSW index covers (the store exposes no count)."""
-    shard = store._shard
+    shard = store.shard
     assert shard is not None
     return int(shard.info().indexed_vectors_count)
 

@@ -82,6 +82,147 @@ def _edge_filter(conditions: Sequence[filters.Condition]) -> qe.Filter:
     return qe.Filter(must=[_edge_condition(c) for c in conditions])
 
 
+class _ShardKeeper:
+    """The shard, the disk it lives on and its manifest: opening (and checking) the
+    shard, room for a write, and the manifest's lower bound on the entry count.
+
+    Called at construction and then only on the store's write thread.
+    """
+
+    def __init__(
+        self, path: Path, dim: int, storage: str, min_free_bytes: int, on_damage: OnDamage
+    ) -> None:
+        self.path, self.dim, self.storage, self.on_damage = path, dim, storage, on_damage
+        self.disk = DiskGuard(path, min_free_bytes)
+        self.manifest = Manifest(path)
+        self.missing_entries = 0
+        self.shard: qe.EdgeShard | None = None
+
+    def closed(self) -> StoreNotWritableError:
+        """The error for a call that needs the shard while it is closed."""
+        return StoreNotWritableError(f"the cache store is closed: {self.disk.health.reason}")
+
+    def open(self) -> None:
+        """Open the shard if the disk has room for it; else leave it closed."""
+        if not self.disk.can_open():
+            log.warning(
+                "cache store left closed: the disk is full; every lookup misses until there"
+                " is room",
+                reason=self.disk.health.reason,
+            )
+            return
+        manifest = self.manifest.read()
+        check_vector_size(self.path, manifest, self.dim)
+        lost_segments = segments_missing(self.path)
+        shard = open_shard(self.path, self.dim, self.storage)
+        count = shard.count(qe.CountRequest(exact=True))
+        damage = find_damage(self.path, manifest, count, lost_segments)
+        if damage is not None:
+            self._report_damage(damage, shard)
+        self.manifest.write(count, self.dim)
+        self.shard = shard
+        self.disk.refresh()
+
+    def _report_damage(self, damage: Damage, shard: qe.EdgeShard) -> None:
+        where = f"the cache store {self.path} is damaged: {damage.detail}"
+        if self.on_damage == "refuse":
+            shard.close()
+            raise StoreDamagedError(
+                f"{where} ({damage.missing_entries} entries missing); not starting"
+                " (SEMCACHE_ON_STORE_DAMAGE=refuse): restore it from a backup, move it"
+                " away, or set SEMCACHE_ON_STORE_DAMAGE=warn to start with what is left"
+            )
+        log.error(
+            f"{where}; starting with the entries that are left",
+            missing_entries=damage.missing_entries,
+        )
+        self.missing_entries += damage.missing_entries
+
+    def writable(self, n_bytes: int, deletion: bool = False) -> qe.EdgeShard:
+        """The shard, if a write of about `n_bytes` fits on the disk (write thread only).
+
+        Raises:
+            StoreNotWritableError: the shard is closed, or the disk is too full.
+        """
+        shard = self.shard
+        if shard is None:
+            raise self.closed()
+        fits = self.disk.fits(n_bytes, 0) if deletion else self.disk.admit(n_bytes)
+        if not fits:
+            raise StoreNotWritableError(f"the disk under {self.path} is full")
+        return shard
+
+    def delete_matching(self, edge_filter: qe.Filter) -> int:
+        """Delete what `edge_filter` matches; returns how many that was.
+
+        Raises:
+            StoreNotWritableError: the shard is closed, or the disk has no room left.
+        """
+        shard = self.writable(DELETE_BYTES, deletion=True)
+        matched = shard.count(qe.CountRequest(exact=True, filter=edge_filter))
+        if matched:
+            self.lower_manifest(shard, matched)
+            shard.update(qe.UpdateOperation.delete_points_by_filter(edge_filter))
+        return matched
+
+    def evict_least_recent(self, tenant_filter: qe.Filter, keep: int) -> int:
+        """Delete the least recently hit of what `tenant_filter` matches beyond `keep`.
+
+        Raises:
+            StoreNotWritableError: the shard is closed, or the disk has no room left.
+        """
+        shard = self.writable(DELETE_BYTES, deletion=True)
+        excess = shard.count(qe.CountRequest(exact=True, filter=tenant_filter)) - keep
+        if excess <= 0:
+            return 0
+        oldest, _ = shard.scroll(
+            qe.ScrollRequest(
+                limit=excess,
+                filter=tenant_filter,
+                with_payload=False,
+                order_by=qe.OrderBy("last_hit_at", qe.Direction.Asc),
+            )
+        )
+        self.lower_manifest(shard, len(oldest))
+        shard.update(qe.UpdateOperation.delete_points([p.id for p in oldest]))
+        return len(oldest)
+
+    def lower_manifest(self, shard: qe.EdgeShard, deleting: int) -> None:
+        """Keep the manifest a lower bound across a deletion (write thread only)."""
+        bound = self.manifest.entries_min
+        if bound is None:
+            return
+        left = shard.count(qe.CountRequest(exact=True)) - deleting
+        if bound > left:
+            self.manifest.write(max(0, left), self.dim)
+
+    def record_upkeep(self) -> None:
+        """Re-measure the disk and raise the manifest's bound to the count now."""
+        self.disk.refresh()
+        if self.shard is None:
+            return
+        self._raise_bound(self.shard.count(qe.CountRequest(exact=True)))
+
+    def _raise_bound(self, count: int) -> None:
+        if self.manifest.entries_min is None or count > self.manifest.entries_min:
+            self.manifest.write(count, self.dim)
+
+    def room_to_index(self) -> bool:
+        """Rebuilt segments may need as much disk as the current ones (write thread)."""
+        need = apparent_bytes(self.path / "segments")
+        return self.disk.fits(need, self.disk.min_free_bytes)
+
+    def flush_and_close(self) -> None:
+        """Flush and close the shard, raising the manifest's bound to its count."""
+        shard, self.shard = self.shard, None
+        if shard is None:
+            return
+        shard.flush()
+        count = shard.count(qe.CountRequest(exact=True))
+        shard.close()
+        self._raise_bound(count)
+
+
 class EdgeVectorStore:
     """A `VectorStore` on a Qdrant Edge shard in `path` (created on first use, with
     `storage`, one of `VECTOR_STORAGE`).
@@ -112,53 +253,15 @@ class EdgeVectorStore:
         self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge-write")
         self._indexer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge-index")
         self._indexing: asyncio.Future[bool] | None = None
-        self._path, self._dim, self._storage, self._on_damage = path, dim, storage, on_damage
-        self._disk = DiskGuard(path, min_free_bytes)
-        self._manifest = Manifest(path)
-        self._missing_entries = 0
+        self._path, self._dim = path, dim
+        self._keeper = _ShardKeeper(path, dim, storage, min_free_bytes, on_damage)
+        self._disk = self._keeper.disk
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef)
-        self._shard: qe.EdgeShard | None = None
         try:
-            self._open()
+            self._keeper.open()
         except BaseException:
             self._shutdown_executors()
             raise
-
-    def _open(self) -> None:
-        """Open the shard if the disk has room for it; else leave it closed."""
-        if not self._disk.can_open():
-            log.warning(
-                "cache store left closed: the disk is full; every lookup misses until there"
-                " is room",
-                reason=self._disk.health.reason,
-            )
-            return
-        manifest = self._manifest.read()
-        check_vector_size(self._path, manifest, self._dim)
-        lost_segments = segments_missing(self._path)
-        shard = open_shard(self._path, self._dim, self._storage)
-        count = shard.count(qe.CountRequest(exact=True))
-        damage = find_damage(self._path, manifest, count, lost_segments)
-        if damage is not None:
-            self._report_damage(damage, shard)
-        self._manifest.write(count, self._dim)
-        self._shard = shard
-        self._disk.refresh()
-
-    def _report_damage(self, damage: Damage, shard: qe.EdgeShard) -> None:
-        where = f"the cache store {self._path} is damaged: {damage.detail}"
-        if self._on_damage == "refuse":
-            shard.close()
-            raise StoreDamagedError(
-                f"{where} ({damage.missing_entries} entries missing); not starting"
-                " (SEMCACHE_ON_STORE_DAMAGE=refuse): restore it from a backup, move it"
-                " away, or set SEMCACHE_ON_STORE_DAMAGE=warn to start with what is left"
-            )
-        log.error(
-            f"{where}; starting with the entries that are left",
-            missing_entries=damage.missing_entries,
-        )
-        self._missing_entries += damage.missing_entries
 
     @property
     def shard(self) -> qe.EdgeShard:
@@ -168,33 +271,23 @@ class EdgeVectorStore:
             StoreNotWritableError: the shard is closed (the disk was too full to open it).
         """
         if self._shard is None:
-            raise StoreNotWritableError(f"the cache store is closed: {self._disk.health.reason}")
+            raise self._keeper.closed()
         return self._shard
+
+    @property
+    def _shard(self) -> qe.EdgeShard | None:
+        return self._keeper.shard
 
     def health(self) -> StoreHealth:
         """Whether new entries are stored now, and how many were found missing at open."""
         disk = self._disk.health
-        return StoreHealth(disk.writable, disk.reason, self._missing_entries)
+        return StoreHealth(disk.writable, disk.reason, self._keeper.missing_entries)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reads, fn)
 
     async def _write(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writes, fn)
-
-    def _writable(self, n_bytes: int, deletion: bool = False) -> qe.EdgeShard:
-        """The shard, if a write of about `n_bytes` fits on the disk (write thread only).
-
-        Raises:
-            StoreNotWritableError: the shard is closed, or the disk is too full.
-        """
-        shard = self._shard
-        if shard is None:
-            raise StoreNotWritableError(f"the cache store is closed: {self._disk.health.reason}")
-        fits = self._disk.fits(n_bytes, 0) if deletion else self._disk.admit(n_bytes)
-        if not fits:
-            raise StoreNotWritableError(f"the disk under {self._path} is full")
-        return shard
 
     async def get(self, point_id: str) -> CacheEntry | None:
         shard = self._shard
@@ -242,7 +335,7 @@ class EdgeVectorStore:
         point = qe.Point(point_id, vector.tolist(), entry.to_payload())
         n_bytes = _estimate_bytes(entry, self._dim)
         await self._write(
-            lambda: self._writable(n_bytes).update(qe.UpdateOperation.upsert_points([point]))
+            lambda: self._keeper.writable(n_bytes).update(qe.UpdateOperation.upsert_points([point]))
         )
 
     async def delete(self, selector: EntryFilter) -> int:
@@ -252,25 +345,7 @@ class EdgeVectorStore:
             StoreNotWritableError: the store is closed, or the disk has no room left.
         """
         edge_filter = _edge_filter(filters.entry_conditions(selector))
-
-        def count_then_delete() -> int:
-            shard = self._writable(DELETE_BYTES, deletion=True)
-            matched = shard.count(qe.CountRequest(exact=True, filter=edge_filter))
-            if matched:
-                self._lower_manifest(shard, matched)
-                shard.update(qe.UpdateOperation.delete_points_by_filter(edge_filter))
-            return matched
-
-        return await self._write(count_then_delete)
-
-    def _lower_manifest(self, shard: qe.EdgeShard, deleting: int) -> None:
-        """Keep the manifest a lower bound across a deletion (write thread only)."""
-        bound = self._manifest.entries_min
-        if bound is None:
-            return
-        left = shard.count(qe.CountRequest(exact=True)) - deleting
-        if bound > left:
-            self._manifest.write(max(0, left), self._dim)
+        return await self._write(lambda: self._keeper.delete_matching(edge_filter))
 
     async def count(self, selector: EntryFilter) -> int:
         """Entries `selector` matches; 0 while the store is closed (disk full)."""
@@ -297,25 +372,7 @@ class EdgeVectorStore:
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
         tenant_filter = _edge_filter(filters.tenant_conditions(tenant))
-
-        def evict() -> int:
-            shard = self._writable(DELETE_BYTES, deletion=True)
-            excess = shard.count(qe.CountRequest(exact=True, filter=tenant_filter)) - keep
-            if excess <= 0:
-                return 0
-            oldest, _ = shard.scroll(
-                qe.ScrollRequest(
-                    limit=excess,
-                    filter=tenant_filter,
-                    with_payload=False,
-                    order_by=qe.OrderBy("last_hit_at", qe.Direction.Asc),
-                )
-            )
-            self._lower_manifest(shard, len(oldest))
-            shard.update(qe.UpdateOperation.delete_points([p.id for p in oldest]))
-            return len(oldest)
-
-        return await self._write(evict)
+        return await self._write(lambda: self._keeper.evict_least_recent(tenant_filter, keep))
 
     async def maintain(self, min_unindexed: int) -> bool:
         """Upkeep: open a shard left closed once there is room, re-measure the disk
@@ -329,34 +386,21 @@ class EdgeVectorStore:
             StartupError: a shard left closed cannot be opened now that there is room.
         """
         if self._shard is None:
-            await self._write(self._open)
+            await self._write(self._keeper.open)
             return False
-        await self._write(self._record_upkeep)
+        await self._write(self._keeper.record_upkeep)
         if self._indexing is not None and not self._indexing.done():
             return False
         shard = self._shard
         info = await self._run(shard.info)
         if info.points_count - info.indexed_vectors_count < min_unindexed:
             return False
-        if not await self._write(self._room_to_index):
+        if not await self._write(self._keeper.room_to_index):
             log.warning("index rebuild postponed: not enough disk space", path=str(self._path))
             return False
         loop = asyncio.get_running_loop()
         self._indexing = loop.run_in_executor(self._indexer, shard.optimize)
         return True
-
-    def _record_upkeep(self) -> None:
-        self._disk.refresh()
-        if self._shard is None:
-            return
-        count = self._shard.count(qe.CountRequest(exact=True))
-        if self._manifest.entries_min is None or count > self._manifest.entries_min:
-            self._manifest.write(count, self._dim)
-
-    def _room_to_index(self) -> bool:
-        """Rebuilt segments may need as much disk as the current ones (write thread)."""
-        need = apparent_bytes(self._path / "segments")
-        return self._disk.fits(need, self._disk.min_free_bytes)
 
     async def close(self) -> None:
         """Flush and close the shard, recording its count in the manifest.
@@ -368,7 +412,7 @@ class EdgeVectorStore:
             await asyncio.wait([self._indexing])
         if self._shard is not None:
             try:
-                await self._write(self._flush_and_close)
+                await self._write(self._keeper.flush_and_close)
             except Exception as error:
                 log.warning("cache store not flushed at close", error=repr(error))
         self._shutdown_executors()
@@ -376,13 +420,3 @@ class EdgeVectorStore:
     def _shutdown_executors(self) -> None:
         for executor in (self._reads, self._writes, self._indexer):
             executor.shutdown(wait=True)
-
-    def _flush_and_close(self) -> None:
-        shard, self._shard = self._shard, None
-        if shard is None:
-            return
-        shard.flush()
-        count = shard.count(qe.CountRequest(exact=True))
-        shard.close()
-        if self._manifest.entries_min is None or count > self._manifest.entries_min:
-            self._manifest.write(count, self._dim)
