@@ -19,6 +19,7 @@ from semcache_client import (
     CompleteParams,
     InvalidArgument,
     ItemFailure,
+    ResourceExhausted,
     SemcacheClient,
 )
 from service._proto.semcache.v1 import semcache_pb2 as pb
@@ -356,3 +357,5 @@ async def test_a_rate_limited_batch_item_carries_retry_info(
     assert isinstance(first, Answer) and isinstance(second, ItemFailure)
     assert second.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert second.retry_after_s is not None and second.retry_after_s > 0
+    error = second.error()
+    assert isinstance(error, ResourceExhausted) and error.retry_after_s == second.retry_after_s

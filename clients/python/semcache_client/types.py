@@ -12,7 +12,7 @@ from typing import TypedDict
 
 import grpc
 
-from semcache_client.errors import SemcacheError, error_for
+from semcache_client.errors import ResourceExhausted, SemcacheError, error_for
 
 
 class CachePolicy(enum.Enum):
@@ -226,8 +226,14 @@ class ItemFailure:
     retry_after_s: float | None = None
 
     def error(self) -> SemcacheError:
-        """This failure as the client error a single call would have raised."""
-        return error_for(self.code, f"batch item {self.index}: {self.message}")
+        """This failure as the client error a single call would have raised.
+
+        A rate-limited item is a `ResourceExhausted` with the item's `retry_after_s`.
+        """
+        message = f"batch item {self.index}: {self.message}"
+        if self.code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return ResourceExhausted(self.code, message, self.retry_after_s)
+        return error_for(self.code, message)
 
 
 @dataclass(frozen=True)
