@@ -76,14 +76,13 @@ LATENCY_BUCKETS_S = (
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
-class Metrics:
-    """The service's Prometheus series, in a registry of their own."""
+class _RequestMetrics:
+    """The series of the request path: RPCs, lookups, decisions, latencies."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._define_traffic()
-        self._define_usage()
-        self._define_capacity()
+        self._define_latency()
 
     def _define_traffic(self) -> None:
         r = self.registry
@@ -91,27 +90,6 @@ class Metrics:
             "semcache_requests",
             "RPCs handled, by status code, cache outcome and model.",
             ("rpc", "code", "cache", "model"),
-            registry=r,
-        )
-        self._request_s = Histogram(
-            "semcache_request_duration_seconds",
-            "Whole-RPC latency.",
-            ("rpc", "cache"),
-            buckets=LATENCY_BUCKETS_S,
-            registry=r,
-        )
-        self._stage_s = Histogram(
-            "semcache_stage_duration_seconds",
-            "Latency of one stage of the request path.",
-            ("stage",),
-            buckets=LATENCY_BUCKETS_S,
-            registry=r,
-        )
-        self._ttft_s = Histogram(
-            "semcache_time_to_first_token_seconds",
-            "Time to the first streamed token.",
-            ("cache",),
-            buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
         self._lookups = Counter(
@@ -139,55 +117,27 @@ class Metrics:
             registry=r,
         )
 
-    def _define_usage(self) -> None:
+    def _define_latency(self) -> None:
         r = self.registry
-        self._tokens = Counter(
-            "semcache_tokens",
-            "Tokens sent to and received from providers.",
-            ("tenant", "model", "kind"),
+        self._request_s = Histogram(
+            "semcache_request_duration_seconds",
+            "Whole-RPC latency.",
+            ("rpc", "cache"),
+            buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self._saved_tokens = Counter(
-            "semcache_saved_tokens",
-            "Tokens not spent because the cache answered.",
-            ("tenant", "model", "kind"),
+        self._stage_s = Histogram(
+            "semcache_stage_duration_seconds",
+            "Latency of one stage of the request path.",
+            ("stage",),
+            buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self._cost = Counter(
-            "semcache_cost_usd", "Upstream spend in US dollars.", ("tenant", "model"), registry=r
-        )
-        self._saved = Counter(
-            "semcache_saved_usd",
-            "Spend avoided by cache hits, in US dollars.",
-            ("tenant", "model"),
-            registry=r,
-        )
-        self._rate_limited = Counter(
-            "semcache_rate_limited",
-            "Requests refused by a rate limit.",
-            ("tenant", "limit"),
-            registry=r,
-        )
-
-    def _define_capacity(self) -> None:
-        r = self.registry
-        self._batch_size = Histogram(
-            "semcache_batch_size",
-            "Items per batch.",
-            ("kind",),
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=r,
-        )
-        self._embeddings = Counter(
-            "semcache_embeddings",
-            "Vectors handed out, by source: model (a model run) or memo (a recent text).",
-            ("source",),
-            registry=r,
-        )
-        self._stores_skipped = Counter(
-            "semcache_cache_stores_skipped",
-            "Answers not cached, by reason: disk_full (storing paused) or store_error.",
-            ("reason",),
+        self._ttft_s = Histogram(
+            "semcache_time_to_first_token_seconds",
+            "Time to the first streamed token.",
+            ("cache",),
+            buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
 
@@ -261,6 +211,67 @@ class Metrics:
     def observe_ttft(self, cache_status: str, seconds: float) -> None:
         """Time from the start of a streaming RPC to its first token."""
         self._ttft_s.labels(cache_status).observe(seconds)
+
+
+class Metrics(_RequestMetrics):
+    """The service's Prometheus series, in a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        self._define_usage()
+        self._define_capacity()
+
+    def _define_usage(self) -> None:
+        r = self.registry
+        self._tokens = Counter(
+            "semcache_tokens",
+            "Tokens sent to and received from providers.",
+            ("tenant", "model", "kind"),
+            registry=r,
+        )
+        self._saved_tokens = Counter(
+            "semcache_saved_tokens",
+            "Tokens not spent because the cache answered.",
+            ("tenant", "model", "kind"),
+            registry=r,
+        )
+        self._cost = Counter(
+            "semcache_cost_usd", "Upstream spend in US dollars.", ("tenant", "model"), registry=r
+        )
+        self._saved = Counter(
+            "semcache_saved_usd",
+            "Spend avoided by cache hits, in US dollars.",
+            ("tenant", "model"),
+            registry=r,
+        )
+        self._rate_limited = Counter(
+            "semcache_rate_limited",
+            "Requests refused by a rate limit.",
+            ("tenant", "limit"),
+            registry=r,
+        )
+
+    def _define_capacity(self) -> None:
+        r = self.registry
+        self._batch_size = Histogram(
+            "semcache_batch_size",
+            "Items per batch.",
+            ("kind",),
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self._embeddings = Counter(
+            "semcache_embeddings",
+            "Vectors handed out, by source: model (a model run) or memo (a recent text).",
+            ("source",),
+            registry=r,
+        )
+        self._stores_skipped = Counter(
+            "semcache_cache_stores_skipped",
+            "Answers not cached, by reason: disk_full (storing paused) or store_error.",
+            ("reason",),
+            registry=r,
+        )
 
     def record_usage(
         self,

@@ -23,8 +23,6 @@ ALLOWLIST: dict[str, int] = {
     "service.cache.semantic.SemanticCache": 229,
     "service.cli.build_parser": 109,
     "service.config.Settings": 295,
-    "service.metrics.Metrics": 238,
-    "service.metrics.Metrics._define_traffic": 53,
     "service.pipeline.request.RequestPipeline": 242,
 }
 
