@@ -22,11 +22,13 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service.ratelimit import (
-    STATUS_DETAILS_KEY,
     InMemoryRateLimiter,
     RateLimitedError,
     RateLimiter,
     RedisRateLimiter,
+)
+from service.transport.grpc.status import (
+    STATUS_DETAILS_KEY,
     abort_with_retry_info,
     retry_info_trailer,
 )

@@ -40,7 +40,7 @@ NOT_RUN = {
     " it runs (`semcache serve`), and `make test` is CI itself",
     "pip install ./clients/python": "installs into the environment; `make install` did, and"
     " the Python blocks below import the client from this checkout",
-    "client stub ─gRPC─▶": "a diagram, not code",
+    "gRPC stub ─▶ ServiceInterceptor": "a diagram, not code",
     "providers:\n  - name: local-vllm": "a catalogue fragment, not a command; grouping is"
     " tested in tests/test_grouping.py",
     "curl -s localhost:8080/": "needs the HTTP door: run by tests/test_http_readme.py",
