@@ -11,6 +11,7 @@ from service.cache.guard import NearMissGuard
 from service.cache.scope import upstream_identity
 from service.cache.semantic import SemanticCache, ThresholdVerifier, Verifier
 from service.cache.stats import CacheStats
+from service.cache.store import VectorStore
 from service.config import Settings
 from service.embedding.base import Embedder
 from service.embedding.batcher import EmbeddingBatcher
@@ -18,6 +19,7 @@ from service.embedding.factory import build_embedder
 from service.llm.catalogue import Catalogue, load_catalogue
 from service.llm.resilience import (
     ResilienceOptions,
+    ResilientProvider,
     RetryPolicy,
     build_resilient_provider,
 )
@@ -96,26 +98,58 @@ async def build_app(
             SEMCACHE_ON_STORE_DAMAGE=refuse.
     """
     metrics = Metrics()
-    batcher = EmbeddingBatcher(
-        embedder or load_embedder(settings),
+    batcher = build_batcher(settings, embedder or load_embedder(settings), metrics)
+    store = await build_store(settings, batcher.dim)
+    catalogue = load_settings_catalogue(settings, environ)
+    provider = build_provider(settings, catalogue, metrics)
+    router = await asyncio.to_thread(build_settings_router, settings, catalogue, batcher.embedder)
+    telemetry = Telemetry(metrics, build_tracing(settings.otlp_endpoint))
+    upstream_id = settings_upstream_identity(settings, catalogue, simulated)
+    cache = build_cache(settings, store, batcher, telemetry, upstream_id)
+    metrics.watch_store(lambda: store.health().writable, lambda: store.health().missing_entries)
+    closers: list[Closer] = [
+        telemetry.tracing.aclose,
+        batcher.close,
+        store.close,
+        cache.close,
+        provider.close,
+    ]
+    upstream = Upstream(provider, router, settings.upstream_timeout_s)
+    return assemble_app(settings, cache, upstream, catalogue, telemetry, closers)
+
+
+def build_provider(settings: Settings, catalogue: Catalogue, metrics: Metrics) -> ResilientProvider:
+    """The resilient dispatcher over the catalogue's providers, watched by `metrics`."""
+    provider = build_resilient_provider(
+        catalogue,
+        resilience_options(settings),
+        on_group=lambda size: metrics.observe_batch_size("upstream", size),
+    )
+    metrics.watch_providers(provider.breaker_states, provider.queue_depths)
+    return provider
+
+
+def build_batcher(settings: Settings, embedder: Embedder, metrics: Metrics) -> EmbeddingBatcher:
+    """The embedding batcher over `embedder`, recording into `metrics`."""
+    return EmbeddingBatcher(
+        embedder,
         settings.embedding_max_batch,
         on_batch=lambda size: metrics.observe_batch_size("embed", size),
         memo_size=settings.embedding_memo_size,
         on_embed=metrics.record_embedding,
         workers=settings.embedding_workers,
     )
-    store = await build_store(settings, batcher.dim)
-    catalogue = load_settings_catalogue(settings, environ)
-    provider = build_resilient_provider(
-        catalogue,
-        resilience_options(settings),
-        on_group=lambda size: metrics.observe_batch_size("upstream", size),
-    )
-    router = await asyncio.to_thread(build_settings_router, settings, catalogue, batcher.embedder)
-    limiter = build_limiter(settings)
-    metrics.watch_providers(provider.breaker_states, provider.queue_depths)
-    telemetry = Telemetry(metrics, build_tracing(settings.otlp_endpoint))
-    cache = SemanticCache(
+
+
+def build_cache(
+    settings: Settings,
+    store: VectorStore,
+    batcher: EmbeddingBatcher,
+    telemetry: Telemetry,
+    upstream_id: str,
+) -> SemanticCache:
+    """The semantic cache over `store`, embedding through `batcher`."""
+    return SemanticCache(
         store,
         batcher,
         build_verifier(settings),
@@ -123,38 +157,52 @@ async def build_app(
         ttl_s=settings.ttl_s,
         max_entries_per_tenant=settings.max_entries_per_tenant,
         telemetry=telemetry,
-        upstream_id=settings_upstream_identity(settings, catalogue, simulated),
+        upstream_id=upstream_id,
     )
-    stats = CacheStats()
-    metrics.watch_hit_rates(stats.hit_rates)
-    metrics.watch_store(lambda: store.health().writable, lambda: store.health().missing_entries)
-    limits = Limits(
+
+
+def settings_limits(settings: Settings) -> Limits:
+    """The request size limits the settings set."""
+    return Limits(
         settings.max_prompt_bytes,
         settings.max_messages,
         settings.max_tokens_limit,
         settings.max_ttl_s,
         settings.max_tools_json_bytes,
     )
+
+
+def assemble_app(
+    settings: Settings,
+    cache: SemanticCache,
+    upstream: Upstream,
+    catalogue: Catalogue,
+    telemetry: Telemetry,
+    closers: list[Closer],
+) -> App:
+    """The request pipeline, administration and upkeep over the built parts;
+    `closers` (closed last built first) gain the rate limiter's."""
+    stats, limits = CacheStats(), settings_limits(settings)
+    limiter = build_limiter(settings)
+    telemetry.metrics.watch_hit_rates(stats.hit_rates)
     pipeline = RequestPipeline(
         cache=cache,
-        upstream=Upstream(provider, router, settings.upstream_timeout_s),
+        upstream=upstream,
         catalogue=catalogue,
-        ledger=Ledger(catalogue, stats, metrics),
+        ledger=Ledger(catalogue, stats, telemetry.metrics),
         limits=limits,
         limiter=limiter,
         telemetry=telemetry,
         policy=CachingPolicy(settings.max_cacheable_temperature, settings.cache_tool_calls),
     )
-    maintenance = Maintenance(cache, settings.purge_interval_s, settings.index_after_points)
-    closers = [batcher.close, store.close, cache.close, provider.close, limiter.aclose]
     return App(
         pipeline=pipeline,
         admin=CacheAdmin(cache, stats, Seeder(cache, catalogue, limits)),
-        maintenance=maintenance,
+        maintenance=Maintenance(cache, settings.purge_interval_s, settings.index_after_points),
         cache=cache,
         telemetry=telemetry,
         catalogue=catalogue,
-        closers=[telemetry.tracing.aclose, *closers],
+        closers=[*closers, limiter.aclose],
     )
 
 
