@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
@@ -20,46 +20,9 @@ THRESHOLD_SIMILARITY_MIN = 0.95  # plain cosine threshold: ~2.5% of non-duplicat
 GUARD_SIMILARITY_MIN = 0.75  # the floor under the near-miss guard, which decides above it
 
 
-class Settings(BaseSettings):
-    """Service configuration; each field maps to `SEMCACHE_<FIELD NAME>`."""
+class _UpstreamSettings(BaseModel):
+    """The upstream, routing among its models, retries and circuit breakers."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="SEMCACHE_", extra="ignore", frozen=True, populate_by_name=True
-    )
-
-    grpc_host: str = Field(
-        "127.0.0.1",
-        description="Address the gRPC server binds to; `0.0.0.0` to accept remote calls.",
-    )
-    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
-    grace_period_s: float = Field(
-        5.0, ge=0, description="On SIGTERM/SIGINT, how long in-flight RPCs get to finish."
-    )
-    data_dir: Path = Field(
-        Path(".semcache/data"),
-        description="Directory of the embedded Qdrant Edge store (used when no Qdrant URL is set).",
-    )
-    min_free_disk_mb: int = Field(
-        128,
-        ge=0,
-        description="Embedded store: stop storing new entries (lookups go on) while less than"
-        " this much disk stays free beyond what the store's files may still fill.",
-    )
-    on_store_damage: Literal["warn", "refuse"] = Field(
-        "warn",
-        description="A store that opens with entries missing: `warn` (log an error, count"
-        " them in `semcache_store_missing_entries`, start) or `refuse` (do not start).",
-    )
-    qdrant_url: str | None = Field(
-        None,
-        description="Use this Qdrant server instead of the embedded store, e.g. `http://qdrant:6333`;"
-        " `:memory:` runs qdrant-client's in-process mode (tests).",
-    )
-    qdrant_api_key: SecretStr | None = Field(None, description="API key for the Qdrant server.")
-    qdrant_prefer_grpc: bool = Field(True, description="Talk to the Qdrant server over gRPC.")
-    qdrant_collection: str = Field(
-        "semcache", min_length=1, description="Qdrant collection holding the cache."
-    )
     upstream_base_url: str | None = Field(
         None,
         validation_alias=AliasChoices("SEMCACHE_UPSTREAM_BASE_URL", "OPENAI_BASE_URL"),
@@ -116,6 +79,11 @@ class Settings(BaseSettings):
     breaker_cooldown_s: float = Field(
         30.0, gt=0, description="How long an open circuit skips its provider before one trial."
     )
+
+
+class _CacheSettings(BaseModel):
+    """Verification, what is cached and for how long, and the store's index."""
+
     near_miss_guard: bool = Field(
         True,
         description="Verify each candidate with the near-miss guard (numbers, negation, names,"
@@ -178,6 +146,51 @@ class Settings(BaseSettings):
         ge=1,
         description="Embedded store: rebuild the HNSW index in the background once this many"
         " entries lack it (until then they are searched exhaustively).",
+    )
+
+
+class Settings(BaseSettings, _UpstreamSettings, _CacheSettings):
+    """Service configuration; each field maps to `SEMCACHE_<FIELD NAME>`.
+
+    Grouped by area in base classes; every field is read the same way.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEMCACHE_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    grpc_host: str = Field(
+        "127.0.0.1",
+        description="Address the gRPC server binds to; `0.0.0.0` to accept remote calls.",
+    )
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    grace_period_s: float = Field(
+        5.0, ge=0, description="On SIGTERM/SIGINT, how long in-flight RPCs get to finish."
+    )
+    data_dir: Path = Field(
+        Path(".semcache/data"),
+        description="Directory of the embedded Qdrant Edge store (used when no Qdrant URL is set).",
+    )
+    min_free_disk_mb: int = Field(
+        128,
+        ge=0,
+        description="Embedded store: stop storing new entries (lookups go on) while less than"
+        " this much disk stays free beyond what the store's files may still fill.",
+    )
+    on_store_damage: Literal["warn", "refuse"] = Field(
+        "warn",
+        description="A store that opens with entries missing: `warn` (log an error, count"
+        " them in `semcache_store_missing_entries`, start) or `refuse` (do not start).",
+    )
+    qdrant_url: str | None = Field(
+        None,
+        description="Use this Qdrant server instead of the embedded store, e.g. `http://qdrant:6333`;"
+        " `:memory:` runs qdrant-client's in-process mode (tests).",
+    )
+    qdrant_api_key: SecretStr | None = Field(None, description="API key for the Qdrant server.")
+    qdrant_prefer_grpc: bool = Field(True, description="Talk to the Qdrant server over gRPC.")
+    qdrant_collection: str = Field(
+        "semcache", min_length=1, description="Qdrant collection holding the cache."
     )
     embedding_model_path: Path | None = Field(
         None,
