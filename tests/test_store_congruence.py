@@ -11,6 +11,7 @@ same for its local and remote modes.)
 
 from __future__ import annotations
 
+import inspect
 import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -24,7 +25,15 @@ import pytest_asyncio
 from service.cache.edge_store import EdgeVectorStore
 from service.cache.memory_store import MemoryVectorStore
 from service.cache.qdrant_store import QdrantVectorStore
-from service.cache.store import CacheEntry, EntryFilter, ScoredEntry, SearchQuery, VectorStore
+from service.cache.store import (
+    AdminStore,
+    CacheEntry,
+    EntryFilter,
+    LookupStore,
+    ScoredEntry,
+    SearchQuery,
+    VectorStore,
+)
 
 DIM = 16
 NOW = 10_000.0
@@ -240,3 +249,18 @@ async def test_touch_skips_entries_deleted_since_their_hit(stores: Stores, name:
     kept = [await store.get(point_id) for point_id in (ids[0], ids[2])]
     assert [e.last_hit_at for e in kept if e is not None] == [NOW + 7.0, NOW + 7.0]
     assert await store.get(ids[1]) is None
+
+
+@pytest.mark.parametrize("backend", [EdgeVectorStore, QdrantVectorStore, MemoryVectorStore])
+@pytest.mark.parametrize("protocol", [LookupStore, AdminStore])
+def test_every_backend_implements_both_store_protocols(backend: type, protocol: type) -> None:
+    methods = [
+        name
+        for name, value in vars(protocol).items()
+        if inspect.isfunction(value) and not name.startswith("_")
+    ]
+    assert methods, f"{protocol.__name__} declares no methods"
+    for name in methods:
+        wanted = list(inspect.signature(getattr(protocol, name)).parameters)
+        assert list(inspect.signature(getattr(backend, name)).parameters) == wanted, name
+    assert not hasattr(MemoryVectorStore, "search"), "the protocols search through search_many"
