@@ -21,7 +21,6 @@ CLASS_MAX_LINES = 200
 ALLOWLIST: dict[str, int] = {
     "service.cache.semantic.SemanticCache": 229,
     "service.cli.build_parser": 109,
-    "service.pipeline.request.RequestPipeline": 242,
 }
 
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
 from service.batching.coalesce import Coalescer
 from service.cache.semantic import Answer, Lookup, SemanticCache
 from service.domain import CachePolicy, CacheStatus, Completion, CompletionRequest
-from service.errors import RateLimitedError, UpstreamTimeoutError
+from service.errors import UpstreamTimeoutError
 from service.llm.catalogue import Catalogue
 from service.llm.provider import Provider, ProviderAnswer, ProviderCall
 from service.pipeline.ledger import Ledger, UpstreamReceipt
+from service.pipeline.quota import Quota
 from service.ratelimit import RateLimiter
 from service.routing.router import RouteDecision, Router
 from service.telemetry import Telemetry
@@ -58,6 +59,22 @@ class CachingPolicy:
             return self.cache_tool_calls and answer.finish_reason == "tool_calls"
         return answer.finish_reason in _STORABLE_FINISH_REASONS and bool(answer.content.strip())
 
+    def miss_detail(self, request: CompletionRequest, lookup: Lookup | None) -> str:
+        """Why an upstream answer was not a cache hit, as `cache_detail` says it."""
+        if lookup is None:
+            return "temperature_above_cacheable" if self.too_hot(request) else "bypass"
+        if request.cache_policy is CachePolicy.REFRESH:
+            return "refresh"
+        return lookup.detail
+
+    def entry_id_to_be(
+        self, request: CompletionRequest, lookup: Lookup | None, answer: ProviderAnswer
+    ) -> str:
+        """The id `answer` will be stored under, or "" when it will not be stored."""
+        if lookup is not None and self.storable(request, answer):
+            return lookup.key.point_id
+        return ""
+
 
 @dataclass(frozen=True)
 class Upstream:
@@ -66,6 +83,21 @@ class Upstream:
     provider: Provider
     router: Router
     timeout_s: float
+
+    def call_for(self, request: CompletionRequest, model: str) -> ProviderCall:
+        """The upstream call for `request` on `model`, within the caller's deadline.
+
+        Raises:
+            UpstreamTimeoutError: the deadline leaves no time for the provider.
+        """
+        timeout_s = self.timeout_s
+        if request.deadline_s is not None:
+            timeout_s = min(timeout_s, request.deadline_s - _DEADLINE_MARGIN_S)
+            if timeout_s <= 0:
+                raise UpstreamTimeoutError("the caller's deadline left no time for the provider")
+        return ProviderCall(
+            model=model, messages=request.messages, sampling=request.sampling, timeout_s=timeout_s
+        )
 
 
 class RequestPipeline:
@@ -88,7 +120,7 @@ class RequestPipeline:
         self._catalogue = catalogue
         self._ledger = ledger
         self._limits = limits
-        self._limiter = limiter
+        self._quota = Quota(limiter, telemetry.metrics)
         self._telemetry = telemetry
         self._policy = policy or CachingPolicy()
         self._misses: Coalescer[tuple[ProviderAnswer, float, bool]] = Coalescer()
@@ -127,14 +159,7 @@ class RequestPipeline:
 
         A failing item yields its exception in its place; the others carry on.
         """
-        gate = asyncio.Semaphore(max_concurrency)
-
-        async def one(request: CompletionRequest) -> Completion:
-            async with gate:
-                return await self.complete(request)
-
-        results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
-        return [_item_result(result) for result in results]
+        return await _each_gated(self.complete, requests, max_concurrency)
 
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
         """Answer `request` as text deltas followed by one `Completion`.
@@ -171,16 +196,16 @@ class RequestPipeline:
         route: RouteDecision,
         started: float,
     ) -> AsyncGenerator[str | Completion, None]:
-        await self._check_tokens(request.tenant)
-        upstream = self._upstream.provider.stream(self._call(request, route.model))
+        await self._quota.check_tokens(request.tenant)
+        upstream = self._upstream.provider.stream(self._upstream.call_for(request, route.model))
         first = True
         try:
             async for event in upstream:
                 if isinstance(event, ProviderAnswer):
-                    await self._limiter.spend_tokens(request.tenant, event.usage.total_tokens)
+                    await self._quota.spend_tokens(request.tenant, event.usage.total_tokens)
                     spent = self._ledger.cost_usd(event)
                     # The id it will be stored as once the caller has the final message.
-                    entry_id = self._entry_id_to_be(request, lookup, event)
+                    entry_id = self._policy.entry_id_to_be(request, lookup, event)
                     yield self._receipt(
                         request, lookup, route, event, started, spent, 0.0, entry_id
                     )
@@ -202,7 +227,7 @@ class RequestPipeline:
         validate(request, self._limits)
         if request.model:
             self._catalogue.require_model(request.model)
-        await self._admit(request.tenant)
+        await self._quota.admit(request.tenant)
         return started, await self._lookup(request)
 
     async def _lookup(self, request: CompletionRequest) -> Lookup | None:
@@ -220,27 +245,14 @@ class RequestPipeline:
         with self._telemetry.stage("route"):
             return self._upstream.router.route(request.question, vector, request.model)
 
-    async def _admit(self, tenant: str) -> None:
-        """Count the request against the tenant's request limit (hits included)."""
-        try:
-            await self._limiter.acquire_request(tenant)
-        except RateLimitedError as error:
-            self._telemetry.metrics.record_rate_limited(tenant, error.limit)
-            raise
-
-    async def _check_tokens(self, tenant: str) -> None:
-        try:
-            await self._limiter.check_tokens(tenant)
-        except RateLimitedError as error:
-            self._telemetry.metrics.record_rate_limited(tenant, error.limit)
-            raise
-
     async def _ask(self, request: CompletionRequest, route: RouteDecision) -> ProviderAnswer:
         """One unary upstream call, within the tenant's token budget."""
-        await self._check_tokens(request.tenant)
+        await self._quota.check_tokens(request.tenant)
         with self._telemetry.stage("upstream"):
-            answer = await self._upstream.provider.complete(self._call(request, route.model))
-        await self._limiter.spend_tokens(request.tenant, answer.usage.total_tokens)
+            answer = await self._upstream.provider.complete(
+                self._upstream.call_for(request, route.model)
+            )
+        await self._quota.spend_tokens(request.tenant, answer.usage.total_tokens)
         return answer
 
     async def _ask_and_store(
@@ -263,13 +275,6 @@ class RequestPipeline:
             return await self._cache.store_answer(lookup, answer_, request.ttl_s)
         return False
 
-    def _entry_id_to_be(
-        self, request: CompletionRequest, lookup: Lookup | None, answer: ProviderAnswer
-    ) -> str:
-        if lookup is not None and self._policy.storable(request, answer):
-            return lookup.key.point_id
-        return ""
-
     def _receipt(
         self,
         request: CompletionRequest,
@@ -286,30 +291,13 @@ class RequestPipeline:
             answer=answer,
             lookup=lookup,
             route=route,
-            detail=self._miss_detail(request, lookup),
+            detail=self._policy.miss_detail(request, lookup),
             started=started,
             spent_usd=spent_usd,
             saved_usd=saved_usd,
             entry_id=entry_id,
         )
         return self._ledger.upstream(receipt)
-
-    def _miss_detail(self, request: CompletionRequest, lookup: Lookup | None) -> str:
-        if lookup is None:
-            return "temperature_above_cacheable" if self._policy.too_hot(request) else "bypass"
-        if request.cache_policy is CachePolicy.REFRESH:
-            return "refresh"
-        return lookup.detail
-
-    def _call(self, request: CompletionRequest, model: str) -> ProviderCall:
-        timeout_s = self._upstream.timeout_s
-        if request.deadline_s is not None:
-            timeout_s = min(timeout_s, request.deadline_s - _DEADLINE_MARGIN_S)
-            if timeout_s <= 0:
-                raise UpstreamTimeoutError("the caller's deadline left no time for the provider")
-        return ProviderCall(
-            model=model, messages=request.messages, sampling=request.sampling, timeout_s=timeout_s
-        )
 
 
 def _cache_answer(answer: ProviderAnswer, cost_usd: float) -> Answer:
@@ -322,6 +310,21 @@ def _cache_answer(answer: ProviderAnswer, cost_usd: float) -> Answer:
         cost_usd=cost_usd,
         tool_calls_json=answer.tool_calls_json,
     )
+
+
+async def _each_gated(
+    answer: Callable[[CompletionRequest], Awaitable[Completion]],
+    requests: Sequence[CompletionRequest],
+    max_concurrency: int,
+) -> list[Completion | Exception]:
+    gate = asyncio.Semaphore(max_concurrency)
+
+    async def one(request: CompletionRequest) -> Completion:
+        async with gate:
+            return await answer(request)
+
+    results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+    return [_item_result(result) for result in results]
 
 
 def _item_result(result: Completion | BaseException) -> Completion | Exception:
