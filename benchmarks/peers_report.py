@@ -7,6 +7,7 @@ Kept apart from `benchmarks.peers` (which starts processes and sends calls):
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -86,8 +87,8 @@ def _added_ms(tally: PhaseTally, gateway: str, phase: str) -> float | str:
 
 def phase_row(phase: str, gateway: str, tally: PhaseTally, concurrency: int) -> Row:
     """One gateway in one phase: latency, added latency, hits/s, CPU per 1,000 requests."""
-    samples = tally.samples[gateway]
-    kept = [samples[i].round_trip_ms for i in _kept(samples, _expected(phase, gateway))]
+    samples, expected = tally.samples[gateway], _expected(phase, gateway)
+    kept = [samples[i].round_trip_ms for i in _kept(samples, expected)]
     wall_s = tally.wall_s.get(gateway, 0.0)
     cpu_requests = tally.cpu_requests.get(gateway, 0)
     return {
@@ -97,6 +98,7 @@ def phase_row(phase: str, gateway: str, tally: PhaseTally, concurrency: int) -> 
         "concurrency": concurrency,
         "requests": len(samples),
         "left_out": len(samples) - len(kept),
+        "left_out_as": dict(Counter(s.outcome for s in samples if s.outcome != expected)),
         **latency_summary(kept),
         "added_ms": _added_ms(tally, gateway, phase),
         "per_s": round(len(kept) / wall_s, 1) if wall_s else "",

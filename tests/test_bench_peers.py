@@ -81,7 +81,7 @@ def test_added_latency_pairs_each_call_with_the_direct_one_and_leaves_out_other_
     report = _report(peer_hit_ms=20.0, peer_bypass_ms=31.0)
 
     grpc = _row(report, "bypass", "semcache gRPC")
-    assert (grpc["requests"], grpc["left_out"]) == (3, 1)
+    assert (grpc["requests"], grpc["left_out"], grpc["left_out_as"]) == (3, 1, {"error": 1})
     assert grpc["added_ms"] == pytest.approx(1.25)  # median of 1.0 and 1.5; the error left out
     assert _row(report, "bypass", "LiteLLM")["added_ms"] == pytest.approx(30.0)
     assert _row(report, "exact_hit_c1", "semcache HTTP")["left_out"] == 1  # a miss is not a hit
