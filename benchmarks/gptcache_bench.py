@@ -131,25 +131,34 @@ def populate_gptcache(cache: Any, questions: Sequence[str]) -> None:
 
 
 def gptcache_phase(cache: Any, prompts: Sequence[str], concurrency: int, label: str) -> Row:
-    """`get` every prompt from `concurrency` threads; throughput, hit rate and latency."""
+    """`get` every prompt from `concurrency` threads; throughput, hit rate, latency, errors.
+
+    A `get` that raises (GPTCache's SQLite says "database is locked" under many
+    threads) counts as an error, as a failed RPC does on semcache's side.
+    """
     from gptcache.adapter.api import get
 
-    def one(prompt: str) -> tuple[float, bool]:
+    def one(prompt: str) -> tuple[float, bool | None]:
         started = time.perf_counter()
-        answer = get(prompt, cache_obj=cache)
-        return (time.perf_counter() - started) * 1000, answer is not None
+        try:
+            hit: bool | None = get(prompt, cache_obj=cache) is not None
+        except Exception:  # counted as an error in the row, like a failed RPC
+            hit = None
+        return (time.perf_counter() - started) * 1000, hit
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(one, prompts))
     wall_s = time.perf_counter() - started
+    ok = [(ms, hit) for ms, hit in results if hit is not None]
     return {
         "system": label,
         "concurrency": concurrency,
         "requests": len(results),
-        "hit_rate": round(sum(hit for _, hit in results) / len(results), 4),
-        "throughput_rps": round(len(results) / wall_s, 1),
-        **latency_summary([ms for ms, _ in results]),
+        "errors": len(results) - len(ok),
+        "hit_rate": round(sum(hit for _, hit in ok) / len(ok), 4) if ok else 0.0,
+        "throughput_rps": round(len(ok) / wall_s, 1),
+        **latency_summary([ms for ms, _ in ok]),
     }
 
 
@@ -263,6 +272,7 @@ COLUMNS = (
     ("system", "system"),
     ("concurrency", "concurrency"),
     ("requests", "requests"),
+    ("errors", "errors"),
     ("hit_rate", "hit rate"),
     ("throughput_rps", "hits/s"),
     ("p50_ms", "p50 ms"),

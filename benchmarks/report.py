@@ -53,8 +53,7 @@ def markdown_table(rows: Sequence[Row], columns: Sequence[tuple[str, str]]) -> s
 
 def _numeric(rows: Sequence[Row], key: str) -> bool:
     return any(
-        isinstance(row.get(key), int | float) and not isinstance(row.get(key), bool)
-        for row in rows
+        isinstance(row.get(key), int | float) and not isinstance(row.get(key), bool) for row in rows
     )
 
 
