@@ -19,7 +19,6 @@ CLASS_MAX_LINES = 200
 
 # Not yet split: qualified name → its length in lines when listed.
 ALLOWLIST: dict[str, int] = {
-    "service.cache.semantic.SemanticCache": 229,
     "service.cli.build_parser": 109,
 }
 

@@ -21,6 +21,7 @@ import structlog
 
 from service.batching.micro import MicroBatcher
 from service.cache.guard import GuardVerdict
+from service.cache.hit_times import HitTimes
 from service.cache.scope import CacheKey, cache_key
 from service.cache.store import (
     CacheEntry,
@@ -38,7 +39,6 @@ from service.telemetry import Telemetry
 log = structlog.get_logger(__name__)
 
 FOREVER_S = 100 * 365 * 24 * 3600  # what "no TTL" means for an entry's expiry
-HIT_WRITE_INTERVAL_S = 0.5  # hit times are written together, at most this late
 
 
 class Verifier(Protocol):
@@ -136,8 +136,7 @@ class SemanticCache:
         self._ttl_s = ttl_s
         self._max_entries = max_entries_per_tenant
         self._clock = clock
-        self._hit_ids: set[str] = set()
-        self._hit_writer: asyncio.Task[None] | None = None
+        self._hit_times = HitTimes(store, clock)
         self._telemetry = telemetry or Telemetry()
         metrics = self._telemetry.metrics
         # Concurrent lookups' searches go to the store together.
@@ -159,10 +158,11 @@ class SemanticCache:
         try:
             exact = await self._exact(key)
             if exact is not None:
-                self._touch_later(exact.point_id)
+                self._hit_times.note(exact.point_id)
                 self._telemetry.metrics.record_lookup("hit")
                 return Lookup(key, hit=exact, best_similarity=1.0, detail="exact")
-            vector, context_vector = await self._embed(key)
+            with self._telemetry.stage("embed"):
+                vector, context_vector = await _embed_key(self.embedder, key)
             query = SearchQuery(vector, key.tenant, key.scope, self._clock(), self._search_limit)
             with self._telemetry.stage("search"):
                 found = await self._searches.submit(query)
@@ -173,19 +173,10 @@ class SemanticCache:
         with self._telemetry.stage("verify"):
             hit, detail = self._choose(key, found, context_vector, request.similarity_min or 0.0)
         if hit is not None:
-            self._touch_later(hit.point_id)
+            self._hit_times.note(hit.point_id)
         self._telemetry.metrics.record_lookup("miss" if hit is None else "hit")
         best = found[0].similarity if found else 0.0
         return Lookup(key, hit, vector, context_vector, best, detail)
-
-    async def _embed(self, key: CacheKey) -> tuple[Vector, Vector | None]:
-        with self._telemetry.stage("embed"):
-            if not key.context:
-                return await self.embedder.embed(key.text), None
-            question, context = await asyncio.gather(
-                self.embedder.embed(key.text), self.embedder.embed(key.context)
-            )
-            return question, context
 
     async def _exact(self, key: CacheKey) -> CacheHit | None:
         entry = await self.store.get(key.point_id)
@@ -235,29 +226,6 @@ class SemanticCache:
         )
         return verdict if context_verdict.accept else context_verdict
 
-    def _touch_later(self, point_id: str) -> None:
-        """Record the hit for eviction without making the caller wait for the write.
-
-        Hits are written together, at most `HIT_WRITE_INTERVAL_S` late: one store
-        write per interval instead of one per hit.
-        """
-        self._hit_ids.add(point_id)
-        if self._hit_writer is None or self._hit_writer.done():
-            self._hit_writer = asyncio.create_task(self._write_hits_soon())
-
-    async def _write_hits_soon(self) -> None:
-        await asyncio.sleep(HIT_WRITE_INTERVAL_S)
-        await self._write_hits()
-
-    async def _write_hits(self) -> None:
-        if not self._hit_ids:
-            return
-        point_ids, self._hit_ids = list(self._hit_ids), set()
-        try:
-            await self.store.touch(point_ids, self._clock())
-        except Exception as error:
-            log.warning("cache hit times not recorded", entries=len(point_ids), error=repr(error))
-
     async def store_answer(self, lookup: Lookup, answer: Answer, ttl_s: int | None = None) -> bool:
         """Cache `answer` under `lookup.key`, reusing the lookup's vectors when it has them.
 
@@ -267,11 +235,12 @@ class SemanticCache:
         try:
             vector, context_vector = lookup.vector, lookup.context_vector
             if vector is None:
-                vector, context_vector = await self._embed(lookup.key)
+                with self._telemetry.stage("embed"):
+                    vector, context_vector = await _embed_key(self.embedder, lookup.key)
             entry = self._entry(lookup.key, answer, context_vector, ttl_s)
             await self.store.upsert(lookup.key.point_id, vector, entry)
             if self._max_entries:
-                await self._write_hits()  # eviction must see the latest hits
+                await self._hit_times.flush()  # eviction must see the latest hits
                 await self.store.evict_least_recent(lookup.key.tenant, self._max_entries)
         except StoreNotWritableError:
             # The store logged why once, when storing paused; each skip is only counted.
@@ -332,11 +301,16 @@ class SemanticCache:
 
     async def close(self) -> None:
         """Write the pending hit times, and stop the search batcher."""
-        if self._hit_writer is not None:
-            self._hit_writer.cancel()
-            await asyncio.gather(self._hit_writer, return_exceptions=True)
-        await self._write_hits()
+        await self._hit_times.aclose()
         await self._searches.close()
+
+
+async def _embed_key(embedder: EmbeddingBatcher, key: CacheKey) -> tuple[Vector, Vector | None]:
+    """The question's vector, and its context's when it is a follow-up."""
+    if not key.context:
+        return await embedder.embed(key.text), None
+    question, context = await asyncio.gather(embedder.embed(key.text), embedder.embed(key.context))
+    return question, context
 
 
 def _cosine(query: Vector | None, cached: Sequence[float]) -> float:
