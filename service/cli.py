@@ -503,7 +503,15 @@ def build_parser(with_benchmarks: bool = True) -> argparse.ArgumentParser:
     subcommands out, so that parsing imports nothing of the benchmarks."""
     parser = argparse.ArgumentParser(prog="semcache", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve_command(commands)
+    _add_client_commands(commands)
+    _add_operator_commands(commands)
+    _add_measuring_commands(commands, with_benchmarks)
+    _add_calibrate_and_simulate_commands(commands)
+    return parser
 
+
+def _add_serve_command(commands: Any) -> None:
     serve = commands.add_parser(
         "serve",
         help="run the gRPC service (configured by SEMCACHE_*)",
@@ -519,6 +527,9 @@ def build_parser(with_benchmarks: bool = True) -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_cmd_serve)
 
+
+def _add_client_commands(commands: Any) -> None:
+    """complete, stats, invalidate and import: calls to a running service."""
     complete = commands.add_parser("complete", help="ask the running service one question")
     complete.add_argument("prompt", help="the question: the last user message")
     _add_complete_arguments(complete)
@@ -550,6 +561,8 @@ def build_parser(with_benchmarks: bool = True) -> argparse.ArgumentParser:
     _client_arguments(seed)
     seed.set_defaults(run=lambda a: _run_client(_cmd_import, a))
 
+
+def _add_operator_commands(commands: Any) -> None:
     health = commands.add_parser(
         "health", help="exit 0 when the local server reports SERVING (the container probe)"
     )
@@ -565,6 +578,8 @@ def build_parser(with_benchmarks: bool = True) -> argparse.ArgumentParser:
     keys_add.add_argument("--name", required=True, help="a label for the key, e.g. the app")
     keys_add.set_defaults(run=_cmd_keys_add)
 
+
+def _add_measuring_commands(commands: Any, with_benchmarks: bool) -> None:
     bench = commands.add_parser("bench", help="benchmarks (see the README's Benchmarks section)")
     if with_benchmarks:
         _add_bench_commands(bench.add_subparsers(dest="bench", required=True))
@@ -579,6 +594,8 @@ def build_parser(with_benchmarks: bool = True) -> argparse.ArgumentParser:
     )
     route.set_defaults(run=_cmd_route_eval)
 
+
+def _add_calibrate_and_simulate_commands(commands: Any) -> None:
     calibrate = commands.add_parser(
         "calibrate", help="refit the near-miss guard's weights from labelled pairs"
     )
@@ -606,7 +623,6 @@ def build_parser(with_benchmarks: bool = True) -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--api-key", help="require this bearer key")
     simulate.set_defaults(run=_cmd_simulate)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

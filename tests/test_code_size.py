@@ -17,10 +17,8 @@ PACKAGES = (ROOT / "service", ROOT / "clients" / "python" / "semcache_client")
 FUNCTION_MAX_LINES = 39  # "under 40"
 CLASS_MAX_LINES = 200
 
-# Not yet split: qualified name → its length in lines when listed.
-ALLOWLIST: dict[str, int] = {
-    "service.cli.build_parser": 109,
-}
+# Not yet split: qualified name → its length in lines when listed. Empty: keep it so.
+ALLOWLIST: dict[str, int] = {}
 
 
 def _modules() -> Iterator[Path]:
