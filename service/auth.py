@@ -64,12 +64,6 @@ OPEN_MODE_WARNING = (
 )
 MISSING_KEY_MESSAGE = "missing API key: send 'authorization: Bearer <key>' or 'x-api-key'"
 UNKNOWN_KEY_MESSAGE = "unknown API key"
-# Health checks and reflection must work without a key (load balancers, grpcurl).
-EXEMPT_METHOD_PREFIXES = (
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-    "/grpc.reflection.v1.ServerReflection/",
-)
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _ENTRY_FIELDS = frozenset({"key_sha256", "tenant", "role", "name"})
 

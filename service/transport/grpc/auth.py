@@ -13,15 +13,23 @@ from pathlib import Path
 
 import grpc
 
-from service.auth import EXEMPT_METHOD_PREFIXES, KeyRing, Principal, principal_for
+from service.auth import KeyRing, Principal, principal_for
 from service.errors import AuthenticationError
+
+# Health checks and reflection: they need no key (load balancers, grpcurl) and
+# are never refused under overload (probes must not fail).
+PROBE_METHOD_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 
 
 class Authenticator:
     """Finds each RPC's caller: a key from `keyring`, or in open mode (None) `x-tenant-id`."""
 
     def __init__(
-        self, keyring: KeyRing | None, exempt_prefixes: tuple[str, ...] = EXEMPT_METHOD_PREFIXES
+        self, keyring: KeyRing | None, exempt_prefixes: tuple[str, ...] = PROBE_METHOD_PREFIXES
     ) -> None:
         self._keyring = keyring
         self._exempt = exempt_prefixes

@@ -45,7 +45,7 @@ from service.errors import (
     RateLimitedError,
 )
 from service.metrics import Metrics
-from service.transport.grpc.auth import Authenticator
+from service.transport.grpc.auth import PROBE_METHOD_PREFIXES, Authenticator
 from service.transport.grpc.status import abort_with_retry_info, status_for
 
 log = structlog.get_logger(__name__)
@@ -80,8 +80,6 @@ BACKLOG_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_MAX),
     ("grpc.server_max_unrequested_time_in_server", PENDING_WAIT_MAX_S),
 )
-# Health checks and reflection answer even under overload (probes must not fail).
-_UNBOUNDED_PREFIX = "/grpc."
 
 
 def _request_id(details: grpc.HandlerCallDetails) -> str:
@@ -260,7 +258,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return handler
-        gate = None if details.method.startswith(_UNBOUNDED_PREFIX) else self._in_flight
+        gate = None if details.method.startswith(PROBE_METHOD_PREFIXES) else self._in_flight
         caller = None
         if self._authenticator is not None:
             metadata = tuple(details.invocation_metadata or ())
