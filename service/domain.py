@@ -64,6 +64,11 @@ class CompletionRequest:
     deadline_s: float | None = None
     ttl_s: int | None = None
     similarity_min: float | None = None
+    # Raise-only strictness: the largest estimated P(wrong) a semantic hit may be
+    # served at for this request; it can only tighten the namespace's error budget.
+    max_error_rate: float | None = None
+    # The door's id for this request (its logs, and SubmitFeedback by request id).
+    request_id: str = ""
 
     @property
     def question(self) -> str:
@@ -106,3 +111,34 @@ class Completion:
     upstream_attempts: int = 0
     # The cache entry this answer was served from (a hit) or stored as (a miss); "" if none.
     entry_id: str = ""
+    # A semantic hit's estimated probability (0..1) that its answer is wrong; 0 otherwise.
+    error_probability: float = 0.0
+
+
+class FeedbackVerdict(enum.Enum):
+    """What an application says of an answer it was given."""
+
+    CORRECT = "correct"
+    WRONG = "wrong"
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """An application's verdict on one answer: by `entry_id`, `request_id`, or both.
+
+    `request_id` names a response this replica served (its semantic hit's score is
+    then known); `entry_id` alone judges the cached answer itself.
+    """
+
+    tenant: str
+    verdict: FeedbackVerdict
+    entry_id: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class FeedbackReceipt:
+    """What SubmitFeedback recorded: the entry it applies to, and the score it was at."""
+
+    entry_id: str
+    score: float
