@@ -149,7 +149,72 @@ class _CacheSettings(BaseModel):
     )
 
 
-class Settings(BaseSettings, _UpstreamSettings, _CacheSettings):
+class _VerifySettings(BaseModel):
+    """Semantic hits decided against an error budget, checked by exploration and feedback."""
+
+    error_budget: bool = Field(
+        True,
+        description="Serve a semantic hit only when its estimated P(wrong), from the calibrated"
+        " prior and the entry's own evidence, is within the error budget. Needs the near-miss"
+        " guard (its score is what the prior maps); off, or with the guard off, the guard's"
+        " `SEMCACHE_GUARD_ACCEPT_MIN` (or the plain threshold) decides alone.",
+    )
+    max_error_rate: float = Field(
+        0.01,
+        ge=0,
+        le=0.5,
+        description="delta: the share of looked-up requests that may be served a wrong answer."
+        " 0 serves only exact repeats and everyday re-phrasings of them.",
+    )
+    max_error_rate_by_namespace: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-namespace delta as JSON, e.g. `{"support": 0.005}`; other namespaces'
+        " use `SEMCACHE_MAX_ERROR_RATE`.",
+    )
+    exploration_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Largest share of looked-up requests explored: sent upstream although a"
+        " candidate was found, to judge the candidate's answer against the fresh one. 0 = never.",
+    )
+    audit_share: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Share of would-be semantic hits explored at random instead of served, so"
+        " the audited error estimate stays unbiased (within the exploration share).",
+    )
+    judge: Literal["exact", "embedding", "llm"] = Field(
+        "embedding",
+        description="How an exploration compares the fresh answer with the cached one: `exact`"
+        " (equal after normalising; deterministic upstreams), `embedding` (the answers' cosine"
+        " reaches `SEMCACHE_JUDGE_SIMILARITY_MIN`), `llm` (a yes/no question to a model).",
+    )
+    judge_similarity_min: float = Field(
+        0.9, ge=0, le=1, description="The `embedding` judge's cosine for 'the same answer'."
+    )
+    judge_model: str | None = Field(
+        None,
+        min_length=1,
+        description="The `llm` judge's catalogue model; unset = the cheapest in the catalogue.",
+    )
+    prior_path: Path | None = Field(
+        None,
+        description="Calibrated prior (guard score to P(same answer)) written by `semcache"
+        " calibrate --prior`; unset = the shipped one, fitted on qqp_dev.",
+    )
+
+    @field_validator("max_error_rate_by_namespace")
+    @classmethod
+    def _rates_in_range(cls, rates: dict[str, float]) -> dict[str, float]:
+        for namespace, rate in rates.items():
+            if not 0.0 <= rate <= 0.5:
+                raise ValueError(f"namespace {namespace!r}: a rate must be within 0..0.5")
+        return rates
+
+
+class Settings(BaseSettings, _UpstreamSettings, _CacheSettings, _VerifySettings):
     """Service configuration; each field maps to `SEMCACHE_<FIELD NAME>`.
 
     Grouped by area in base classes; every field is read the same way.

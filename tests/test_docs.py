@@ -22,7 +22,8 @@ def test_every_setting_is_in_the_readme_table(name: str) -> None:
 
 
 def _documented_default(name: str) -> str:
-    default = Settings.model_fields[name].default
+    field = Settings.model_fields[name]
+    default = field.get_default(call_default_factory=True)
     if default is None:
         return "unset"
     if isinstance(default, bool):
