@@ -41,6 +41,10 @@ class UnknownModelError(InvalidRequestError):
     """The request names a model the catalogue does not list (the HTTP door answers 404)."""
 
 
+class NotFoundError(SemcacheError):
+    """The request names something (an entry, a request id) this service does not know."""
+
+
 class AuthenticationError(SemcacheError):
     """The caller sent no API key, a malformed one, or one the service does not know."""
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from service.cache.semantic import SemanticCache
 from service.cache.stats import CacheStats, TenantCounters
+from service.cache.verify.counters import VerificationCounters
 from service.cache.store import EntryFilter, StoreHealth
 from service.errors import InvalidRequestError
 from service.pipeline.seed import Seed, Seeder
@@ -16,13 +17,25 @@ from service.validation import check_name
 
 
 @dataclass(frozen=True)
+class NamespaceVerification:
+    """What verification saw in one namespace of a tenant, on this replica."""
+
+    namespace: str
+    counters: VerificationCounters
+
+
+@dataclass(frozen=True)
 class TenantStats:
-    """One tenant's live entry count, this replica's counters, and its store's health."""
+    """One tenant's live entry count, this replica's counters, and its store's health.
+
+    `verification` has one row per namespace the decision has seen (sorted).
+    """
 
     tenant: str
     entries: int
     counters: TenantCounters
     store: StoreHealth
+    verification: tuple[NamespaceVerification, ...] = ()
 
 
 @dataclass(frozen=True)
