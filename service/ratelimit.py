@@ -26,7 +26,8 @@ when to retry in its own terms (gRPC: a `google.rpc.RetryInfo` detail, see
 Two backends: `InMemoryRateLimiter` (one process; the default) and
 `RedisRateLimiter` (buckets shared by every replica, updated atomically by a
 Lua script). A Redis outage lets requests through with a warning: like the
-cache, the limiter fails open rather than failing RPCs.
+cache, the limiter fails open rather than failing RPCs. The redis package is
+imported only when a `RedisRateLimiter` is made.
 """
 
 from __future__ import annotations
@@ -36,9 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-import redis.asyncio as redis
 import structlog
-from redis.exceptions import RedisError
 
 from service.errors import RateLimitedError
 
@@ -219,9 +218,13 @@ class RedisRateLimiter:
         timeout_s: float = 0.5,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        import redis.asyncio as redis
+        from redis.exceptions import RedisError
+
         self._redis = redis.Redis.from_url(
             redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
+        self._redis_error = RedisError
         self._script = self._redis.register_script(_BUCKET_SCRIPT)
         self._per_minute: dict[Limit, int] = {
             "requests": requests_per_minute,
@@ -263,7 +266,7 @@ class RedisRateLimiter:
         args = (per_minute, per_minute / 60, cost, mode, now_s)
         try:
             wait_ms = int(await self._script(keys=[f"{self._prefix}{tenant}:{limit}"], args=args))
-        except RedisError as error:
+        except self._redis_error as error:
             log.warning("rate limiter unavailable; allowing the request", error=str(error))
             return
         if wait_ms > 0:

@@ -4,12 +4,16 @@
 or SIGINT it drains: gRPC health reports NOT_SERVING, new calls are refused,
 and calls in flight on either door get up to `grace_period_s` to finish; a
 second signal ends the drain at once. The caller closes the app afterwards.
+
+Only what the settings ask for is imported: the HTTP door (aiohttp's server)
+when SEMCACHE_HTTP_PORT is set (tests/test_serve_imports.py checks this).
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -20,7 +24,9 @@ from service.metrics import MetricsServer, start_metrics_server
 from service.startup import bind_problem
 from service.transport.grpc.server import RunningServer, Security, security_from, start_server
 from service.transport.grpc.servicer import BatchLimits
-from service.transport.http.server import RunningHttpServer, start_http_from_settings
+
+if TYPE_CHECKING:
+    from service.transport.http.server import RunningHttpServer
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +46,7 @@ async def serve_until_signalled(
         app, settings.grpc_host, settings.grpc_port, limits, security, settings.max_concurrent_rpcs
     )
     try:
-        http = await start_http_from_settings(app, settings, security.keyring)
+        http = await _start_http(app, settings, security)
         metrics_server = _start_metrics(app, settings)
     except StartupError:
         await running.stop(0)
@@ -59,6 +65,19 @@ async def serve_until_signalled(
     await _drain(running, http, settings.grace_period_s, signals)
     if metrics_server is not None:
         await metrics_server.aclose()
+
+
+async def _start_http(app: App, settings: Settings, security: Security) -> RunningHttpServer | None:
+    """The HTTP door, when SEMCACHE_HTTP_PORT is set; its aiohttp server is imported only then.
+
+    Raises:
+        StartupError: the port cannot be bound.
+    """
+    if settings.http_port is None:
+        return None
+    from service.transport.http.server import start_http_from_settings
+
+    return await start_http_from_settings(app, settings, security.keyring)
 
 
 def _start_metrics(app: App, settings: Settings) -> MetricsServer | None:

@@ -1,8 +1,12 @@
-"""`semcache serve` loads the service and nothing of its test apparatus.
+"""`semcache serve` loads the service and nothing it was not asked for.
 
 The benchmarks and the upstream simulator are tools beside the service: a
 server started for real traffic must not import them (nor pay for them), and
 with no upstream configured it refuses to guess unless told to `--simulate`.
+Nor does it import the heavy packages of backends it was not configured with:
+torch and transformers when the ONNX file is cached, qdrant-client with the
+embedded store, aiohttp's server with the HTTP door off, redis with in-memory
+rate limits. Each is checked in a real `semcache serve`, at the moment it serves.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from service.embedding.base import Embedder
 from tests.conftest import REPO
 from tests.test_startup import serve_environment
 
@@ -45,6 +52,83 @@ def _apparatus_imported(env: dict[str, str], *args: str) -> list[str]:
     assert done.returncode == 0 and lines, done.stderr[-2000:]
     imported: list[str] = json.loads(lines[0].removeprefix("IMPORTED "))
     return imported
+
+
+# Runs the whole of `semcache serve`; once both doors are up (where it would wait
+# for a signal) prints every loaded module's name and stops as if sent SIGTERM.
+_AT_SERVING = """
+import asyncio, json, signal, sys
+from service import cli, serve
+
+def serving():
+    print("LOADED " + json.dumps(sorted(sys.modules)), flush=True)
+    stop = asyncio.Queue()
+    stop.put_nowait(signal.SIGTERM)
+    return stop
+
+serve._signal_queue = serving
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+# Heavy packages, each needed only by a backend the default settings do not use.
+_NOT_BY_DEFAULT = (
+    "torch",  # the torch embedder, or exporting the ONNX file
+    "transformers",
+    "sentence_transformers",
+    "qdrant_client",  # a Qdrant server (SEMCACHE_QDRANT_URL)
+    "aiohttp.web",  # the HTTP door (SEMCACHE_HTTP_PORT)
+    "service.transport.http",
+    "redis",  # shared rate limits (SEMCACHE_RATE_LIMIT_REDIS_URL)
+)
+
+
+def _loaded_at_serving(env: dict[str, str]) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _AT_SERVING, "serve"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("LOADED ")]
+    assert done.returncode == 0 and lines, done.stderr[-2000:]
+    return set(json.loads(lines[0].removeprefix("LOADED ")))
+
+
+def _heavy(loaded: set[str]) -> list[str]:
+    return sorted(
+        name
+        for name in _NOT_BY_DEFAULT
+        if any(m == name or m.startswith(f"{name}.") for m in loaded)
+    )
+
+
+def test_serve_with_default_backends_imports_none_of_the_others(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    # `embedder` exported the ONNX file into the cache `serve_environment` points at.
+    loaded = _loaded_at_serving(serve_environment(tmp_path))
+
+    assert _heavy(loaded) == []
+    assert {"onnxruntime", "tokenizers", "qdrant_edge", "grpc"} <= loaded
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "imported"),
+    [
+        ("http_port", "0", ["aiohttp.web", "service.transport.http"]),
+        ("qdrant_url", ":memory:", ["qdrant_client"]),
+        ("rate_limit_redis_url", "redis://127.0.0.1:9", ["redis"]),
+    ],
+)
+def test_each_heavy_package_comes_with_the_setting_that_needs_it(
+    tmp_path: Path, embedder: Embedder, setting: str, value: str, imported: list[str]
+) -> None:
+    loaded = _loaded_at_serving(serve_environment(tmp_path, **{setting: value}))
+
+    assert _heavy(loaded) == imported
 
 
 def test_serve_imports_neither_benchmarks_nor_simulator(tmp_path: Path) -> None:

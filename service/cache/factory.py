@@ -1,9 +1,12 @@
-"""The one place a vector store backend is chosen."""
+"""The one place a vector store backend is chosen.
+
+qdrant-client is imported only when a Qdrant server is configured, so the
+embedded default does not pay for it at start-up.
+"""
 
 from __future__ import annotations
 
 from service.cache.edge_store import EdgeVectorStore
-from service.cache.qdrant_store import QdrantVectorStore
 from service.cache.store import VectorStore
 from service.config import Settings
 
@@ -16,6 +19,8 @@ async def build_store(settings: Settings, dim: int) -> VectorStore:
             `on_store_damage` is "refuse".
     """
     if settings.qdrant_url:
+        from service.cache.qdrant_store import QdrantVectorStore
+
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return await QdrantVectorStore.open(
             settings.qdrant_url,
