@@ -75,6 +75,11 @@ class SemanticCacheServiceStub:
                 request_serializer=semcache_dot_v1_dot_semcache__pb2.PutEntriesRequest.SerializeToString,
                 response_deserializer=semcache_dot_v1_dot_semcache__pb2.PutEntriesResponse.FromString,
                 _registered_method=True)
+        self.SubmitFeedback = channel.unary_unary(
+                '/semcache.v1.SemanticCacheService/SubmitFeedback',
+                request_serializer=semcache_dot_v1_dot_semcache__pb2.SubmitFeedbackRequest.SerializeToString,
+                response_deserializer=semcache_dot_v1_dot_semcache__pb2.SubmitFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class SemanticCacheServiceServicer:
@@ -147,6 +152,19 @@ class SemanticCacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitFeedback(self, request, context):
+        """An application's verdict on an answer it was given (a user's thumbs up or
+        down), by the `entry_id` or the `request_id` its response carried. It is
+        evidence for the error-budget decision: a "wrong" on a served semantic hit
+        stops that entry from answering that neighbourhood at once. A tenant call:
+        the entry must be the caller's tenant's (another tenant's entry, or an
+        unknown id, is NOT_FOUND); a request id must name a response this replica
+        served. A malformed id, no id, or no verdict is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SemanticCacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +202,11 @@ def add_SemanticCacheServiceServicer_to_server(servicer, server):
                     servicer.PutEntries,
                     request_deserializer=semcache_dot_v1_dot_semcache__pb2.PutEntriesRequest.FromString,
                     response_serializer=semcache_dot_v1_dot_semcache__pb2.PutEntriesResponse.SerializeToString,
+            ),
+            'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitFeedback,
+                    request_deserializer=semcache_dot_v1_dot_semcache__pb2.SubmitFeedbackRequest.FromString,
+                    response_serializer=semcache_dot_v1_dot_semcache__pb2.SubmitFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -381,6 +404,33 @@ class SemanticCacheService:
             '/semcache.v1.SemanticCacheService/PutEntries',
             semcache_dot_v1_dot_semcache__pb2.PutEntriesRequest.SerializeToString,
             semcache_dot_v1_dot_semcache__pb2.PutEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semcache.v1.SemanticCacheService/SubmitFeedback',
+            semcache_dot_v1_dot_semcache__pb2.SubmitFeedbackRequest.SerializeToString,
+            semcache_dot_v1_dot_semcache__pb2.SubmitFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

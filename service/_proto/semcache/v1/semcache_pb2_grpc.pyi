@@ -70,6 +70,15 @@ class SemanticCacheServiceStub:
     be, so exact and semantic lookups in that scope find it. One bad entry does
     not stop the others: each gets its entry_id or its error, in order.
     """
+    SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_semcache_pb2.SubmitFeedbackRequest, _semcache_pb2.SubmitFeedbackResponse]
+    """An application's verdict on an answer it was given (a user's thumbs up or
+    down), by the `entry_id` or the `request_id` its response carried. It is
+    evidence for the error-budget decision: a "wrong" on a served semantic hit
+    stops that entry from answering that neighbourhood at once. A tenant call:
+    the entry must be the caller's tenant's (another tenant's entry, or an
+    unknown id, is NOT_FOUND); a request id must name a response this replica
+    served. A malformed id, no id, or no verdict is INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class SemanticCacheServiceAsyncStub(SemanticCacheServiceStub):
@@ -112,6 +121,15 @@ class SemanticCacheServiceAsyncStub(SemanticCacheServiceStub):
     parameters, namespace), exactly as an upstream answer to that request would
     be, so exact and semantic lookups in that scope find it. One bad entry does
     not stop the others: each gets its entry_id or its error, in order.
+    """
+    SubmitFeedback: _aio.UnaryUnaryMultiCallable[_semcache_pb2.SubmitFeedbackRequest, _semcache_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
+    """An application's verdict on an answer it was given (a user's thumbs up or
+    down), by the `entry_id` or the `request_id` its response carried. It is
+    evidence for the error-budget decision: a "wrong" on a served semantic hit
+    stops that entry from answering that neighbourhood at once. A tenant call:
+    the entry must be the caller's tenant's (another tenant's entry, or an
+    unknown id, is NOT_FOUND); a request id must name a response this replica
+    served. A malformed id, no id, or no verdict is INVALID_ARGUMENT.
     """
 
 class SemanticCacheServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -194,6 +212,21 @@ class SemanticCacheServiceServicer(metaclass=_abc_1.ABCMeta):
         parameters, namespace), exactly as an upstream answer to that request would
         be, so exact and semantic lookups in that scope find it. One bad entry does
         not stop the others: each gets its entry_id or its error, in order.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitFeedback(
+        self,
+        request: _semcache_pb2.SubmitFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_semcache_pb2.SubmitFeedbackResponse, _abc.Awaitable[_semcache_pb2.SubmitFeedbackResponse]]:
+        """An application's verdict on an answer it was given (a user's thumbs up or
+        down), by the `entry_id` or the `request_id` its response carried. It is
+        evidence for the error-budget decision: a "wrong" on a served semantic hit
+        stops that entry from answering that neighbourhood at once. A tenant call:
+        the entry must be the caller's tenant's (another tenant's entry, or an
+        unknown id, is NOT_FOUND); a request id must name a response this replica
+        served. A malformed id, no id, or no verdict is INVALID_ARGUMENT.
         """
 
 def add_SemanticCacheServiceServicer_to_server(servicer: SemanticCacheServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

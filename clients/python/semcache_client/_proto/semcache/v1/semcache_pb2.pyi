@@ -84,6 +84,34 @@ CACHE_STATUS_BYPASS: CacheStatus.ValueType  # 4
 """The caller asked to bypass the cache."""
 Global___CacheStatus: _TypeAlias = CacheStatus  # noqa: Y015
 
+class _FeedbackVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeedbackVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedbackVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEEDBACK_VERDICT_UNSPECIFIED: _FeedbackVerdict.ValueType  # 0
+    """Not set: refused with INVALID_ARGUMENT."""
+    FEEDBACK_VERDICT_CORRECT: _FeedbackVerdict.ValueType  # 1
+    """The answer was right for the question asked."""
+    FEEDBACK_VERDICT_WRONG: _FeedbackVerdict.ValueType  # 2
+    """The answer was wrong for the question asked; a served semantic hit's entry
+    stops answering that neighbourhood at once.
+    """
+
+class FeedbackVerdict(_FeedbackVerdict, metaclass=_FeedbackVerdictEnumTypeWrapper):
+    """What an application says of an answer it was given."""
+
+FEEDBACK_VERDICT_UNSPECIFIED: FeedbackVerdict.ValueType  # 0
+"""Not set: refused with INVALID_ARGUMENT."""
+FEEDBACK_VERDICT_CORRECT: FeedbackVerdict.ValueType  # 1
+"""The answer was right for the question asked."""
+FEEDBACK_VERDICT_WRONG: FeedbackVerdict.ValueType  # 2
+"""The answer was wrong for the question asked; a served semantic hit's entry
+stops answering that neighbourhood at once.
+"""
+Global___FeedbackVerdict: _TypeAlias = FeedbackVerdict  # noqa: Y015
+
 @_typing.final
 class Message(_message.Message):
     """One chat message."""
@@ -132,6 +160,7 @@ class CompleteRequest(_message.Message):
     RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     TOOLS_JSON_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The question, as a single user message. Set exactly one of prompt or messages."""
     model: _builtins.str
@@ -162,6 +191,12 @@ class CompleteRequest(_message.Message):
     """OpenAI-style tool definitions as a JSON array, passed through to the provider."""
     tool_choice: _builtins.str
     """"auto", "none", "required", or a JSON object naming a function."""
+    max_error_rate: _builtins.float
+    """The largest estimated probability (0 to 1) that a semantic hit's answer is
+    wrong at which this request may be served from the cache. Raise-only
+    strictness, like similarity_min: it tightens SEMCACHE_MAX_ERROR_RATE (or the
+    namespace's delta), never loosens it; unset uses the service's budget.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
         """A conversation ending with a user message. Set exactly one of prompt or messages."""
@@ -187,11 +222,14 @@ class CompleteRequest(_message.Message):
         response_format: _builtins.str = ...,
         tools_json: _builtins.str = ...,
         tool_choice: _builtins.str = ...,
+        max_error_rate: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_similarity_min", b"_similarity_min", "_temperature", b"_temperature", "_top_p", b"_top_p", "_ttl_s", b"_ttl_s", "max_tokens", b"max_tokens", "similarity_min", b"similarity_min", "temperature", b"temperature", "top_p", b"top_p", "ttl_s", b"ttl_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate", "_max_tokens", b"_max_tokens", "_similarity_min", b"_similarity_min", "_temperature", b"_temperature", "_top_p", b"_top_p", "_ttl_s", b"_ttl_s", "max_error_rate", b"max_error_rate", "max_tokens", b"max_tokens", "similarity_min", b"similarity_min", "temperature", b"temperature", "top_p", b"top_p", "ttl_s", b"ttl_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_similarity_min", b"_similarity_min", "_temperature", b"_temperature", "_top_p", b"_top_p", "_ttl_s", b"_ttl_s", "cache_policy", b"cache_policy", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "namespace", b"namespace", "prompt", b"prompt", "response_format", b"response_format", "similarity_min", b"similarity_min", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools_json", b"tools_json", "top_p", b"top_p", "ttl_s", b"ttl_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate", "_max_tokens", b"_max_tokens", "_similarity_min", b"_similarity_min", "_temperature", b"_temperature", "_top_p", b"_top_p", "_ttl_s", b"_ttl_s", "cache_policy", b"cache_policy", "max_error_rate", b"max_error_rate", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "namespace", b"namespace", "prompt", b"prompt", "response_format", b"response_format", "similarity_min", b"similarity_min", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools_json", b"tools_json", "top_p", b"top_p", "ttl_s", b"ttl_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_error_rate: _TypeAlias = _typing.Literal["max_error_rate"]  # noqa: Y015
+    _WhichOneofArgType__max_error_rate: _TypeAlias = _typing.Literal["_max_error_rate", b"_max_error_rate"]  # noqa: Y015
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
     _WhichOneofReturnType__similarity_min: _TypeAlias = _typing.Literal["similarity_min"]  # noqa: Y015
@@ -202,6 +240,8 @@ class CompleteRequest(_message.Message):
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     _WhichOneofReturnType__ttl_s: _TypeAlias = _typing.Literal["ttl_s"]  # noqa: Y015
     _WhichOneofArgType__ttl_s: _TypeAlias = _typing.Literal["_ttl_s", b"_ttl_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_error_rate) -> _WhichOneofReturnType__max_error_rate | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
     @_typing.overload
@@ -268,6 +308,7 @@ class CompleteResponse(_message.Message):
     UPSTREAM_ATTEMPTS_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_JSON_FIELD_NUMBER: _builtins.int
     ENTRY_ID_FIELD_NUMBER: _builtins.int
+    ERROR_PROBABILITY_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """The answer's text (empty when the model only asked for tool calls)."""
     model: _builtins.str
@@ -310,6 +351,10 @@ class CompleteResponse(_message.Message):
     answer that may not be cached, or a store that refused it). In a stream's
     final message it is the id the answer is stored as once that message is sent.
     """
+    error_probability: _builtins.float
+    """A semantic hit's estimated probability (0 to 1) that its answer is wrong,
+    given all the evidence on its entry; 0 for an exact hit, a miss or a bypass.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Usage of the upstream call (for a hit: of the original call that produced the answer)."""
@@ -334,10 +379,11 @@ class CompleteResponse(_message.Message):
         upstream_attempts: _builtins.int = ...,
         tool_calls_json: _builtins.str = ...,
         entry_id: _builtins.str = ...,
+        error_probability: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_detail", b"cache_detail", "cache_status", b"cache_status", "content", b"content", "cost_saved_usd", b"cost_saved_usd", "cost_usd", b"cost_usd", "entry_id", b"entry_id", "finish_reason", b"finish_reason", "latency_ms", b"latency_ms", "model", b"model", "request_id", b"request_id", "route_reason", b"route_reason", "route_score", b"route_score", "similarity", b"similarity", "tier", b"tier", "tool_calls_json", b"tool_calls_json", "upstream_attempts", b"upstream_attempts", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_detail", b"cache_detail", "cache_status", b"cache_status", "content", b"content", "cost_saved_usd", b"cost_saved_usd", "cost_usd", b"cost_usd", "entry_id", b"entry_id", "error_probability", b"error_probability", "finish_reason", b"finish_reason", "latency_ms", b"latency_ms", "model", b"model", "request_id", b"request_id", "route_reason", b"route_reason", "route_score", b"route_score", "similarity", b"similarity", "tier", b"tier", "tool_calls_json", b"tool_calls_json", "upstream_attempts", b"upstream_attempts", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -418,6 +464,7 @@ class GetCacheStatsResponse(_message.Message):
     STORING_PAUSED_FIELD_NUMBER: _builtins.int
     STORING_PAUSED_REASON_FIELD_NUMBER: _builtins.int
     STORE_MISSING_ENTRIES_FIELD_NUMBER: _builtins.int
+    VERIFICATION_FIELD_NUMBER: _builtins.int
     entries: _builtins.int
     """Live (unexpired) cached entries."""
     exact_hits: _builtins.int
@@ -449,6 +496,12 @@ class GetCacheStatsResponse(_message.Message):
     def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantStats]:
         """With all_tenants (admin): one entry per tenant this replica has seen."""
 
+    @_builtins.property
+    def verification(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamespaceVerification]:
+        """Error-budget verification per namespace of the tenant, on this replica since it
+        started: one row per namespace the decision has seen (only `namespace` when set).
+        """
+
     def __init__(
         self,
         *,
@@ -465,10 +518,11 @@ class GetCacheStatsResponse(_message.Message):
         storing_paused: _builtins.bool = ...,
         storing_paused_reason: _builtins.str = ...,
         store_missing_entries: _builtins.int = ...,
+        verification: _abc.Iterable[Global___NamespaceVerification] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "cost_saved_usd", b"cost_saved_usd", "cost_spent_usd", b"cost_spent_usd", "entries", b"entries", "exact_hits", b"exact_hits", "hit_rate", b"hit_rate", "misses", b"misses", "semantic_hits", b"semantic_hits", "store_missing_entries", b"store_missing_entries", "storing_paused", b"storing_paused", "storing_paused_reason", b"storing_paused_reason", "tenant", b"tenant", "tenants", b"tenants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "cost_saved_usd", b"cost_saved_usd", "cost_spent_usd", b"cost_spent_usd", "entries", b"entries", "exact_hits", b"exact_hits", "hit_rate", b"hit_rate", "misses", b"misses", "semantic_hits", b"semantic_hits", "store_missing_entries", b"store_missing_entries", "storing_paused", b"storing_paused", "storing_paused_reason", b"storing_paused_reason", "tenant", b"tenant", "tenants", b"tenants", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -494,6 +548,7 @@ class TenantStats(_message.Message):
     STORING_PAUSED_FIELD_NUMBER: _builtins.int
     STORING_PAUSED_REASON_FIELD_NUMBER: _builtins.int
     STORE_MISSING_ENTRIES_FIELD_NUMBER: _builtins.int
+    VERIFICATION_FIELD_NUMBER: _builtins.int
     entries: _builtins.int
     """Live (unexpired) cached entries of the tenant."""
     exact_hits: _builtins.int
@@ -518,6 +573,10 @@ class TenantStats(_message.Message):
     """As GetCacheStatsResponse.storing_paused_reason."""
     store_missing_entries: _builtins.int
     """As GetCacheStatsResponse.store_missing_entries."""
+    @_builtins.property
+    def verification(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamespaceVerification]:
+        """As GetCacheStatsResponse.verification, for this tenant."""
+
     def __init__(
         self,
         *,
@@ -533,14 +592,99 @@ class TenantStats(_message.Message):
         storing_paused: _builtins.bool = ...,
         storing_paused_reason: _builtins.str = ...,
         store_missing_entries: _builtins.int = ...,
+        verification: _abc.Iterable[Global___NamespaceVerification] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "cost_saved_usd", b"cost_saved_usd", "cost_spent_usd", b"cost_spent_usd", "entries", b"entries", "exact_hits", b"exact_hits", "hit_rate", b"hit_rate", "misses", b"misses", "semantic_hits", b"semantic_hits", "store_missing_entries", b"store_missing_entries", "storing_paused", b"storing_paused", "storing_paused_reason", b"storing_paused_reason", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "cost_saved_usd", b"cost_saved_usd", "cost_spent_usd", b"cost_spent_usd", "entries", b"entries", "exact_hits", b"exact_hits", "hit_rate", b"hit_rate", "misses", b"misses", "semantic_hits", b"semantic_hits", "store_missing_entries", b"store_missing_entries", "storing_paused", b"storing_paused", "storing_paused_reason", b"storing_paused_reason", "tenant", b"tenant", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TenantStats: _TypeAlias = TenantStats  # noqa: Y015
+
+@_typing.final
+class NamespaceVerification(_message.Message):
+    """What the error-budget decision saw in one namespace of a tenant, on the replica
+    that answered, since it started. The error rate is wrong answers / requests.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    SEMANTIC_SERVED_FIELD_NUMBER: _builtins.int
+    EXPECTED_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    AUDITED_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    AUDITED_ERROR_RATE_LOW_FIELD_NUMBER: _builtins.int
+    AUDITED_ERROR_RATE_HIGH_FIELD_NUMBER: _builtins.int
+    EXPLORED_FIELD_NUMBER: _builtins.int
+    AUDITS_FIELD_NUMBER: _builtins.int
+    AUDIT_WRONG_FIELD_NUMBER: _builtins.int
+    JUDGED_SAME_FIELD_NUMBER: _builtins.int
+    JUDGED_WRONG_FIELD_NUMBER: _builtins.int
+    FEEDBACK_CORRECT_FIELD_NUMBER: _builtins.int
+    FEEDBACK_WRONG_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace these counters are for."""
+    requests: _builtins.int
+    """Lookups the decision saw (bypasses excluded)."""
+    semantic_served: _builtins.int
+    """Semantic hits served."""
+    expected_error_rate: _builtins.float
+    """The decision's own estimate of the error rate: the sum of error_probability
+    over the semantic hits served, divided by requests. Only as good as its model.
+    """
+    audited_error_rate: _builtins.float
+    """The audited estimate of the error rate, which does not trust the model: the
+    share of audits judged wrong times the share of requests served semantically.
+    """
+    audited_error_rate_low: _builtins.float
+    """Low end of audited_error_rate's 95% (Wilson) confidence interval."""
+    audited_error_rate_high: _builtins.float
+    """High end of audited_error_rate's 95% (Wilson) confidence interval (the
+    served share itself while there are no audits).
+    """
+    explored: _builtins.int
+    """Upstream calls made to judge an uncertain candidate (audits included): the
+    exploration budget spent.
+    """
+    audits: _builtins.int
+    """Of explored: would-be hits explored at random to check the decision."""
+    audit_wrong: _builtins.int
+    """Of audits: those the answer judge found wrong."""
+    judged_same: _builtins.int
+    """Explorations whose fresh answer the judge found the same as the cached one."""
+    judged_wrong: _builtins.int
+    """Explorations whose fresh answer the judge found different from the cached one."""
+    feedback_correct: _builtins.int
+    """SubmitFeedback calls with verdict CORRECT."""
+    feedback_wrong: _builtins.int
+    """SubmitFeedback calls with verdict WRONG."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        semantic_served: _builtins.int = ...,
+        expected_error_rate: _builtins.float = ...,
+        audited_error_rate: _builtins.float = ...,
+        audited_error_rate_low: _builtins.float = ...,
+        audited_error_rate_high: _builtins.float = ...,
+        explored: _builtins.int = ...,
+        audits: _builtins.int = ...,
+        audit_wrong: _builtins.int = ...,
+        judged_same: _builtins.int = ...,
+        judged_wrong: _builtins.int = ...,
+        feedback_correct: _builtins.int = ...,
+        feedback_wrong: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_wrong", b"audit_wrong", "audited_error_rate", b"audited_error_rate", "audited_error_rate_high", b"audited_error_rate_high", "audited_error_rate_low", b"audited_error_rate_low", "audits", b"audits", "expected_error_rate", b"expected_error_rate", "explored", b"explored", "feedback_correct", b"feedback_correct", "feedback_wrong", b"feedback_wrong", "judged_same", b"judged_same", "judged_wrong", b"judged_wrong", "namespace", b"namespace", "requests", b"requests", "semantic_served", b"semantic_served"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamespaceVerification: _TypeAlias = NamespaceVerification  # noqa: Y015
 
 @_typing.final
 class InvalidateCacheRequest(_message.Message):
@@ -895,3 +1039,65 @@ class PutEntriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PutEntriesResponse: _TypeAlias = PutEntriesResponse  # noqa: Y015
+
+@_typing.final
+class SubmitFeedbackRequest(_message.Message):
+    """Which answer SubmitFeedback judges, and the verdict. Set entry_id, request_id,
+    or both (they must then name the same entry).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.str
+    """The `entry_id` of a CompleteResponse (a UUID): judges the cached answer itself."""
+    request_id: _builtins.str
+    """The `request_id` of a CompleteResponse served by this replica: judges the
+    answer at the similarity it was served at (the most useful evidence).
+    """
+    verdict: Global___FeedbackVerdict.ValueType
+    """CORRECT or WRONG."""
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        verdict: Global___FeedbackVerdict.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "request_id", b"request_id", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitFeedbackRequest: _TypeAlias = SubmitFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class SubmitFeedbackResponse(_message.Message):
+    """What SubmitFeedback recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.str
+    """The entry the verdict was recorded on."""
+    score: _builtins.float
+    """The guard score the answer was served at (1.0 when judged by entry_id alone,
+    or for an exact hit or a stored answer).
+    """
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.str = ...,
+        score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitFeedbackResponse: _TypeAlias = SubmitFeedbackResponse  # noqa: Y015
