@@ -1,4 +1,4 @@
-"""The `semcache bench load|overhead|compare|gptcache|grouping|scale|peers|readme` subcommands.
+"""The `semcache bench load|overhead|compare|gptcache|grouping|scale|peers|startup|readme` commands.
 
 `add_bench_commands(benches)` adds them to the `bench` subparsers of
 `service.cli.build_parser`; until that one line is wired in, the same
@@ -122,6 +122,13 @@ def _cmd_peers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_startup(args: argparse.Namespace) -> int:
+    from benchmarks.startup import run
+
+    print(run(Path(args.out), args.runs, args.embedding_backend))
+    return 0
+
+
 def _data(args: argparse.Namespace) -> Path | None:
     return Path(args.data) if args.data else None
 
@@ -153,7 +160,7 @@ def _common(parser: argparse.ArgumentParser, out: str) -> None:
 
 
 def add_bench_commands(benches: Any) -> None:
-    """Add load, overhead, compare, gptcache, grouping, scale, peers and readme to `bench`."""
+    """Add load, overhead, compare, gptcache, grouping, scale, peers, startup, readme to `bench`."""
     load = benches.add_parser("load", help="Zipf workload and hit phases through gRPC, swept")
     load.add_argument("--pairs", type=int, default=2000, help="distinct duplicate pairs")
     load.add_argument("--requests", type=int, default=1000, help="requests per Zipf phase")
@@ -237,6 +244,14 @@ def add_bench_commands(benches: Any) -> None:
     peers.add_argument("--warmup", type=int, default=20, help="unmeasured calls per gateway")
     _common(peers, "bench-results/peers")
     peers.set_defaults(run=_cmd_peers)
+
+    startup = benches.add_parser(
+        "startup", help="spawn to first SERVING health check, vs a bare gRPC server's"
+    )
+    startup.add_argument("--runs", type=int, default=10, help="starts of each configuration")
+    startup.add_argument("--out", default="bench-results/startup", help="folder for the results")
+    startup.add_argument("--embedding-backend", choices=BACKENDS, default="onnx-int8")
+    startup.set_defaults(run=_cmd_startup)
 
     readme = benches.add_parser(
         "readme", help="rewrite README.md's benchmark tables from the results in docs/bench"
