@@ -187,6 +187,7 @@ def _check_cache_controls(request: CompletionRequest, limits: Limits) -> None:
             f"ttl_s is {request.ttl_s}; use 1 to {limits.max_ttl_s} seconds, or leave it unset"
         )
     _check_range("similarity_min", request.similarity_min, 0.0, 1.0)
+    _check_range("max_error_rate", request.max_error_rate, 0.0, 1.0)
 
 
 def _check_range(name: str, value: float | None, low: float, high: float) -> None:

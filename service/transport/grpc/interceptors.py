@@ -82,9 +82,17 @@ BACKLOG_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
+# The longest `x-request-id` a caller's own id may be (longer: a new one is made).
+MAX_REQUEST_ID_CHARS = 128
+
+
 def _request_id(details: grpc.HandlerCallDetails) -> str:
     for key, value in details.invocation_metadata or ():
-        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
+        if (
+            key == "x-request-id"
+            and isinstance(value, str)
+            and 0 < len(value) <= MAX_REQUEST_ID_CHARS
+        ):
             return value
     return uuid.uuid4().hex
 

@@ -19,13 +19,19 @@ from service.domain import (
     ChatMessage,
     Completion,
     CompletionRequest,
+    Feedback,
+    FeedbackVerdict,
     SamplingParams,
 )
 from service.errors import InvalidRequestError
-from service.pipeline.admin import CacheAdmin, Invalidation, TenantStats
+from service.pipeline.admin import CacheAdmin, Invalidation, NamespaceVerification, TenantStats
 from service.pipeline.request import RequestPipeline
 from service.pipeline.seed import SeedScope, seeds_for
-from service.transport.grpc.interceptors import request_id_var, rpc_outcome_var
+from service.transport.grpc.interceptors import (
+    MAX_REQUEST_ID_CHARS,
+    request_id_var,
+    rpc_outcome_var,
+)
 from service.transport.grpc.status import item_status
 
 
@@ -45,6 +51,10 @@ _POLICIES: dict[int, CachePolicy] = {
     pb.CACHE_POLICY_BYPASS: CachePolicy.BYPASS,
     pb.CACHE_POLICY_REFRESH: CachePolicy.REFRESH,
     pb.CACHE_POLICY_NO_STORE: CachePolicy.NO_STORE,
+}
+_VERDICTS: dict[int, FeedbackVerdict] = {
+    pb.FEEDBACK_VERDICT_CORRECT: FeedbackVerdict.CORRECT,
+    pb.FEEDBACK_VERDICT_WRONG: FeedbackVerdict.WRONG,
 }
 _STATUSES = {
     CacheStatus.MISS: pb.CACHE_STATUS_MISS,
@@ -78,8 +88,13 @@ def _policy(value: int) -> CachePolicy:
     return policy
 
 
-def to_request(request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> CompletionRequest:
-    """The domain request for a CompleteRequest, with the caller's tenant and deadline."""
+def to_request(
+    request: pb.CompleteRequest, context: grpc.aio.ServicerContext, request_id: str | None = None
+) -> CompletionRequest:
+    """The domain request for a CompleteRequest, with the caller's tenant and deadline.
+
+    `request_id` is the answer's id for feedback; None: this RPC's (the interceptor's).
+    """
     sampling = SamplingParams(
         temperature=request.temperature if request.HasField("temperature") else None,
         max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
@@ -99,11 +114,16 @@ def to_request(request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -
         deadline_s=context.time_remaining(),
         ttl_s=request.ttl_s if request.HasField("ttl_s") else None,
         similarity_min=request.similarity_min if request.HasField("similarity_min") else None,
+        max_error_rate=request.max_error_rate if request.HasField("max_error_rate") else None,
+        request_id=request_id_var.get() if request_id is None else request_id,
     )
 
 
-def to_response(completion: Completion) -> pb.CompleteResponse:
-    """The CompleteResponse for `completion`; also notes the outcome for the RPC's metrics."""
+def to_response(completion: Completion, request_id: str | None = None) -> pb.CompleteResponse:
+    """The CompleteResponse for `completion`; also notes the outcome for the RPC's metrics.
+
+    `request_id` is the one its request carried; None: this RPC's.
+    """
     rpc_outcome_var.set((completion.cache_status.value, completion.model))
     usage = completion.usage
     return pb.CompleteResponse(
@@ -120,7 +140,7 @@ def to_response(completion: Completion) -> pb.CompleteResponse:
         cost_usd=completion.cost_usd,
         cost_saved_usd=completion.cost_saved_usd,
         finish_reason=completion.finish_reason,
-        request_id=request_id_var.get(),
+        request_id=request_id_var.get() if request_id is None else request_id,
         cache_detail=completion.cache_detail,
         tool_calls_json=completion.tool_calls_json,
         tier=completion.tier,
@@ -128,22 +148,49 @@ def to_response(completion: Completion) -> pb.CompleteResponse:
         route_score=completion.route_score,
         upstream_attempts=completion.upstream_attempts,
         entry_id=completion.entry_id,
+        error_probability=completion.error_probability,
     )
 
 
+def batch_item_id(request_id: str, index: int) -> str:
+    """The request id of item `index` of a batch whose RPC is `request_id`: each item's
+    answer gets its own, so feedback by request id names one answer (at most 128 chars)."""
+    suffix = f".{index}"
+    return request_id[: MAX_REQUEST_ID_CHARS - len(suffix)] + suffix
+
+
 def _to_request_or_error(
-    request: pb.CompleteRequest, context: grpc.aio.ServicerContext
+    request: pb.CompleteRequest, context: grpc.aio.ServicerContext, request_id: str
 ) -> CompletionRequest | Exception:
     try:
-        return to_request(request, context)
+        return to_request(request, context, request_id)
     except InvalidRequestError as error:
         return error
 
 
-def _item(result: Completion | Exception) -> pb.BatchItemResult:
+def _item(result: Completion | Exception, request_id: str) -> pb.BatchItemResult:
     if isinstance(result, Completion):
-        return pb.BatchItemResult(response=to_response(result))
+        return pb.BatchItemResult(response=to_response(result, request_id))
     return pb.BatchItemResult(status=item_status(result))
+
+
+def to_feedback(request: pb.SubmitFeedbackRequest, tenant: str) -> Feedback:
+    """The domain feedback for a SubmitFeedbackRequest, in the caller's `tenant`.
+
+    Raises:
+        InvalidRequestError: the verdict is unset or not a known FeedbackVerdict.
+    """
+    verdict = _VERDICTS.get(request.verdict)
+    if verdict is None:
+        raise InvalidRequestError(
+            f"verdict is {request.verdict}; send FEEDBACK_VERDICT_CORRECT or FEEDBACK_VERDICT_WRONG"
+        )
+    return Feedback(
+        tenant=tenant,
+        verdict=verdict,
+        entry_id=request.entry_id,
+        request_id=request.request_id,
+    )
 
 
 def _put_result(result: str | Exception) -> pb.PutEntryResult:
@@ -177,6 +224,28 @@ def _tenant_stats(stats: TenantStats) -> pb.TenantStats:
     return pb.TenantStats(**_stats_fields(stats))
 
 
+def namespace_verification(row: NamespaceVerification) -> pb.NamespaceVerification:
+    """One namespace's verification counters as the proto's row."""
+    counters = row.counters
+    audited, low, high = counters.audited_error_rate()
+    return pb.NamespaceVerification(
+        namespace=row.namespace,
+        requests=counters.requests,
+        semantic_served=counters.semantic_served,
+        expected_error_rate=counters.expected_error_rate,
+        audited_error_rate=audited,
+        audited_error_rate_low=low,
+        audited_error_rate_high=high,
+        explored=counters.explored,
+        audits=counters.audits,
+        audit_wrong=counters.audit_wrong,
+        judged_same=counters.judged_same,
+        judged_wrong=counters.judged_wrong,
+        feedback_correct=counters.feedback_correct,
+        feedback_wrong=counters.feedback_wrong,
+    )
+
+
 def _stats_fields(stats: TenantStats) -> dict[str, Any]:
     counters = stats.counters
     return dict(
@@ -192,6 +261,7 @@ def _stats_fields(stats: TenantStats) -> dict[str, Any]:
         storing_paused=not stats.store.writable,
         storing_paused_reason=stats.store.reason,
         store_missing_entries=stats.store.missing_entries,
+        verification=[namespace_verification(row) for row in stats.verification],
     )
 
 
@@ -240,10 +310,16 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
             raise InvalidRequestError("max_concurrency must be 0 (the default) or positive")
         limit = self._batch.max_concurrency
         concurrency = min(request.max_concurrency or limit, limit)
-        domain = [_to_request_or_error(item, context) for item in items]
+        ids = [batch_item_id(request_id_var.get(), index) for index in range(len(items))]
+        domain = [
+            _to_request_or_error(item, context, i) for item, i in zip(items, ids, strict=True)
+        ]
         valid = [d for d in domain if isinstance(d, CompletionRequest)]
         answers = iter(await self._pipeline.complete_many(valid, concurrency))
-        results = [_item(d if isinstance(d, Exception) else next(answers)) for d in domain]
+        results = [
+            _item(d if isinstance(d, Exception) else next(answers), i)
+            for d, i in zip(domain, ids, strict=True)
+        ]
         # Each item's lookup was counted where it happened; the RPC has no one outcome.
         rpc_outcome_var.set(("none", ""))
         return pb.BatchCompleteResponse(results=results)
@@ -295,3 +371,10 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
         results = await self._admin.put_entries(seeds_for(scope, pairs))
         rpc_outcome_var.set(("none", ""))
         return pb.PutEntriesResponse(results=[_put_result(r) for r in results])
+
+    async def SubmitFeedback(
+        self, request: pb.SubmitFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitFeedbackResponse:
+        feedback = to_feedback(request, require_principal().tenant)
+        receipt = await self._admin.submit_feedback(feedback)
+        return pb.SubmitFeedbackResponse(entry_id=receipt.entry_id, score=receipt.score)

@@ -24,6 +24,7 @@ from google.rpc.status_pb2 import Status  # type: ignore[import-untyped,unused-i
 from service.errors import (
     AuthenticationError,
     InvalidRequestError,
+    NotFoundError,
     OverloadedError,
     PermissionDeniedError,
     RateLimitedError,
@@ -40,6 +41,7 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 STATUS_BY_ERROR: tuple[tuple[type[SemcacheError], grpc.StatusCode], ...] = (
     # most specific first
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (RateLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -57,7 +57,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     principal = door.principal(request)
     body = await json_body(request)
     streaming = isinstance(body, dict) and body.get("stream") is True
-    chat = parse_chat(body, request.headers, principal.tenant, deadline_s(request, streaming))
+    deadline = deadline_s(request, streaming)
+    chat = parse_chat(body, request.headers, principal.tenant, deadline, call.request_id)
     if chat.stream:
         call.rpc = RPC_STREAM
         return await _stream(request, chat, call)

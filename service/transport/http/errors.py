@@ -3,6 +3,7 @@
     error                    HTTP  OpenAI type            code                  metric code
     UnknownModelError        404   invalid_request_error  model_not_found       INVALID_ARGUMENT
     InvalidRequestError      400   invalid_request_error  invalid_value         INVALID_ARGUMENT
+    NotFoundError            404   invalid_request_error  not_found             NOT_FOUND
     AuthenticationError      401   invalid_request_error  invalid_api_key       UNAUTHENTICATED
     PermissionDeniedError    403   permission_error       permission_denied     PERMISSION_DENIED
     RateLimitedError         429   rate_limit_error       rate_limit_exceeded   RESOURCE_EXHAUSTED
@@ -31,6 +32,7 @@ from typing import Any
 from service.errors import (
     AuthenticationError,
     InvalidRequestError,
+    NotFoundError,
     OverloadedError,
     PermissionDeniedError,
     RateLimitedError,
@@ -68,6 +70,7 @@ HTTP_ERROR_BY_ERROR: tuple[tuple[type[SemcacheError], HttpError], ...] = (
     # most specific first
     (UnknownModelError, HttpError(404, _BAD, "model_not_found", _INVALID)),
     (InvalidRequestError, HttpError(400, _BAD, "invalid_value", _INVALID)),
+    (NotFoundError, HttpError(404, _BAD, "not_found", "NOT_FOUND")),
     (AuthenticationError, HttpError(401, _BAD, "invalid_api_key", "UNAUTHENTICATED")),
     (
         PermissionDeniedError,
@@ -89,7 +92,8 @@ INTERNAL = HttpError(500, _SERVER, "internal_error", "INTERNAL")
 # A domain message that starts with an OpenAI field's name is about that field.
 _LEADING_FIELD = re.compile(
     r"^(?:messages|model|temperature|top_p|max_tokens|stop|n"
-    r"|response_format|tools|tool_choice|ttl_s|similarity_min|namespace)\b"
+    r"|response_format|tools|tool_choice|ttl_s|similarity_min|max_error_rate|namespace"
+    r"|entry_id|request_id|verdict)\b"
 )
 
 

@@ -39,6 +39,7 @@ def extension(completion: Completion, request_id: str) -> dict[str, Any]:
         "upstream_attempts": completion.upstream_attempts,
         "request_id": request_id,
         "entry_id": completion.entry_id,
+        "error_probability": round(completion.error_probability, 6),
     }
 
 
@@ -54,6 +55,7 @@ def completion_headers(completion: Completion, request_id: str) -> dict[str, str
         "x-semcache-model-tier": completion.tier,
         "x-semcache-route-reason": completion.route_reason,
         "x-semcache-entry-id": completion.entry_id,
+        "x-semcache-error-probability": f"{completion.error_probability:.4f}",
     }
 
 

@@ -10,6 +10,7 @@ hand-offs. Routes:
     GET  /live, /live.json         the live page and its numbers
     POST /v1/semcache/entries      seed curated answers (PutEntries)
     DELETE /v1/semcache/entries/{entry_id}   one cached entry (DeleteEntry)
+    POST /v1/semcache/feedback     a verdict on an answer (SubmitFeedback)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from service.startup import bind_problem, one_line
 from service.transport.http.chat import chat_completions, list_models, retrieve_model
 from service.transport.http.door import DOOR, Door, door_middleware
 from service.transport.http.entries import delete_entry, put_entries
+from service.transport.http.feedback import submit_feedback
 from service.transport.http.live import live_json, live_page
 
 log = structlog.get_logger(__name__)
@@ -47,6 +49,7 @@ def build_http_app(app: App, keyring: KeyRing | None) -> web.Application:
     web_app.router.add_get("/live.json", live_json)
     web_app.router.add_post("/v1/semcache/entries", put_entries)
     web_app.router.add_delete("/v1/semcache/entries/{entry_id}", delete_entry)
+    web_app.router.add_post("/v1/semcache/feedback", submit_feedback)
     return web_app
 
 

@@ -32,6 +32,7 @@ CONTROL_HEADERS: dict[str, str] = {
     "namespace": "x-semcache-namespace",
     "ttl_s": "x-semcache-ttl-s",
     "similarity_min": "x-semcache-similarity-min",
+    "max_error_rate": "x-semcache-max-error-rate",
 }
 CACHE_POLICIES: dict[str, CachePolicy] = {
     "default": CachePolicy.DEFAULT,
@@ -61,12 +62,17 @@ class CacheControls:
     namespace: str = DEFAULT_NAMESPACE
     ttl_s: int | None = None
     similarity_min: float | None = None
+    max_error_rate: float | None = None
 
 
 def parse_chat(
-    body: object, headers: Mapping[str, str], tenant: str, deadline_s: float | None
+    body: object,
+    headers: Mapping[str, str],
+    tenant: str,
+    deadline_s: float | None,
+    request_id: str = "",
 ) -> ChatCall:
-    """The domain request for an OpenAI chat-completions body.
+    """The domain request for an OpenAI chat-completions body; `request_id` is the door's.
 
     Raises:
         BadFieldError: a field or cache-control header is malformed; it is named.
@@ -84,6 +90,8 @@ def parse_chat(
         deadline_s=deadline_s,
         ttl_s=controls.ttl_s,
         similarity_min=controls.similarity_min,
+        max_error_rate=controls.max_error_rate,
+        request_id=request_id,
     )
     stream = _optional(body, "stream", bool) or False
     return ChatCall(request, stream, stream and _include_usage(body.get("stream_options")))
@@ -108,6 +116,7 @@ def cache_controls(extension: object, headers: Mapping[str, str]) -> CacheContro
         namespace=_text(*fields["namespace"]) if "namespace" in fields else DEFAULT_NAMESPACE,
         ttl_s=_integer(*fields["ttl_s"]) if "ttl_s" in fields else None,
         similarity_min=_number(*fields["similarity_min"]) if "similarity_min" in fields else None,
+        max_error_rate=_number(*fields["max_error_rate"]) if "max_error_rate" in fields else None,
     )
 
 
