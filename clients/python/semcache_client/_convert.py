@@ -20,9 +20,12 @@ from semcache_client.types import (
     CacheStatus,
     CompleteParams,
     EntryScope,
+    FeedbackReceipt,
+    FeedbackVerdict,
     InvalidateFilters,
     ItemFailure,
     Message,
+    NamespaceVerification,
     Usage,
 )
 
@@ -39,6 +42,10 @@ _STATUSES = {
     pb.CACHE_STATUS_BYPASS: CacheStatus.BYPASS,
 }
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+_VERDICTS = {"correct": pb.FEEDBACK_VERDICT_CORRECT, "wrong": pb.FEEDBACK_VERDICT_WRONG}
+_VERIFICATION_FIELDS = tuple(
+    f.name for f in pb.NamespaceVerification.DESCRIPTOR.fields if f.name != "namespace"
+)
 
 
 def _message(message: Message | tuple[str, str]) -> pb.Message:
@@ -65,7 +72,8 @@ def complete_request(params: CompleteParams) -> pb.CompleteRequest:
         tools_json=params.tools_json or "",
         tool_choice=params.tool_choice or "",
     )
-    for name in ("temperature", "max_tokens", "ttl_s", "similarity_min", "top_p"):
+    optional = ("temperature", "max_tokens", "ttl_s", "similarity_min", "max_error_rate", "top_p")
+    for name in optional:
         value = getattr(params, name)
         if value is not None:
             setattr(request, name, value)
@@ -157,6 +165,7 @@ def answer(response: pb.CompleteResponse) -> Answer:
         upstream_attempts=response.upstream_attempts,
         tool_calls_json=response.tool_calls_json,
         entry_id=response.entry_id,
+        error_probability=response.error_probability,
     )
 
 
@@ -197,4 +206,33 @@ def stats(response: pb.GetCacheStatsResponse | pb.TenantStats) -> CacheStats:
         cost_saved_usd=response.cost_saved_usd,
         cost_spent_usd=response.cost_spent_usd,
         tenants=tuple(stats(nested) for nested in getattr(response, "tenants", ())),
+        verification=tuple(_verification(row) for row in response.verification),
     )
+
+
+def _verification(row: pb.NamespaceVerification) -> NamespaceVerification:
+    values = {name: getattr(row, name) for name in _VERIFICATION_FIELDS}
+    return NamespaceVerification(namespace=row.namespace, **values)
+
+
+def feedback_request(
+    entry_id: str | None, request_id: str | None, verdict: FeedbackVerdict
+) -> pb.SubmitFeedbackRequest:
+    """The SubmitFeedbackRequest for a verdict on an answer.
+
+    Raises:
+        ValueError: `verdict` is not "correct" or "wrong", or neither id is given.
+    """
+    value = _VERDICTS.get(str(verdict).strip().lower())
+    if value is None:
+        raise ValueError(f'unknown verdict {verdict!r}: use "correct" or "wrong"')
+    if not entry_id and not request_id:
+        raise ValueError("give the entry_id or the request_id of an Answer")
+    return pb.SubmitFeedbackRequest(
+        entry_id=entry_id or "", request_id=request_id or "", verdict=value
+    )
+
+
+def feedback_receipt(response: pb.SubmitFeedbackResponse) -> FeedbackReceipt:
+    """What a SubmitFeedback call recorded."""
+    return FeedbackReceipt(entry_id=response.entry_id, score=response.score)

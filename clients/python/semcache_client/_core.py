@@ -25,6 +25,8 @@ from semcache_client.types import (
     CacheStats,
     CompleteParams,
     EntryScope,
+    FeedbackReceipt,
+    FeedbackVerdict,
     InvalidateFilters,
     ItemFailure,
     RequestOptions,
@@ -37,7 +39,13 @@ AUTHORIZATION_KEY = "authorization"
 
 Metadata = tuple[tuple[str, str], ...]
 UnaryRpc = Literal[
-    "Complete", "BatchComplete", "GetCacheStats", "InvalidateCache", "DeleteEntry", "PutEntries"
+    "Complete",
+    "BatchComplete",
+    "GetCacheStats",
+    "InvalidateCache",
+    "DeleteEntry",
+    "PutEntries",
+    "SubmitFeedback",
 ]
 
 
@@ -158,6 +166,18 @@ def delete_entry_call(entry_id: str) -> Unary[bool]:
     """DeleteEntry, for the entry an Answer's `entry_id` names."""
     request = pb.DeleteEntryRequest(entry_id=entry_id)
     return Unary("DeleteEntry", request, _convert.entry_deleted)
+
+
+def feedback_call(
+    entry_id: str | None, request_id: str | None, verdict: FeedbackVerdict
+) -> Unary[FeedbackReceipt]:
+    """SubmitFeedback, for the answer an Answer's `entry_id` or `request_id` names.
+
+    Raises:
+        ValueError: `verdict` is not "correct" or "wrong", or neither id is given.
+    """
+    request = _convert.feedback_request(entry_id, request_id, verdict)
+    return Unary("SubmitFeedback", request, _convert.feedback_receipt)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from semcache_client.types import (
     CacheStats,
     CompleteParams,
     EntryScope,
+    FeedbackReceipt,
+    FeedbackVerdict,
     InvalidateFilters,
     ItemFailure,
     MapOptions,
@@ -229,3 +231,20 @@ class AsyncSemcacheClient(ClientCore[AsyncAnswerStream]):
             InvalidArgument: `entry_id` is not an entry id.
         """
         return await self._unary(_core.delete_entry_call(entry_id), timeout_s)
+
+    async def submit_feedback(
+        self,
+        *,
+        verdict: FeedbackVerdict,
+        entry_id: str | None = None,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> FeedbackReceipt:
+        """A verdict on an answer: `SemcacheClient.submit_feedback`, awaited.
+
+        Raises:
+            InvalidArgument: an id is malformed.
+            NotFound: no such entry or request (or another tenant's entry).
+            ValueError: `verdict` is not "correct" or "wrong", or no id is given.
+        """
+        return await self._unary(_core.feedback_call(entry_id, request_id, verdict), timeout_s)

@@ -6,6 +6,7 @@
     │                      (already retried `retries` times when this reaches you)
     ├── ResourceExhausted  RESOURCE_EXHAUSTED: over a quota; `.retry_after_s` if the server said
     ├── PermissionDenied   PERMISSION_DENIED: the caller may not do this (e.g. admin-only)
+    ├── NotFound           NOT_FOUND: no such entry or request id (SubmitFeedback)
     ├── Unauthenticated    UNAUTHENTICATED: missing or wrong API key
     └── DeadlineExceeded   DEADLINE_EXCEEDED: the call's timeout passed
 
@@ -55,6 +56,10 @@ class PermissionDenied(SemcacheError):
     """The caller is known but may not do this (another tenant's data, an admin call)."""
 
 
+class NotFound(SemcacheError):
+    """The call names something the service does not know (or another tenant's)."""
+
+
 class Unauthenticated(SemcacheError):
     """The API key is missing or not accepted."""
 
@@ -67,6 +72,7 @@ _ERROR_BY_CODE: dict[grpc.StatusCode, type[SemcacheError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
 }

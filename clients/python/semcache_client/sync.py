@@ -20,6 +20,8 @@ from semcache_client.types import (
     CacheStats,
     CompleteParams,
     EntryScope,
+    FeedbackReceipt,
+    FeedbackVerdict,
     InvalidateFilters,
     ItemFailure,
     MapOptions,
@@ -247,3 +249,25 @@ class SemcacheClient(ClientCore[AnswerStream]):
             InvalidArgument: `entry_id` is not an entry id.
         """
         return self._unary(_core.delete_entry_call(entry_id), timeout_s)
+
+    def submit_feedback(
+        self,
+        *,
+        verdict: FeedbackVerdict,
+        entry_id: str | None = None,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> FeedbackReceipt:
+        """Tell the cache whether an answer was right ("correct") or not ("wrong").
+
+        Name the answer by its Answer's `request_id` (best: it says what the answer
+        was served at; it must have come from the same replica) or `entry_id`. A
+        "wrong" on a semantic hit stops that entry from answering that
+        neighbourhood at once.
+
+        Raises:
+            InvalidArgument: an id is malformed.
+            NotFound: no such entry or request (or another tenant's entry).
+            ValueError: `verdict` is not "correct" or "wrong", or no id is given.
+        """
+        return self._unary(_core.feedback_call(entry_id, request_id, verdict), timeout_s)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 import grpc
 
@@ -74,7 +74,10 @@ class Answer:
     hit, 0 on a miss); `latency_ms` is time inside the service; `cost_usd` is
     what this request cost upstream and `cost_saved_usd` what a hit saved.
     `entry_id` is the cache entry it was served from or stored as ("" if
-    none); `delete_entry(entry_id)` removes that entry.
+    none); `delete_entry(entry_id)` removes that entry, and `submit_feedback`
+    judges it (by `entry_id` or `request_id`). `error_probability` is a
+    semantic hit's estimated probability (0 to 1) that its answer is wrong (0
+    for any other answer).
     """
 
     content: str
@@ -94,6 +97,7 @@ class Answer:
     upstream_attempts: int = 0
     tool_calls_json: str = ""
     entry_id: str = ""
+    error_probability: float = 0.0
 
     @property
     def is_hit(self) -> bool:
@@ -110,7 +114,10 @@ class RequestOptions(TypedDict, total=False):
     chooses), `temperature`, `max_tokens`, `top_p` (the provider's defaults),
     `namespace` ("default"), `ttl_s` (`SEMCACHE_TTL_S`, in seconds),
     `similarity_min` (cosine similarity, 0 to 1: the service's floor, which a
-    request can only raise). `messages` replaces the prompt with a
+    request can only raise), `max_error_rate` (the largest estimated
+    probability, 0 to 1, that a semantic hit is wrong at which it may be
+    served: it can only tighten the service's `SEMCACHE_MAX_ERROR_RATE`).
+    `messages` replaces the prompt with a
     conversation ending with a user message; `cache_policy` defaults to
     `CachePolicy.DEFAULT`; `stop` holds at most 4 stop sequences;
     `response_format` is "text" or "json_object"; `tools_json` and
@@ -125,6 +132,7 @@ class RequestOptions(TypedDict, total=False):
     cache_policy: CachePolicy | str
     ttl_s: int | None
     similarity_min: float | None
+    max_error_rate: float | None
     top_p: float | None
     stop: Sequence[str]
     response_format: str | None
@@ -151,6 +159,7 @@ class CompleteParams:
     cache_policy: CachePolicy | str = CachePolicy.DEFAULT
     ttl_s: int | None = None
     similarity_min: float | None = None
+    max_error_rate: float | None = None
     top_p: float | None = None
     stop: Sequence[str] = ()
     response_format: str | None = None
@@ -236,12 +245,54 @@ class ItemFailure:
         return error_for(self.code, message)
 
 
+FeedbackVerdict = Literal["correct", "wrong"]
+
+
+@dataclass(frozen=True)
+class FeedbackReceipt:
+    """What `submit_feedback` recorded: the entry judged, and the guard score it was
+    served at (1.0 when judged by `entry_id` alone, or for an exact hit)."""
+
+    entry_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class NamespaceVerification:
+    """What the error-budget decision saw in one namespace, on the answering replica.
+
+    Error rates are wrong answers / requests: `expected_error_rate` is the
+    decision's own estimate; `audited_error_rate` (with its 95% interval
+    `audited_error_rate_low` to `audited_error_rate_high`) comes from random
+    audits judged against fresh answers. `explored` counts the upstream calls
+    spent judging uncertain candidates (`audits` of them at random);
+    `judged_same` and `judged_wrong` are the judge's verdicts; `feedback_*`
+    count `submit_feedback` verdicts.
+    """
+
+    namespace: str
+    requests: int
+    semantic_served: int
+    expected_error_rate: float
+    audited_error_rate: float
+    audited_error_rate_low: float
+    audited_error_rate_high: float
+    explored: int
+    audits: int
+    audit_wrong: int
+    judged_same: int
+    judged_wrong: int
+    feedback_correct: int
+    feedback_wrong: int
+
+
 @dataclass(frozen=True)
 class CacheStats:
     """Cache counters of one tenant; `tenants` holds every tenant's (admin, `all_tenants`).
 
     `entries` counts live cached answers; the hit and miss counters are the
-    answering replica's since it started.
+    answering replica's since it started; `verification` has a row per namespace
+    the error-budget decision has seen.
     """
 
     tenant: str
@@ -254,3 +305,4 @@ class CacheStats:
     cost_saved_usd: float
     cost_spent_usd: float
     tenants: tuple[CacheStats, ...] = field(default=())
+    verification: tuple[NamespaceVerification, ...] = field(default=())
