@@ -146,11 +146,17 @@ def _serve_failed(line: str, status: int = 1) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from service.simulator import SimulatorConfig, parse_fault_spec, serve_forever
+    from service.simulator import (
+        SimulatorConfig,
+        load_answer_stream,
+        parse_fault_spec,
+        serve_forever,
+    )
 
     configure_logging("console", "info")
     try:
         faults = dict(parse_fault_spec(spec) for spec in args.fault)
+        answers = load_answer_stream(Path(args.answers)) if args.answers else {}
     except ValueError as error:
         print(f"semcache simulate-upstream: {error}", file=sys.stderr)
         return 2
@@ -160,6 +166,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         faults=faults,
         seed=args.seed,
         api_key=args.api_key,
+        answers=answers,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(config, args.host, args.port))
@@ -268,7 +275,8 @@ def _print_answer(answer: Answer, round_trip_ms: float) -> None:
         f" detail={answer.cache_detail or '-'} model={answer.model} tier={answer.tier or '-'}"
         f" route={answer.route_reason or '-'} service={answer.latency_ms:.1f}ms"
         f" round_trip={round_trip_ms:.1f}ms cost=${answer.cost_usd:.6f}"
-        f" saved=${answer.cost_saved_usd:.6f}",
+        f" saved=${answer.cost_saved_usd:.6f} p_wrong={answer.error_probability:.4f}"
+        f" entry={answer.entry_id or '-'} request={answer.request_id}",
         file=sys.stderr,
     )
 
@@ -308,6 +316,7 @@ def _complete_options(args: argparse.Namespace) -> RequestOptions:
         "stop": args.stop,
         "ttl_s": args.ttl_s,
         "similarity_min": args.similarity_min,
+        "max_error_rate": args.max_error_rate,
         "cache_policy": args.cache_policy,
     }
 
@@ -341,6 +350,26 @@ def _cmd_stats(args: argparse.Namespace) -> int:
             f" hit_rate={each.hit_rate:.3f} cost_saved_usd={each.cost_saved_usd:.6f}"
             f" cost_spent_usd={each.cost_spent_usd:.6f}"
         )
+        for row in each.verification:
+            print(
+                f"  namespace={row.namespace} requests={row.requests}"
+                f" semantic_served={row.semantic_served}"
+                f" expected_error_rate={row.expected_error_rate:.4f}"
+                f" audited_error_rate={row.audited_error_rate:.4f}"
+                f" [{row.audited_error_rate_low:.4f}, {row.audited_error_rate_high:.4f}]"
+                f" explored={row.explored} audits={row.audits} audit_wrong={row.audit_wrong}"
+                f" judged_same={row.judged_same} judged_wrong={row.judged_wrong}"
+                f" feedback_correct={row.feedback_correct} feedback_wrong={row.feedback_wrong}"
+            )
+    return 0
+
+
+def _cmd_feedback(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        receipt = client.submit_feedback(
+            verdict=args.verdict, entry_id=args.entry_id, request_id=args.request_id
+        )
+    print(f"recorded {args.verdict} on entry {receipt.entry_id} (score {receipt.score:.4f})")
     return 0
 
 
@@ -440,6 +469,7 @@ def _add_complete_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--similarity-min", type=float, help="raise the cosine a cached question must reach"
     )
+    parser.add_argument("--max-error-rate", type=float, help="tighten the error budget (0-1)")
     parser.add_argument("--cache-policy", choices=_POLICIES, default="default")
     parser.add_argument(  # the flag's old name
         "--policy",
@@ -560,6 +590,16 @@ def _add_client_commands(commands: Any) -> None:
     seed.add_argument("--batch-size", type=int, default=100, help="entries per PutEntries call")
     _client_arguments(seed)
     seed.set_defaults(run=lambda a: _run_client(_cmd_import, a))
+    _add_feedback_command(commands)
+
+
+def _add_feedback_command(commands: Any) -> None:
+    feedback = commands.add_parser("feedback", help="tell the cache an answer was right or wrong")
+    feedback.add_argument("--entry-id", help="the answer's entry id (entry= of complete)")
+    feedback.add_argument("--request-id", help="the answer's request id (same replica)")
+    feedback.add_argument("--verdict", choices=("correct", "wrong"), required=True)
+    _client_arguments(feedback)
+    feedback.set_defaults(run=lambda a: _run_client(_cmd_feedback, a))
 
 
 def _add_operator_commands(commands: Any) -> None:
@@ -622,6 +662,12 @@ def _add_calibrate_and_simulate_commands(commands: Any) -> None:
     )
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--api-key", help="require this bearer key")
+    simulate.add_argument(
+        "--answers",
+        metavar="FILE",
+        help='a {"q", "cluster"} JSONL stream: answer each question in it with its'
+        " cluster's canned answer, ANSWER[<cluster>]: ... (others as without it)",
+    )
     simulate.set_defaults(run=_cmd_simulate)
 
 

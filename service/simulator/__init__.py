@@ -9,6 +9,7 @@ reaches a real provider.
 
 from service.simulator.answers import count_tokens
 from service.simulator.app import UpstreamSimulator, serve_forever
+from service.simulator.canned import load_answer_stream
 from service.simulator.config import (
     ANY_MODEL,
     FaultConfig,
@@ -28,6 +29,7 @@ __all__ = [
     "UpstreamSimulator",
     "count_tokens",
     "default_models",
+    "load_answer_stream",
     "parse_fault_spec",
     "serve_forever",
 ]

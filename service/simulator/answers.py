@@ -18,9 +18,11 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from service.simulator.canned import canned_answer, cluster_of
 
 FinishReason = Literal["stop", "length"]
 
@@ -95,22 +97,42 @@ def chat_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
     return text_tokens + _REPLY_PRIMING_TOKENS
 
 
-def compose_answer(model: str, messages: Sequence[ChatMessage], max_tokens: int | None) -> Answer:
+def compose_answer(
+    model: str,
+    messages: Sequence[ChatMessage],
+    max_tokens: int | None,
+    canned: Mapping[str, str] | None = None,
+) -> Answer:
     """The answer `model` gives to `messages`, cut to `max_tokens` if set.
 
-    The text opens with the model name and the last user question, then adds
-    filler sentences up to a length drawn from 20 to 80 tokens.
+    A last user question found in `canned` (normalised question -> cluster, see
+    `service.simulator.canned`) gets its cluster's canned answer, whatever the model.
+    Otherwise the text opens with the model name and the last user question, then
+    adds filler sentences up to a length drawn from 20 to 80 tokens.
     """
+    cluster = cluster_of(canned, _last_user_text(messages)) if canned else None
+    if cluster is not None:
+        tokens = split_tokens(canned_answer(cluster))
+    else:
+        tokens = _generated_tokens(model, messages)
+    if max_tokens is not None and len(tokens) > max_tokens:
+        return Answer(tuple(tokens[:max_tokens]), "length")
+    return Answer(tuple(tokens), "stop")
+
+
+def _generated_tokens(model: str, messages: Sequence[ChatMessage]) -> list[str]:
     rng = random.Random(_seed(model, messages))
     target_tokens = rng.randint(_ANSWER_TOKENS_MIN, _ANSWER_TOKENS_MAX)
     tokens = split_tokens(f"[{model}] Answer to: {_question_excerpt(messages)}")
     while True:
         tokens += split_tokens(" " + _filler_sentence(rng))
         if len(tokens) >= target_tokens:
-            break
-    if max_tokens is not None and len(tokens) > max_tokens:
-        return Answer(tuple(tokens[:max_tokens]), "length")
-    return Answer(tuple(tokens), "stop")
+            return tokens
+
+
+def _last_user_text(messages: Sequence[ChatMessage]) -> str:
+    users = [m for m in messages if m.role == "user"]
+    return users[-1].text if users else ""
 
 
 def _seed(model: str, messages: Sequence[ChatMessage]) -> int:

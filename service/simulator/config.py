@@ -7,6 +7,7 @@ fails when the simulator is built, not in the middle of a benchmark.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from service.llm.pricing import DEFAULT_PRICES, ModelPrice
@@ -96,7 +97,9 @@ class SimulatorConfig:
     (tests and benchmarks set both to 0). `faults` maps a model name, or `"*"`
     for every other model, to its faults. `seed` makes fault injection
     reproducible; answers depend only on model and messages, never on it.
-    `api_key`, when set, is required as `Authorization: Bearer <key>`.
+    `api_key`, when set, is required as `Authorization: Bearer <key>`. `answers`
+    maps normalised questions to intent clusters (`canned.load_answer_stream`):
+    those questions get their cluster's canned answer.
 
     Raises:
         ValueError: a negative latency, no models, or a fault entry naming a
@@ -109,6 +112,7 @@ class SimulatorConfig:
     seed: int = 0
     api_key: str | None = None
     models: dict[str, ModelProfile] = field(default_factory=default_models)
+    answers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("ttft_ms", "ms_per_token"):

@@ -53,7 +53,7 @@ class _Routes:
         self._stats.record_endpoint("chat.completions")
         chat = parse_chat_request(await _read_json(request))
         plan = self._admit(chat.model, prompts=1)
-        answer = compose_answer(chat.model, chat.messages, chat.max_tokens)
+        answer = compose_answer(chat.model, chat.messages, chat.max_tokens, self._config.answers)
         prompt_tokens = chat_prompt_tokens(chat.messages)
         if chat.stream:
             return await self._stream_chat(request, chat, answer, prompt_tokens, plan)
@@ -72,7 +72,9 @@ class _Routes:
         # Each prompt is answered as the same text sent alone as a chat user
         # message, so batching never changes an answer.
         answers = [
-            compose_answer(batch.model, [ChatMessage("user", p)], batch.max_tokens)
+            compose_answer(
+                batch.model, [ChatMessage("user", p)], batch.max_tokens, self._config.answers
+            )
             for p in batch.prompts
         ]
         # The prompts decode side by side, as in a vLLM batch: the longest one sets the time.
