@@ -1,4 +1,4 @@
-"""The `semcache bench load|overhead|compare|gptcache|grouping|scale|peers|startup|readme` commands.
+"""The `semcache bench load|overhead|compare|gptcache|grouping|scale|peers|startup|stream|readme`.
 
 `add_bench_commands(benches)` adds them to the `bench` subparsers of
 `service.cli.build_parser`; until that one line is wired in, the same
@@ -129,6 +129,20 @@ def _cmd_startup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from benchmarks.data import data_file
+    from benchmarks.stream import run
+
+    stream = data_file(
+        Path(args.stream) if args.stream else None, "qqp_stream_dev.jsonl", "--stream"
+    )
+    table = run(
+        Path(args.out), stream, args.max_error_rate, args.limit, _embedder(args), _service_env(args)
+    )
+    print(table)
+    return 0
+
+
 def _data(args: argparse.Namespace) -> Path | None:
     return Path(args.data) if args.data else None
 
@@ -160,7 +174,7 @@ def _common(parser: argparse.ArgumentParser, out: str) -> None:
 
 
 def add_bench_commands(benches: Any) -> None:
-    """Add load, overhead, compare, gptcache, grouping, scale, peers, startup, readme to `bench`."""
+    """Add load, overhead, compare, gptcache, grouping, scale, peers, startup, stream, readme."""
     load = benches.add_parser("load", help="Zipf workload and hit phases through gRPC, swept")
     load.add_argument("--pairs", type=int, default=2000, help="distinct duplicate pairs")
     load.add_argument("--requests", type=int, default=1000, help="requests per Zipf phase")
@@ -252,6 +266,16 @@ def add_bench_commands(benches: Any) -> None:
     startup.add_argument("--out", default="bench-results/startup", help="folder for the results")
     startup.add_argument("--embedding-backend", choices=BACKENDS, default="onnx-int8")
     startup.set_defaults(run=_cmd_startup)
+
+    stream = benches.add_parser(
+        "stream", help="a labelled question stream through the service: verified vs guard vs cosine"
+    )
+    stream.add_argument("--stream", help="{q, cluster} JSONL; default: qqp_stream_dev.jsonl")
+    stream.add_argument("--max-error-rate", type=float, default=0.01, help="the verified run's δ")
+    stream.add_argument("--limit", type=int, help="replay only the first N requests")
+    stream.add_argument("--out", default="bench-results/stream", help="folder for the results")
+    stream.add_argument("--embedding-backend", choices=BACKENDS, default="onnx-int8")
+    stream.set_defaults(run=_cmd_stream)
 
     readme = benches.add_parser(
         "readme", help="rewrite README.md's benchmark tables from the results in docs/bench"

@@ -316,6 +316,7 @@ def summarise(name: str, outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "reworded_served": _share(sum(o.request.reworded for o in right), len(reworded)),
         "error_rate": _share(len(hits) - len(right), len(outcomes)),
         "wrong": len(hits) - len(right),
+        "exact_hits": sum(o.kind == "exact" for o in outcomes),
         "semantic_hits": sum(o.kind == "semantic" for o in outcomes),
         "traps_served": sum(o.request.trap for o in hits),
         "explorations": sum(o.kind == "explore" for o in outcomes),
@@ -348,6 +349,7 @@ COLUMNS = [
     ("reworded_served", "reworded served"),
     ("error_rate", "error rate"),
     ("wrong", "wrong"),
+    ("exact_hits", "exact hits"),
     ("semantic_hits", "semantic hits"),
     ("traps_served", "traps served"),
     ("explorations", "explorations"),
@@ -375,7 +377,12 @@ def learning_curve(outcomes: Sequence[Outcome], block: int) -> tuple[list[float]
     return served, errors
 
 
-def plot(results: dict[str, list[Outcome]], path: Path, block: int = 300) -> None:
+def plot(
+    results: dict[str, list[Outcome]],
+    path: Path,
+    block: int = 300,
+    title: str = "qqp_stream_dev replay: learning curve",
+) -> None:
     """A two-panel PNG: served share and error rate per block of the stream."""
     import matplotlib
 
@@ -393,7 +400,7 @@ def plot(results: dict[str, list[Outcome]], path: Path, block: int = 300) -> Non
     bottom.axhline(1.0, color="grey", linestyle=":", linewidth=1)
     bottom.set_xlabel("requests replayed")
     top.legend(fontsize=8)
-    top.set_title("qqp_stream_dev replay: learning curve")
+    top.set_title(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
