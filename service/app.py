@@ -12,10 +12,15 @@ from service.cache.scope import upstream_identity
 from service.cache.semantic import SemanticCache, ThresholdVerifier, Verifier
 from service.cache.stats import CacheStats
 from service.cache.store import VectorStore
+from service.cache.verify.judges import build_judge
+from service.cache.verify.learning import AnswerJudge, Learning
+from service.cache.verify.prior import DEFAULT_PRIOR
+from service.cache.verify.verifier import BudgetSettings, HitDecider, VerifyState
 from service.config import Settings
 from service.embedding.base import Embedder
 from service.embedding.batcher import EmbeddingBatcher
 from service.embedding.factory import build_embedder
+from service.errors import UnknownModelError
 from service.llm.catalogue import Catalogue, load_catalogue
 from service.llm.resilience import (
     ResilienceOptions,
@@ -105,17 +110,22 @@ async def build_app(
     router = await asyncio.to_thread(build_settings_router, settings, catalogue, batcher.embedder)
     telemetry = Telemetry(metrics, build_tracing(settings.otlp_endpoint))
     upstream_id = settings_upstream_identity(settings, catalogue, simulated)
-    cache = build_cache(settings, store, batcher, telemetry, upstream_id)
+    state = VerifyState(DEFAULT_PRIOR)
+    decider = HitDecider(state, budget_settings(settings))
+    cache = build_cache(settings, store, batcher, telemetry, upstream_id, decider)
+    learning = Learning(state, store, build_settings_judge(settings, batcher, provider, catalogue))
     metrics.watch_store(lambda: store.health().writable, lambda: store.health().missing_entries)
+    metrics.watch_verification(learning.snapshot)
     closers: list[Closer] = [
         telemetry.tracing.aclose,
         batcher.close,
         store.close,
         cache.close,
         provider.close,
+        learning.aclose,
     ]
     upstream = Upstream(provider, router, settings.upstream_timeout_s)
-    return assemble_app(settings, cache, upstream, catalogue, telemetry, closers)
+    return assemble_app(settings, cache, upstream, catalogue, telemetry, closers, learning)
 
 
 def build_provider(settings: Settings, catalogue: Catalogue, metrics: Metrics) -> ResilientProvider:
@@ -147,6 +157,7 @@ def build_cache(
     batcher: EmbeddingBatcher,
     telemetry: Telemetry,
     upstream_id: str,
+    decider: HitDecider | None = None,
 ) -> SemanticCache:
     """The semantic cache over `store`, embedding through `batcher`."""
     return SemanticCache(
@@ -158,7 +169,37 @@ def build_cache(
         max_entries_per_tenant=settings.max_entries_per_tenant,
         telemetry=telemetry,
         upstream_id=upstream_id,
+        decider=decider,
     )
+
+
+def budget_settings(settings: Settings) -> BudgetSettings | None:
+    """The error budget the settings ask for; None when the guard's accept decides.
+
+    The budget needs the near-miss guard: its calibrated score is what the prior maps.
+    """
+    if not (settings.error_budget and settings.near_miss_guard):
+        return None
+    return BudgetSettings(
+        settings.max_error_rate,
+        dict(settings.max_error_rate_by_namespace),
+        settings.exploration_share,
+        settings.audit_share,
+    )
+
+
+def build_settings_judge(
+    settings: Settings, batcher: EmbeddingBatcher, provider: ResilientProvider, catalogue: Catalogue
+) -> AnswerJudge:
+    """The answer judge that explorations are compared with (SEMCACHE_JUDGE).
+
+    Raises:
+        ValueError: SEMCACHE_JUDGE_MODEL names no model of the catalogue.
+    """
+    try:
+        return build_judge(settings, batcher, provider, catalogue)
+    except UnknownModelError as error:
+        raise ValueError(f"SEMCACHE_JUDGE_MODEL: {error}") from None
 
 
 def settings_limits(settings: Settings) -> Limits:
@@ -179,6 +220,7 @@ def assemble_app(
     catalogue: Catalogue,
     telemetry: Telemetry,
     closers: list[Closer],
+    learning: Learning | None = None,
 ) -> App:
     """The request pipeline, administration and upkeep over the built parts;
     `closers` (closed last built first) gain the rate limiter's."""
@@ -194,10 +236,11 @@ def assemble_app(
         limiter=limiter,
         telemetry=telemetry,
         policy=CachingPolicy(settings.max_cacheable_temperature, settings.cache_tool_calls),
+        learning=learning,
     )
     return App(
         pipeline=pipeline,
-        admin=CacheAdmin(cache, stats, Seeder(cache, catalogue, limits)),
+        admin=CacheAdmin(cache, stats, Seeder(cache, catalogue, limits), learning),
         maintenance=Maintenance(cache, settings.purge_interval_s, settings.index_after_points),
         cache=cache,
         telemetry=telemetry,

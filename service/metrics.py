@@ -28,6 +28,7 @@ Series (labels in braces):
     semcache_circuit_breaker_state{provider}            0 closed, 1 half-open, 2 open
     semcache_cache_stores_skipped_total{reason}         answers not cached: disk_full, store_error
     semcache_store_writable                             1 storing, 0 paused (disk full)
+    semcache_verify_*{tenant, namespace, ...}           verified hits (see cache/verify/metrics.py)
     semcache_store_missing_entries                      entries the store lacked when it opened
 
 The hit rate is derived, not stored: a gauge of the lifetime ratio would hide
@@ -53,6 +54,9 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from service.cache.verify.counters import VerificationCounters
+from service.cache.verify.metrics import VerificationCollector
 
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 LOOKUP_RESULTS = frozenset({"hit", "miss", "error"})
@@ -325,6 +329,13 @@ class Metrics(_RequestMetrics):
     def watch_hit_rates(self, hit_rates: Callable[[], Mapping[str, float]]) -> None:
         """Expose each tenant's hit ratio, read at every scrape (call once; read-only)."""
         self.registry.register(_HitRateCollector(hit_rates))
+
+    def watch_verification(
+        self, snapshot: Callable[[], Mapping[tuple[str, str], VerificationCounters]]
+    ) -> None:
+        """Expose verification's counters and error estimates per (tenant, namespace),
+        read at every scrape (call once; `snapshot` must only read)."""
+        self.registry.register(VerificationCollector(snapshot))
 
 
 class _ProviderCollector(Collector):

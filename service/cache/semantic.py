@@ -31,6 +31,8 @@ from service.cache.store import (
     Vector,
     VectorStore,
 )
+from service.cache.verify.prior import DEFAULT_PRIOR
+from service.cache.verify.verifier import Choice, Exploration, HitDecider, VerifyState
 from service.domain import CacheStatus, CompletionRequest
 from service.embedding.batcher import EmbeddingBatcher
 from service.errors import StoreNotWritableError
@@ -73,10 +75,16 @@ class ThresholdVerifier:
 
 @dataclass(frozen=True)
 class CacheHit:
+    """A servable entry: `score` is the guard's (1.0 for an exact hit), and
+    `error_probability` the decision's estimated P(wrong) (0 for an exact hit)."""
+
     status: CacheStatus
     similarity: float
     entry: CacheEntry
     point_id: str
+    score: float = 1.0
+    error_probability: float = 0.0
+    detail: str = "exact"  # why it was served: exact, ok, same_form, identical
 
 
 @dataclass(frozen=True)
@@ -84,11 +92,14 @@ class Lookup:
     """What a lookup found, and what the store step can reuse (never embed twice).
 
     `best_similarity` and `detail` say why a miss missed: the nearest
-    candidate's cosine, and the verifier's reason for refusing it.
+    candidate's cosine, and the verifier's reason for refusing it. An
+    `exploration` is a candidate the decision wants judged against the
+    upstream's fresh answer (the request is answered upstream).
     """
 
     key: CacheKey
     hit: CacheHit | None = None
+    exploration: Exploration | None = None
     vector: Vector | None = None
     context_vector: Vector | None = None
     best_similarity: float = 0.0
@@ -112,7 +123,9 @@ class SemanticCache:
     """Scoped semantic cache over a `VectorStore`, embedding through an `EmbeddingBatcher`.
 
     `upstream_id` (see `scope.upstream_identity`) enters every scope, so answers
-    from one upstream are never served for another.
+    from one upstream are never served for another. `decider` chooses among the
+    verified candidates (`verify.verifier.HitDecider`; by default the verifier's
+    own accept decides).
     """
 
     def __init__(
@@ -127,8 +140,10 @@ class SemanticCache:
         clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
         upstream_id: str = "",
+        decider: HitDecider | None = None,
     ) -> None:
         self.store = store
+        self.decider = decider or HitDecider(VerifyState(DEFAULT_PRIOR))
         self.upstream_id = upstream_id
         self.embedder = embedder
         self.verifier = verifier
@@ -158,6 +173,7 @@ class SemanticCache:
         try:
             exact = await self._exact(key)
             if exact is not None:
+                self.decider.note_exact(key)
                 self._hit_times.note(exact.point_id)
                 self._telemetry.metrics.record_lookup("hit")
                 return Lookup(key, hit=exact, best_similarity=1.0, detail="exact")
@@ -171,19 +187,26 @@ class SemanticCache:
             self._telemetry.metrics.record_lookup("error")
             return Lookup(key, detail="lookup_failed")
         with self._telemetry.stage("verify"):
-            hit, detail = self._choose(key, found, context_vector, request.similarity_min or 0.0)
+            choice = self._choose(key, found, context_vector, request)
+        hit = _hit(choice)
         if hit is not None:
             self._hit_times.note(hit.point_id)
         self._telemetry.metrics.record_lookup("miss" if hit is None else "hit")
         best = found[0].similarity if found else 0.0
-        return Lookup(key, hit, vector, context_vector, best, detail)
+        detail = "ok" if hit is not None else choice.detail
+        return Lookup(key, hit, choice.exploration, vector, context_vector, best, detail)
 
     async def _exact(self, key: CacheKey) -> CacheHit | None:
+        """The exact hit, if any. An answer judged wrong itself (feedback on the entry) is
+        not one: the search then finds it and the decision refuses it too."""
         entry = await self.store.get(key.point_id)
         if entry is None or entry.expires_at <= self._clock():
             return None
         if entry.tenant != key.tenant or entry.scope != key.scope:
             return None  # cannot happen with uuid5 ids; checked because failing closed is cheap
+        worst = entry.evidence.worst_wrong_score()
+        if worst is not None and worst >= 1.0:
+            return None
         return CacheHit(CacheStatus.EXACT_HIT, 1.0, entry, key.point_id)
 
     def _choose(
@@ -191,22 +214,12 @@ class SemanticCache:
         key: CacheKey,
         found: Sequence[ScoredEntry],
         context_vector: Vector | None,
-        floor: float,
-    ) -> tuple[CacheHit | None, str]:
-        """The accepted candidate with the best verdict score, and the lookup's detail."""
-        best: tuple[float, ScoredEntry] | None = None
-        first_reason = "no_candidates"
-        for index, candidate in enumerate(found):
-            verdict = self._verify(key, candidate, context_vector, floor)
-            if index == 0:
-                first_reason = verdict.reason
-            if verdict.accept and (best is None or verdict.score > best[0]):
-                best = (verdict.score, candidate)
-        if best is None:
-            return None, first_reason
-        chosen = best[1]
-        hit = CacheHit(CacheStatus.SEMANTIC_HIT, chosen.similarity, chosen.entry, chosen.point_id)
-        return hit, "ok"
+        request: CompletionRequest,
+    ) -> Choice:
+        """The decider's choice among the candidates, each verified by the verifier."""
+        floor = request.similarity_min or 0.0
+        verdicts = [self._verify(key, c, context_vector, floor) for c in found]
+        return self.decider.choose(key, found, verdicts, request.max_error_rate, request.request_id)
 
     def _verify(
         self,
@@ -303,6 +316,21 @@ class SemanticCache:
         """Write the pending hit times, and stop the search batcher."""
         await self._hit_times.aclose()
         await self._searches.close()
+
+
+def _hit(choice: Choice) -> CacheHit | None:
+    served = choice.served
+    if served is None:
+        return None
+    return CacheHit(
+        CacheStatus.SEMANTIC_HIT,
+        served.similarity,
+        served.entry,
+        served.point_id,
+        choice.score,
+        choice.p_wrong,
+        choice.detail,
+    )
 
 
 async def _embed_key(embedder: EmbeddingBatcher, key: CacheKey) -> tuple[Vector, Vector | None]:

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 from service.cache.semantic import SemanticCache
 from service.cache.stats import CacheStats, TenantCounters
-from service.cache.verify.counters import VerificationCounters
 from service.cache.store import EntryFilter, StoreHealth
+from service.cache.verify.counters import VerificationCounters
+from service.cache.verify.learning import Learning
+from service.domain import Feedback, FeedbackReceipt
 from service.errors import InvalidRequestError
 from service.pipeline.seed import Seed, Seeder
 from service.validation import check_name
@@ -52,10 +54,36 @@ class Invalidation:
 class CacheAdmin:
     """What operators ask of the cache as a whole, rather than of one answer."""
 
-    def __init__(self, cache: SemanticCache, stats: CacheStats, seeder: Seeder) -> None:
+    def __init__(
+        self,
+        cache: SemanticCache,
+        stats: CacheStats,
+        seeder: Seeder,
+        learning: Learning | None = None,
+    ) -> None:
         self._cache = cache
         self._stats = stats
         self._seeder = seeder
+        self._learning = learning
+
+    async def submit_feedback(self, feedback: Feedback) -> FeedbackReceipt:
+        """Record an application's verdict on an answer (see `verify.learning.Learning`).
+
+        Raises:
+            InvalidRequestError: no id, a malformed one, or ids naming different entries.
+            NotFoundError: an unknown entry or request id, or another tenant's entry.
+        """
+        check_name("tenant", feedback.tenant)
+        if feedback.entry_id:
+            _check_entry_id(feedback.entry_id)
+        if len(feedback.request_id) > _MAX_REQUEST_ID:
+            raise InvalidRequestError(
+                f"request_id is {len(feedback.request_id)} characters; send the response's"
+                f" request_id (at most {_MAX_REQUEST_ID})"
+            )
+        if self._learning is None:
+            raise InvalidRequestError("this service records no feedback")
+        return await self._learning.feedback(feedback)
 
     async def put_entries(self, seeds: Sequence[Seed]) -> list[str | Exception]:
         """Store curated answers; per seed, its entry id or why not (see `Seeder.put`).
@@ -80,7 +108,11 @@ class CacheAdmin:
             check_name("namespace", namespace)
         entries = await self._cache.live_entries(tenant, namespace)
         counters = self._stats.for_tenant(tenant)
-        return TenantStats(tenant, entries, counters, self._cache.store.health())
+        rows = self._learning.counters(tenant) if self._learning is not None else []
+        verification = tuple(
+            NamespaceVerification(ns, c) for ns, c in rows if namespace in (None, ns)
+        )
+        return TenantStats(tenant, entries, counters, self._cache.store.health(), verification)
 
     async def invalidate(self, what: Invalidation) -> int:
         """Delete the entries that `what` selects; returns how many.
@@ -110,6 +142,9 @@ class CacheAdmin:
         """
         _check_entry_id(entry_id)
         return await self._cache.invalidate(EntryFilter(tenant=tenant, point_id=entry_id)) > 0
+
+
+_MAX_REQUEST_ID = 128
 
 
 def _check_entry_id(entry_id: str) -> None:

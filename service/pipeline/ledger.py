@@ -38,7 +38,7 @@ class Ledger:
         """Count a served cache hit and return its completion."""
         entry = hit.entry
         self._stats.record(tenant, hit.status, 0.0, entry.cost_usd)
-        detail = "exact" if hit.status is CacheStatus.EXACT_HIT else "ok"
+        detail = hit.detail
         self._metrics.record_cache_decision(tenant, detail)
         self._metrics.record_usage(
             tenant,
@@ -62,6 +62,7 @@ class Ledger:
             tier=self._tier_of(entry.model),
             route_reason="cache",
             entry_id=hit.point_id,
+            error_probability=hit.error_probability,
         )
 
     def upstream(self, receipt: UpstreamReceipt) -> Completion:

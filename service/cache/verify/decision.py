@@ -45,6 +45,9 @@ __all__ = [
     "decide",
     "estimate",
     "fit_shift",
+    "fitted_shift",
+    "hard_stop",
+    "p_wrong_at",
 ]
 
 _NEWTON_STEPS = 12
@@ -160,6 +163,25 @@ def _moderated(logit_value: float, variance: float) -> float:
     return sigmoid(logit_value / math.sqrt(1.0 + math.pi * variance / 8.0))
 
 
+def fitted_shift(evidence: Evidence, prior: Prior, policy: Policy) -> tuple[float, float]:
+    """The entry's MAP log-odds shift and its variance, from its evidence (see `estimate`)."""
+    if not evidence.observations:
+        return 0.0, policy.entry_sd**2
+    stretch = _stretch(policy)
+    scores, labels = evidence.scores_and_labels()
+    return fit_shift([stretch * prior.logit_same(s) for s in scores], labels, policy.entry_sd)
+
+
+def p_wrong_at(score: float, fitted: tuple[float, float], prior: Prior, policy: Policy) -> float:
+    """P(wrong) at guard score `score` for an entry whose `fitted_shift` is `fitted`."""
+    shift, variance = fitted
+    return 1.0 - _moderated(_stretch(policy) * prior.logit_same(score) + shift, variance)
+
+
+def _stretch(policy: Policy) -> float:
+    return math.sqrt(1.0 + math.pi * policy.entry_sd**2 / 8.0)
+
+
 def estimate(score: float, evidence: Evidence, prior: Prior, policy: Policy) -> Estimate:
     """The predictive P(wrong) of serving the entry for a query at guard score `score`.
 
@@ -167,16 +189,12 @@ def estimate(score: float, evidence: Evidence, prior: Prior, policy: Policy) -> 
     log-odds are the prior's stretched by the factor that the averaging shrinks them by;
     with no evidence the predictive probability is then exactly the prior's.
     """
-    stretch = math.sqrt(1.0 + math.pi * policy.entry_sd**2 / 8.0)
-    scores, labels = evidence.scores_and_labels()
-    bases = [stretch * prior.logit_same(s) for s in scores]
-    shift, variance = fit_shift(bases, labels, policy.entry_sd)
-    base = stretch * prior.logit_same(score)
-    p_same = _moderated(base + shift, variance)
-    return Estimate(1.0 - p_same, shift, variance, len(labels))
+    fitted = fitted_shift(evidence, prior, policy)
+    return Estimate(p_wrong_at(score, fitted, prior, policy), *fitted, len(evidence))
 
 
-def _hard_stop(candidate: Candidate, evidence: Evidence) -> Verdict | None:
+def hard_stop(candidate: Candidate, evidence: Evidence) -> Verdict | None:
+    """The verdict that needs no estimate (a veto, a wrong judged nearby, identical), or None."""
     if candidate.veto:
         return Verdict(Action.MISS, 1.0, candidate.veto)
     worst = evidence.worst_wrong_score()
@@ -196,6 +214,7 @@ def decide(
     risk_max: float,
     may_explore: bool,
     draw: float,
+    p_wrong: float | None = None,
 ) -> Verdict:
     """Serve, explore or miss `candidate`, given its entry's `evidence`.
 
@@ -205,11 +224,14 @@ def decide(
         may_explore: whether the exploration budget has room for one more call.
         draw: a uniform number in [0, 1) for the audit (a seeded RNG, or a hash of the
             request id, so a replay decides the same way twice).
+        p_wrong: the candidate's P(wrong) when the caller has it already (a cached
+            `fitted_shift`); None computes it with `estimate`.
     """
-    stop = _hard_stop(candidate, evidence)
+    stop = hard_stop(candidate, evidence)
     if stop is not None:
         return stop
-    p_wrong = estimate(candidate.score, evidence, prior, policy).p_wrong
+    if p_wrong is None:
+        p_wrong = estimate(candidate.score, evidence, prior, policy).p_wrong
     if p_wrong <= risk_max:
         if may_explore and draw < policy.audit_share:
             return Verdict(Action.EXPLORE, p_wrong, "audit")

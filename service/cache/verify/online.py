@@ -47,8 +47,8 @@ class ExplorationBudget:
         self.tokens = min(self.burst, self.tokens + self.share)
 
     def available(self) -> bool:
-        """Whether one more exploration fits the budget."""
-        return self.tokens >= 1.0
+        """Whether one more exploration fits the budget (never with a share of 0)."""
+        return self.share > 0.0 and self.tokens >= 1.0
 
     def spend(self) -> None:
         """Record one exploration (call only after `available()` said yes)."""

@@ -1,0 +1,212 @@
+"""What the cache learns after deciding: judged explorations and applications' feedback.
+
+Each judgement or feedback becomes an `Observation` written to the entry's payload
+in the store (`LookupStore.add_observations`: one key per observation, so replicas
+sharing a Qdrant server never overwrite each other's), is added to the live
+calibration (`online.LiveCalibration`, which moves the shared prior), and is counted
+per (tenant, namespace) for `GetCacheStats`, `/metrics` and the logs.
+
+Feedback by `request_id` needs the response to have been served by this replica
+recently (the newest `served_limit` are remembered); feedback by `entry_id` works
+on any replica and judges the cached answer itself (score 1.0), which stops even
+its exact repeats from being served until a fresh answer replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import structlog
+
+from service.cache.store import CacheEntry
+from service.cache.verify.counters import VerificationCounters
+from service.cache.verify.evidence import Observation
+from service.cache.verify.online import LiveCalibration
+from service.cache.verify.verifier import Exploration, VerifyState
+from service.domain import Feedback, FeedbackReceipt, FeedbackVerdict
+from service.errors import InvalidRequestError, NotFoundError
+
+__all__ = ["AnswerJudge", "Learning", "ObservationStore"]
+
+log = structlog.get_logger(__name__)
+
+_SERVED_LIMIT = 100_000
+_CLOSE_WAIT_S = 2.0
+
+
+class AnswerJudge(Protocol):
+    """Compares a fresh upstream answer with the cached one for the same question."""
+
+    name: str
+
+    async def same(self, question: str, cached: str, fresh: str) -> bool | None:
+        """True if `cached` answers `question` as well as `fresh`; None if it cannot tell."""
+        ...
+
+
+class ObservationStore(Protocol):
+    """The part of the store learning writes to and reads from."""
+
+    async def get(self, point_id: str) -> CacheEntry | None: ...
+
+    async def add_observations(self, items: Sequence[tuple[str, Observation]]) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Served:
+    tenant: str
+    namespace: str
+    entry_id: str
+    score: float  # the guard score it was served at (1.0: exact, or the answer itself)
+
+
+class Learning:
+    """Judges explorations, takes feedback, and keeps the counters (see the module docstring)."""
+
+    def __init__(
+        self,
+        state: VerifyState,
+        store: ObservationStore,
+        judge: AnswerJudge | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        served_limit: int = _SERVED_LIMIT,
+    ) -> None:
+        self.state = state
+        self.judge = judge
+        self._store = store
+        self._clock = clock
+        self._live = LiveCalibration(state.prior)
+        self._served: OrderedDict[str, _Served] = OrderedDict()
+        self._served_limit = served_limit
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def judge_later(self, exploration: Exploration, fresh: str) -> None:
+        """Judge `fresh` against the explored candidate in the background."""
+        task = asyncio.get_running_loop().create_task(self._judge(exploration, fresh))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _judge(self, exploration: Exploration, fresh: str) -> None:
+        if self.judge is None:
+            return
+        try:
+            same = await self.judge.same(exploration.question, exploration.cached_content, fresh)
+        except Exception as error:
+            log.warning("answer judge failed; nothing recorded", error=repr(error))
+            return
+        if same is None:
+            return
+        counters = self.state.counters_for(exploration.tenant, exploration.namespace)
+        counters.judged_same += int(same)
+        counters.judged_wrong += int(not same)
+        counters.audit_wrong += int(exploration.audit and not same)
+        observation = Observation(self._clock(), exploration.obs_id, exploration.score, same)
+        await self._record(exploration.point_id, observation)
+        self._log_judged(exploration, same, counters)
+
+    async def _record(self, point_id: str, observation: Observation) -> None:
+        if observation.score < 1.0:
+            self._live.add(observation.score, observation.same)
+            self.state.prior = self._live.current
+        try:
+            await self._store.add_observations([(point_id, observation)])
+        except Exception as error:
+            log.warning("evidence not stored", entry_id=point_id, error=repr(error))
+
+    def _log_judged(
+        self, exploration: Exploration, same: bool, counters: VerificationCounters
+    ) -> None:
+        audited, low, high = counters.audited_error_rate()
+        log.info(
+            "cache candidate judged",
+            tenant=exploration.tenant,
+            namespace=exploration.namespace,
+            entry_id=exploration.point_id,
+            score=round(exploration.score, 4),
+            p_wrong=round(exploration.p_wrong, 4),
+            audit=exploration.audit,
+            same=same,
+            judge=self.judge.name if self.judge is not None else "",
+            expected_error_rate=round(counters.expected_error_rate, 5),
+            audited_error_rate=round(audited, 5),
+            audited_error_rate_ci95=(round(low, 5), round(high, 5)),
+        )
+
+    def note_served(
+        self, request_id: str, tenant: str, namespace: str, entry_id: str, score: float
+    ) -> None:
+        """Remember which entry answered `request_id`, at which score, for feedback."""
+        if not request_id or not entry_id:
+            return
+        self._served[request_id] = _Served(tenant, namespace, entry_id, score)
+        self._served.move_to_end(request_id)
+        if len(self._served) > self._served_limit:
+            self._served.popitem(last=False)
+
+    async def feedback(self, feedback: Feedback) -> FeedbackReceipt:
+        """Record an application's verdict on an answer; see the module docstring.
+
+        Raises:
+            InvalidRequestError: neither id was sent, or they name different entries.
+            NotFoundError: the request id was not served here recently, or the entry
+                does not exist (or is another tenant's).
+        """
+        served = self._served_for(feedback)
+        entry_id = feedback.entry_id or (served.entry_id if served is not None else "")
+        entry = await self._store.get(entry_id)
+        if entry is None or entry.tenant != feedback.tenant:
+            raise NotFoundError(f"no cache entry {entry_id!r}: it was deleted, or never stored")
+        same = feedback.verdict is FeedbackVerdict.CORRECT
+        score = served.score if served is not None else 1.0
+        obs_id = f"fb-{feedback.request_id}" if feedback.request_id else uuid.uuid4().hex
+        counters = self.state.counters_for(entry.tenant, entry.namespace)
+        counters.feedback_correct += int(same)
+        counters.feedback_wrong += int(not same)
+        await self._record(entry_id, Observation(self._clock(), obs_id, score, same))
+        log.info(
+            "feedback recorded", tenant=entry.tenant, entry_id=entry_id, score=score, same=same
+        )
+        return FeedbackReceipt(entry_id, score)
+
+    def _served_for(self, feedback: Feedback) -> _Served | None:
+        if not feedback.entry_id and not feedback.request_id:
+            raise InvalidRequestError("send the entry_id or the request_id of a response")
+        if not feedback.request_id:
+            return None
+        served = self._served.get(feedback.request_id)
+        if served is None or served.tenant != feedback.tenant:
+            if feedback.entry_id:
+                return None  # judge the entry itself
+            raise NotFoundError(
+                f"request_id {feedback.request_id[:64]!r} was not served by this replica"
+                " recently; send the response's entry_id instead"
+            )
+        if feedback.entry_id and feedback.entry_id != served.entry_id:
+            raise InvalidRequestError(
+                "entry_id and request_id name different entries; send one of them"
+            )
+        return served
+
+    def counters(self, tenant: str) -> list[tuple[str, VerificationCounters]]:
+        """Copies of `tenant`'s counters, one per namespace, sorted by namespace."""
+        rows = [(ns, replace(c)) for (t, ns), c in list(self.state.counters.items()) if t == tenant]
+        return sorted(rows, key=lambda row: row[0])
+
+    def snapshot(self) -> dict[tuple[str, str], VerificationCounters]:
+        """Copies of every (tenant, namespace)'s counters (for the metrics endpoint)."""
+        return {key: replace(c) for key, c in list(self.state.counters.items())}
+
+    async def aclose(self) -> None:
+        """Let judgements in flight finish (briefly), then cancel the rest."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=_CLOSE_WAIT_S)
+        for task in pending:
+            task.cancel()
