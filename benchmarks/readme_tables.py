@@ -33,8 +33,9 @@ RENDERERS = {
     "gptcache": "benchmarks.gptcache_bench:markdown",
     "scale": "benchmarks.scale:markdown",
     "peers": "benchmarks.peers_report:markdown",
+    "startup": "benchmarks.startup:markdown",
 }
-REQUIRED = ("latency", "load", "overhead", "grouping", "compare", "gptcache", "scale")
+REQUIRED = ("latency", "load", "overhead", "grouping", "compare", "gptcache", "scale", "startup")
 REGION = re.compile(r"(<!-- bench:([a-z_-]+) -->\n)(.*?)(<!-- /bench:\2 -->)", re.DOTALL)
 
 

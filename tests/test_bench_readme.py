@@ -51,6 +51,14 @@ def test_each_latency_report_carries_its_floors(name: str) -> None:
     assert report["floors"]["embedder"]["texts"] > 0, "no embedder floor"
 
 
+def test_the_startup_report_carries_its_floors() -> None:
+    report = json.loads((RESULTS_DIR / "startup.json").read_text(encoding="utf-8"))
+    floors = {row["configuration"]: row["median_s"] for row in report["floors"]}
+
+    assert floors["python gRPC health server"] > 0 and floors["python -c pass"] > 0
+    assert all(row["x_floor"] > 0 for row in report["rows"])
+
+
 def test_figures_that_no_command_produces_are_gone() -> None:
     for unsourced in ("146 to 175", "179 → 219", "a second job on one core", "0.18 ms"):
         assert unsourced not in TEXT
