@@ -34,6 +34,7 @@ RENDERERS = {
     "scale": "benchmarks.scale:markdown",
     "peers": "benchmarks.peers_report:markdown",
     "startup": "benchmarks.startup:markdown",
+    "stream": "benchmarks.stream:markdown",
 }
 REQUIRED = ("latency", "load", "overhead", "grouping", "compare", "gptcache", "scale", "startup")
 REGION = re.compile(r"(<!-- bench:([a-z_-]+) -->\n)(.*?)(<!-- /bench:\2 -->)", re.DOTALL)
