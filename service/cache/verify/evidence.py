@@ -2,20 +2,24 @@
 
 An `Observation` says that a query at guard score `score` (0..1) against this entry
 deserved the same answer (`same=True`) or not. Each carries a unique `obs_id` (a
-request id or uuid4), so evidence is a set: `merge` is the union, trimmed to the
-`MAX_OBSERVATIONS` newest by `(at_s, obs_id)`. Union-then-trim is commutative,
+request id or uuid4), so evidence is a set: `merge` is the union (one observation
+per id, the newest), trimmed to the `MAX_OBSERVATIONS` newest by `(at_s, obs_id)`.
+Union-then-trim is commutative,
 associative and idempotent, so replicas that each add observations and merge in any
 order, any number of times, end with the same set and lose nothing recent. Counts
 would not merge that way: two replicas adding to the same counter from one read
 lose an increment, and a replayed write counts twice.
 
-How the store should persist it without lost updates: each observation under its own
-payload key (or each replica under its own sub-map), never a read-modify-write of one
-shared list; readers merge everything they find with `Evidence.merge`.
+How the store persists it without lost updates: each observation under its own
+payload key (`store.evidence_key`), never a read-modify-write of one shared list;
+readers gather every key they find into an `Evidence` (`Evidence.of`), and a writer
+deletes only keys of observations outside the newest `MAX_OBSERVATIONS` it sees,
+which no replica's merged view holds either (see `store.evidence_update`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,19 +47,42 @@ class Observation:
         """Read back `to_payload`'s form.
 
         Raises:
-            ValueError: a field is missing or of the wrong type.
+            ValueError: not a mapping, or a field is missing or of the wrong type (times
+                and scores must be finite numbers, the id a string, `same` a bool).
         """
+        if not isinstance(payload, Mapping):
+            raise ValueError(f"bad observation payload {payload!r}: not a mapping")
         try:
-            return cls(
-                float(payload["at_s"]), str(payload["id"]), float(payload["score"]),
-                bool(payload["same"]),
-            )  # fmt: skip
+            at_s, score = _finite(payload["at_s"]), _finite(payload["score"])
+            obs_id, same = payload["id"], payload["same"]
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"bad observation payload {dict(payload)!r}: {error}") from error
+            raise ValueError(f"bad observation payload {dict(payload)!r}: {error!r}") from error
+        if not isinstance(obs_id, str) or not isinstance(same, bool):
+            raise ValueError(f"bad observation payload {dict(payload)!r}: id or same")
+        return cls(at_s, obs_id, score, same)
+
+
+def _finite(value: object) -> float:
+    """`value` as a float if it is a finite real number (not a bool).
+
+    Raises:
+        ValueError: it is not.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value!r}")
+    return float(value)
 
 
 def _newest(observations: Iterable[Observation], limit: int) -> frozenset[Observation]:
-    unique = set(observations)
+    """The newest `limit` observations, one per `obs_id` (the newest of each id's: a
+    store may hand a float back a hair off, and feedback given twice for one request
+    keeps the later verdict, as the store's one key per id does)."""
+    by_id: dict[str, Observation] = {}
+    for observation in observations:
+        known = by_id.get(observation.obs_id)
+        if known is None or observation > known:
+            by_id[observation.obs_id] = observation
+    unique = by_id.values()
     if len(unique) <= limit:
         return frozenset(unique)
     return frozenset(sorted(unique, reverse=True)[:limit])
@@ -67,6 +94,11 @@ class Evidence:
 
     observations: frozenset[Observation] = field(default_factory=frozenset)
     limit: int = MAX_OBSERVATIONS
+
+    @classmethod
+    def of(cls, observations: Iterable[Observation], limit: int = MAX_OBSERVATIONS) -> Evidence:
+        """The newest `limit` of `observations` (duplicates counted once)."""
+        return cls(_newest(observations, limit), limit)
 
     def add(self, observation: Observation) -> Evidence:
         """This evidence with `observation` added (and the oldest dropped past `limit`)."""
