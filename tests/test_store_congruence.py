@@ -2,7 +2,8 @@
 
 One seeded sequence of operations (upserts across tenants, namespaces, scopes
 and models, entries already expired, replacements, scoped searches, gets,
-counts and deletions by filter, hit times and least-recent eviction) is fed to
+counts and deletions by filter, hit times and least-recent eviction, evidence
+added to entries, some deleted or replaced in between) is fed to
 the Qdrant Edge store, the qdrant-client `:memory:` store and the in-memory
 fake; every answer is compared: search ids and order, scores within 1e-5,
 entries, counts and what is left. (qdrant-client's own congruence tests do the
@@ -34,6 +35,7 @@ from service.cache.store import (
     SearchQuery,
     VectorStore,
 )
+from service.cache.verify.evidence import MAX_OBSERVATIONS, Evidence, Observation
 
 DIM = 16
 NOW = 10_000.0
@@ -96,13 +98,27 @@ def _summary(found: Sequence[ScoredEntry]) -> list[tuple[str, str]]:
     return [(hit.point_id, hit.entry.question) for hit in found]
 
 
+def _assert_same_entry(name: str, got: CacheEntry | None, want: CacheEntry | None) -> None:
+    """Equal entries; evidence's floats within a hair (Qdrant Edge reads about a quarter
+    of payload floats back one unit in the last place off)."""
+    if got is None or want is None:
+        assert got is want, name
+        return
+    assert replace(got, evidence=Evidence()) == replace(want, evidence=Evidence()), name
+    mine, theirs = (sorted(e.evidence.observations, key=lambda o: o.obs_id) for e in (got, want))
+    assert [(o.obs_id, o.same) for o in mine] == [(o.obs_id, o.same) for o in theirs], name
+    for field in ("at_s", "score"):
+        values = [getattr(o, field) for o in mine]
+        assert values == pytest.approx([getattr(o, field) for o in theirs], rel=1e-12), name
+
+
 def _assert_same_results(
     name: str, found: Sequence[ScoredEntry], ref: Sequence[ScoredEntry]
 ) -> None:
     assert _summary(found) == _summary(ref), name
     for got, want in zip(found, ref, strict=True):
         assert got.similarity == pytest.approx(want.similarity, abs=SCORE_TOLERANCE), name
-        assert got.entry == want.entry, name
+        _assert_same_entry(name, got.entry, want.entry)
 
 
 async def _same_answers(stores: Stores, queries: Sequence[SearchQuery]) -> None:
@@ -249,6 +265,46 @@ async def test_touch_skips_entries_deleted_since_their_hit(stores: Stores, name:
     kept = [await store.get(point_id) for point_id in (ids[0], ids[2])]
     assert [e.last_hit_at for e in kept if e is not None] == [NOW + 7.0, NOW + 7.0]
     assert await store.get(ids[1]) is None
+
+
+def _observations(
+    rnd: random.Random, ids: Sequence[str], count: int
+) -> list[tuple[str, Observation]]:
+    return [
+        (
+            rnd.choice(ids),
+            Observation(
+                NOW + rnd.random(), f"obs-{rnd.getrandbits(32)}", rnd.random(), rnd.random() < 0.7
+            ),
+        )
+        for _ in range(count)
+    ]
+
+
+async def test_evidence_agrees(stores: Stores) -> None:
+    """Observations added in batches (to entries deleted or replaced in between, and
+    past the cap on a few) read back the same through get and search everywhere."""
+    ids, rng = await _fill(stores, 10, 40)
+    rnd = random.Random(10)
+    crowded = ids[:3]  # these get more than the cap
+    for step in range(12):
+        batch = _observations(rnd, ids, 8) + _observations(rnd, crowded, 10)
+        for store in stores.values():
+            await store.add_observations(batch)
+        if step == 4:  # one entry deleted, one replaced by a new answer (no evidence)
+            vector, entry = _vector(rng), replace(_entry(rnd, 606), expires_at=NOW + 3_600.0)
+            for store in stores.values():
+                await store.delete(EntryFilter(point_id=ids[5]))
+                await store.upsert(ids[6], vector, entry)
+    for point_id in ids:
+        answers = {name: await store.get(point_id) for name, store in stores.items()}
+        for name in ("edge", "qdrant-memory"):
+            _assert_same_entry(f"{name} {point_id}", answers[name], answers["memory"])
+    entry = await stores["memory"].get(crowded[0])
+    assert entry is not None
+    assert len(entry.evidence) == MAX_OBSERVATIONS
+    assert await stores["memory"].get(ids[5]) is None
+    await _same_answers(stores, _queries(rng, rnd, 30))
 
 
 @pytest.mark.parametrize("backend", [EdgeVectorStore, QdrantVectorStore, MemoryVectorStore])

@@ -17,7 +17,7 @@ its manifest (`edge_shard`) and reports entries gone missing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -44,8 +44,11 @@ from service.cache.store import (
     SearchQuery,
     StoreHealth,
     Vector,
+    evidence_update,
+    group_observations,
     scored_entries,
 )
+from service.cache.verify.evidence import Observation
 from service.errors import StoreDamagedError, StoreNotWritableError
 
 __all__ = ["VECTOR_STORAGE", "EdgeVectorStore", "edge_config"]
@@ -57,6 +60,7 @@ T = TypeVar("T")
 
 DELETE_BYTES = 64 * 1024  # what a deletion may add on disk (log record, flags)
 PAGE_OVERHEAD_BYTES = 64 * 1024  # pages an upsert may touch beyond its payload
+OBSERVATION_BYTES = 256  # an observation's payload key and value, generously
 OnDamage = Literal["warn", "refuse"]
 
 
@@ -65,6 +69,7 @@ def _estimate_bytes(entry: CacheEntry, dim: int) -> int:
     segment and again in the write-ahead log, plus the pages they touch."""
     texts = (entry.question, entry.content, entry.context, entry.tool_calls_json)
     payload = sum(len(text.encode()) for text in texts) + 16 * len(entry.context_vector)
+    payload += OBSERVATION_BYTES * len(entry.evidence)
     return 2 * (payload + 4 * dim) + PAGE_OVERHEAD_BYTES
 
 
@@ -80,6 +85,17 @@ def _edge_condition(condition: filters.Condition) -> qe.FieldCondition | qe.HasI
 def _edge_filter(conditions: Sequence[filters.Condition]) -> qe.Filter:
     """`conditions` (all must hold) as a Qdrant Edge filter."""
     return qe.Filter(must=[_edge_condition(c) for c in conditions])
+
+
+def _edge_query(query: SearchQuery, params: qe.SearchParams) -> qe.QueryRequest:
+    """One scoped search as a Qdrant Edge query."""
+    return qe.QueryRequest(
+        limit=query.limit,
+        query=qe.Query.Nearest(query.vector.tolist()),
+        filter=_edge_filter(filters.scope_conditions(query)),
+        with_payload=True,
+        params=params,
+    )
 
 
 class _ShardKeeper:
@@ -186,6 +202,29 @@ class _ShardKeeper:
         self.lower_manifest(shard, len(oldest))
         shard.update(qe.UpdateOperation.delete_points([p.id for p in oldest]))
         return len(oldest)
+
+    def add_observations(self, grouped: Mapping[str, Sequence[Observation]]) -> None:
+        """Write each entry's new observation keys and delete the ones the newest
+        `MAX_OBSERVATIONS` leave out (see `store.evidence_update`); ids no longer
+        stored are skipped. Reads and writes on the write thread, so nothing of this
+        process writes in between.
+
+        Raises:
+            StoreNotWritableError: the shard is closed, or the disk is too full.
+        """
+        added = sum(len(observations) for observations in grouped.values())
+        shard = self.writable(2 * OBSERVATION_BYTES * added + PAGE_OVERHEAD_BYTES)
+        for point_id, observations in grouped.items():
+            records = shard.retrieve([point_id], with_payload=True, with_vector=False)
+            if not records or records[0].payload is None:
+                continue
+            update = evidence_update(records[0].payload, observations)
+            chosen = _edge_filter(filters.id_conditions([point_id]))  # never creates a point
+            if update.set_keys:
+                shard.update(qe.UpdateOperation.set_payload_by_filter(chosen, update.set_keys))
+            if update.delete_keys:
+                keys = list(update.delete_keys)
+                shard.update(qe.UpdateOperation.delete_payload_by_filter(chosen, keys))
 
     def lower_manifest(self, shard: qe.EdgeShard, deleting: int) -> None:
         """Keep the manifest a lower bound across a deletion (write thread only)."""
@@ -312,19 +351,10 @@ class EdgeVectorStore:
         shard = self._shard
         if shard is None:
             return [[] for _ in queries]
-        batch = qe.QueryBatchRequest([self._query(q) for q in queries])
+        batch = qe.QueryBatchRequest([_edge_query(q, self._params) for q in queries])
         return [
             scored_entries(points) for points in await self._run(lambda: shard.query_batch(batch))
         ]
-
-    def _query(self, query: SearchQuery) -> qe.QueryRequest:
-        return qe.QueryRequest(
-            limit=query.limit,
-            query=qe.Query.Nearest(query.vector.tolist()),
-            filter=_edge_filter(filters.scope_conditions(query)),
-            with_payload=True,
-            params=self._params,
-        )
 
     async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:
         """Store `entry`.
@@ -369,6 +399,16 @@ class EdgeVectorStore:
                 self._shard.update(operation)
 
         await self._write(write)
+
+    async def add_observations(self, items: Sequence[tuple[str, Observation]]) -> None:
+        """Add observations to entries' evidence; see `LookupStore.add_observations`.
+
+        Raises:
+            StoreNotWritableError: storing is paused (disk full) or the store is closed.
+        """
+        grouped = group_observations(items)
+        if grouped:
+            await self._write(lambda: self._keeper.add_observations(grouped))
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
         tenant_filter = _edge_filter(filters.tenant_conditions(tenant))

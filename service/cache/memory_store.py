@@ -24,7 +24,12 @@ from service.cache.store import (
     SearchQuery,
     StoreHealth,
     Vector,
+    evidence_payload,
+    evidence_update,
+    group_observations,
+    stored_observations,
 )
+from service.cache.verify.evidence import Evidence, Observation
 
 __all__ = ["MemoryVectorStore"]
 
@@ -115,6 +120,20 @@ class MemoryVectorStore:
             point = self._points.get(point_id)
             if point is not None:
                 self._points[point_id] = replace(point, entry=replace(point.entry, last_hit_at=now))
+
+    async def add_observations(self, items: Sequence[tuple[str, Observation]]) -> None:
+        """Add observations to the entries that exist, as the real backends do: one key
+        per observation, keys outside the newest `MAX_OBSERVATIONS` deleted."""
+        self._check()
+        for point_id, added in group_observations(items).items():
+            point = self._points.get(point_id)
+            if point is None:
+                continue
+            keys = evidence_payload(point.entry.evidence)
+            update = evidence_update(keys, added)
+            kept = {k: v for k, v in keys.items() if k not in update.delete_keys}
+            evidence = Evidence.of(stored_observations(kept | update.set_keys).values())
+            self._points[point_id] = replace(point, entry=replace(point.entry, evidence=evidence))
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
         """Delete `tenant`'s least recently hit entries beyond the newest `keep`."""

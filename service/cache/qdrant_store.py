@@ -3,10 +3,14 @@
 Points at a Qdrant server or cluster (`SEMCACHE_QDRANT_URL`), or at
 qdrant-client's in-process `:memory:` mode, which the test suite uses to run
 the same tests as against the embedded backend.
+
+Replicas share one collection: evidence goes one observation per payload key
+(`store.evidence_update`), so replicas adding observations at once lose none.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 from qdrant_client import AsyncQdrantClient, models
@@ -17,12 +21,16 @@ from service.cache.store import (
     KEYWORD_FIELDS,
     CacheEntry,
     EntryFilter,
+    EvidenceUpdate,
     ScoredEntry,
     SearchQuery,
     StoreHealth,
     Vector,
+    evidence_update,
+    group_observations,
     scored_entries,
 )
+from service.cache.verify.evidence import Observation
 
 _INT8_IN_RAM = models.ScalarQuantization(
     scalar=models.ScalarQuantizationConfig(
@@ -47,6 +55,30 @@ def _qdrant_condition(condition: filters.Condition) -> models.Condition:
 def _qdrant_filter(conditions: Sequence[filters.Condition]) -> models.Filter:
     """`conditions` (all must hold) as a qdrant-client filter."""
     return models.Filter(must=[_qdrant_condition(c) for c in conditions])
+
+
+def _normal_id(point_id: object) -> str:
+    """A point id as Qdrant answers it: UUIDs in lower-case hyphenated form."""
+    try:
+        return str(uuid.UUID(str(point_id)))
+    except ValueError:
+        return str(point_id)
+
+
+def _evidence_operations(
+    point_id: models.ExtendedPointId, update: EvidenceUpdate
+) -> list[models.UpdateOperation]:
+    """`update` as payload operations on `point_id`, by filter: a point deleted since
+    it was read matches nothing, where by id the server would fail (or create)."""
+    chosen = _qdrant_filter(filters.id_conditions([str(point_id)]))
+    operations: list[models.UpdateOperation] = []
+    if update.set_keys:
+        set_payload = models.SetPayload(payload=update.set_keys, filter=chosen)
+        operations.append(models.SetPayloadOperation(set_payload=set_payload))
+    if update.delete_keys:
+        delete = models.DeletePayload(keys=list(update.delete_keys), filter=chosen)
+        operations.append(models.DeletePayloadOperation(delete_payload=delete))
+    return operations
 
 
 class QdrantVectorStore:
@@ -86,6 +118,23 @@ class QdrantVectorStore:
             client = AsyncQdrantClient(
                 url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=int(max(1, timeout_s))
             )
+        return await cls.attach(client, collection, dim, hnsw_ef=hnsw_ef, storage=storage)
+
+    @classmethod
+    async def attach(
+        cls,
+        client: AsyncQdrantClient,
+        collection: str,
+        dim: int,
+        *,
+        hnsw_ef: int = 64,
+        storage: str = "ram",
+    ) -> QdrantVectorStore:
+        """A store over a client already made (replicas in tests share one `:memory:`
+        client), creating `collection` as `open` does if it is absent. Closing the
+        store closes the client."""
+        options = client.init_options
+        local = options.get("location") == ":memory:" or options.get("path") is not None
         store = cls(client, collection, hnsw_ef, local=local)
         await store._ensure_collection(dim, storage)
         return store
@@ -167,6 +216,26 @@ class QdrantVectorStore:
         await self._client.set_payload(
             self._collection, {"last_hit_at": now}, points=selector, wait=False
         )
+
+    async def add_observations(self, items: Sequence[tuple[str, Observation]]) -> None:
+        """Add observations to entries' evidence in one read and one batch of payload
+        writes; see `LookupStore.add_observations`."""
+        grouped = {_normal_id(pid): obs for pid, obs in group_observations(items).items()}
+        if not grouped:
+            return
+        records = await self._client.retrieve(
+            self._collection, list(grouped), with_payload=True, with_vectors=False
+        )
+        operations = [
+            operation
+            for record in records
+            if record.payload is not None
+            for operation in _evidence_operations(
+                record.id, evidence_update(record.payload, grouped[_normal_id(record.id)])
+            )
+        ]
+        if operations:
+            await self._client.batch_update_points(self._collection, operations, wait=True)
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
         tenant_filter = _qdrant_filter(filters.tenant_conditions(tenant))

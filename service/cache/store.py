@@ -6,22 +6,100 @@ and upkeep need; `VectorStore` is both, as every backend is.
 Backends: `edge_store.EdgeVectorStore` (Qdrant Edge, embedded, the default)
 and `qdrant_store.QdrantVectorStore` (a Qdrant server through qdrant-client).
 `factory.build_store` chooses one from the settings.
+
+An entry's evidence (`verify.evidence`) lives in its payload one observation per
+top-level key (`EVIDENCE_KEY_PREFIX` + the observation's id), so replicas sharing a
+Qdrant server each write their own keys and never overwrite one another's; readers
+gather every key into an `Evidence` (the newest `MAX_OBSERVATIONS`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from service.cache.verify.evidence import MAX_OBSERVATIONS, Evidence, Observation
 
 Vector = npt.NDArray[np.float32]
 
 # Payload fields with an index, and the kind of index each one gets.
 KEYWORD_FIELDS = ("tenant", "namespace", "scope", "model")
 FLOAT_FIELDS = ("created_at", "expires_at", "last_hit_at")
+
+# Each observation of an entry's evidence is the payload key this prefix + its id.
+EVIDENCE_KEY_PREFIX = "ev_"
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a key Qdrant's JSON paths take unquoted
+_HASHED_ID_HEX = 16
+
+
+def evidence_key(obs_id: str) -> str:
+    """The payload key of observation `obs_id`: the prefix and the id if it is made of
+    [A-Za-z0-9_-] (up to 64 characters), else the first 16 hex of its sha256."""
+    if _SAFE_ID.fullmatch(obs_id):
+        return EVIDENCE_KEY_PREFIX + obs_id
+    return EVIDENCE_KEY_PREFIX + hashlib.sha256(obs_id.encode()).hexdigest()[:_HASHED_ID_HEX]
+
+
+def stored_observations(payload: Mapping[str, Any]) -> dict[str, Observation]:
+    """The well-formed observations in `payload`, by key; malformed ones are skipped
+    (a damaged observation must never fail a lookup)."""
+    found: dict[str, Observation] = {}
+    for key, value in payload.items():
+        if key.startswith(EVIDENCE_KEY_PREFIX):
+            try:
+                found[key] = Observation.from_payload(value)
+            except ValueError:
+                continue
+    return found
+
+
+def evidence_payload(evidence: Evidence) -> dict[str, dict[str, Any]]:
+    """`evidence` as payload keys, one per observation."""
+    return {evidence_key(o.obs_id): o.to_payload() for o in evidence.observations}
+
+
+@dataclass(frozen=True)
+class EvidenceUpdate:
+    """The payload writes that add observations to one entry: keys to set, and keys to
+    delete (observations outside the newest `MAX_OBSERVATIONS` of what was read)."""
+
+    set_keys: dict[str, dict[str, Any]]
+    delete_keys: tuple[str, ...]
+
+
+def evidence_update(payload: Mapping[str, Any], added: Iterable[Observation]) -> EvidenceUpdate:
+    """How to add `added` to the entry whose payload is `payload`.
+
+    Replica-safe: what is read is a subset of everything ever written, so a key outside
+    its newest `MAX_OBSERVATIONS` has that many newer observations written, is outside
+    every later merged view, and may be deleted by anyone. A new observation already
+    outside the newest is not written at all. Malformed keys are left alone.
+    """
+    stored = stored_observations(payload)
+    new = {evidence_key(o.obs_id): o for o in added}
+    merged = stored | new
+    newest = sorted(merged, key=merged.__getitem__, reverse=True)[:MAX_OBSERVATIONS]
+    keep = set(newest)
+    return EvidenceUpdate(
+        {key: o.to_payload() for key, o in new.items() if key in keep},
+        tuple(sorted(key for key in stored if key not in keep)),
+    )
+
+
+def group_observations(
+    items: Iterable[tuple[str, Observation]],
+) -> dict[str, list[Observation]]:
+    """`add_observations`' items grouped by point id, in the order first seen."""
+    grouped: dict[str, list[Observation]] = {}
+    for point_id, observation in items:
+        grouped.setdefault(point_id, []).append(observation)
+    return grouped
 
 
 @dataclass(frozen=True)
@@ -44,17 +122,24 @@ class CacheEntry:
     context: str = ""
     context_vector: tuple[float, ...] = ()
     tool_calls_json: str = ""
+    evidence: Evidence = field(default_factory=Evidence)
 
     def to_payload(self) -> dict[str, Any]:
-        payload = asdict(self)
+        """The point's payload: the fields, and each observation under its own key."""
+        payload = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "evidence"}
         payload["context_vector"] = list(self.context_vector)
+        payload.update(evidence_payload(self.evidence))
         return payload
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> CacheEntry:
-        fields = {name: payload[name] for name in cls.__dataclass_fields__ if name in payload}
-        fields["context_vector"] = tuple(payload.get("context_vector") or ())
-        return cls(**fields)
+        """Read a point's payload back; evidence is the newest `MAX_OBSERVATIONS` of the
+        well-formed observations it holds."""
+        names = [name for name in cls.__dataclass_fields__ if name != "evidence"]
+        values = {name: payload[name] for name in names if name in payload}
+        values["context_vector"] = tuple(payload.get("context_vector") or ())
+        values["evidence"] = Evidence.of(stored_observations(payload).values())
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -153,6 +238,17 @@ class LookupStore(Protocol):
 
     async def touch(self, point_ids: Sequence[str], now: float) -> None:
         """Record that the entries were served at `now` (for least-recently-hit eviction)."""
+        ...
+
+    async def add_observations(self, items: Sequence[tuple[str, Observation]]) -> None:
+        """Add each (point id, observation) to that entry's evidence, each observation
+        under its own payload key (replicas never overwrite each other's), deleting keys
+        of observations older than the entry's newest `MAX_OBSERVATIONS`. Ids no longer
+        stored are skipped (nothing is created).
+
+        Raises:
+            StoreNotWritableError: storing is paused (disk full) or the store is closed.
+        """
         ...
 
 
