@@ -17,7 +17,6 @@ Vectors come from the project's default embedder and are cached in a temp file
 keyed by the model id and the texts, so a second run embeds nothing.
 
     python -m benchmarks.stream_replay run [--stream FILE] [--out DIR]
-    python -m benchmarks.stream_replay calibrate   # prints the prior fitted on qqp_dev
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ from service.cache.verify.decision import Action, Candidate, Policy, Verdict, de
 from service.cache.verify.evidence import Evidence, Observation
 from service.cache.verify.forms import form_key
 from service.cache.verify.online import ErrorBudget, ExplorationBudget, LiveCalibration
-from service.cache.verify.prior import DEFAULT_PRIOR, Prior, fit_prior
+from service.cache.verify.prior import DEFAULT_PRIOR, Prior
 
 STREAM_FILE = "qqp_stream_dev.jsonl"
 SEARCH_LIMIT = 5
@@ -445,28 +444,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def calibration_pairs(path: Path, embed: Embed) -> tuple[list[float], list[bool]]:
-    """Guard scores and labels of the qqp pairs that pass the guard's floor and rules."""
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    a = embed([r["a"] for r in rows])
-    b = embed([r["b"] for r in rows])
-    guard = NearMissGuard(accept_min=0.0)
-    scores, labels = [], []
-    for row, similarity in zip(rows, (a * b).sum(axis=1), strict=True):
-        verdict = guard.verify(row["b"], row["a"], float(similarity))
-        if verdict.reason in ("ok", "identical"):
-            scores.append(verdict.score)
-            labels.append(bool(row["same_answer"]))
-    return scores, labels
-
-
-def _cmd_calibrate(args: argparse.Namespace) -> int:
-    embed, _ = default_embed()
-    scores, labels = calibration_pairs(data_file(args.pairs, flag="--pairs"), embed)
-    print(f"{len(scores)} pairs, {sum(labels)} same answer: {fit_prior(scores, labels)}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stream_replay")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -478,11 +455,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--deltas", type=float, nargs="+", default=[0.01, 0.02])
     run.add_argument("--explore-share", type=float, default=0.1)
     run.set_defaults(handler=_cmd_run)
-    calibrate = commands.add_parser("calibrate", help="fit the cold-start prior on qqp_dev")
-    calibrate.add_argument(
-        "--pairs", type=Path, help="default: qqp_dev.jsonl in SEMCACHE_BENCH_DATA_DIR"
-    )
-    calibrate.set_defaults(handler=_cmd_calibrate)
     return parser
 
 
