@@ -428,7 +428,9 @@ class GetCacheStatsRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     ALL_TENANTS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
-    """Only this namespace's entry count; empty = all namespaces of the tenant."""
+    """Only this namespace's entry count and verification row; empty = all namespaces
+    of the tenant.
+    """
     all_tenants: _builtins.bool
     """Admin only: every tenant's stats in `tenants` as well."""
     def __init__(
