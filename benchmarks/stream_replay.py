@@ -24,11 +24,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import random
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,12 +37,13 @@ import numpy.typing as npt
 from benchmarks.data import data_file
 from benchmarks.report import markdown_table
 from service.cache.guard import NearMissGuard
-from service.cache.scope import normalise
-from service.cache.verify.decision import Action, Candidate, Policy, Verdict, decide, estimate
+from service.cache.scope import CacheKey, normalise
+from service.cache.store import CacheEntry, ScoredEntry
+from service.cache.verify.decision import Action
 from service.cache.verify.evidence import Evidence, Observation
-from service.cache.verify.forms import form_key
-from service.cache.verify.online import ErrorBudget, ExplorationBudget, LiveCalibration
+from service.cache.verify.online import LiveCalibration
 from service.cache.verify.prior import DEFAULT_PRIOR, Prior
+from service.cache.verify.verifier import BudgetSettings, HitDecider, VerifyState
 
 STREAM_FILE = "qqp_stream_dev.jsonl"
 SEARCH_LIMIT = 5
@@ -189,55 +189,36 @@ class GuardDecider:
         return None
 
 
-def candidate_for(guard: NearMissGuard, query: str, cached: str, similarity: float) -> Candidate:
-    """The decision's view of one pair: guard score, the rule that vetoed it, same form."""
-    verdict = guard.verify(query, cached, similarity)
-    if verdict.reason in ("ok", "low_score", "identical"):
-        key = form_key(query)
-        same_form = key is not None and key == form_key(cached)
-        return Candidate(verdict.score, "", verdict.reason == "identical" or same_form)
-    return Candidate(verdict.score, verdict.reason)
-
-
 class VerdictDecider:
-    """`service.cache.verify` with its budgets, as the gateway would run it."""
+    """The service's own decision (`verify.verifier.HitDecider`) with its budgets and
+    live calibration, learning from each judged exploration as `Learning` does."""
 
-    def __init__(self, policy: Policy, prior: Prior, explore_share: float, seed: int = 0) -> None:
-        self.policy, self.prior = policy, prior
+    def __init__(
+        self, delta: float, prior: Prior, explore_share: float, audit_share: float = 0.02
+    ) -> None:
+        self.state = VerifyState(prior)
+        budget = BudgetSettings(delta, {}, explore_share, audit_share)
+        self.decider = HitDecider(self.state, budget)
         self.guard = NearMissGuard(accept_min=0.0)
-        self.exploration = ExplorationBudget(share=explore_share)
-        self.errors = ErrorBudget(max_error_rate=policy.max_error_rate)
         self.calibration = LiveCalibration(prior)
-        self._random = random.Random(seed)
-        self.name = f"verdict δ={policy.max_error_rate:.0%}"
+        self.name = f"verdict δ={delta:.0%}"
+        self._ids: dict[int, str] = {}
+
+    def note_exact(self) -> None:
+        """An exact hit: a request the budgets share out over, at no risk."""
+        self.decider.note_exact(_KEY)
 
     def choose(self, query: str, candidates: Sequence[tuple[Entry, float]]) -> Choice:
-        self.exploration.on_request()
-        judged = [(e, candidate_for(self.guard, query, e.question, s)) for e, s in candidates]
-        draw = self._random.random()
-        risk_max = self.errors.allowance()
-        verdicts = [(e, c, self._decide(e, c, risk_max, draw)) for e, c in judged]
-        self.errors.on_request(self._best_risk(judged))
-        choice = _pick(verdicts)
-        if choice.action is Action.EXPLORE:
-            self.exploration.spend()
-        return choice
-
-    def _decide(self, entry: Entry, candidate: Candidate, risk_max: float, draw: float) -> Verdict:
-        return decide(
-            candidate, entry.evidence, prior=self.calibration.current, policy=self.policy,
-            risk_max=risk_max, may_explore=self.exploration.available(), draw=draw,
-        )  # fmt: skip
-
-    def _best_risk(self, judged: Sequence[tuple[Entry, Candidate]]) -> float | None:
-        risks = [
-            0.0 if c.identical else self._p_wrong(e, c) for e, c in judged if not c.veto
-        ]  # fmt: skip
-        return min(risks, default=None)
-
-    def _p_wrong(self, entry: Entry, candidate: Candidate) -> float:
-        prior = self.calibration.current
-        return estimate(candidate.score, entry.evidence, prior, self.policy).p_wrong
+        found = [ScoredEntry(str(id(e)), s, _cache_entry(e)) for e, s in candidates]
+        verdicts = [self.guard.verify(query, e.question, s) for e, s in candidates]
+        choice = self.decider.choose(replace(_KEY, text=query), found, verdicts)
+        by_id = {str(id(e)): e for e, _ in candidates}
+        if choice.served is not None:
+            return Choice(Action.SERVE, by_id[choice.served.point_id], choice.score)
+        if choice.exploration is not None:
+            explored = by_id[choice.exploration.point_id]
+            return Choice(Action.EXPLORE, explored, choice.exploration.score)
+        return Choice(Action.MISS)
 
     def learn(self, request_index: int, choice: Choice, same: bool) -> None:
         assert choice.entry is not None
@@ -245,18 +226,19 @@ class VerdictDecider:
         choice.entry.evidence = choice.entry.evidence.add(seen)
         if choice.score < 1.0:
             self.calibration.add(choice.score, same)
+            self.state.prior = self.calibration.current
 
 
-def _pick(verdicts: Sequence[tuple[Entry, Candidate, Verdict]]) -> Choice:
-    """The safest candidate to serve; else the safest to explore; else a miss."""
-    for action in (Action.SERVE, Action.EXPLORE):
-        ranked = sorted(
-            (v.p_wrong, i) for i, (_, _, v) in enumerate(verdicts) if v.action is action
-        )
-        if ranked:
-            entry, candidate, _ = verdicts[ranked[0][1]]
-            return Choice(action, entry, candidate.score)
-    return Choice(Action.MISS)
+_KEY = CacheKey("replay", "default", "replay", "", "", "")
+
+
+def _cache_entry(entry: Entry) -> CacheEntry:
+    return CacheEntry(
+        tenant="replay", namespace="default", scope="replay", model="m",
+        question=entry.question, content=entry.answer, finish_reason="stop",
+        prompt_tokens=0, completion_tokens=0, cost_usd=0.0, created_at=0.0,
+        expires_at=float("inf"), last_hit_at=0.0, evidence=entry.evidence,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -288,6 +270,8 @@ def replay(
     for index, request in enumerate(requests):
         exact = cache.exact(request.q)
         if exact is not None:
+            if isinstance(decider, VerdictDecider):
+                decider.note_exact()
             outcomes.append(Outcome(request, "exact", exact.answer == _answer(request.cluster)))
             continue
         vector = vectors[request.q]
@@ -420,7 +404,7 @@ def run_all(
     """Every decider over the stream; returns outcomes by name and the cosine chosen."""
     results: dict[str, list[Outcome]] = {}
     for delta in deltas:
-        decider = VerdictDecider(Policy(max_error_rate=delta), DEFAULT_PRIOR, explore_share)
+        decider = VerdictDecider(delta, DEFAULT_PRIOR, explore_share)
         results[decider.name] = replay(requests, vectors, decider)
     guard = GuardDecider(NearMissGuard())
     results[guard.name] = replay(requests, vectors, guard)

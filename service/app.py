@@ -90,12 +90,11 @@ async def build_app(
     *,
     simulated: bool = False,
 ) -> App:
-    """Wire store, embedder, providers, router and gateway.
+    """Wire store, embedder, providers, router, verification and pipeline.
 
     `embedder` may be passed in pre-loaded; `environ` supplies the catalogue's
     `${VAR}` substitutions and provider API keys (the CLI passes `os.environ`).
-    `simulated` says the upstream is the built-in simulator: its answers get a
-    cache scope of their own (see `scope.upstream_identity`).
+    `simulated`: the upstream is the built-in simulator (a scope of its own).
 
     Raises:
         ValueError: no upstream base URL is configured, or the catalogue is invalid.
@@ -110,12 +109,9 @@ async def build_app(
     router = await asyncio.to_thread(build_settings_router, settings, catalogue, batcher.embedder)
     telemetry = Telemetry(metrics, build_tracing(settings.otlp_endpoint))
     upstream_id = settings_upstream_identity(settings, catalogue, simulated)
-    state = VerifyState(DEFAULT_PRIOR)
-    decider = HitDecider(state, budget_settings(settings))
+    decider, learning = build_verification(settings, store, batcher, provider, catalogue)
     cache = build_cache(settings, store, batcher, telemetry, upstream_id, decider)
-    learning = Learning(state, store, build_settings_judge(settings, batcher, provider, catalogue))
-    metrics.watch_store(lambda: store.health().writable, lambda: store.health().missing_entries)
-    metrics.watch_verification(learning.snapshot)
+    watch(metrics, store, learning)
     closers: list[Closer] = [
         telemetry.tracing.aclose,
         batcher.close,
@@ -126,6 +122,29 @@ async def build_app(
     ]
     upstream = Upstream(provider, router, settings.upstream_timeout_s)
     return assemble_app(settings, cache, upstream, catalogue, telemetry, closers, learning)
+
+
+def build_verification(
+    settings: Settings,
+    store: VectorStore,
+    batcher: EmbeddingBatcher,
+    provider: ResilientProvider,
+    catalogue: Catalogue,
+) -> tuple[HitDecider, Learning]:
+    """The hit decision and what learns after it, sharing one live prior.
+
+    Raises:
+        ValueError: SEMCACHE_JUDGE_MODEL names no model of the catalogue.
+    """
+    state = VerifyState(DEFAULT_PRIOR)
+    judge = build_settings_judge(settings, batcher, provider, catalogue)
+    return HitDecider(state, budget_settings(settings)), Learning(state, store, judge)
+
+
+def watch(metrics: Metrics, store: VectorStore, learning: Learning) -> None:
+    """Let `metrics` read the store's health and verification's counters at each scrape."""
+    metrics.watch_store(lambda: store.health().writable, lambda: store.health().missing_entries)
+    metrics.watch_verification(learning.snapshot)
 
 
 def build_provider(settings: Settings, catalogue: Catalogue, metrics: Metrics) -> ResilientProvider:

@@ -219,17 +219,22 @@ def test_no_fow_cache_trap_pair_shares_a_form_key() -> None:
 
 
 def test_the_seed_example_is_served_from_cold() -> None:
-    from benchmarks.stream_replay import candidate_for
+    from service.cache.scope import CacheKey
+    from service.cache.store import CacheEntry, ScoredEntry
+    from service.cache.verify.verifier import BudgetSettings, HitDecider, VerifyState
 
-    candidate = candidate_for(
-        NearMissGuard(accept_min=0.0), "Can you explain machine learning?",
-        "What is machine learning?", 0.830,
+    cached, asked = "What is machine learning?", "Can you explain machine learning?"
+    entry = CacheEntry(
+        tenant="t", namespace="n", scope="s", model="m", question=cached, content="ML is...",
+        finish_reason="stop", prompt_tokens=1, completion_tokens=1, cost_usd=0.0,
+        created_at=0.0, expires_at=1e12, last_hit_at=0.0,
     )  # fmt: skip
-    verdict = decide(
-        candidate, Evidence(), prior=DEFAULT_PRIOR, policy=Policy(), risk_max=0.01,
-        may_explore=True, draw=0.99,
-    )  # fmt: skip
-    assert verdict.action is Action.SERVE
+    decider = HitDecider(VerifyState(DEFAULT_PRIOR), BudgetSettings(max_error_rate=0.01))
+    verdict = NearMissGuard().verify(asked, cached, 0.830)
+    key = CacheKey("t", "n", "s", asked, "", "id")
+    choice = decider.choose(key, [ScoredEntry("p", 0.830, entry)], [verdict])
+    assert choice.served is not None
+    assert (choice.detail, choice.p_wrong) == ("same_form", 0.0)
 
 
 # A tiny stream in a made-up 3-d space: a popular intent "c1" asked in two wordings,
@@ -298,14 +303,14 @@ def test_replay_scores_a_cosine_threshold(stream: Path) -> None:
 def test_replay_with_the_verdict_explores_within_budget_and_records_evidence(
     stream: Path,
 ) -> None:
-    decider = VerdictDecider(Policy(max_error_rate=0.01), PRIOR, explore_share=1.0, seed=0)
+    decider = VerdictDecider(0.01, PRIOR, explore_share=1.0)
 
     outcomes = replay(load_stream(stream), _fake_vectors(), decider)
     figures = summarise("verdict", outcomes)
 
     assert figures["wrong"] == 0
     assert figures["traps_served"] == 0
-    assert figures["explorations"] == decider.exploration.explored >= 1
+    assert figures["explorations"] == decider.decider.exploration.explored >= 1
     # the other form of the same how-to is served at once; the look-alike trap is not
     assert _kinds(outcomes)[2] == "semantic"
     assert _kinds(outcomes)[3] in ("explore", "miss")

@@ -20,6 +20,7 @@ from service.domain import CachePolicy, CacheStatus, Completion, CompletionReque
 from service.errors import UpstreamTimeoutError
 from service.llm.catalogue import Catalogue
 from service.llm.provider import Provider, ProviderAnswer, ProviderCall
+from service.pipeline.hooks import LearningHooks
 from service.pipeline.ledger import Ledger, UpstreamReceipt
 from service.pipeline.quota import Quota
 from service.ratelimit import RateLimiter
@@ -118,7 +119,7 @@ class RequestPipeline:
         learning: Learning | None = None,
     ) -> None:
         self._cache = cache
-        self._learning = learning
+        self._hooks = LearningHooks(learning)
         self._upstream = upstream
         self._catalogue = catalogue
         self._ledger = ledger
@@ -142,7 +143,7 @@ class RequestPipeline:
         started, lookup = await self._begin(request)
         if lookup is not None and lookup.hit is not None:
             hit = self._ledger.hit(request.tenant, lookup.hit, started)
-            return self._noted(request, hit, lookup)
+            return self._hooks.noted(request, hit, lookup)
         route = self._route(request, lookup)
         if lookup is None:
             answer = await self._ask(request, route)
@@ -155,7 +156,7 @@ class RequestPipeline:
         spent, saved = (cost_usd, 0.0) if leader else (0.0, cost_usd)
         entry_id = lookup.key.point_id if stored else ""
         completion = self._receipt(request, lookup, route, answer, started, spent, saved, entry_id)
-        return self._noted(request, completion, lookup)
+        return self._hooks.noted(request, completion, lookup)
 
     async def complete_many(
         self, requests: Sequence[CompletionRequest], max_concurrency: int
@@ -188,7 +189,7 @@ class RequestPipeline:
             for piece in _REPLAY_CHUNK.findall(lookup.hit.entry.content):
                 yield piece
             hit = self._ledger.hit(request.tenant, lookup.hit, started)
-            yield self._noted(request, hit, lookup)
+            yield self._hooks.noted(request, hit, lookup)
             return
         route = self._route(request, lookup)
         async with aclosing(self._stream_upstream(request, lookup, route, started)) as events:
@@ -212,11 +213,11 @@ class RequestPipeline:
                     spent = self._ledger.cost_usd(event)
                     # The id it will be stored as once the caller has the final message.
                     entry_id = self._policy.entry_id_to_be(request, lookup, event)
-                    self._judge_later(lookup, event)
+                    self._hooks.judge_later(lookup, event)
                     completion = self._receipt(
                         request, lookup, route, event, started, spent, 0.0, entry_id
                     )
-                    yield self._noted(request, completion, lookup)
+                    yield self._hooks.noted(request, completion, lookup)
                     # Resumed only once the caller has sent the final message on.
                     await self._store_if_allowed(request, lookup, event, spent)
                     continue
@@ -267,31 +268,10 @@ class RequestPipeline:
         self, request: CompletionRequest, lookup: Lookup, route: RouteDecision
     ) -> tuple[ProviderAnswer, float, bool]:
         answer = await self._ask(request, route)
-        self._judge_later(lookup, answer)
+        self._hooks.judge_later(lookup, answer)
         cost_usd = self._ledger.cost_usd(answer)
         stored = await self._store_if_allowed(request, lookup, answer, cost_usd)
         return answer, cost_usd, stored
-
-    def _judge_later(self, lookup: Lookup | None, answer: ProviderAnswer) -> None:
-        """An explored candidate is judged against `answer` in the background."""
-        if self._learning is not None and lookup is not None and lookup.exploration:
-            self._learning.judge_later(lookup.exploration, answer.content)
-
-    def _noted(
-        self, request: CompletionRequest, completion: Completion, lookup: Lookup | None
-    ) -> Completion:
-        """Remember which entry answered the request, for feedback by request id.
-
-        The score is the guard's for a semantic hit, 1.0 for an exact hit or a stored
-        answer (feedback on those judges the answer itself).
-        """
-        if self._learning is not None and completion.entry_id:
-            hit = lookup.hit if lookup is not None else None
-            score = hit.score if hit is not None else 1.0
-            self._learning.note_served(
-                request.request_id, request.tenant, request.namespace, completion.entry_id, score
-            )
-        return completion
 
     async def _store_if_allowed(
         self,
@@ -317,16 +297,10 @@ class RequestPipeline:
         entry_id: str = "",
     ) -> Completion:
         receipt = UpstreamReceipt(
-            tenant=request.tenant,
-            answer=answer,
-            lookup=lookup,
-            route=route,
-            detail=self._policy.miss_detail(request, lookup),
-            started=started,
-            spent_usd=spent_usd,
-            saved_usd=saved_usd,
-            entry_id=entry_id,
-        )
+            tenant=request.tenant, answer=answer, lookup=lookup, route=route,
+            detail=self._policy.miss_detail(request, lookup), started=started,
+            spent_usd=spent_usd, saved_usd=saved_usd, entry_id=entry_id,
+        )  # fmt: skip
         return self._ledger.upstream(receipt)
 
 
