@@ -220,23 +220,36 @@ def _cmd_bench_resilience(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from service.cache.calibrate import DEFAULT_DATA, run
-    from service.embedding.factory import build_embedder
+    from service.cache.calibrate import DEFAULT_DATA, run, run_prior
+    from service.embedding.base import Embedder
+    from service.embedding.factory import EmbeddingBackend, build_embedder
 
     configure_logging("console", "warning")
+    if args.pairs and not args.prior:
+        print(
+            "semcache calibrate: --pairs adds pairs to the prior's fit: add --prior",
+            file=sys.stderr,
+        )
+        return 2
     settings = load_settings()
-    command = f"semcache calibrate --embedding-backend {args.embedding_backend}"
-    return run(
-        Path(args.data) if args.data else DEFAULT_DATA,
-        Path(args.out) if args.out else None,
-        lambda: build_embedder(
-            args.embedding_backend,
+    backend: EmbeddingBackend = args.embedding_backend or ("onnx-int8" if args.prior else "torch")
+    data = Path(args.data) if args.data else DEFAULT_DATA
+    out = Path(args.out) if args.out else None
+
+    def load_embedder() -> Embedder:
+        return build_embedder(
+            backend,
             settings.embedding_model_path,
             settings.embedding_cache_dir,
             settings.embedding_threads,
-        ),
-        command,
-    )
+        )
+
+    if not args.prior:
+        return run(data, out, load_embedder, f"semcache calibrate --embedding-backend {backend}")
+    command = " ".join(["semcache calibrate --prior", *(f"--pairs {p}" for p in args.pairs)])
+    if backend != "onnx-int8":
+        command += f" --embedding-backend {backend}"
+    return run_prior([data, *map(Path, args.pairs)], out, load_embedder, command)
 
 
 def _cmd_route_eval(args: argparse.Namespace) -> int:
@@ -636,16 +649,7 @@ def _add_measuring_commands(commands: Any, with_benchmarks: bool) -> None:
 
 
 def _add_calibrate_and_simulate_commands(commands: Any) -> None:
-    calibrate = commands.add_parser(
-        "calibrate", help="refit the near-miss guard's weights from labelled pairs"
-    )
-    calibrate.add_argument("--data", help="qqp-style JSONL; default ../shared/data/qqp_dev.jsonl")
-    calibrate.add_argument("--out", help="write the weights JSON here; default: print it")
-    calibrate.add_argument(
-        "--embedding-backend", choices=["torch", "onnx-int8", "onnx-fp32"], default="torch"
-    )
-    calibrate.set_defaults(run=_cmd_calibrate)
-
+    _add_calibrate_command(commands)
     simulate = commands.add_parser(
         "simulate-upstream", help="run the OpenAI-compatible upstream simulator"
     )
@@ -669,6 +673,36 @@ def _add_calibrate_and_simulate_commands(commands: Any) -> None:
         " cluster's canned answer, ANSWER[<cluster>]: ... (others as without it)",
     )
     simulate.set_defaults(run=_cmd_simulate)
+
+
+def _add_calibrate_command(commands: Any) -> None:
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="refit the near-miss guard's weights (or, with --prior, the cold-start prior)"
+        " from labelled pairs",
+    )
+    calibrate.add_argument("--data", help="qqp-style JSONL; default ../shared/data/qqp_dev.jsonl")
+    calibrate.add_argument(
+        "--prior",
+        action="store_true",
+        help="fit the prior (guard score to P(same answer)) instead of the guard's weights",
+    )
+    calibrate.add_argument(
+        "--pairs",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help='with --prior: your own labelled pairs, JSONL {"a", "b", "same_answer"}'
+        " (b is the query), fitted together with --data",
+    )
+    calibrate.add_argument("--out", help="write the JSON file here; default: print it")
+    calibrate.add_argument(
+        "--embedding-backend",
+        choices=["torch", "onnx-int8", "onnx-fp32"],
+        help="default: torch for the guard's weights, onnx-int8 (the serving default) for --prior",
+    )
+    calibrate.set_defaults(run=_cmd_calibrate)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

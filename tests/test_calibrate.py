@@ -2,7 +2,8 @@
 
 The fast tests check the solver against scikit-learn's objective and the command's
 error handling; the slow ones embed qqp_dev (about 40 s with the torch embedder) and
-compare the fit with the shipped `guard_weights.json`.
+compare the fit with the shipped `guard_weights.json`. The prior's file is tested in
+`tests/test_prior_file.py`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from service.cache.guard_model import (
     dump_guard_model,
     load_guard_model,
 )
+from service.cache.verify.prior import PRIOR_C, fit_logistic, fit_prior
 from service.cli import main
 
 # The literals guard.py held before the weights moved to guard_weights.json.
@@ -52,14 +54,19 @@ def test_fit_is_deterministic_and_rejects_bad_shapes() -> None:
         cal.fit_logistic(x, list(y)[:-1])
 
 
-def test_score_calibration_recovers_a_platt_map() -> None:
+def test_prior_is_the_same_fit_as_the_guards_at_c_1000() -> None:
+    linear_model = pytest.importorskip("sklearn.linear_model")
     rng = np.random.default_rng(7)
-    scores = rng.uniform(0.01, 0.99, 20_000)
-    truth = 1.0 / (1.0 + np.exp(-(0.5 + 2.0 * np.log(scores / (1 - scores)))))
-    calibration = cal.calibrate_scores(list(scores), list(rng.uniform(size=scores.size) < truth))
-    assert calibration.fit.weights[0] == pytest.approx(2.0, abs=0.1)
-    assert calibration.fit.bias == pytest.approx(0.5, abs=0.1)
-    assert calibration.probability(0.2) < calibration.probability(0.8)
+    scores = rng.uniform(0.01, 0.99, 5_000)
+    column = np.log(scores / (1 - scores))
+    labels = rng.uniform(size=scores.size) < 1.0 / (1.0 + np.exp(-(0.5 + 2.0 * column)))
+    tight = linear_model.LogisticRegression(C=PRIOR_C, tol=1e-12, max_iter=10_000)
+    tight.fit(column.reshape(-1, 1), labels)
+    prior = fit_prior(list(scores), list(labels))
+    assert prior.slope == round(float(tight.coef_[0][0]), 4)
+    assert prior.intercept == round(float(tight.intercept_[0]), 4)
+    assert prior.slope == pytest.approx(2.0, abs=0.15)
+    assert cal.fit_logistic is fit_logistic  # one implementation, re-exported
 
 
 def test_missing_data_file_is_one_line_not_a_traceback(

@@ -1,8 +1,8 @@
-"""`semcache calibrate`: refit the near-miss guard's weights from labelled pairs.
+"""`semcache calibrate`: refit the near-miss guard's weights, or (`--prior`) the cold-start prior.
 
 The guard scores a (query, cached) pair with a logistic regression over
 `guard.PairFeatures.vector()`; its weights live in `guard_weights.json`
-(`guard_model.SHIPPED_WEIGHTS_PATH`). This rebuilds that file:
+(`guard_model.SHIPPED_WEIGHTS_PATH`). `semcache calibrate` rebuilds that file:
 
 1. read `{"a", "b", "same_answer"}` lines (`../shared/data/qqp_dev.jsonl`, read in
    place: Quora's text is never copied, only the fitted numbers are written);
@@ -11,7 +11,8 @@ The guard scores a (query, cached) pair with a logistic regression over
 3. keep the pairs with cosine >= 0.6 that no hard rule vetoes (query=b, cached=a);
 4. fit an L2-penalised logistic regression with C=1 and an unpenalised intercept
    (the objective of scikit-learn's `LogisticRegression(C=1)`) by Newton's method to
-   its optimum: deterministic, no solver tolerance in the result;
+   its optimum (`verify.prior.fit_logistic`, the project's one logistic fit):
+   deterministic, no solver tolerance in the result;
 5. round to 4 decimals and write the file with its provenance.
 
 Provenance of the weights shipped before this command existed: scikit-learn 1.9.1,
@@ -21,8 +22,12 @@ by 3.6e-3 (scope_one_sided), 1.7e-3 (unmatched_max_ge_3) and <= 5e-4 on the othe
 `tests/test_calibrate.py` checks both facts with scikit-learn. Rule-generated synthetic
 traps were tried in the original fit and made near-repeats worse, so they are not in it.
 
-`fit_logistic` and `calibrate_scores` are general (features in, weights and bias out;
-guard score in, probability out) for calibrating other models on labelled pairs.
+`semcache calibrate --prior [--pairs FILE ...]` fits the prior (`verify.prior`: guard
+score -> P(same answer), Platt scaling) on qqp_dev plus the operator's pair files (same
+format), embedded with the default onnx-int8 embedder: the pairs the guard's floor
+(0.75) and hard rules let through, query=b, cached=a, scored by the shipped guard. It
+writes `prior.json` (`verify.prior.dump_prior`): no date, so a refit on the same data
+is the same bytes, and `tests/test_calibrate.py` checks the shipped file is.
 """
 
 from __future__ import annotations
@@ -30,17 +35,18 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from service.cache.guard import pair_features, veto_reason
+from service.cache.guard import NearMissGuard, pair_features, veto_reason
 from service.cache.guard_model import FEATURE_NAMES, GuardModel, dump_guard_model
+from service.cache.verify.prior import PRIOR_C, Prior, dump_prior, fit_logistic, fit_prior
 from service.embedding.base import Embedder
 from service.embedding.errors import EmbeddingModelError
 
@@ -48,21 +54,17 @@ __all__ = [
     "DEFAULT_DATA",
     "CalibrationError",
     "LabelledPair",
-    "LogisticFit",
-    "ScoreCalibration",
     "calibrate",
-    "calibrate_scores",
+    "calibrate_prior",
     "fit_logistic",
     "guard_training_set",
+    "prior_training_set",
     "read_pairs",
 ]
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "qqp_dev.jsonl"
 SIMILARITY_MIN = 0.6  # pairs below it never reach the guard's score (its floor is 0.75)
 DECIMALS = 4
-_MAX_NEWTON_STEPS = 100
-_STEP_TOLERANCE = 1e-12
-_SCORE_EPSILON = 1e-6
 Floats = npt.NDArray[np.float64]
 
 
@@ -77,70 +79,6 @@ class LabelledPair:
     query: str
     cached: str
     same_answer: bool
-
-
-@dataclass(frozen=True)
-class LogisticFit:
-    """P(label) = sigmoid(bias + weights · features)."""
-
-    weights: tuple[float, ...]
-    bias: float
-
-    def probability(self, features: Sequence[float]) -> float:
-        """The fitted probability (0..1) for one feature vector."""
-        z = self.bias + sum(w * x for w, x in zip(self.weights, features, strict=True))
-        return 0.5 * (1.0 + math.tanh(0.5 * z))
-
-
-@dataclass(frozen=True)
-class ScoreCalibration:
-    """Maps a guard score (0..1) to P(same answer): Platt scaling on logit(score)."""
-
-    fit: LogisticFit
-
-    def probability(self, score: float) -> float:
-        """P(same answer) for a pair the guard scored `score`."""
-        clipped = min(max(score, _SCORE_EPSILON), 1.0 - _SCORE_EPSILON)
-        return self.fit.probability((math.log(clipped / (1.0 - clipped)),))
-
-
-def fit_logistic(features: Floats, labels: Sequence[bool], c: float = 1.0) -> LogisticFit:
-    """Fit an L2-penalised logistic regression, as scikit-learn's `LogisticRegression(C=c)`.
-
-    Minimises `sum(log-loss) + ||weights||^2 / (2 c)`, the intercept unpenalised, by
-    Newton steps until a step is below 1e-12: the optimum, deterministically.
-
-    Raises:
-        ValueError: the shapes disagree, there are no rows, `c` <= 0, or no convergence.
-    """
-    x = np.asarray(features, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[0] != y.shape[0] or c <= 0:
-        raise ValueError(f"need rows of features {x.shape} matching labels {y.shape}, c > 0")
-    design = np.column_stack([x, np.ones(x.shape[0])])
-    penalty = np.eye(design.shape[1]) / c
-    penalty[-1, -1] = 0.0
-    theta = np.zeros(design.shape[1])
-    for _ in range(_MAX_NEWTON_STEPS):
-        p = 0.5 * (1.0 + np.tanh(0.5 * (design @ theta)))
-        gradient = design.T @ (p - y) + penalty @ theta
-        hessian = (design.T * (p * (1.0 - p))) @ design + penalty
-        step = np.linalg.solve(hessian, gradient)
-        theta = theta - step
-        if float(np.max(np.abs(step))) < _STEP_TOLERANCE:
-            return LogisticFit(tuple(float(w) for w in theta[:-1]), float(theta[-1]))
-    raise ValueError(f"logistic fit did not converge in {_MAX_NEWTON_STEPS} Newton steps")
-
-
-def calibrate_scores(scores: Sequence[float], labels: Sequence[bool]) -> ScoreCalibration:
-    """Fit the map from guard score to P(same answer) on labelled pairs (Platt scaling).
-
-    Raises:
-        ValueError: `scores` and `labels` differ in length or are empty.
-    """
-    clipped = np.clip(np.asarray(scores, dtype=np.float64), _SCORE_EPSILON, 1 - _SCORE_EPSILON)
-    column = np.log(clipped / (1.0 - clipped)).reshape(-1, 1)
-    return ScoreCalibration(fit_logistic(column, labels, c=1e6))
 
 
 def read_pairs(path: Path) -> list[LabelledPair]:
@@ -234,8 +172,61 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def prior_training_set(
+    pairs: Sequence[LabelledPair], similarities: Sequence[float], guard: NearMissGuard
+) -> tuple[list[float], list[bool]]:
+    """Guard scores and labels of the pairs the guard's floor and hard rules let through.
+
+    `guard` should have `accept_min=0`: the prior maps every score the rules allow.
+    """
+    scores: list[float] = []
+    labels: list[bool] = []
+    for pair, similarity in zip(pairs, similarities, strict=True):
+        verdict = guard.verify(pair.query, pair.cached, similarity)
+        if verdict.reason in ("ok", "identical"):
+            scores.append(verdict.score)
+            labels.append(pair.same_answer)
+    return scores, labels
+
+
+def calibrate_prior(
+    sources: Sequence[tuple[Path, Sequence[LabelledPair]]], embedder: Embedder, command: str
+) -> tuple[Prior, dict[str, Any]]:
+    """Fit the prior on every source's pairs (read from its file), with provenance.
+
+    Raises:
+        CalibrationError: the kept pairs do not hold both labels.
+    """
+    pairs = [pair for _, chunk in sources for pair in chunk]
+    guard = NearMissGuard(accept_min=0.0)
+    scores, labels = prior_training_set(pairs, pair_similarities(embedder, pairs), guard)
+    if len(set(labels)) < 2:
+        names = ", ".join(str(path) for path, _ in sources)
+        raise CalibrationError(f"{names}: the kept pairs need both labels, got {len(labels)}")
+    provenance = {
+        "fitted_on": [
+            {"file": path.name, "sha256": file_sha256(path), "pairs": len(chunk)}
+            for path, chunk in sources
+        ],
+        "pairs": len(labels),
+        "same_answer": sum(labels),
+        "embedder": embedder.model_id,
+        "guard": {
+            "similarity_min": guard.similarity_min,
+            "weights": list(guard.model.weights),
+            "bias": guard.model.bias,
+        },
+        "training": {"query": "b", "cached": "a", "kept": "guard floor and hard rules pass"},
+        "fit": f"Platt scaling: logistic regression of same_answer on logit(guard score),"
+        f" L2 1/{PRIOR_C:g} on the slope, intercept unpenalised, Newton to the optimum,"
+        f" rounded to {DECIMALS} decimals",
+        "command": command,
+    }
+    return fit_prior(scores, labels), provenance
+
+
 def run(data: Path, out: Path | None, load_embedder: Callable[[], Embedder], command: str) -> int:
-    """Calibrate and write `out` (or print the file); errors are one line on stderr.
+    """Calibrate the guard and write `out` (or print the file); errors are one line on stderr.
 
     The data is read before the embedder loads, so a wrong path fails at once.
     """
@@ -245,10 +236,31 @@ def run(data: Path, out: Path | None, load_embedder: Callable[[], Embedder], com
     except (CalibrationError, EmbeddingModelError) as error:
         print(f"semcache calibrate: {error}", file=sys.stderr)
         return 2
-    text = dump_guard_model(model)
+    _write(out, dump_guard_model(model), f"weights {list(model.weights)}, bias {model.bias}")
+    return 0
+
+
+def run_prior(
+    files: Sequence[Path], out: Path | None, load_embedder: Callable[[], Embedder], command: str
+) -> int:
+    """Calibrate the prior on `files` and write `out` (or print it); errors are one line.
+
+    Every file is read before the embedder loads, so a wrong path fails at once.
+    """
+    try:
+        sources = [(path, read_pairs(path)) for path in files]
+        prior, provenance = calibrate_prior(sources, load_embedder(), command)
+    except (CalibrationError, EmbeddingModelError) as error:
+        print(f"semcache calibrate: {error}", file=sys.stderr)
+        return 2
+    summary = f"intercept {prior.intercept}, slope {prior.slope} on {provenance['pairs']} pairs"
+    _write(out, dump_prior(prior, provenance), summary)
+    return 0
+
+
+def _write(out: Path | None, text: str, summary: str) -> None:
     if out is None:
         sys.stdout.write(text)
-        return 0
+        return
     out.write_text(text, encoding="utf-8")
-    print(f"wrote {out}: weights {list(model.weights)}, bias {model.bias}", file=sys.stderr)
-    return 0
+    print(f"wrote {out}: {summary}", file=sys.stderr)
