@@ -73,7 +73,7 @@ def test_repeated_same_evidence_lowers_the_score_it_takes_to_serve() -> None:
 def test_one_wrong_at_or_above_a_score_stops_serving_there_at_once() -> None:
     same_many = _evidence(*[(0.90, True)] * 10)
     assert _decide(0.95, same_many) is Action.SERVE
-    judged_wrong = same_many.add(Observation(99.0, "thumbs-down", 0.96, False))
+    judged_wrong = same_many.add(Observation(99.0, "thumbs-down", 0.96, False, feedback=True))
 
     for score in (0.90, 0.95, 0.96):
         verdict = decide(

@@ -204,7 +204,9 @@ async def test_a_candidate_judged_wrong_is_recorded_against_its_entry(make_rig) 
     assert (counters.judged_same, counters.judged_wrong) == (0, 1)
     entry = await rig.store.get(first.entry_id)
     assert entry is not None
-    assert entry.evidence.worst_wrong_score() is not None
+    [observation] = entry.evidence.observations
+    assert (observation.same, observation.feedback) == (False, False)
+    assert entry.evidence.worst_wrong_score() is None  # a judge's "wrong" is no veto
 
 
 def _scored(question: str, evidence: Evidence, point_id: str = "p1") -> ScoredEntry:
@@ -222,7 +224,7 @@ KEY = CacheKey("t", "n", "s", "some question", "", "q1")
 @pytest.mark.parametrize("budget", [_budget(max_error_rate=0.5), None])
 def test_a_wrong_at_or_above_a_score_stops_serving_below_it(budget: BudgetSettings | None) -> None:
     decider = HitDecider(VerifyState(DEFAULT_PRIOR), budget)
-    wrong = Evidence().add(Observation(1.0, "o1", 0.9, False))
+    wrong = Evidence().add(Observation(1.0, "o1", 0.9, False, feedback=True))
     below = decider.choose(KEY, [_scored("q", wrong)], [GuardVerdict(True, 0.85, "ok")])
     above = decider.choose(KEY, [_scored("q", wrong)], [GuardVerdict(True, 0.95, "ok")])
     assert (below.served, below.detail) == (None, "judged_wrong_nearby")

@@ -37,10 +37,12 @@ class Observation:
     obs_id: str  # unique per observation: a request id or a uuid4
     score: float  # the guard's score (0..1) of the query against this entry
     same: bool  # the answer judge's verdict: True if the cached answer fits
+    feedback: bool = False  # an application said so (SubmitFeedback), not the judge
 
     def to_payload(self) -> dict[str, Any]:
-        """The JSON-friendly form the store keeps."""
-        return {"at_s": self.at_s, "id": self.obs_id, "score": self.score, "same": self.same}
+        """The JSON-friendly form the store keeps (`fb` only on feedback)."""
+        payload = {"at_s": self.at_s, "id": self.obs_id, "score": self.score, "same": self.same}
+        return payload | {"fb": True} if self.feedback else payload
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Observation:
@@ -57,9 +59,12 @@ class Observation:
             obs_id, same = payload["id"], payload["same"]
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"bad observation payload {dict(payload)!r}: {error!r}") from error
+        feedback = payload.get("fb", False)
         if not isinstance(obs_id, str) or not isinstance(same, bool):
             raise ValueError(f"bad observation payload {dict(payload)!r}: id or same")
-        return cls(at_s, obs_id, score, same)
+        if not isinstance(feedback, bool):
+            raise ValueError(f"bad observation payload {dict(payload)!r}: fb")
+        return cls(at_s, obs_id, score, same, feedback)
 
 
 def _finite(value: object) -> float:
@@ -110,8 +115,13 @@ class Evidence:
         return Evidence(_newest(self.observations | other.observations, limit), limit)
 
     def worst_wrong_score(self) -> float | None:
-        """The highest score at which the entry's answer was judged wrong, if any."""
-        wrong = [o.score for o in self.observations if not o.same]
+        """The highest score at which an application said the entry's answer was wrong.
+
+        Only feedback counts: an answer judge's "wrong" is evidence for the entry's fit
+        (a look-alike question judged wrong says little about a paraphrase at the same
+        score from another direction), a user's thumbs-down is a verdict.
+        """
+        wrong = [o.score for o in self.observations if o.feedback and not o.same]
         return max(wrong) if wrong else None
 
     def scores_and_labels(self) -> tuple[list[float], list[bool]]:

@@ -165,11 +165,11 @@ class Learning:
             raise NotFoundError(f"no cache entry {entry_id!r}: it was deleted, or never stored")
         same = feedback.verdict is FeedbackVerdict.CORRECT
         score = served.score if served is not None else 1.0
-        obs_id = f"fb-{feedback.request_id}" if feedback.request_id else uuid.uuid4().hex
+        obs_id = f"fb-{feedback.request_id or uuid.uuid4().hex}"
         counters = self.state.counters_for(entry.tenant, entry.namespace)
         counters.feedback_correct += int(same)
         counters.feedback_wrong += int(not same)
-        await self._record(entry_id, Observation(self._clock(), obs_id, score, same))
+        await self._record(entry_id, Observation(self._clock(), obs_id, score, same, True))
         log.info(
             "feedback recorded", tenant=entry.tenant, entry_id=entry_id, score=score, same=same
         )
