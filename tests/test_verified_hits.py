@@ -318,3 +318,14 @@ async def test_stats_and_metrics_report_verification(make_rig) -> None:  # type:
     text = generate_latest(rig.metrics.registry).decode()
     assert 'semcache_verify_semantic_served_total{namespace="default",tenant="default"} 1.0' in text
     assert 'estimate="audited_high"' in text
+
+
+async def test_a_judged_wrong_exploration_does_not_veto_an_everyday_form(make_rig) -> None:  # type: ignore[no-untyped-def]
+    script = {QUESTION: ANSWER, PARAPHRASE: "Something else entirely."}
+    rig: Rig = await make_rig(_budget(max_error_rate=0.01, exploration_share=1.0), script)
+    first = await rig.pipeline.complete(ask())
+    assert (await rig.pipeline.complete(ask(PARAPHRASE))).cache_detail == "explore_uncertain"
+    await rig.learning.aclose()  # judged wrong: the answers differ
+    form = await rig.pipeline.complete(ask("How can I reset my password?"))
+    assert (form.cache_status, form.cache_detail) == (CacheStatus.SEMANTIC_HIT, "same_form")
+    assert form.entry_id == first.entry_id
