@@ -246,7 +246,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     if not args.prior:
         return run(data, out, load_embedder, f"semcache calibrate --embedding-backend {backend}")
-    command = " ".join(["semcache calibrate --prior", *(f"--pairs {p}" for p in args.pairs)])
+    options = [f"--data {args.data}"] if args.data else []
+    options += [f"--pairs {p}" for p in args.pairs]
+    command = " ".join(["semcache calibrate --prior", *options])
     if backend != "onnx-int8":
         command += f" --embedding-backend {backend}"
     return run_prior([data, *map(Path, args.pairs)], out, load_embedder, command)

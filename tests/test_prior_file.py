@@ -96,7 +96,7 @@ def test_prior_command_fits_qqp_style_data_plus_the_operators_pairs(
     ]
     assert document["pairs"] == 11 and document["same_answer"] == 6
     assert document["embedder"] == "made-up/test"
-    assert document["command"] == f"semcache calibrate --prior --pairs {mine}"
+    assert document["command"] == f"semcache calibrate --prior --data {data} --pairs {mine}"
     prior = load_prior(out)
     assert prior.slope > 0
     assert prior.p_same(0.99) > prior.p_same(0.5)
