@@ -136,7 +136,7 @@ def build_verification(
     Raises:
         ValueError: SEMCACHE_JUDGE_MODEL names no model of the catalogue.
     """
-    state = VerifyState(DEFAULT_PRIOR)
+    state = VerifyState(load_prior(settings.prior_path))
     judge = build_settings_judge(settings, batcher, provider, catalogue)
     return HitDecider(state, budget_settings(settings)), Learning(state, store, judge)
 

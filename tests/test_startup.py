@@ -302,3 +302,19 @@ def test_the_health_probe_reports_invalid_settings_in_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("unhealthy: invalid settings: SEMCACHE_GRPC_PORT='port'"), err
     assert len(err.splitlines()) == 1, err
+
+
+async def test_a_missing_prior_file_is_one_clear_line(
+    embedder: Embedder, tmp_path: Path, serves: list[Serve]
+) -> None:
+    env = serve_environment(tmp_path, prior_path=str(tmp_path / "prior.json"))
+    status, stderr = await run_serve(serves, env)
+    assert_one_clear_line(status, stderr, "prior.json", "SEMCACHE_PRIOR_PATH")
+
+
+async def test_an_unknown_judge_model_is_one_clear_line(
+    embedder: Embedder, tmp_path: Path, serves: list[Serve]
+) -> None:
+    env = serve_environment(tmp_path, judge="llm", judge_model="no-such-model")
+    status, stderr = await run_serve(serves, env)
+    assert_one_clear_line(status, stderr, "no-such-model", "SEMCACHE_JUDGE_MODEL")
