@@ -14,7 +14,7 @@ from service.cache.stats import CacheStats
 from service.cache.store import VectorStore
 from service.cache.verify.judges import build_judge
 from service.cache.verify.learning import AnswerJudge, Learning
-from service.cache.verify.prior import DEFAULT_PRIOR
+from service.cache.verify.prior import load_prior
 from service.cache.verify.verifier import BudgetSettings, HitDecider, VerifyState
 from service.config import Settings
 from service.embedding.base import Embedder
@@ -134,7 +134,8 @@ def build_verification(
     """The hit decision and what learns after it, sharing one live prior.
 
     Raises:
-        ValueError: SEMCACHE_JUDGE_MODEL names no model of the catalogue.
+        ValueError: SEMCACHE_JUDGE_MODEL names no model of the catalogue, or the prior
+            file (SEMCACHE_PRIOR_PATH) cannot be read.
     """
     state = VerifyState(load_prior(settings.prior_path))
     judge = build_settings_judge(settings, batcher, provider, catalogue)
