@@ -18,7 +18,10 @@ from service.transport.http import RunningHttpServer, start_http_server
 from tests.conftest import Service, make_settings, start_service
 
 QUESTION = "What is machine learning?"
-PARAPHRASE = "What does machine learning mean?"
+PARAPHRASE = "What does machine learning mean?"  # a real paraphrase: the error budget weighs it
+# An everyday form of QUESTION (same subject, word for word): the default decision serves
+# it at once ("same_form"), found by the vector search, so it is still a semantic hit.
+SAME_FORM = "Can you explain machine learning?"
 MODEL = "gpt-4o-mini"
 CLIENT_KEY = "sk-sc-http-client-key"  # tenant acme
 OTHER_KEY = "sk-sc-http-other-key"  # tenant globex

@@ -12,7 +12,9 @@ from service.cli import main
 from tests.conftest import Service
 
 QUESTION = "What is machine learning?"
-PARAPHRASE = "What does machine learning mean?"
+# An everyday form of QUESTION: served at once ("same_form") by the default error-budget
+# decision, yet found by the vector search, so a semantic hit.
+PARAPHRASE = "Can you explain machine learning?"
 
 
 async def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -32,8 +32,8 @@ from tests.httpdoor import (
     ADMIN_KEY,
     CLIENT_KEY,
     OTHER_KEY,
-    PARAPHRASE,
     QUESTION,
+    SAME_FORM,
     HttpService,
     ask,
     start_http_service,
@@ -75,7 +75,7 @@ async def _delete(service: Service, entry_id: str, key: str = CLIENT_KEY) -> boo
 async def test_a_stored_miss_and_its_hits_carry_the_same_entry_id(service: Service) -> None:
     miss = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
     exact = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
-    semantic = await service.stub.Complete(pb.CompleteRequest(prompt=PARAPHRASE))
+    semantic = await service.stub.Complete(pb.CompleteRequest(prompt=SAME_FORM))
     assert miss.cache_status == pb.CACHE_STATUS_MISS
     assert exact.cache_status == pb.CACHE_STATUS_EXACT_HIT
     assert semantic.cache_status == pb.CACHE_STATUS_SEMANTIC_HIT
@@ -194,7 +194,7 @@ async def test_seeded_entry_is_an_exact_and_a_semantic_hit(service: Service) -> 
     )
     entry_id = put.results[0].entry_id
     exact = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
-    semantic = await service.stub.Complete(pb.CompleteRequest(prompt=PARAPHRASE))
+    semantic = await service.stub.Complete(pb.CompleteRequest(prompt=SAME_FORM))
     assert (exact.cache_status, exact.content) == (pb.CACHE_STATUS_EXACT_HIT, FAQ_ANSWER)
     assert (semantic.cache_status, semantic.content) == (pb.CACHE_STATUS_SEMANTIC_HIT, FAQ_ANSWER)
     assert entry_id and exact.entry_id == semantic.entry_id == entry_id
@@ -275,7 +275,7 @@ async def test_http_door_seeds_entries(keyed: HttpService) -> None:
     assert bad["error"]["message"].startswith("entries[1]")
     client = keyed.async_client(CLIENT_KEY)
     raw = await client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=ask(PARAPHRASE), extra_body={"semcache": {"namespace": "faq"}}
+        model="gpt-4o-mini", messages=ask(SAME_FORM), extra_body={"semcache": {"namespace": "faq"}}
     )  # type: ignore[call-overload]
     await client.close()
     assert raw.headers["x-semcache-cache-status"] == "semantic_hit"
@@ -286,7 +286,7 @@ async def test_thin_client_puts_entries(service: Service) -> None:
     target = f"127.0.0.1:{service.server.port}"
     async with AsyncSemcacheClient(target) as client:
         results = await client.put_entries([(QUESTION, FAQ_ANSWER), ("", "x")], namespace="faq")
-        hit = await client.complete(PARAPHRASE, namespace="faq")
+        hit = await client.complete(SAME_FORM, namespace="faq")
     entry_id, failure = results
     assert isinstance(failure, ItemFailure) and failure.index == 1
     assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
@@ -321,7 +321,7 @@ async def test_cli_import_seeds_a_jsonl_file(
     assert status == 1  # one line was refused
     assert out.strip() == "stored 2 entries, 1 failed"
     assert "imported 3/3 (1 failed)" in err and "line 4: INVALID_ARGUMENT" in err
-    hit = await service.stub.Complete(pb.CompleteRequest(prompt=PARAPHRASE, namespace="faq"))
+    hit = await service.stub.Complete(pb.CompleteRequest(prompt=SAME_FORM, namespace="faq"))
     assert (hit.cache_status, hit.content) == (pb.CACHE_STATUS_SEMANTIC_HIT, FAQ_ANSWER)
 
 
@@ -349,7 +349,7 @@ async def test_a_rate_limited_batch_item_carries_retry_info(
         target = f"127.0.0.1:{running.server.port}"
         async with AsyncSemcacheClient(target) as client:
             first, second = await client.batch_complete(
-                [CompleteParams(prompt=QUESTION), CompleteParams(prompt=PARAPHRASE)],
+                [CompleteParams(prompt=QUESTION), CompleteParams(prompt=SAME_FORM)],
                 max_concurrency=1,
             )
     finally:

@@ -33,8 +33,8 @@ from tests.httpdoor import (
     CLIENT_KEY,
     MODEL,
     OTHER_KEY,
-    PARAPHRASE,
     QUESTION,
+    SAME_FORM,
     HttpService,
     ask,
     start_http_service,
@@ -76,7 +76,7 @@ async def test_sync_sdk_miss_then_paraphrase_is_a_semantic_hit_in_the_headers(
             chat = client.chat.completions.with_raw_response
             return (
                 chat.create(model=MODEL, messages=ask(QUESTION)),
-                chat.create(model=MODEL, messages=ask(PARAPHRASE)),
+                chat.create(model=MODEL, messages=ask(SAME_FORM)),
             )
 
     miss_raw, hit_raw = await asyncio.to_thread(calls)
@@ -142,7 +142,7 @@ async def test_async_sdk_stream_of_a_hit_replays_the_answer(door: HttpService) -
     async with door.async_client() as client:
         miss = await client.chat.completions.create(model=MODEL, messages=ask(QUESTION))
         stream = await client.chat.completions.create(
-            model=MODEL, messages=ask(PARAPHRASE), stream=True
+            model=MODEL, messages=ask(SAME_FORM), stream=True
         )
         chunks = [chunk async for chunk in stream]
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -201,7 +201,7 @@ async def test_no_store_and_similarity_min_controls(door: HttpService) -> None:
         after_no_store = await chat.create(model=MODEL, messages=ask(QUESTION))
         strict = await chat.create(
             model=MODEL,
-            messages=ask(PARAPHRASE),
+            messages=ask(SAME_FORM),
             extra_headers={"x-semcache-similarity-min": "0.999"},
         )
     assert after_no_store.headers["x-semcache-cache-status"] == "miss"

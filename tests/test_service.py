@@ -15,7 +15,9 @@ from service.simulator import SimulatorConfig, UpstreamSimulator
 from tests.conftest import Service, make_settings, start_service
 
 QUESTION = "What is machine learning?"
-PARAPHRASE = "What does machine learning mean?"
+# An everyday form of QUESTION: served at once ("same_form") by the default error-budget
+# decision, yet found by the vector search, so a semantic hit.
+PARAPHRASE = "Can you explain machine learning?"
 UNRELATED = "How do I bake sourdough bread?"
 
 

@@ -49,6 +49,6 @@ async function unknownModel() {
 
 const stream = await streamed("How do I bake sourdough bread?");
 const miss = await unary("What is machine learning?");
-const paraphrase = await unary("What does machine learning mean?");
+const paraphrase = await unary("Can you explain machine learning?")  // an everyday form: served at once;
 const replay = await streamed("How do I bake sourdough bread?");
 console.log(JSON.stringify({ stream, miss, paraphrase, replay, notFound: await unknownModel() }));
