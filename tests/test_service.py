@@ -45,6 +45,7 @@ async def test_miss_then_exact_then_paraphrase_then_unrelated(service: Service) 
 
     paraphrase = await service.stub.Complete(ask(PARAPHRASE))
     assert paraphrase.cache_status == pb.CACHE_STATUS_SEMANTIC_HIT
+    assert paraphrase.cache_detail == "same_form"
     assert paraphrase.content == miss.content
     assert service.settings.effective_similarity_min <= paraphrase.similarity < 1.0
 
