@@ -155,3 +155,21 @@ async def test_search_many_answers_each_query_in_order(store: VectorStore) -> No
     singles = [await search(store, q.vector, q.tenant, q.scope, q.now, q.limit) for q in queries]
     assert [[e.point_id for e in a] for a in answers] == [[e.point_id for e in s] for s in singles]
     assert [len(a) for a in answers] == [1, 1, 1, 0]
+
+
+async def test_edge_fetches_by_id_inline_without_a_thread_hop(tmp_path: Path) -> None:
+    """The exact-hit path's fetch by id runs on the caller's thread (issue 13): the
+    read threads are not used for it, so it costs microseconds, not a wake-up."""
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    point_id = str(uuid.uuid4())
+    await store.upsert(point_id, unit(1), entry("t"))
+
+    def no_thread(fn: object) -> object:
+        raise AssertionError("get went through a read thread")
+
+    store._run = no_thread  # type: ignore[assignment,method-assign]
+    try:
+        found = await store.get(point_id)
+        assert found is not None and found.tenant == "t"
+    finally:
+        await store.close()
