@@ -26,6 +26,7 @@ import hashlib
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -248,6 +249,7 @@ class Outcome:
     request: Request
     kind: str  # "exact", "semantic", "explore" or "miss"
     correct: bool | None = None  # for exact and semantic hits
+    decision_s: float | None = None  # the decider's time, when it had candidates
 
 
 def _answer(cluster: str) -> str:
@@ -275,10 +277,13 @@ def replay(
             outcomes.append(Outcome(request, "exact", exact.answer == _answer(request.cluster)))
             continue
         vector = vectors[request.q]
-        choice = decider.choose(request.q, cache.nearest(vector, SEARCH_LIMIT))
+        candidates = cache.nearest(vector, SEARCH_LIMIT)
+        started = time.perf_counter()
+        choice = decider.choose(request.q, candidates)
+        took = time.perf_counter() - started if candidates else None
         if choice.action is Action.EXPLORE and choice.entry is not None:
             decider.learn(index, choice, choice.entry.answer == _answer(request.cluster))
-        outcomes.append(_serve(request, choice, cache, vector))
+        outcomes.append(replace(_serve(request, choice, cache, vector), decision_s=took))
     return outcomes
 
 
@@ -338,6 +343,29 @@ COLUMNS = [
     ("explorations", "explorations"),
     ("exploration_share", "exploration share"),
 ]
+
+
+TIMING_COLUMNS = [
+    ("decider", "decider"),
+    ("decisions", "decisions timed"),
+    ("p50_ms", "p50 ms"),
+    ("p99_ms", "p99 ms"),
+]
+
+
+def timing_rows(results: dict[str, list[Outcome]]) -> list[dict[str, Any]]:
+    """Per decider, the time of one decision over the top-5 candidates (guard included)."""
+    rows = []
+    for name, outcomes in results.items():
+        times = [o.decision_s for o in outcomes if o.decision_s is not None]
+        if not times:
+            continue
+        p50, p99 = np.percentile(np.array(times) * 1000.0, [50, 99])
+        rows.append(
+            {"decider": name, "decisions": len(times), "p50_ms": round(float(p50), 3),
+             "p99_ms": round(float(p99), 3)}
+        )  # fmt: skip
+    return rows
 
 
 def table_rows(results: dict[str, list[Outcome]]) -> list[dict[str, Any]]:
@@ -420,6 +448,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     vectors = cached_vectors([r.q for r in requests], embed, model_id)
     results, _ = run_all(requests, vectors, args.deltas, args.explore_share)
     table = markdown_table(table_rows(results), COLUMNS)
+    timing = markdown_table(timing_rows(results), TIMING_COLUMNS)
+    table += (
+        "\n\nTime of one decision over the candidates (the guard's verdicts included), in"
+        " this process, one request at a time:\n\n" + timing
+    )
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / "stream_replay.png")
