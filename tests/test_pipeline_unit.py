@@ -194,3 +194,19 @@ async def test_failing_store_is_a_miss_answered_upstream(rig: Rig) -> None:
     answer = await rig.pipeline.complete(ask())
     assert (answer.cache_status, answer.cache_detail) == (CacheStatus.MISS, "lookup_failed")
     assert answer.content == "Use the reset link."
+
+
+async def test_cache_keys_are_memoised_per_question_and_scope() -> None:
+    cache = SemanticCache(MemoryVectorStore(), EmbeddingBatcher(HashingEmbedder()), NearMissGuard())
+    first = cache.key_for(ask(request_id="a", deadline_s=5.0))
+    assert cache.key_for(ask(request_id="b")) is first  # ids and deadlines are not the key
+    other_scopes = [
+        ask(namespace="other"),
+        ask(tenant="acme"),
+        ask(model="gpt-4o-mini"),
+        ask(sampling=replace(ask().sampling, temperature=0.5)),
+        ask("Another question?"),
+    ]
+    keys = {cache.key_for(request).point_id for request in other_scopes}
+    assert first.point_id not in keys and len(keys) == len(other_scopes)
+    await cache.close()
