@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -85,8 +86,18 @@ class _RequestMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._define_traffic()
         self._define_latency()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised: prometheus_client's lookup takes microseconds
+        under its lock, and an exact hit records half a dozen series."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _define_traffic(self) -> None:
         r = self.registry
@@ -152,8 +163,8 @@ class _RequestMetrics:
         `cache_status` how it was served ("exact_hit", "semantic_hit", "miss", "bypass"),
         or "none" for an RPC that served no answer (failed, refused, admin, a batch).
         Lookups are not counted here: see `record_lookup`."""
-        self._requests.labels(rpc, code, cache_status, model).inc()
-        self._request_s.labels(rpc, cache_status).observe(seconds)
+        self._child(self._requests, rpc, code, cache_status, model).inc()
+        self._child(self._request_s, rpc, cache_status).observe(seconds)
 
     def record_lookup(self, result: str) -> None:
         """One cache lookup, by what the cache did: "hit" (exact or semantic), "miss", or
@@ -164,11 +175,11 @@ class _RequestMetrics:
         """
         if result not in LOOKUP_RESULTS:
             raise ValueError(f"lookup result {result!r} is not one of {sorted(LOOKUP_RESULTS)}")
-        self._lookups.labels(result).inc()
+        self._child(self._lookups, result).inc()
 
     def record_cache_decision(self, tenant: str, detail: str) -> None:
         """One answer served to `tenant`, by its `cache_detail` ("" counts as "none")."""
-        self._decisions.labels(tenant, detail or "none").inc()
+        self._child(self._decisions, tenant, detail or "none").inc()
 
     def cache_decisions(self) -> dict[tuple[str, str], float]:
         """Answers so far by (tenant, cache_detail), for the live page."""
@@ -201,7 +212,7 @@ class _RequestMetrics:
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Latency of one stage: "embed", "lookup", "verify", "route", "upstream", "store"."""
-        self._stage_s.labels(stage).observe(seconds)
+        self._child(self._stage_s, stage).observe(seconds)
 
     @contextmanager
     def timed_stage(self, stage: str) -> Iterator[None]:
@@ -289,9 +300,9 @@ class Metrics(_RequestMetrics):
     ) -> None:
         """Tokens and cost of one answer: spent upstream (a miss), or saved (a hit)."""
         tokens, cost = (self._saved_tokens, self._saved) if saved else (self._tokens, self._cost)
-        tokens.labels(tenant, model, "prompt").inc(max(0, prompt_tokens))
-        tokens.labels(tenant, model, "completion").inc(max(0, completion_tokens))
-        cost.labels(tenant, model).inc(max(0.0, cost_usd))
+        self._child(tokens, tenant, model, "prompt").inc(max(0, prompt_tokens))
+        self._child(tokens, tenant, model, "completion").inc(max(0, completion_tokens))
+        self._child(cost, tenant, model).inc(max(0.0, cost_usd))
 
     def record_rate_limited(self, tenant: str, limit: str) -> None:
         """A request refused by the `limit` ("requests" or "tokens") limit."""
@@ -299,7 +310,7 @@ class Metrics(_RequestMetrics):
 
     def record_embedding(self, source: str) -> None:
         """One vector handed out, from the "model" or the "memo" of recent texts."""
-        self._embeddings.labels(source).inc()
+        self._child(self._embeddings, source).inc()
 
     def record_store_skipped(self, reason: str) -> None:
         """An answer that was not cached: "disk_full" or "store_error"."""
@@ -312,7 +323,7 @@ class Metrics(_RequestMetrics):
 
     def observe_batch_size(self, kind: str, size: int) -> None:
         """Items in one batch of `kind` ("embed", "search", "upstream")."""
-        self._batch_size.labels(kind).observe(size)
+        self._child(self._batch_size, kind).observe(size)
 
     def watch_providers(
         self,

@@ -22,7 +22,7 @@ import structlog
 from service.batching.micro import MicroBatcher
 from service.cache.guard import GuardVerdict
 from service.cache.hit_times import HitTimes
-from service.cache.scope import CacheKey, cache_key
+from service.cache.scope import CacheKey, CacheKeys
 from service.cache.store import (
     CacheEntry,
     EntryFilter,
@@ -41,7 +41,6 @@ from service.telemetry import Telemetry
 log = structlog.get_logger(__name__)
 
 FOREVER_S = 100 * 365 * 24 * 3600  # what "no TTL" means for an entry's expiry
-_KEY_MEMO_SIZE = 10_000  # recent requests' cache keys kept (FIFO)
 
 
 class Verifier(Protocol):
@@ -145,7 +144,7 @@ class SemanticCache:
     ) -> None:
         self.store = store
         self.decider = decider or HitDecider(VerifyState(DEFAULT_PRIOR))
-        self._keys: dict[tuple[object, ...], CacheKey] = {}
+        self._keys = CacheKeys(embedder.model_id, upstream_id)
         self.upstream_id = upstream_id
         self.embedder = embedder
         self.verifier = verifier
@@ -164,22 +163,8 @@ class SemanticCache:
         )
 
     def key_for(self, request: CompletionRequest) -> CacheKey:
-        """The request's cache key, from a memo of recent ones: computing it (scope
-        digest, conversation parse, uuid5) is a third of an exact hit's own time."""
-        memo_key = (
-            request.messages,
-            request.tenant,
-            request.namespace,
-            request.model,
-            request.sampling,
-        )
-        key = self._keys.get(memo_key)
-        if key is None:
-            key = cache_key(request, self.embedder.model_id, self.upstream_id)
-            self._keys[memo_key] = key
-            if len(self._keys) > _KEY_MEMO_SIZE:
-                self._keys.pop(next(iter(self._keys)))
-        return key
+        """The request's cache key (memoised: see `scope.CacheKeys`)."""
+        return self._keys.key_for(request)
 
     async def lookup(self, request: CompletionRequest) -> Lookup:
         """Exact match by id first; else the best verified live entry in scope.
@@ -267,7 +252,8 @@ class SemanticCache:
             if vector is None:
                 with self._telemetry.stage("embed"):
                     vector, context_vector = await _embed_key(self.embedder, lookup.key)
-            entry = self._entry(lookup.key, answer, context_vector, ttl_s)
+            lifetime_s = ttl_s if ttl_s is not None else (self._ttl_s or FOREVER_S)
+            entry = new_entry(lookup.key, answer, context_vector, self._clock(), lifetime_s)
             await self.store.upsert(lookup.key.point_id, vector, entry)
             if self._max_entries:
                 await self._hit_times.flush()  # eviction must see the latest hits
@@ -281,30 +267,6 @@ class SemanticCache:
             log.warning("cache store failed; answer not cached", error=repr(error))
             return False
         return True
-
-    def _entry(
-        self, key: CacheKey, answer: Answer, context_vector: Vector | None, ttl_s: int | None
-    ) -> CacheEntry:
-        now = self._clock()
-        lifetime_s = ttl_s if ttl_s is not None else (self._ttl_s or FOREVER_S)
-        return CacheEntry(
-            tenant=key.tenant,
-            namespace=key.namespace,
-            scope=key.scope,
-            model=answer.model,
-            question=key.text,
-            content=answer.content,
-            finish_reason=answer.finish_reason,
-            prompt_tokens=answer.prompt_tokens,
-            completion_tokens=answer.completion_tokens,
-            cost_usd=answer.cost_usd,
-            created_at=now,
-            expires_at=now + lifetime_s,
-            last_hit_at=now,
-            context=key.context,
-            context_vector=tuple(context_vector.tolist()) if context_vector is not None else (),
-            tool_calls_json=answer.tool_calls_json,
-        )
 
     async def maintain(self, min_unindexed: int) -> bool:
         """Let the store build its index in the background; see `VectorStore.maintain`."""
@@ -333,6 +295,30 @@ class SemanticCache:
         """Write the pending hit times, and stop the search batcher."""
         await self._hit_times.aclose()
         await self._searches.close()
+
+
+def new_entry(
+    key: CacheKey, answer: Answer, context_vector: Vector | None, now: float, lifetime_s: float
+) -> CacheEntry:
+    """The entry that stores `answer` under `key`, created `now`, servable for `lifetime_s`."""
+    return CacheEntry(
+        tenant=key.tenant,
+        namespace=key.namespace,
+        scope=key.scope,
+        model=answer.model,
+        question=key.text,
+        content=answer.content,
+        finish_reason=answer.finish_reason,
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+        cost_usd=answer.cost_usd,
+        created_at=now,
+        expires_at=now + lifetime_s,
+        last_hit_at=now,
+        context=key.context,
+        context_vector=tuple(context_vector.tolist()) if context_vector is not None else (),
+        tool_calls_json=answer.tool_calls_json,
+    )
 
 
 def _hit(choice: Choice) -> CacheHit | None:
