@@ -9,6 +9,16 @@ wrong. Questions identical to another pair's `a` are counted as wrong too
 (the strict protocol) and also reported apart, since serving an identical
 question's answer is right.
 
+Three ways of deciding a hit are swept side by side: a plain cosine threshold,
+the near-miss guard's own accept (the decision before the error budget), and
+the service's default decision, the error budget at several deltas (`budget`:
+the guard built from the service's settings, its verdicts decided by
+`HitDecider` with `BudgetSettings(delta)`, as `service.app` builds it). The
+budget runs with no exploration and no audits: an explored request would be
+answered upstream, i.e. not served, and a pairs benchmark has no upstream to
+learn from. Its `ErrorBudget` spends delta over the requests in the order they
+are asked (pairs in file order); every request here has a candidate.
+
 Data is read where it lies: qqp_dev.jsonl (`benchmarks.data`, or `--data`) and
 the fow-cache package. `--limit N` keeps the first N pairs of each data set (a
 quick look). A progress line goes to stderr per data set and verifier setting.
@@ -24,7 +34,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,12 +44,16 @@ from service.cache.edge_store import EdgeVectorStore
 from service.cache.guard import NearMissGuard
 from service.cache.scope import normalise
 from service.cache.semantic import Answer, SemanticCache, ThresholdVerifier, Verifier
+from service.cache.verify.prior import load_prior
+from service.cache.verify.verifier import BudgetSettings, HitDecider, VerifyState
+from service.config import Settings
 from service.domain import ChatMessage, CompletionRequest
 from service.embedding.base import Embedder, Vectors
 from service.embedding.batcher import EmbeddingBatcher
 
 THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98)
 GUARD_ACCEPT = (0.60, 0.70, 0.75, 0.79, 0.83, 0.87, 0.90, 0.93, 0.96)
+DELTAS = (0.005, 0.01, 0.02)
 
 
 @dataclass(frozen=True)
@@ -152,6 +166,7 @@ class Tally:
     served: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     wrong: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     identical_other: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    explored: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     total: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -170,6 +185,7 @@ async def _score(cache: SemanticCache, pairs: Sequence[Pair]) -> Tally:
         lookup = await cache.lookup(_request(pair.b))
         tally.decisions.append(lookup.hit.entry.content if lookup.hit else "")
         if lookup.hit is None:
+            tally.explored[pair.group] += lookup.exploration is not None
             continue
         own = lookup.hit.entry.content == _fingerprint(pair.a)
         if own and pair.same_answer:
@@ -181,18 +197,41 @@ async def _score(cache: SemanticCache, pairs: Sequence[Pair]) -> Tally:
     return tally
 
 
-Setting = tuple[str, float, Verifier]
+class Setting(NamedTuple):
+    """One way of deciding a hit: `mode` at `value` (threshold, guard accept or delta).
+
+    `budget` set: the hit is decided against that error budget (a fresh `HitDecider`
+    per data set); None: by the verifier's own accept.
+    """
+
+    mode: str
+    value: float
+    verifier: Verifier
+    budget: BudgetSettings | None = None
+
+
 DEFAULT_SETTINGS: tuple[tuple[str, float], ...] = (("guard", 0.79), ("threshold", 0.95))
 
 
-def _settings() -> list[Setting]:
-    plain: list[tuple[str, float, Verifier]] = [
-        ("threshold", t, ThresholdVerifier(t)) for t in THRESHOLDS
-    ]
-    guarded: list[tuple[str, float, Verifier]] = [
-        ("guard", a, NearMissGuard(0.75, a)) for a in GUARD_ACCEPT
-    ]
-    return plain + guarded
+def budget_setting(delta: float, service: Settings | None = None) -> Setting:
+    """The service's default decision at `delta`, built as `service.app` builds it.
+
+    The guard takes the settings' floor, accept and context thresholds (`service`,
+    default: the service's defaults); exploration and audits are off (see the module
+    docstring).
+    """
+    from service.app import build_verifier
+
+    service = service or Settings()
+    budget = BudgetSettings(delta, {}, exploration_share=0.0, audit_share=0.0)
+    return Setting("budget", delta, build_verifier(service), budget)
+
+
+def _settings(service: Settings | None = None) -> list[Setting]:
+    plain = [Setting("threshold", t, ThresholdVerifier(t)) for t in THRESHOLDS]
+    guarded = [Setting("guard", a, NearMissGuard(0.75, a)) for a in GUARD_ACCEPT]
+    budgeted = [budget_setting(delta, service) for delta in DELTAS]
+    return plain + guarded + budgeted
 
 
 Decisions = dict[tuple[str, str, float], list[str]]
@@ -227,10 +266,13 @@ async def run_dataset(
     batcher = EmbeddingBatcher(embedder)
     rows: list[dict[str, Any]] = []
     try:
-        await _with_cache(store, batcher, ThresholdVerifier(1.01), _populate, pairs)
-        for done, (mode, value, verifier) in enumerate(settings, start=1):
-            progress(f"quality {name}: setting {done}/{len(settings)} ({mode} {value:.2f})")
-            tally = await _with_cache(store, batcher, verifier, _score, pairs)
+        await _with_cache(
+            store, batcher, Setting("store", 1.01, ThresholdVerifier(1.01)), _populate, pairs
+        )
+        for done, setting in enumerate(settings, start=1):
+            mode, value = setting.mode, setting.value
+            progress(f"quality {name}: setting {done}/{len(settings)} ({mode} {value:g})")
+            tally = await _with_cache(store, batcher, setting, _score, pairs)
             rows += _rows(name, mode, value, pairs, tally)
             decisions[(name, mode, value)] = tally.decisions
     finally:
@@ -242,12 +284,18 @@ async def run_dataset(
 async def _with_cache(
     store: EdgeVectorStore,
     batcher: EmbeddingBatcher,
-    verifier: Verifier,
+    setting: Setting,
     work: Callable[[SemanticCache, Sequence[Pair]], Any],
     pairs: Sequence[Pair],
 ) -> Any:
-    """`work(cache, pairs)` on a cache over `store`, closed after (its background tasks too)."""
-    cache = SemanticCache(store, batcher, verifier, search_limit=5)
+    """`work(cache, pairs)` on a cache over `store`, closed after (its background tasks too).
+
+    A budget setting gets a fresh decision (its own prior state and error budget).
+    """
+    decider = None
+    if setting.budget is not None:
+        decider = HitDecider(VerifyState(load_prior(None)), setting.budget)
+    cache = SemanticCache(store, batcher, setting.verifier, search_limit=5, decider=decider)
     try:
         return await work(cache, pairs)
     finally:
@@ -272,6 +320,7 @@ def _rows(
                 "served_pct": round(100 * tally.served[group] / total, 2),
                 "wrong_pct": round(100 * tally.wrong[group] / total, 2),
                 "wrong_identical_question": tally.identical_other[group],
+                "explored_pct": round(100 * tally.explored[group] / total, 2),
                 "wrong_excl_identical_pct": round(
                     100 * (tally.wrong[group] - tally.identical_other[group]) / total, 2
                 ),
@@ -303,6 +352,7 @@ def overall(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "worst_trap_group_excl_identical_pct": max(
                     (m["wrong_excl_identical_pct"] for m in trap), default=0.0
                 ),
+                "explored_pct": _weighted(members, "explored_pct"),
             }
         )
     return summary
@@ -320,18 +370,26 @@ def markdown(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) 
     lines = [
         "| data set | verifier | setting | should-hit served % | traps wrong % (strict) |"
         " identical-question hits | traps wrong % (excl. identical) |"
-        " worst trap group % (excl. identical) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        " worst trap group % (excl. identical) | explored % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
-        setting = "cosine ≥" if s["mode"] == "threshold" else "floor 0.75, score ≥"
         lines.append(
-            f"| {s['dataset']} | {s['mode']} | {setting} {s['value']:.2f} |"
+            f"| {s['dataset']} | {s['mode']} | {setting_label(s['mode'], s['value'])} |"
             f" {s['should_hit_served_pct']} | {s['trap_wrong_pct']} |"
             f" {s['trap_wrong_identical_question']} | {s['trap_wrong_excl_identical_pct']} |"
-            f" {s['worst_trap_group_excl_identical_pct']} |"
+            f" {s['worst_trap_group_excl_identical_pct']} | {s['explored_pct']} |"
         )
     return "\n".join(lines)
+
+
+def setting_label(mode: str, value: float) -> str:
+    """How a setting reads in the tables: the threshold, the guard's accept or delta."""
+    if mode == "threshold":
+        return f"cosine ≥ {value:.2f}"
+    if mode == "guard":
+        return f"floor 0.75, score ≥ {value:.2f}"
+    return f"δ = {value:g}"
 
 
 def per_group_markdown(rows: Sequence[dict[str, Any]], mode: str, value: float) -> str:
@@ -360,7 +418,7 @@ def plot(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], out:
     datasets = sorted({s["dataset"] for s in summary})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.4))
     for axis, dataset in zip(np.atleast_1d(axes), datasets, strict=True):
-        for mode, style in (("threshold", "o-"), ("guard", "s-")):
+        for mode, style in (("threshold", "o-"), ("guard", "s-"), ("budget", "D-")):
             points = sorted(
                 (s["trap_wrong_excl_identical_pct"], s["should_hit_served_pct"])
                 for s in summary
@@ -378,13 +436,20 @@ def plot(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], out:
     _plot_groups(rows, out, plt)
 
 
+_AXIS_LABELS = {
+    "threshold": "cosine threshold",
+    "guard": "guard score threshold",
+    "budget": "error budget δ",
+}
+
+
 def _plot_groups(rows: Sequence[dict[str, Any]], out: Path, plt: Any) -> None:
     fow = [r for r in rows if r["dataset"] == "fow-pairs" and not r["should_hit"]]
     groups = sorted({r["group"] for r in fow})
     if not groups:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for axis, mode in zip(axes, ("threshold", "guard"), strict=True):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharey=True)
+    for axis, mode in zip(axes, ("threshold", "guard", "budget"), strict=True):
         for group in groups:
             points = sorted(
                 (r["value"], r["wrong_excl_identical_pct"])
@@ -393,10 +458,10 @@ def _plot_groups(rows: Sequence[dict[str, Any]], out: Path, plt: Any) -> None:
             )
             axis.plot([p[0] for p in points], [p[1] for p in points], "o-", label=group)
         axis.set_title(f"fow-cache traps served wrongly — {mode}")
-        axis.set_xlabel("cosine threshold" if mode == "threshold" else "guard score threshold")
+        axis.set_xlabel(_AXIS_LABELS[mode])
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("wrongly served (%)")
-    axes[1].legend()
+    axes[-1].legend()
     fig.tight_layout()
     fig.savefig(out / "quality_traps.png", dpi=110)
     plt.close(fig)
@@ -426,21 +491,42 @@ def run(
     datasets: Sequence[str],
     data: Path | None = None,
     limit: int | None = None,
+    service: Settings | None = None,
 ) -> str:
-    """Run the sweep, write quality.json / quality.md / PNGs under `out`, return the table.
+    """Run the sweep, write quality.json / quality.md / PNGs under `out`, return the text.
+
+    `service`: the settings the budget mode's guard is built from (default: the
+    service's defaults).
 
     Raises:
         MissingDataError: the qqp-style data file is not there.
     """
-    rows, _ = _sweep(embedder, datasets, _settings(), loaders(data, limit))
+    rows, _ = _sweep(embedder, datasets, _settings(service), loaders(data, limit))
     summary = overall(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
-    table = markdown(summary, rows)
-    defaults = per_group_markdown(rows, "guard", 0.79)
-    (out / "quality.md").write_text(f"{table}\n\nAt the defaults (guard):\n\n{defaults}\n")
+    text = "\n\n".join(
+        [
+            markdown(summary, rows),
+            BUDGET_NOTE,
+            "Guard only (floor 0.75, score ≥ 0.79; the decision before the error budget):",
+            per_group_markdown(rows, "guard", 0.79),
+            "Error budget δ = 0.01 (the service's default decision):",
+            per_group_markdown(rows, "budget", 0.01),
+        ]
+    )
+    (out / "quality.md").write_text(text + "\n")
     plot(summary, rows, out)
-    return table + "\n\n" + defaults
+    return text
+
+
+BUDGET_NOTE = (
+    "budget: the service's default decision (the guard built from the settings, its"
+    " candidates served when their estimated P(wrong) fits the error budget δ), with no"
+    " exploration and no audits: an explored request would be answered upstream, i.e."
+    " not served. The budget is spent over the requests as asked, pairs in file order."
+    " Hits on an identical question are right in the excl. identical columns."
+)
 
 
 def _default_settings() -> list[Setting]:

@@ -172,9 +172,12 @@ def test_bench_quality_on_a_few_pairs_shows_progress_and_leaves_no_pending_task(
     )
 
     assert result.returncode == 0, result.stderr
-    assert "[bench] quality qqp: setting 1/20" in result.stderr
+    assert "[bench] quality qqp: setting 1/23" in result.stderr
     assert "Task was destroyed" not in result.stderr
-    assert len(json_rows(tmp_path / "out" / "quality.json")) == 20  # 5 pairs, one group each
+    rows = json_rows(tmp_path / "out" / "quality.json")
+    assert len(rows) == 23  # 5 pairs, one group each; 11 thresholds, 9 guards, 3 deltas
+    assert [r["value"] for r in rows if r["mode"] == "budget"] == [0.005, 0.01, 0.02]
+    assert "Error budget δ = 0.01" in result.stdout
 
 
 def json_rows(path: Path) -> list[dict[str, object]]:
