@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ["torch", "onnx-int8", "onnx-fp32"]
+from service.embedding.factory import EMBEDDING_BACKENDS
+
+BACKENDS = list(EMBEDDING_BACKENDS)
 
 
 def _service_env(args: argparse.Namespace) -> dict[str, str]:

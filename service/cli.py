@@ -16,6 +16,7 @@ import structlog
 from pydantic import ValidationError
 
 from service.config import Settings
+from service.embedding.factory import EMBEDDING_BACKENDS
 from service.errors import StartupError
 from service.startup import load_settings, one_line, settings_error
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from semcache_client.types import RequestOptions
     from service.app import App
 from service.logs import configure_logging
+from service.routing.strategy import STRATEGIES
 
 log = structlog.get_logger(__name__)
 
@@ -512,7 +514,7 @@ def _add_bench_commands(benches: Any) -> None:
     latency.add_argument("--pairs", type=int, default=200, help="duplicate pairs to ask")
     latency.add_argument("--out", default="bench-results", help="folder for JSON and Markdown")
     latency.add_argument("--target", help="measure this running service instead of starting one")
-    latency.add_argument("--embedding-backend", choices=["torch", "onnx-int8", "onnx-fp32"])
+    latency.add_argument("--embedding-backend", choices=EMBEDDING_BACKENDS)
     data_argument(latency)
     latency.set_defaults(run=_cmd_bench_latency)
 
@@ -523,10 +525,10 @@ def _add_bench_commands(benches: Any) -> None:
     data_argument(quality)
     quality.add_argument("--limit", type=int, help="only the first N pairs of each data set")
     quality.add_argument("--out", default="bench-results", help="folder for JSON, Markdown, PNG")
-    quality.add_argument("--embedding-backend", choices=["torch", "onnx-int8", "onnx-fp32"])
+    quality.add_argument("--embedding-backend", choices=EMBEDDING_BACKENDS)
     quality.add_argument(
         "--compare-backend",
-        choices=["torch", "onnx-int8", "onnx-fp32"],
+        choices=EMBEDDING_BACKENDS,
         help="instead of the sweep: how often this embedder makes the same decisions",
     )
     quality.set_defaults(run=_cmd_bench_quality)
@@ -643,7 +645,7 @@ def _add_measuring_commands(commands: Any, with_benchmarks: bool) -> None:
         "route-eval", help="routing accuracy, confusion matrix and projected cost on a file"
     )
     route.add_argument("file", help='JSONL, one {"prompt": ..., "tier": ...} per line')
-    route.add_argument("--strategy", choices=["rules", "nearest", "nearest+rules"])
+    route.add_argument("--strategy", choices=STRATEGIES)
     route.add_argument(
         "--output-tokens", type=int, default=250, help="assumed answer length for the cost"
     )
@@ -701,7 +703,7 @@ def _add_calibrate_command(commands: Any) -> None:
     calibrate.add_argument("--out", help="write the JSON file here; default: print it")
     calibrate.add_argument(
         "--embedding-backend",
-        choices=["torch", "onnx-int8", "onnx-fp32"],
+        choices=EMBEDDING_BACKENDS,
         help="default: torch for the guard's weights, onnx-int8 (the serving default) for --prior",
     )
     calibrate.set_defaults(run=_cmd_calibrate)

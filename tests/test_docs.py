@@ -88,3 +88,18 @@ def test_make_test_installs_what_the_tests_need_and_lists_every_skip() -> None:
     assert re.search(r"pytest .*-rs", dry_run), "make test must list skipped tests and why"
     ci = (REPO / ".ci" / "run").read_text()
     assert "make test" in ci and "apt-get" not in ci, ".ci/run runs exactly what make test does"
+
+
+def test_choice_lists_come_from_the_settings_types() -> None:
+    """The CLI's choices are the settings' Literal types, never a second list."""
+    from typing import get_args
+
+    from service.cli import build_parser
+    from service.embedding.factory import EMBEDDING_BACKENDS
+    from service.routing.strategy import STRATEGIES
+
+    fields = Settings.model_fields
+    assert get_args(fields["embedding_backend"].annotation) == EMBEDDING_BACKENDS
+    assert get_args(fields["routing_strategy"].annotation) == STRATEGIES
+    help_text = build_parser().format_help()
+    assert "route-eval" in help_text

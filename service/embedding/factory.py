@@ -7,11 +7,13 @@ imports torch or sentence-transformers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, get_args
 
 from service.embedding.base import Embedder
 
 EmbeddingBackend: TypeAlias = Literal["torch", "onnx-int8", "onnx-fp32"]
+# The choices, for the CLI and the benchmarks: derived from the type, never re-listed.
+EMBEDDING_BACKENDS: tuple[str, ...] = get_args(EmbeddingBackend)
 
 
 def build_embedder(

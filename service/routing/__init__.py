@@ -5,6 +5,7 @@ and nearest-labelled-example voting on the cache lookup's embedding
 (`nearest.py`); `evaluate.py` scores it on a labelled file.
 """
 
-from service.routing.router import STRATEGIES, RouteDecision, Router, build_router
+from service.routing.router import RouteDecision, Router, build_router
+from service.routing.strategy import STRATEGIES
 
 __all__ = ["STRATEGIES", "RouteDecision", "Router", "build_router"]

@@ -17,14 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 from service.llm.catalogue import Catalogue
 from service.routing.nearest import EmbedMany, ExampleIndex, Vector, load_examples
 from service.routing.rules import classify, long_prompt
-
-Strategy = Literal["rules", "nearest", "nearest+rules"]
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
+from service.routing.strategy import STRATEGIES
 
 _EXAMPLE_PREVIEW_CHARS = 60
 
