@@ -30,19 +30,21 @@ class _UpstreamSettings(BaseModel):
         None,
         validation_alias=AliasChoices("SEMCACHE_UPSTREAM_BASE_URL", "OPENAI_BASE_URL"),
         description="OpenAI-compatible base URL (also read from `OPENAI_BASE_URL`). Unset:"
-        " `semcache serve` starts the built-in simulator and uses it.",
+        " `semcache serve` refuses to start unless `--simulate` asks for the built-in simulator.",
     )
     upstream_api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("SEMCACHE_UPSTREAM_API_KEY", "OPENAI_API_KEY"),
-        description="API key for the upstream provider (also read from `OPENAI_API_KEY`).",
+        description="API key for the upstream provider (also read from `OPENAI_API_KEY`); unset ="
+        " none is sent.",
     )
     upstream_id: str | None = Field(
         None,
         min_length=1,
         max_length=200,
         description="Names the upstream in the cache scope instead of its providers' URLs: set"
-        " it to keep the cache when the same upstream moves behind a new URL.",
+        " it to keep the cache when the same upstream moves behind a new URL; unset = derived"
+        " from the providers' names and URLs.",
     )
     upstream_timeout_s: float = Field(
         60.0,
@@ -253,9 +255,11 @@ class Settings(BaseSettings, _UpstreamSettings, _CacheSettings, _VerifySettings)
     qdrant_url: str | None = Field(
         None,
         description="Use this Qdrant server instead of the embedded store, e.g. `http://qdrant:6333`;"
-        " `:memory:` runs qdrant-client's in-process mode (tests).",
+        " `:memory:` runs qdrant-client's in-process mode (tests); unset = the embedded store.",
     )
-    qdrant_api_key: SecretStr | None = Field(None, description="API key for the Qdrant server.")
+    qdrant_api_key: SecretStr | None = Field(
+        None, description="API key for the Qdrant server; unset = none is sent."
+    )
     qdrant_prefer_grpc: bool = Field(True, description="Talk to the Qdrant server over gRPC.")
     qdrant_collection: str = Field(
         "semcache", min_length=1, description="Qdrant collection holding the cache."
@@ -317,10 +321,14 @@ class Settings(BaseSettings, _UpstreamSettings, _CacheSettings, _VerifySettings)
         " only, tenant taken from `x-tenant-id`.",
     )
     tls_cert_file: Path | None = Field(
-        None, description="PEM certificate chain for the gRPC port; set with `tls_key_file`."
+        None,
+        description="PEM certificate chain for the gRPC port; set with `tls_key_file`;"
+        " unset = plaintext.",
     )
     tls_key_file: Path | None = Field(
-        None, description="PEM private key for the gRPC port; set with `tls_cert_file`."
+        None,
+        description="PEM private key for the gRPC port; set with `tls_cert_file`; unset ="
+        " plaintext.",
     )
     rate_limit_requests_per_minute: int = Field(
         0, ge=0, description="Completions per tenant per minute (hits included); 0 = unlimited."

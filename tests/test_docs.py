@@ -103,3 +103,12 @@ def test_choice_lists_come_from_the_settings_types() -> None:
     assert get_args(fields["routing_strategy"].annotation) == STRATEGIES
     help_text = build_parser().format_help()
     assert "route-eval" in help_text
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n, f in Settings.model_fields.items() if f.default is None)
+)
+def test_an_unset_setting_says_what_unset_means(name: str) -> None:
+    """One convention for "off": optional settings are off when unset, and say so."""
+    description = Settings.model_fields[name].description or ""
+    assert "unset" in description.lower(), description
