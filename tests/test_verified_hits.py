@@ -19,7 +19,7 @@ import pytest_asyncio
 from service.cache.guard import GuardVerdict, NearMissGuard
 from service.cache.memory_store import MemoryVectorStore
 from service.cache.scope import CacheKey
-from service.cache.semantic import SemanticCache
+from service.cache.semantic import Answer, SemanticCache
 from service.cache.stats import CacheStats
 from service.cache.store import CacheEntry, ScoredEntry
 from service.cache.verify.evidence import Evidence, Observation
@@ -329,3 +329,33 @@ async def test_a_judged_wrong_exploration_does_not_veto_an_everyday_form(make_ri
     form = await rig.pipeline.complete(ask("How can I reset my password?"))
     assert (form.cache_status, form.cache_detail) == (CacheStatus.SEMANTIC_HIT, "same_form")
     assert form.entry_id == first.entry_id
+
+
+class LowScoreVerifier:
+    """A guard that scores every candidate under its accept and refuses every context."""
+
+    def verify(self, query: str, cached: str, similarity: float) -> GuardVerdict:
+        return GuardVerdict(False, 0.7, "low_score")
+
+    def verify_context(
+        self, query_context: str, cached_context: str, similarity: float
+    ) -> GuardVerdict:
+        return GuardVerdict(False, 0.0, "context_mismatch")
+
+
+async def test_a_scored_candidate_still_needs_its_conversation_to_match() -> None:
+    store, batcher = MemoryVectorStore(), EmbeddingBatcher(HashingEmbedder())
+    decider = HitDecider(VerifyState(DEFAULT_PRIOR), _budget(max_error_rate=0.5))
+    cache = SemanticCache(store, batcher, LowScoreVerifier(), decider=decider)
+
+    def follow_up(topic: str) -> CompletionRequest:
+        turns = (("user", f"I have a {topic}"), ("assistant", "Sure."), ("user", "cancel it"))
+        return CompletionRequest(messages=tuple(ChatMessage(r, c) for r, c in turns))
+
+    stored = await cache.lookup(follow_up("gym membership"))
+    answer = Answer("Cancelled.", "m", "stop", 1, 1, 0.0)
+    assert await cache.store_answer(stored, answer)
+    other = await cache.lookup(follow_up("streaming plan"))
+    assert (other.hit, other.detail) == (None, "context_mismatch")
+    await cache.close()
+    await batcher.close()
