@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from service.config import Settings
 from service.domain import ChatMessage
 from service.errors import InvalidRequestError
 from service.llm.catalogue import (
     Catalogue,
+    PromptGrouping,
     estimate_prompt_tokens,
     estimate_tokens,
     load_catalogue,
@@ -20,6 +24,7 @@ from service.llm.catalogue import (
 )
 from service.llm.pricing import DEFAULT_PRICES
 from service.llm.resilience import build_resilient_provider
+from service.startup import startup_error_for
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "service" / "defaults" / "models.example.yaml"
 
@@ -135,6 +140,116 @@ def test_a_broken_catalogue_is_refused_naming_the_file_and_entry(
     with pytest.raises(ValueError, match=message) as refused:
         load_catalogue(path, env={})
     assert str(refused.value).startswith(str(path))
+    assert "\n" not in str(refused.value)
+
+
+_Mutation = Callable[[dict[str, Any]], object]
+_MODEL_KEYS = (
+    "['context_window_tokens', 'fallbacks', 'input_usd_per_mtok', 'name', "
+    "'output_usd_per_mtok', 'provider', 'tier']"
+)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "env", "problem"),
+    [
+        pytest.param(
+            lambda d: d["models"][2].update(context_window=5, colour="red"),
+            {},
+            "models[2] (gpt-4o): unknown keys ['colour', 'context_window']; "
+            f"allowed: {_MODEL_KEYS}",
+            id="unknown keys",
+        ),
+        pytest.param(
+            lambda d: d["providers"][0].update(max_queue="many"),
+            {},
+            "providers[0] (openai): 'max_queue' must be an integer >= 0, got 'many'",
+            id="wrong type",
+        ),
+        pytest.param(
+            lambda d: d["providers"][1].update(max_concurrency=True),
+            {},
+            "providers[1] (anthropic): 'max_concurrency' must be an integer >= 1, got True",
+            id="a boolean is not an integer",
+        ),
+        pytest.param(
+            lambda d: d["models"][1].update(context_window_tokens=0),
+            {},
+            "models[1] (claude-3-5-haiku): 'context_window_tokens' must be an integer >= 1, got 0",
+            id="under its minimum",
+        ),
+        pytest.param(
+            lambda d: d["providers"][0].update(timeout_s=0),
+            {},
+            "providers[0] (openai): 'timeout_s' must be a finite number > 0, got 0",
+            id="not above its bound",
+        ),
+        pytest.param(
+            lambda d: d["providers"][1].update(base_url="https://${API HOST}/v1"),
+            {"API_HOST": "a.example"},
+            "providers[1] (anthropic): 'base_url' has a malformed ${VAR} reference in "
+            "'https://${API HOST}/v1'; write ${NAME}, NAME made of letters, digits and _",
+            id="malformed ${VAR}",
+        ),
+        pytest.param(
+            lambda d: None,
+            {"ANTHROPIC_BASE_URL": "anthropic.example"},
+            "providers[1] (anthropic): 'base_url' must be an http(s) URL, got 'anthropic.example'",
+            id="${VAR} that is not a URL",
+        ),
+        pytest.param(
+            lambda d: d["models"][0].pop("tier"),
+            {},
+            "models[0] (gpt-4o-mini): add 'tier': one of ['small', 'medium', 'large']",
+            id="missing key",
+        ),
+        pytest.param(
+            lambda d: d["providers"][0].update(group_prompts={"max_wait_ms": -1}),
+            {},
+            "providers[0] (openai): group_prompts: 'max_wait_ms' must be a finite number >= 0, "
+            "got -1",
+            id="nested mapping",
+        ),
+    ],
+)
+def test_each_mistake_is_one_line_naming_the_file_entry_and_the_fix(
+    tmp_path: Path, mutate: _Mutation, env: dict[str, str], problem: str
+) -> None:
+    document = _document()
+    mutate(document)
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(ValueError, match=re.escape(problem)) as refused:
+        load_catalogue(path, env)
+    assert str(refused.value) == f"{path}: {problem}"
+
+    startup = startup_error_for(refused.value, Settings(catalogue_path=path))
+    assert str(startup) == f"{path}: {problem}; check SEMCACHE_CATALOGUE_PATH"
+
+
+def test_every_mistake_of_a_file_is_reported_at_once_on_one_line() -> None:
+    document = _document()
+    document["providers"][0]["max_queue"] = -1
+    document["models"][0]["tier"] = "tiny"
+    document["models"][2]["output_usd_per_mtok"] = "ten"
+    with pytest.raises(ValueError, match="max_queue") as refused:
+        parse_catalogue(document, {}, "models.yaml")
+    assert str(refused.value) == (
+        "models.yaml: providers[0] (openai): 'max_queue' must be an integer >= 0, got -1; "
+        "models[0] (gpt-4o-mini): unknown tier 'tiny'; use one of ['small', 'medium', 'large']; "
+        "models[2] (gpt-4o): 'output_usd_per_mtok' must be a finite number >= 0, got 'ten'"
+    )
+
+
+def test_text_and_choices_are_stripped_and_defaults_filled() -> None:
+    document = _document()
+    document["models"][0]["tier"] = " small "
+    document["providers"][0] = {"name": " openai ", "group_prompts": {"prompt_format": "chatml "}}
+    catalogue = parse_catalogue(document, {}, "models.yaml")
+    openai = catalogue.providers["openai"]
+    assert catalogue.models["gpt-4o-mini"].tier == "small"
+    assert (openai.max_concurrency, openai.max_queue, openai.timeout_s) == (64, 256, 60.0)
+    assert openai.grouping == PromptGrouping(prompt_format="chatml")
 
 
 def test_an_unreadable_catalogue_is_refused(tmp_path: Path) -> None:

@@ -9,8 +9,11 @@ A YAML file (see `service/defaults/models.example.yaml`) lists providers and mod
       - name, provider, tier, input_usd_per_mtok, output_usd_per_mtok,
         context_window_tokens, fallbacks
 
-`load_catalogue` checks the whole file at start-up, so a typo fails the
-service before it takes traffic, with a message naming the file and entry.
+The file's shape is declared once, as pydantic models (`_CatalogueFile` and the
+entries it holds): they refuse unknown keys, wrong types and values under
+their minimums. `load_catalogue` checks the whole file at start-up, so a typo
+fails the service before it takes traffic, with a one-line message naming the
+file and entry.
 """
 
 from __future__ import annotations
@@ -19,50 +22,67 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
+from annotated_types import Ge, Gt
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from service.domain import ChatMessage
 from service.errors import UnknownModelError
 from service.llm.pricing import ModelPrice
 
-TIERS: tuple[str, ...] = ("small", "medium", "large")
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pydantic.fields import FieldInfo
+    from pydantic_core import ErrorDetails
+
+Tier = Literal["small", "medium", "large"]
+TIERS: tuple[str, ...] = get_args(Tier)
 """Model tiers, weakest and cheapest first."""
 
-_CHARS_PER_TOKEN = 4
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_PROVIDER_KEYS = frozenset(
-    {
-        "name",
-        "base_url",
-        "api_key_env",
-        "max_concurrency",
-        "max_queue",
-        "timeout_s",
-        "group_prompts",
-    }
-)
-_GROUPING_KEYS = frozenset({"max_prompts", "max_in_flight", "max_wait_ms", "prompt_format"})
-PROMPT_FORMATS: tuple[str, ...] = ("plain", "chatml")
+PromptFormat = Literal["plain", "chatml"]
+PROMPT_FORMATS: tuple[str, ...] = get_args(PromptFormat)
 """How a grouped call's messages become one prompt: `plain` sends a lone user
 message as it is (any other conversation is not grouped), `chatml` renders
 every message with ChatML markers."""
-_MODEL_KEYS = frozenset(
-    {
-        "name",
-        "provider",
-        "tier",
-        "input_usd_per_mtok",
-        "output_usd_per_mtok",
-        "context_window_tokens",
-        "fallbacks",
-    }
-)
 
+_CHARS_PER_TOKEN = 4
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_MAX_PROBLEMS = 5
+"""Problems listed in one error message; the rest are counted."""
+
+_FILE_RULES = ConfigDict(
+    extra="forbid",
+    frozen=True,
+    strict=True,
+    allow_inf_nan=False,
+    str_strip_whitespace=True,
+    str_min_length=1,
+)
+"""How every mapping of the file is read: unknown keys refused, no type coercion
+(`"5"` is not a number, `true` is not an integer), numbers finite, text non-empty
+and stripped."""
 
 _Spec = TypeVar("_Spec", "ProviderSpec", "ModelSpec")
+
+
+def _stripped(value: object) -> object:
+    return value.strip() if isinstance(value, str) else value
+
+
+_Choice = BeforeValidator(_stripped)
+"""Strips a choice (`tier: " small "`) as text fields are stripped, before it is compared."""
 
 
 def estimate_tokens(text: str) -> int:
@@ -80,8 +100,7 @@ def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
     return sum(estimate_tokens(m.content) + 4 for m in messages)
 
 
-@dataclass(frozen=True)
-class PromptGrouping:
+class PromptGrouping(BaseModel):
     """Send concurrent unary calls for one model as one `/v1/completions` request.
 
     For providers that take a list of prompts in one request (vLLM does).
@@ -90,12 +109,17 @@ class PromptGrouping:
     parameters run at once, and calls that arrive while they do go together
     in the next one (at most `max_prompts`). A lone call is sent at once
     unless `max_wait_ms` holds it back for company.
+
+    Both a provider's `group_prompts` mapping in the file and the value the
+    gateway uses (frozen, compared by value).
     """
 
-    max_prompts: int = 16
-    max_in_flight: int = 4
-    max_wait_ms: float = 0.0
-    prompt_format: str = "plain"
+    model_config = _FILE_RULES
+
+    max_prompts: int = Field(16, ge=1)
+    max_in_flight: int = Field(4, ge=1)
+    max_wait_ms: float = Field(0.0, ge=0)
+    prompt_format: Annotated[PromptFormat, _Choice] = "plain"
 
 
 @dataclass(frozen=True)
@@ -120,7 +144,7 @@ class ProviderSpec:
         return (
             f"ProviderSpec(name={self.name!r}, base_url={self.base_url!r}, "
             f"api_key_env={self.api_key_env!r}, max_concurrency={self.max_concurrency}, "
-            f"max_queue={self.max_queue}, timeout_s={self.timeout_s}, grouping={self.grouping})"
+            f"max_queue={self.max_queue}, timeout_s={self.timeout_s}, grouping={self.grouping!r})"
         )
 
 
@@ -213,13 +237,108 @@ def _with_default(spec: ProviderSpec, base_url: str, api_key: str | None) -> Pro
     return replace(spec, base_url=base_url, api_key=spec.api_key or api_key)
 
 
+# --- the file's shape -------------------------------------------------------------------
+
+
+class _ProviderEntry(BaseModel):
+    """One `providers[]` entry as written; `base_url` has its `${VAR}`s expanded from
+    the `env` in the validation context."""
+
+    model_config = _FILE_RULES
+
+    name: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int = Field(64, ge=1)
+    max_queue: int = Field(256, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    group_prompts: PromptGrouping | None = None
+
+    @field_validator("group_prompts", mode="before")
+    @classmethod
+    def _true_means_defaults(cls, value: object) -> object:
+        if value is True:
+            return {}
+        return None if value is False else value
+
+    @field_validator("base_url")
+    @classmethod
+    def _expand_base_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        env: Mapping[str, str] = (info.context or {}).get("env", {})
+        return None if value is None else _expand(value, env)
+
+    def spec(self, env: Mapping[str, str]) -> ProviderSpec:
+        api_key = env.get(self.api_key_env) if self.api_key_env is not None else None
+        return ProviderSpec(
+            name=self.name,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            api_key=api_key or None,
+            max_concurrency=self.max_concurrency,
+            max_queue=self.max_queue,
+            timeout_s=self.timeout_s,
+            grouping=self.group_prompts,
+        )
+
+
+class _ModelEntry(BaseModel):
+    """One `models[]` entry as written."""
+
+    model_config = _FILE_RULES
+
+    name: str
+    provider: str
+    tier: Annotated[Tier, _Choice]
+    input_usd_per_mtok: float = Field(ge=0)
+    output_usd_per_mtok: float = Field(ge=0)
+    context_window_tokens: int = Field(ge=1)
+    fallbacks: list[str] = Field(default_factory=list)
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            name=self.name,
+            provider=self.provider,
+            tier=self.tier,
+            price=ModelPrice(self.input_usd_per_mtok, self.output_usd_per_mtok),
+            context_window_tokens=self.context_window_tokens,
+            fallbacks=tuple(self.fallbacks),
+        )
+
+
+class _CatalogueFile(BaseModel):
+    """The whole file: both lists, neither empty."""
+
+    model_config = _FILE_RULES
+
+    providers: list[_ProviderEntry] = Field(min_length=1)
+    models: list[_ModelEntry] = Field(min_length=1)
+
+
+def _expand(value: str, env: Mapping[str, str]) -> str | None:
+    """`${VAR}` replaced from `env`; None when a referenced variable is unset or empty."""
+    if "${" in _ENV_REFERENCE.sub("", value):
+        raise ValueError(
+            f"'base_url' has a malformed ${{VAR}} reference in {value!r}; "
+            "write ${NAME}, NAME made of letters, digits and _"
+        )
+    if any(not env.get(name) for name in _ENV_REFERENCE.findall(value)):
+        return None
+    expanded = _ENV_REFERENCE.sub(lambda match: env[match.group(1)], value)
+    if not expanded.startswith(("http://", "https://")):
+        raise ValueError(f"'base_url' must be an http(s) URL, got {expanded!r}")
+    return expanded
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
 def load_catalogue(path: Path, env: Mapping[str, str]) -> Catalogue:
     """Read and check the catalogue at `path`; `env` resolves `api_key_env` and `${VAR}`.
 
     Raises:
         ValueError: the file is missing, is not valid YAML, or has an entry
             that is malformed, duplicated, names an unknown provider, tier or
-            fallback model; the message names the file and the entry.
+            fallback model; the one-line message names the file and the entry.
     """
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -234,140 +353,26 @@ def parse_catalogue(document: Any, env: Mapping[str, str], source: str) -> Catal
     Raises:
         ValueError: as `load_catalogue`.
     """
-    if not isinstance(document, dict) or set(document) - {"providers", "models"}:
-        raise ValueError(f"{source}: expected a mapping with 'providers' and 'models' lists")
-    provider_entries = _section(source, "providers", document.get("providers"), _PROVIDER_KEYS)
-    model_entries = _section(source, "models", document.get("models"), _MODEL_KEYS)
-    providers = _by_name(provider_entries, [_provider(e, env) for e in provider_entries])
-    models = _by_name(model_entries, [_model(e) for e in model_entries])
+    try:
+        file = _CatalogueFile.model_validate(document, context={"env": env})
+    except ValidationError as error:
+        raise ValueError(f"{source}: {_problems(error, document)}") from None
+    providers = _by_name(source, "providers", [entry.spec(env) for entry in file.providers])
+    models = _by_name(source, "models", [entry.spec() for entry in file.models])
     catalogue = Catalogue(providers, models, source)
     _check_references(catalogue)
     return catalogue
 
 
-def _section(source: str, section: str, raw: Any, allowed: frozenset[str]) -> list[_Entry]:
-    if not isinstance(raw, list) or not raw:
-        raise ValueError(f"{source}: '{section}' must be a non-empty list")
-    return [_Entry(f"{source}: {section}[{i}]", entry, allowed) for i, entry in enumerate(raw)]
-
-
-def _by_name(entries: Sequence[_Entry], items: Sequence[_Spec]) -> dict[str, _Spec]:
+def _by_name(source: str, section: str, items: Sequence[_Spec]) -> dict[str, _Spec]:
     by_name: dict[str, _Spec] = {}
-    for entry, item in zip(entries, items, strict=True):
+    for index, item in enumerate(items):
         if item.name in by_name:
-            raise entry.fail(f"duplicate name {item.name!r}")
+            raise ValueError(
+                f"{source}: {section}[{index}] ({item.name}): duplicate name {item.name!r}"
+            )
         by_name[item.name] = item
     return by_name
-
-
-class _Entry:
-    """One mapping of the file, with typed getters that fail naming the entry."""
-
-    def __init__(self, where: str, raw: Any, allowed: frozenset[str]) -> None:
-        if not isinstance(raw, dict):
-            raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
-        unknown = sorted(set(raw) - allowed)
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(allowed)}")
-        name = raw.get("name")
-        self.where = f"{where} ({name})" if isinstance(name, str) else where
-        self.raw: dict[str, Any] = raw
-
-    def fail(self, message: str) -> ValueError:
-        return ValueError(f"{self.where}: {message}")
-
-    def text(self, key: str, default: str | None = None) -> str:
-        value = self.raw.get(key, default)
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(f"'{key}' must be a non-empty string, got {value!r}")
-        return value.strip()
-
-    def optional_text(self, key: str) -> str | None:
-        return self.text(key) if self.raw.get(key) is not None else None
-
-    def number(self, key: str, default: float | None = None, minimum: float = 0.0) -> float:
-        value = self.raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(f"'{key}' must be a number, got {value!r}")
-        if not (math.isfinite(value) and value >= minimum):
-            raise self.fail(f"'{key}' must be a finite number >= {minimum:g}, got {value!r}")
-        return float(value)
-
-    def integer(self, key: str, default: int | None = None, minimum: int = 0) -> int:
-        value = self.raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(f"'{key}' must be an integer >= {minimum}, got {value!r}")
-        return value
-
-    def names(self, key: str) -> tuple[str, ...]:
-        value = self.raw.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(f"'{key}' must be a list of model names, got {value!r}")
-        return tuple(value)
-
-
-def _provider(entry: _Entry, env: Mapping[str, str]) -> ProviderSpec:
-    timeout_s = entry.number("timeout_s", 60.0)
-    if timeout_s <= 0:
-        raise entry.fail(f"'timeout_s' must be > 0, got {timeout_s:g}")
-    api_key_env = entry.optional_text("api_key_env")
-    api_key = env.get(api_key_env) if api_key_env is not None else None
-    return ProviderSpec(
-        name=entry.text("name"),
-        base_url=_expand(entry, entry.optional_text("base_url"), env),
-        api_key_env=api_key_env,
-        api_key=api_key or None,
-        max_concurrency=entry.integer("max_concurrency", 64, minimum=1),
-        max_queue=entry.integer("max_queue", 256),
-        timeout_s=timeout_s,
-        grouping=_grouping(entry),
-    )
-
-
-def _grouping(provider: _Entry) -> PromptGrouping | None:
-    raw = provider.raw.get("group_prompts")
-    if raw is None or raw is False:
-        return None
-    entry = _Entry(f"{provider.where}: group_prompts", {} if raw is True else raw, _GROUPING_KEYS)
-    defaults = PromptGrouping()
-    prompt_format = entry.text("prompt_format", defaults.prompt_format)
-    if prompt_format not in PROMPT_FORMATS:
-        raise entry.fail(
-            f"unknown prompt_format {prompt_format!r}; use one of {list(PROMPT_FORMATS)}"
-        )
-    return PromptGrouping(
-        max_prompts=entry.integer("max_prompts", defaults.max_prompts, minimum=1),
-        max_in_flight=entry.integer("max_in_flight", defaults.max_in_flight, minimum=1),
-        max_wait_ms=entry.number("max_wait_ms", defaults.max_wait_ms),
-        prompt_format=prompt_format,
-    )
-
-
-def _expand(entry: _Entry, value: str | None, env: Mapping[str, str]) -> str | None:
-    """`${VAR}` replaced from `env`; None when a referenced variable is unset or empty."""
-    if value is None:
-        return None
-    missing = [name for name in _ENV_REFERENCE.findall(value) if not env.get(name)]
-    if missing:
-        return None
-    expanded = _ENV_REFERENCE.sub(lambda match: env[match.group(1)], value)
-    if not expanded.startswith(("http://", "https://")):
-        raise entry.fail(f"'base_url' must be an http(s) URL, got {expanded!r}")
-    return expanded
-
-
-def _model(entry: _Entry) -> ModelSpec:
-    tier = entry.text("tier")
-    if tier not in TIERS:
-        raise entry.fail(f"unknown tier {tier!r}; use one of {list(TIERS)}")
-    return ModelSpec(
-        name=entry.text("name"),
-        provider=entry.text("provider"),
-        tier=tier,
-        price=ModelPrice(entry.number("input_usd_per_mtok"), entry.number("output_usd_per_mtok")),
-        context_window_tokens=entry.integer("context_window_tokens", minimum=1),
-        fallbacks=entry.names("fallbacks"),
-    )
 
 
 def _check_references(catalogue: Catalogue) -> None:
@@ -386,3 +391,97 @@ def _check_references(catalogue: Catalogue) -> None:
                     f"{where}: fallback {fallback!r} is not a model in this catalogue; "
                     f"known models: {sorted(catalogue.models)}"
                 )
+
+
+# --- pydantic's errors, in the file's words ---------------------------------------------
+
+_SECTIONS: dict[str | int, type[BaseModel]] = {
+    "providers": _ProviderEntry,
+    "models": _ModelEntry,
+}
+_NESTED: dict[str | int, type[BaseModel]] = {"group_prompts": PromptGrouping}
+_KINDS: dict[object, str] = {int: "an integer", float: "a finite number", str: "a non-empty string"}
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where one pydantic error is: the entry's label, the model checking that
+    mapping, the mapping as written, and the error's path inside it."""
+
+    where: str
+    model: type[BaseModel]
+    raw: Any
+    rest: tuple[str | int, ...]
+
+
+def _problems(error: ValidationError, document: Any) -> str:
+    """Every error of `error` on one line, `; `-separated, each naming its entry;
+    unknown keys of one mapping are listed together."""
+    located = [(_locate(detail["loc"], document), detail) for detail in error.errors()]
+    unknown: dict[str, list[str]] = {}
+    for place, detail in located:
+        if detail["type"] == "extra_forbidden":
+            unknown.setdefault(place.where, []).append(str(place.rest[-1]))
+    problems: list[str] = []
+    for place, detail in located:
+        if detail["type"] != "extra_forbidden":
+            problem = _describe(place, detail)
+        elif place.where in unknown:
+            allowed = sorted(place.model.model_fields)
+            problem = f"unknown keys {sorted(unknown.pop(place.where))}; allowed: {allowed}"
+        else:
+            continue
+        problems.append(f"{place.where}: {problem}" if place.where else problem)
+    hidden = len(problems) - _MAX_PROBLEMS
+    return "; ".join(problems[:_MAX_PROBLEMS] + ([f"and {hidden} more"] if hidden > 0 else []))
+
+
+def _locate(loc: tuple[str | int, ...], document: Any) -> _Place:
+    if len(loc) < 2:
+        return _Place("", _CatalogueFile, document, loc)
+    section, index, *rest = loc
+    raw = document[section][index]
+    name = raw.get("name") if isinstance(raw, dict) else None
+    name = name.strip() if isinstance(name, str) else ""
+    where = f"{section}[{index}]" + (f" ({name})" if name else "")
+    model = _SECTIONS[section]
+    if rest and rest[0] in _NESTED:
+        where, model, raw = f"{where}: {rest[0]}", _NESTED[rest[0]], raw.get(rest[0])
+        return _Place(where, model, raw, tuple(rest[1:]))
+    return _Place(where, model, raw, tuple(rest))
+
+
+def _describe(place: _Place, detail: ErrorDetails) -> str:
+    """One error inside one mapping, saying what the value must be."""
+    if not place.rest:
+        kind = type(place.raw).__name__
+        if place.model is _CatalogueFile:
+            return f"expected a mapping with 'providers' and 'models' lists, got {kind}"
+        also = " (or true)" if place.model is PromptGrouping else ""
+        return f"expected a mapping{also}, got {kind}"
+    key = str(place.rest[0])
+    if place.model is _CatalogueFile:
+        return f"'{key}' must be a non-empty list"
+    field = place.model.model_fields[key]
+    value = place.raw.get(key, detail["input"])
+    if detail["type"] == "missing":
+        return f"add '{key}': {_expected(field)}"
+    if detail["type"] == "value_error":
+        return str(detail.get("ctx", {}).get("error", detail["msg"]))
+    if detail["type"] == "literal_error":
+        return f"unknown {key} {value!r}; use {_expected(field)}"
+    return f"'{key}' must be {_expected(field)}, got {value!r}"
+
+
+def _expected(field: FieldInfo) -> str:
+    """What a field takes, from its type and bounds: "an integer >= 1"."""
+    annotation = field.annotation
+    if get_origin(annotation) in (Union, UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is Literal:
+        return f"one of {list(get_args(annotation))}"
+    if get_origin(annotation) is list:
+        return "a list of model names"
+    bounds = [f">= {m.ge:g}" for m in field.metadata if isinstance(m, Ge)]
+    bounds += [f"> {m.gt:g}" for m in field.metadata if isinstance(m, Gt)]
+    return " ".join([_KINDS.get(annotation, "a mapping"), *bounds])
