@@ -3,8 +3,9 @@
 Qdrant Edge loads whatever it finds: a shard whose `segments` directory was
 deleted loads, replays its write-ahead log, and serves the few entries the log
 still held, without a word. So the store keeps evidence beside the shard, a
-small manifest (`<shard>.manifest.json`): the vector size and a lower bound on
-the entries the shard holds. Opening compares the two.
+small manifest (`<shard>.manifest.json`): the vector size, the embedding model
+it was last opened with (when known) and a lower bound on the entries the shard
+holds. Opening compares the two.
 
 The bound must stay a lower bound, or a normal crash would raise a false
 alarm. Entries only ever add to it after they were written (the write-ahead
@@ -13,19 +14,36 @@ is at least the bound), and before any deletion the bound is lowered to what
 will be left (or the manifest removed if it cannot be rewritten). A store
 without a manifest (new, or written by an older version) is checked only for
 a missing `segments` directory.
+
+Opening also compares an existing shard with what this version creates
+(`store_schema`): its vectors (from the engine's `edge_config.json`, or the
+manifest's size) and its payload indexes; a missing index is created. A change
+of embedding model is a warning, not a refusal: cache keys carry the model id,
+so entries of the old model are never served under the new one, only left to
+expire (and served again if the old model comes back).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import qdrant_edge as qe
 import structlog
 
-from service.cache.store import FLOAT_FIELDS, KEYWORD_FIELDS
+from service.cache.store_schema import (
+    INDEX_TYPES,
+    VectorSpec,
+    index_conflicts,
+    missing_indexes,
+    schema_error,
+    type_name,
+    vector_differences,
+)
 from service.errors import StartupError
 
 log = structlog.get_logger(__name__)
@@ -70,7 +88,7 @@ def open_shard(path: Path, dim: int, storage: str) -> qe.EdgeShard:
     if not shard_exists(path):
         path.mkdir(parents=True, exist_ok=True)
         shard = qe.EdgeShard.create(str(path), edge_config(dim, storage))
-        create_indexes(shard)
+        create_indexes(shard, INDEX_TYPES)
         return shard
     try:
         return qe.EdgeShard.load(str(path))
@@ -90,15 +108,35 @@ def _load_error(path: Path, error: Exception) -> StartupError:
     )
 
 
-def create_indexes(shard: qe.EdgeShard) -> None:
-    """The payload indexes every lookup and deletion filters on."""
-    shard.update(
-        qe.UpdateOperation.create_field_index("tenant", qe.KeywordIndexParams(is_tenant=True))
-    )
-    for name in KEYWORD_FIELDS[1:]:
-        shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
-    for name in FLOAT_FIELDS:
-        shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
+def create_indexes(shard: qe.EdgeShard, names: Iterable[str]) -> None:
+    """Create the payload indexes `names` (of `INDEX_TYPES`) that lookups and deletions
+    filter on; `tenant`'s is a tenant index."""
+    for name in names:
+        if name == "tenant":
+            schema: qe.KeywordIndexParams | qe.PayloadSchemaType = qe.KeywordIndexParams(
+                is_tenant=True
+            )
+        elif INDEX_TYPES[name] == "keyword":
+            schema = qe.PayloadSchemaType.Keyword
+        else:
+            schema = qe.PayloadSchemaType.Float
+        shard.update(qe.UpdateOperation.create_field_index(name, schema))
+
+
+def ensure_indexes(shard: qe.EdgeShard, shard_path: Path) -> None:
+    """Check the payload indexes of the shard just loaded, creating missing ones.
+
+    Raises:
+        StoreSchemaError: an index has another type than the one lookups rely on.
+    """
+    found = {name: type_name(info.data_type) for name, info in shard.info().payload_schema.items()}
+    conflicts = index_conflicts(found)
+    if conflicts:
+        raise schema_error(f"the cache store {shard_path}", "SEMCACHE_DATA_DIR", conflicts)
+    missing = missing_indexes(found)
+    if missing:
+        log.info("payload indexes created on the cache store", path=str(shard_path), fields=missing)
+        create_indexes(shard, missing)
 
 
 @dataclass(frozen=True)
@@ -110,14 +148,17 @@ class Damage:
 
 
 class Manifest:
-    """The evidence file beside the shard in `shard_path`; `entries_min` is its bound."""
+    """The evidence file beside the shard in `shard_path`: `entries_min` is its bound,
+    `vector_size` and `embedding_model` (None = unknown) what it records them as."""
 
-    def __init__(self, shard_path: Path) -> None:
+    def __init__(self, shard_path: Path, vector_size: int, embedding_model: str | None) -> None:
         self.path = shard_path.with_name(shard_path.name + ".manifest.json")
         self.entries_min: int | None = None
+        self.vector_size, self.embedding_model = vector_size, embedding_model
 
-    def read(self) -> dict[str, int] | None:
-        """The manifest's content, or None when there is none (or it is unreadable)."""
+    def read(self) -> dict[str, Any] | None:
+        """The manifest's content, or None when there is none (or it is unreadable).
+        A recorded model is kept when this opening does not know its own."""
         try:
             content = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -125,12 +166,22 @@ class Manifest:
         except (OSError, ValueError) as error:
             log.warning("cache store manifest unreadable; ignored", error=repr(error))
             return None
-        return content if isinstance(content, dict) else None
+        if not isinstance(content, dict):
+            return None
+        if self.embedding_model is None and isinstance(content.get("embedding_model"), str):
+            self.embedding_model = content["embedding_model"]
+        return content
 
-    def write(self, entries_min: int, dim: int) -> None:
+    def write(self, entries_min: int) -> None:
         """Record `entries_min`; if that fails, remove the manifest (no evidence beats
         false evidence) and log a warning."""
-        content = {"format": MANIFEST_FORMAT, "entries_min": entries_min, "vector_size": dim}
+        content: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "entries_min": entries_min,
+            "vector_size": self.vector_size,
+        }
+        if self.embedding_model is not None:
+            content["embedding_model"] = self.embedding_model
         temporary = self.path.with_name(self.path.name + ".tmp")
         try:
             temporary.write_text(json.dumps(content), encoding="utf-8")
@@ -152,7 +203,7 @@ def segments_missing(path: Path) -> bool:
 
 
 def find_damage(
-    shard_path: Path, manifest: dict[str, int] | None, count: int, lost_segments: bool
+    shard_path: Path, manifest: dict[str, Any] | None, count: int, lost_segments: bool
 ) -> Damage | None:
     """What is wrong with the shard just opened holding `count` entries, or None."""
     expected = int(manifest.get("entries_min", 0)) if manifest else 0
@@ -164,15 +215,45 @@ def find_damage(
     return None
 
 
-def check_vector_size(shard_path: Path, manifest: dict[str, int] | None, dim: int) -> None:
-    """Refuse a store written for another embedding size.
+def _shard_vectors(shard_path: Path, manifest: dict[str, Any] | None) -> dict[str, VectorSpec]:
+    """The vectors of the shard in `shard_path` as its engine configuration records
+    them, else as the manifest does (its size only), else none."""
+    try:
+        config = json.loads((shard_path / "edge_config.json").read_text(encoding="utf-8"))
+        return {
+            str(name): VectorSpec(int(params["size"]), type_name(params["distance"]))
+            for name, params in config["vectors"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        recorded = manifest.get("vector_size") if manifest else None
+        return {} if recorded is None else {"": VectorSpec(int(recorded), "cosine")}
+
+
+def check_vectors(shard_path: Path, manifest: dict[str, Any] | None, dim: int) -> None:
+    """Refuse a shard whose vectors differ from what this version creates (before
+    loading it: a refused shard is left untouched).
 
     Raises:
-        StartupError: the manifest records another vector size than `dim`.
+        StoreSchemaError: another vector size than `dim`, another distance than
+            cosine, or named vectors.
     """
-    recorded = manifest.get("vector_size") if manifest else None
-    if recorded is not None and int(recorded) != dim:
-        raise StartupError(
-            f"the cache store {shard_path} holds {recorded}-dimensional vectors but the"
-            f" embedding model makes {dim}-dimensional ones: point SEMCACHE_DATA_DIR elsewhere"
-        )
+    differences = vector_differences(_shard_vectors(shard_path, manifest), dim)
+    if differences:
+        raise schema_error(f"the cache store {shard_path}", "SEMCACHE_DATA_DIR", differences)
+
+
+def check_model(shard_path: Path, manifest: dict[str, Any] | None, model: str | None) -> None:
+    """Warn when the shard was last opened with another embedding model than `model`
+    (either unknown: nothing to compare)."""
+    recorded = manifest.get("embedding_model") if manifest else None
+    if recorded is None or model is None or recorded == model:
+        return
+    log.warning(
+        f"the cache store {shard_path} was last opened with embedding model {recorded!r}:"
+        f" its entries are not served under {model!r} (cache keys carry the model id) and"
+        " are left to expire or be evicted; they serve again if that model comes back."
+        " To start clean, point SEMCACHE_DATA_DIR elsewhere or delete the store",
+        path=str(shard_path),
+        recorded_model=recorded,
+        model=model,
+    )

@@ -11,7 +11,9 @@ A full disk pauses storing (`disk.DiskGuard`): lookups still answer from what
 is stored, and storing resumes when space returns. A shard that cannot be
 opened without running out of disk is left closed (every lookup misses) and
 opened by the upkeep loop once there is room. Opening compares the shard with
-its manifest (`edge_shard`) and reports entries gone missing.
+its manifest (`edge_shard`) and reports entries gone missing, and refuses a
+shard whose vectors or payload indexes differ from what this version creates
+(`store_schema`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from service.cache.edge_shard import (
     VECTOR_STORAGE,
     Damage,
     Manifest,
-    check_vector_size,
+    check_model,
+    check_vectors,
     edge_config,
+    ensure_indexes,
     find_damage,
     open_shard,
     segments_missing,
@@ -106,11 +110,17 @@ class _ShardKeeper:
     """
 
     def __init__(
-        self, path: Path, dim: int, storage: str, min_free_bytes: int, on_damage: OnDamage
+        self,
+        path: Path,
+        dim: int,
+        storage: str,
+        min_free_bytes: int,
+        on_damage: OnDamage,
+        embedding_model: str | None = None,
     ) -> None:
         self.path, self.dim, self.storage, self.on_damage = path, dim, storage, on_damage
         self.disk = DiskGuard(path, min_free_bytes)
-        self.manifest = Manifest(path)
+        self.manifest = Manifest(path, dim, embedding_model)
         self.missing_entries = 0
         self.shard: qe.EdgeShard | None = None
 
@@ -127,15 +137,22 @@ class _ShardKeeper:
                 reason=self.disk.health.reason,
             )
             return
+        model = self.manifest.embedding_model
         manifest = self.manifest.read()
-        check_vector_size(self.path, manifest, self.dim)
+        check_vectors(self.path, manifest, self.dim)
+        check_model(self.path, manifest, model)
         lost_segments = segments_missing(self.path)
         shard = open_shard(self.path, self.dim, self.storage)
+        try:
+            ensure_indexes(shard, self.path)
+        except BaseException:
+            shard.close()
+            raise
         count = shard.count(qe.CountRequest(exact=True))
         damage = find_damage(self.path, manifest, count, lost_segments)
         if damage is not None:
             self._report_damage(damage, shard)
-        self.manifest.write(count, self.dim)
+        self.manifest.write(count)
         self.shard = shard
         self.disk.refresh()
 
@@ -233,7 +250,7 @@ class _ShardKeeper:
             return
         left = shard.count(qe.CountRequest(exact=True)) - deleting
         if bound > left:
-            self.manifest.write(max(0, left), self.dim)
+            self.manifest.write(max(0, left))
 
     def record_upkeep(self) -> None:
         """Re-measure the disk and raise the manifest's bound to the count now."""
@@ -244,7 +261,7 @@ class _ShardKeeper:
 
     def _raise_bound(self, count: int) -> None:
         if self.manifest.entries_min is None or count > self.manifest.entries_min:
-            self.manifest.write(count, self.dim)
+            self.manifest.write(count)
 
     def room_to_index(self) -> bool:
         """Rebuilt segments may need as much disk as the current ones (write thread)."""
@@ -269,11 +286,11 @@ class EdgeVectorStore:
     `min_free_bytes` is the room kept free on the disk: below it new entries are
     not stored. `on_damage` says what opening a shard with entries missing does:
     "warn" (log an error, count them in `health().missing_entries`, go on) or
-    "refuse" (raise).
+    "refuse" (raise). Opening with another `embedding_model` than last time warns.
 
     Raises:
-        StartupError: the shard cannot be loaded, holds vectors of another size,
-            or (with `on_damage="refuse"`) lacks entries it held.
+        StartupError: the shard cannot be loaded, differs from what this version
+            creates (`StoreSchemaError`), or (`on_damage="refuse"`) lacks entries.
     """
 
     def __init__(
@@ -285,6 +302,7 @@ class EdgeVectorStore:
         *,
         min_free_bytes: int = 0,
         on_damage: OnDamage = "warn",
+        embedding_model: str | None = None,
     ) -> None:
         if storage not in VECTOR_STORAGE:
             edge_config(dim, storage)  # raises the ValueError that names the choices
@@ -293,7 +311,7 @@ class EdgeVectorStore:
         self._indexer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge-index")
         self._indexing: asyncio.Future[bool] | None = None
         self._path, self._dim = path, dim
-        self._keeper = _ShardKeeper(path, dim, storage, min_free_bytes, on_damage)
+        self._keeper = _ShardKeeper(path, dim, storage, min_free_bytes, on_damage, embedding_model)
         self._disk = self._keeper.disk
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef)
         try:
@@ -342,8 +360,7 @@ class EdgeVectorStore:
     async def search(
         self, vector: Vector, tenant: str, scope: str, now: float, limit: int
     ) -> Sequence[ScoredEntry]:
-        """One query's `search_many`; not part of the store protocols (the scale
-        benchmark probes a bare shard with it)."""
+        """One query's `search_many` (for the scale benchmark); not in the protocols."""
         found = await self.search_many([SearchQuery(vector, tenant, scope, now, limit)])
         return found[0]
 

@@ -11,12 +11,18 @@ from service.cache.store import VectorStore
 from service.config import Settings
 
 
-async def build_store(settings: Settings, dim: int) -> VectorStore:
+async def build_store(
+    settings: Settings, dim: int, embedding_model: str | None = None
+) -> VectorStore:
     """Qdrant server (or `:memory:`) when `qdrant_url` is set, else embedded Qdrant Edge.
+
+    `embedding_model` (the embedder's `model_id`) is recorded beside an embedded
+    store: opening one last opened with another model logs a warning.
 
     Raises:
         StartupError: the embedded store cannot be opened, or is damaged and
-            `on_store_damage` is "refuse".
+            `on_store_damage` is "refuse"; `StoreSchemaError` when an existing
+            store or collection differs from what this version creates.
     """
     if settings.qdrant_url:
         from service.cache.qdrant_store import QdrantVectorStore
@@ -38,4 +44,5 @@ async def build_store(settings: Settings, dim: int) -> VectorStore:
         settings.vector_storage,
         min_free_bytes=settings.min_free_disk_mb * 1024 * 1024,
         on_damage=settings.on_store_damage,
+        embedding_model=embedding_model,
     )

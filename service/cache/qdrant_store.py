@@ -6,19 +6,22 @@ the same tests as against the embedded backend.
 
 Replicas share one collection: evidence goes one observation per payload key
 (`store.evidence_update`), so replicas adding observations at once lose none.
+
+An existing collection is compared with what this version creates
+(`store_schema`): other vectors or a payload index of another type refuse to
+start; a missing payload index is created.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+import structlog
 from qdrant_client import AsyncQdrantClient, models
 
 from service.cache import filters
 from service.cache.store import (
-    FLOAT_FIELDS,
-    KEYWORD_FIELDS,
     CacheEntry,
     EntryFilter,
     EvidenceUpdate,
@@ -30,7 +33,18 @@ from service.cache.store import (
     group_observations,
     scored_entries,
 )
+from service.cache.store_schema import (
+    INDEX_TYPES,
+    VectorSpec,
+    index_conflicts,
+    missing_indexes,
+    schema_error,
+    type_name,
+    vector_differences,
+)
 from service.cache.verify.evidence import Observation
+
+log = structlog.get_logger(__name__)
 
 _INT8_IN_RAM = models.ScalarQuantization(
     scalar=models.ScalarQuantizationConfig(
@@ -55,6 +69,54 @@ def _qdrant_condition(condition: filters.Condition) -> models.Condition:
 def _qdrant_filter(conditions: Sequence[filters.Condition]) -> models.Filter:
     """`conditions` (all must hold) as a qdrant-client filter."""
     return models.Filter(must=[_qdrant_condition(c) for c in conditions])
+
+
+def _collection_vectors(info: models.CollectionInfo) -> dict[str, VectorSpec]:
+    """The collection's dense vectors by name ("" = the unnamed one)."""
+    vectors = info.config.params.vectors
+    if vectors is None:
+        return {}
+    named = vectors if isinstance(vectors, dict) else {"": vectors}
+    return {name: VectorSpec(p.size, type_name(p.distance)) for name, p in named.items()}
+
+
+def _collection_indexes(info: models.CollectionInfo) -> dict[str, str]:
+    """The collection's payload indexes: field -> type (lower case)."""
+    return {name: type_name(index.data_type) for name, index in info.payload_schema.items()}
+
+
+async def _create_indexes(client: AsyncQdrantClient, collection: str, names: Iterable[str]) -> None:
+    """Create the payload indexes `names` (of `INDEX_TYPES`); `tenant`'s is a tenant index."""
+    for name in names:
+        schema: models.PayloadSchemaType | models.KeywordIndexParams
+        if name == "tenant":
+            schema = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)
+        elif INDEX_TYPES[name] == "keyword":
+            schema = models.PayloadSchemaType.KEYWORD
+        else:
+            schema = models.PayloadSchemaType.FLOAT
+        await client.create_payload_index(collection, name, schema)
+
+
+async def _check_collection(
+    client: AsyncQdrantClient, collection: str, dim: int, local: bool
+) -> None:
+    """Refuse an existing `collection` that differs from what this version creates;
+    create the payload indexes it lacks (in-process mode has none to create).
+
+    Raises:
+        StoreSchemaError: other vectors, or a payload index of another type.
+    """
+    info = await client.get_collection(collection)
+    indexes = _collection_indexes(info)
+    differences = vector_differences(_collection_vectors(info), dim) + index_conflicts(indexes)
+    if differences:
+        where = f"the Qdrant collection {collection!r}"
+        raise schema_error(where, "SEMCACHE_QDRANT_COLLECTION", differences)
+    missing = missing_indexes(indexes)
+    if missing and not local:
+        log.info("payload indexes created", collection=collection, fields=missing)
+        await _create_indexes(client, collection, missing)
 
 
 def _normal_id(point_id: object) -> str:
@@ -110,7 +172,12 @@ class QdrantVectorStore:
         storage: str = "ram",
     ) -> QdrantVectorStore:
         """Connect, and create `collection` for `dim`-sized cosine vectors if absent,
-        keeping them as `storage` says (see `edge_store.VECTOR_STORAGE`)."""
+        keeping them as `storage` says (see `edge_store.VECTOR_STORAGE`).
+
+        Raises:
+            StoreSchemaError: the collection exists with other vectors, or a payload
+                index of another type (`store_schema`).
+        """
         local = url == ":memory:"
         if local:
             client = AsyncQdrantClient(location=":memory:")
@@ -118,7 +185,11 @@ class QdrantVectorStore:
             client = AsyncQdrantClient(
                 url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=int(max(1, timeout_s))
             )
-        return await cls.attach(client, collection, dim, hnsw_ef=hnsw_ef, storage=storage)
+        try:
+            return await cls.attach(client, collection, dim, hnsw_ef=hnsw_ef, storage=storage)
+        except BaseException:
+            await client.close()
+            raise
 
     @classmethod
     async def attach(
@@ -141,6 +212,7 @@ class QdrantVectorStore:
 
     async def _ensure_collection(self, dim: int, storage: str) -> None:
         if await self._client.collection_exists(self._collection):
+            await _check_collection(self._client, self._collection, dim, self._local)
             return
         on_disk = storage == "int8-disk"
         await self._client.create_collection(
@@ -151,22 +223,7 @@ class QdrantVectorStore:
             quantization_config=_INT8_IN_RAM if on_disk else None,
         )
         if not self._local:  # in-process mode has no payload indexes (and warns about them)
-            await self._create_indexes()
-
-    async def _create_indexes(self) -> None:
-        await self._client.create_payload_index(
-            self._collection,
-            "tenant",
-            models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
-        )
-        for name in KEYWORD_FIELDS[1:]:
-            await self._client.create_payload_index(
-                self._collection, name, models.PayloadSchemaType.KEYWORD
-            )
-        for name in FLOAT_FIELDS:
-            await self._client.create_payload_index(
-                self._collection, name, models.PayloadSchemaType.FLOAT
-            )
+            await _create_indexes(self._client, self._collection, INDEX_TYPES)
 
     async def get(self, point_id: str) -> CacheEntry | None:
         records = await self._client.retrieve(
