@@ -55,7 +55,8 @@ def _edge_shard(
     path: Path, vectors: qe.EdgeVectorParams | dict[str, qe.EdgeVectorParams]
 ) -> qe.EdgeShard:
     path.mkdir(parents=True)
-    return qe.EdgeShard.create(str(path), qe.EdgeConfig(vectors=vectors))
+    sparse = {"words": qe.EdgeSparseVectorParams()}
+    return qe.EdgeShard.create(str(path), qe.EdgeConfig(vectors=vectors, sparse_vectors=sparse))
 
 
 def _entry() -> CacheEntry:
@@ -77,8 +78,9 @@ def _edge_indexes(shard: qe.EdgeShard) -> dict[str, str]:
             {"dense": qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine)},
             ["named 'dense'"],
         ),
+        ({}, ["no dense vectors"]),
     ],
-    ids=["size", "distance", "named"],
+    ids=["size", "distance", "named", "sparse-only"],
 )
 def test_an_edge_shard_with_other_vectors_is_refused_untouched(
     tmp_path: Path, vectors: Any, fragments: list[str]
@@ -181,14 +183,16 @@ async def test_build_store_refuses_an_edge_shard_of_another_size(tmp_path: Path)
             {"dense": models.VectorParams(size=DIM, distance=models.Distance.COSINE)},
             ["named 'dense'"],
         ),
+        ({}, ["no dense vectors"]),
     ],
-    ids=["size", "distance", "named"],
+    ids=["size", "distance", "named", "sparse-only"],
 )
 async def test_a_qdrant_collection_with_other_vectors_is_refused(
     vectors: Any, fragments: list[str]
 ) -> None:
     client = AsyncQdrantClient(location=":memory:")
-    await client.create_collection("cache", vectors_config=vectors)
+    sparse = {"words": models.SparseVectorParams()}
+    await client.create_collection("cache", vectors_config=vectors, sparse_vectors_config=sparse)
     with pytest.raises(StartupError) as raised:
         await QdrantVectorStore.attach(client, "cache", DIM)
     _refused(raised.value, "Qdrant collection 'cache'", "SEMCACHE_QDRANT_COLLECTION", *fragments)

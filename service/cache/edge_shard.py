@@ -215,9 +215,11 @@ def find_damage(
     return None
 
 
-def _shard_vectors(shard_path: Path, manifest: dict[str, Any] | None) -> dict[str, VectorSpec]:
+def _shard_vectors(
+    shard_path: Path, manifest: dict[str, Any] | None
+) -> dict[str, VectorSpec] | None:
     """The vectors of the shard in `shard_path` as its engine configuration records
-    them, else as the manifest does (its size only), else none."""
+    them, else as the manifest does (its size only), else None (unknown)."""
     try:
         config = json.loads((shard_path / "edge_config.json").read_text(encoding="utf-8"))
         return {
@@ -226,7 +228,7 @@ def _shard_vectors(shard_path: Path, manifest: dict[str, Any] | None) -> dict[st
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         recorded = manifest.get("vector_size") if manifest else None
-        return {} if recorded is None else {"": VectorSpec(int(recorded), "cosine")}
+        return None if recorded is None else {"": VectorSpec(int(recorded), "cosine")}
 
 
 def check_vectors(shard_path: Path, manifest: dict[str, Any] | None, dim: int) -> None:

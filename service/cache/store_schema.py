@@ -43,16 +43,18 @@ class VectorSpec:
     distance: str
 
 
-def vector_differences(vectors: Mapping[str, VectorSpec], dim: int) -> list[str]:
-    """What in `vectors` (by name, "" = unnamed) differs from one unnamed `dim`-sized
-    cosine vector."""
+def vector_differences(vectors: Mapping[str, VectorSpec] | None, dim: int) -> list[str]:
+    """What in `vectors` (dense vectors by name, "" = unnamed; None = unknown) differs
+    from one unnamed `dim`-sized cosine vector."""
+    if vectors is None:
+        return []
     named = sorted(name for name in vectors if name)
     if named:
         names = ", ".join(repr(name) for name in named)
         return [f"its vectors are named {names} where semcache uses one unnamed vector"]
     spec = vectors.get("")
     if spec is None:
-        return []
+        return ["it holds no dense vectors"]
     found = []
     if spec.size != dim:
         found.append(
