@@ -103,7 +103,7 @@ async def build_app(
     """
     metrics = Metrics()
     batcher = build_batcher(settings, embedder or load_embedder(settings), metrics)
-    store = await build_store(settings, batcher.dim)
+    store = await build_store(settings, batcher.dim, batcher.model_id)
     catalogue = load_settings_catalogue(settings, environ)
     provider = build_provider(settings, catalogue, metrics)
     router = await asyncio.to_thread(build_settings_router, settings, catalogue, batcher.embedder)
