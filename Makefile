@@ -9,13 +9,16 @@ PYTHON ?= python3
 install: $(VENV)/.installed
 
 # torch==2.13.0 first: the CPU wheel on this machine. Anything that asks for
-# torch later finds it satisfied instead of pulling CUDA builds.
-$(VENV)/.installed: pyproject.toml constraints.txt clients/python/pyproject.toml
+# torch later finds it satisfied instead of pulling CUDA builds. Then the server
+# (editable: the checkout's benchmarks/ come with it), the thin client and the
+# upstream simulator, each its own distribution.
+$(VENV)/.installed: pyproject.toml constraints.txt clients/python/pyproject.toml simulator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	$(PY) -m pip install --quiet -c constraints.txt -e ./clients/python
+	$(PY) -m pip install --quiet -c constraints.txt -e ./simulator
 	touch $@
 
 run: install
@@ -35,8 +38,8 @@ protos: install
 	PYTHON=$(PY) scripts/gen_protos.sh
 
 lint: install
-	$(BIN)/ruff check service tests benchmarks clients
-	$(BIN)/ruff format --check service tests benchmarks clients
+	$(BIN)/ruff check service tests benchmarks clients simulator
+	$(BIN)/ruff format --check service tests benchmarks clients simulator
 
 typecheck: install
 	$(BIN)/mypy

@@ -29,6 +29,15 @@ from service.routing.strategy import STRATEGIES
 
 log = structlog.get_logger(__name__)
 
+# The apparatus beside the server, not in its wheel: what to install when it is missing.
+_SIMULATOR_MISSING = (
+    "the upstream simulator is not installed: it is its own package, semcache-simulator;"
+    " from a checkout, `pip install -e ./simulator` (`make install` includes it)"
+)
+_BENCHMARKS_MISSING = (
+    "the benchmarks are not installed: they live in the source tree, not in the server's"
+    " wheel; from a checkout, `pip install -e .` (or `make install`) puts them on the path"
+)
 _POLICIES = ("default", "bypass", "refresh", "no-store")
 _ROLES = ("system", "user", "assistant")
 _SERVE_EPILOG = """\
@@ -89,7 +98,23 @@ async def _upstream(settings: Settings, simulate: bool) -> AsyncIterator[Setting
             "--simulate with an upstream configured: unset SEMCACHE_UPSTREAM_BASE_URL"
             " (and OPENAI_BASE_URL), or drop --simulate"
         )
-    from service.simulator import SimulatorConfig, UpstreamSimulator
+    async with _simulator() as base_url:
+        yield settings.model_copy(update={"upstream_base_url": base_url})
+
+
+@contextlib.asynccontextmanager
+async def _simulator() -> AsyncIterator[str]:
+    """The upstream simulator, started for `--simulate`: its base URL.
+
+    Raises:
+        StartupError: the simulator's package (semcache-simulator) is not installed.
+    """
+    try:
+        from semcache_simulator import SimulatorConfig, UpstreamSimulator
+    except ImportError as error:
+        if not _is_missing(error, "semcache_simulator"):
+            raise
+        raise StartupError(f"--simulate: {_SIMULATOR_MISSING}") from error
 
     simulator = UpstreamSimulator(SimulatorConfig())
     await simulator.start()
@@ -99,7 +124,7 @@ async def _upstream(settings: Settings, simulate: bool) -> AsyncIterator[Setting
         simulator=simulator.base_url,
     )
     try:
-        yield settings.model_copy(update={"upstream_base_url": simulator.base_url})
+        yield simulator.base_url
     finally:
         await simulator.stop()
 
@@ -148,12 +173,18 @@ def _serve_failed(line: str, status: int = 1) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from service.simulator import (
-        SimulatorConfig,
-        load_answer_stream,
-        parse_fault_spec,
-        serve_forever,
-    )
+    try:
+        from semcache_simulator import (
+            SimulatorConfig,
+            load_answer_stream,
+            parse_fault_spec,
+            serve_forever,
+        )
+    except ImportError as error:
+        if not _is_missing(error, "semcache_simulator"):
+            raise
+        print(f"semcache simulate-upstream: {_SIMULATOR_MISSING}", file=sys.stderr)
+        return 1
 
     configure_logging("console", "info")
     try:
@@ -713,6 +744,9 @@ def _add_calibrate_command(commands: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `semcache` console script."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"] and not _benchmarks_installed():
+        print(f"semcache bench: {_BENCHMARKS_MISSING}", file=sys.stderr)
+        return 1
     args = build_parser(with_benchmarks=arguments[:1] == ["bench"]).parse_args(arguments)
     try:
         return int(args.run(args))
@@ -722,6 +756,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error.title != Settings.__name__:
             raise
         return _config_failed(args.command, settings_error(error))
+
+
+def _is_missing(error: ImportError, package: str) -> bool:
+    """Whether `error` is `package` itself not being importable (not one of its imports)."""
+    return (error.name or "").split(".")[0] == package
+
+
+def _benchmarks_installed() -> bool:
+    try:
+        import benchmarks.commands  # noqa: F401
+    except ImportError as error:
+        if not _is_missing(error, "benchmarks"):
+            raise
+        return False
+    return True
 
 
 def _config_failed(command: str, error: StartupError) -> int:

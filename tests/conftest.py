@@ -15,12 +15,12 @@ import pytest_asyncio
 import structlog
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from semcache_simulator import SimulatorConfig, UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.app import App, build_app
 from service.config import Settings
 from service.embedding.base import Embedder
 from service.embedding.factory import build_embedder
-from service.simulator import SimulatorConfig, UpstreamSimulator
 from service.transport.grpc.server import RunningServer, Security, start_server
 
 BACKENDS = ("edge", "qdrant-memory")

@@ -10,9 +10,9 @@ from typing import Any
 import openai
 import yaml
 
+from semcache_simulator import UpstreamSimulator
 from service.auth import KeyRing, hash_key
 from service.embedding.base import Embedder
-from service.simulator import UpstreamSimulator
 from service.transport.grpc.server import Security
 from service.transport.http import RunningHttpServer, start_http_server
 from tests.conftest import Service, make_settings, start_service

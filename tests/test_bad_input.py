@@ -11,9 +11,9 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from semcache_simulator import UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.embedding.base import Embedder
-from service.simulator import UpstreamSimulator
 from tests.conftest import Service, make_settings, start_service
 
 METHOD = "/semcache.v1.SemanticCacheService/"

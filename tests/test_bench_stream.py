@@ -24,7 +24,7 @@ from benchmarks.stream import (
     targets,
 )
 from benchmarks.stream_replay import Request, load_stream, summarise, table_rows
-from service.simulator.canned import canned_answer
+from semcache_simulator.canned import canned_answer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

@@ -8,13 +8,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from semcache_simulator import UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.cache.edge_store import EdgeVectorStore
 from service.cache.semantic import Answer, SemanticCache, ThresholdVerifier
 from service.domain import ChatMessage, CompletionRequest
 from service.embedding.base import Embedder
 from service.embedding.batcher import EmbeddingBatcher
-from service.simulator import UpstreamSimulator
 from tests.conftest import Service, make_settings, start_service
 
 QUESTION = "What is machine learning?"

@@ -169,6 +169,16 @@ def test_dockerfile_installs_cpu_torch_before_the_project() -> None:
     assert project < export
 
 
+def test_dockerfile_installs_the_simulator_beside_the_server_and_no_benchmarks() -> None:
+    # compose and k8s run `semcache simulate-upstream` from this image; the benchmarks
+    # are not in the server's wheel, nor copied in.
+    lines = _dockerfile()
+    assert "COPY simulator ./simulator" in lines
+    simulator = re.compile(r"pip install .*-c constraints\.txt \./simulator$")
+    assert any(simulator.search(line) for line in lines)
+    assert not any("benchmarks" in line for line in lines)
+
+
 def test_dockerfile_health_check_ports_and_entrypoint() -> None:
     lines = _dockerfile()
     (health,) = [line for line in lines if line.startswith("HEALTHCHECK ")]

@@ -24,9 +24,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from semcache_simulator import SimulatorConfig, UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
-from service.simulator import SimulatorConfig, UpstreamSimulator
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or os.geteuid() != 0,

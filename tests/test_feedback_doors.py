@@ -23,11 +23,11 @@ import pytest
 import pytest_asyncio
 
 from semcache_client import AsyncSemcacheClient, NotFound, SemcacheClient
+from semcache_simulator import UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.auth import load_keys
 from service.cli import main
 from service.embedding.base import Embedder
-from service.simulator import UpstreamSimulator
 from tests.conftest import Service, make_settings, start_service
 from tests.httpdoor import (
     ADMIN_KEY,

@@ -10,6 +10,7 @@ import grpc
 import pytest
 import yaml
 
+from semcache_simulator import UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.batching.micro import MicroBatcher
 from service.config import DEFAULTS_DIR
@@ -21,7 +22,6 @@ from service.llm.grouping import GroupingProvider, render_prompt
 from service.llm.http_errors import RetryableUpstreamError
 from service.llm.openai_compat import OpenAICompatProvider, apportion
 from service.llm.provider import ProviderAnswer, ProviderCall
-from service.simulator import UpstreamSimulator
 from tests.conftest import make_settings, start_service
 
 MODEL = "gpt-4o-mini"

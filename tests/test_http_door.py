@@ -15,6 +15,7 @@ import openai
 import pytest
 import pytest_asyncio
 
+from semcache_simulator import SimulatorConfig, UpstreamSimulator
 from service.auth import load_keys
 from service.domain import Completion, CompletionRequest
 from service.embedding.base import Embedder
@@ -24,7 +25,6 @@ from service.errors import (
     UnknownModelError,
     UpstreamError,
 )
-from service.simulator import SimulatorConfig, UpstreamSimulator
 from service.transport.grpc.status import status_for
 from service.transport.http import start_http_from_settings, start_http_server
 from service.transport.http.errors import http_error_for

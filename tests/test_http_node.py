@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from semcache_simulator import UpstreamSimulator
 from service.embedding.base import Embedder
-from service.simulator import UpstreamSimulator
 from tests.conftest import REPO
 from tests.httpdoor import HttpService, start_http_service
 

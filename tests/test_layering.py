@@ -3,7 +3,7 @@
 - Only the gRPC door (`service.transport.grpc`) and its generated stubs import
   grpc or google.rpc; the pipeline, cache, routing and providers know no transport.
 - Nothing in `service` imports the benchmarks, and only the CLI's simulator
-  commands import the simulator.
+  commands import the simulator (`semcache_simulator`, a distribution of its own).
 """
 
 from __future__ import annotations
@@ -52,6 +52,19 @@ def test_nothing_in_the_service_imports_the_benchmarks(path: Path) -> None:
     if relative == "cli.py":  # `semcache bench …` imports them lazily, inside its commands
         return
     assert not any(_is_under(m, ("benchmarks",)) for m in _imports(path)), relative
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(SERVICE)))
+def test_nothing_in_the_service_imports_the_simulator(path: Path) -> None:
+    relative = path.relative_to(SERVICE).as_posix()
+    if relative == "cli.py":  # `serve --simulate` and `simulate-upstream`, lazily
+        return
+    assert not any(_is_under(m, ("semcache_simulator",)) for m in _imports(path)), relative
+
+
+def test_the_simulator_is_not_in_the_service_tree() -> None:
+    assert not (SERVICE / "simulator").exists()
+    assert (SERVICE.parent / "simulator" / "semcache_simulator" / "__init__.py").is_file()
 
 
 def test_the_layering_check_sees_a_leak(tmp_path: Path) -> None:

@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from semcache_simulator import UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.auth import load_keys
 from service.embedding.base import Embedder
-from service.simulator import UpstreamSimulator
 from service.transport.http.live import quantile_s
 from tests.httpdoor import (
     ADMIN_KEY,

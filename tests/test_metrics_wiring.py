@@ -10,10 +10,10 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from semcache_simulator import UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.auth import add_key, load_keys
 from service.embedding.base import Embedder
-from service.simulator import UpstreamSimulator
 from service.transport.grpc.server import Security
 from tests.conftest import Service, make_settings, start_service
 

@@ -15,12 +15,12 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from semcache_client._rpc_status import retry_after_s
+from semcache_simulator import SimulatorConfig, UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.app import App, build_app
 from service.embedding.base import Embedder
 from service.metrics import Metrics
-from service.simulator import SimulatorConfig, UpstreamSimulator
 from service.transport.grpc.server import start_server
 from tests.conftest import Service, make_settings
 

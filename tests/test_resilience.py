@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from semcache_simulator import FaultConfig, SimulatorConfig, UpstreamSimulator
+from semcache_simulator.faults import FaultPlanner
 from service.domain import ChatMessage, SamplingParams
 from service.errors import (
     InvalidRequestError,
@@ -32,8 +34,6 @@ from service.llm.resilience import (
     ResilientProvider,
     UpstreamBusyError,
 )
-from service.simulator import FaultConfig, SimulatorConfig, UpstreamSimulator
-from service.simulator.faults import FaultPlanner
 
 SMALL, MEDIUM, LARGE = "gpt-4o-mini", "claude-3-5-haiku", "gpt-4o"
 QUESTION = "What is the capital of France?"

@@ -8,9 +8,9 @@ import grpc
 import pytest
 import yaml
 
+from semcache_simulator import FaultConfig, SimulatorConfig, UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.embedding.base import Embedder
-from service.simulator import FaultConfig, SimulatorConfig, UpstreamSimulator
 from tests.conftest import Service, make_settings, start_service
 
 SIMPLE = "What is the capital of France?"

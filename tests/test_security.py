@@ -9,11 +9,11 @@ import grpc
 import pytest
 
 from semcache_client._rpc_status import retry_after_s
+from semcache_simulator import UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.auth import add_key, load_keys
 from service.embedding.base import Embedder
 from service.metrics import start_metrics_server
-from service.simulator import UpstreamSimulator
 from service.transport.grpc.server import Security
 from tests.conftest import Service, make_settings, start_service
 

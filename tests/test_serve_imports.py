@@ -29,7 +29,7 @@ import json, sys
 from service import cli, serve
 
 async def report(app, settings, security=None):
-    roots = ("benchmarks", "service.simulator")
+    roots = ("benchmarks", "semcache_simulator")
     apparatus = sorted(m for m in sys.modules if m.startswith(roots))
     print("IMPORTED " + json.dumps(apparatus))
 
@@ -138,7 +138,7 @@ def test_serve_imports_neither_benchmarks_nor_simulator(tmp_path: Path) -> None:
 def test_the_probe_sees_the_simulator_when_asked_to_simulate(tmp_path: Path) -> None:
     env = serve_environment(tmp_path)
     del env["SEMCACHE_UPSTREAM_BASE_URL"]
-    assert "service.simulator" in _apparatus_imported(env, "--simulate")
+    assert "semcache_simulator" in _apparatus_imported(env, "--simulate")
 
 
 def test_serve_without_an_upstream_refuses_to_guess(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from semcache_simulator import SimulatorConfig, UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.embedding.base import Embedder
-from service.simulator import SimulatorConfig, UpstreamSimulator
 from tests.conftest import Service, make_settings, start_service
 
 QUESTION = "What is machine learning?"

@@ -10,15 +10,15 @@ import aiohttp
 import openai
 import pytest
 
-from service.llm.pricing import DEFAULT_PRICES
-from service.simulator import (
+from semcache_simulator import (
     FaultConfig,
     SimulatorConfig,
     UpstreamSimulator,
     count_tokens,
     parse_fault_spec,
 )
-from service.simulator.faults import FaultPlanner
+from semcache_simulator.faults import FaultPlanner
+from service.llm.pricing import DEFAULT_PRICES
 
 MODEL = "gpt-4o-mini"
 QUESTION = "What is the capital of France?"

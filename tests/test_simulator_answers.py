@@ -13,10 +13,10 @@ from typing import Any
 import openai
 import pytest
 
+from semcache_simulator import SimulatorConfig, UpstreamSimulator, load_answer_stream
+from semcache_simulator.answers import ChatMessage, compose_answer
+from semcache_simulator.canned import answer_tag, canned_answer
 from service.cache.verify.judges import ExactJudge
-from service.simulator import SimulatorConfig, UpstreamSimulator, load_answer_stream
-from service.simulator.answers import ChatMessage, compose_answer
-from service.simulator.canned import answer_tag, canned_answer
 
 MODEL = "gpt-4o-mini"
 STREAM = [

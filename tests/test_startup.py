@@ -20,10 +20,10 @@ import pytest
 import pytest_asyncio
 
 from semcache_client import AsyncSemcacheClient, SemcacheError
+from semcache_simulator import SimulatorConfig, UpstreamSimulator
+from semcache_simulator.config import FaultConfig
 from service.embedding.base import Embedder
 from service.errors import StartupError
-from service.simulator import SimulatorConfig, UpstreamSimulator
-from service.simulator.config import FaultConfig
 from service.transport.grpc.server import start_server
 from tests.conftest import MODEL_CACHE_DIR, REPO, Service
 

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from semcache_simulator import UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.cache.edge_store import EdgeVectorStore
 from service.cache.store import CacheEntry, EntryFilter
 from service.embedding.base import Embedder
-from service.simulator import UpstreamSimulator
 from tests.conftest import make_settings, start_service
 
 DIM = 16

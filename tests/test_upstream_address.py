@@ -10,9 +10,9 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
+from semcache_simulator import ANY_MODEL, FaultConfig, SimulatorConfig, UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.embedding.base import Embedder
-from service.simulator import ANY_MODEL, FaultConfig, SimulatorConfig, UpstreamSimulator
 from tests.conftest import make_settings, start_service
 
 QUESTION = "What is machine learning?"

@@ -8,12 +8,12 @@ from pathlib import Path
 import grpc
 import pytest_asyncio
 
+from semcache_simulator import SimulatorConfig, UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.app import build_app
 from service.config import Settings
 from service.embedding.base import Embedder
-from service.simulator import SimulatorConfig, UpstreamSimulator
 from service.transport.grpc.server import start_server
 from tests.conftest import make_settings, start_service
 

@@ -5,12 +5,15 @@
 deterministic answers, per-model latency and price, and reproducible fault
 injection. The service reaches it through `openai.AsyncOpenAI`, exactly as it
 reaches a real provider.
+
+A distribution of its own (`semcache-simulator`, in `simulator/`): the server's
+wheel leaves it out, and `semcache serve` imports it only under `--simulate`.
 """
 
-from service.simulator.answers import count_tokens
-from service.simulator.app import UpstreamSimulator, serve_forever
-from service.simulator.canned import load_answer_stream
-from service.simulator.config import (
+from semcache_simulator.answers import count_tokens
+from semcache_simulator.app import UpstreamSimulator, serve_forever
+from semcache_simulator.canned import load_answer_stream
+from semcache_simulator.config import (
     ANY_MODEL,
     FaultConfig,
     ModelProfile,
@@ -18,7 +21,7 @@ from service.simulator.config import (
     default_models,
     parse_fault_spec,
 )
-from service.simulator.stats import RequestStats
+from semcache_simulator.stats import RequestStats
 
 __all__ = [
     "ANY_MODEL",

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from service.simulator.canned import canned_answer, cluster_of
+from semcache_simulator.canned import canned_answer, cluster_of
 
 FinishReason = Literal["stop", "length"]
 
@@ -106,7 +106,7 @@ def compose_answer(
     """The answer `model` gives to `messages`, cut to `max_tokens` if set.
 
     A last user question found in `canned` (normalised question -> cluster, see
-    `service.simulator.canned`) gets its cluster's canned answer, whatever the model.
+    `semcache_simulator.canned`) gets its cluster's canned answer, whatever the model.
     Otherwise the text opens with the model name and the last user question, then
     adds filler sentences up to a length drawn from 20 to 80 tokens.
     """

@@ -1,6 +1,6 @@
 """The simulator's lifecycle: start, stop, address, counters, and the CLI loop.
 
-The routes themselves live in `service.simulator.routes`.
+The routes themselves live in `semcache_simulator.routes`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from types import TracebackType
 import structlog
 from aiohttp import web
 
-from service.simulator.config import SimulatorConfig
-from service.simulator.faults import FaultPlanner
-from service.simulator.routes import create_app
-from service.simulator.stats import RequestStats
+from semcache_simulator.config import SimulatorConfig
+from semcache_simulator.faults import FaultPlanner
+from semcache_simulator.routes import create_app
+from semcache_simulator.stats import RequestStats
 
 _SHUTDOWN_TIMEOUT_S = 1.0  # a simulator holds nothing worth waiting long for on stop
 

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from service.simulator.config import SimulatorConfig
+from semcache_simulator.config import SimulatorConfig
 
 Outcome = Literal["answer", "server_error", "rate_limited"]
 

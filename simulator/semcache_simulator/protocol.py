@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.simulator.answers import ChatMessage
+from semcache_simulator.answers import ChatMessage
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _TEMPERATURE_MAX = 2.0

@@ -22,23 +22,23 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from service.simulator import wire
-from service.simulator.answers import (
+from semcache_simulator import wire
+from semcache_simulator.answers import (
     Answer,
     ChatMessage,
     chat_prompt_tokens,
     compose_answer,
     count_tokens,
 )
-from service.simulator.config import SimulatorConfig
-from service.simulator.faults import FaultPlan, FaultPlanner
-from service.simulator.protocol import (
+from semcache_simulator.config import SimulatorConfig
+from semcache_simulator.faults import FaultPlan, FaultPlanner
+from semcache_simulator.protocol import (
     ChatRequest,
     RequestError,
     parse_chat_request,
     parse_completion_request,
 )
-from service.simulator.stats import RequestStats
+from semcache_simulator.stats import RequestStats
 
 
 class _Routes:

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.simulator.answers import Answer
-from service.simulator.config import SimulatorConfig
-from service.simulator.protocol import RequestError
+from semcache_simulator.answers import Answer
+from semcache_simulator.config import SimulatorConfig
+from semcache_simulator.protocol import RequestError
 
 SYSTEM_FINGERPRINT = "fp_semcache_sim"
 SSE_DONE = b"data: [DONE]\n\n"
