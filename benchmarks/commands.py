@@ -53,7 +53,11 @@ def _cmd_load(args: argparse.Namespace) -> int:
         paraphrase_p=args.paraphrase_p,
         seed=args.seed,
     )
-    env = {**_service_env(args), "SEMCACHE_EMBEDDING_MEMO_SIZE": str(args.embedding_memo_size)}
+    env = {
+        **_service_env(args),
+        "SEMCACHE_EMBEDDING_MEMO_SIZE": str(args.embedding_memo_size),
+        "SEMCACHE_ERROR_BUDGET": "true" if args.error_budget == "on" else "false",
+    }
     print(run(Path(args.out), config, args.target, args.service_pid, env, _data(args)))
     return 0
 
@@ -196,6 +200,14 @@ def add_bench_commands(benches: Any) -> None:
         default=0,
         help="SEMCACHE_EMBEDDING_MEMO_SIZE for the service it starts; 0 (the default here)"
         " embeds every ask, as phases replay the same texts and would find them in the memo",
+    )
+    load.add_argument(
+        "--error-budget",
+        choices=["on", "off"],
+        default="off",
+        help="SEMCACHE_ERROR_BUDGET for the service it starts; off (the default here): the hit"
+        " phases replay the same paraphrases, and under the budget the share served moves with"
+        " its allowance, so the hit path is timed with the guard's own accept",
     )
     _common(load, "bench-results/load")
     load.set_defaults(run=_cmd_load)

@@ -419,6 +419,7 @@ def run(
             )
     report: dict[str, Any] = {
         "config": config.__dict__,
+        "service_env": dict(sorted(env.items())),
         "embedding_backend": embedder.model_id,
         "machine": machine_note(),
         "floors": floors.report(),

@@ -550,8 +550,7 @@ def _add_bench_commands(benches: Any) -> None:
     latency.set_defaults(run=_cmd_bench_latency)
 
     quality = benches.add_parser(
-        "quality",
-        help="served vs wrongly served on qqp_dev and fow-cache: threshold, guard, error budget",
+        "quality", help="served vs wrongly served: threshold, guard, error budget"
     )
     quality.add_argument("--datasets", nargs="*", choices=["qqp", "fow-pairs", "fow-conv"])
     data_argument(quality)
