@@ -40,8 +40,12 @@ def conversation_text(messages: Sequence[tuple[str, str]]) -> str:
 def context_text(messages: Sequence[tuple[str, str]]) -> str:
     """The context that must match separately; "" when the final message stands alone.
 
-    It is every earlier user message plus the last assistant message, so a swapped
-    product, amount or offer anywhere earlier in the chat blocks the hit.
+    It is every earlier turn, the assistant's as well as the user's, so a swapped
+    product, amount or offer anywhere earlier in the chat (an assistant's quote three
+    turns back included) changes the exact key and is there for the guard's rules.
+    The turns come newest first: a follow-up leans on the latest turns most, and an
+    embedder reads only a text's first few hundred tokens (256 word pieces for the
+    shipped model), so in a long chat it is the oldest turns the embedding drops.
 
     Raises:
         ValueError: if `messages` is empty or does not end with a user message.
@@ -49,9 +53,5 @@ def context_text(messages: Sequence[tuple[str, str]]) -> str:
     final = conversation_text(messages)
     if _stands_alone(final):
         return ""
-    earlier = messages[:-1]
-    users = [content.strip() for role, content in earlier if role == "user"]
-    assistant = next(
-        (content.strip() for role, content in reversed(earlier) if role == "assistant"), ""
-    )
-    return "\n".join([*users, assistant]).strip()
+    earlier = [content.strip() for _, content in reversed(messages[:-1])]
+    return "\n".join(turn for turn in earlier if turn)

@@ -33,7 +33,7 @@ from service.domain import CompletionRequest
 _WHITESPACE = re.compile(r"\s+")
 _TRAILING_PUNCTUATION = re.compile(r"[\s?!.。？！]+$")
 _POINT_NAMESPACE = uuid.UUID("5b1f5a52-8f0e-4c7e-9d1c-2f6d8f0b6c11")
-SCOPE_VERSION = 3  # 3: the upstream identity entered the scope
+SCOPE_VERSION = 4  # 3: the upstream identity entered the scope; 4: follow-ups key on every turn
 SIMULATOR_UPSTREAM_ID = "simulator"
 
 

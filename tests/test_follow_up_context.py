@@ -1,0 +1,45 @@
+"""A follow-up's context ("cancel it", "yes go on"): every earlier turn, newest first.
+
+A swapped product, amount or offer anywhere earlier in the chat, an assistant's turn
+included, must change the follow-up's context and so its exact key.
+"""
+
+from __future__ import annotations
+
+from service.cache.conversation import context_text
+from service.cache.scope import cache_key
+from service.domain import ChatMessage, CompletionRequest
+
+Turns = list[tuple[str, str]]
+
+
+def _chat(plan: str, offer: str) -> Turns:
+    return [
+        ("user", "What's the monthly price of Nimbus Fibre?"),
+        ("assistant", f"Nimbus Fibre {plan} is on an 18-month contract."),
+        ("user", "And do I get a router?"),
+        ("assistant", f"Yes, a router comes with it. {offer}"),
+        ("user", "yes go on"),
+    ]
+
+
+def _request(turns: Turns) -> CompletionRequest:
+    return CompletionRequest(messages=tuple(ChatMessage(r, c) for r, c in turns))
+
+
+def test_a_follow_ups_context_holds_every_earlier_turn_newest_first() -> None:
+    context = context_text(_chat("150", "Shall I add the TV bundle?"))
+    assert context.splitlines() == [
+        "Yes, a router comes with it. Shall I add the TV bundle?",
+        "And do I get a router?",
+        "Nimbus Fibre 150 is on an 18-month contract.",
+        "What's the monthly price of Nimbus Fibre?",
+    ]
+
+
+def test_a_detail_swapped_in_an_earlier_assistant_turn_changes_the_exact_key() -> None:
+    offer = "Shall I add the TV bundle?"
+    first = cache_key(_request(_chat("150", offer)), "model")
+    swapped = cache_key(_request(_chat("900", offer)), "model")
+    assert first.context != swapped.context
+    assert first.point_id != swapped.point_id
