@@ -379,6 +379,9 @@ class NearMissGuard:
         Both empty: the final message stands alone and the context does not matter. One
         empty: the conversations are not comparable. Otherwise the contexts' cosine must
         reach `self.context_min` and no hard rule (numbers, names, negation...) may fire.
+        An accepted context's score is the guard model's on the two contexts (1.0 when
+        they are equal after normalisation), so the decision can weigh how well the
+        conversations match, as it weighs the final messages; a refusal's is the cosine.
         """
         if not query_context and not cached_context:
             return GuardVerdict(True, 1.0, "standalone")
@@ -386,8 +389,10 @@ class NearMissGuard:
             return GuardVerdict(False, 0.0, "context_mismatch")
         if similarity < self.context_min:
             return GuardVerdict(False, similarity, "context_below_threshold")
+        if _plain(query_context) == _plain(cached_context):
+            return GuardVerdict(True, 1.0, "identical")
         features = pair_features(query_context, cached_context, similarity)
-        for field, reason in _VETOES:
-            if getattr(features, field):
-                return GuardVerdict(False, similarity, "context_" + reason)
-        return GuardVerdict(True, similarity, "ok")
+        reason = veto_reason(features)
+        if reason is not None:
+            return GuardVerdict(False, similarity, "context_" + reason)
+        return GuardVerdict(True, self.model.score(features.vector()), "ok")

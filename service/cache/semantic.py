@@ -240,7 +240,12 @@ class SemanticCache:
         context_verdict = self.verifier.verify_context(
             key.context, candidate.entry.context, context_similarity
         )
-        return verdict if context_verdict.accept else context_verdict
+        if not context_verdict.accept:
+            return context_verdict
+        # A follow-up's answer fits only if its conversation does too: the weaker match
+        # bounds the score (an identical "yes please" is only as safe as its context).
+        score = min(verdict.score, context_verdict.score)
+        return GuardVerdict(verdict.accept, score, verdict.reason)
 
     async def store_answer(self, lookup: Lookup, answer: Answer, ttl_s: int | None = None) -> bool:
         """Cache `answer` under `lookup.key`, reusing the lookup's vectors when it has them.

@@ -106,14 +106,21 @@ def _form(text: str) -> tuple[str, str] | None:
     return form_key(text)
 
 
-def _candidate(query: str, cached: str, verdict: GuardVerdict) -> tuple[Candidate, str]:
-    """The decision's view of a guard verdict, and the reason a served hit would give."""
-    if verdict.reason == "identical":
+def _candidate(
+    query: str, cached: str, verdict: GuardVerdict, follow_up: bool = False
+) -> tuple[Candidate, str]:
+    """The decision's view of a guard verdict, and the reason a served hit would give.
+
+    A follow-up (a query with a conversation context) is never `identical` on its final
+    message: "yes please" says nothing about whether the answer fits, its conversation
+    does, so it is weighed at its score (the weaker of question and context matches).
+    """
+    if verdict.reason == "identical" and not follow_up:
         return Candidate(1.0, identical=True), "identical"
-    if verdict.reason not in _SCORED_REASONS:
+    if verdict.reason not in _SCORED_REASONS | {"identical"}:
         return Candidate(verdict.score, veto=verdict.reason), verdict.reason
     same_form = _form(query) is not None and _form(query) == _form(cached)
-    if same_form:
+    if same_form and not follow_up:
         return Candidate(verdict.score, identical=True), "same_form"
     return Candidate(verdict.score), "ok"
 
@@ -195,7 +202,7 @@ class HitDecider:
         counters = self.state.counters_for(key.tenant, key.namespace)
         counters.requests += 1
         self.exploration.on_request()
-        best = self._best(key.text, found, verdicts)
+        best = self._best(key, found, verdicts)
         budget = self._error_budget(key.namespace)
         budget.on_request(_risk(best[0]) if best is not None else None)
         if best is None:
@@ -216,15 +223,17 @@ class HitDecider:
         return self._act(key, verdict, scored, candidate, reason, counters, request_id)
 
     def _best(
-        self, query: str, found: Sequence[ScoredEntry], verdicts: Sequence[GuardVerdict]
+        self, key: CacheKey, found: Sequence[ScoredEntry], verdicts: Sequence[GuardVerdict]
     ) -> tuple[Verdict, ScoredEntry, Candidate, str] | None:
         """The candidate with the lowest P(wrong); a hard stop's verdict if all are stopped.
 
         A candidate still to be decided carries Verdict(MISS, p_wrong, "pending").
         """
         best: tuple[Verdict, ScoredEntry, Candidate, str] | None = None
+        follow_up = bool(key.context)
         for scored, guard_verdict in zip(found, verdicts, strict=True):
-            candidate, reason = _candidate(query, scored.entry.question, guard_verdict)
+            question = scored.entry.question
+            candidate, reason = _candidate(key.text, question, guard_verdict, follow_up)
             stop = hard_stop(candidate, scored.entry.evidence)
             if stop is None:
                 p_wrong = self._p_wrong(candidate.score, scored.entry.evidence)
