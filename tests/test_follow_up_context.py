@@ -43,3 +43,14 @@ def test_a_detail_swapped_in_an_earlier_assistant_turn_changes_the_exact_key() -
     swapped = cache_key(_request(_chat("900", offer)), "model")
     assert first.context != swapped.context
     assert first.point_id != swapped.point_id
+
+
+def test_a_standalone_questions_key_did_not_move() -> None:
+    """Only follow-ups' scopes changed with the new context; a standalone question's
+    entry stored by the previous version is still found (its key is pinned here)."""
+    from service.cache.scope import cache_key
+    from service.domain import ChatMessage, CompletionRequest
+
+    request = CompletionRequest(messages=(ChatMessage("user", "What is machine learning?"),))
+    key = cache_key(request, "all-MiniLM-L6-v2/onnx-int8", "simulator")
+    assert key.point_id == "3cb77f4b-ea14-57f6-ab70-57fc9641c43f"  # as stored before

@@ -33,7 +33,10 @@ from service.domain import CompletionRequest
 _WHITESPACE = re.compile(r"\s+")
 _TRAILING_PUNCTUATION = re.compile(r"[\s?!.。？！]+$")
 _POINT_NAMESPACE = uuid.UUID("5b1f5a52-8f0e-4c7e-9d1c-2f6d8f0b6c11")
-SCOPE_VERSION = 4  # 3: the upstream identity entered the scope; 4: follow-ups key on every turn
+SCOPE_VERSION = 3  # 3: the upstream identity entered the scope
+# A follow-up's context changed in version 4 (every earlier turn, newest first): only
+# follow-ups' scopes move, so standalone questions keep the entries already stored.
+FOLLOW_UP_SCOPE_VERSION = 4
 SIMULATOR_UPSTREAM_ID = "simulator"
 
 
@@ -80,7 +83,7 @@ def scope_fingerprint(
     """A stable hex digest of everything that must match besides the question's wording."""
     sampling = request.sampling
     parts = {
-        "v": SCOPE_VERSION,
+        "v": FOLLOW_UP_SCOPE_VERSION if context else SCOPE_VERSION,
         "tenant": request.tenant,
         "namespace": request.namespace,
         "model": request.model or "auto",
