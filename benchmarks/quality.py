@@ -504,8 +504,28 @@ def run(
     rows, _ = _sweep(embedder, datasets, _settings(service), loaders(data, limit))
     summary = overall(rows)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
-    text = "\n\n".join(
+    report = {"command": _command(out, datasets, limit), "summary": summary, "rows": rows}
+    (out / "quality.json").write_text(json.dumps(report, indent=1))
+    text = report_markdown(report)
+    (out / "quality.md").write_text(text + "\n")
+    plot(summary, rows, out)
+    return text
+
+
+def _command(out: Path, datasets: Sequence[str], limit: int | None) -> str:
+    """The command line that reproduces this run (for the README's generated region)."""
+    parts = ["semcache bench quality"]
+    if sorted(datasets) != sorted(DATASETS):
+        parts.append("--datasets " + " ".join(datasets))
+    if limit is not None:
+        parts.append(f"--limit {limit}")
+    return " ".join([*parts, f"--out {out}"])
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The sweep's tables from its results file (also `semcache bench readme`'s renderer)."""
+    summary, rows = report["summary"], report["rows"]
+    return "\n\n".join(
         [
             markdown(summary, rows),
             BUDGET_NOTE,
@@ -515,9 +535,6 @@ def run(
             per_group_markdown(rows, "budget", 0.01),
         ]
     )
-    (out / "quality.md").write_text(text + "\n")
-    plot(summary, rows, out)
-    return text
 
 
 BUDGET_NOTE = (

@@ -35,6 +35,7 @@ RENDERERS = {
     "peers": "benchmarks.peers_report:markdown",
     "startup": "benchmarks.startup:markdown",
     "stream": "benchmarks.stream:markdown",
+    "quality": "benchmarks.quality:report_markdown",
 }
 REQUIRED = ("latency", "load", "overhead", "grouping", "compare", "gptcache", "scale", "startup")
 REGION = re.compile(r"(<!-- bench:([a-z_-]+) -->\n)(.*?)(<!-- /bench:\2 -->)", re.DOTALL)

@@ -28,12 +28,14 @@ serves >= 40% of qqp_dev duplicates. Measured (top-5 candidates, best score serv
 
 Conversations (`conversation`): the embedded and verified text is the final user message
 (`conversation_text`). When that message does not stand alone (fewer than four content
-words, or "it", "that", "yes"...), `context_text` gives every earlier user message plus
-the last assistant message, and `verify_context` must also pass: both contexts present,
-context cosine >= 0.7, and no hard rule firing across the whole context. On fow-cache
-conversations: context_swap 0/42 served, detail_swap 7/42, intent_flip 10/36; should-hit
-44% served (reworded 15%, irrelevant history 69%, extra chatter 46%). The zero-trap
-target is missed: detail and offer changes that keep the cosine and rules quiet pass.
+words, or "it", "that", "yes"...), `context_text` gives every earlier turn, newest first,
+and `verify_context` must also pass: both contexts present, context cosine >= 0.7, and no
+hard rule firing across the whole context; an accepted context is scored by the guard
+model (1.0 when equal), and the error budget weighs a follow-up at the weaker of its
+question and context scores. On fow-cache conversations (budget, delta 0.01):
+context_swap 0/42 served, detail_swap 5/42, intent_flip 6/36; should-hit 34% served
+(reworded 8%, irrelevant history 69%, extra chatter 23%). The zero-trap target is
+missed: detail and offer changes that keep the cosine and rules quiet pass.
 """
 
 from __future__ import annotations
