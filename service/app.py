@@ -16,7 +16,7 @@ from service.cache.verify.judges import build_judge
 from service.cache.verify.learning import AnswerJudge, Learning
 from service.cache.verify.prior import load_prior
 from service.cache.verify.verifier import BudgetSettings, HitDecider, VerifyState
-from service.config import Settings
+from service.config import SecuritySettings, Settings, UpstreamSettings, VerifySettings
 from service.embedding.base import Embedder
 from service.embedding.batcher import EmbeddingBatcher
 from service.embedding.factory import build_embedder
@@ -139,7 +139,8 @@ def build_verification(
     """
     state = VerifyState(load_prior(settings.prior_path))
     judge = build_settings_judge(settings, batcher, provider, catalogue)
-    return HitDecider(state, budget_settings(settings)), Learning(state, store, judge)
+    decider = HitDecider(state, budget_settings(settings.verify, settings.near_miss_guard))
+    return decider, Learning(state, store, judge)
 
 
 def watch(metrics: Metrics, store: VectorStore, learning: Learning) -> None:
@@ -152,7 +153,7 @@ def build_provider(settings: Settings, catalogue: Catalogue, metrics: Metrics) -
     """The resilient dispatcher over the catalogue's providers, watched by `metrics`."""
     provider = build_resilient_provider(
         catalogue,
-        resilience_options(settings),
+        resilience_options(settings.upstream),
         on_group=lambda size: metrics.observe_batch_size("upstream", size),
     )
     metrics.watch_providers(provider.breaker_states, provider.queue_depths)
@@ -193,18 +194,18 @@ def build_cache(
     )
 
 
-def budget_settings(settings: Settings) -> BudgetSettings | None:
+def budget_settings(verify: VerifySettings, near_miss_guard: bool) -> BudgetSettings | None:
     """The error budget the settings ask for; None when the guard's accept decides.
 
     The budget needs the near-miss guard: its calibrated score is what the prior maps.
     """
-    if not (settings.error_budget and settings.near_miss_guard):
+    if not (verify.error_budget and near_miss_guard):
         return None
     return BudgetSettings(
-        settings.max_error_rate,
-        dict(settings.max_error_rate_by_namespace),
-        settings.exploration_share,
-        settings.audit_share,
+        verify.max_error_rate,
+        dict(verify.max_error_rate_by_namespace),
+        verify.exploration_share,
+        verify.audit_share,
     )
 
 
@@ -245,7 +246,7 @@ def assemble_app(
     """The request pipeline, administration and upkeep over the built parts;
     `closers` (closed last built first) gain the rate limiter's."""
     stats, limits = CacheStats(), settings_limits(settings)
-    limiter = build_limiter(settings)
+    limiter = build_limiter(settings.security)
     telemetry.metrics.watch_hit_rates(stats.hit_rates)
     pipeline = RequestPipeline(
         cache=cache,
@@ -289,7 +290,7 @@ def settings_upstream_identity(settings: Settings, catalogue: Catalogue, simulat
     return upstream_identity(providers, settings.upstream_id, simulated)
 
 
-def resilience_options(settings: Settings) -> ResilienceOptions:
+def resilience_options(settings: UpstreamSettings) -> ResilienceOptions:
     retry = RetryPolicy(
         max_attempts=settings.retry_max_attempts,
         base_delay_s=settings.retry_base_delay_s,
@@ -315,7 +316,7 @@ def build_settings_router(settings: Settings, catalogue: Catalogue, embedder: Em
     )
 
 
-def build_limiter(settings: Settings) -> RateLimiter:
+def build_limiter(settings: SecuritySettings) -> RateLimiter:
     """Per-tenant limits in Redis when a URL is set (shared by replicas), else in memory."""
     rpm, tpm = settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
     if settings.rate_limit_redis_url:

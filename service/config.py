@@ -8,7 +8,7 @@ configuration table lists them all (a test keeps the two in step).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.embedding.factory import EmbeddingBackend
 from service.routing.strategy import Strategy
 
+AreaT = TypeVar("AreaT", bound=BaseModel)
 DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
 
 # Chosen on ../shared/data/qqp_dev.jsonl; see the README's "How the threshold was chosen".
@@ -23,7 +24,7 @@ THRESHOLD_SIMILARITY_MIN = 0.95  # plain cosine threshold: ~2.5% of non-duplicat
 GUARD_SIMILARITY_MIN = 0.75  # the floor under the near-miss guard, which decides above it
 
 
-class _UpstreamSettings(BaseModel):
+class UpstreamSettings(BaseModel):
     """The upstream, routing among its models, retries and circuit breakers."""
 
     upstream_base_url: str | None = Field(
@@ -86,7 +87,7 @@ class _UpstreamSettings(BaseModel):
     )
 
 
-class _CacheSettings(BaseModel):
+class CacheSettings(BaseModel):
     """Verification, what is cached and for how long, and the store's index."""
 
     near_miss_guard: bool = Field(
@@ -154,7 +155,7 @@ class _CacheSettings(BaseModel):
     )
 
 
-class _VerifySettings(BaseModel):
+class VerifySettings(BaseModel):
     """Semantic hits decided against an error budget, checked by exploration and feedback."""
 
     error_budget: bool = Field(
@@ -219,15 +220,8 @@ class _VerifySettings(BaseModel):
         return rates
 
 
-class Settings(BaseSettings, _UpstreamSettings, _CacheSettings, _VerifySettings):
-    """Service configuration; each field maps to `SEMCACHE_<FIELD NAME>`.
-
-    Grouped by area in base classes; every field is read the same way.
-    """
-
-    model_config = SettingsConfigDict(
-        env_prefix="SEMCACHE_", extra="ignore", frozen=True, populate_by_name=True
-    )
+class ServerSettings(BaseModel):
+    """The gRPC and HTTP doors: addresses, ports, bounds on what one call may ask."""
 
     grpc_host: str = Field(
         "127.0.0.1",
@@ -237,6 +231,41 @@ class Settings(BaseSettings, _UpstreamSettings, _CacheSettings, _VerifySettings)
     grace_period_s: float = Field(
         5.0, ge=0, description="On SIGTERM/SIGINT, how long in-flight RPCs get to finish."
     )
+    max_concurrent_rpcs: int = Field(
+        512,
+        ge=1,
+        description="Most cache-service RPCs in flight at once; past it a call is refused at"
+        " once with RESOURCE_EXHAUSTED and a retry hint (health checks are never refused).",
+    )
+    batch_max_items: int = Field(256, ge=1, description="Most requests in one BatchComplete.")
+    batch_max_concurrency: int = Field(
+        16, ge=1, description="Most items of one BatchComplete in flight at once."
+    )
+    http_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the OpenAI-compatible HTTP door and the live page; unset = off,"
+        " 0 picks a free one.",
+    )
+    http_host: str | None = Field(
+        None, description="Address the HTTP door binds to; unset = the same as the gRPC host."
+    )
+    max_prompt_bytes: int = Field(
+        32_768, ge=1, description="Largest prompt (all messages together), in UTF-8 bytes."
+    )
+    max_messages: int = Field(64, ge=1, description="Most messages in one request.")
+    max_tokens_limit: int = Field(
+        16_384, ge=1, description="Largest `max_tokens` a request may ask for."
+    )
+    max_tools_json_bytes: int = Field(
+        65_536, ge=1, description="Largest `tools_json` (the tool definitions), in UTF-8 bytes."
+    )
+
+
+class StoreSettings(BaseModel):
+    """Where entries live: the embedded store's folder and disk, or a Qdrant server."""
+
     data_dir: Path = Field(
         Path(".semcache/data"),
         description="Directory of the embedded Qdrant Edge store (used when no Qdrant URL is set).",
@@ -264,6 +293,11 @@ class Settings(BaseSettings, _UpstreamSettings, _CacheSettings, _VerifySettings)
     qdrant_collection: str = Field(
         "semcache", min_length=1, description="Qdrant collection holding the cache."
     )
+
+
+class EmbeddingSettings(BaseModel):
+    """The embedding model, its backend and how it is run."""
+
     embedding_model_path: Path | None = Field(
         None,
         description="Local sentence-transformers model directory; unset = all-MiniLM-L6-v2 from"
@@ -295,26 +329,11 @@ class Settings(BaseSettings, _UpstreamSettings, _CacheSettings, _VerifySettings)
         description="Vectors of this many recent distinct texts are kept, so a text asked again"
         " is not embedded again (about 1.5 KB each); 0 = off.",
     )
-    max_prompt_bytes: int = Field(
-        32_768, ge=1, description="Largest prompt (all messages together), in UTF-8 bytes."
-    )
-    max_messages: int = Field(64, ge=1, description="Most messages in one request.")
-    max_tokens_limit: int = Field(
-        16_384, ge=1, description="Largest `max_tokens` a request may ask for."
-    )
-    max_tools_json_bytes: int = Field(
-        65_536, ge=1, description="Largest `tools_json` (the tool definitions), in UTF-8 bytes."
-    )
-    batch_max_items: int = Field(256, ge=1, description="Most requests in one BatchComplete.")
-    batch_max_concurrency: int = Field(
-        16, ge=1, description="Most items of one BatchComplete in flight at once."
-    )
-    max_concurrent_rpcs: int = Field(
-        512,
-        ge=1,
-        description="Most cache-service RPCs in flight at once; past it a call is refused at"
-        " once with RESOURCE_EXHAUSTED and a retry hint (health checks are never refused).",
-    )
+
+
+class SecuritySettings(BaseModel):
+    """Who may call, over what, and how often."""
+
     api_keys_file: Path | None = Field(
         None,
         description="File of hashed API keys (`semcache keys add`); unset = open mode: loopback"
@@ -341,16 +360,11 @@ class Settings(BaseSettings, _UpstreamSettings, _CacheSettings, _VerifySettings)
         description="Keep rate limits in this Redis (e.g. `redis://redis:6379/0`) so replicas"
         " share them; unset = in memory.",
     )
-    http_port: int | None = Field(
-        None,
-        ge=0,
-        le=65535,
-        description="Port of the OpenAI-compatible HTTP door and the live page; unset = off,"
-        " 0 picks a free one.",
-    )
-    http_host: str | None = Field(
-        None, description="Address the HTTP door binds to; unset = the same as the gRPC host."
-    )
+
+
+class ObservabilitySettings(BaseModel):
+    """Metrics, traces and logs."""
+
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Port for Prometheus `/metrics`; unset = no endpoint."
     )
@@ -366,6 +380,11 @@ class Settings(BaseSettings, _UpstreamSettings, _CacheSettings, _VerifySettings)
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest log level written."
     )
+
+
+class ToolSettings(BaseModel):
+    """What the `semcache` client commands and the benchmarks read."""
+
     target: str = Field(
         "localhost:50051",
         min_length=1,
@@ -377,6 +396,88 @@ class Settings(BaseSettings, _UpstreamSettings, _CacheSettings, _VerifySettings)
         description="Folder of the benchmarks' data files (`qqp_dev.jsonl`); unset ="
         " `shared/data` beside the repository's folder.",
     )
+
+
+AREAS = (
+    UpstreamSettings,
+    CacheSettings,
+    VerifySettings,
+    ServerSettings,
+    StoreSettings,
+    EmbeddingSettings,
+    SecuritySettings,
+    ObservabilitySettings,
+    ToolSettings,
+)
+
+
+class Settings(
+    BaseSettings,
+    UpstreamSettings,
+    CacheSettings,
+    VerifySettings,
+    ServerSettings,
+    StoreSettings,
+    EmbeddingSettings,
+    SecuritySettings,
+    ObservabilitySettings,
+    ToolSettings,
+):
+    """Service configuration; each field maps to `SEMCACHE_<FIELD NAME>`.
+
+    The fields are declared by area (`AREAS`: one pydantic model each), and each
+    area is also a nested model of its own: `settings.cache.ttl_s`,
+    `settings.verify.max_error_rate`..., built from the same values. The variables
+    keep their flat names, so no deployment's environment changes.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEMCACHE_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    @property
+    def upstream(self) -> UpstreamSettings:
+        """The upstream, routing, retries and circuit breakers."""
+        return self.area(UpstreamSettings)
+
+    @property
+    def cache(self) -> CacheSettings:
+        """Verification, what is cached and for how long, the store's index."""
+        return self.area(CacheSettings)
+
+    @property
+    def verify(self) -> VerifySettings:
+        """The error budget, exploration and judges."""
+        return self.area(VerifySettings)
+
+    @property
+    def server(self) -> ServerSettings:
+        """The doors and the bounds on one call."""
+        return self.area(ServerSettings)
+
+    @property
+    def store(self) -> StoreSettings:
+        """The embedded store or the Qdrant server."""
+        return self.area(StoreSettings)
+
+    @property
+    def embedding(self) -> EmbeddingSettings:
+        """The embedding model and how it runs."""
+        return self.area(EmbeddingSettings)
+
+    @property
+    def security(self) -> SecuritySettings:
+        """Keys, TLS and rate limits."""
+        return self.area(SecuritySettings)
+
+    @property
+    def observability(self) -> ObservabilitySettings:
+        """Metrics, traces and logs."""
+        return self.area(ObservabilitySettings)
+
+    def area(self, kind: type[AreaT]) -> AreaT:
+        """This configuration's values of one area, as that area's own model."""
+        return kind.model_construct(**{name: getattr(self, name) for name in kind.model_fields})
 
     @property
     def effective_similarity_min(self) -> float:

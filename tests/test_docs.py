@@ -112,3 +112,22 @@ def test_an_unset_setting_says_what_unset_means(name: str) -> None:
     """One convention for "off": optional settings are off when unset, and say so."""
     description = Settings.model_fields[name].description or ""
     assert "unset" in description.lower(), description
+
+
+def test_every_setting_belongs_to_one_area_and_each_area_is_a_nested_view() -> None:
+    """Settings are declared by area; `settings.<area>` is that area's own model with
+    the same values, while the variables keep their flat `SEMCACHE_*` names."""
+    from service.config import AREAS
+
+    owners: dict[str, list[str]] = {}
+    for area in AREAS:
+        for name in area.model_fields:
+            owners.setdefault(name, []).append(area.__name__)
+    assert set(owners) == set(Settings.model_fields)
+    assert all(len(areas) == 1 for areas in owners.values()), owners
+    settings = Settings(ttl_s=5, max_error_rate=0.02, grpc_port=6000)
+    assert (settings.cache.ttl_s, settings.verify.max_error_rate) == (5, 0.02)
+    assert settings.server.grpc_port == 6000
+    assert settings.area(AREAS[0]).model_dump() == {
+        name: getattr(settings, name) for name in AREAS[0].model_fields
+    }
