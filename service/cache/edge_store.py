@@ -153,8 +153,8 @@ class _ShardKeeper:
         if damage is not None:
             self._report_damage(damage, shard)
         self.manifest.write(count)
+        self.disk.refresh()  # health first: once the shard serves, its health is current
         self.shard = shard
-        self.disk.refresh()
 
     def _report_damage(self, damage: Damage, shard: qe.EdgeShard) -> None:
         where = f"the cache store {self.path} is damaged: {damage.detail}"
