@@ -26,6 +26,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_STOP_SEQUENCE_BYTES = 1_024  # stop sequences are markers, a few characters long
 MAX_MODEL_NAME_CHARS = 128
+# The longest request id: a caller's own `x-request-id` (either door; longer gets a new
+# one), and the one SubmitFeedback takes.
+MAX_REQUEST_ID_CHARS = 128
 MAX_JSON_DEPTH = 32  # tool schemas nest a few levels; Python's parser recurses per level
 MAX_TOOL_CHOICE_BYTES = 4_096  # {"type": "function", "function": {"name": ...}}
 SHOWN_CHARS = 40

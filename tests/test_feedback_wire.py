@@ -28,7 +28,7 @@ from service.domain import (
 )
 from service.errors import InvalidRequestError, NotFoundError
 from service.pipeline.admin import NamespaceVerification
-from service.transport.grpc.interceptors import MAX_REQUEST_ID_CHARS, request_id_var
+from service.transport.grpc.interceptors import request_id_var
 from service.transport.grpc.servicer import (
     batch_item_id,
     namespace_verification,
@@ -41,7 +41,7 @@ from service.transport.http.errors import BadFieldError, http_error_for
 from service.transport.http.feedback import parse_feedback
 from service.transport.http.replies import completion_headers, extension
 from service.transport.http.wire import cache_controls, parse_chat
-from service.validation import Limits, validate
+from service.validation import MAX_REQUEST_ID_CHARS, Limits, validate
 
 ENTRY = "0b7f6a43-4c1e-4e43-9d8b-3d8d1a0e2f11"
 

@@ -15,7 +15,7 @@ from service.cache.verify.learning import Learning
 from service.domain import Feedback, FeedbackReceipt
 from service.errors import InvalidRequestError
 from service.pipeline.seed import Seed, Seeder
-from service.validation import check_name
+from service.validation import MAX_REQUEST_ID_CHARS, check_name
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,10 @@ class CacheAdmin:
         check_name("tenant", feedback.tenant)
         if feedback.entry_id:
             _check_entry_id(feedback.entry_id)
-        if len(feedback.request_id) > _MAX_REQUEST_ID:
+        if len(feedback.request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidRequestError(
                 f"request_id is {len(feedback.request_id)} characters; send the response's"
-                f" request_id (at most {_MAX_REQUEST_ID})"
+                f" request_id (at most {MAX_REQUEST_ID_CHARS})"
             )
         if self._learning is None:
             raise InvalidRequestError("this service records no feedback")
@@ -142,9 +142,6 @@ class CacheAdmin:
         """
         _check_entry_id(entry_id)
         return await self._cache.invalidate(EntryFilter(tenant=tenant, point_id=entry_id)) > 0
-
-
-_MAX_REQUEST_ID = 128
 
 
 def _check_entry_id(entry_id: str) -> None:

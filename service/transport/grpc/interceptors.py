@@ -47,6 +47,7 @@ from service.errors import (
 from service.metrics import Metrics
 from service.transport.grpc.auth import PROBE_METHOD_PREFIXES, Authenticator
 from service.transport.grpc.status import abort_with_retry_info, status_for
+from service.validation import MAX_REQUEST_ID_CHARS
 
 log = structlog.get_logger(__name__)
 
@@ -80,10 +81,6 @@ BACKLOG_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_MAX),
     ("grpc.server_max_unrequested_time_in_server", PENDING_WAIT_MAX_S),
 )
-
-
-# The longest `x-request-id` a caller's own id may be (longer: a new one is made).
-MAX_REQUEST_ID_CHARS = 128
 
 
 def _request_id(details: grpc.HandlerCallDetails) -> str:

@@ -28,11 +28,11 @@ from service.pipeline.admin import CacheAdmin, Invalidation, NamespaceVerificati
 from service.pipeline.request import RequestPipeline
 from service.pipeline.seed import SeedScope, seeds_for
 from service.transport.grpc.interceptors import (
-    MAX_REQUEST_ID_CHARS,
     request_id_var,
     rpc_outcome_var,
 )
 from service.transport.grpc.status import item_status
+from service.validation import MAX_REQUEST_ID_CHARS
 
 
 @dataclass(frozen=True)

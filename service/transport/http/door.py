@@ -34,11 +34,11 @@ from service.transport.http.errors import (
     retry_headers,
 )
 from service.transport.http.replies import REQUEST_ID_HEADER
+from service.validation import MAX_REQUEST_ID_CHARS
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-MAX_REQUEST_ID_CHARS = 128
 
 
 @dataclass
