@@ -12,8 +12,8 @@ from service.cache.scope import upstream_identity
 from service.cache.semantic import SemanticCache, ThresholdVerifier, Verifier
 from service.cache.stats import CacheStats
 from service.cache.store import VectorStore
-from service.cache.verify.judges import build_judge
-from service.cache.verify.learning import AnswerJudge, Learning
+from service.cache.verify.judges import AnswerJudge, build_judge
+from service.cache.verify.learning import Learning
 from service.cache.verify.prior import load_prior
 from service.cache.verify.verifier import BudgetSettings, HitDecider, VerifyState
 from service.config import SecuritySettings, Settings, UpstreamSettings, VerifySettings

@@ -27,27 +27,18 @@ import structlog
 from service.cache.store import CacheEntry
 from service.cache.verify.counters import VerificationCounters
 from service.cache.verify.evidence import Observation
+from service.cache.verify.judges import AnswerJudge
 from service.cache.verify.online import LiveCalibration
 from service.cache.verify.verifier import Exploration, VerifyState
 from service.domain import Feedback, FeedbackReceipt, FeedbackVerdict
 from service.errors import InvalidRequestError, NotFoundError
 
-__all__ = ["AnswerJudge", "Learning", "ObservationStore"]
+__all__ = ["Learning", "ObservationStore"]
 
 log = structlog.get_logger(__name__)
 
 _SERVED_LIMIT = 100_000
 _CLOSE_WAIT_S = 2.0
-
-
-class AnswerJudge(Protocol):
-    """Compares a fresh upstream answer with the cached one for the same question."""
-
-    name: str
-
-    async def same(self, question: str, cached: str, fresh: str) -> bool | None:
-        """True if `cached` answers `question` as well as `fresh`; None if it cannot tell."""
-        ...
 
 
 class ObservationStore(Protocol):

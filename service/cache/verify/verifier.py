@@ -208,8 +208,8 @@ class HitDecider:
         if best is None:
             return Choice(detail=verdicts[0].reason if verdicts else "no_candidates")
         first_stop, scored, candidate, reason = best
-        if first_stop.reason != "pending":
-            return self._stopped(first_stop, scored, candidate, reason, counters)
+        if first_stop.reason != "pending":  # a hard stop: served at no risk, or refused
+            return self._act(key, first_stop, scored, candidate, reason, counters, request_id)
         verdict = decide(
             candidate,
             scored.entry.evidence,
@@ -246,8 +246,6 @@ class HitDecider:
 
     def _p_wrong(self, score: float, evidence: Evidence) -> float:
         prior = self.state.prior
-        if not evidence.observations:
-            return p_wrong_at(score, (0.0, self._policy.entry_sd**2), prior, self._policy)
         key = (evidence.observations, prior)
         fitted = self._fits.get(key)
         if fitted is None:
@@ -269,19 +267,6 @@ class HitDecider:
         if requested is not None and requested < self.budget.delta(namespace):
             return requested  # a stricter caller gets a strict per-hit bound
         return budget.allowance()
-
-    def _stopped(
-        self,
-        verdict: Verdict,
-        scored: ScoredEntry,
-        candidate: Candidate,
-        reason: str,
-        counters: VerificationCounters,
-    ) -> Choice:
-        if verdict.action is Action.SERVE:
-            counters.semantic_served += 1
-            return Choice(scored, candidate.score, 0.0, reason)
-        return Choice(detail=verdict.reason)
 
     def _act(
         self,
