@@ -323,6 +323,12 @@ class GuardVerdict:
     score: float  # probability (0..1) that the cached answer fits the query
     reason: str  # "ok", "identical", "below_threshold", "low_score" or a rule name
 
+    @property
+    def vetoed(self) -> bool:
+        """Refused by a rule or a floor, not by its score: no error budget may serve it
+        (a "low_score" refusal is the guard's own accept, which the budget weighs)."""
+        return not self.accept and self.reason != "low_score"
+
 
 def veto_reason(features: PairFeatures) -> str | None:
     """The first hard rule that rejects the pair ("number_mismatch"...), or None."""

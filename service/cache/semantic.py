@@ -233,8 +233,7 @@ class SemanticCache:
         if candidate.similarity < floor:
             return GuardVerdict(False, 0.0, "below_request_similarity_min")
         verdict = self.verifier.verify(key.text, candidate.entry.question, candidate.similarity)
-        vetoed = not verdict.accept and verdict.reason != "low_score"  # a score is weighed later
-        if vetoed or not (key.context or candidate.entry.context):
+        if verdict.vetoed or not (key.context or candidate.entry.context):
             return verdict
         context_similarity = _cosine(context_vector, candidate.entry.context_vector)
         context_verdict = self.verifier.verify_context(

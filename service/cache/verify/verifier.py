@@ -41,8 +41,6 @@ from service.cache.verify.prior import Prior
 __all__ = ["BudgetSettings", "Choice", "Exploration", "HitDecider", "VerifyState"]
 
 _FIT_CACHE_SIZE = 20_000
-# Guard reasons that are a score, not a veto: the decision weighs them.
-_SCORED_REASONS = frozenset({"ok", "low_score"})
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,7 @@ def _candidate(
     """
     if verdict.reason == "identical" and not follow_up:
         return Candidate(1.0, identical=True), "identical"
-    if verdict.reason not in _SCORED_REASONS | {"identical"}:
+    if verdict.vetoed:
         return Candidate(verdict.score, veto=verdict.reason), verdict.reason
     same_form = _form(query) is not None and _form(query) == _form(cached)
     if same_form and not follow_up:
