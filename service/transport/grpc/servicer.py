@@ -88,6 +88,35 @@ def _policy(value: int) -> CachePolicy:
     return policy
 
 
+# Most requests set no sampling field; they share one (frozen) SamplingParams.
+_NO_SAMPLING = SamplingParams()
+
+
+def _sampling(request: pb.CompleteRequest) -> SamplingParams:
+    has = request.HasField
+    temperature = request.temperature if has("temperature") else None
+    max_tokens = request.max_tokens if has("max_tokens") else None
+    top_p = request.top_p if has("top_p") else None
+    stop, response_format = request.stop, request.response_format
+    tools_json, tool_choice = request.tools_json, request.tool_choice
+    if (
+        temperature is None
+        and max_tokens is None
+        and top_p is None
+        and not (stop or response_format or tools_json or tool_choice)
+    ):
+        return _NO_SAMPLING
+    return SamplingParams(
+        temperature=temperature,
+        max_tokens=max_tokens,
+        top_p=top_p,
+        stop=tuple(stop),
+        response_format=response_format or None,
+        tools_json=tools_json or None,
+        tool_choice=tool_choice or None,
+    )
+
+
 def to_request(
     request: pb.CompleteRequest, context: grpc.aio.ServicerContext, request_id: str | None = None
 ) -> CompletionRequest:
@@ -95,26 +124,18 @@ def to_request(
 
     `request_id` is the answer's id for feedback; None: this RPC's (the interceptor's).
     """
-    sampling = SamplingParams(
-        temperature=request.temperature if request.HasField("temperature") else None,
-        max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
-        top_p=request.top_p if request.HasField("top_p") else None,
-        stop=tuple(request.stop),
-        response_format=request.response_format or None,
-        tools_json=request.tools_json or None,
-        tool_choice=request.tool_choice or None,
-    )
+    has = request.HasField
     return CompletionRequest(
         messages=_messages(request),
         tenant=tenant_of(context),
         namespace=request.namespace or DEFAULT_NAMESPACE,
         model=request.model or None,
-        sampling=sampling,
+        sampling=_sampling(request),
         cache_policy=_policy(request.cache_policy),
         deadline_s=context.time_remaining(),
-        ttl_s=request.ttl_s if request.HasField("ttl_s") else None,
-        similarity_min=request.similarity_min if request.HasField("similarity_min") else None,
-        max_error_rate=request.max_error_rate if request.HasField("max_error_rate") else None,
+        ttl_s=request.ttl_s if has("ttl_s") else None,
+        similarity_min=request.similarity_min if has("similarity_min") else None,
+        max_error_rate=request.max_error_rate if has("max_error_rate") else None,
         request_id=request_id_var.get() if request_id is None else request_id,
     )
 
@@ -125,18 +146,12 @@ def to_response(completion: Completion, request_id: str | None = None) -> pb.Com
     `request_id` is the one its request carried; None: this RPC's.
     """
     rpc_outcome_var.set((completion.cache_status.value, completion.model))
-    usage = completion.usage
-    return pb.CompleteResponse(
+    response = pb.CompleteResponse(
         content=completion.content,
         model=completion.model,
         cache_status=_STATUSES[completion.cache_status],
         similarity=completion.similarity,
         latency_ms=completion.latency_ms,
-        usage=pb.Usage(
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.total_tokens,
-        ),
         cost_usd=completion.cost_usd,
         cost_saved_usd=completion.cost_saved_usd,
         finish_reason=completion.finish_reason,
@@ -150,6 +165,12 @@ def to_response(completion: Completion, request_id: str | None = None) -> pb.Com
         entry_id=completion.entry_id,
         error_probability=completion.error_probability,
     )
+    # Set in place: a pb.Usage argument would be built, then copied in (issue 13).
+    usage, into = completion.usage, response.usage
+    into.prompt_tokens = usage.prompt_tokens
+    into.completion_tokens = usage.completion_tokens
+    into.total_tokens = usage.total_tokens
+    return response
 
 
 def batch_item_id(request_id: str, index: int) -> str:
