@@ -237,6 +237,13 @@ class ServerSettings(BaseModel):
         description="Most cache-service RPCs in flight at once; past it a call is refused at"
         " once with RESOURCE_EXHAUSTED and a retry hint (health checks are never refused).",
     )
+    switch_interval_ms: float = Field(
+        0.5,
+        ge=0,
+        description="`semcache serve`: Python's GIL switch interval (`sys.setswitchinterval`);"
+        " 0 = Python's own (5 ms). Shorter hands the GIL back sooner to the embedding"
+        " thread, which waits for it after each model run while the event loop is busy.",
+    )
     batch_max_items: int = Field(256, ge=1, description="Most requests in one BatchComplete.")
     batch_max_concurrency: int = Field(
         16, ge=1, description="Most items of one BatchComplete in flight at once."
@@ -280,6 +287,13 @@ class StoreSettings(BaseModel):
         "warn",
         description="A store that opens with entries missing: `warn` (log an error, count"
         " them in `semcache_store_missing_entries`, start) or `refuse` (do not start).",
+    )
+    store_search_threads: int = Field(
+        1,
+        ge=0,
+        description="Embedded store: threads of Qdrant Edge's search pool; 0 = the engine's"
+        " default (one per CPU). Edge holds the GIL for a whole search, so more threads add"
+        " hand-offs, not parallelism.",
     )
     qdrant_url: str | None = Field(
         None,

@@ -57,18 +57,25 @@ from disk and read to rescore the best candidates: about a quarter of the
 memory, for a recall@1 of about 0.98)."""
 
 
-def edge_config(dim: int, storage: str = "ram") -> qe.EdgeConfig:
-    """The shard configuration for `dim`-sized cosine vectors kept as `storage` says."""
+def edge_config(dim: int, storage: str = "ram", search_threads: int = 1) -> qe.EdgeConfig:
+    """The shard configuration for `dim`-sized cosine vectors kept as `storage` says,
+    searching on `search_threads` threads (0: the engine's default, one per CPU)."""
     hnsw = qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000)
+    threads = search_threads or None
     if storage == "ram":
         vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
-        return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw)
+        return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw, max_search_threads=threads)
     if storage == "int8-disk":
         quantization = qe.ScalarQuantizationConfig(
             qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned
         )
         vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, memory=qe.Memory.Cold)
-        return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw, quantization_config=quantization)
+        return qe.EdgeConfig(
+            vectors=vectors,
+            hnsw_config=hnsw,
+            quantization_config=quantization,
+            max_search_threads=threads,
+        )
     raise ValueError(f"unknown vector storage {storage!r}: use one of {', '.join(VECTOR_STORAGE)}")
 
 
@@ -77,9 +84,9 @@ def shard_exists(path: Path) -> bool:
     return (path / "edge_config.json").exists() or any(path.glob("segments*"))
 
 
-def open_shard(path: Path, dim: int, storage: str) -> qe.EdgeShard:
+def open_shard(path: Path, dim: int, storage: str, search_threads: int = 1) -> qe.EdgeShard:
     """The shard in `path`, created (with `storage`) if there is none; an existing
-    shard keeps the storage it was created with.
+    shard keeps the storage it was created with, and searches on `search_threads`.
 
     Raises:
         StartupError: the engine cannot load the shard (locked by another
@@ -87,13 +94,46 @@ def open_shard(path: Path, dim: int, storage: str) -> qe.EdgeShard:
     """
     if not shard_exists(path):
         path.mkdir(parents=True, exist_ok=True)
-        shard = qe.EdgeShard.create(str(path), edge_config(dim, storage))
+        shard = qe.EdgeShard.create(str(path), edge_config(dim, storage, search_threads))
         create_indexes(shard, INDEX_TYPES)
         return shard
+    set_search_threads(path, search_threads)
     try:
         return qe.EdgeShard.load(str(path))
     except Exception as error:
         raise _load_error(path, error) from error
+
+
+def set_search_threads(path: Path, search_threads: int) -> None:
+    """Record `search_threads` (0: the engine's default) in the shard's `edge_config.json`
+    before it is loaded, where the engine reads it.
+
+    `EdgeShard.load(path, config)` would set it too, but it overwrites the whole
+    configuration, storage included, with what it is given: a shard created with
+    another storage would silently change. Only this one key is rewritten here,
+    atomically; if the file cannot be read or written, the shard keeps what it has
+    (with a warning): it is a speed setting, not a correctness one.
+    """
+    config_path = path / "edge_config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict) or config.get("max_search_threads") == (
+            search_threads or None
+        ):
+            return
+        if search_threads:
+            config["max_search_threads"] = search_threads
+        else:
+            config.pop("max_search_threads", None)
+        temporary = config_path.with_name(config_path.name + ".tmp")
+        temporary.write_text(json.dumps(config), encoding="utf-8")
+        os.replace(temporary, config_path)
+    except (OSError, ValueError) as error:
+        log.warning(
+            "cache store search threads not set; the shard keeps its own",
+            path=str(path),
+            error=repr(error),
+        )
 
 
 def _load_error(path: Path, error: Exception) -> StartupError:

@@ -1,11 +1,16 @@
 """Qdrant Edge backend: Qdrant's engine in-process, persistent in one directory.
 
-Qdrant Edge's calls are synchronous, so none runs on the event loop: reads run
-on one dedicated thread, writes on another, and index building (`optimize`,
-seconds to minutes) on a third, so that a growing cache keeps its HNSW index
-without lookups waiting for it. The engine takes its own locks; measured
-here, queries kept answering in about half a millisecond while `optimize`
-rebuilt a 20k-point index.
+Qdrant Edge's calls are synchronous and hold the GIL while they run (measured:
+a thread searching in a loop and the main thread together ran no faster than
+either alone; writes alike). Lookups therefore run inline on the event loop, a
+fetch by id and a (batched) search alike: a read thread bought no parallelism,
+only two hand-offs per search, each waiting for a busy event loop to let go of
+the GIL (issue 13). Writes run on a dedicated thread, counts and info on
+another, and index building (`optimize`, seconds to minutes) on a third, so
+that a growing cache keeps its HNSW index without lookups waiting for it. The
+engine's search pool is sized by `search_threads` (1 by default: with the GIL
+held, more threads only hand the work around; a lone search measured about a
+quarter cheaper on one thread than on the default pool, on 2 cores).
 
 A full disk pauses storing (`disk.DiskGuard`): lookups still answer from what
 is stored, and storing resumes when space returns. A shard that cannot be
@@ -117,8 +122,10 @@ class _ShardKeeper:
         min_free_bytes: int,
         on_damage: OnDamage,
         embedding_model: str | None = None,
+        search_threads: int = 1,
     ) -> None:
         self.path, self.dim, self.storage, self.on_damage = path, dim, storage, on_damage
+        self.search_threads = search_threads
         self.disk = DiskGuard(path, min_free_bytes)
         self.manifest = Manifest(path, dim, embedding_model)
         self.missing_entries = 0
@@ -142,7 +149,7 @@ class _ShardKeeper:
         check_vectors(self.path, manifest, self.dim)
         check_model(self.path, manifest, model)
         lost_segments = segments_missing(self.path)
-        shard = open_shard(self.path, self.dim, self.storage)
+        shard = open_shard(self.path, self.dim, self.storage, self.search_threads)
         try:
             ensure_indexes(shard, self.path)
         except BaseException:
@@ -281,7 +288,7 @@ class _ShardKeeper:
 
 class EdgeVectorStore:
     """A `VectorStore` on a Qdrant Edge shard in `path` (created on first use, with
-    `storage`, one of `VECTOR_STORAGE`).
+    `storage`, one of `VECTOR_STORAGE`), searching on `search_threads` (0: per CPU).
 
     `min_free_bytes` is the room kept free on the disk: below it new entries are
     not stored. `on_damage` says what opening a shard with entries missing does:
@@ -303,6 +310,7 @@ class EdgeVectorStore:
         min_free_bytes: int = 0,
         on_damage: OnDamage = "warn",
         embedding_model: str | None = None,
+        search_threads: int = 1,
     ) -> None:
         if storage not in VECTOR_STORAGE:
             edge_config(dim, storage)  # raises the ValueError that names the choices
@@ -311,7 +319,9 @@ class EdgeVectorStore:
         self._indexer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge-index")
         self._indexing: asyncio.Future[bool] | None = None
         self._path, self._dim = path, dim
-        self._keeper = _ShardKeeper(path, dim, storage, min_free_bytes, on_damage, embedding_model)
+        self._keeper = _ShardKeeper(
+            path, dim, storage, min_free_bytes, on_damage, embedding_model, search_threads
+        )
         self._disk = self._keeper.disk
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef)
         try:
@@ -365,13 +375,12 @@ class EdgeVectorStore:
         return found[0]
 
     async def search_many(self, queries: Sequence[SearchQuery]) -> list[Sequence[ScoredEntry]]:
+        """The queries' answers, searched inline (see the module's note on threads)."""
         shard = self._shard
         if shard is None:
             return [[] for _ in queries]
         batch = qe.QueryBatchRequest([_edge_query(q, self._params) for q in queries])
-        return [
-            scored_entries(points) for points in await self._run(lambda: shard.query_batch(batch))
-        ]
+        return [scored_entries(points) for points in shard.query_batch(batch)]
 
     async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:
         """Store `entry`.

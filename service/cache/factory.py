@@ -45,4 +45,5 @@ async def build_store(
         min_free_bytes=settings.min_free_disk_mb * 1024 * 1024,
         on_damage=settings.on_store_damage,
         embedding_model=embedding_model,
+        search_threads=settings.store_search_threads,
     )
