@@ -53,6 +53,17 @@ README's Configuration table. An invalid setting is one line on stderr, exit 1.
 """
 
 
+def apply_switch_interval(settings: Settings) -> None:
+    """Set Python's GIL switch interval to `switch_interval_ms` (0: leave Python's own).
+
+    The embedding thread needs the GIL back after each model run; while the event
+    loop is busy it waits up to one interval for it (5 ms by Python's default,
+    three model runs' worth), and semantic hits per second follow that wait.
+    """
+    if settings.switch_interval_ms:
+        sys.setswitchinterval(settings.switch_interval_ms / 1000)
+
+
 async def _serve(settings: Settings, simulate: bool) -> None:
     """Check what can be checked at once, load the model, serve, then close it all.
 
@@ -64,6 +75,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     from service.transport.grpc.server import security_from
 
     security = security_from(settings)
+    apply_switch_interval(settings)
     with data_dir_lock(settings):
         async with _upstream(settings, simulate) as settings:
             app = await _build(settings, simulated=simulate)

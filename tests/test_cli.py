@@ -5,6 +5,7 @@ one line, never a traceback; `serve --help` says where settings come from."""
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
@@ -134,3 +135,20 @@ def test_complete_help_names_the_fields(capsys: pytest.CaptureFixture[str]) -> N
     for flag in ("--cache-policy", "--top-p", "--ttl-s", "--similarity-min", "--system"):
         assert flag in help_text
     assert "--policy" not in help_text.replace("--cache-policy", "")
+
+
+def test_serve_shortens_the_gil_switch_interval_unless_told_not_to() -> None:
+    """`semcache serve` hands the GIL back to the embedding thread within
+    SEMCACHE_SWITCH_INTERVAL_MS (issue 13); 0 leaves Python's own."""
+    from service.cli import apply_switch_interval
+    from service.config import Settings
+
+    original = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        apply_switch_interval(Settings(switch_interval_ms=0))
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+        apply_switch_interval(Settings())
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(original)

@@ -321,3 +321,45 @@ async def test_two_workers_embed_two_texts_at_the_same_time() -> None:
     finally:
         await batcher.close()
     assert sorted(model.seen) == ["one", "three"]
+
+
+async def test_the_next_batch_starts_while_the_event_loop_is_busy() -> None:
+    """The worker thread takes what queued during a batch itself: a busy event loop
+    (here: blocked outright) does not keep the model idle between batches."""
+    first_inside, release_first, second_started = (threading.Event() for _ in range(3))
+
+    class GatedEmbedder(CountingEmbedder):
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            if list(texts) == ["a"]:
+                first_inside.set()
+                release_first.wait(5)
+            else:
+                second_started.set()
+            return super().embed(texts)
+
+    model = GatedEmbedder()
+    batcher = EmbeddingBatcher(model)
+    try:
+        first = asyncio.create_task(batcher.embed("a"))
+        assert await asyncio.to_thread(first_inside.wait, 5)
+        others = [asyncio.create_task(batcher.embed(text)) for text in ("b", "c")]
+        await asyncio.sleep(0)  # both are queued behind the running batch
+        release_first.set()
+        assert second_started.wait(5)  # blocks the event loop: the thread must go on alone
+        vectors = [await first, *[await task for task in others]]
+    finally:
+        await batcher.close()
+    assert model.seen == ["a", "b", "c"] and all(v.shape == (4,) for v in vectors)
+
+
+async def test_a_closed_batcher_refuses_texts_and_its_embedder_errors_reach_callers() -> None:
+    class Broken(CountingEmbedder):
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            raise ValueError("model file unreadable")
+
+    batcher = EmbeddingBatcher(Broken())
+    with pytest.raises(ValueError, match="unreadable"):
+        await batcher.embed("x")
+    await batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await batcher.embed("y")

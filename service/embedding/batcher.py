@@ -1,8 +1,15 @@
-"""Runs an `Embedder` off the event loop, batching whatever requests are waiting.
+"""Runs an `Embedder` on its own threads, batching whatever requests are waiting.
 
-When the model is free, every text that has queued up (at most
-`max_batch_size`) is embedded in one call on a dedicated thread. A lone
-request is embedded at once; it never waits for company.
+Each worker thread takes every text that has queued up (at most
+`max_batch_size`), embeds them in one call, hands the vectors back to the event
+loop, and goes straight on to what queued meanwhile. A lone request is embedded
+at once; it never waits for company.
+
+The threads pull their work themselves (issue 13): when a worker was a task on
+the event loop handing batches to an executor, each batch's start waited for
+the busy loop to come round to that task, while the model, the one thing that
+bounds semantic hits per second, stood idle. Now the loop only enqueues a text
+and, once per batch, sets the waiting futures.
 
 The vectors of the last `memo_size` distinct texts are kept, so a text asked
 again (a popular paraphrase that is served from its neighbour and so never
@@ -13,12 +20,19 @@ follow-ups) costs no model run. The kept vectors are read-only.
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
-from service.batching.micro import MicroBatcher
+import structlog
+
 from service.embedding.base import Embedder, Vectors
+
+log = structlog.get_logger(__name__)
+
+_Job = tuple[str, "asyncio.Future[Vectors]", asyncio.AbstractEventLoop]
+_STOP = None  # one per worker thread: leave the loop
 
 
 class EmbeddingBatcher:
@@ -34,19 +48,23 @@ class EmbeddingBatcher:
         workers: int = 1,
     ) -> None:
         """`workers` batches may run at once, each on its own thread (the model is
-        shared); `on_embed` is told where each vector came from: "model" or "memo"."""
+        shared); `on_embed` is told where each vector came from: "model" or "memo";
+        `on_batch` each batch's size (on the event loop)."""
+        if max_batch_size < 1 or workers < 1:
+            raise ValueError("max_batch_size and workers must be >= 1")
         self.embedder = embedder
         self._memo: OrderedDict[str, Vectors] = OrderedDict()
         self._memo_size = memo_size
         self._on_embed = on_embed
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedder")
-        self._batcher: MicroBatcher[str, Vectors] = MicroBatcher(
-            self._embed_batch,
-            max_batch_size=max_batch_size,
-            workers=workers,
-            name="embedding-batcher",
-            on_batch=on_batch,
-        )
+        self._on_batch = on_batch
+        self._max_batch_size = max_batch_size
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"embedder-{index}", daemon=True)
+            for index in range(workers)
+        ]
+        self._started = False
+        self._closed = False
 
     @property
     def model_id(self) -> str:
@@ -60,14 +78,15 @@ class EmbeddingBatcher:
         """The embedding of `text`, shape `(dim,)`.
 
         Raises:
-            Whatever the embedder raised for the batch this text was in.
+            Whatever the embedder raised for the batch this text was in;
+            RuntimeError once the batcher is closed.
         """
         vector = self._memo.get(text)
         if vector is not None:
             self._memo.move_to_end(text)
             self._count("memo")
             return vector
-        vector = await self._batcher.submit(text)
+        vector = await self._submit(text)
         self._count("model")
         if self._memo_size:
             vector.flags.writeable = False  # shared by every later caller
@@ -80,11 +99,82 @@ class EmbeddingBatcher:
         if self._on_embed is not None:
             self._on_embed(source)
 
-    async def _embed_batch(self, texts: list[str]) -> list[Vectors]:
+    def _submit(self, text: str) -> asyncio.Future[Vectors]:
+        if self._closed:
+            raise RuntimeError("the embedding batcher is closed")
+        if not self._started:
+            self._started = True
+            for thread in self._threads:
+                thread.start()
         loop = asyncio.get_running_loop()
-        return list(await loop.run_in_executor(self._executor, self.embedder.embed, texts))
+        future: asyncio.Future[Vectors] = loop.create_future()
+        self._jobs.put((text, future, loop))
+        return future
+
+    def _work(self) -> None:
+        """A worker thread: take what is waiting, embed it, hand it back, repeat."""
+        while True:
+            first = self._jobs.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            while len(batch) < self._max_batch_size:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    self._jobs.put(_STOP)  # for this thread's next turn
+                    break
+                batch.append(job)
+            self._run(batch)
+
+    def _run(self, batch: list[_Job]) -> None:
+        texts = [text for text, _, _ in batch]
+        try:
+            vectors: Vectors | BaseException = self.embedder.embed(texts)
+        except Exception as error:  # handed to every waiter; the thread carries on
+            vectors = error
+        by_loop: dict[asyncio.AbstractEventLoop, list[int]] = {}
+        for index, (_, _, loop) in enumerate(batch):
+            by_loop.setdefault(loop, []).append(index)
+        for loop, indexes in by_loop.items():  # one loop, almost always: one wake-up
+            try:
+                loop.call_soon_threadsafe(self._deliver, batch, indexes, vectors)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                log.debug("embedding batch finished after its event loop closed")
+
+    def _deliver(
+        self, batch: list[_Job], indexes: list[int], vectors: Vectors | BaseException
+    ) -> None:
+        """On the event loop of the `indexes` jobs: answer each one still waiting."""
+        for index in indexes:
+            future = batch[index][1]
+            if future.done():
+                continue
+            if isinstance(vectors, BaseException):
+                future.set_exception(vectors)
+            else:
+                future.set_result(vectors[index])
+        if self._on_batch is not None and not isinstance(vectors, BaseException):
+            self._on_batch(len(indexes))
 
     async def close(self) -> None:
-        """Stop the worker and release the embedding thread."""
-        await self._batcher.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the workers once they finish the batch in hand; texts still queued
+        are refused (their callers get RuntimeError)."""
+        if self._closed:
+            return
+        self._closed = True
+        pending: list[_Job] = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                pending.append(job)
+        for _, future, _ in pending:
+            if not future.done():
+                future.set_exception(RuntimeError("the embedding batcher is closed"))
+        for _ in self._threads:
+            self._jobs.put(_STOP)

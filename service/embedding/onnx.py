@@ -112,7 +112,13 @@ class OnnxEmbedder:
         return vectors
 
     def _embed_batch(self, texts: list[str]) -> Vectors:
-        encodings = self._tokenizer.encode_batch(texts)
+        # `encode_batch` releases the GIL (its thread pool) and must take it back: on a
+        # busy event loop that wait is up to a switch interval per call. One text needs
+        # no pool, and `encode` keeps the GIL for the few microseconds it takes.
+        if len(texts) == 1:
+            encodings = [self._tokenizer.encode(texts[0])]
+        else:
+            encodings = self._tokenizer.encode_batch(texts)
         feeds = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
