@@ -12,20 +12,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import openai
 import structlog
-from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletionChunk
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletionMessage
 
 from service.domain import SamplingParams, Usage
 from service.errors import UpstreamError
 from service.llm.http_errors import RetryableUpstreamError, translate_openai_error
 from service.llm.provider import ProviderAnswer, ProviderCall
 
+if TYPE_CHECKING:
+    from openai._types import RequestOptions
+
 log = structlog.get_logger(__name__)
+# Calls go through the client's generic `post` with the JSON body built here and the
+# answer read as plain JSON: `chat.completions.create` would run its request-typing
+# transform over the body and build pydantic models for the answer (and for every
+# chunk of a stream), which cost more than the rest of the call. The client, its
+# auth, base URL, timeouts and error types are the same.
+_CHAT_PATH = "/chat/completions"
 
 
 class OpenAICompatProvider:
@@ -58,21 +67,12 @@ class OpenAICompatProvider:
             UpstreamError: an answer without choices, or another client failure.
         """
         try:
-            response = await self._client.chat.completions.create(**_request_args(call))
+            data = await self._client.post(
+                _CHAT_PATH, cast_to=object, body=_chat_body(call), options=_options(call)
+            )
         except openai.OpenAIError as error:
             raise self._failed(error) from error
-        if not response.choices:
-            raise UpstreamError(f"{self._where} returned no choices")
-        choice = response.choices[0]
-        usage = response.usage
-        tool_calls = choice.message.tool_calls or []
-        return ProviderAnswer(
-            content=choice.message.content or "",
-            model=response.model or call.model,
-            finish_reason=choice.finish_reason or "stop",
-            usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
-            tool_calls_json=json.dumps([c.model_dump() for c in tool_calls]) if tool_calls else "",
-        )
+        return self._answer_of(data, call.model)
 
     async def complete_prompts(
         self, model: str, prompts: Sequence[str], sampling: SamplingParams, timeout_s: float
@@ -122,24 +122,54 @@ class OpenAICompatProvider:
         finish_reason = ""
         model = call.model
         usage = Usage()
+        body = {**_chat_body(call), "stream": True, "stream_options": {"include_usage": True}}
         try:
-            stream = await self._client.chat.completions.create(
-                **_request_args(call), stream=True, stream_options={"include_usage": True}
+            stream = await self._client.post(
+                _CHAT_PATH,
+                cast_to=object,
+                body=body,
+                options=_options(call),
+                stream=True,
+                stream_cls=AsyncStream[object],
             )
             async with stream:
                 async for chunk in stream:
-                    model = chunk.model or model
-                    usage = _usage_of(chunk) or usage
-                    for choice in chunk.choices:
-                        finish_reason = choice.finish_reason or finish_reason
-                        if choice.delta.content:
-                            parts.append(choice.delta.content)
-                            yield choice.delta.content
+                    fields = chunk if isinstance(chunk, dict) else {}
+                    model = _text(fields.get("model")) or model
+                    usage = _usage_of(fields.get("usage")) or usage
+                    for choice in _dicts(fields.get("choices")):
+                        finish_reason = _text(choice.get("finish_reason")) or finish_reason
+                        content = _text(_dict(choice.get("delta")).get("content"))
+                        if content:
+                            parts.append(content)
+                            yield content
         except openai.OpenAIError as error:
             raise self._failed(error) from error
         if not finish_reason:
             raise RetryableUpstreamError(f"{self._where} ended the stream early")
         yield ProviderAnswer("".join(parts), model, finish_reason, usage)
+
+    def _answer_of(self, data: object, model: str) -> ProviderAnswer:
+        """The answer in a chat completion's JSON, read as it came (no response models).
+
+        Raises:
+            UpstreamError: it is not a chat completion, or it has no choices.
+        """
+        if isinstance(data, str):  # a JSON body under another content type
+            data = _json_or_none(data)
+        if not isinstance(data, dict):
+            raise UpstreamError(f"{self._where} returned something other than a chat completion")
+        choices = _dicts(data.get("choices"))
+        if not choices:
+            raise UpstreamError(f"{self._where} returned no choices")
+        message = _dict(choices[0].get("message"))
+        return ProviderAnswer(
+            content=_text(message.get("content")),
+            model=_text(data.get("model")) or model,
+            finish_reason=_text(choices[0].get("finish_reason")) or "stop",
+            usage=_usage_of(data.get("usage")) or Usage(),
+            tool_calls_json=_tool_calls_json(message),
+        )
 
     async def close(self) -> None:
         """Close the HTTP client's connections."""
@@ -164,12 +194,17 @@ def _addresses_of(base_url: str) -> tuple[str, ...]:
     return tuple(sorted({form for form in forms if form}, key=len, reverse=True))
 
 
-def _request_args(call: ProviderCall) -> dict[str, Any]:
+def _options(call: ProviderCall) -> RequestOptions:
+    """The client's options for one call: its timeout, and the bearer key as `create` sends it."""
+    return {"timeout": call.timeout_s, "security": {"bearer_auth": True}}
+
+
+def _chat_body(call: ProviderCall) -> dict[str, Any]:
+    """The `/chat/completions` JSON body for `call`, as `chat.completions.create` sends it."""
     sampling = call.sampling
     args: dict[str, Any] = {
         "model": call.model,
         "messages": [{"role": m.role, "content": m.content} for m in call.messages],
-        "timeout": call.timeout_s,
     }
     chat_only = {
         "response_format": {"type": sampling.response_format} if sampling.response_format else None,
@@ -213,7 +248,40 @@ def _tool_choice(value: str | None) -> Any:
     return json.loads(value)
 
 
-def _usage_of(chunk: ChatCompletionChunk) -> Usage | None:
-    if chunk.usage is None:
+def _usage_of(usage: object) -> Usage | None:
+    """The token counts of a `usage` object; None when there is none."""
+    if not isinstance(usage, dict):
         return None
-    return Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+    return Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+
+
+def _tool_calls_json(message: dict[str, Any]) -> str:
+    """The message's tool calls as JSON, "" when there are none; built through the client's
+    own models, so the text is what `chat.completions.create` gave."""
+    if not message.get("tool_calls"):
+        return ""
+    tool_calls = ChatCompletionMessage.construct(**message).tool_calls or []
+    return json.dumps([c.model_dump() for c in tool_calls])
+
+
+def _json_or_none(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _dicts(value: object) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
