@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from service.metrics import Metrics, MetricsServer, start_metrics_server
+from service.telemetry import Telemetry
 from service.tracing import Tracing, build_tracing, tracing_with_exporter
 
 
@@ -178,3 +179,40 @@ def test_spans_nest_and_carry_attributes_and_errors() -> None:
     assert spans["upstream"].attributes == {"model": "gpt-4o"}
     assert spans["upstream"].status.status_code.name == "ERROR"
     assert root.resource.attributes["service.name"] == "semcache"
+
+
+def _stage_count(metrics: Metrics, stage: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "semcache_stage_duration_seconds_count", {"stage": stage}
+    )
+    return value or 0.0
+
+
+def test_a_stage_is_timed_and_traced_even_when_it_raises() -> None:
+    in_memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
+    exporter = in_memory.InMemorySpanExporter()
+    metrics = Metrics()
+    telemetry = Telemetry(metrics, tracing_with_exporter(exporter, batch=False))
+    with telemetry.tracing.span("complete"):
+        with telemetry.stage("lookup"):
+            pass
+        with pytest.raises(TimeoutError), telemetry.stage("upstream"):
+            raise TimeoutError("the provider did not answer")
+    telemetry.tracing.close()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert set(spans) == {"complete", "lookup", "upstream"}
+    assert spans["lookup"].parent is not None
+    assert spans["lookup"].parent.span_id == spans["complete"].context.span_id
+    assert spans["upstream"].status.status_code.name == "ERROR"
+    assert _stage_count(metrics, "lookup") == 1
+    assert _stage_count(metrics, "upstream") == 1
+
+
+def test_a_stage_without_tracing_is_timed_and_lets_errors_through() -> None:
+    metrics = Metrics()
+    telemetry = Telemetry(metrics)
+    with telemetry.stage("lookup"):
+        pass
+    with pytest.raises(TimeoutError), telemetry.stage("lookup"):
+        raise TimeoutError("slow")
+    assert _stage_count(metrics, "lookup") == 2
