@@ -181,13 +181,13 @@ def _child(job: Job, results: Any) -> None:
 def _build(job: Job, report: Any) -> None:
     import qdrant_edge as qe
 
-    from service.cache.edge_shard import create_indexes, edge_config
+    from service.cache.edge_shard import INDEX_TYPES, create_indexes, edge_config
     from service.cache.edge_store import EdgeVectorStore
 
     real = np.load(job.real_vectors)
     queries = np.load(job.query_vectors)
     shard = qe.EdgeShard.create(str(job.path), edge_config(real.shape[1], job.variant))
-    create_indexes(shard)
+    create_indexes(shard, INDEX_TYPES)
     began = time.perf_counter()
     _insert(shard, job.size, real, report)
     shard.flush()

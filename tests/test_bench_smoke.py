@@ -327,3 +327,22 @@ def test_a_service_that_cannot_start_stops_the_benchmark_at_once_with_its_reason
     ):
         pass
     assert time.monotonic() - started < 100  # not the 120 s wait for SERVING
+
+
+def test_scale_builds_then_probes_a_small_store_in_child_processes(tmp_path: Path) -> None:
+    """`bench scale`'s build and probe children run to the end (a changed helper
+    signature once failed every build while the command still wrote its report)."""
+    import numpy as np
+
+    from benchmarks.scale import Job, run_child
+
+    rng = np.random.default_rng(7)
+    paths = tmp_path / "real.npy", tmp_path / "queries.npy"
+    for path, count in zip(paths, (40, 12), strict=True):
+        vectors = rng.standard_normal((count, 8)).astype(np.float32)
+        np.save(path, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    for kind in ("build", "probe"):
+        job = Job(kind, tmp_path / "shard", "int8-disk", 300, *paths)
+        result = run_child(job, time_limit_s=120)
+        assert result["finished"], result
+    assert result["points"] == 300 and result["recall_at_1"] > 0
