@@ -167,7 +167,8 @@ def markdown(report: dict[str, Any]) -> str:
     """The report's tables: floors, outcomes, targets."""
     return "\n\n".join(
         [
-            f"Embedding backend: {report['embedding_backend']}. {report['machine']}.",
+            f"Embedding backend: {report['embedding_backend']}. {report['machine']}."
+            + _started_with(report.get("service_env") or {}),
             floors_markdown(report["floors"]),
             markdown_table(report["rows"], COLUMNS),
             markdown_table(
@@ -175,6 +176,12 @@ def markdown(report: dict[str, Any]) -> str:
             ),
         ]
     )
+
+
+def _started_with(env: dict[str, str]) -> str:
+    if not env:
+        return ""
+    return " Service started with " + ", ".join(f"`{k}={v}`" for k, v in env.items()) + "."
 
 
 def run(
@@ -198,6 +205,7 @@ def run(
             result = measure(stack.target, questions, floors)
     report: dict[str, Any] = {
         "embedding_backend": embedder.model_id,
+        "service_env": dict(sorted(env.items())) if target is None else {},
         "machine": machine_note(),
         "floors": floors.report(),
     }

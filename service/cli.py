@@ -222,6 +222,7 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
     from benchmarks.latency import run
 
     env = {"SEMCACHE_EMBEDDING_BACKEND": args.embedding_backend} if args.embedding_backend else {}
+    env["SEMCACHE_ERROR_BUDGET"] = "true" if args.error_budget == "on" else "false"
     data = Path(args.data) if args.data else None
     table = run(Path(args.out), args.pairs, data, args.target, env)
     print(table)
@@ -558,6 +559,14 @@ def _add_bench_commands(benches: Any) -> None:
     latency.add_argument("--out", default="bench-results", help="folder for JSON and Markdown")
     latency.add_argument("--target", help="measure this running service instead of starting one")
     latency.add_argument("--embedding-backend", choices=EMBEDDING_BACKENDS)
+    latency.add_argument(
+        "--error-budget",
+        choices=["on", "off"],
+        default="off",
+        help="SEMCACHE_ERROR_BUDGET for the service it starts; off (the default here): under"
+        " the budget a fresh cache explores most first paraphrases, so few semantic hits"
+        " would be timed; the hit path is timed with the guard's own accept",
+    )
     data_argument(latency)
     latency.set_defaults(run=_cmd_bench_latency)
 
