@@ -202,9 +202,10 @@ class _RequestMetrics:
                     buckets.setdefault(series, []).append((upper_s, sample.value))
         return buckets
 
-    def set_rpcs_in_flight(self, count: int) -> None:
-        """How many RPCs of the cache service are being served now."""
-        self._in_flight.set(count)
+    def watch_rpcs_in_flight(self, count: Callable[[], float]) -> None:
+        """Read how many RPCs of the cache service are being served from `count` at
+        each scrape, instead of setting it twice per RPC (it must only read)."""
+        self._in_flight.set_function(count)
 
     def record_overloaded(self, rpc: str) -> None:
         """One RPC refused because the bound on RPCs in flight was reached."""

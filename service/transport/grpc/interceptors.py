@@ -148,6 +148,9 @@ class InFlight:
         self._clock = clock
         self._unlogged_refusals = 0
         self._logged_at = -math.inf
+        if metrics is not None:
+            # read at each scrape: cheaper than publishing twice per RPC
+            metrics.watch_rpcs_in_flight(lambda: self.count)
 
     def enter(self, rpc: str) -> None:
         """Take a slot for one RPC.
@@ -158,12 +161,10 @@ class InFlight:
         if self.count >= self.limit:
             self._refuse(rpc)
         self.count += 1
-        self._publish()
 
     def leave(self) -> None:
         """Give back the slot `enter` took."""
         self.count -= 1
-        self._publish()
 
     def _refuse(self, rpc: str) -> None:
         self._unlogged_refusals += 1
@@ -180,10 +181,6 @@ class InFlight:
             self._logged_at, self._unlogged_refusals = now, 0
         retry_after_s = OVERLOAD_RETRY_AFTER_S * random.uniform(0.5, 1.5)
         raise OverloadedError(self.limit, retry_after_s)
-
-    def _publish(self) -> None:
-        if self._metrics is not None:
-            self._metrics.set_rpcs_in_flight(self.count)
 
 
 class _Call:
