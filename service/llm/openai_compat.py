@@ -22,6 +22,7 @@ from openai.types.chat import ChatCompletionMessage
 
 from service.domain import SamplingParams, Usage
 from service.errors import UpstreamError
+from service.llm.aiohttp_transport import AiohttpTransport
 from service.llm.http_errors import RetryableUpstreamError, translate_openai_error
 from service.llm.provider import ProviderAnswer, ProviderCall
 
@@ -54,7 +55,11 @@ class OpenAICompatProvider:
         self._addresses = _addresses_of(base_url)
         # Local servers accept any key; the client refuses to start without one.
         self._client = AsyncOpenAI(
-            base_url=base_url, api_key=api_key or "unused", timeout=timeout_s, max_retries=0
+            base_url=base_url,
+            api_key=api_key or "unused",
+            timeout=timeout_s,
+            max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(transport=AiohttpTransport()),
         )
 
     async def complete(self, call: ProviderCall) -> ProviderAnswer:

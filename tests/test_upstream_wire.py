@@ -1,0 +1,165 @@
+"""What `OpenAICompatProvider` makes of the wire: its aiohttp transport's failures become
+the same errors httpx's did, and answers are read from their JSON as sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from aiohttp import web
+
+from service.domain import ChatMessage, SamplingParams, Usage
+from service.errors import UpstreamError, UpstreamTimeoutError
+from service.llm.http_errors import RetryableUpstreamError
+from service.llm.openai_compat import OpenAICompatProvider
+from service.llm.provider import ProviderAnswer, ProviderCall
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CALL = ProviderCall("m", (ChatMessage("user", "hello"),), SamplingParams(), 5.0)
+
+
+@asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[OpenAICompatProvider]:
+    """A provider pointed at a one-route server answering with `handler`."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    provider = OpenAICompatProvider(f"http://127.0.0.1:{port}/v1", "k", 5.0, name="p")
+    try:
+        yield provider
+    finally:
+        await provider.close()
+        await runner.cleanup()
+
+
+async def outcome(provider: OpenAICompatProvider, call: ProviderCall, stream: bool) -> object:
+    if not stream:
+        return await provider.complete(call)
+    return [item async for item in provider.stream(call)]
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_refused_connection_is_retryable_not_a_timeout(stream: bool) -> None:
+    # The openai SDK's own aiohttp adapter reports this as a timeout.
+    provider = OpenAICompatProvider(f"http://127.0.0.1:{unused_port()}/v1", "k", 5.0, name="p")
+    try:
+        with pytest.raises(RetryableUpstreamError, match="upstream provider p is unreachable"):
+            await outcome(provider, CALL, stream)
+    finally:
+        await provider.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_connection_dropped_before_the_answer_is_retryable(stream: bool) -> None:
+    async def drop(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()
+
+    async with serving(drop) as provider:
+        with pytest.raises(RetryableUpstreamError, match="unreachable"):
+            await outcome(provider, CALL, stream)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_silent_provider_times_out(stream: bool) -> None:
+    released = asyncio.Event()
+
+    async def silent(_request: web.Request) -> web.StreamResponse:
+        await released.wait()
+        return web.Response()
+
+    async with serving(silent) as provider:
+        with pytest.raises(UpstreamTimeoutError, match="did not answer in time"):
+            await outcome(provider, ProviderCall("m", CALL.messages, CALL.sampling, 0.2), stream)
+        released.set()
+
+
+async def test_the_request_carries_the_key_and_the_body_create_would_send() -> None:
+    seen: dict[str, object] = {}
+
+    async def record(request: web.Request) -> web.StreamResponse:
+        seen["authorization"] = request.headers.get("Authorization")
+        seen["body"] = await request.json()
+        return web.json_response({"model": "m", "choices": [{"message": {"content": "hi"}}]})
+
+    sampling = SamplingParams(temperature=0.5, max_tokens=7, stop=("x",), tool_choice="auto")
+    async with serving(record) as provider:
+        await provider.complete(ProviderCall("m", CALL.messages, sampling, 5.0))
+    assert seen["authorization"] == "Bearer k"
+    assert seen["body"] == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hello"}],
+        "temperature": 0.5,
+        "max_tokens": 7,
+        "stop": ["x"],
+        "tool_choice": "auto",
+    }
+
+
+async def test_an_answer_is_read_from_its_json_with_the_same_defaults() -> None:
+    async def sparse(_request: web.Request) -> web.StreamResponse:
+        # No model, no finish reason, no usage, null content: the defaults fill in.
+        return web.json_response({"choices": [{"message": {"content": None}}]})
+
+    async with serving(sparse) as provider:
+        answer = await provider.complete(CALL)
+    assert answer == ProviderAnswer(content="", model="m", finish_reason="stop", usage=Usage())
+
+
+async def test_a_json_answer_under_another_content_type_is_still_read() -> None:
+    body = {"model": "m2", "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]}
+
+    async def plain(_request: web.Request) -> web.StreamResponse:
+        return web.Response(text=json.dumps(body), content_type="text/plain")
+
+    async with serving(plain) as provider:
+        answer = await provider.complete(CALL)
+    assert (answer.content, answer.model) == ("ok", "m2")
+
+
+@pytest.mark.parametrize("payload", [[1, 2], {"choices": []}, {"choices": "no"}, "not json"])
+async def test_an_answer_that_is_no_chat_completion_is_an_upstream_error(payload: object) -> None:
+    async def odd(_request: web.Request) -> web.StreamResponse:
+        if isinstance(payload, str):
+            return web.Response(text=payload, content_type="text/plain")
+        return web.json_response(payload)
+
+    async with serving(odd) as provider:
+        with pytest.raises(UpstreamError, match="upstream provider p returned"):
+            await provider.complete(CALL)
+
+
+async def test_a_stream_is_read_from_its_chunks() -> None:
+    chunks = [
+        {"model": "m3", "choices": [{"delta": {"role": "assistant", "content": ""}}]},
+        {"model": "m3", "choices": [{"delta": {"content": "Hel"}}]},
+        {"model": "m3", "choices": [{"delta": {"content": "lo"}, "finish_reason": "stop"}]},
+        {"model": "m3", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    ]
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async with serving(sse) as provider:
+        items = [item async for item in provider.stream(CALL)]
+    assert items == ["Hel", "lo", ProviderAnswer("Hello", "m3", "stop", Usage(3, 2))]
