@@ -163,3 +163,28 @@ async def test_a_stream_is_read_from_its_chunks() -> None:
     async with serving(sse) as provider:
         items = [item async for item in provider.stream(CALL)]
     assert items == ["Hel", "lo", ProviderAnswer("Hello", "m3", "stop", Usage(3, 2))]
+
+
+async def test_the_environments_proxy_carries_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        seen.append(str(request.url))
+        return web.json_response({"model": "m", "choices": [{"message": {"content": "via"}}]})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{runner.addresses[0][1]}")
+    provider = OpenAICompatProvider("http://upstream.invalid/v1", "k", 5.0, name="p")
+    try:
+        answer = await provider.complete(CALL)
+    finally:
+        await provider.close()
+        await runner.cleanup()
+    assert answer.content == "via"
+    assert seen and all("upstream.invalid" in url for url in seen)

@@ -18,12 +18,17 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import httpx2
+import yarl
+from aiohttp.helpers import get_env_proxy_for_url
 
 # The SDK's own pool bounds (openai._constants.DEFAULT_CONNECTION_LIMITS) and
 # httpx's keep-alive expiry.
 MAX_CONNECTIONS = 1000
 KEEPALIVE_S = 5.0
 LARGE_BODY_BYTES = 1 << 20  # aiohttp's bound for sending raw bytes in one piece
+
+
+_Proxy = tuple[str | None, aiohttp.BasicAuth | None]
 
 
 @contextlib.contextmanager
@@ -76,6 +81,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str, int | None], _Proxy] = {}
 
     def _opened(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -84,17 +90,37 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 keepalive_timeout=KEEPALIVE_S,
                 ssl=httpx2.create_ssl_context(),
             )
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=True)
+            # Not trust_env: aiohttp would then look for a proxy and a .netrc on a
+            # thread at every request (proxies are looked up once per origin below;
+            # the key goes in the Authorization header). No cookie jar: httpx keeps one.
+            self._session = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+            )
         return self._session
+
+    def _proxy_for(self, url: httpx2.URL) -> _Proxy:
+        """The environment's proxy for `url`'s origin (HTTPS_PROXY, NO_PROXY...), read
+        once per origin as httpx reads it once per client."""
+        origin = (url.scheme, url.host, url.port)
+        if origin not in self._proxies:
+            try:
+                proxy, auth = get_env_proxy_for_url(yarl.URL(str(url)))
+                self._proxies[origin] = (str(proxy), auth)
+            except LookupError:
+                self._proxies[origin] = (None, None)
+        return self._proxies[origin]
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         timeout = request.extensions.get("timeout", {})
+        proxy, proxy_auth = self._proxy_for(request.url)
         with _as_httpx_errors(request):
             response = await self._opened().request(
                 request.method,
                 str(request.url),
                 headers=request.headers,
                 data=_payload(await request.aread()),
+                proxy=proxy,
+                proxy_auth=proxy_auth,
                 allow_redirects=False,
                 auto_decompress=False,
                 compress=False,
