@@ -548,10 +548,7 @@ def _add_health_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser)
 
 
-def _add_bench_commands(benches: Any) -> None:
-    """`semcache bench …`: imported only when asked for, so no other command loads them."""
-    from benchmarks.commands import add_bench_commands, data_argument
-
+def _add_latency_command(benches: Any, data_argument: Callable[[Any], None]) -> None:
     latency = benches.add_parser(
         "latency", help="p50/p95 of miss, exact hit and semantic hit at concurrency 1"
     )
@@ -569,6 +566,13 @@ def _add_bench_commands(benches: Any) -> None:
     )
     data_argument(latency)
     latency.set_defaults(run=_cmd_bench_latency)
+
+
+def _add_bench_commands(benches: Any) -> None:
+    """`semcache bench …`: imported only when asked for, so no other command loads them."""
+    from benchmarks.commands import add_bench_commands, data_argument
+
+    _add_latency_command(benches, data_argument)
 
     quality = benches.add_parser(
         "quality", help="served vs wrongly served: threshold, guard, error budget"
