@@ -301,6 +301,7 @@ def run(
     embedder, workers = embedder_from_settings(env.get("SEMCACHE_EMBEDDING_BACKEND"))
     floors = FloorRecorder(embedder, prompts, workers)
     http_port = free_port()
+    env = semcache_env_for_peers(env)
     stack_env = {**env, "SEMCACHE_HTTP_PORT": str(http_port)}
     with (
         tempfile.TemporaryDirectory(prefix="semcache-peers-") as workdir,
@@ -315,9 +316,21 @@ def run(
     report = build_report(phases, floors.report(), config.__dict__, gateways, peer.label)
     report["machine"] = machine_note()
     report["embedding_backend"] = embedder.model_id
+    report["service_env"] = dict(sorted(env.items()))
     table = markdown(report)
     write_results(out_dir, "peers", report, table)
     return table
+
+
+def semcache_env_for_peers(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the embedding memo off, for semcache and a semcache stand-in alike.
+
+    One semcache process serves both of its doors, and the memo is keyed by text:
+    with it on, the door asked second about a missed question reused the first
+    door's embedding, so the miss phase compared one door's miss with the other's
+    miss minus a model run (their order rotates, gRPC came first in three of four).
+    """
+    return {**env, "SEMCACHE_EMBEDDING_MEMO_SIZE": "0"}
 
 
 async def _measure_all(

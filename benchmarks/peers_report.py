@@ -224,6 +224,17 @@ COMPARISON_COLUMNS = (
 TARGET_COLUMNS = (("target", "target"), ("peer_over_semcache", "peer ÷ semcache"), ("met", "met"))
 
 
+def _started_with(env: dict[str, str]) -> str:
+    if not env:
+        return ""
+    settings = ", ".join(f"`{k}={v}`" for k, v in env.items())
+    return (
+        f" semcache started with {settings} (its two doors share one process, and the"
+        " embedding memo would let the second door asked about a miss reuse the first's"
+        " embedding)."
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report's tables: setup, floors, every row, semcache beside the peer, targets."""
     config = report["config"]
@@ -233,7 +244,8 @@ def markdown(report: dict[str, Any]) -> str:
             f" {config['requests']} calls per gateway in each sequential phase,"
             f" {config['hit_set']} distinct exact hits, {config['hit_requests']} per gateway at"
             f" c={config['concurrency']} in {config['rounds']} alternating blocks;"
-            f" {config['warmup']} warm-up calls each. {report['machine']}.",
+            f" {config['warmup']} warm-up calls each. {report['machine']}."
+            + _started_with(report.get("service_env") or {}),
             floors_markdown(report["floors"]),
             markdown_table(report["rows"], ROW_COLUMNS),
             markdown_table(report["comparison"], COMPARISON_COLUMNS),

@@ -180,6 +180,8 @@ def _check_run(result: subprocess.CompletedProcess[str], report: dict[str, Any])
         assert rows[("exact_hit_cN", gateway)]["cpu_scope"] == "alone"
     assert [h["concurrency"] for h in report["floors"]["health"]] == [1, 4]
     assert len(report["targets"]) == 4
+    # One process serves both doors: a miss must pay its own embedding on each.
+    assert report["service_env"]["SEMCACHE_EMBEDDING_MEMO_SIZE"] == "0"
     for gateway in report["gateways"]:  # every process it started has ended
         assert not psutil.pid_exists(gateway["pid"]), gateway
 
