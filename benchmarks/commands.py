@@ -25,6 +25,10 @@ def _service_env(args: argparse.Namespace) -> dict[str, str]:
     return {"SEMCACHE_EMBEDDING_BACKEND": args.embedding_backend}
 
 
+def _budget_env(args: argparse.Namespace) -> dict[str, str]:
+    return {"SEMCACHE_ERROR_BUDGET": "true" if args.error_budget == "on" else "false"}
+
+
 def _embedder(args: argparse.Namespace) -> Any:
     from service.config import Settings
     from service.embedding.factory import build_embedder
@@ -56,7 +60,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
     env = {
         **_service_env(args),
         "SEMCACHE_EMBEDDING_MEMO_SIZE": str(args.embedding_memo_size),
-        "SEMCACHE_ERROR_BUDGET": "true" if args.error_budget == "on" else "false",
+        **_budget_env(args),
     }
     print(run(Path(args.out), config, args.target, args.service_pid, env, _data(args)))
     return 0
@@ -80,7 +84,8 @@ def _cmd_gptcache(args: argparse.Namespace) -> int:
     from benchmarks.gptcache_bench import run
 
     embedder = _embedder(args)
-    print(run(Path(args.out), embedder, args.pairs, args.requests, _service_env(args), _data(args)))
+    env = {**_service_env(args), **_budget_env(args)}
+    print(run(Path(args.out), embedder, args.pairs, args.requests, env, _data(args)))
     return 0
 
 
@@ -229,6 +234,14 @@ def add_bench_commands(benches: Any) -> None:
     gptcache = benches.add_parser("gptcache", help="semantic-hit throughput vs GPTCache")
     gptcache.add_argument("--pairs", type=int, default=500, help="duplicate pairs cached")
     gptcache.add_argument("--requests", type=int, default=1000, help="hits asked per phase")
+    gptcache.add_argument(
+        "--error-budget",
+        choices=["on", "off"],
+        default="off",
+        help="SEMCACHE_ERROR_BUDGET for the service it starts; off (the default here): GPTCache"
+        " serves whatever passes its threshold, and under the budget a fresh semcache explores"
+        " most first paraphrases instead, so the hit path is timed with the guard's own accept",
+    )
     _common(gptcache, "bench-results/gptcache")
     gptcache.set_defaults(run=_cmd_gptcache)
 

@@ -326,7 +326,8 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n\n".join(
         [
             f"GPTCache {result['gptcache_version']}; semcache embedding backend"
-            f" {result['service_embedding_backend']}. {result['machine']}.",
+            f" {result['service_embedding_backend']}, error budget"
+            f" {result.get('service_error_budget', 'service default')}. {result['machine']}.",
             f"Hits per cache on {result['pairs']} paraphrases: {result['hits_per_cache']};"
             f" asked: the {result['common_hits']} that hit in all of them, cycled.",
             floors_markdown(result["floors"]),
@@ -373,6 +374,8 @@ def run(
     result["machine"] = machine_note()
     result["pairs"] = len(questions)
     result["service_embedding_backend"] = env.get("SEMCACHE_EMBEDDING_BACKEND", "service default")
+    budget = env.get("SEMCACHE_ERROR_BUDGET")
+    result["service_error_budget"] = {"true": "on", "false": "off"}.get(budget or "", "default")
     table = markdown(result)
     write_results(out_dir, "gptcache", result, table)
     plot(result["rows"], out_dir)

@@ -346,3 +346,17 @@ def test_scale_builds_then_probes_a_small_store_in_child_processes(tmp_path: Pat
         result = run_child(job, time_limit_s=120)
         assert result["finished"], result
     assert result["points"] == 300 and result["recall_at_1"] > 0
+
+
+@pytest.mark.parametrize("bench", ["latency", "load", "gptcache"])
+def test_hit_path_benchmarks_start_the_service_without_the_error_budget_by_default(
+    bench: str,
+) -> None:
+    """The hit-path benchmarks time the guard's own accept unless told otherwise: under
+    the budget a fresh cache explores most first paraphrases (the gptcache comparison
+    once asked 30 questions of 500 because of it), so the hit path would go untimed."""
+    from service.cli import build_parser
+
+    args = build_parser().parse_args(["bench", bench])
+    assert args.error_budget == "off"
+    assert build_parser().parse_args(["bench", bench, "--error-budget", "on"]).error_budget == "on"
