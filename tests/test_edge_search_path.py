@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import qdrant_edge as qe
 
@@ -22,31 +23,13 @@ from service.cache.edge_store import EdgeVectorStore
 from service.cache.factory import build_store
 from service.cache.store import CacheEntry, SearchQuery
 from tests.conftest import make_settings
+from tests.test_store import entry, unit
 
-DIM = 8
+DIM = 16
 
 
 def _entry(question: str) -> CacheEntry:
-    return CacheEntry(
-        tenant="t",
-        namespace="n",
-        scope="s",
-        model="m",
-        question=question,
-        content="answer",
-        finish_reason="stop",
-        prompt_tokens=1,
-        completion_tokens=1,
-        cost_usd=0.0,
-        created_at=1.0,
-        expires_at=1e12,
-        last_hit_at=0.0,
-    )
-
-
-def _unit(seed: int) -> np.ndarray:
-    vector = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
-    return vector / np.linalg.norm(vector)
+    return replace(entry("t"), question=question)
 
 
 def _config(path: Path) -> dict[str, Any]:
@@ -73,10 +56,10 @@ class _ThreadNotingShard:
 async def test_a_search_runs_on_the_callers_thread(tmp_path: Path) -> None:
     store = EdgeVectorStore(tmp_path / "shard", DIM)
     try:
-        await store.upsert("00000000-0000-0000-0000-000000000001", _unit(1), _entry("q"))
+        await store.upsert("00000000-0000-0000-0000-000000000001", unit(1), _entry("q"))
         noting = _ThreadNotingShard(store.shard)
         store._keeper.shard = noting  # type: ignore[assignment]
-        found = await store.search_many([SearchQuery(_unit(1), "t", "s", 2.0, 3)])
+        found = await store.search_many([SearchQuery(unit(1), "t", "s", time.time(), 3)])
     finally:
         store._keeper.shard = noting._shard
         await store.close()
@@ -104,7 +87,7 @@ async def test_reopening_changes_the_search_threads_and_nothing_else(
 ) -> None:
     path = tmp_path / "shard"
     store = EdgeVectorStore(path, DIM, storage=storage, search_threads=0)
-    await store.upsert("00000000-0000-0000-0000-000000000002", _unit(2), _entry("kept"))
+    await store.upsert("00000000-0000-0000-0000-000000000002", unit(2), _entry("kept"))
     await store.close()
     store = EdgeVectorStore(path, DIM, storage=storage, search_threads=0)
     await store.close()  # the engine rewrites its configuration at a load: compare after one
@@ -113,7 +96,7 @@ async def test_reopening_changes_the_search_threads_and_nothing_else(
 
     store = EdgeVectorStore(path, DIM, storage="ram", search_threads=2)
     try:
-        found = await store.search_many([SearchQuery(_unit(2), "t", "s", 2.0, 3)])
+        found = await store.search_many([SearchQuery(unit(2), "t", "s", time.time(), 3)])
     finally:
         await store.close()
     after = _config(path)
