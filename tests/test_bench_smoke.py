@@ -360,3 +360,23 @@ def test_hit_path_benchmarks_start_the_service_without_the_error_budget_by_defau
     args = build_parser().parse_args(["bench", bench])
     assert args.error_budget == "off"
     assert build_parser().parse_args(["bench", bench, "--error-budget", "on"]).error_budget == "on"
+
+
+async def test_overhead_direct_call_reads_a_whole_reply_and_a_streams_first_event() -> None:
+    """`bench overhead`'s direct side is a thin HTTP client, like the gRPC stub it is
+    compared with (the `openai` SDK's typed models once made semcache look faster
+    than no gateway at all)."""
+    import aiohttp
+    from semcache_simulator import SimulatorConfig, UpstreamSimulator
+
+    from benchmarks.overhead import direct_call
+
+    async with (
+        UpstreamSimulator(SimulatorConfig(ttft_ms=0, ms_per_token=0)) as simulator,
+        aiohttp.ClientSession(headers={"Authorization": "Bearer bench"}) as session,
+    ):
+        unary = await direct_call(session, simulator.base_url, "What is a cache?", False)
+        stream = await direct_call(session, simulator.base_url, "What is a cache?", True)
+    assert unary.outcome == stream.outcome == "direct"
+    assert 0 < stream.first_event_ms <= stream.round_trip_ms
+    assert unary.first_event_ms == 0 and unary.round_trip_ms > 0
