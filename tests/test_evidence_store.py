@@ -11,6 +11,7 @@ none of them. A damaged observation is skipped, never failing a lookup.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import math
 import random
@@ -124,6 +125,23 @@ def test_each_observation_is_its_own_payload_key_and_reads_back() -> None:
     assert payload["ev_req-2"] == {"at_s": NOW + 2, "id": "req-2", "score": score, "same": False}
     assert CacheEntry.from_payload(payload) == entry
     assert CacheEntry.from_payload(_entry(0).to_payload()).evidence == Evidence()
+
+
+def test_reading_a_payload_gives_the_entry_its_fields_make() -> None:
+    """Whatever shape the payload has: every field (read without `__init__`), an older
+    entry's without an optional field (its default), foreign keys (dropped), a context."""
+    entry = _entry(0, context="we spoke of refunds", context_vector=(0.5, -0.25))
+    payload = entry.to_payload()
+    read = CacheEntry.from_payload(payload)
+    assert read == entry and hash(read) == hash(entry) and repr(read) == repr(entry)
+    assert read.context_vector == (0.5, -0.25) and read.evidence == Evidence()
+    older = {k: v for k, v in payload.items() if k != "tool_calls_json"}
+    assert CacheEntry.from_payload(older) == entry
+    assert CacheEntry.from_payload(payload | {"added_later": 1}) == entry
+    with pytest.raises(TypeError):
+        CacheEntry.from_payload({k: v for k, v in payload.items() if k != "content"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        read.content = "changed"  # type: ignore[misc]
 
 
 def test_observation_ids_are_made_safe_for_a_payload_key() -> None:

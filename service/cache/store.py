@@ -134,12 +134,33 @@ class CacheEntry:
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> CacheEntry:
         """Read a point's payload back; evidence is the newest `MAX_OBSERVATIONS` of the
-        well-formed observations it holds."""
-        names = [name for name in cls.__dataclass_fields__ if name != "evidence"]
-        values = {name: payload[name] for name in names if name in payload}
+        well-formed observations it holds.
+
+        Every hit reads one (an exact hit little else), so the common payload, every
+        field and nothing more, is copied whole rather than key by key, holds no
+        evidence to parse, and fills the frozen entry without its `__init__` (a
+        `object.__setattr__` per field). Anything else goes the general way.
+        """
+        keys = payload.keys()
+        if keys <= _FIELD_KEY_SET:
+            values = dict(payload)
+            evidence = _NO_EVIDENCE
+        else:
+            values = {name: payload[name] for name in _FIELD_KEYS if name in payload}
+            evidence = Evidence.of(stored_observations(payload).values())
         values["context_vector"] = tuple(payload.get("context_vector") or ())
-        values["evidence"] = Evidence.of(stored_observations(payload).values())
-        return cls(**values)
+        values["evidence"] = evidence
+        if len(values) != len(_FIELD_KEYS) + 1:
+            return cls(**values)  # a field missing: its default, or a TypeError
+        entry = object.__new__(cls)
+        vars(entry).update(values)
+        return entry
+
+
+# An entry's fields as payload keys (its evidence is stored one key per observation).
+_FIELD_KEYS = tuple(f.name for f in fields(CacheEntry) if f.name != "evidence")
+_FIELD_KEY_SET = frozenset(_FIELD_KEYS)
+_NO_EVIDENCE = Evidence()
 
 
 @dataclass(frozen=True)
