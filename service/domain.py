@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
 
 
 class CachePolicy(enum.Enum):
@@ -142,3 +145,26 @@ class FeedbackReceipt:
 
     entry_id: str
     score: float
+
+
+_PLAIN_FIELD_COUNTS: dict[type, int] = {}
+
+
+def assembled(cls: type[T], values: dict[str, Any]) -> T:
+    """`cls(**values)` for a dataclass, made without its `__init__` when `values` names
+    as many fields as `cls` has.
+
+    A frozen dataclass's `__init__` sets each field through `object.__setattr__`, about
+    0.1 us a field, and an exact hit builds a few (issue 13). Name every field, by its
+    right name: fewer go through `cls(**values)` (defaults, or a TypeError), and so
+    does any `values` for a class with a `__post_init__` or slots, which this would skip.
+    """
+    count = _PLAIN_FIELD_COUNTS.get(cls)
+    if count is None:
+        plain = not hasattr(cls, "__post_init__") and not hasattr(cls, "__slots__")
+        count = _PLAIN_FIELD_COUNTS[cls] = len(fields(cast(Any, cls))) if plain else -1
+    if len(values) != count:
+        return cls(**values)
+    instance = object.__new__(cls)
+    vars(instance).update(values)
+    return instance

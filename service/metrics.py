@@ -234,6 +234,7 @@ class Metrics(_RequestMetrics):
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         super().__init__(registry)
+        self._hit_series: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
         self._define_usage()
         self._define_capacity()
 
@@ -304,6 +305,31 @@ class Metrics(_RequestMetrics):
         self._child(tokens, tenant, model, "prompt").inc(max(0, prompt_tokens))
         self._child(tokens, tenant, model, "completion").inc(max(0, completion_tokens))
         self._child(cost, tenant, model).inc(max(0.0, cost_usd))
+
+    def record_served_hit(
+        self,
+        tenant: str,
+        detail: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        saved_usd: float,
+    ) -> None:
+        """One cache hit served: `record_cache_decision(tenant, detail)` and
+        `record_usage(..., saved=True)` in one step, its four series found at once."""
+        series = self._hit_series.get((tenant, detail, model))
+        if series is None:
+            series = self._hit_series[(tenant, detail, model)] = (
+                self._child(self._decisions, tenant, detail or "none"),
+                self._child(self._saved_tokens, tenant, model, "prompt"),
+                self._child(self._saved_tokens, tenant, model, "completion"),
+                self._child(self._saved, tenant, model),
+            )
+        decisions, prompt, completion, saved = series
+        decisions.inc()
+        prompt.inc(max(0, prompt_tokens))
+        completion.inc(max(0, completion_tokens))
+        saved.inc(max(0.0, saved_usd))
 
     def record_rate_limited(self, tenant: str, limit: str) -> None:
         """A request refused by the `limit` ("requests" or "tokens") limit."""

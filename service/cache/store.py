@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.cache.verify.evidence import MAX_OBSERVATIONS, Evidence, Observation
+from service.domain import assembled
 
 Vector = npt.NDArray[np.float32]
 
@@ -138,8 +139,8 @@ class CacheEntry:
 
         Every hit reads one (an exact hit little else), so the common payload, every
         field and nothing more, is copied whole rather than key by key, holds no
-        evidence to parse, and fills the frozen entry without its `__init__` (a
-        `object.__setattr__` per field). Anything else goes the general way.
+        evidence to parse, and fills the frozen entry without its `__init__`
+        (`domain.assembled`). Anything else goes the general way.
         """
         keys = payload.keys()
         if keys <= _FIELD_KEY_SET:
@@ -150,11 +151,7 @@ class CacheEntry:
             evidence = Evidence.of(stored_observations(payload).values())
         values["context_vector"] = tuple(payload.get("context_vector") or ())
         values["evidence"] = evidence
-        if len(values) != len(_FIELD_KEYS) + 1:
-            return cls(**values)  # a field missing: its default, or a TypeError
-        entry = object.__new__(cls)
-        vars(entry).update(values)
-        return entry
+        return assembled(cls, values)  # a field missing: its default, or a TypeError
 
 
 # An entry's fields as payload keys (its evidence is stored one key per observation).

@@ -9,7 +9,7 @@ import structlog
 
 from service.cache.semantic import CacheHit, Lookup
 from service.cache.stats import CacheStats
-from service.domain import CacheStatus, Completion, Usage
+from service.domain import CacheStatus, Completion, Usage, assembled
 from service.llm.catalogue import Catalogue
 from service.llm.provider import ProviderAnswer
 from service.metrics import Metrics
@@ -38,31 +38,36 @@ class Ledger:
         """Count a served cache hit and return its completion."""
         entry = hit.entry
         self._stats.record(tenant, hit.status, 0.0, entry.cost_usd)
-        detail = hit.detail
-        self._metrics.record_cache_decision(tenant, detail)
-        self._metrics.record_usage(
+        self._metrics.record_served_hit(
             tenant,
+            hit.detail,
             entry.model,
             entry.prompt_tokens,
             entry.completion_tokens,
             entry.cost_usd,
-            saved=True,
         )
-        return Completion(
-            content=entry.content,
-            model=entry.model,
-            cache_status=hit.status,
-            finish_reason=entry.finish_reason,
-            usage=Usage(entry.prompt_tokens, entry.completion_tokens),
-            similarity=hit.similarity,
-            cost_saved_usd=entry.cost_usd,
-            latency_ms=elapsed_ms(started),
-            cache_detail=detail,
-            tool_calls_json=entry.tool_calls_json,
-            tier=self._tier_of(entry.model),
-            route_reason="cache",
-            entry_id=hit.point_id,
-            error_probability=hit.error_probability,
+        # Every field named: built without the frozen dataclass's __init__ (issue 13).
+        return assembled(
+            Completion,
+            {
+                "content": entry.content,
+                "model": entry.model,
+                "cache_status": hit.status,
+                "finish_reason": entry.finish_reason,
+                "usage": Usage(entry.prompt_tokens, entry.completion_tokens),
+                "similarity": hit.similarity,
+                "cost_usd": 0.0,
+                "cost_saved_usd": entry.cost_usd,
+                "latency_ms": elapsed_ms(started),
+                "cache_detail": hit.detail,
+                "tool_calls_json": entry.tool_calls_json,
+                "tier": self._tier_of(entry.model),
+                "route_reason": "cache",
+                "route_score": 0.0,
+                "upstream_attempts": 0,
+                "entry_id": hit.point_id,
+                "error_probability": hit.error_probability,
+            },
         )
 
     def upstream(self, receipt: UpstreamReceipt) -> Completion:
