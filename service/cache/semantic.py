@@ -33,7 +33,7 @@ from service.cache.store import (
 )
 from service.cache.verify.prior import DEFAULT_PRIOR
 from service.cache.verify.verifier import Choice, Exploration, HitDecider, VerifyState
-from service.domain import CacheStatus, CompletionRequest
+from service.domain import CacheStatus, CompletionRequest, assembled
 from service.embedding.batcher import EmbeddingBatcher
 from service.errors import StoreNotWritableError
 from service.telemetry import Telemetry
@@ -178,7 +178,7 @@ class SemanticCache:
                 self.decider.note_exact(key)
                 self._hit_times.note(exact.point_id)
                 self._telemetry.metrics.record_lookup("hit")
-                return Lookup(key, hit=exact, best_similarity=1.0, detail="exact")
+                return _exact_lookup(key, exact)
             with self._telemetry.stage("embed"):
                 vector, context_vector = await _embed_key(self.embedder, key)
             query = SearchQuery(vector, key.tenant, key.scope, self._clock(), self._search_limit)
@@ -206,10 +206,22 @@ class SemanticCache:
             return None
         if entry.tenant != key.tenant or entry.scope != key.scope:
             return None  # cannot happen with uuid5 ids; checked because failing closed is cheap
-        worst = entry.evidence.worst_wrong_score()
-        if worst is not None and worst >= 1.0:
-            return None
-        return CacheHit(CacheStatus.EXACT_HIT, 1.0, entry, key.point_id)
+        if entry.evidence.observations:  # most entries have none to weigh
+            worst = entry.evidence.worst_wrong_score()
+            if worst is not None and worst >= 1.0:
+                return None
+        return assembled(
+            CacheHit,
+            {
+                "status": CacheStatus.EXACT_HIT,
+                "similarity": 1.0,
+                "entry": entry,
+                "point_id": key.point_id,
+                "score": 1.0,
+                "error_probability": 0.0,
+                "detail": "exact",
+            },
+        )
 
     def _choose(
         self,
@@ -323,6 +335,23 @@ def new_entry(
         context=key.context,
         context_vector=tuple(context_vector.tolist()) if context_vector is not None else (),
         tool_calls_json=answer.tool_calls_json,
+    )
+
+
+def _exact_lookup(key: CacheKey, hit: CacheHit) -> Lookup:
+    """An exact hit's lookup, every field named: built without the frozen dataclass's
+    `__init__` (`domain.assembled`; every exact hit builds one, issue 13)."""
+    return assembled(
+        Lookup,
+        {
+            "key": key,
+            "hit": hit,
+            "exploration": None,
+            "vector": None,
+            "context_vector": None,
+            "best_similarity": 1.0,
+            "detail": "exact",
+        },
     )
 
 
