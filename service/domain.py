@@ -156,8 +156,10 @@ def assembled(cls: type[T], values: dict[str, Any]) -> T:
 
     A frozen dataclass's `__init__` sets each field through `object.__setattr__`, about
     0.1 us a field, and an exact hit builds a few (issue 13). Name every field, by its
-    right name: fewer go through `cls(**values)` (defaults, or a TypeError), and so
-    does any `values` for a class with a `__post_init__` or slots, which this would skip.
+    right name (only the count is checked: callers name fields in literals, and their
+    tests read them back): fewer go through `cls(**values)` (defaults, or a TypeError),
+    and so does any `values` for a class with a `__post_init__` or slots, which this
+    would skip.
     """
     count = _PLAIN_FIELD_COUNTS.get(cls)
     if count is None:

@@ -216,3 +216,32 @@ def test_a_stage_without_tracing_is_timed_and_lets_errors_through() -> None:
     with pytest.raises(TimeoutError), telemetry.stage("lookup"):
         raise TimeoutError("slow")
     assert _stage_count(metrics, "lookup") == 2
+
+
+def _values(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def test_a_served_hit_counts_as_its_decision_and_its_saved_usage() -> None:
+    """`record_served_hit` is `record_cache_decision` and `record_usage(saved=True)`."""
+    together, apart = Metrics(), Metrics()
+    hits = [
+        ("acme", "exact", "m1", 3, 5, 0.25),
+        ("acme", "ok", "m1", 2, 0, 0.0),
+        ("beta", "", "m2", -1, 4, -0.5),
+        ("acme", "exact", "m1", 3, 5, 0.125),
+    ]
+    for tenant, detail, model, prompt, completion, usd in hits:
+        together.record_served_hit(tenant, detail, model, prompt, completion, usd)
+        apart.record_cache_decision(tenant, detail)
+        apart.record_usage(tenant, model, prompt, completion, usd, saved=True)
+    assert _values(together) == _values(apart)
+    assert (
+        _values(together)[("semcache_saved_usd_total", (("model", "m1"), ("tenant", "acme")))]
+        == 0.375
+    )
