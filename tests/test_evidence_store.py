@@ -168,6 +168,39 @@ def test_a_damaged_observation_is_skipped_not_raised() -> None:
     assert CacheEntry.from_payload(payload).evidence == Evidence.of([_obs(1)])
 
 
+def test_every_observation_shape_reads_as_the_general_parse_reads_it() -> None:
+    """Observations are read by a quick check of the written form first; any value
+    reads the same as `Observation.from_payload` reads it, or is skipped as it skips."""
+    written = _obs(1).to_payload()
+    shapes: list[object] = [
+        written,
+        written | {"fb": True},
+        written | {"fb": False},
+        written | {"at_s": 7},  # an int time: the general parse takes it as 7.0
+        written | {"score": 1},
+        written | {"extra": 1},
+        written | {"fb": 1},
+        written | {"same": 1},
+        written | {"score": float("inf")},
+        written | {"at_s": float("nan")},
+        written | {"id": 5},
+        written | {"score": True},
+        {k: v for k, v in written.items() if k != "same"},
+        {"at_s": 1.0, "id": "x", "score": 0.5, "fb": True},
+        [written],
+        None,
+    ]
+    for shape in shapes:
+        try:
+            expected = Evidence.of([Observation.from_payload(cast(Any, shape))])
+        except ValueError:
+            expected = Evidence()
+        read = CacheEntry.from_payload(_entry(0).to_payload() | {"ev_x": shape}).evidence
+        assert read == expected, shape
+        types = [[type(v) for v in vars(o).values()] for o in read.observations]
+        assert types == [[type(v) for v in vars(o).values()] for o in expected.observations]
+
+
 def test_reading_keeps_the_newest_observations_whatever_the_payload_holds() -> None:
     many = {evidence_key(o.obs_id): o.to_payload() for o in map(_obs, range(50))}
     evidence = CacheEntry.from_payload(_entry(0).to_payload() | many).evidence

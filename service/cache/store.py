@@ -16,6 +16,7 @@ gather every key into an `Evidence` (the newest `MAX_OBSERVATIONS`).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -53,11 +54,36 @@ def stored_observations(payload: Mapping[str, Any]) -> dict[str, Observation]:
     found: dict[str, Observation] = {}
     for key, value in payload.items():
         if key.startswith(EVIDENCE_KEY_PREFIX):
+            observation = _plain_observation(value)
+            if observation is not None:
+                found[key] = observation
+                continue
             try:
                 found[key] = Observation.from_payload(value)
             except ValueError:
                 continue
     return found
+
+
+def _plain_observation(value: object) -> Observation | None:
+    """`Observation.from_payload(value)` when `value` is exactly the form `to_payload`
+    writes (floats, a str id, bools), else None for it to decide. A hot entry holds up
+    to `MAX_OBSERVATIONS` and every hit on it reads them all (issue 13): this is the
+    one check of their types, where the general parse checks each on its way."""
+    if type(value) is not dict or not 4 <= len(value) <= 5:
+        return None
+    at_s, obs_id = value.get("at_s"), value.get("id")
+    score, same, feedback = value.get("score"), value.get("same"), value.get("fb", False)
+    if type(at_s) is not float or type(score) is not float or type(obs_id) is not str:
+        return None
+    if type(same) is not bool or type(feedback) is not bool or len(value) != 4 + ("fb" in value):
+        return None
+    if not (math.isfinite(at_s) and math.isfinite(score)):
+        return None
+    return assembled(
+        Observation,
+        {"at_s": at_s, "obs_id": obs_id, "score": score, "same": same, "feedback": feedback},
+    )
 
 
 def evidence_payload(evidence: Evidence) -> dict[str, dict[str, Any]]:
