@@ -222,11 +222,13 @@ class ScoredPoint(Protocol):
 
 
 def scored_entries(points: Iterable[ScoredPoint]) -> list[ScoredEntry]:
-    """A library's search answer as `ScoredEntry`s (points without a payload dropped)."""
+    """A library's search answer as `ScoredEntry`s (points without a payload dropped).
+
+    Each point's payload is read once: Qdrant Edge converts it anew at every read."""
     return [
-        ScoredEntry(str(p.id), float(p.score), CacheEntry.from_payload(p.payload))
+        ScoredEntry(str(p.id), float(p.score), CacheEntry.from_payload(payload))
         for p in points
-        if p.payload is not None
+        if (payload := p.payload) is not None
     ]
 
 
