@@ -367,9 +367,9 @@ async def test_overhead_direct_call_reads_a_whole_reply_and_a_streams_first_even
     compared with (the `openai` SDK's typed models once made semcache look faster
     than no gateway at all)."""
     import aiohttp
-    from semcache_simulator import SimulatorConfig, UpstreamSimulator
 
     from benchmarks.overhead import direct_call
+    from semcache_simulator import SimulatorConfig, UpstreamSimulator
 
     async with (
         UpstreamSimulator(SimulatorConfig(ttft_ms=0, ms_per_token=0)) as simulator,

@@ -363,9 +363,8 @@ class EdgeVectorStore:
         if shard is None:
             return None
         records = shard.retrieve([point_id], with_payload=True, with_vector=False)
-        if not records or records[0].payload is None:
-            return None
-        return CacheEntry.from_payload(records[0].payload)
+        payload = records[0].payload if records else None  # each read rebuilds the dict
+        return None if payload is None else CacheEntry.from_payload(payload)
 
     async def search(
         self, vector: Vector, tenant: str, scope: str, now: float, limit: int
