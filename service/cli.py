@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import sys
 import time
@@ -53,6 +54,19 @@ README's Configuration table. An invalid setting is one line on stderr, exit 1.
 """
 
 
+def freeze_startup_objects() -> None:
+    """Move everything start-up built (the model, the tokenizer, modules, settings:
+    about 137k objects) out of the cyclic garbage collector's reach.
+
+    They live as long as the process, yet every full collection walked them all:
+    30-40 ms with the whole service paused, every in-flight call with it. After
+    `gc.freeze()` a full collection walks only what serving allocated since.
+    Start-up's own garbage is collected first, so nothing freed is kept.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def apply_switch_interval(settings: Settings) -> None:
     """Set Python's GIL switch interval to `switch_interval_ms` (0: leave Python's own).
 
@@ -79,6 +93,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     with data_dir_lock(settings):
         async with _upstream(settings, simulate) as settings:
             app = await _build(settings, simulated=simulate)
+            freeze_startup_objects()
             try:
                 await serve_until_signalled(app, settings, security)
             finally:
