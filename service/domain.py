@@ -147,25 +147,24 @@ class FeedbackReceipt:
     score: float
 
 
-_PLAIN_FIELD_COUNTS: dict[type, int] = {}
+_PLAIN_FIELDS: dict[type, frozenset[str] | None] = {}
 
 
 def assembled(cls: type[T], values: dict[str, Any]) -> T:
     """`cls(**values)` for a dataclass, made without its `__init__` when `values` names
-    as many fields as `cls` has.
+    exactly the fields `cls` has.
 
     A frozen dataclass's `__init__` sets each field through `object.__setattr__`, about
-    0.1 us a field, and an exact hit builds a few (issue 13). Name every field, by its
-    right name (only the count is checked: callers name fields in literals, and their
-    tests read them back): fewer go through `cls(**values)` (defaults, or a TypeError),
-    and so does any `values` for a class with a `__post_init__` or slots, which this
-    would skip.
+    0.1 us a field, and an exact hit builds a few (issue 13). Any other `values` (a
+    field left to its default, a misspelt name) goes through `cls(**values)`, which
+    fills defaults or raises TypeError, and so does every `values` for a class with a
+    `__post_init__` or slots, which this would skip.
     """
-    count = _PLAIN_FIELD_COUNTS.get(cls)
-    if count is None:
+    if cls not in _PLAIN_FIELDS:
         plain = not hasattr(cls, "__post_init__") and not hasattr(cls, "__slots__")
-        count = _PLAIN_FIELD_COUNTS[cls] = len(fields(cast(Any, cls))) if plain else -1
-    if len(values) != count:
+        _PLAIN_FIELDS[cls] = frozenset(f.name for f in fields(cast(Any, cls))) if plain else None
+    names = _PLAIN_FIELDS[cls]
+    if names is None or values.keys() != names:
         return cls(**values)
     instance = object.__new__(cls)
     vars(instance).update(values)

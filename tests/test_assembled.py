@@ -51,6 +51,8 @@ def test_anything_else_goes_through_init() -> None:
     assert assembled(_Plain, {"a": 1}) == _Plain(1)  # defaults filled
     with pytest.raises(TypeError):
         assembled(_Plain, {"a": 1, "d": 4})  # a name it lacks, one short
+    with pytest.raises(TypeError):
+        assembled(_Plain, {"a": 1, "b": 2, "d": 4})  # as many names as fields, one misspelt
     with pytest.raises(ValueError, match="negative"):
         assembled(_Checked, {"a": -1})  # __post_init__ still runs
     assert assembled(_Slotted, {"a": 1}) == _Slotted(1)
