@@ -87,9 +87,6 @@ class _RequestMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        # Every lookup and every stage: their series found by one plain lookup.
-        self._lookup_children: dict[str, Any] = {}
-        self._stage_children: dict[str, Any] = {}
         self._define_traffic()
         self._define_latency()
 
@@ -176,12 +173,9 @@ class _RequestMetrics:
         Raises:
             ValueError: `result` is none of those.
         """
-        child = self._lookup_children.get(result)
-        if child is None:
-            if result not in LOOKUP_RESULTS:
-                raise ValueError(f"lookup result {result!r} is not one of {sorted(LOOKUP_RESULTS)}")
-            child = self._lookup_children[result] = self._lookups.labels(result)
-        child.inc()
+        if result not in LOOKUP_RESULTS:
+            raise ValueError(f"lookup result {result!r} is not one of {sorted(LOOKUP_RESULTS)}")
+        self._child(self._lookups, result).inc()
 
     def record_cache_decision(self, tenant: str, detail: str) -> None:
         """One answer served to `tenant`, by its `cache_detail` ("" counts as "none")."""
@@ -219,10 +213,7 @@ class _RequestMetrics:
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Latency of one stage: "embed", "lookup", "verify", "route", "upstream", "store"."""
-        child = self._stage_children.get(stage)
-        if child is None:
-            child = self._stage_children[stage] = self._stage_s.labels(stage)
-        child.observe(seconds)
+        self._child(self._stage_s, stage).observe(seconds)
 
     @contextmanager
     def timed_stage(self, stage: str) -> Iterator[None]:
