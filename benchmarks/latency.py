@@ -35,6 +35,7 @@ from benchmarks.report import (
     markdown_table,
     percentile,
     progress,
+    service_env_note,
     write_results,
 )
 from service._proto.semcache.v1 import semcache_pb2 as pb
@@ -168,7 +169,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n\n".join(
         [
             f"Embedding backend: {report['embedding_backend']}. {report['machine']}."
-            + _started_with(report.get("service_env") or {}),
+            + service_env_note(report.get("service_env") or {}),
             floors_markdown(report["floors"]),
             markdown_table(report["rows"], COLUMNS),
             markdown_table(
@@ -176,12 +177,6 @@ def markdown(report: dict[str, Any]) -> str:
             ),
         ]
     )
-
-
-def _started_with(env: dict[str, str]) -> str:
-    if not env:
-        return ""
-    return " Service started with " + ", ".join(f"`{k}={v}`" for k, v in env.items()) + "."
 
 
 def run(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.floors import floors_markdown, health_of, ratio
-from benchmarks.report import Row, bar_plot, line_plot, markdown_table
+from benchmarks.report import Row, bar_plot, line_plot, markdown_table, service_env_note
 
 RATIO_COLUMNS = (
     ("x_health_p50", "p50 ÷ health p50"),
@@ -134,18 +134,12 @@ def targets(report: dict[str, Any]) -> list[Row]:
     ]
 
 
-def _service_env_note(env: dict[str, str]) -> str:
-    if not env:
-        return ""
-    return " Service started with " + ", ".join(f"`{k}={v}`" for k, v in env.items()) + "."
-
-
 def markdown(results: dict[str, Any]) -> str:
     """The report: floors, Zipf phases, their latency by outcome, hit phases, targets."""
     return "\n\n".join(
         [
             f"Embedding backend: {results['embedding_backend']}. {results['machine']}."
-            + _service_env_note(results.get("service_env", {})),
+            + service_env_note(results.get("service_env", {})),
             floors_markdown(results["floors"]),
             "Zipf workload (each phase in a fresh namespace):",
             markdown_table(results["zipf"], ZIPF_COLUMNS),

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from benchmarks.floors import floors_markdown, health_of, ratio
 from benchmarks.load import Sample
-from benchmarks.report import Row, latency_summary, markdown_table
+from benchmarks.report import Row, latency_summary, markdown_table, service_env_note
 
 SEMCACHE_DOORS = ("semcache gRPC", "semcache HTTP")
 DIRECT = "direct to the simulator"
@@ -224,15 +224,11 @@ COMPARISON_COLUMNS = (
 TARGET_COLUMNS = (("target", "target"), ("peer_over_semcache", "peer ÷ semcache"), ("met", "met"))
 
 
-def _started_with(env: dict[str, str]) -> str:
-    if not env:
-        return ""
-    settings = ", ".join(f"`{k}={v}`" for k, v in env.items())
-    return (
-        f" semcache started with {settings} (its two doors share one process, and the"
-        " embedding memo would let the second door asked about a miss reuse the first's"
-        " embedding)."
-    )
+# Why the report states the memo setting it starts semcache with.
+_MEMO_OFF_WHY = (
+    "its two doors share one process, and the embedding memo would let the second"
+    " door asked about a miss reuse the first's embedding"
+)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -245,7 +241,7 @@ def markdown(report: dict[str, Any]) -> str:
             f" {config['hit_set']} distinct exact hits, {config['hit_requests']} per gateway at"
             f" c={config['concurrency']} in {config['rounds']} alternating blocks;"
             f" {config['warmup']} warm-up calls each. {report['machine']}."
-            + _started_with(report.get("service_env") or {}),
+            + service_env_note(report.get("service_env") or {}, _MEMO_OFF_WHY),
             floors_markdown(report["floors"]),
             markdown_table(report["rows"], ROW_COLUMNS),
             markdown_table(report["comparison"], COMPARISON_COLUMNS),

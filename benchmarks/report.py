@@ -73,6 +73,15 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return "semcache bench " + shlex.join(words)
 
 
+def service_env_note(env: Mapping[str, str], why: str = "") -> str:
+    """The sentence a report gives the settings it started the service with ("" for
+    none); `why`, when given, follows them in brackets."""
+    if not env:
+        return ""
+    settings = ", ".join(f"`{k}={v}`" for k, v in env.items())
+    return f" Service started with {settings}" + (f" ({why})" if why else "") + "."
+
+
 def progress(message: str) -> None:
     """One progress line on stderr, so a long run shows it is alive."""
     print(f"[bench] {message}", file=sys.stderr, flush=True)
