@@ -25,7 +25,8 @@ def _service_env(args: argparse.Namespace) -> dict[str, str]:
     return {"SEMCACHE_EMBEDDING_BACKEND": args.embedding_backend}
 
 
-def _budget_env(args: argparse.Namespace) -> dict[str, str]:
+def error_budget_env(args: argparse.Namespace) -> dict[str, str]:
+    """SEMCACHE_ERROR_BUDGET as `error_budget_argument`'s `--error-budget` asks."""
     return {"SEMCACHE_ERROR_BUDGET": "true" if args.error_budget == "on" else "false"}
 
 
@@ -60,7 +61,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
     env = {
         **_service_env(args),
         "SEMCACHE_EMBEDDING_MEMO_SIZE": str(args.embedding_memo_size),
-        **_budget_env(args),
+        **error_budget_env(args),
     }
     print(run(Path(args.out), config, args.target, args.service_pid, env, _data(args)))
     return 0
@@ -84,7 +85,7 @@ def _cmd_gptcache(args: argparse.Namespace) -> int:
     from benchmarks.gptcache_bench import run
 
     embedder = _embedder(args)
-    env = {**_service_env(args), **_budget_env(args)}
+    env = {**_service_env(args), **error_budget_env(args)}
     print(run(Path(args.out), embedder, args.pairs, args.requests, env, _data(args)))
     return 0
 
@@ -158,6 +159,19 @@ def _data(args: argparse.Namespace) -> Path | None:
     return Path(args.data) if args.data else None
 
 
+def error_budget_argument(parser: argparse.ArgumentParser, why: str) -> None:
+    """`--error-budget on|off` for a benchmark that times the hit path of the service it
+    starts; off by default, for the reason `why` gives (the hit path is then timed with
+    the guard's own accept)."""
+    parser.add_argument(
+        "--error-budget",
+        choices=["on", "off"],
+        default="off",
+        help=f"SEMCACHE_ERROR_BUDGET for the service it starts; off (the default here): {why},"
+        " so the hit path is timed with the guard's own accept",
+    )
+
+
 def data_argument(parser: argparse.ArgumentParser) -> None:
     """`--data FILE`: the qqp-style JSONL a benchmark reads (default from the settings)."""
     parser.add_argument(
@@ -206,13 +220,10 @@ def add_bench_commands(benches: Any) -> None:
         help="SEMCACHE_EMBEDDING_MEMO_SIZE for the service it starts; 0 (the default here)"
         " embeds every ask, as phases replay the same texts and would find them in the memo",
     )
-    load.add_argument(
-        "--error-budget",
-        choices=["on", "off"],
-        default="off",
-        help="SEMCACHE_ERROR_BUDGET for the service it starts; off (the default here): the hit"
-        " phases replay the same paraphrases, and under the budget the share served moves with"
-        " its allowance, so the hit path is timed with the guard's own accept",
+    error_budget_argument(
+        load,
+        "the hit phases replay the same paraphrases, and under the budget the share served"
+        " moves with its allowance",
     )
     _common(load, "bench-results/load")
     load.set_defaults(run=_cmd_load)
@@ -234,13 +245,10 @@ def add_bench_commands(benches: Any) -> None:
     gptcache = benches.add_parser("gptcache", help="semantic-hit throughput vs GPTCache")
     gptcache.add_argument("--pairs", type=int, default=500, help="duplicate pairs cached")
     gptcache.add_argument("--requests", type=int, default=1000, help="hits asked per phase")
-    gptcache.add_argument(
-        "--error-budget",
-        choices=["on", "off"],
-        default="off",
-        help="SEMCACHE_ERROR_BUDGET for the service it starts; off (the default here): GPTCache"
-        " serves whatever passes its threshold, and under the budget a fresh semcache explores"
-        " most first paraphrases instead, so the hit path is timed with the guard's own accept",
+    error_budget_argument(
+        gptcache,
+        "GPTCache serves whatever passes its threshold, and under the budget a fresh semcache"
+        " explores most first paraphrases instead",
     )
     _common(gptcache, "bench-results/gptcache")
     gptcache.set_defaults(run=_cmd_gptcache)

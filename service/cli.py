@@ -234,10 +234,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_latency(args: argparse.Namespace) -> int:
+    from benchmarks.commands import error_budget_env
     from benchmarks.latency import run
 
     env = {"SEMCACHE_EMBEDDING_BACKEND": args.embedding_backend} if args.embedding_backend else {}
-    env["SEMCACHE_ERROR_BUDGET"] = "true" if args.error_budget == "on" else "false"
+    env.update(error_budget_env(args))
     data = Path(args.data) if args.data else None
     table = run(Path(args.out), args.pairs, data, args.target, env)
     print(table)
@@ -563,7 +564,9 @@ def _add_health_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser)
 
 
-def _add_latency_command(benches: Any, data_argument: Callable[[Any], None]) -> None:
+def _add_latency_command(benches: Any) -> None:
+    from benchmarks.commands import data_argument, error_budget_argument
+
     latency = benches.add_parser(
         "latency", help="p50/p95 of miss, exact hit and semantic hit at concurrency 1"
     )
@@ -571,13 +574,10 @@ def _add_latency_command(benches: Any, data_argument: Callable[[Any], None]) -> 
     latency.add_argument("--out", default="bench-results", help="folder for JSON and Markdown")
     latency.add_argument("--target", help="measure this running service instead of starting one")
     latency.add_argument("--embedding-backend", choices=EMBEDDING_BACKENDS)
-    latency.add_argument(
-        "--error-budget",
-        choices=["on", "off"],
-        default="off",
-        help="SEMCACHE_ERROR_BUDGET for the service it starts; off (the default here): under"
-        " the budget a fresh cache explores most first paraphrases, so few semantic hits"
-        " would be timed; the hit path is timed with the guard's own accept",
+    error_budget_argument(
+        latency,
+        "under the budget a fresh cache explores most first paraphrases, and few semantic hits"
+        " would be timed",
     )
     data_argument(latency)
     latency.set_defaults(run=_cmd_bench_latency)
@@ -587,7 +587,7 @@ def _add_bench_commands(benches: Any) -> None:
     """`semcache bench …`: imported only when asked for, so no other command loads them."""
     from benchmarks.commands import add_bench_commands, data_argument
 
-    _add_latency_command(benches, data_argument)
+    _add_latency_command(benches)
 
     quality = benches.add_parser(
         "quality", help="served vs wrongly served: threshold, guard, error budget"
