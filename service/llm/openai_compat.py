@@ -139,7 +139,7 @@ class OpenAICompatProvider:
             )
             async with stream:
                 async for chunk in stream:
-                    fields = chunk if isinstance(chunk, dict) else {}
+                    fields = _dict(chunk)
                     model = _text(fields.get("model")) or model
                     usage = _usage_of(fields.get("usage")) or usage
                     for choice in _dicts(fields.get("choices")):
