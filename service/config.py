@@ -295,6 +295,13 @@ class StoreSettings(BaseModel):
         " default (one per CPU). Edge holds the GIL for a whole search, so more threads add"
         " hand-offs, not parallelism.",
     )
+    store_memo_entries: int = Field(
+        4096,
+        ge=0,
+        description="Embedded store: entries kept parsed in memory for exact lookups by id,"
+        " dropped at every write that may change them; 0 = off. The Qdrant server backend"
+        " keeps none (other replicas change its entries).",
+    )
     qdrant_url: str | None = Field(
         None,
         description="Use this Qdrant server instead of the embedded store, e.g. `http://qdrant:6333`;"

@@ -12,6 +12,10 @@ engine's search pool is sized by `search_threads` (1 by default: with the GIL
 held, more threads only hand the work around; a lone search measured about a
 quarter cheaper on one thread than on the default pool, on 2 cores).
 
+A fetch by id (the exact-hit path) is answered from a memo of the entries
+last read (`entry_memo`), which every write drops what it may have changed
+from, on the write thread once it is done.
+
 A full disk pauses storing (`disk.DiskGuard`): lookups still answer from what
 is stored, and storing resumes when space returns. A shard that cannot be
 opened without running out of disk is left closed (every lookup misses) and
@@ -24,7 +28,7 @@ shard whose vectors or payload indexes differ from what this version creates
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -46,6 +50,7 @@ from service.cache.edge_shard import (
     open_shard,
     segments_missing,
 )
+from service.cache.entry_memo import EntryMemo
 from service.cache.store import (
     CacheEntry,
     EntryFilter,
@@ -286,6 +291,41 @@ class _ShardKeeper:
         self._raise_bound(count)
 
 
+class _Threads:
+    """Where the store's work runs off the event loop: writes on one thread (each then
+    forgets the kept entries it may have changed), counts and info on another, index
+    rebuilds on a third."""
+
+    def __init__(self, memo: EntryMemo) -> None:
+        self.memo = memo
+        self.reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge-read")
+        self.writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge-write")
+        self.indexer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge-index")
+
+    async def read(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.reads, fn)
+
+    async def write(self, fn: Callable[[], T], changes: Collection[str] | None) -> T:
+        """Run `fn` on the write thread; then forget the kept entries it may have
+        changed: the ids in `changes`, or (None) every one. Done even if `fn`
+        fails part way, or its caller is cancelled while it runs."""
+
+        def write() -> T:
+            try:
+                return fn()
+            finally:
+                if changes is None:
+                    self.memo.clear()
+                else:
+                    self.memo.forget(changes)
+
+        return await asyncio.get_running_loop().run_in_executor(self.writes, write)
+
+    def shutdown(self) -> None:
+        for executor in (self.reads, self.writes, self.indexer):
+            executor.shutdown(wait=True)
+
+
 class EdgeVectorStore:
     """A `VectorStore` on a Qdrant Edge shard in `path` (created on first use, with
     `storage`, one of `VECTOR_STORAGE`), searching on `search_threads` (0: per CPU).
@@ -311,12 +351,13 @@ class EdgeVectorStore:
         on_damage: OnDamage = "warn",
         embedding_model: str | None = None,
         search_threads: int = 1,
+        memo_entries: int = 4096,
     ) -> None:
         if storage not in VECTOR_STORAGE:
             edge_config(dim, storage)  # raises the ValueError that names the choices
-        self._reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge-read")
-        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge-write")
-        self._indexer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge-index")
+        self._memo = EntryMemo(memo_entries)
+        self._threads = _Threads(self._memo)
+        self._run, self._write = self._threads.read, self._threads.write
         self._indexing: asyncio.Future[bool] | None = None
         self._path, self._dim = path, dim
         self._keeper = _ShardKeeper(
@@ -327,7 +368,7 @@ class EdgeVectorStore:
         try:
             self._keeper.open()
         except BaseException:
-            self._shutdown_executors()
+            self._threads.shutdown()
             raise
 
     @property
@@ -350,21 +391,22 @@ class EdgeVectorStore:
         disk = self._disk.health
         return StoreHealth(disk.writable, disk.reason, self._keeper.missing_entries)
 
-    async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._reads, fn)
-
-    async def _write(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._writes, fn)
-
     async def get(self, point_id: str) -> CacheEntry | None:
-        """The entry by id, fetched inline: a lookup by id takes microseconds, less than
-        the hop to a read thread and back (the exact-hit path, issue 13)."""
-        shard = self._shard
+        """The entry by id: the memo's (see `entry_memo`), else fetched inline: a lookup
+        by id takes microseconds, less than a hop to a read thread (issue 13)."""
+        entry = self._memo.get(point_id)
+        if entry is not None:
+            return entry
+        shard, generation = self._shard, self._memo.generation
         if shard is None:
             return None
         records = shard.retrieve([point_id], with_payload=True, with_vector=False)
         payload = records[0].payload if records else None  # each read rebuilds the dict
-        return None if payload is None else CacheEntry.from_payload(payload)
+        if payload is None:
+            return None
+        entry = CacheEntry.from_payload(payload)
+        self._memo.keep(point_id, entry, generation)
+        return entry
 
     async def search(
         self, vector: Vector, tenant: str, scope: str, now: float, limit: int
@@ -390,7 +432,10 @@ class EdgeVectorStore:
         point = qe.Point(point_id, vector.tolist(), entry.to_payload())
         n_bytes = _estimate_bytes(entry, self._dim)
         await self._write(
-            lambda: self._keeper.writable(n_bytes).update(qe.UpdateOperation.upsert_points([point]))
+            lambda: self._keeper.writable(n_bytes).update(
+                qe.UpdateOperation.upsert_points([point])
+            ),
+            (point_id,),
         )
 
     async def delete(self, selector: EntryFilter) -> int:
@@ -400,7 +445,7 @@ class EdgeVectorStore:
             StoreNotWritableError: the store is closed, or the disk has no room left.
         """
         edge_filter = _edge_filter(filters.entry_conditions(selector))
-        return await self._write(lambda: self._keeper.delete_matching(edge_filter))
+        return await self._write(lambda: self._keeper.delete_matching(edge_filter), None)
 
     async def count(self, selector: EntryFilter) -> int:
         """Entries `selector` matches; 0 while the store is closed (disk full)."""
@@ -423,7 +468,7 @@ class EdgeVectorStore:
             if self._shard is not None and self._disk.fits(DELETE_BYTES, self._disk.min_free_bytes):
                 self._shard.update(operation)
 
-        await self._write(write)
+        await self._write(write, point_ids)
 
     async def add_observations(self, items: Sequence[tuple[str, Observation]]) -> None:
         """Add observations to entries' evidence; see `LookupStore.add_observations`.
@@ -433,11 +478,11 @@ class EdgeVectorStore:
         """
         grouped = group_observations(items)
         if grouped:
-            await self._write(lambda: self._keeper.add_observations(grouped))
+            await self._write(lambda: self._keeper.add_observations(grouped), list(grouped))
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
         tenant_filter = _edge_filter(filters.tenant_conditions(tenant))
-        return await self._write(lambda: self._keeper.evict_least_recent(tenant_filter, keep))
+        return await self._write(lambda: self._keeper.evict_least_recent(tenant_filter, keep), None)
 
     async def maintain(self, min_unindexed: int) -> bool:
         """Upkeep: open a shard left closed once there is room, re-measure the disk
@@ -451,20 +496,20 @@ class EdgeVectorStore:
             StartupError: a shard left closed cannot be opened now that there is room.
         """
         if self._shard is None:
-            await self._write(self._keeper.open)
+            await self._write(self._keeper.open, None)
             return False
-        await self._write(self._keeper.record_upkeep)
+        await self._write(self._keeper.record_upkeep, ())
         if self._indexing is not None and not self._indexing.done():
             return False
         shard = self._shard
         info = await self._run(shard.info)
         if info.points_count - info.indexed_vectors_count < min_unindexed:
             return False
-        if not await self._write(self._keeper.room_to_index):
+        if not await self._write(self._keeper.room_to_index, ()):
             log.warning("index rebuild postponed: not enough disk space", path=str(self._path))
             return False
         loop = asyncio.get_running_loop()
-        self._indexing = loop.run_in_executor(self._indexer, shard.optimize)
+        self._indexing = loop.run_in_executor(self._threads.indexer, shard.optimize)
         return True
 
     async def close(self) -> None:
@@ -477,11 +522,7 @@ class EdgeVectorStore:
             await asyncio.wait([self._indexing])
         if self._shard is not None:
             try:
-                await self._write(self._keeper.flush_and_close)
+                await self._write(self._keeper.flush_and_close, None)
             except Exception as error:
                 log.warning("cache store not flushed at close", error=repr(error))
-        self._shutdown_executors()
-
-    def _shutdown_executors(self) -> None:
-        for executor in (self._reads, self._writes, self._indexer):
-            executor.shutdown(wait=True)
+        self._threads.shutdown()

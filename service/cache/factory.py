@@ -46,4 +46,5 @@ async def build_store(
         on_damage=settings.on_store_damage,
         embedding_model=embedding_model,
         search_threads=settings.store_search_threads,
+        memo_entries=settings.store_memo_entries,
     )

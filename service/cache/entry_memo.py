@@ -1,0 +1,72 @@
+"""Parsed entries kept in memory for lookups by id: the exact-hit path (issue 13).
+
+A fetch by id from Qdrant Edge, and the entry built from its payload, cost
+more on a busy server than the rest of an exact hit together: the shard
+rebuilds the payload at every read, and the read runs cold between gRPC's
+callbacks. The embedded store is the only writer of its shard (the shard's
+folder belongs to this process), so it can keep what it read and drop it at
+every write that could change it:
+
+- a write names the ids it changes (an upsert, new evidence, hit times), and
+  those are dropped once the write is done, whether or not it succeeded;
+- a write by filter (a deletion, an eviction, reopening the shard) drops all.
+
+A read that raced a write must not keep what it read: `generation` is taken
+before the read and `keep` stores the entry only if no write finished since.
+Writes run on the store's write thread and reads on the event loop, so
+`forget`, `clear` and `keep` take one lock; `get` is a lone dict read.
+
+A Qdrant server is shared by replicas, which change entries this process
+never hears of: that backend keeps no memo and reads the server every time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from service.cache.store import CacheEntry
+
+
+class EntryMemo:
+    """At most `size` entries by point id (0: none kept), oldest kept dropped first."""
+
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError("size must be >= 0")
+        self._size = size
+        self._entries: dict[str, CacheEntry] = {}
+        self._lock = threading.Lock()
+        self.generation = 0  # bumped by every finished write; read before a store read
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, point_id: str) -> CacheEntry | None:
+        """The kept entry for `point_id`, or None (not kept: read the store)."""
+        return self._entries.get(point_id)
+
+    def keep(self, point_id: str, entry: CacheEntry, generation: int) -> None:
+        """Keep `entry`, read after `generation` was taken, unless a write finished since."""
+        if not self._size:
+            return
+        with self._lock:
+            if generation != self.generation:
+                return
+            entries = self._entries
+            entries[point_id] = entry
+            if len(entries) > self._size:
+                del entries[next(iter(entries))]
+
+    def forget(self, point_ids: Iterable[str]) -> None:
+        """A write that may have changed `point_ids` has finished."""
+        with self._lock:
+            for point_id in point_ids:
+                self._entries.pop(point_id, None)
+            self.generation += 1
+
+    def clear(self) -> None:
+        """A write that may have changed any entry has finished."""
+        with self._lock:
+            self._entries.clear()
+            self.generation += 1

@@ -1,0 +1,181 @@
+"""The embedded store's memo of parsed entries (issue 13's exact path).
+
+An exact hit reads its entry from the memo, not the shard; and no write, whatever
+its kind, and even one whose caller gave up, leaves a stale entry to be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from service.cache.edge_store import EdgeVectorStore
+from service.cache.entry_memo import EntryMemo
+from service.cache.store import CacheEntry, EntryFilter
+from service.cache.verify.evidence import Observation
+from tests.test_store import entry, unit
+
+DIM = 16
+ID = "00000000-0000-0000-0000-000000000001"
+OTHER = "00000000-0000-0000-0000-000000000002"
+
+
+class _CountingShard:
+    """The real shard, counting fetches by id."""
+
+    def __init__(self, shard: qe.EdgeShard) -> None:
+        self._shard = shard
+        self.retrieved = 0
+
+    def retrieve(self, *args: Any, **kwargs: Any) -> Any:
+        self.retrieved += 1
+        return self._shard.retrieve(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shard, name)
+
+
+def _answer(content: str, tenant: str = "t") -> CacheEntry:
+    return replace(entry(tenant), content=content)
+
+
+async def _content(store: EdgeVectorStore) -> str | None:
+    got = await store.get(ID)
+    return None if got is None else got.content
+
+
+async def test_a_repeated_fetch_by_id_reads_the_shard_once(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    try:
+        await store.upsert(ID, unit(1), _answer("a"))
+        counting = _CountingShard(store.shard)
+        store._keeper.shard = counting  # type: ignore[assignment]
+        first, second = await store.get(ID), await store.get(ID)
+    finally:
+        store._keeper.shard = counting._shard
+        await store.close()
+    assert first is not None and second is not None
+    assert first.content == second.content == "a"
+    assert counting.retrieved == 1
+
+
+async def test_memo_off_reads_the_shard_every_time(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "shard", DIM, memo_entries=0)
+    try:
+        await store.upsert(ID, unit(1), _answer("a"))
+        counting = _CountingShard(store.shard)
+        store._keeper.shard = counting  # type: ignore[assignment]
+        await store.get(ID)
+        await store.get(ID)
+    finally:
+        store._keeper.shard = counting._shard
+        await store.close()
+    assert counting.retrieved == 2
+
+
+async def test_every_kind_of_write_is_seen_by_the_next_fetch(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    try:
+        await store.upsert(ID, unit(1), _answer("old"))
+        assert await _content(store) == "old"
+        await store.upsert(ID, unit(1), _answer("new"))
+        assert await _content(store) == "new"
+        got = await store.get(ID)
+        assert got is not None
+
+        observation = Observation(
+            at_s=got.created_at, obs_id="o1", score=1.0, same=False, feedback=True
+        )
+        await store.add_observations([(ID, observation)])
+        got = await store.get(ID)
+        assert got is not None
+        assert got.evidence.observations == frozenset({observation})
+
+        await store.touch([ID], got.last_hit_at + 60.0)
+        touched = await store.get(ID)
+        assert touched is not None
+        assert touched.last_hit_at == got.last_hit_at + 60.0
+
+        await store.delete(EntryFilter(tenant="t"))
+        assert await store.get(ID) is None
+    finally:
+        await store.close()
+
+
+async def test_an_eviction_is_seen_by_the_next_fetch(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    try:
+        await store.upsert(ID, unit(1), _answer("evicted"))
+        await store.upsert(OTHER, unit(2), _answer("kept"))
+        await store.touch([OTHER], entry("t").last_hit_at + 60.0)
+        assert await store.get(ID) is not None
+        assert await store.evict_least_recent("t", keep=1) == 1
+        assert await store.get(ID) is None
+    finally:
+        await store.close()
+
+
+async def test_a_write_whose_caller_gave_up_still_drops_the_old_entry(tmp_path: Path) -> None:
+    """A write goes on on its thread after its caller is cancelled; what the memo
+    held must go when the write lands, not when (or if) the caller resumes."""
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    entered, release = threading.Event(), threading.Event()
+    writable = store._keeper.writable
+
+    def slow_writable(n_bytes: int, deletion: bool = False) -> qe.EdgeShard:
+        entered.set()
+        release.wait(10)
+        return writable(n_bytes, deletion)
+
+    try:
+        await store.upsert(ID, unit(1), _answer("old"))
+        assert await _content(store) == "old"  # now kept
+        store._keeper.writable = slow_writable  # type: ignore[method-assign]
+        write = asyncio.ensure_future(store.upsert(ID, unit(1), _answer("new")))
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        write.cancel()  # the write thread is inside it: it will land
+        await asyncio.gather(write, return_exceptions=True)
+        release.set()
+        store._keeper.writable = writable  # type: ignore[method-assign]
+        await store.upsert(OTHER, unit(2), _answer("x"))  # the write thread is past it
+        assert await _content(store) == "new"
+    finally:
+        release.set()
+        await store.close()
+
+
+def test_a_read_that_raced_a_write_is_not_kept() -> None:
+    memo = EntryMemo(8)
+    generation = memo.generation  # taken before the store read
+    memo.forget([ID])  # a write to the entry finished meanwhile
+    memo.keep(ID, _answer("read before the write"), generation)
+    assert memo.get(ID) is None
+    memo.keep(ID, _answer("read after"), memo.generation)
+    assert (kept := memo.get(ID)) is not None and kept.content == "read after"
+
+
+def test_a_write_to_another_entry_also_stops_a_racing_read_being_kept() -> None:
+    """The generation is one counter: a write by filter names no ids, and a read
+    cannot know which ids such a write changed."""
+    memo = EntryMemo(8)
+    generation = memo.generation
+    memo.clear()
+    memo.keep(ID, _answer("a"), generation)
+    assert len(memo) == 0
+
+
+def test_the_memo_keeps_at_most_its_size_dropping_the_oldest() -> None:
+    memo = EntryMemo(2)
+    for index in range(3):
+        memo.keep(str(index), _answer(str(index)), memo.generation)
+    assert len(memo) == 2
+    assert memo.get("0") is None
+    assert memo.get("2") is not None
+    off = EntryMemo(0)
+    off.keep(ID, _answer("a"), off.generation)
+    assert off.get(ID) is None
