@@ -61,6 +61,7 @@ from benchmarks.report import (
     write_results,
 )
 from service.cache.edge_store import VECTOR_STORAGE
+from service.cache.store import SearchQuery
 from service.embedding.base import Embedder
 
 SIZES = (10_000, 100_000)
@@ -138,7 +139,7 @@ async def _lookups(store: Any, queries: np.ndarray[Any, Any]) -> list[float]:
     times_ms: list[float] = []
     for vector in queries:
         started = time.perf_counter()
-        await store.search(vector, TENANT, SCOPE, time.time(), 5)
+        await store.search_many([SearchQuery(vector, TENANT, SCOPE, time.time(), 5)])
         times_ms.append((time.perf_counter() - started) * 1000)
     return times_ms
 

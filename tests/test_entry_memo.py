@@ -12,12 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import qdrant_edge as qe
 
 from service.cache.edge_store import EdgeVectorStore
 from service.cache.entry_memo import EntryMemo
 from service.cache.store import CacheEntry, EntryFilter
 from service.cache.verify.evidence import Observation
+from service.errors import StoreNotWritableError
 from tests.test_store import entry, unit
 
 DIM = 16
@@ -30,11 +32,17 @@ class _CountingShard:
 
     def __init__(self, shard: qe.EdgeShard) -> None:
         self._shard = shard
-        self.retrieved = 0
+        self.retrieved = 0  # on the thread that made it (the event loop's)
+        self.on_other_threads = 0
 
     def retrieve(self, *args: Any, **kwargs: Any) -> Any:
-        self.retrieved += 1
+        if threading.current_thread() is self._thread:
+            self.retrieved += 1
+        else:
+            self.on_other_threads += 1
         return self._shard.retrieve(*args, **kwargs)
+
+    _thread = threading.current_thread()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._shard, name)
@@ -50,9 +58,11 @@ async def _content(store: EdgeVectorStore) -> str | None:
 
 
 async def test_a_repeated_fetch_by_id_reads_the_shard_once(tmp_path: Path) -> None:
-    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    written = EdgeVectorStore(tmp_path / "shard", DIM)
+    await written.upsert(ID, unit(1), _answer("a"))
+    await written.close()
+    store = EdgeVectorStore(tmp_path / "shard", DIM)  # reopened: nothing kept yet
     try:
-        await store.upsert(ID, unit(1), _answer("a"))
         counting = _CountingShard(store.shard)
         store._keeper.shard = counting  # type: ignore[assignment]
         first, second = await store.get(ID), await store.get(ID)
@@ -62,6 +72,43 @@ async def test_a_repeated_fetch_by_id_reads_the_shard_once(tmp_path: Path) -> No
     assert first is not None and second is not None
     assert first.content == second.content == "a"
     assert counting.retrieved == 1
+
+
+async def test_an_entry_just_stored_is_served_without_reading_the_shard(tmp_path: Path) -> None:
+    """An upsert keeps what it wrote, exactly as a read of the shard would give it."""
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    try:
+        counting = _CountingShard(store.shard)
+        store._keeper.shard = counting  # type: ignore[assignment]
+        stored = replace(_answer("a"), context="earlier turn", context_vector=(0.25, 0.5))
+        await store.upsert(ID, unit(1), stored)
+        kept = await store.get(ID)
+        assert counting.retrieved == 0
+        assert counting.on_other_threads == 1  # read back once, on the write thread
+        (record,) = store.shard.retrieve([ID], with_payload=True, with_vector=False)
+    finally:
+        store._keeper.shard = counting._shard
+        await store.close()
+    assert record.payload is not None
+    assert kept == CacheEntry.from_payload(record.payload)
+    assert kept is not None and (kept.context, kept.context_vector) == ("earlier turn", (0.25, 0.5))
+
+
+async def test_a_failed_upsert_keeps_nothing(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    try:
+        await store.upsert(ID, unit(1), _answer("old"))
+
+        def refuse(n_bytes: int, deletion: bool = False) -> qe.EdgeShard:
+            raise StoreNotWritableError("full")
+
+        store._keeper.writable = refuse  # type: ignore[method-assign]
+        with pytest.raises(StoreNotWritableError):
+            await store.upsert(ID, unit(1), _answer("new"))
+        assert await _content(store) == "old"
+    finally:
+        del store._keeper.writable
+        await store.close()
 
 
 async def test_memo_off_reads_the_shard_every_time(tmp_path: Path) -> None:

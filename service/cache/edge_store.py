@@ -305,21 +305,42 @@ class _Threads:
     async def read(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.reads, fn)
 
-    async def write(self, fn: Callable[[], T], changes: Collection[str] | None) -> T:
+    async def write(
+        self,
+        fn: Callable[[], T],
+        changes: Collection[str] | None,
+        reread: Callable[[str], CacheEntry | None] | None = None,
+    ) -> T:
         """Run `fn` on the write thread; then forget the kept entries it may have
-        changed: the ids in `changes`, or (None) every one. Done even if `fn`
-        fails part way, or its caller is cancelled while it runs."""
+        changed: the ids in `changes`, or (None) every one, even if `fn` failed part
+        way or its caller was cancelled meanwhile. If it succeeded, keep what
+        `reread` reads of each id in `changes` now."""
 
         def write() -> T:
+            done = False
             try:
-                return fn()
+                result = fn()
+                done = True
+                return result
             finally:
                 if changes is None:
                     self.memo.clear()
                 else:
                     self.memo.forget(changes)
+                    if done and reread is not None:
+                        self._keep(changes, reread)
 
         return await asyncio.get_running_loop().run_in_executor(self.writes, write)
+
+    def _keep(self, point_ids: Collection[str], reread: Callable[[str], CacheEntry | None]) -> None:
+        for point_id in point_ids:
+            generation = self.memo.generation
+            try:
+                entry = reread(point_id)
+            except Exception:  # only a memo left unfilled: the write itself succeeded
+                continue
+            if entry is not None:
+                self.memo.keep(point_id, entry, generation)
 
     def shutdown(self) -> None:
         for executor in (self.reads, self.writes, self.indexer):
@@ -397,23 +418,20 @@ class EdgeVectorStore:
         entry = self._memo.get(point_id)
         if entry is not None:
             return entry
-        shard, generation = self._shard, self._memo.generation
+        generation = self._memo.generation
+        entry = self._read(point_id)
+        if entry is not None:
+            self._memo.keep(point_id, entry, generation)
+        return entry
+
+    def _read(self, point_id: str) -> CacheEntry | None:
+        """The entry by id as the shard has it now; None if absent or the shard is closed."""
+        shard = self._shard
         if shard is None:
             return None
         records = shard.retrieve([point_id], with_payload=True, with_vector=False)
         payload = records[0].payload if records else None  # each read rebuilds the dict
-        if payload is None:
-            return None
-        entry = CacheEntry.from_payload(payload)
-        self._memo.keep(point_id, entry, generation)
-        return entry
-
-    async def search(
-        self, vector: Vector, tenant: str, scope: str, now: float, limit: int
-    ) -> Sequence[ScoredEntry]:
-        """One query's `search_many` (for the scale benchmark); not in the protocols."""
-        found = await self.search_many([SearchQuery(vector, tenant, scope, now, limit)])
-        return found[0]
+        return None if payload is None else CacheEntry.from_payload(payload)
 
     async def search_many(self, queries: Sequence[SearchQuery]) -> list[Sequence[ScoredEntry]]:
         """The queries' answers, searched inline (see the module's note on threads)."""
@@ -431,11 +449,11 @@ class EdgeVectorStore:
         """
         point = qe.Point(point_id, vector.tolist(), entry.to_payload())
         n_bytes = _estimate_bytes(entry, self._dim)
+        upsert = qe.UpdateOperation.upsert_points([point])
         await self._write(
-            lambda: self._keeper.writable(n_bytes).update(
-                qe.UpdateOperation.upsert_points([point])
-            ),
+            lambda: self._keeper.writable(n_bytes).update(upsert),
             (point_id,),
+            self._read,  # the answer just stored is the likeliest to be asked again
         )
 
     async def delete(self, selector: EntryFilter) -> int:

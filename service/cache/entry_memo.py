@@ -8,7 +8,9 @@ folder belongs to this process), so it can keep what it read and drop it at
 every write that could change it:
 
 - a write names the ids it changes (an upsert, new evidence, hit times), and
-  those are dropped once the write is done, whether or not it succeeded;
+  those are dropped once the write is done, whether or not it succeeded; after
+  an upsert that succeeded, the write thread reads the entry back and keeps it
+  (the answer just stored is the likeliest to be asked again);
 - a write by filter (a deletion, an eviction, reopening the shard) drops all.
 
 A read that raced a write must not keep what it read: `generation` is taken
