@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from service.embedding import onnx
-from service.embedding.base import Embedder
+from service.embedding.base import Embedder, texts_per_run
 from service.embedding.batcher import EmbeddingBatcher
 from service.embedding.errors import EmbeddingModelError
 from service.embedding.factory import build_embedder
@@ -171,6 +171,8 @@ def test_model_ids_name_model_and_backend(embedders: dict[str, Embedder]) -> Non
         "onnx-fp32": "all-MiniLM-L6-v2/onnx-fp32",
     }
     assert all(embedder.dim == DIM for embedder in embedders.values())
+    runs = {backend: texts_per_run(embedder) for backend, embedder in embedders.items()}
+    assert runs == {"torch": None, "onnx-int8": 1, "onnx-fp32": 32}
 
 
 @pytest.fixture
@@ -350,6 +352,41 @@ async def test_the_next_batch_starts_while_the_event_loop_is_busy() -> None:
     finally:
         await batcher.close()
     assert model.seen == ["a", "b", "c"] and all(v.shape == (4,) for v in vectors)
+
+
+async def test_texts_queued_behind_a_run_go_one_run_at_a_time_when_the_model_says_so() -> None:
+    """An embedder that runs one text at a time (int8 ONNX) is handed one text per
+    call: each caller gets its vector when its own run ends, not at the end of
+    everything that had queued."""
+    first_inside, release_first = threading.Event(), threading.Event()
+
+    class OneAtATime(CountingEmbedder):
+        texts_per_run = 1
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[list[str]] = []
+
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            self.calls.append(list(texts))
+            if list(texts) == ["a"]:
+                first_inside.set()
+                release_first.wait(5)
+            return super().embed(texts)
+
+    model = OneAtATime()
+    batcher = EmbeddingBatcher(model, max_batch_size=64)
+    try:
+        first = asyncio.create_task(batcher.embed("a"))
+        assert await asyncio.to_thread(first_inside.wait, 5)
+        others = [asyncio.create_task(batcher.embed(text)) for text in ("b", "c", "d")]
+        await asyncio.sleep(0)  # all queued behind the running one
+        release_first.set()
+        await asyncio.gather(first, *others)
+    finally:
+        await batcher.close()
+    assert model.calls == [["a"], ["b"], ["c"], ["d"]]
+    assert texts_per_run(model) == 1 and texts_per_run(CountingEmbedder()) is None
 
 
 async def test_a_closed_batcher_refuses_texts_and_its_embedder_errors_reach_callers() -> None:

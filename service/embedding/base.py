@@ -34,3 +34,14 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> Vectors:
         """Return an array of shape `(len(texts), dim)`, each row L2-normalised."""
         ...
+
+
+def texts_per_run(embedder: Embedder) -> int | None:
+    """How many texts `embedder` runs the model on at once, if it says (an optional
+    `texts_per_run` attribute); None: it takes any batch whole.
+
+    An embedder that splits a batch into runs returns nothing until the last run
+    ends, so the batcher hands it no more than one run's worth at a time.
+    """
+    value = getattr(embedder, "texts_per_run", None)
+    return value if isinstance(value, int) and value >= 1 else None

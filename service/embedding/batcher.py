@@ -1,9 +1,15 @@
 """Runs an `Embedder` on its own threads, batching whatever requests are waiting.
 
 Each worker thread takes every text that has queued up (at most
-`max_batch_size`), embeds them in one call, hands the vectors back to the event
-loop, and goes straight on to what queued meanwhile. A lone request is embedded
-at once; it never waits for company.
+`max_batch_size`, and at most what the embedder runs the model on at once:
+`base.texts_per_run`), embeds them in one call, hands the vectors back to the
+event loop, and goes straight on to what queued meanwhile. A lone request is
+embedded at once; it never waits for company.
+
+The int8 ONNX model runs one text at a time (its vectors must not depend on
+batch mates), so its worker takes one text per call: a batch of 64 would hand
+back its first vector only after the 64th run, and 64 callers would then all
+come back at once while the model waited for new work (issue 13).
 
 The threads pull their work themselves (issue 13): when a worker was a task on
 the event loop handing batches to an executor, each batch's start waited for
@@ -27,7 +33,7 @@ from collections.abc import Callable
 
 import structlog
 
-from service.embedding.base import Embedder, Vectors
+from service.embedding.base import Embedder, Vectors, texts_per_run
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +59,9 @@ class EmbeddingBatcher:
         if max_batch_size < 1 or workers < 1:
             raise ValueError("max_batch_size and workers must be >= 1")
         self.embedder = embedder
+        per_run = texts_per_run(embedder)
+        if per_run is not None:  # each run's vectors go back as soon as it ends
+            max_batch_size = min(max_batch_size, per_run)
         self._memo: OrderedDict[str, Vectors] = OrderedDict()
         self._memo_size = memo_size
         self._on_embed = on_embed

@@ -90,6 +90,7 @@ class OnnxEmbedder:
         # alone ~0.99). One text per run keeps a text's vector fixed, which a cache
         # needs, for ~15% less throughput.
         self._batch_size = 1 if quantize else _FP32_BATCH_SIZE
+        self.texts_per_run = self._batch_size  # see `base.texts_per_run`
 
     @property
     def model_id(self) -> str:
