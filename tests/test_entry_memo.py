@@ -52,6 +52,10 @@ def _answer(content: str, tenant: str = "t") -> CacheEntry:
     return replace(entry(tenant), content=content)
 
 
+async def _write_thread_done(store: EdgeVectorStore) -> None:
+    await asyncio.get_running_loop().run_in_executor(store._threads.writes, lambda: None)
+
+
 async def _content(store: EdgeVectorStore) -> str | None:
     got = await store.get(ID)
     return None if got is None else got.content
@@ -82,6 +86,7 @@ async def test_an_entry_just_stored_is_served_without_reading_the_shard(tmp_path
         store._keeper.shard = counting  # type: ignore[assignment]
         stored = replace(_answer("a"), context="earlier turn", context_vector=(0.25, 0.5))
         await store.upsert(ID, unit(1), stored)
+        await _write_thread_done(store)  # the read-back is not awaited by the upsert
         kept = await store.get(ID)
         assert counting.retrieved == 0
         assert counting.on_other_threads == 1  # read back once, on the write thread

@@ -28,6 +28,7 @@ shard whose vectors or payload indexes differ from what this version creates
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -314,7 +315,8 @@ class _Threads:
         """Run `fn` on the write thread; then forget the kept entries it may have
         changed: the ids in `changes`, or (None) every one, even if `fn` failed part
         way or its caller was cancelled meanwhile. If it succeeded, keep what
-        `reread` reads of each id in `changes` now."""
+        `reread` reads of each id in `changes`, next on the write thread: the
+        caller does not wait for it."""
 
         def write() -> T:
             done = False
@@ -327,10 +329,14 @@ class _Threads:
                     self.memo.clear()
                 else:
                     self.memo.forget(changes)
-                    if done and reread is not None:
-                        self._keep(changes, reread)
+                    if done and reread is not None:  # next on this thread, not awaited
+                        self._later(self._keep, changes, reread)
 
         return await asyncio.get_running_loop().run_in_executor(self.writes, write)
+
+    def _later(self, fn: Callable[..., object], *args: object) -> None:
+        with contextlib.suppress(RuntimeError):  # shut down: nothing more is kept
+            self.writes.submit(fn, *args)
 
     def _keep(self, point_ids: Collection[str], reread: Callable[[str], CacheEntry | None]) -> None:
         for point_id in point_ids:
