@@ -116,6 +116,30 @@ async def test_a_failed_upsert_keeps_nothing(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_hit_times_keep_hot_entries_kept(tmp_path: Path) -> None:
+    """Hit times are written for every entry hit in the last half second: the kept
+    entries take the new time rather than being dropped and read again."""
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    try:
+        await store.upsert(ID, unit(1), _answer("a"))
+        await _write_thread_done(store)
+        counting = _CountingShard(store.shard)
+        store._keeper.shard = counting  # type: ignore[assignment]
+        before = await store.get(ID)
+        assert before is not None
+        await store.touch([ID, OTHER], before.last_hit_at + 5.0)
+        after = await store.get(ID)
+        assert counting.retrieved == 0
+        (record,) = store.shard.retrieve([ID], with_payload=True, with_vector=False)
+    finally:
+        store._keeper.shard = counting._shard
+        await store.close()
+    assert after is not None and record.payload is not None
+    assert after.last_hit_at == before.last_hit_at + 5.0
+    assert after.last_hit_at == pytest.approx(record.payload["last_hit_at"], abs=1e-6)
+    assert replace(after, last_hit_at=0.0) == replace(before, last_hit_at=0.0)
+
+
 async def test_memo_off_reads_the_shard_every_time(tmp_path: Path) -> None:
     store = EdgeVectorStore(tmp_path / "shard", DIM, memo_entries=0)
     try:

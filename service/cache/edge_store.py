@@ -491,8 +491,9 @@ class EdgeVectorStore:
         def write() -> None:
             if self._shard is not None and self._disk.fits(DELETE_BYTES, self._disk.min_free_bytes):
                 self._shard.update(operation)
+                self._memo.touch(point_ids, now)
 
-        await self._write(write, point_ids)
+        await self._write(write, ())
 
     async def add_observations(self, items: Sequence[tuple[str, Observation]]) -> None:
         """Add observations to entries' evidence; see `LookupStore.add_observations`.

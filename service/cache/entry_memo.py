@@ -7,8 +7,10 @@ callbacks. The embedded store is the only writer of its shard (the shard's
 folder belongs to this process), so it can keep what it read and drop it at
 every write that could change it:
 
-- a write names the ids it changes (an upsert, new evidence, hit times), and
-  those are dropped once the write is done, whether or not it succeeded; after
+- a write names the ids it changes (an upsert, new evidence), and those are
+  dropped once the write is done, whether or not it succeeded; hit times,
+  written for every entry hit in the last half second, are set on the kept
+  entries instead (dropping them would empty the memo of the hot ones); after
   an upsert that succeeded, the write thread reads the entry back and keeps it
   (the answer just stored is the likeliest to be asked again);
 - a write by filter (a deletion, an eviction, reopening the shard) drops all.
@@ -28,6 +30,7 @@ import threading
 from collections.abc import Iterable
 
 from service.cache.store import CacheEntry
+from service.domain import assembled
 
 
 class EntryMemo:
@@ -59,6 +62,20 @@ class EntryMemo:
             entries[point_id] = entry
             if len(entries) > self._size:
                 del entries[next(iter(entries))]
+
+    def touch(self, point_ids: Iterable[str], now: float) -> None:
+        """Hit times `now` of `point_ids` were written: kept entries take them too.
+
+        Not a `forget`: hit times are written every half second for every entry hit
+        meanwhile, and dropping those would empty the memo of exactly the hot ones.
+        """
+        with self._lock:
+            entries = self._entries
+            for point_id in point_ids:
+                entry = entries.get(point_id)
+                if entry is not None:
+                    entries[point_id] = assembled(CacheEntry, {**vars(entry), "last_hit_at": now})
+            self.generation += 1
 
     def forget(self, point_ids: Iterable[str]) -> None:
         """A write that may have changed `point_ids` has finished."""
