@@ -145,7 +145,8 @@ def markdown(results: dict[str, Any]) -> str:
             markdown_table(results["zipf"], ZIPF_COLUMNS),
             "Latency by cache outcome (client round trip):",
             markdown_table(outcome_rows(results["zipf"]), OUTCOME_COLUMNS),
-            "Hits only (exact: the cached `a`s again; semantic: paraphrases that hit, NO_STORE):",
+            "Hits only (exact: the cached `a`s again, those stored under their own words;"
+            " semantic: paraphrases that hit, NO_STORE):",
             markdown_table(results["hits"], HIT_COLUMNS),
             "Targets (ratios to the floors above):",
             markdown_table(

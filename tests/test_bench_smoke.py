@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from benchmarks.baselines.reference_cache import ReferenceSemanticCache
-from benchmarks.load import ZipfWorkload, measure_phase, requests_for
+from benchmarks.load import ZipfWorkload, exact_hit_prompts, measure_phase, requests_for
 from benchmarks.report import ProcessSampler, markdown_table, percentile
 from tests.conftest import Service
 
@@ -80,6 +80,24 @@ async def test_load_phase_reports_outcomes_costs_and_latency(service: Service) -
     assert summary["cost_spent_usd"] > 0
     assert streamed.summary()["hit_rate"] == 1.0
     assert streamed.summary()["cost_saved_usd"] > 0
+
+
+async def test_the_exact_hit_phase_asks_only_questions_stored_under_their_own_words() -> None:
+    """A question served from a neighbour when first asked is a semantic hit when
+    asked again: it would put the embedder into the exact-hit phase's times."""
+    from service._proto.semcache.v1 import semcache_pb2 as pb
+
+    answered_from = {"stored": pb.CACHE_STATUS_EXACT_HIT, "neighbour": pb.CACHE_STATUS_SEMANTIC_HIT}
+    asked: list[tuple[str, int]] = []
+
+    class Stub:
+        async def Complete(self, request: Any, **options: Any) -> Any:
+            asked.append((request.prompt, request.cache_policy))
+            return pb.CompleteResponse(cache_status=answered_from[request.prompt])
+
+    questions = ["stored", "neighbour"]
+    assert await exact_hit_prompts(Stub(), questions, "ns") == ["stored"]  # type: ignore[arg-type]
+    assert asked == [(q, pb.CACHE_POLICY_NO_STORE) for q in questions]
 
 
 def test_process_sampler_sees_this_process() -> None:
