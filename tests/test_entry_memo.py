@@ -17,6 +17,7 @@ import qdrant_edge as qe
 
 from service.cache.edge_store import EdgeVectorStore
 from service.cache.entry_memo import EntryMemo
+from service.cache.semantic import EvictionSchedule
 from service.cache.store import CacheEntry, EntryFilter
 from service.cache.verify.evidence import Observation
 from service.errors import StoreNotWritableError
@@ -56,8 +57,8 @@ async def _write_thread_done(store: EdgeVectorStore) -> None:
     await asyncio.get_running_loop().run_in_executor(store._threads.writes, lambda: None)
 
 
-async def _content(store: EdgeVectorStore) -> str | None:
-    got = await store.get(ID)
+async def _content(store: EdgeVectorStore, point_id: str = ID) -> str | None:
+    got = await store.get(point_id)
     return None if got is None else got.content
 
 
@@ -190,9 +191,15 @@ async def test_an_eviction_is_seen_by_the_next_fetch(tmp_path: Path) -> None:
         await store.upsert(OTHER, unit(2), _answer("kept"))
         await store.touch([OTHER], entry("t").last_hit_at + 60.0)
         assert await store.get(ID) is not None
+        assert await store.get(OTHER) is not None
+        counting = _CountingShard(store.shard)
+        store._keeper.shard = counting  # type: ignore[assignment]
         assert await store.evict_least_recent("t", keep=1) == 1
         assert await store.get(ID) is None
+        assert await _content(store, OTHER) == "kept"  # still kept: only ID was read
+        assert counting.retrieved == 1
     finally:
+        store._keeper.shard = counting._shard
         await store.close()
 
 
@@ -255,3 +262,14 @@ def test_the_memo_keeps_at_most_its_size_dropping_the_oldest() -> None:
     off = EntryMemo(0)
     off.keep(ID, _answer("a"), off.generation)
     assert off.get(ID) is None
+
+
+def test_a_tenant_is_counted_for_eviction_every_hundredth_of_its_limit() -> None:
+    """Each count walks the tenant's entries: not one per stored answer."""
+    schedule = EvictionSchedule(1000)
+    due = [schedule.due("t") for _ in range(30)]
+    assert [index for index, now in enumerate(due, 1) if now] == [10, 20, 30]
+    assert schedule.due("other") is False  # each tenant has its own count
+    small = EvictionSchedule(50)
+    assert all(small.due("t") for _ in range(5))
+    assert not any(EvictionSchedule(0).due("t") for _ in range(200))

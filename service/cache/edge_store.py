@@ -211,8 +211,9 @@ class _ShardKeeper:
             shard.update(qe.UpdateOperation.delete_points_by_filter(edge_filter))
         return matched
 
-    def evict_least_recent(self, tenant_filter: qe.Filter, keep: int) -> int:
-        """Delete the least recently hit of what `tenant_filter` matches beyond `keep`.
+    def evict_least_recent(self, tenant_filter: qe.Filter, keep: int) -> list[str]:
+        """Delete the least recently hit of what `tenant_filter` matches beyond `keep`;
+        returns their ids.
 
         Raises:
             StoreNotWritableError: the shard is closed, or the disk has no room left.
@@ -220,7 +221,7 @@ class _ShardKeeper:
         shard = self.writable(DELETE_BYTES, deletion=True)
         excess = shard.count(qe.CountRequest(exact=True, filter=tenant_filter)) - keep
         if excess <= 0:
-            return 0
+            return []
         oldest, _ = shard.scroll(
             qe.ScrollRequest(
                 limit=excess,
@@ -230,8 +231,9 @@ class _ShardKeeper:
             )
         )
         self.lower_manifest(shard, len(oldest))
-        shard.update(qe.UpdateOperation.delete_points([p.id for p in oldest]))
-        return len(oldest)
+        ids = [p.id for p in oldest]
+        shard.update(qe.UpdateOperation.delete_points(ids))
+        return [str(point_id) for point_id in ids]
 
     def add_observations(self, grouped: Mapping[str, Sequence[Observation]]) -> None:
         """Write each entry's new observation keys and delete the ones the newest
@@ -290,6 +292,18 @@ class _ShardKeeper:
         count = shard.count(qe.CountRequest(exact=True))
         shard.close()
         self._raise_bound(count)
+
+
+def _evict(keeper: _ShardKeeper, memo: EntryMemo, tenant_filter: qe.Filter, keep: int) -> int:
+    """`keeper.evict_least_recent`, forgetting only the evicted entries (every kept one
+    if it failed part way); returns how many were evicted (write thread)."""
+    try:
+        evicted = keeper.evict_least_recent(tenant_filter, keep)
+    except BaseException:
+        memo.clear()
+        raise
+    memo.forget(evicted)
+    return len(evicted)
 
 
 class _Threads:
@@ -507,7 +521,7 @@ class EdgeVectorStore:
 
     async def evict_least_recent(self, tenant: str, keep: int) -> int:
         tenant_filter = _edge_filter(filters.tenant_conditions(tenant))
-        return await self._write(lambda: self._keeper.evict_least_recent(tenant_filter, keep), None)
+        return await self._write(lambda: _evict(self._keeper, self._memo, tenant_filter, keep), ())
 
     async def maintain(self, min_unindexed: int) -> bool:
         """Upkeep: open a shard left closed once there is room, re-measure the disk

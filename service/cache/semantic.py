@@ -119,6 +119,28 @@ class Answer:
     tool_calls_json: str = ""
 
 
+class EvictionSchedule:
+    """When a tenant's entries are counted and the least recently hit beyond its limit
+    evicted: after every 1% of the limit in stores (every store below 100), not after
+    each. A count walks the tenant's entries on the store's write thread, and each
+    miss waited for one; a tenant may now go over its limit by up to 1% meanwhile.
+    No limit (0): never."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._limit = max_entries
+        self._every = max(1, max_entries // 100)
+        self._stores: dict[str, int] = {}  # since the tenant's last count
+
+    def due(self, tenant: str) -> bool:
+        """One more entry stored for `tenant`: whether to count and evict now."""
+        if not self._limit:
+            return False
+        stores = self._stores.get(tenant, 0) + 1
+        due = stores >= self._every
+        self._stores[tenant] = 0 if due else stores
+        return due
+
+
 class SemanticCache:
     """Scoped semantic cache over a `VectorStore`, embedding through an `EmbeddingBatcher`.
 
@@ -151,6 +173,7 @@ class SemanticCache:
         self._search_limit = search_limit
         self._ttl_s = ttl_s
         self._max_entries = max_entries_per_tenant
+        self._evictions = EvictionSchedule(max_entries_per_tenant)
         self._clock = clock
         self._hit_times = HitTimes(store, clock)
         self._telemetry = telemetry or Telemetry()
@@ -272,7 +295,7 @@ class SemanticCache:
             lifetime_s = ttl_s if ttl_s is not None else (self._ttl_s or FOREVER_S)
             entry = new_entry(lookup.key, answer, context_vector, self._clock(), lifetime_s)
             await self.store.upsert(lookup.key.point_id, vector, entry)
-            if self._max_entries:
+            if self._evictions.due(lookup.key.tenant):
                 await self._hit_times.flush()  # eviction must see the latest hits
                 await self.store.evict_least_recent(lookup.key.tenant, self._max_entries)
         except StoreNotWritableError:
