@@ -165,6 +165,31 @@ async def test_a_stream_is_read_from_its_chunks() -> None:
     assert items == ["Hel", "lo", ProviderAnswer("Hello", "m3", "stop", Usage(3, 2))]
 
 
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        (b"data: {cut short\n\n", "not chat chunks"),
+        (b'data: {"error": {"message": "overloaded"}}\n\n', "overloaded"),
+    ],
+)
+async def test_a_stream_event_that_is_broken_or_an_error_is_an_upstream_error(
+    event: bytes, error: str
+) -> None:
+    async def sse(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n')
+        await response.write(event)
+        return response
+
+    items: list[object] = []
+    async with serving(sse) as provider:
+        with pytest.raises(UpstreamError, match=error):
+            async for item in provider.stream(CALL):
+                items.append(item)
+    assert items == ["Hel"]
+
+
 async def test_the_environments_proxy_carries_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
 

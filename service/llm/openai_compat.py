@@ -11,10 +11,12 @@ which tells what to retry from the errors raised here (see
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Sequence
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import httpx2
 import openai
 import structlog
 from openai import AsyncOpenAI, AsyncStream
@@ -25,6 +27,7 @@ from service.errors import UpstreamError
 from service.llm.aiohttp_transport import AiohttpTransport
 from service.llm.http_errors import RetryableUpstreamError, translate_openai_error
 from service.llm.provider import ProviderAnswer, ProviderCall
+from service.llm.sse import BadEventError, sse_data
 
 if TYPE_CHECKING:
     from openai._types import RequestOptions
@@ -34,7 +37,8 @@ log = structlog.get_logger(__name__)
 # answer read as plain JSON: `chat.completions.create` would run its request-typing
 # transform over the body and build pydantic models for the answer (and for every
 # chunk of a stream), which cost more than the rest of the call. The client, its
-# auth, base URL, timeouts and error types are the same.
+# auth, base URL, timeouts and error types are the same. A stream's body is read by
+# `sse` rather than the client's event reader, which cost about 15 us a chunk.
 _CHAT_PATH = "/chat/completions"
 
 
@@ -137,8 +141,9 @@ class OpenAICompatProvider:
                 stream=True,
                 stream_cls=AsyncStream[object],
             )
-            async with stream:
-                async for chunk in stream:
+            async with stream:  # its body is read here (`sse`), the client's reader unused
+                response = stream.response
+                async for chunk in sse_data(_body(response), response.request):
                     fields = _dict(chunk)
                     model = _text(fields.get("model")) or model
                     usage = _usage_of(fields.get("usage")) or usage
@@ -150,6 +155,10 @@ class OpenAICompatProvider:
                             yield content
         except openai.OpenAIError as error:
             raise self._failed(error) from error
+        except BadEventError as error:
+            raise UpstreamError(
+                f"{self._where} sent a stream that is not chat chunks: {error}"
+            ) from error
         if not finish_reason:
             raise RetryableUpstreamError(f"{self._where} ended the stream early")
         yield ProviderAnswer("".join(parts), model, finish_reason, usage)
@@ -190,6 +199,18 @@ class OpenAICompatProvider:
             error=f"{type(error).__name__}: {error}",
         )
         return translated
+
+
+async def _body(response: httpx2.Response) -> AsyncIterator[bytes]:
+    """The bytes of a streamed response, a transport failure raised as the client raises
+    it while reading a stream (so it is translated, and retried, the same way)."""
+    try:
+        async for chunk in response.aiter_bytes():
+            yield chunk
+    except httpx2.TimeoutException as error:
+        raise openai.APITimeoutError(request=response.request) from error
+    except (httpx2.RequestError, ssl.SSLError) as error:
+        raise openai.APIConnectionError(request=response.request) from error
 
 
 def _addresses_of(base_url: str) -> tuple[str, ...]:

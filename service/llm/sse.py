@@ -1,0 +1,105 @@
+"""The data of a server-sent event stream, read from its bytes.
+
+A streamed chat completion arrives as one event per delta, tens of them per
+answer. The `openai` client's own reader builds an event object per line and
+runs each event's JSON through its response processing: about 15 µs a chunk
+here, 0.85 ms for a 57-chunk answer against reading the lines and parsing the
+JSON directly (issue 13, a streamed bypass adding 1.9 ms against a 1.5 ms
+target). The request still goes through the client (its auth, base URL,
+timeouts and status errors); only the body is read here, with the same rules:
+
+- lines end in CRLF, LF or CR; an empty line ends an event; only `data:`
+  fields matter (several are joined with newlines), other fields and comments
+  (`:`) are skipped;
+- `[DONE]` ends the stream; the rest of the body is read (and dropped) so an
+  HTTP/1.1 connection can be reused, as the client does;
+- an event whose JSON is an object with an `error` is raised as the client
+  raises it (`openai.APIError`), so the caller translates it the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+
+_DONE = b"[DONE]"
+_STREAM_ERROR = "An error occurred during streaming"
+
+
+class BadEventError(ValueError):
+    """An event's data is not JSON."""
+
+
+async def sse_data(chunks: AsyncIterator[bytes], request: Any = None) -> AsyncIterator[object]:
+    """The parsed JSON of each event in `chunks`, up to `[DONE]` or the end.
+
+    Raises:
+        BadEventError: an event's data is not JSON.
+        openai.APIError: an event is an error object (`request` is attached to it).
+    """
+    lines = _Lines()
+    async for chunk in chunks:
+        for payload in lines.feed(chunk):
+            if payload.startswith(_DONE):
+                async for _ in chunks:  # drained for the connection's reuse
+                    pass
+                return
+            yield _parsed(payload, request)
+    for payload in lines.finish():
+        if not payload.startswith(_DONE):
+            yield _parsed(payload, request)
+
+
+class _Lines:
+    """Cuts bytes into lines and lines into events' data."""
+
+    def __init__(self) -> None:
+        self._pending = b""  # the start of a line whose end has not arrived yet
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The data of each event that `chunk` completes."""
+        lines = (self._pending + chunk).splitlines(keepends=True)
+        # A last line without its end (or a CR that may be the start of a CRLF) waits.
+        self._pending = lines.pop() if lines and _unfinished(lines[-1]) else b""
+        return [payload for line in lines if (payload := self._line(line)) is not None]
+
+    def finish(self) -> list[bytes]:
+        """The data of the event the body ended in, if it has any."""
+        pending, self._pending = self._pending, b""
+        payloads = [self._line(pending)] if pending else []
+        payloads.append(self._line(b""))  # the end of the body ends the event
+        return [payload for payload in payloads if payload is not None]
+
+    def _line(self, line: bytes) -> bytes | None:
+        field = line.rstrip(b"\r\n")
+        if field:
+            if field.startswith(b"data:"):
+                value = field[5:]
+                self._data.append(value[1:] if value.startswith(b" ") else value)
+            return None
+        if not self._data:
+            return None
+        payload, self._data = b"\n".join(self._data), []
+        return payload
+
+
+def _unfinished(line: bytes) -> bool:
+    return not line.endswith(b"\n")  # a lone CR may be the first half of a CRLF
+
+
+def _parsed(payload: bytes, request: Any) -> object:
+    try:
+        value = json.loads(payload)
+    except ValueError as error:
+        raise BadEventError(f"a stream event is not JSON ({error})") from None
+    if isinstance(value, dict) and value.get("error"):
+        error_body = value["error"]
+        message = error_body.get("message") if isinstance(error_body, dict) else None
+        if not message or not isinstance(message, str):
+            message = _STREAM_ERROR
+        raise openai.APIError(message=message, request=request, body=error_body)
+    return value
