@@ -190,6 +190,24 @@ async def test_a_stream_event_that_is_broken_or_an_error_is_an_upstream_error(
     assert items == ["Hel"]
 
 
+async def test_a_stream_whose_body_stays_open_after_done_still_ends() -> None:
+    """After [DONE] the rest of the body is read for reuse, but not waited for."""
+    hold = asyncio.Event()
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices": [{"delta": {"content": "Hi"}, ')
+        await response.write(b'"finish_reason": "stop"}]}\n\ndata: [DONE]\n\n')
+        await hold.wait()  # never ends the body
+        return response
+
+    async with serving(sse) as provider:
+        items = await asyncio.wait_for(outcome(provider, CALL, stream=True), timeout=5)
+        hold.set()
+    assert items == ["Hi", ProviderAnswer("Hi", "m", "stop", Usage())]
+
+
 async def test_the_environments_proxy_carries_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
 

@@ -11,14 +11,16 @@ timeouts and status errors); only the body is read here, with the same rules:
 - lines end in CRLF, LF or CR; an empty line ends an event; only `data:`
   fields matter (several are joined with newlines), other fields and comments
   (`:`) are skipped;
-- `[DONE]` ends the stream; the rest of the body is read (and dropped) so an
-  HTTP/1.1 connection can be reused, as the client does;
+- `[DONE]` ends the stream; the rest of the body is read (and dropped) for up
+  to 0.1 s so an HTTP/1.1 connection can be reused, as the client does;
 - an event whose JSON is an object with an `error` is raised as the client
   raises it (`openai.APIError`), so the caller translates it the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import openai
 
 _DONE = b"[DONE]"
+DRAIN_TIMEOUT_S = 0.1  # as the openai client drains after [DONE]
 _STREAM_ERROR = "An error occurred during streaming"
 
 
@@ -44,8 +47,7 @@ async def sse_data(chunks: AsyncIterator[bytes], request: Any = None) -> AsyncIt
     async for chunk in chunks:
         for payload in lines.feed(chunk):
             if payload.startswith(_DONE):
-                async for _ in chunks:  # drained for the connection's reuse
-                    pass
+                await _drain(chunks)
                 return
             yield _parsed(payload, request)
     for payload in lines.finish():
@@ -85,6 +87,16 @@ class _Lines:
             return None
         payload, self._data = b"\n".join(self._data), []
         return payload
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what follows `[DONE]` so an HTTP/1.1 connection can be reused, for at most
+    `DRAIN_TIMEOUT_S`: a server that keeps the body open only costs its connection
+    (closed, not reused), and a failure here does not undo a finished answer."""
+    with contextlib.suppress(TimeoutError, openai.OpenAIError, OSError):
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            async for _ in chunks:
+                pass
 
 
 def _unfinished(line: bytes) -> bool:
