@@ -127,10 +127,7 @@ class OpenAICompatProvider:
             RetryableUpstreamError: as `complete`, or the stream ended without a finish.
             UpstreamTimeoutError, UpstreamRejectedError, UpstreamError: as `complete`.
         """
-        parts: list[str] = []
-        finish_reason = ""
-        model = call.model
-        usage = Usage()
+        answer = _StreamedAnswer(call.model)
         body = {**_chat_body(call), "stream": True, "stream_options": {"include_usage": True}}
         try:
             stream = await self._client.post(
@@ -144,24 +141,19 @@ class OpenAICompatProvider:
             async with stream:  # its body is read here (`sse`), the client's reader unused
                 response = stream.response
                 async for chunk in sse_data(_body(response), response.request):
-                    fields = _dict(chunk)
-                    model = _text(fields.get("model")) or model
-                    usage = _usage_of(fields.get("usage")) or usage
-                    for choice in _dicts(fields.get("choices")):
-                        finish_reason = _text(choice.get("finish_reason")) or finish_reason
-                        content = _text(_dict(choice.get("delta")).get("content"))
-                        if content:
-                            parts.append(content)
-                            yield content
+                    for content in answer.add(_dict(chunk)):
+                        yield content
         except openai.OpenAIError as error:
             raise self._failed(error) from error
         except BadEventError as error:
             raise UpstreamError(
                 f"{self._where} sent a stream that is not chat chunks: {error}"
             ) from error
-        if not finish_reason:
+        if not answer.finish_reason:
             raise RetryableUpstreamError(f"{self._where} ended the stream early")
-        yield ProviderAnswer("".join(parts), model, finish_reason, usage)
+        yield ProviderAnswer(
+            "".join(answer.parts), answer.model, answer.finish_reason, answer.usage
+        )
 
     def _answer_of(self, data: object, model: str) -> ProviderAnswer:
         """The answer in a chat completion's JSON, read as it came (no response models).
@@ -199,6 +191,29 @@ class OpenAICompatProvider:
             error=f"{type(error).__name__}: {error}",
         )
         return translated
+
+
+class _StreamedAnswer:
+    """What the chunks of a streamed chat completion have said so far."""
+
+    def __init__(self, model: str) -> None:
+        self.parts: list[str] = []
+        self.finish_reason = ""
+        self.model = model
+        self.usage = Usage()
+
+    def add(self, fields: dict[str, Any]) -> list[str]:
+        """Take in one chunk; returns its text deltas."""
+        self.model = _text(fields.get("model")) or self.model
+        self.usage = _usage_of(fields.get("usage")) or self.usage
+        deltas: list[str] = []
+        for choice in _dicts(fields.get("choices")):
+            self.finish_reason = _text(choice.get("finish_reason")) or self.finish_reason
+            content = _text(_dict(choice.get("delta")).get("content"))
+            if content:
+                deltas.append(content)
+        self.parts += deltas
+        return deltas
 
 
 async def _body(response: httpx2.Response) -> AsyncIterator[bytes]:
