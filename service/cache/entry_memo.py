@@ -1,19 +1,20 @@
 """Parsed entries kept in memory for lookups by id: the exact-hit path (issue 13).
 
-A fetch by id from Qdrant Edge, and the entry built from its payload, cost
-more on a busy server than the rest of an exact hit together: the shard
-rebuilds the payload at every read, and the read runs cold between gRPC's
-callbacks. The embedded store is the only writer of its shard (the shard's
+A fetch by id from Qdrant Edge, and the entry built from its payload, were
+the largest single part of an exact hit's own work on a busy server: the
+shard rebuilds the payload at every read, and the read runs cold between
+gRPC's callbacks. The embedded store is the only writer of its shard (the shard's
 folder belongs to this process), so it can keep what it read and drop it at
 every write that could change it:
 
-- a write names the ids it changes (an upsert, new evidence), and those are
-  dropped once the write is done, whether or not it succeeded; hit times,
+- a write names the ids it changes (an upsert, new evidence, an eviction's
+  victims), and those are dropped once the write is done, whether or not it
+  succeeded (an eviction that failed part way drops all); hit times,
   written for every entry hit in the last half second, are set on the kept
   entries instead (dropping them would empty the memo of the hot ones); after
   an upsert that succeeded, the write thread reads the entry back and keeps it
   (the answer just stored is the likeliest to be asked again);
-- a write by filter (a deletion, an eviction, reopening the shard) drops all.
+- a write by filter (a deletion, a TTL purge, reopening the shard) drops all.
 
 A read that raced a write must not keep what it read: `generation` is taken
 before the read and `keep` stores the entry only if no write finished since.
