@@ -95,3 +95,9 @@ async def test_an_error_event_is_raised_as_the_openai_client_raises_it() -> None
 async def test_an_event_that_is_not_json_is_a_bad_event() -> None:
     with pytest.raises(BadEventError, match="not JSON"):
         await _read([b"data: {truncated\n\n"])
+
+
+async def test_a_long_event_in_small_pieces_is_read_whole() -> None:
+    chunk = {"choices": [{"delta": {"content": "x" * 20_000}}]}
+    body = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    assert await _read(_cut(body, 3)) == [chunk]

@@ -59,19 +59,22 @@ class _Lines:
     """Cuts bytes into lines and lines into events' data."""
 
     def __init__(self) -> None:
-        self._pending = b""  # the start of a line whose end has not arrived yet
+        self._pending: list[bytes] = []  # the start of a line whose end has not arrived
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The data of each event that `chunk` completes."""
-        lines = (self._pending + chunk).splitlines(keepends=True)
+        if b"\n" not in chunk and b"\r" not in chunk:  # the line goes on: kept, not re-cut,
+            self._pending.append(chunk)  # so a long line in small pieces stays linear
+            return []
+        lines = b"".join([*self._pending, chunk]).splitlines(keepends=True)
         # A last line without its end (or a CR that may be the start of a CRLF) waits.
-        self._pending = lines.pop() if lines and _unfinished(lines[-1]) else b""
+        self._pending = [lines.pop()] if lines and _unfinished(lines[-1]) else []
         return [payload for line in lines if (payload := self._line(line)) is not None]
 
     def finish(self) -> list[bytes]:
         """The data of the event the body ended in, if it has any."""
-        pending, self._pending = self._pending, b""
+        pending, self._pending = b"".join(self._pending), []
         payloads = [self._line(pending)] if pending else []
         payloads.append(self._line(b""))  # the end of the body ends the event
         return [payload for payload in payloads if payload is not None]
