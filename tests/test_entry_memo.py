@@ -219,6 +219,7 @@ async def test_a_write_whose_caller_gave_up_still_drops_the_old_entry(tmp_path: 
         await store.upsert(ID, unit(1), _answer("old"))
         assert await _content(store) == "old"  # now kept
         store._keeper.writable = slow_writable  # type: ignore[method-assign]
+        store._disk.fresh = lambda: False  # type: ignore[method-assign]  # the write thread's
         write = asyncio.ensure_future(store.upsert(ID, unit(1), _answer("new")))
         await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
         write.cancel()  # the write thread is inside it: it will land
@@ -273,3 +274,53 @@ def test_a_tenant_is_counted_for_eviction_every_hundredth_of_its_limit() -> None
     small = EvictionSchedule(50)
     assert all(small.due("t") for _ in range(5))
     assert not any(EvictionSchedule(0).due("t") for _ in range(200))
+
+
+class _WriterNoting:
+    """The store's `writable`, noting the thread each write ran on."""
+
+    def __init__(self, store: EdgeVectorStore) -> None:
+        self._writable = store._keeper.writable
+        self.threads: list[threading.Thread] = []
+
+    def __call__(self, n_bytes: int, deletion: bool = False) -> qe.EdgeShard:
+        self.threads.append(threading.current_thread())
+        return self._writable(n_bytes, deletion)
+
+
+async def test_a_lone_upsert_runs_on_the_callers_thread(tmp_path: Path) -> None:
+    """Qdrant Edge holds the GIL through a write: the write thread only added two
+    hand-offs to a miss's store."""
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    noting = _WriterNoting(store)
+    store._keeper.writable = noting  # type: ignore[method-assign]
+    try:
+        await store.upsert(ID, unit(1), _answer("a"))
+        assert await _content(store) == "a"
+    finally:
+        del store._keeper.writable
+        await store.close()
+    assert noting.threads == [threading.current_thread()]
+
+
+async def test_an_upsert_waits_its_turn_behind_a_running_write_or_a_due_measurement(
+    tmp_path: Path,
+) -> None:
+    """Writes stay one at a time (the disk accounting is not thread-safe), and the
+    walk of the store's files that a measurement makes never runs on the caller's thread."""
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    noting = _WriterNoting(store)
+    store._keeper.writable = noting  # type: ignore[method-assign]
+    try:
+        with store._threads.lock:  # as a write on the write thread holds it
+            queued = asyncio.ensure_future(store.upsert(ID, unit(1), _answer("a")))
+            await asyncio.sleep(0.05)
+            assert not queued.done() and noting.threads == []
+        await queued
+        store._disk.fresh = lambda: False  # type: ignore[method-assign]
+        await store.upsert(OTHER, unit(2), _answer("b"))
+    finally:
+        del store._keeper.writable
+        await store.close()
+    assert len(noting.threads) == 2
+    assert threading.current_thread() not in noting.threads

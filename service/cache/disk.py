@@ -66,8 +66,9 @@ def _mib(n_bytes: int) -> str:
 class DiskGuard:
     """Whether the store in `path` may write: its room against a `min_free_bytes` watermark.
 
-    Not thread-safe: the store calls it from its one write thread only; `health`
-    (replaced, never mutated) may be read from anywhere.
+    Not thread-safe: the store calls it only under its write lock (on its write
+    thread, or inline for an upsert); `health` (replaced, never mutated) may be read
+    from anywhere.
     """
 
     def __init__(
@@ -128,6 +129,10 @@ class DiskGuard:
             return False
         self._room_bytes -= n_bytes
         return True
+
+    def fresh(self) -> bool:
+        """Whether the room was measured within the interval (no walk of the files due)."""
+        return self._clock() - self._measured_at < self._interval_s
 
     @property
     def min_free_bytes(self) -> int:
