@@ -18,8 +18,9 @@ every write that could change it:
 
 A read that raced a write must not keep what it read: `generation` is taken
 before the read and `keep` stores the entry only if no write finished since.
-Writes run on the store's write thread and reads on the event loop, so
-`forget`, `clear` and `keep` take one lock; `get` is a lone dict read.
+Writes run on the store's write thread (a lone upsert inline, under the same
+write lock) and reads on the event loop, so `forget`, `clear`, `touch` and
+`keep` take one lock; `get` is a lone dict read.
 
 A Qdrant server is shared by replicas, which change entries this process
 never hears of: that backend keeps no memo and reads the server every time.
