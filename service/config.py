@@ -334,7 +334,12 @@ class EmbeddingSettings(BaseModel):
         Path(".semcache/models"),
         description="Where ONNX exports of the embedding model are cached.",
     )
-    embedding_max_batch: int = Field(64, ge=1, description="Most texts embedded in one batch.")
+    embedding_max_batch: int = Field(
+        64,
+        ge=1,
+        description="Most texts embedded in one batch; never more than the model runs at once"
+        " (one for `onnx-int8`, whose vectors must not depend on batch mates).",
+    )
     embedding_threads: int = Field(
         1, ge=1, description="CPU threads one embedding run may use (onnxruntime intra-op)."
     )
