@@ -16,8 +16,8 @@ held, more threads only hand the work around; a lone search measured about a
 quarter cheaper on one thread than on the default pool, on 2 cores).
 
 A fetch by id (the exact-hit path) is answered from a memo of the entries
-last read (`entry_memo`), which every write drops what it may have changed
-from, on the write thread once it is done.
+last read (`entry_memo`), from which every write drops what it may have
+changed, on the thread that ran it, once it is done.
 
 A full disk pauses storing (`disk.DiskGuard`): lookups still answer from what
 is stored, and storing resumes when space returns. A shard that cannot be
@@ -390,13 +390,8 @@ class _Threads:
 
     def _keep(self, point_ids: Collection[str], reread: Callable[[str], CacheEntry | None]) -> None:
         for point_id in point_ids:
-            generation = self.memo.generation
-            try:
-                entry = reread(point_id)
-            except Exception:  # only a memo left unfilled: the write itself succeeded
-                continue
-            if entry is not None:
-                self.memo.keep(point_id, entry, generation)
+            with contextlib.suppress(Exception):  # only a memo left unfilled: the write held
+                self.memo.read_through(point_id, reread)
 
     def shutdown(self) -> None:
         for executor in (self.reads, self.writes, self.indexer):
@@ -471,14 +466,7 @@ class EdgeVectorStore:
     async def get(self, point_id: str) -> CacheEntry | None:
         """The entry by id: the memo's (see `entry_memo`), else fetched inline: a lookup
         by id takes microseconds, less than a hop to a read thread (issue 13)."""
-        entry = self._memo.get(point_id)
-        if entry is not None:
-            return entry
-        generation = self._memo.generation
-        entry = self._read(point_id)
-        if entry is not None:
-            self._memo.keep(point_id, entry, generation)
-        return entry
+        return self._memo.get(point_id) or self._memo.read_through(point_id, self._read)
 
     def _read(self, point_id: str) -> CacheEntry | None:
         """The entry by id as the shard has it now; None if absent or the shard is closed."""

@@ -29,7 +29,7 @@ never hears of: that backend keeps no memo and reads the server every time.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from service.cache.store import CacheEntry
 from service.domain import assembled
@@ -64,6 +64,16 @@ class EntryMemo:
             entries[point_id] = entry
             if len(entries) > self._size:
                 del entries[next(iter(entries))]
+
+    def read_through(
+        self, point_id: str, read: Callable[[str], CacheEntry | None]
+    ) -> CacheEntry | None:
+        """`read(point_id)` from the store, kept unless a write finished while it read."""
+        generation = self.generation
+        entry = read(point_id)
+        if entry is not None:
+            self.keep(point_id, entry, generation)
+        return entry
 
     def touch(self, point_ids: Iterable[str], now: float) -> None:
         """Hit times `now` of `point_ids` were written: kept entries take them too.
