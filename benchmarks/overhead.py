@@ -18,6 +18,10 @@ per-question differences; calls that were not misses are left out and counted.
 After each question's three calls, a gRPC health check through the same
 channel and the question embedded alone in this process (the service's
 backend and threads) measure the floors, call by call (`benchmarks.floors`).
+
+The service runs with its embedding memo off: the streamed phase asks the
+questions the unary phase asked, and with the memo on its misses reused the
+unary phase's vectors, so a streamed miss was timed without its embedding.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from benchmarks.report import (
     machine_note,
     markdown_table,
     progress,
+    service_env_note,
     write_results,
 )
 from service._proto.semcache.v1 import semcache_pb2 as pb
@@ -54,6 +59,16 @@ from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 
 MODEL = "gpt-4o-mini"
 VARIANTS = ("direct", "semcache_miss", "semcache_bypass")
+# Why the report states the memo setting it starts semcache with.
+MEMO_OFF_WHY = (
+    "both phases ask the same questions, and the embedding memo would let the streamed"
+    " misses reuse the unary phase's vectors"
+)
+
+
+def service_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the embedding memo off, so every miss in either phase embeds its question."""
+    return {**env, "SEMCACHE_EMBEDDING_MEMO_SIZE": "0"}
 
 
 def distinct_questions(n: int, path: Path) -> list[str]:
@@ -218,7 +233,8 @@ def markdown(report: dict[str, Any]) -> str:
     """The report's tables: floors, the variants, the targets."""
     return "\n\n".join(
         [
-            f"Embedding backend: {report['embedding_backend']}. {report['machine']}.",
+            f"Embedding backend: {report['embedding_backend']}. {report['machine']}."
+            + service_env_note(report.get("service_env") or {}, MEMO_OFF_WHY),
             floors_markdown(report["floors"]),
             markdown_table(report["rows"], COLUMNS),
             markdown_table(report["targets"], TARGET_COLUMNS),
@@ -237,7 +253,7 @@ def run(
     from benchmarks.floors import embedder_from_settings
     from benchmarks.report import bar_plot
 
-    env = env or {}
+    env = service_env(env or {})
     prompts = distinct_questions(requests, data_file(data))
     embedder, workers = embedder_from_settings(env.get("SEMCACHE_EMBEDDING_BACKEND"))
     floors = FloorRecorder(embedder, prompts, workers)
@@ -250,6 +266,7 @@ def run(
             rows += summarise(results, "stream" if stream else "unary")
     report: dict[str, Any] = {
         "embedding_backend": embedder.model_id,
+        "service_env": dict(sorted(env.items())),
         "machine": machine_note(),
         "floors": floors.report(),
         "rows": rows,

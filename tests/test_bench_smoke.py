@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -398,3 +399,32 @@ async def test_overhead_direct_call_reads_a_whole_reply_and_a_streams_first_even
     assert unary.outcome == stream.outcome == "direct"
     assert 0 < stream.first_event_ms <= stream.round_trip_ms
     assert unary.first_event_ms == 0 and unary.round_trip_ms > 0
+
+
+def test_overhead_starts_the_service_with_the_embedding_memo_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both phases ask the same questions: with the memo on, the streamed misses reused
+    the unary phase's vectors and were timed without their embedding (a streamed miss
+    came out 2.4 ms cheaper than a unary one, and its target read "met")."""
+    import contextlib
+
+    import benchmarks.floors
+    from benchmarks import overhead
+
+    started_with: list[dict[str, str]] = []
+
+    @contextlib.contextmanager
+    def fake_stack(workdir: Path, extra_env: dict[str, str]) -> Iterator[None]:
+        started_with.append(extra_env)
+        raise RuntimeError("stop here")
+        yield
+
+    monkeypatch.setattr(overhead, "data_file", lambda data: tmp_path)
+    monkeypatch.setattr(overhead, "distinct_questions", lambda n, path: ["q"] * n)
+    monkeypatch.setattr(benchmarks.floors, "embedder_from_settings", lambda backend: (None, 1))
+    monkeypatch.setattr(overhead, "FloorRecorder", lambda *args: None)
+    monkeypatch.setattr(overhead, "run_stack", fake_stack)
+    with pytest.raises(RuntimeError, match="stop here"):
+        overhead.run(tmp_path, 3, {"SEMCACHE_EMBEDDING_MEMO_SIZE": "512", "X": "1"})
+    assert started_with == [{"SEMCACHE_EMBEDDING_MEMO_SIZE": "0", "X": "1"}]
