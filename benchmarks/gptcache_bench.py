@@ -53,7 +53,7 @@ from benchmarks.load import (
     requests_for,
     semantic_hit_prompts,
 )
-from benchmarks.procs import run_stack
+from benchmarks.procs import embedding_memo_off, run_stack
 from benchmarks.report import (
     Row,
     bar_plot,
@@ -69,9 +69,6 @@ from service.embedding.base import Embedder
 
 GPTCACHE_THRESHOLD = 0.875  # 4 - (2 - 2 * 0.75) over GPTCache's max distance 4
 CONCURRENCY = (1, 8, 64)
-
-
-NO_MEMO = {"SEMCACHE_EMBEDDING_MEMO_SIZE": "0"}
 
 
 def gptcache_version() -> str:
@@ -247,7 +244,7 @@ def measure(
         caches[label], hit_sets[label] = _gptcache_rows(folder, embed, dim, pairs, workdir)
     with (
         tempfile.TemporaryDirectory() as stackdir,
-        run_stack(Path(stackdir), extra_env={**NO_MEMO, **env}) as stack,
+        run_stack(Path(stackdir), extra_env=embedding_memo_off(env)) as stack,
     ):
         namespace = "gptcache-compare"
         hit_sets["semcache"] = asyncio.run(_semcache_hit_set(stack.target, namespace, pairs))

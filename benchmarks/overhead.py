@@ -44,7 +44,7 @@ from tqdm import tqdm
 from benchmarks.data import data_file
 from benchmarks.floors import FloorRecorder, floors_markdown, health_check_ms, ratio
 from benchmarks.load import Sample, call_stream, call_unary
-from benchmarks.procs import run_stack
+from benchmarks.procs import embedding_memo_off, run_stack
 from benchmarks.report import (
     Row,
     latency_summary,
@@ -64,11 +64,6 @@ MEMO_OFF_WHY = (
     "both phases ask the same questions, and the embedding memo would let the streamed"
     " misses reuse the unary phase's vectors"
 )
-
-
-def service_env(env: dict[str, str]) -> dict[str, str]:
-    """`env` with the embedding memo off, so every miss in either phase embeds its question."""
-    return {**env, "SEMCACHE_EMBEDDING_MEMO_SIZE": "0"}
 
 
 def distinct_questions(n: int, path: Path) -> list[str]:
@@ -253,7 +248,7 @@ def run(
     from benchmarks.floors import embedder_from_settings
     from benchmarks.report import bar_plot
 
-    env = service_env(env or {})
+    env = embedding_memo_off(env or {})  # both phases ask the same questions
     prompts = distinct_questions(requests, data_file(data))
     embedder, workers = embedder_from_settings(env.get("SEMCACHE_EMBEDDING_BACKEND"))
     floors = FloorRecorder(embedder, prompts, workers)

@@ -69,7 +69,7 @@ from benchmarks.peers_gateways import (
     wait_http,
 )
 from benchmarks.peers_report import PhaseTally, build_report, markdown
-from benchmarks.procs import Stack, free_port, run_stack
+from benchmarks.procs import Stack, embedding_memo_off, free_port, run_stack
 from benchmarks.report import machine_note, progress, write_results
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 
@@ -301,7 +301,10 @@ def run(
     embedder, workers = embedder_from_settings(env.get("SEMCACHE_EMBEDDING_BACKEND"))
     floors = FloorRecorder(embedder, prompts, workers)
     http_port = free_port()
-    env = semcache_env_for_peers(env)
+    # For semcache and a semcache stand-in alike: one process serves both doors, and
+    # with the memo on the door asked second about a missed question reused the first
+    # door's embedding (their order rotates, gRPC came first in three of four).
+    env = embedding_memo_off(env)
     stack_env = {**env, "SEMCACHE_HTTP_PORT": str(http_port)}
     with (
         tempfile.TemporaryDirectory(prefix="semcache-peers-") as workdir,
@@ -320,17 +323,6 @@ def run(
     table = markdown(report)
     write_results(out_dir, "peers", report, table)
     return table
-
-
-def semcache_env_for_peers(env: dict[str, str]) -> dict[str, str]:
-    """`env` with the embedding memo off, for semcache and a semcache stand-in alike.
-
-    One semcache process serves both of its doors, and the memo is keyed by text:
-    with it on, the door asked second about a missed question reused the first
-    door's embedding, so the miss phase compared one door's miss with the other's
-    miss minus a model run (their order rotates, gRPC came first in three of four).
-    """
-    return {**env, "SEMCACHE_EMBEDDING_MEMO_SIZE": "0"}
 
 
 async def _measure_all(

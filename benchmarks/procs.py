@@ -77,6 +77,16 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         return subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
+def embedding_memo_off(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the service's embedding memo off (`SEMCACHE_EMBEDDING_MEMO_SIZE=0`).
+
+    The memo is keyed by text, so a benchmark that asks the same question twice on
+    one service (two doors, or a unary then a streamed phase) would time the second
+    ask without its embedding.
+    """
+    return {**env, "SEMCACHE_EMBEDDING_MEMO_SIZE": "0"}
+
+
 @contextlib.contextmanager
 def run_stack(
     workdir: Path,
