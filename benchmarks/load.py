@@ -16,9 +16,14 @@ grpc.aio stubs; its process is sampled with psutil for CPU and memory.
 
 Before each phase, a burst of gRPC health checks at the phase's concurrency
 and a burst of single-text embeddings measure the floors
-(`benchmarks.floors`); the report states each phase as ratios to them. With
-`--target`, the embedder floor is still measured in this process: on the
-service's cores only if it runs on this machine.
+(`benchmarks.floors`); the report states each phase as ratios to them. A
+phase at concurrency 1 takes its latency floors between its own requests
+instead, as `bench latency` does: after each request one health check and
+the request's text embedded alone (a burst runs on warm caches and reads
+faster than the same call between requests); that time is left out of the
+phase's wall time and of the service's mean CPU. With `--target`, the
+embedder floor is still measured in this process: on the service's cores
+only if it runs on this machine.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import json
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +42,11 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2_grpc
 from tqdm import tqdm
 
 from benchmarks.data import data_file
-from benchmarks.floors import FloorRecorder
+from benchmarks.floors import FloorRecorder, health_check_ms
 from benchmarks.load_report import add_ratios, markdown, plot, targets
 from benchmarks.procs import run_stack
 from benchmarks.report import (
@@ -226,27 +232,43 @@ class PhaseResult:
         return outcomes
 
 
+Between = Callable[[pb.CompleteRequest], Awaitable[None]]
+
+
 async def drive(
     stub: pb_grpc.SemanticCacheServiceStub,
     requests: Sequence[pb.CompleteRequest],
     concurrency: int,
     stream: bool,
     label: str = "",
+    between: Between | None = None,
 ) -> tuple[list[Sample], float]:
-    """Send `requests` with at most `concurrency` in flight; samples in request order, wall s."""
+    """Send `requests` with at most `concurrency` in flight; samples in request order, wall s.
+
+    `between` (concurrency 1 only) runs after each request, e.g. the floors;
+    its time is not part of the wall time returned.
+    """
+    if between is not None and concurrency != 1:
+        raise ValueError("work between requests needs concurrency 1")
     samples: list[Sample | None] = [None] * len(requests)
     order: Iterator[int] = iter(range(len(requests)))
     call = call_stream if stream else call_unary
     progress = tqdm(total=len(requests), desc=label, unit="req", leave=False, mininterval=0.5)
+    between_s = 0.0
 
     async def worker() -> None:
+        nonlocal between_s
         for index in order:
             samples[index] = await call(stub, requests[index])
             progress.update()
+            if between is not None:
+                started_between = time.perf_counter()
+                await between(requests[index])
+                between_s += time.perf_counter() - started_between
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(requests))))))
-    wall_s = time.perf_counter() - started
+    wall_s = time.perf_counter() - started - between_s
     progress.close()
     return [s for s in samples if s is not None], wall_s
 
@@ -267,16 +289,31 @@ async def measure_phase(
     concurrency: int,
     stream: bool,
     service_pid: int | None = None,
+    between: Between | None = None,
 ) -> PhaseResult:
-    """Run one phase, sampling the service process (when its pid is known) meanwhile."""
+    """Run one phase, sampling the service process (when its pid is known) meanwhile.
+
+    `between` runs after each request (concurrency 1 only), outside the phase's
+    wall time and the service's mean CPU.
+    """
     sampler = ProcessSampler(service_pid) if service_pid is not None else None
     label = f"{name} {'stream' if stream else 'unary'} c={concurrency}"
+    if between is not None and sampler is not None:
+        between = _paused(sampler, between)
     with sampler if sampler is not None else nullcontext():
-        samples, wall_s = await drive(stub, requests, concurrency, stream, label)
+        samples, wall_s = await drive(stub, requests, concurrency, stream, label, between)
     resources = sampler.usage() if sampler is not None else ResourceUsage()
     return PhaseResult(
         name, "stream" if stream else "unary", concurrency, samples, wall_s, resources
     )
+
+
+def _paused(sampler: ProcessSampler, between: Between) -> Between:
+    async def paused(request: pb.CompleteRequest) -> None:
+        with sampler.paused():
+            await between(request)
+
+    return paused
 
 
 @dataclass(frozen=True)
@@ -343,18 +380,28 @@ class Driver:
     channel: grpc.aio.Channel
     floors: FloorRecorder
     service_pid: int | None
+    _between_calls: int = 0
 
     @property
     def stub(self) -> pb_grpc.SemanticCacheServiceStub:
         return pb_grpc.SemanticCacheServiceStub(self.channel)
 
+    @property
+    def health(self) -> health_pb2_grpc.HealthStub:
+        return health_pb2_grpc.HealthStub(self.channel)
+
     async def phase(
         self, requests: Sequence[pb.CompleteRequest], name: str, mode: str, concurrency: int
     ) -> Row:
-        """Floors at this concurrency, then the phase; its summary row."""
+        """Floors at this concurrency, then the phase; its summary row.
+
+        At concurrency 1 the health floor and the embedder's latency floor are
+        taken between the phase's requests, not in a burst before it.
+        """
         progress(f"load: {name} {mode} c={concurrency}, {len(requests)} requests")
-        await self.floors.health_burst(self.channel, concurrency, max(200, 2 * concurrency))
-        await self.floors.embed_burst_async()
+        if concurrency != 1:
+            await self.floors.health_burst(self.channel, concurrency, max(200, 2 * concurrency))
+        await self.floors.embed_burst_async()  # the embedder's texts/s, always a burst
         result = await measure_phase(
             self.stub,
             requests,
@@ -362,8 +409,23 @@ class Driver:
             concurrency=concurrency,
             stream=mode == "stream",
             service_pid=self.service_pid,
+            between=self.floors_between if concurrency == 1 else None,
         )
         return result.summary()
+
+    async def floors_between(self, request: pb.CompleteRequest) -> None:
+        """One health check and the request's text embedded alone, after a request.
+
+        Their order alternates, so a request and a health check each follow the
+        other call as often as the embedding (which leaves the caches cold).
+        """
+        self._between_calls += 1
+        embed_first = self._between_calls % 2 == 0
+        if embed_first:
+            await asyncio.to_thread(self.floors.add_embed_between, request.prompt)
+        self.floors.add_health(1, await health_check_ms(self.health))
+        if not embed_first:
+            await asyncio.to_thread(self.floors.add_embed_between, request.prompt)
 
 
 async def run_workload(
@@ -387,7 +449,6 @@ async def run_workload(
             requests = requests_for([a.prompt for a in asks], namespace)
             zipf.append(await driver.phase(requests, "zipf", mode, concurrency))
         hits = await _hit_phases(driver, pairs, f"hits-{run_id}", config)
-        await floors.health_burst(channel, 1)
         await floors.embed_burst_async()
     return {"zipf": zipf, "hits": hits}
 

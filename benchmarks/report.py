@@ -12,7 +12,7 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,9 @@ class ProcessSampler:
     """Samples a process (by pid) with psutil on a background thread while in a `with` block.
 
     CPU is in percent of one core, so a process busy on two cores reads 200.
+    Windows under `paused()` (a benchmark's own floor calls between requests)
+    are left out of the mean CPU, both their CPU time and their wall time; the
+    0.1 s samples behind the maximum and the memory figures still span them.
     """
 
     pid: int
@@ -206,6 +209,7 @@ class ProcessSampler:
     _process: Any = None
     _started: tuple[float, float] = (0.0, 0.0)
     _cpu_mean_pct: float = 0.0
+    _paused: tuple[float, float] = (0.0, 0.0)  # wall s and CPU s left out so far
 
     def __enter__(self) -> ProcessSampler:
         import psutil
@@ -237,9 +241,24 @@ class ProcessSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        wall_s = time.perf_counter() - self._started[0]
+        wall_s = time.perf_counter() - self._started[0] - self._paused[0]
         with contextlib.suppress(psutil.NoSuchProcess):
-            self._cpu_mean_pct = 100 * (_cpu_s(self._process) - self._started[1]) / wall_s
+            cpu_s = _cpu_s(self._process) - self._started[1] - self._paused[1]
+            self._cpu_mean_pct = 100 * cpu_s / wall_s if wall_s > 0 else 0.0
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the block's wall time and the process's CPU time meanwhile out of the mean."""
+        import psutil
+
+        started = (time.perf_counter(), _cpu_s(self._process))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                wall_s = time.perf_counter() - started[0]
+                cpu_s = _cpu_s(self._process) - started[1]
+                self._paused = (self._paused[0] + wall_s, self._paused[1] + cpu_s)
 
     def usage(self) -> ResourceUsage:
         if not self._cpu:
