@@ -15,13 +15,13 @@ ratios to them:
   A semantic hit or a miss embeds one text.
 
 Floors are measured in bursts between the phases they scale (a burst before
-each phase), or call by call in the sequential benchmarks and in a phase at
-concurrency 1, so load from other processes falls on both; a report pools
-every burst of a kind. A burst runs back to back on warm caches and reads
-faster than the same call made between requests, so a latency at concurrency
-1 is compared with floors taken between its own requests. Embeddings taken
-between requests are pooled apart (`embedder_between`): the embedder's texts
-per second stays a burst's rate.
+each phase), or call by call in the sequential benchmarks, so load from other
+processes falls on both; a report pools every burst of a kind. `bench load`
+takes its concurrency-1 health floor call by call between a phase's requests
+(a burst of health checks runs back to back on warm caches and reads faster
+than one between requests), but its embedder floor in bursts: a text
+embedded in this process between requests pushes the service's model out of
+the shared caches and slows the request it is meant to scale.
 """
 
 from __future__ import annotations
@@ -113,7 +113,6 @@ class FloorRecorder:
         self.workers = workers
         self.health: dict[int, Pool] = {}
         self.embed = Pool()
-        self.embed_between = Pool()  # one text at a time between a phase's requests
         self._next_text = 0
         for text in self.texts[:3]:
             self.warm_up(text)
@@ -145,12 +144,6 @@ class FloorRecorder:
         if self.embedder is not None:
             elapsed_ms = embed_one_ms(self.embedder, text)
             self.embed.add([elapsed_ms], elapsed_ms / 1000)
-
-    def add_embed_between(self, text: str) -> None:
-        """Pool one text embedded alone between a phase's requests (its latency floor)."""
-        if self.embedder is not None:
-            elapsed_ms = embed_one_ms(self.embedder, text)
-            self.embed_between.add([elapsed_ms], elapsed_ms / 1000)
 
     def warm_up(self, text: str) -> None:
         """Embed `text` once without recording it (first runs are slower)."""
@@ -186,25 +179,12 @@ class FloorRecorder:
             "embed_texts_per_s": self.embed.rate_per_s(),
         }
 
-    def embed_between_row(self) -> Row:
-        """Embedder floor between requests: time per text p50/p95 (ms), count."""
-        summary = latency_summary(self.embed_between.samples_ms)
-        return {
-            "embedder": getattr(self.embedder, "model_id", "none"),
-            "texts": len(self.embed_between.samples_ms),
-            "embed_p50_ms": summary["p50_ms"],
-            "embed_p95_ms": summary["p95_ms"],
-        }
-
     def report(self) -> dict[str, Any]:
-        """Both floors, for a results file (`embedder_between` only when there are any)."""
-        report: dict[str, Any] = {
+        """Both floors, for a results file."""
+        return {
             "health": [self.health_row(c) for c in sorted(self.health)],
             "embedder": self.embed_row(),
         }
-        if self.embed_between.samples_ms:
-            report["embedder_between"] = self.embed_between_row()
-        return report
 
 
 def ratio(value: Any, floor: Any) -> float | str:
@@ -237,27 +217,13 @@ EMBED_COLUMNS = (
 )
 
 
-EMBED_BETWEEN_COLUMNS = (
-    ("embedder", "embedder"),
-    ("texts", "texts"),
-    ("embed_p50_ms", "per text p50 ms"),
-    ("embed_p95_ms", "per text p95 ms"),
-)
-
-
 def floors_markdown(floors: dict[str, Any], when: str = "between its phases") -> str:
-    """The floor tables of a report, with a line saying what they are and `when` taken."""
+    """The two floor tables of a report, with a line saying what they are and `when` taken."""
     parts = [f"Floors, measured in this run {when}:"]
     if floors["health"]:
         parts.append(markdown_table(floors["health"], HEALTH_COLUMNS))
     if floors["embedder"]["texts"]:
         parts.append(markdown_table([floors["embedder"]], EMBED_COLUMNS))
-    if floors.get("embedder_between"):
-        parts.append(
-            "The embedder between the requests of the concurrency-1 phases, one text"
-            " after each request (the floor of a semantic hit's p50 at concurrency 1):"
-        )
-        parts.append(markdown_table([floors["embedder_between"]], EMBED_BETWEEN_COLUMNS))
     return "\n\n".join(parts)
 
 

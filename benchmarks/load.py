@@ -17,13 +17,15 @@ grpc.aio stubs; its process is sampled with psutil for CPU and memory.
 Before each phase, a burst of gRPC health checks at the phase's concurrency
 and a burst of single-text embeddings measure the floors
 (`benchmarks.floors`); the report states each phase as ratios to them. A
-phase at concurrency 1 takes its latency floors between its own requests
-instead, as `bench latency` does: after each request one health check and
-the request's text embedded alone (a burst runs on warm caches and reads
-faster than the same call between requests); that time is left out of the
-phase's wall time and of the service's mean CPU. With `--target`, the
-embedder floor is still measured in this process: on the service's cores
-only if it runs on this machine.
+phase at concurrency 1 takes its health floor between its own requests
+instead: one check after each request (a burst runs back to back on warm
+caches and reads faster than a check between requests); that time is left
+out of the phase's wall time and of the service's mean CPU. The embedder
+floor stays a burst: a text embedded here between requests pushes the
+service's model out of the shared caches and slowed the semantic hits it
+scales more than it slowed itself. With `--target`, the embedder floor is
+still measured in this process: on the service's cores only if it runs on
+this machine.
 """
 
 from __future__ import annotations
@@ -380,7 +382,6 @@ class Driver:
     channel: grpc.aio.Channel
     floors: FloorRecorder
     service_pid: int | None
-    _between_calls: int = 0
 
     @property
     def stub(self) -> pb_grpc.SemanticCacheServiceStub:
@@ -395,13 +396,13 @@ class Driver:
     ) -> Row:
         """Floors at this concurrency, then the phase; its summary row.
 
-        At concurrency 1 the health floor and the embedder's latency floor are
-        taken between the phase's requests, not in a burst before it.
+        At concurrency 1 the health floor is taken between the phase's requests,
+        not in a burst before it.
         """
         progress(f"load: {name} {mode} c={concurrency}, {len(requests)} requests")
         if concurrency != 1:
             await self.floors.health_burst(self.channel, concurrency, max(200, 2 * concurrency))
-        await self.floors.embed_burst_async()  # the embedder's texts/s, always a burst
+        await self.floors.embed_burst_async()
         result = await measure_phase(
             self.stub,
             requests,
@@ -414,18 +415,8 @@ class Driver:
         return result.summary()
 
     async def floors_between(self, request: pb.CompleteRequest) -> None:
-        """One health check and the request's text embedded alone, after a request.
-
-        Their order alternates, so a request and a health check each follow the
-        other call as often as the embedding (which leaves the caches cold).
-        """
-        self._between_calls += 1
-        embed_first = self._between_calls % 2 == 0
-        if embed_first:
-            await asyncio.to_thread(self.floors.add_embed_between, request.prompt)
+        """The health floor at concurrency 1: one check after each request."""
         self.floors.add_health(1, await health_check_ms(self.health))
-        if not embed_first:
-            await asyncio.to_thread(self.floors.add_embed_between, request.prompt)
 
 
 async def run_workload(

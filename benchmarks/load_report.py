@@ -10,9 +10,8 @@ from benchmarks.floors import floors_markdown, health_of, ratio
 from benchmarks.report import Row, bar_plot, line_plot, markdown_table, service_env_note
 
 FLOORS_WHEN = (
-    "in bursts before its phases; at concurrency 1 the health check is taken after"
-    " each request instead, and a text embedded after each request gives the"
-    " embedder's time per text (its own table)"
+    "in bursts before its phases, except the health check at concurrency 1: one after"
+    " each request of the phase"
 )
 RATIO_COLUMNS = (
     ("x_health_p50", "p50 ÷ health p50"),
@@ -90,21 +89,9 @@ def add_ratios(report: dict[str, Any]) -> None:
         row["x_health_p50"] = ratio(row["p50_ms"], health.get("health_p50_ms"))
         row["x_health_rps"] = ratio(row["throughput_rps"], health.get("health_rps"))
         row["x_embed_rps"] = ratio(row["throughput_rps"], embed["embed_texts_per_s"])
-        latency_embed = _latency_embed_floor(floors, row["concurrency"])
-        if row["phase"] == "semantic_hit" and health and latency_embed["texts"]:
-            floor_ms = health["health_p50_ms"] + latency_embed["embed_p50_ms"]
+        if row["phase"] == "semantic_hit" and health and embed["texts"]:
+            floor_ms = health["health_p50_ms"] + embed["embed_p50_ms"]
             row["over_floor_ms"] = round(row["p50_ms"] - floor_ms, 3)
-
-
-def _latency_embed_floor(floors: dict[str, Any], concurrency: int) -> Row:
-    """The embedder floor a p50 at `concurrency` is measured against: the texts
-    embedded between the requests at concurrency 1 (when the run took them), else
-    the bursts."""
-    between: Row | None = floors.get("embedder_between")
-    if concurrency == 1 and between and between["texts"]:
-        return between
-    embedder: Row = floors["embedder"]
-    return embedder
 
 
 def targets(report: dict[str, Any]) -> list[Row]:
