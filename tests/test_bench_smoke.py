@@ -5,6 +5,7 @@ No timing is asserted; these only catch a harness that would report nonsense.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -497,3 +498,40 @@ def test_a_paused_window_is_left_out_of_the_mean_cpu(monkeypatch: pytest.MonkeyP
         wall[0], cpu[0] = 12.0, 1.0
 
     assert sampler.usage().cpu_mean_pct == pytest.approx(50.0)
+
+
+async def test_latency_embeds_each_pairs_a_untimed_before_its_timed_b(service: Service) -> None:
+    """The service embeds `a` (the miss) a moment before `b` (the semantic hit), on
+    caches warm with its model; a floor of `b` alone ran after the service's two
+    embeddings had pushed the benchmark's model out of the shared caches, read
+    slower than the service's own embedding, and flattered the semantic hit."""
+    from benchmarks.floors import FloorRecorder
+    from benchmarks.latency import measure
+
+    calls: list[tuple[str, object]] = []
+
+    class Recorder(FloorRecorder):
+        def add_health(self, concurrency: int, round_trip_ms: float) -> None:
+            calls.append(("health", concurrency))
+
+        def warm_up(self, text: str) -> None:
+            calls.append(("untimed", text))
+
+        def add_embed(self, text: str) -> None:
+            calls.append(("timed", text))
+
+    floors = Recorder(None, ["x"])
+    calls.clear()
+    pairs = [("What is a cache?", "What does a cache do?"), ("What is RAM?", "Define RAM")]
+    target = f"127.0.0.1:{service.server.port}"
+
+    await asyncio.to_thread(measure, target, pairs, floors)
+
+    assert calls[-6:] == [
+        ("health", 1),
+        ("untimed", pairs[0][0]),
+        ("timed", pairs[0][1]),
+        ("health", 1),
+        ("untimed", pairs[1][0]),
+        ("timed", pairs[1][1]),
+    ]
