@@ -234,8 +234,9 @@ class ServerSettings(BaseModel):
     max_concurrent_rpcs: int = Field(
         512,
         ge=1,
-        description="Most cache-service RPCs in flight at once; past it a call is refused at"
-        " once with RESOURCE_EXHAUSTED and a retry hint (health checks are never refused).",
+        description="Most cache calls in flight at once, gRPC and HTTP doors together; past it"
+        " a call is refused at once with RESOURCE_EXHAUSTED (HTTP: 503) and a retry hint"
+        " (health checks, /v1/models and the live page are never refused).",
     )
     switch_interval_ms: float = Field(
         0.5,

@@ -15,8 +15,8 @@ Series (labels in braces):
     semcache_cache_lookups_total{result}                hit, miss, error (see `record_lookup`)
     semcache_cache_decisions_total{tenant, detail}      answers by cache_detail: exact, ok, or
                                                         why the cache did not serve (a reason)
-    semcache_rpcs_in_flight                             RPCs being served now
-    semcache_overloaded_total{rpc}                      RPCs refused: SEMCACHE_MAX_CONCURRENT_RPCS
+    semcache_rpcs_in_flight                             calls being served now (both doors)
+    semcache_overloaded_total{rpc}                      calls refused: SEMCACHE_MAX_CONCURRENT_RPCS
     semcache_tokens_total{tenant, model, kind}          tokens sent upstream (prompt, completion)
     semcache_saved_tokens_total{tenant, model, kind}    tokens a cache hit did not send
     semcache_cost_usd_total{tenant, model}              upstream spend
@@ -122,7 +122,9 @@ class _RequestMetrics:
             registry=r,
         )
         self._in_flight = Gauge(
-            "semcache_rpcs_in_flight", "RPCs of the cache service being served now.", registry=r
+            "semcache_rpcs_in_flight",
+            "Calls of the cache service being served now (gRPC and HTTP).",
+            registry=r,
         )
         self._overloaded = Counter(
             "semcache_overloaded",

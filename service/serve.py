@@ -21,6 +21,7 @@ from service.app import App
 from service.config import Settings
 from service.errors import StartupError
 from service.metrics import MetricsServer, start_metrics_server
+from service.overload import InFlight
 from service.startup import bind_problem
 from service.transport.grpc.server import RunningServer, Security, security_from, start_server
 from service.transport.grpc.servicer import BatchLimits
@@ -42,11 +43,12 @@ async def serve_until_signalled(
     """
     security = security or security_from(settings)
     limits = BatchLimits(settings.batch_max_items, settings.batch_max_concurrency)
+    in_flight = InFlight(settings.max_concurrent_rpcs, app.metrics)  # one bound, both doors
     running = await start_server(
-        app, settings.grpc_host, settings.grpc_port, limits, security, settings.max_concurrent_rpcs
+        app, settings.grpc_host, settings.grpc_port, limits, security, in_flight
     )
     try:
-        http = await _start_http(app, settings, security)
+        http = await _start_http(app, settings, security, in_flight)
         metrics_server = _start_metrics(app, settings)
     except StartupError:
         await running.stop(0)
@@ -67,7 +69,9 @@ async def serve_until_signalled(
         await metrics_server.aclose()
 
 
-async def _start_http(app: App, settings: Settings, security: Security) -> RunningHttpServer | None:
+async def _start_http(
+    app: App, settings: Settings, security: Security, in_flight: InFlight
+) -> RunningHttpServer | None:
     """The HTTP door, when SEMCACHE_HTTP_PORT is set; its aiohttp server is imported only then.
 
     Raises:
@@ -77,7 +81,7 @@ async def _start_http(app: App, settings: Settings, security: Security) -> Runni
         return None
     from service.transport.http.server import start_http_from_settings
 
-    return await start_http_from_settings(app, settings, security.keyring)
+    return await start_http_from_settings(app, settings, security.keyring, in_flight)
 
 
 def _start_metrics(app: App, settings: Settings) -> MetricsServer | None:

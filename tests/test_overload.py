@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
@@ -21,7 +22,9 @@ from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.app import App, build_app
 from service.embedding.base import Embedder
 from service.metrics import Metrics
+from service.overload import InFlight
 from service.transport.grpc.server import start_server
+from service.transport.http import start_http_server
 from tests.conftest import Service, make_settings
 
 BOUND = 2
@@ -123,3 +126,92 @@ async def test_a_burst_that_waits_for_the_event_loop_is_not_dropped(service: Ser
     dropped = codes.count(grpc.StatusCode.CANCELLED)
     assert dropped == 0, f"{dropped} of {BURST_CALLS} calls dropped as CANCELLED"
     assert codes.count(grpc.StatusCode.OK) == BURST_CALLS
+
+
+async def test_the_http_door_shares_the_bound_and_answers_503_with_retry_after(
+    embedder: Embedder, slow_upstream: UpstreamSimulator, tmp_path: Path
+) -> None:
+    """One bound for the process: a call held on either door takes a slot, and past
+    the bound the HTTP door refuses with 503 and Retry-After as gRPC does with
+    RESOURCE_EXHAUSTED. The model list and the live numbers are never refused."""
+    settings = make_settings("edge", tmp_path / "data", slow_upstream.base_url)
+    app = await build_app(settings, embedder, {})
+    gate = InFlight(BOUND, app.metrics)
+    server = await start_server(app, "127.0.0.1", 0, max_concurrent_rpcs=gate)
+    http = await start_http_server(app, "127.0.0.1", 0, None, grace_s=0.1, in_flight=gate)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = pb_grpc.SemanticCacheServiceStub(channel)
+    metrics = app.metrics
+    chat_url = f"{http.base_url}/chat/completions"
+
+    def chat(question: str) -> dict[str, object]:
+        return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]}
+
+    async with aiohttp.ClientSession() as session:
+        held_grpc = asyncio.ensure_future(stub.Complete(pb.CompleteRequest(prompt="held grpc")))
+        held_http = asyncio.ensure_future(session.post(chat_url, json=chat("held http")))
+        try:
+            await until(lambda: slow_upstream.request_count() == BOUND, "both calls upstream")
+            assert sample(metrics, "semcache_rpcs_in_flight") == BOUND
+
+            async with session.post(chat_url, json=chat("one too many")) as refused:
+                body = await refused.json()
+                assert refused.status == 503
+                assert 1 <= int(refused.headers["Retry-After"]) <= 2
+                assert "SEMCACHE_MAX_CONCURRENT_RPCS" in body["error"]["message"]
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Complete(pb.CompleteRequest(prompt="one too many on gRPC"))
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for probe in ("/v1/models", "/live.json"):
+                async with session.get(http.base_url.removesuffix("/v1") + probe) as answer:
+                    assert answer.status == 200, f"{probe} is never refused"
+
+            label = "http_chat_completions"
+            assert sample(metrics, "semcache_overloaded_total", rpc=label) == 1
+            counted = {"rpc": label, "code": "RESOURCE_EXHAUSTED", "cache": "none", "model": ""}
+            assert sample(metrics, "semcache_requests_total", **counted) == 1
+        finally:
+            held_grpc.cancel()
+            await http.aclose()  # cancels the held HTTP call after its grace
+            await asyncio.gather(held_grpc, held_http, return_exceptions=True)
+            await channel.close()
+            await server.stop(0)
+    await until(lambda: gate.count == 0, "both slots given back")
+    await app.aclose()
+
+
+async def test_serve_hands_one_bound_to_both_doors(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`SEMCACHE_MAX_CONCURRENT_RPCS` bounds the process, not each door: with a gate
+    each, a server at its bound on gRPC would still take as many again over HTTP."""
+    from types import SimpleNamespace
+
+    import service.serve as serve
+    from service.errors import StartupError
+    from service.transport.grpc.server import Security
+
+    gates: dict[str, object] = {}
+
+    class Running:
+        async def stop(self, grace: object) -> None:
+            pass
+
+    async def grpc_door(*args: object) -> Running:
+        gates["grpc"] = args[-1]
+        return Running()
+
+    async def http_door(*args: object) -> None:
+        gates["http"] = args[-1]
+        raise StartupError("stop after both doors were handed their bound")
+
+    monkeypatch.setattr(serve, "start_server", grpc_door)
+    monkeypatch.setattr(serve, "_start_http", http_door)
+    settings = make_settings("edge", tmp_path / "data", "http://127.0.0.1:9/v1", http_port=0)
+    app = SimpleNamespace(metrics=Metrics())
+
+    with pytest.raises(StartupError):
+        await serve.serve_until_signalled(app, settings, Security())  # type: ignore[arg-type]
+
+    assert isinstance(gates["grpc"], InFlight) and gates["http"] is gates["grpc"]
+    assert gates["grpc"].limit == settings.max_concurrent_rpcs

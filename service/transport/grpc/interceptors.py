@@ -16,16 +16,15 @@ the event loop has not picked up yet; a call queued for 30 s is cancelled with
 no message (`grpc.server_max_unrequested_time_in_server`). Under a burst the
 loop is busy with the calls it already runs, so the queue grows and calls die
 silently. `ServiceInterceptor(max_in_flight=…)` keeps the work bounded: past the
-bound, a call of the cache service is refused at once with RESOURCE_EXHAUSTED
-and a RetryInfo, logged and counted. Health and reflection are never refused.
+bound (`service.overload.InFlight`, shared with the HTTP door), a call of the
+cache service is refused at once with RESOURCE_EXHAUSTED and a RetryInfo,
+logged and counted. Health and reflection are never refused.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
@@ -44,6 +43,7 @@ from service.errors import (
     RateLimitedError,
 )
 from service.metrics import Metrics
+from service.overload import DEFAULT_MAX_IN_FLIGHT, InFlight
 from service.transport.grpc.auth import PROBE_METHOD_PREFIXES, Authenticator
 from service.transport.grpc.status import abort_with_retry_info, status_for
 from service.validation import MAX_REQUEST_ID_CHARS
@@ -58,15 +58,6 @@ Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 ServerStream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 Deserializer = Callable[[bytes], Any]
 
-# How many RPCs may be in flight at once when the caller does not say: above the
-# 320 misses one default catalogue provider admits (64 running, 256 queued), so
-# its own limit refuses misses first; a 2,000-stream burst on 2 cores with a 2 s
-# upstream peaked at about 480 in flight (README, "Overload").
-DEFAULT_MAX_IN_FLIGHT = 512
-# An overloaded server asks callers to come back after about this long; the
-# jitter (±50%) keeps refused callers from returning all at once.
-OVERLOAD_RETRY_AFTER_S = 1.0
-OVERLOAD_LOG_INTERVAL_S = 10.0
 # gRPC core holds the calls the event loop has not picked up yet. Past 1,000 of
 # them it drops new ones at random (all of them past 3,000), and it drops any
 # that waited 30 s: each as a bare CANCELLED the service never sees. The loop
@@ -125,62 +116,6 @@ def tolerant(deserialize: Deserializer | None) -> Deserializer | None:
             return Undecodable(message_type, reason)
 
     return parse
-
-
-class InFlight:
-    """Counts the RPCs in flight and refuses one past `limit` (`OverloadedError`).
-
-    Refusals are counted one by one (`semcache_overloaded_total`) but logged as
-    a warning at most once per `OVERLOAD_LOG_INTERVAL_S`, with how many there were.
-    """
-
-    def __init__(
-        self,
-        limit: int,
-        metrics: Metrics | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if limit < 1:
-            raise ValueError(f"the bound on RPCs in flight must be at least 1, got {limit}")
-        self.limit = limit
-        self.count = 0
-        self._metrics = metrics
-        self._clock = clock
-        self._unlogged_refusals = 0
-        self._logged_at = -math.inf
-        if metrics is not None:
-            # read at each scrape: cheaper than publishing twice per RPC
-            metrics.watch_rpcs_in_flight(lambda: self.count)
-
-    def enter(self, rpc: str) -> None:
-        """Take a slot for one RPC.
-
-        Raises:
-            OverloadedError: `limit` RPCs are in flight already.
-        """
-        if self.count >= self.limit:
-            self._refuse(rpc)
-        self.count += 1
-
-    def leave(self) -> None:
-        """Give back the slot `enter` took."""
-        self.count -= 1
-
-    def _refuse(self, rpc: str) -> None:
-        self._unlogged_refusals += 1
-        if self._metrics is not None:
-            self._metrics.record_overloaded(rpc)
-        now = self._clock()
-        if now - self._logged_at >= OVERLOAD_LOG_INTERVAL_S:
-            log.warning(
-                "server overloaded: refusing new calls with RESOURCE_EXHAUSTED",
-                max_concurrent_rpcs=self.limit,
-                refused=self._unlogged_refusals,
-                hint="raise SEMCACHE_MAX_CONCURRENT_RPCS if the machine has room, or add replicas",
-            )
-            self._logged_at, self._unlogged_refusals = now, 0
-        retry_after_s = OVERLOAD_RETRY_AFTER_S * random.uniform(0.5, 1.5)
-        raise OverloadedError(self.limit, retry_after_s)
 
 
 class _Call:
@@ -256,11 +191,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(
         self,
         metrics: Metrics | None = None,
-        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_in_flight: int | InFlight = DEFAULT_MAX_IN_FLIGHT,
         authenticator: Authenticator | None = None,
     ) -> None:
+        """`max_in_flight` is the bound, or the gate (shared with the HTTP door) to use."""
         self._metrics = metrics
-        self._in_flight = InFlight(max_in_flight, metrics)
+        if isinstance(max_in_flight, int):
+            max_in_flight = InFlight(max_in_flight, metrics)
+        self._in_flight = max_in_flight
         self._authenticator = authenticator
         self._methods: dict[str, _Method] = {}
 

@@ -19,13 +19,10 @@ from service.app import App
 from service.auth import OPEN_MODE_WARNING, KeyRing, check_open_mode_bind, load_keys
 from service.config import Settings
 from service.errors import StartupError
+from service.overload import DEFAULT_MAX_IN_FLIGHT, InFlight
 from service.startup import bind_problem, one_line
 from service.transport.grpc.auth import Authenticator, load_server_credentials
-from service.transport.grpc.interceptors import (
-    BACKLOG_SERVER_OPTIONS,
-    DEFAULT_MAX_IN_FLIGHT,
-    ServiceInterceptor,
-)
+from service.transport.grpc.interceptors import BACKLOG_SERVER_OPTIONS, ServiceInterceptor
 from service.transport.grpc.servicer import BatchLimits, SemanticCacheServicer
 
 log = structlog.get_logger(__name__)
@@ -99,12 +96,13 @@ async def start_server(
     port: int,
     batch_limits: BatchLimits | None = None,
     security: Security | None = None,
-    max_concurrent_rpcs: int = DEFAULT_MAX_IN_FLIGHT,
+    max_concurrent_rpcs: int | InFlight = DEFAULT_MAX_IN_FLIGHT,
 ) -> RunningServer:
     """Serve `app` on host:port (port 0 picks a free one) and mark it SERVING.
 
-    Past `max_concurrent_rpcs` cache-service RPCs in flight, a new call is
-    refused with RESOURCE_EXHAUSTED and a retry hint (`interceptors.py`).
+    Past `max_concurrent_rpcs` cache-service calls in flight, a new call is
+    refused with RESOURCE_EXHAUSTED and a retry hint (`service.overload`); an
+    `InFlight` gate given here is shared with whoever else holds it (the HTTP door).
 
     Raises:
         StartupError: the port could not be bound (in use, or not an address

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -27,6 +27,7 @@ from aiohttp import web
 
 from service.app import App
 from service.auth import KeyRing, Principal, principal_for
+from service.overload import InFlight
 from service.transport.http.errors import (
     INTERNAL,
     error_body,
@@ -62,10 +63,16 @@ class HttpCall:
 
 @dataclass(frozen=True)
 class Door:
-    """What the handlers share: the service's parts and who may call."""
+    """What the handlers share: the service's parts and who may call.
+
+    `in_flight` bounds the calls of the routes named in `bounded` (route name ->
+    the metrics label a refused call is counted under); None: no bound.
+    """
 
     app: App
     keyring: KeyRing | None
+    in_flight: InFlight | None = None
+    bounded: Mapping[str, str] = field(default_factory=dict)
 
     def principal(self, request: web.Request) -> Principal:
         """The caller of `request`.
@@ -98,7 +105,7 @@ async def door_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request_id=call.request_id, rpc=f"{request.method} {request.path}"
     )
     try:
-        response = await handler(request)
+        response = await _admitted(request, call, handler)
     except asyncio.CancelledError:
         call.code = "CANCELLED"
         raise
@@ -111,6 +118,26 @@ async def door_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = call.request_id
     return response
+
+
+async def _admitted(request: web.Request, call: HttpCall, handler: Handler) -> web.StreamResponse:
+    """`handler`'s response, holding a slot of the bound on calls in flight while it
+    runs (a stream's whole body) when its route is bounded.
+
+    Raises:
+        OverloadedError: the bound's calls are all in flight (a 503 with Retry-After).
+    """
+    door = request.app[DOOR]
+    route = request.match_info.route.name
+    rpc = door.bounded.get(route) if route is not None else None
+    if door.in_flight is None or rpc is None:
+        return await handler(request)
+    call.rpc = rpc  # a refused call is counted under its route (a handler may refine it)
+    door.in_flight.enter(rpc)
+    try:
+        return await handler(request)
+    finally:
+        door.in_flight.leave()
 
 
 def failure(error: BaseException, call: HttpCall) -> web.Response:

@@ -11,6 +11,10 @@ hand-offs. Routes:
     POST /v1/semcache/entries      seed curated answers (PutEntries)
     DELETE /v1/semcache/entries/{entry_id}   one cached entry (DeleteEntry)
     POST /v1/semcache/feedback     a verdict on an answer (SubmitFeedback)
+
+The chat and `/v1/semcache/` routes count against the bound on calls in flight
+(`service.overload`) the gRPC door counts against too; past it they answer 503
+with Retry-After.
 """
 
 from __future__ import annotations
@@ -24,11 +28,17 @@ from service.app import App
 from service.auth import KeyRing, check_open_mode_bind
 from service.config import Settings
 from service.errors import StartupError
+from service.overload import InFlight
 from service.startup import bind_problem, one_line
-from service.transport.http.chat import chat_completions, list_models, retrieve_model
+from service.transport.http.chat import RPC_UNARY, chat_completions, list_models, retrieve_model
 from service.transport.http.door import DOOR, Door, door_middleware
-from service.transport.http.entries import delete_entry, put_entries
-from service.transport.http.feedback import submit_feedback
+from service.transport.http.entries import (
+    RPC_DELETE_ENTRY,
+    RPC_PUT_ENTRIES,
+    delete_entry,
+    put_entries,
+)
+from service.transport.http.feedback import RPC_FEEDBACK, submit_feedback
 from service.transport.http.live import live_json, live_page
 
 log = structlog.get_logger(__name__)
@@ -38,18 +48,35 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_GRACE_S = 5.0
 
 
-def build_http_app(app: App, keyring: KeyRing | None) -> web.Application:
-    """The aiohttp application of the HTTP door over `app` (see the module docstring)."""
+# The routes the bound on calls in flight counts, by route name, with the metrics
+# label a refused call is counted under. The model list and the live page, cheap
+# reads an operator needs most when the server is busy, are never refused.
+BOUNDED_ROUTES = {
+    "chat_completions": RPC_UNARY,
+    "put_entries": RPC_PUT_ENTRIES,
+    "delete_entry": RPC_DELETE_ENTRY,
+    "submit_feedback": RPC_FEEDBACK,
+}
+
+
+def build_http_app(
+    app: App, keyring: KeyRing | None, in_flight: InFlight | None = None
+) -> web.Application:
+    """The aiohttp application of the HTTP door over `app` (see the module docstring).
+
+    `in_flight` bounds the calls of `BOUNDED_ROUTES` (None: no bound).
+    """
     web_app = web.Application(middlewares=[door_middleware], client_max_size=MAX_BODY_BYTES)
-    web_app[DOOR] = Door(app, keyring)
-    web_app.router.add_post("/v1/chat/completions", chat_completions)
-    web_app.router.add_get("/v1/models", list_models)
-    web_app.router.add_get("/v1/models/{model}", retrieve_model)
-    web_app.router.add_get("/live", live_page)
-    web_app.router.add_get("/live.json", live_json)
-    web_app.router.add_post("/v1/semcache/entries", put_entries)
-    web_app.router.add_delete("/v1/semcache/entries/{entry_id}", delete_entry)
-    web_app.router.add_post("/v1/semcache/feedback", submit_feedback)
+    web_app[DOOR] = Door(app, keyring, in_flight, BOUNDED_ROUTES)
+    router = web_app.router
+    router.add_post("/v1/chat/completions", chat_completions, name="chat_completions")
+    router.add_get("/v1/models", list_models)
+    router.add_get("/v1/models/{model}", retrieve_model)
+    router.add_get("/live", live_page)
+    router.add_get("/live.json", live_json)
+    router.add_post("/v1/semcache/entries", put_entries, name="put_entries")
+    router.add_delete("/v1/semcache/entries/{entry_id}", delete_entry, name="delete_entry")
+    router.add_post("/v1/semcache/feedback", submit_feedback, name="submit_feedback")
     return web_app
 
 
@@ -79,10 +106,13 @@ async def start_http_server(
     port: int,
     keyring: KeyRing | None,
     grace_s: float = DEFAULT_GRACE_S,
+    in_flight: InFlight | None = None,
 ) -> RunningHttpServer:
     """Serve the HTTP door of `app` on host:port (port 0 picks a free one).
 
-    `keyring` is the gRPC port's (None: open mode, allowed on loopback only).
+    `keyring` is the gRPC port's (None: open mode, allowed on loopback only);
+    `in_flight` the bound on calls in flight, shared with the gRPC door (None:
+    no bound).
 
     Raises:
         StartupError: open mode on a non-loopback host, or the port cannot be
@@ -94,7 +124,8 @@ async def start_http_server(
         except ValueError as error:
             message = one_line(error).replace("SEMCACHE_GRPC_HOST", "SEMCACHE_HTTP_HOST")
             raise StartupError(message) from error
-    runner = web.AppRunner(build_http_app(app, keyring), access_log=None, shutdown_timeout=grace_s)
+    web_app = build_http_app(app, keyring, in_flight)
+    runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=grace_s)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=False)
     try:
@@ -111,17 +142,27 @@ async def start_http_server(
 
 
 async def start_http_from_settings(
-    app: App, settings: Settings, keyring: KeyRing | None
+    app: App, settings: Settings, keyring: KeyRing | None, in_flight: InFlight | None = None
 ) -> RunningHttpServer | None:
     """The HTTP door the settings ask for: None when SEMCACHE_HTTP_PORT is unset.
+
+    `in_flight` is the gate shared with the gRPC door; None builds one of its own
+    from SEMCACHE_MAX_CONCURRENT_RPCS.
 
     Raises:
         StartupError: see `start_http_server`.
     """
     if settings.http_port is None:
         return None
+    if in_flight is None:
+        in_flight = InFlight(settings.max_concurrent_rpcs, app.metrics)
     return await start_http_server(
-        app, settings.effective_http_host, settings.http_port, keyring, settings.grace_period_s
+        app,
+        settings.effective_http_host,
+        settings.http_port,
+        keyring,
+        settings.grace_period_s,
+        in_flight,
     )
 
 
