@@ -1,4 +1,5 @@
-"""The `semcache bench load|overhead|compare|gptcache|grouping|scale|peers|startup|stream|readme`.
+"""The `semcache bench` commands: load, overhead, compare, gptcache, grouping, scale, peers,
+startup, indexing, stream and readme.
 
 `add_bench_commands(benches)` adds them to the `bench` subparsers of
 `service.cli.build_parser`; until that one line is wired in, the same
@@ -141,6 +142,13 @@ def _cmd_startup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_indexing(args: argparse.Namespace) -> int:
+    from benchmarks.indexing import run
+
+    print(run(Path(args.out), args.points, args.step))
+    return 0
+
+
 def _cmd_stream(args: argparse.Namespace) -> int:
     from benchmarks.data import data_file
     from benchmarks.stream import run
@@ -199,7 +207,8 @@ def _common(parser: argparse.ArgumentParser, out: str) -> None:
 
 
 def add_bench_commands(benches: Any) -> None:
-    """Add load, overhead, compare, gptcache, grouping, scale, peers, startup, stream, readme."""
+    """Add load, overhead, compare, gptcache, grouping, scale, peers, startup, indexing, stream,
+    readme."""
     load = benches.add_parser("load", help="Zipf workload and hit phases through gRPC, swept")
     load.add_argument("--pairs", type=int, default=2000, help="distinct duplicate pairs")
     load.add_argument("--requests", type=int, default=1000, help="requests per Zipf phase")
@@ -301,6 +310,16 @@ def add_bench_commands(benches: Any) -> None:
     startup.add_argument("--out", default="bench-results/startup", help="folder for the results")
     startup.add_argument("--embedding-backend", choices=BACKENDS, default="onnx-int8")
     startup.set_defaults(run=_cmd_startup)
+
+    indexing = benches.add_parser(
+        "indexing", help="how long the embedded store's index rebuilds stop the service"
+    )
+    indexing.add_argument("--points", type=int, default=40_000, help="points each store grows to")
+    indexing.add_argument(
+        "--step", type=int, default=2_000, help="points per step (SEMCACHE_INDEX_AFTER_POINTS)"
+    )
+    indexing.add_argument("--out", default="bench-results/indexing", help="folder for the results")
+    indexing.set_defaults(run=_cmd_indexing)
 
     stream = benches.add_parser(
         "stream", help="a labelled question stream through the service: verified vs guard vs cosine"

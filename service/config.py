@@ -150,8 +150,10 @@ class CacheSettings(BaseModel):
     index_after_points: int = Field(
         2_000,
         ge=1,
-        description="Embedded store: rebuild the HNSW index in the background once this many"
-        " entries lack it (until then they are searched exhaustively).",
+        description="Embedded store: rebuild the HNSW index once this many entries lack it"
+        " (until then they are searched exhaustively); it also sets the engine's own indexing"
+        " threshold. A rebuild holds the interpreter lock, so the service answers nothing"
+        " meanwhile: larger values give fewer, longer pauses.",
     )
 
 

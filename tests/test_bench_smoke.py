@@ -535,3 +535,31 @@ async def test_latency_embeds_each_pairs_a_untimed_before_its_timed_b(service: S
         ("untimed", pairs[1][0]),
         ("timed", pairs[1][1]),
     ]
+
+
+def test_indexing_grows_both_stores_and_only_the_tuned_one_rebuilds_this_early(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.indexing import grow, markdown, summarise
+
+    rows = grow(points=400, step=200, root=tmp_path)
+    summary = summarise(rows)
+
+    default = [r for r in rows if r["variant"] == "engine default"]
+    tuned = [r for r in rows if r["variant"] == "index after 200"]
+    assert [r["points"] for r in default] == [r["points"] for r in tuned] == [200, 400]
+    assert not any(r["rebuilt"] for r in default)  # the engine waits for 10 MB of vectors
+    assert [r["indexed"] for r in tuned] == [200, 400]
+    assert [s["rebuilds"] for s in summary] == [0, 2]
+    assert all(r["search_p50_ms"] > 0 for r in rows)
+    assert "index after 200: pause s" in markdown(
+        {"points": 400, "step": 200, "machine": "m", "summary": summary, "rows": rows}
+    )
+
+
+def test_the_longest_pause_spans_the_rebuild_between_ticks() -> None:
+    from benchmarks.indexing import Ticker
+
+    ticker = Ticker(ticks=[0.0, 0.001, 0.002, 0.5, 0.501])
+    assert ticker.longest_pause_s(0.0021, 0.4) == pytest.approx(0.498)  # lock held throughout
+    assert ticker.longest_pause_s(0.0005, 0.0015) == pytest.approx(0.001)  # a thread ran

@@ -9,8 +9,11 @@ the GIL (issue 13). Writes run on a dedicated thread, one at a time under
 one lock; a lone upsert (a miss's answer) runs inline under that lock when no
 other write holds it and no disk measurement is due, saving the two hand-offs
 (about 0.2 ms of a miss, measured). Counts and info run on another
-thread, and index building (`optimize`, seconds to minutes) on a third, so
-that a growing cache keeps its HNSW index without lookups waiting for it. The
+thread, and index building (`optimize`, seconds to minutes) on a third. That
+thread does not keep lookups going: `optimize` holds the GIL from start to
+end, so the whole process waits for it (README, "Index rebuilds"); the
+engine's indexing threshold follows `index_after_points`, which keeps each
+rebuild shorter than the engine's default of 10 MB of vectors did. The
 engine's search pool is sized by `search_threads` (1 by default: with the GIL
 held, more threads only hand the work around; a lone search measured about a
 quarter cheaper on one thread than on the default pool, on 2 cores).
@@ -134,9 +137,10 @@ class _ShardKeeper:
         on_damage: OnDamage,
         embedding_model: str | None = None,
         search_threads: int = 1,
+        index_after_points: int | None = None,
     ) -> None:
         self.path, self.dim, self.storage, self.on_damage = path, dim, storage, on_damage
-        self.search_threads = search_threads
+        self.search_threads, self.index_after_points = search_threads, index_after_points
         self.disk = DiskGuard(path, min_free_bytes)
         self.manifest = Manifest(path, dim, embedding_model)
         self.missing_entries = 0
@@ -160,7 +164,9 @@ class _ShardKeeper:
         check_vectors(self.path, manifest, self.dim)
         check_model(self.path, manifest, model)
         lost_segments = segments_missing(self.path)
-        shard = open_shard(self.path, self.dim, self.storage, self.search_threads)
+        shard = open_shard(
+            self.path, self.dim, self.storage, self.search_threads, self.index_after_points
+        )
         try:
             ensure_indexes(shard, self.path)
         except BaseException:
@@ -400,7 +406,9 @@ class _Threads:
 
 class EdgeVectorStore:
     """A `VectorStore` on a Qdrant Edge shard in `path` (created on first use, with
-    `storage`, one of `VECTOR_STORAGE`), searching on `search_threads` (0: per CPU).
+    `storage`, one of `VECTOR_STORAGE`), searching on `search_threads` (0: per CPU),
+    the engine indexing once `index_after_points` points lack an index (None: its
+    default, 10 MB of vectors).
 
     `min_free_bytes` is the room kept free on the disk: below it new entries are
     not stored. `on_damage` says what opening a shard with entries missing does:
@@ -424,6 +432,7 @@ class EdgeVectorStore:
         embedding_model: str | None = None,
         search_threads: int = 1,
         memo_entries: int = 4096,
+        index_after_points: int | None = None,
     ) -> None:
         if storage not in VECTOR_STORAGE:
             edge_config(dim, storage)  # raises the ValueError that names the choices
@@ -433,8 +442,9 @@ class EdgeVectorStore:
         self._indexing: asyncio.Future[bool] | None = None
         self._path, self._dim = path, dim
         self._keeper = _ShardKeeper(
-            path, dim, storage, min_free_bytes, on_damage, embedding_model, search_threads
-        )
+            path, dim, storage, min_free_bytes, on_damage, embedding_model, search_threads,
+            index_after_points,
+        )  # fmt: skip
         self._disk = self._keeper.disk
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef)
         try:
@@ -555,7 +565,8 @@ class EdgeVectorStore:
         index in the background once `min_unindexed` points lack it and the disk has
         room for the rebuilt segments.
 
-        Returns whether a rebuild was started. Lookups go on while it runs.
+        Returns whether a rebuild was started. It holds the GIL while it runs, so
+        nothing else in the process runs meanwhile.
 
         Raises:
             StartupError: a shard left closed cannot be opened now that there is room.

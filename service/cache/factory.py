@@ -46,5 +46,6 @@ async def build_store(
         on_damage=settings.on_store_damage,
         embedding_model=embedding_model,
         search_threads=settings.store_search_threads,
+        index_after_points=settings.index_after_points,
         memo_entries=settings.store_memo_entries,
     )

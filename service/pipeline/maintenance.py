@@ -47,7 +47,7 @@ class Maintenance:
         if purged:
             log.info("purged expired cache entries", entries=purged)
         if indexing:
-            log.info("rebuilding the vector index in the background")
+            log.info("rebuilding the vector index; the embedded store answers nothing until done")
 
     async def _run_forever(self) -> None:
         while True:
