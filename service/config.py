@@ -370,13 +370,13 @@ class SecuritySettings(BaseModel):
     )
     tls_cert_file: Path | None = Field(
         None,
-        description="PEM certificate chain for the gRPC port; set with `tls_key_file`;"
-        " unset = plaintext.",
+        description="PEM certificate chain for the gRPC port and the HTTP door (HTTPS); set"
+        " with `tls_key_file`; unset = plaintext.",
     )
     tls_key_file: Path | None = Field(
         None,
-        description="PEM private key for the gRPC port; set with `tls_cert_file`; unset ="
-        " plaintext.",
+        description="PEM private key for the gRPC port and the HTTP door (HTTPS); set with"
+        " `tls_cert_file`; unset = plaintext.",
     )
     rate_limit_requests_per_minute: int = Field(
         0, ge=0, description="Completions per tenant per minute (hits included); 0 = unlimited."

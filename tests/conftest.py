@@ -4,6 +4,8 @@ test, on each vector store backend. Test settings never read the environment."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,3 +127,24 @@ async def service(
     running = await start_service(embedder, simulator, settings)
     yield running
     await running.close()
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for `localhost` and its private key (PEM files)."""
+    return make_tls_pair(tmp_path)
+
+
+def make_tls_pair(directory: Path) -> tuple[Path, Path]:
+    """`cert.pem` and `key.pem` in `directory`: a self-signed certificate for localhost."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl binary to make a test certificate")
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext",
+         "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key

@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import stat
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -36,8 +34,11 @@ from service.auth import (
     require_principal,
     resolve_tenant,
 )
+from service.errors import StartupError
 from service.transport.grpc.auth import Authenticator, load_server_credentials
 from service.transport.grpc.interceptors import ServiceInterceptor
+from service.transport.grpc.server import security_from
+from tests.conftest import make_settings, make_tls_pair
 
 CLIENT_KEY = "sk-sc-client-test-key"
 ADMIN_KEY = "sk-sc-admin-test-key"
@@ -256,6 +257,21 @@ def test_tls_files_that_are_missing_or_not_pem_are_named(tmp_path: Path) -> None
         load_server_credentials(cert, key)
 
 
+def test_a_key_that_does_not_match_its_certificate_is_named_at_start(tmp_path: Path) -> None:
+    """gRPC's core takes the pair and then fails to add the port, which read as "the
+    address could not be bound": the pair is checked first, and named."""
+    cert, _ = make_tls_pair(tmp_path / "one")
+    _, other_key = make_tls_pair(tmp_path / "two")
+    settings = make_settings(
+        "edge", tmp_path / "data", "http://127.0.0.1:9/v1",
+        tls_cert_file=cert, tls_key_file=other_key,
+    )  # fmt: skip
+    with pytest.raises(StartupError) as caught:
+        security_from(settings)
+    message = str(caught.value)
+    assert "SEMCACHE_TLS_KEY_FILE" in message and "\n" not in message
+
+
 # --- the interceptor on an in-process server -------------------------------------------
 
 
@@ -366,20 +382,6 @@ async def test_the_principal_does_not_leak_out_of_the_rpc(serve: Any, ring: KeyR
     channel = await serve(ring)
     await call(channel, (("x-api-key", CLIENT_KEY),))
     assert current_principal.get() is None
-
-
-@pytest.fixture
-def tls_files(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl binary to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext",
-         "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 async def test_tls_serves_with_the_configured_certificate(

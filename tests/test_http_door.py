@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from service.errors import (
 from service.transport.grpc.status import status_for
 from service.transport.http import start_http_from_settings, start_http_server
 from service.transport.http.errors import http_error_for
+from service.transport.tls import tls_context
 from tests.conftest import IsolatedSettings
 from tests.httpdoor import (
     CLIENT_KEY,
@@ -514,3 +516,49 @@ def test_an_unknown_model_is_404_over_http_and_still_invalid_argument_over_grpc(
     assert status_for(error) is grpc.StatusCode.INVALID_ARGUMENT
     assert http_error_for(InvalidRequestError("bad")).status == 400
     assert http_error_for(KeyError("surprise")).status == 500
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+async def test_the_door_speaks_https_with_the_grpc_ports_certificate(
+    embedder: Embedder, simulator: UpstreamSimulator, tmp_path: Path, tls_files: tuple[Path, Path]
+) -> None:
+    """API keys travel in `Authorization` headers: with the gRPC port's TLS files set,
+    the OpenAI door is HTTPS too, not plain HTTP beside a TLS gRPC port."""
+    cert, key = tls_files
+    door = await start_http_service(embedder, simulator, tmp_path / "data")
+    settings = door.grpc.settings.model_copy(
+        update={"tls_cert_file": cert, "tls_key_file": key, "http_port": 0}
+    )
+    https = await start_http_from_settings(door.grpc.app, settings, None)
+    assert https is not None
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        assert https.base_url.startswith("https://")
+        async with aiohttp.ClientSession() as session:
+            url = f"{https.base_url}/chat/completions"
+            body = {"model": MODEL, "messages": ask(QUESTION)}
+            async with session.post(url, json=body, ssl=trust) as answer:
+                assert answer.status == 200
+                assert answer.headers["x-semcache-cache-status"] == "miss"
+            plain = https.base_url.replace("https://", "http://")
+            with pytest.raises(aiohttp.ClientError):  # no plain HTTP on that port
+                async with session.get(f"{plain}/models") as refused:
+                    await refused.read()
+    finally:
+        await https.aclose()
+        await door.close()
+
+
+def test_tls_files_the_door_cannot_use_are_one_line(
+    tmp_path: Path, tls_files: tuple[Path, Path]
+) -> None:
+    cert, _ = tls_files
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a key")
+    for key in (not_pem, tmp_path / "missing.pem"):
+        with pytest.raises(StartupError) as caught:
+            tls_context(cert, key)
+        message = str(caught.value)
+        assert "SEMCACHE_TLS_KEY_FILE" in message and "\n" not in message

@@ -24,6 +24,7 @@ from service.startup import bind_problem, one_line
 from service.transport.grpc.auth import Authenticator, load_server_credentials
 from service.transport.grpc.interceptors import BACKLOG_SERVER_OPTIONS, ServiceInterceptor
 from service.transport.grpc.servicer import BatchLimits, SemanticCacheServicer
+from service.transport.tls import tls_context
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +71,7 @@ def security_from(settings: Settings) -> Security:
         credentials = None
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:
             credentials = load_server_credentials(settings.tls_cert_file, settings.tls_key_file)
+            tls_context(settings.tls_cert_file, settings.tls_key_file)  # the pair matches
     except ValueError as error:
         raise StartupError(one_line(error)) from error
     if keyring is None:

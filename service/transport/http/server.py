@@ -12,13 +12,15 @@ hand-offs. Routes:
     DELETE /v1/semcache/entries/{entry_id}   one cached entry (DeleteEntry)
     POST /v1/semcache/feedback     a verdict on an answer (SubmitFeedback)
 
-The chat and `/v1/semcache/` routes count against the bound on calls in flight
+With the gRPC port's TLS files set, the door speaks HTTPS with the same
+certificate. The chat and `/v1/semcache/` routes count against the bound on calls in flight
 (`service.overload`) the gRPC door counts against too; past it they answer 503
 with Retry-After.
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 import structlog
@@ -40,6 +42,7 @@ from service.transport.http.entries import (
 )
 from service.transport.http.feedback import RPC_FEEDBACK, submit_feedback
 from service.transport.http.live import live_json, live_page
+from service.transport.tls import tls_context
 
 log = structlog.get_logger(__name__)
 
@@ -82,17 +85,18 @@ def build_http_app(
 
 @dataclass
 class RunningHttpServer:
-    """A running HTTP door: the port it listens on, and how to stop it."""
+    """A running HTTP door: the port it listens on, whether it speaks TLS, and how to stop it."""
 
     port: int
     host: str
     _runner: web.AppRunner
+    tls: bool = False
 
     @property
     def base_url(self) -> str:
-        """The OpenAI base URL of this door, e.g. `http://127.0.0.1:8080/v1`."""
+        """The OpenAI base URL of this door, e.g. `http://127.0.0.1:8080/v1` (`https` with TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/v1"
 
     async def aclose(self) -> None:
         """Stop taking connections, let requests in flight finish (up to the grace
@@ -107,12 +111,13 @@ async def start_http_server(
     keyring: KeyRing | None,
     grace_s: float = DEFAULT_GRACE_S,
     in_flight: InFlight | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> RunningHttpServer:
     """Serve the HTTP door of `app` on host:port (port 0 picks a free one).
 
     `keyring` is the gRPC port's (None: open mode, allowed on loopback only);
     `in_flight` the bound on calls in flight, shared with the gRPC door (None:
-    no bound).
+    no bound); `tls` makes it HTTPS (None: plain HTTP).
 
     Raises:
         StartupError: open mode on a non-loopback host, or the port cannot be
@@ -127,18 +132,16 @@ async def start_http_server(
     web_app = build_http_app(app, keyring, in_flight)
     runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=grace_s)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=False)
+    site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_port=False)
     try:
         await site.start()
     except OSError as error:
         await runner.cleanup()
         problem = bind_problem(host, port, "SEMCACHE_HTTP_PORT", "SEMCACHE_HTTP_HOST")
         raise StartupError(f"cannot listen for HTTP on {host}:{port}: {problem}") from error
-    bound = _bound_port(runner, port)
-    log.info(
-        "HTTP door serving", base_url=f"http://{host}:{bound}/v1", api_keys=keyring is not None
-    )
-    return RunningHttpServer(bound, host, runner)
+    running = RunningHttpServer(_bound_port(runner, port), host, runner, tls is not None)
+    log.info("HTTP door serving", base_url=running.base_url, api_keys=keyring is not None)
+    return running
 
 
 async def start_http_from_settings(
@@ -147,15 +150,19 @@ async def start_http_from_settings(
     """The HTTP door the settings ask for: None when SEMCACHE_HTTP_PORT is unset.
 
     `in_flight` is the gate shared with the gRPC door; None builds one of its own
-    from SEMCACHE_MAX_CONCURRENT_RPCS.
+    from SEMCACHE_MAX_CONCURRENT_RPCS. With SEMCACHE_TLS_CERT_FILE and
+    SEMCACHE_TLS_KEY_FILE set, the door speaks HTTPS with them, as the gRPC port does.
 
     Raises:
-        StartupError: see `start_http_server`.
+        StartupError: see `start_http_server` and `tls_context`.
     """
     if settings.http_port is None:
         return None
     if in_flight is None:
         in_flight = InFlight(settings.max_concurrent_rpcs, app.metrics)
+    tls = None
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        tls = tls_context(settings.tls_cert_file, settings.tls_key_file)
     return await start_http_server(
         app,
         settings.effective_http_host,
@@ -163,6 +170,7 @@ async def start_http_from_settings(
         keyring,
         settings.grace_period_s,
         in_flight,
+        tls,
     )
 
 
