@@ -135,6 +135,10 @@ class KeyRing:
     def __len__(self) -> int:
         return len(self._by_hash)
 
+    def replace_with(self, other: KeyRing) -> None:
+        """Take `other`'s keys in place of these, at once (for every holder of this ring)."""
+        self._by_hash = other._by_hash
+
     def authenticate(self, metadata: Sequence[tuple[str, str | bytes]]) -> Principal:
         """The principal whose key is in `metadata` (gRPC invocation metadata).
 

@@ -20,6 +20,7 @@ import structlog
 from service.app import App
 from service.config import Settings
 from service.errors import StartupError
+from service.key_reload import KeysFileWatcher
 from service.metrics import MetricsServer, start_metrics_server
 from service.overload import InFlight
 from service.startup import bind_problem
@@ -54,6 +55,7 @@ async def serve_until_signalled(
         await running.stop(0)
         raise
     app.maintenance.start()
+    keys = _watch_keys(security, settings)
     log.info(
         "semcache serving",
         address=f"{settings.grpc_host}:{running.port}",
@@ -65,8 +67,25 @@ async def serve_until_signalled(
     await signals.get()
     log.info("shutting down", grace_s=settings.grace_period_s, in_flight="draining")
     await _drain(running, http, settings.grace_period_s, signals)
+    if keys is not None:
+        await keys.aclose()
     if metrics_server is not None:
         await metrics_server.aclose()
+
+
+def _watch_keys(security: Security, settings: Settings) -> KeysFileWatcher | None:
+    """Read the keys file again on SIGHUP and whenever it changes (see `key_reload`);
+    without one (open mode), a SIGHUP only says there is nothing to reload."""
+    loop = asyncio.get_running_loop()
+    if security.keyring is None or settings.api_keys_file is None:
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: log.info("SIGHUP: no API keys file to reload (open mode)")
+        )
+        return None
+    watcher = KeysFileWatcher(security.keyring, settings.api_keys_file)
+    loop.add_signal_handler(signal.SIGHUP, watcher.reload)
+    watcher.start()
+    return watcher
 
 
 async def _start_http(
