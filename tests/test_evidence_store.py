@@ -32,6 +32,7 @@ from service.cache.store import (
     EVIDENCE_KEY_PREFIX,
     CacheEntry,
     EntryFilter,
+    Float32s,
     SearchQuery,
     VectorStore,
     evidence_key,
@@ -130,11 +131,14 @@ def test_each_observation_is_its_own_payload_key_and_reads_back() -> None:
 def test_reading_a_payload_gives_the_entry_its_fields_make() -> None:
     """Whatever shape the payload has: every field (read without `__init__`), an older
     entry's without an optional field (its default), foreign keys (dropped), a context."""
-    entry = _entry(0, context="we spoke of refunds", context_vector=(0.5, -0.25))
+    entry = _entry(0, context="we spoke of refunds", context_vector=Float32s((0.5, -0.25)))
     payload = entry.to_payload()
     read = CacheEntry.from_payload(payload)
     assert read == entry and hash(read) == hash(entry) and repr(read) == repr(entry)
     assert read.context_vector == (0.5, -0.25) and read.evidence == Evidence()
+    assert dataclasses.replace(entry, context_vector=(0.5, -0.25)) == read, (
+        "equal to the same values"
+    )
     older = {k: v for k, v in payload.items() if k != "tool_calls_json"}
     assert CacheEntry.from_payload(older) == entry
     assert CacheEntry.from_payload(payload | {"added_later": 1}) == entry
@@ -434,3 +438,26 @@ async def test_replicas_adding_at_once_lose_no_observation(per_replica: int) -> 
             assert got is not None
             assert got.evidence == want, point_id
     await client.close()
+
+
+def test_a_kept_context_vector_takes_four_bytes_a_value() -> None:
+    """A follow-up entry kept in memory (the entry memo) carries its context's vector:
+    384 Python floats in a tuple took about 12 KB of it; float32 values take 1.5 KB."""
+    import tracemalloc
+
+    vector = np.random.default_rng(0).standard_normal(384).astype(np.float32)
+    entry = _entry(0, context="an earlier turn", context_vector=vector.tolist())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        # as each read from the store: new float objects every time
+        payloads = [entry.to_payload() | {"context_vector": vector.tolist()} for _ in range(100)]
+        kept = [CacheEntry.from_payload(payload) for payload in payloads]
+        del payloads  # what a kept entry holds on its own
+        grown = tracemalloc.take_snapshot().compare_to(before, "filename")
+    finally:
+        tracemalloc.stop()
+    per_entry = sum(stat.size_diff for stat in grown) / len(kept)
+    assert per_entry < 3_000, f"{per_entry:.0f} bytes a kept entry"  # 13,130 as a tuple
+    assert kept[0].context_vector == vector.tolist()
+    assert np.asarray(kept[0].context_vector).dtype == np.float32

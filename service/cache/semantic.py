@@ -26,6 +26,7 @@ from service.cache.scope import CacheKey, CacheKeys
 from service.cache.store import (
     CacheEntry,
     EntryFilter,
+    Float32s,
     ScoredEntry,
     SearchQuery,
     Vector,
@@ -356,7 +357,9 @@ def new_entry(
         expires_at=now + lifetime_s,
         last_hit_at=now,
         context=key.context,
-        context_vector=tuple(context_vector.tolist()) if context_vector is not None else (),
+        context_vector=Float32s(context_vector.astype(np.float32).tobytes())
+        if context_vector is not None
+        else (),
         tool_calls_json=answer.tool_calls_json,
     )
 

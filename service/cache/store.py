@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -129,6 +130,61 @@ def group_observations(
     return grouped
 
 
+class Float32s(Sequence[float]):
+    """An immutable vector of float32 values, 4 bytes each.
+
+    A follow-up entry keeps its context's vector (384 values) for the guard: as a
+    tuple of Python floats that took about 12 KB of every such entry kept in memory
+    (`entry_memo`), as this 1.5 KB. Equal to any sequence of the same values, and
+    hashed like the tuple of them; numpy reads it without a copy.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, values: Iterable[float] | bytes = ()) -> None:
+        self._data = values if isinstance(values, bytes) else array("f", values).tobytes()
+
+    def _view(self) -> memoryview[float]:
+        return memoryview(self._data).cast("f")
+
+    def __len__(self) -> int:
+        return len(self._data) // 4
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+    @overload
+    def __getitem__(self, index: slice) -> Float32s: ...
+    def __getitem__(self, index: int | slice) -> float | Float32s:
+        if isinstance(index, slice):
+            return Float32s(self._view()[index].tobytes())
+        return float(self._view()[index])
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self._view().tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Float32s):
+            return self._data == other._data
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Float32s({list(self)!r})"
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> npt.NDArray[np.float32]:
+        vector = np.frombuffer(self._data, dtype=np.float32)
+        return vector if dtype is None else vector.astype(dtype, copy=False)
+
+
+def context_vector_of(values: Iterable[float] | None) -> Sequence[float]:
+    """A context vector as an entry keeps it: `Float32s`, or () when there is none."""
+    return Float32s(values) if values else ()
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """One cached answer, stored as a point's payload."""
@@ -147,7 +203,7 @@ class CacheEntry:
     expires_at: float
     last_hit_at: float
     context: str = ""
-    context_vector: tuple[float, ...] = ()
+    context_vector: Sequence[float] = ()  # a `Float32s` when there is one
     tool_calls_json: str = ""
     evidence: Evidence = field(default_factory=Evidence)
 
@@ -175,7 +231,7 @@ class CacheEntry:
         else:
             values = {name: payload[name] for name in _FIELD_KEYS if name in payload}
             evidence = Evidence.of(stored_observations(payload).values())
-        values["context_vector"] = tuple(payload.get("context_vector") or ())
+        values["context_vector"] = context_vector_of(payload.get("context_vector"))
         values["evidence"] = evidence
         return assembled(cls, values)  # a field missing: its default, or a TypeError
 
