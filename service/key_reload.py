@@ -13,14 +13,13 @@ that refuses everyone, or accepts everyone.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 from pathlib import Path
 
 import structlog
 
 from service.auth import KeyRing, load_keys
+from service.periodic import Periodic
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +42,7 @@ class KeysFileWatcher:
     def __init__(self, keyring: KeyRing, path: Path) -> None:
         self.keyring, self.path = keyring, path
         self._seen = _stamp(path)
-        self._task: asyncio.Task[None] | None = None
+        self._loop: Periodic | None = None
 
     def check(self) -> bool:
         """Reload if the file changed since it was last read; whether it was reloaded."""
@@ -67,17 +66,16 @@ class KeysFileWatcher:
 
     def start(self, interval_s: float = CHECK_INTERVAL_S) -> None:
         """Check the file every `interval_s` in the background (once)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._watch(interval_s))
+        if self._loop is None:
+            self._loop = Periodic(interval_s, self._check)
+            self._loop.start()
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._loop is not None:
+            await self._loop.aclose()
 
-    async def _watch(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
+    async def _check(self) -> None:
+        try:
             self.check()
+        except Exception as error:  # the next check tries again
+            log.error("API keys file check failed", error=repr(error))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import structlog
 
 from service.cache.semantic import SemanticCache
+from service.periodic import Periodic
 
 log = structlog.get_logger(__name__)
 
@@ -19,22 +17,16 @@ class Maintenance:
 
     def __init__(self, cache: SemanticCache, interval_s: float, index_after_points: int) -> None:
         self._cache = cache
-        self._interval_s = interval_s
         self._index_after_points = index_after_points
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(interval_s, self.run_once)
 
     def start(self) -> None:
         """Run the loop in the background (once)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run_forever())
+        self._loop.start()
 
     async def aclose(self) -> None:
         """Stop the loop, waiting for a round in progress to be cancelled."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._loop.aclose()
 
     async def run_once(self) -> None:
         """One round of upkeep."""
@@ -48,8 +40,3 @@ class Maintenance:
             log.info("purged expired cache entries", entries=purged)
         if indexing:
             log.info("rebuilding the vector index; the embedded store answers nothing until done")
-
-    async def _run_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            await self.run_once()
