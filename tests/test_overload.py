@@ -20,12 +20,14 @@ from semcache_simulator import SimulatorConfig, UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.app import App, build_app
+from service.auth import load_keys
 from service.embedding.base import Embedder
 from service.metrics import Metrics
 from service.overload import InFlight
-from service.transport.grpc.server import start_server
+from service.transport.grpc.server import Security, start_server
 from service.transport.http import start_http_server
 from tests.conftest import Service, make_settings
+from tests.httpdoor import CLIENT_KEY, write_keys_file
 
 BOUND = 2
 # Far longer than the test: held calls end only when the test cancels them.
@@ -133,22 +135,28 @@ async def test_the_http_door_shares_the_bound_and_answers_503_with_retry_after(
 ) -> None:
     """One bound for the process: a call held on either door takes a slot, and past
     the bound the HTTP door refuses with 503 and Retry-After as gRPC does with
-    RESOURCE_EXHAUSTED. The model list and the live numbers are never refused."""
+    RESOURCE_EXHAUSTED. A caller without a known key is told so first, on either
+    door. The model list and the live numbers are never refused."""
     settings = make_settings("edge", tmp_path / "data", slow_upstream.base_url)
     app = await build_app(settings, embedder, {})
+    keyring = load_keys(write_keys_file(tmp_path / "keys.yaml"))
     gate = InFlight(BOUND, app.metrics)
-    server = await start_server(app, "127.0.0.1", 0, max_concurrent_rpcs=gate)
-    http = await start_http_server(app, "127.0.0.1", 0, None, grace_s=0.1, in_flight=gate)
+    server = await start_server(app, "127.0.0.1", 0, None, Security(keyring), gate)
+    http = await start_http_server(app, "127.0.0.1", 0, keyring, grace_s=0.1, in_flight=gate)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     stub = pb_grpc.SemanticCacheServiceStub(channel)
     metrics = app.metrics
     chat_url = f"{http.base_url}/chat/completions"
+    key = {"authorization": f"Bearer {CLIENT_KEY}"}
+    grpc_key = (("authorization", f"Bearer {CLIENT_KEY}"),)
 
     def chat(question: str) -> dict[str, object]:
         return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]}
 
-    async with aiohttp.ClientSession() as session:
-        held_grpc = asyncio.ensure_future(stub.Complete(pb.CompleteRequest(prompt="held grpc")))
+    async with aiohttp.ClientSession(headers=key) as session, aiohttp.ClientSession() as anon:
+        held_grpc = asyncio.ensure_future(
+            stub.Complete(pb.CompleteRequest(prompt="held grpc"), metadata=grpc_key)
+        )
         held_http = asyncio.ensure_future(session.post(chat_url, json=chat("held http")))
         try:
             await until(lambda: slow_upstream.request_count() == BOUND, "both calls upstream")
@@ -160,8 +168,13 @@ async def test_the_http_door_shares_the_bound_and_answers_503_with_retry_after(
                 assert 1 <= int(refused.headers["Retry-After"]) <= 2
                 assert "SEMCACHE_MAX_CONCURRENT_RPCS" in body["error"]["message"]
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.Complete(pb.CompleteRequest(prompt="one too many on gRPC"))
+                await stub.Complete(pb.CompleteRequest(prompt="too many"), metadata=grpc_key)
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            async with anon.post(chat_url, json=chat("who am I")) as unknown:
+                assert unknown.status == 401, "no key: told so, not told to come back"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Complete(pb.CompleteRequest(prompt="who am I"))
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
             for probe in ("/v1/models", "/live.json"):
                 async with session.get(http.base_url.removesuffix("/v1") + probe) as answer:
                     assert answer.status == 200, f"{probe} is never refused"

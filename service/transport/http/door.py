@@ -122,9 +122,12 @@ async def door_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 async def _admitted(request: web.Request, call: HttpCall, handler: Handler) -> web.StreamResponse:
     """`handler`'s response, holding a slot of the bound on calls in flight while it
-    runs (a stream's whole body) when its route is bounded.
+    runs (a stream's whole body) when its route is bounded. The caller is
+    authenticated first, as on the gRPC port: a call without a known key is told
+    so, not told to come back later.
 
     Raises:
+        AuthenticationError: keys are configured and the request has no known key.
         OverloadedError: the bound's calls are all in flight (a 503 with Retry-After).
     """
     door = request.app[DOOR]
@@ -133,6 +136,7 @@ async def _admitted(request: web.Request, call: HttpCall, handler: Handler) -> w
     if door.in_flight is None or rpc is None:
         return await handler(request)
     call.rpc = rpc  # a refused call is counted under its route (a handler may refine it)
+    door.principal(request)
     door.in_flight.enter(rpc)
     try:
         return await handler(request)
