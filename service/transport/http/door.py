@@ -6,7 +6,10 @@ to structlog, turns an error a handler raises into an OpenAI-shaped error
 body through `errors.http_error_for`, and counts the request in the same
 Prometheus series as gRPC (`semcache_requests_total`, `..._duration_seconds`)
 under an `rpc` label of its own (`http_chat_completions`, ...). Unexpected
-errors are 500s that name the request id, logged with their traceback.
+errors are 500s that name the request id, logged with their traceback. A call
+of a bounded route (chat, `/v1/semcache/`) holds a slot of the bound on calls
+in flight that the gRPC door counts against too (`service.overload`), once its
+caller is known: past the bound it is a 503 with Retry-After.
 
 Callers authenticate as on the gRPC port: `Authorization: Bearer <key>` (or
 `x-api-key`) from the same keys file, the tenant taken from the key; with no
