@@ -59,6 +59,7 @@ class HttpCall:
     model: str = ""
     code: str = "OK"
     started: float = field(default_factory=time.perf_counter)
+    principal: Principal | None = None
 
     def elapsed_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 2)
@@ -78,12 +79,18 @@ class Door:
     bounded: Mapping[str, str] = field(default_factory=dict)
 
     def principal(self, request: web.Request) -> Principal:
-        """The caller of `request`.
+        """The caller of `request` (worked out once a request: the middleware may have).
 
         Raises:
             AuthenticationError: keys are configured and the request has no known key.
         """
-        return principal_for(self.keyring, list(request.headers.items()))
+        call: HttpCall | None = request.get(CALL)
+        if call is not None and call.principal is not None:
+            return call.principal
+        principal = principal_for(self.keyring, list(request.headers.items()))
+        if call is not None:
+            call.principal = principal
+        return principal
 
 
 DOOR = web.AppKey("semcache_door", Door)
