@@ -336,13 +336,26 @@ def _client(args: argparse.Namespace) -> SemcacheClient:
     """The client for `--target`, or for SEMCACHE_TARGET when it is absent.
 
     Raises:
-        StartupError: `--target` is absent and a SEMCACHE_* setting is invalid.
+        StartupError: `--target` is absent and a SEMCACHE_* setting is invalid, or
+            `--tls-ca` cannot be read.
     """
     from semcache_client import SemcacheClient
+    from service.transport.grpc.auth import trusting
 
     target = args.target or load_settings().target
+    credentials = None
+    if args.tls_ca is not None:
+        try:
+            roots = args.tls_ca.read_bytes()
+        except OSError as error:
+            raise StartupError(f"cannot read --tls-ca {args.tls_ca}: {error.strerror}") from error
+        credentials = trusting(roots)
     return SemcacheClient(
-        target, tenant=args.tenant, api_key=args.api_key, timeout_s=args.timeout_s
+        target,
+        tenant=args.tenant,
+        api_key=args.api_key,
+        timeout_s=args.timeout_s,
+        credentials=credentials,
     )
 
 
@@ -519,6 +532,12 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tenant", help="sent as x-tenant-id (open mode only)")
     parser.add_argument("--api-key", help="sent as authorization: Bearer KEY")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="the call's deadline")
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        help="PEM roots to trust: call over TLS (--target must name a host the server's"
+        " certificate carries)",
+    )
 
 
 def _add_complete_arguments(parser: argparse.ArgumentParser) -> None:

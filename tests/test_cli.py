@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import pytest
 
+from semcache_simulator import UpstreamSimulator
 from service.cli import main
-from tests.conftest import Service
+from service.embedding.base import Embedder
+from service.transport.grpc.auth import load_server_credentials
+from service.transport.grpc.server import Security
+from tests.conftest import Service, make_settings, start_service
 
 QUESTION = "What is machine learning?"
 # An everyday form of QUESTION: served at once ("same_form") by the default error-budget
@@ -167,3 +172,27 @@ def test_serve_freezes_what_start_up_built_out_of_the_garbage_collectors_reach()
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+async def test_client_commands_call_a_tls_server_with_tls_ca(
+    embedder: Embedder,
+    simulator: UpstreamSimulator,
+    tmp_path: Path,
+    tls_files: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cert, key = tls_files
+    settings = make_settings("edge", tmp_path / "data", simulator.base_url)
+    credentials = load_server_credentials(cert, key)
+    tls = await start_service(embedder, simulator, settings, Security(None, credentials))
+    target = ["--target", f"localhost:{tls.server.port}", "--timeout-s", "5"]
+    try:
+        status, out, err = await _run(capsys, "stats", *target, "--tls-ca", str(cert))
+        assert status == 0, err
+        assert "default" in out
+        status, _, err = await _run(capsys, "stats", *target)
+        assert status == 1, "plaintext to a TLS port"
+        status, _, err = await _run(capsys, "stats", *target, "--tls-ca", str(tmp_path / "none"))
+        assert status == 1 and "--tls-ca" in err and err.count("\n") == 1
+    finally:
+        await tls.close()

@@ -234,3 +234,39 @@ def test_compose_semcache_listens_on_all_interfaces_only_with_api_keys() -> None
     )
     keyring = load_keys(ROOT / host_path)  # a real, parseable keys file
     assert keyring is not None
+
+
+async def test_healthcheck_probes_a_tls_server_over_tls(
+    tls_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Docker HEALTHCHECK runs `semcache health` beside the server, with its
+    settings: a server with TLS was probed in plaintext and never looked healthy."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    from service.transport.grpc.auth import load_server_credentials
+    from tests.conftest import make_tls_pair
+
+    cert, key = tls_files
+    other_cert, _ = make_tls_pair(tmp_path / "other")
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_secure_port("127.0.0.1:0", load_server_credentials(cert, key))
+    await server.start()
+    target = ["--target", f"127.0.0.1:{port}", "--timeout-s", "5"]
+
+    def probe(*more: str) -> int:
+        return healthcheck.main([*target, *more])
+
+    try:
+        monkeypatch.delenv("SEMCACHE_TLS_CERT_FILE", raising=False)
+        assert await asyncio.to_thread(probe) == 1, "plaintext to a TLS port"
+        assert await asyncio.to_thread(probe, "--tls-ca", str(cert)) == 0
+        assert await asyncio.to_thread(probe, "--tls-ca", str(other_cert)) == 1, "untrusted"
+        wrong_name = ("--tls-ca", str(cert), "--tls-server-name", "elsewhere.example")
+        assert await asyncio.to_thread(probe, *wrong_name) == 1
+        monkeypatch.setenv("SEMCACHE_TLS_CERT_FILE", str(cert))
+        monkeypatch.setenv("SEMCACHE_TLS_KEY_FILE", str(key))
+        assert await asyncio.to_thread(probe) == 0, "the server's own settings say TLS"
+    finally:
+        await server.stop(0)

@@ -5,6 +5,10 @@ answers SERVING, 1 otherwise (not serving, unreachable, or too slow). It is
 the Docker HEALTHCHECK; Kubernetes probes the same service natively with
 `grpc:` probes. The port comes from `SEMCACHE_GRPC_PORT` through `Settings`,
 like the server's own.
+
+A server with TLS (`SEMCACHE_TLS_CERT_FILE`) is probed over TLS: trusting
+`--tls-ca`, by default the server's own certificate (enough for a self-signed
+one), and checking it against `--tls-server-name`, by default the target's host.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,10 +28,33 @@ from service.startup import load_settings
 DEFAULT_TIMEOUT_S = 3.0
 
 
-def check(target: str, service: str = "", timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
-    """True when the server at `target` reports `service` ("" = the whole server) SERVING."""
+@dataclass(frozen=True)
+class Trust:
+    """How to reach a TLS server: the PEM roots to trust, and the name its
+    certificate must carry when the target's host is another (None: that host)."""
+
+    roots: bytes
+    server_name: str | None = None
+
+    def channel(self, target: str) -> grpc.Channel:
+        options = []
+        if self.server_name:
+            options.append(("grpc.ssl_target_name_override", self.server_name))
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.roots)
+        return grpc.secure_channel(target, credentials, options=options)
+
+
+def check(
+    target: str,
+    service: str = "",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    trust: Trust | None = None,
+) -> bool:
+    """True when the server at `target` reports `service` ("" = the whole server)
+    SERVING; over TLS when `trust` is given."""
     request = health_pb2.HealthCheckRequest(service=service)
-    with grpc.insecure_channel(target) as channel:
+    opened = grpc.insecure_channel(target) if trust is None else trust.channel(target)
+    with opened as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(request, timeout=timeout_s)
@@ -46,19 +75,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--service", default="", help="health service name; default: the server")
     parser.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S)
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        help="PEM roots to trust: probe over TLS; default with SEMCACHE_TLS_CERT_FILE set:"
+        " that certificate",
+    )
+    parser.add_argument(
+        "--tls-server-name", help="the name the server's certificate carries; default: the host"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit status 0 if the server is SERVING, else 1 (also when the settings that
     name its port are invalid: one line on stderr says which)."""
-    target = args.target
-    if target is None:
+    target, roots = args.target, args.tls_ca
+    if target is None or roots is None:
         try:
-            target = f"127.0.0.1:{load_settings().grpc_port}"
+            settings = load_settings()
         except StartupError as error:
             print(f"unhealthy: {error}", file=sys.stderr)
             return 1
-    return 0 if check(target, args.service, args.timeout_s) else 1
+        target = target or f"127.0.0.1:{settings.grpc_port}"
+        roots = roots or settings.tls_cert_file
+    trust = None
+    if roots is not None:
+        try:
+            trust = Trust(roots.read_bytes(), args.tls_server_name)
+        except OSError as error:
+            reason = f"cannot read the TLS roots {roots}: {error.strerror}"
+            print(f"unhealthy: {reason}", file=sys.stderr)
+            return 1
+    return 0 if check(target, args.service, args.timeout_s, trust) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
