@@ -173,3 +173,21 @@ async def test_edge_fetches_by_id_inline_without_a_thread_hop(tmp_path: Path) ->
         assert found is not None and found.tenant == "t"
     finally:
         await store.close()
+
+
+async def test_an_index_rebuild_logs_how_long_the_process_stood_still(tmp_path: Path) -> None:
+    """A rebuild holds the GIL: the log says when one ended and how long it took, so a
+    latency spike can be told apart from a slow upstream."""
+    from structlog.testing import capture_logs
+
+    small_indexable_shard(tmp_path / "shard")
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    with capture_logs() as logs:
+        try:
+            for i in range(30):
+                await store.upsert(str(uuid.uuid4()), unit(i), entry("a"))
+            assert await store.maintain(min_unindexed=10) is True
+        finally:
+            await store.close()  # waits for the rebuild
+    rebuilt = next(e for e in logs if "vector index rebuilt" in e["event"])
+    assert rebuilt["points"] == 30 and rebuilt["seconds"] >= 0

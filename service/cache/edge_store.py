@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -404,6 +406,25 @@ class _Threads:
             executor.shutdown(wait=True)
 
 
+def _rebuild(shard: qe.EdgeShard, path: Path, points: int) -> bool:
+    """`optimize` on the indexer thread, logged with how long the process stood still
+    (the engine holds the GIL throughout); a failure is logged, the store goes on."""
+    started = time.perf_counter()
+    try:
+        rebuilt = bool(shard.optimize())
+    except Exception as error:
+        log.error("vector index rebuild failed", path=str(path), error=repr(error))
+        return False
+    if rebuilt:
+        log.info(
+            "vector index rebuilt; the process answered nothing meanwhile",
+            path=str(path),
+            points=points,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+    return rebuilt
+
+
 class EdgeVectorStore:
     """A `VectorStore` on a Qdrant Edge shard in `path` (created on first use, with
     `storage`, one of `VECTOR_STORAGE`), searching on `search_threads` (0: per CPU),
@@ -585,7 +606,8 @@ class EdgeVectorStore:
             log.warning("index rebuild postponed: not enough disk space", path=str(self._path))
             return False
         loop = asyncio.get_running_loop()
-        self._indexing = loop.run_in_executor(self._threads.indexer, shard.optimize)
+        rebuild = functools.partial(_rebuild, shard, self._path, info.points_count)
+        self._indexing = loop.run_in_executor(self._threads.indexer, rebuild)
         return True
 
     async def close(self) -> None:
