@@ -66,10 +66,10 @@ def edge_config(
     10 MB of vectors: 6,667 at 384 dimensions)."""
     hnsw = qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000)
     threads = search_threads or None
-    optimizers = None
-    if index_after_points is not None:
-        threshold_kb = indexing_threshold_kb(dim, index_after_points)
-        optimizers = qe.EdgeOptimizersConfig(indexing_threshold=threshold_kb)
+    threshold_kb = indexing_threshold_kb(dim, index_after_points)
+    optimizers = (
+        None if threshold_kb is None else qe.EdgeOptimizersConfig(indexing_threshold=threshold_kb)
+    )
     if storage == "ram":
         vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
         return qe.EdgeConfig(
@@ -90,15 +90,19 @@ def edge_config(
     raise ValueError(f"unknown vector storage {storage!r}: use one of {', '.join(VECTOR_STORAGE)}")
 
 
-def indexing_threshold_kb(dim: int, points: int) -> int:
-    """The engine's indexing threshold (KB of float32 vectors) for `points` of `dim`.
+def indexing_threshold_kb(dim: int, points: int | None) -> int | None:
+    """The engine's indexing threshold (KB of float32 vectors) for `points` of `dim`
+    (None: none of ours, the engine's default or the shard's own).
 
     The engine indexes a segment once its vectors outgrow this; left at its
     default (10 MB), it ignored the service's own setting below 6,667 points and
-    then rebuilt everything at once: on 2 cores a stall of 2.2 s at 8,000 points
-    growing to 5.9 s at 56,000, against 1.0-1.9 s every 2,000 points up to
-    40,000 when it follows `SEMCACHE_INDEX_AFTER_POINTS`.
+    then indexed everything that had piled up at once: `semcache bench indexing`
+    (README, "Index rebuilds") measured pauses of up to 5.0 s every 8,000 points
+    that way, against at most 2.3 s every 2,000 following
+    `SEMCACHE_INDEX_AFTER_POINTS`, up to 40,000.
     """
+    if points is None:
+        return None
     return max(1, points * dim * 4 // 1024)  # rounded down: indexed by `points` at the latest
 
 
@@ -129,10 +133,7 @@ def open_shard(
         shard = qe.EdgeShard.create(str(path), config)
         create_indexes(shard, INDEX_TYPES)
         return shard
-    threshold_kb = (
-        None if index_after_points is None else indexing_threshold_kb(dim, index_after_points)
-    )
-    tune(path, search_threads, threshold_kb)
+    tune(path, search_threads, indexing_threshold_kb(dim, index_after_points))
     try:
         return qe.EdgeShard.load(str(path))
     except Exception as error:
