@@ -100,7 +100,7 @@ async def _start_http(
         return None
     from service.transport.http.server import start_http_from_settings
 
-    return await start_http_from_settings(app, settings, security.keyring, in_flight)
+    return await start_http_from_settings(app, settings, security.keyring, in_flight, security.tls)
 
 
 def _start_metrics(app: App, settings: Settings) -> MetricsServer | None:

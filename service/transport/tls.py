@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from service.config import Settings
 from service.errors import StartupError
 
 
@@ -32,3 +33,15 @@ def tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
             " and its private key"
         ) from error
     return context
+
+
+def tls_from(settings: Settings) -> ssl.SSLContext | None:
+    """The server TLS context `SEMCACHE_TLS_CERT_FILE` and `SEMCACHE_TLS_KEY_FILE`
+    name; None (plaintext) unless both are set.
+
+    Raises:
+        StartupError: see `tls_context`.
+    """
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    return tls_context(settings.tls_cert_file, settings.tls_key_file)

@@ -6,6 +6,7 @@ address, a bad keys or TLS file) are `StartupError`s with a one-line message.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 import grpc
@@ -24,7 +25,7 @@ from service.startup import bind_problem, one_line
 from service.transport.grpc.auth import Authenticator, load_server_credentials
 from service.transport.grpc.interceptors import BACKLOG_SERVER_OPTIONS, ServiceInterceptor
 from service.transport.grpc.servicer import BatchLimits, SemanticCacheServicer
-from service.transport.tls import tls_context
+from service.transport.tls import tls_from
 
 log = structlog.get_logger(__name__)
 
@@ -53,10 +54,12 @@ class RunningServer:
 
 @dataclass(frozen=True)
 class Security:
-    """Who may call, and over what: API keys (None = open mode) and TLS (None = plaintext)."""
+    """Who may call, and over what: API keys (None = open mode) and TLS (None = plaintext):
+    the gRPC port's `credentials`, and the same pair as the HTTP door's `tls` context."""
 
     keyring: KeyRing | None = None
     credentials: grpc.ServerCredentials | None = None
+    tls: ssl.SSLContext | None = None
 
 
 def security_from(settings: Settings) -> Security:
@@ -71,12 +74,12 @@ def security_from(settings: Settings) -> Security:
         credentials = None
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:
             credentials = load_server_credentials(settings.tls_cert_file, settings.tls_key_file)
-            tls_context(settings.tls_cert_file, settings.tls_key_file)  # the pair matches
+        tls = tls_from(settings)  # Python's ssl names a key that does not match; gRPC cannot
     except ValueError as error:
         raise StartupError(one_line(error)) from error
     if keyring is None:
         log.warning(OPEN_MODE_WARNING)
-    return Security(keyring, credentials)
+    return Security(keyring, credentials, tls)
 
 
 def _keyring(settings: Settings) -> KeyRing | None:

@@ -42,7 +42,7 @@ from service.transport.http.entries import (
 )
 from service.transport.http.feedback import RPC_FEEDBACK, submit_feedback
 from service.transport.http.live import live_json, live_page
-from service.transport.tls import tls_context
+from service.transport.tls import tls_from
 
 log = structlog.get_logger(__name__)
 
@@ -145,24 +145,28 @@ async def start_http_server(
 
 
 async def start_http_from_settings(
-    app: App, settings: Settings, keyring: KeyRing | None, in_flight: InFlight | None = None
+    app: App,
+    settings: Settings,
+    keyring: KeyRing | None,
+    in_flight: InFlight | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> RunningHttpServer | None:
     """The HTTP door the settings ask for: None when SEMCACHE_HTTP_PORT is unset.
 
     `in_flight` is the gate shared with the gRPC door; None builds one of its own
     from SEMCACHE_MAX_CONCURRENT_RPCS. With SEMCACHE_TLS_CERT_FILE and
-    SEMCACHE_TLS_KEY_FILE set, the door speaks HTTPS with them, as the gRPC port does.
+    SEMCACHE_TLS_KEY_FILE set, the door speaks HTTPS with them, as the gRPC port
+    does: with `tls`, the context the gRPC door's `Security` loaded from them,
+    else one loaded here.
 
     Raises:
-        StartupError: see `start_http_server` and `tls_context`.
+        StartupError: see `start_http_server` and `tls_from`.
     """
     if settings.http_port is None:
         return None
     if in_flight is None:
         in_flight = InFlight(settings.max_concurrent_rpcs, app.metrics)
-    tls = None
-    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
-        tls = tls_context(settings.tls_cert_file, settings.tls_key_file)
+    tls = tls or tls_from(settings)
     return await start_http_server(
         app,
         settings.effective_http_host,
