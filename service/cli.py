@@ -340,7 +340,7 @@ def _client(args: argparse.Namespace) -> SemcacheClient:
             `--tls-ca` cannot be read.
     """
     from semcache_client import SemcacheClient
-    from service.transport.grpc.auth import trusting
+    from service.transport.grpc.healthcheck import Trust
 
     target = args.target or load_settings().target
     credentials = None
@@ -349,7 +349,7 @@ def _client(args: argparse.Namespace) -> SemcacheClient:
             roots = args.tls_ca.read_bytes()
         except OSError as error:
             raise StartupError(f"cannot read --tls-ca {args.tls_ca}: {error.strerror}") from error
-        credentials = trusting(roots)
+        credentials = Trust(roots).credentials()
     return SemcacheClient(
         target,
         tenant=args.tenant,

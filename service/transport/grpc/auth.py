@@ -46,11 +46,6 @@ class Authenticator:
             return error
 
 
-def trusting(roots: bytes) -> grpc.ChannelCredentials:
-    """Client TLS credentials trusting the PEM certificates in `roots`."""
-    return grpc.ssl_channel_credentials(root_certificates=roots)
-
-
 def load_server_credentials(cert_file: Path, key_file: Path) -> grpc.ServerCredentials:
     """TLS credentials for the gRPC port from a PEM certificate chain and its private key.
 

@@ -36,12 +36,15 @@ class Trust:
     roots: bytes
     server_name: str | None = None
 
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Client TLS credentials trusting `roots` (the client commands' `--tls-ca` too)."""
+        return grpc.ssl_channel_credentials(root_certificates=self.roots)
+
     def channel(self, target: str) -> grpc.Channel:
         options = []
         if self.server_name:
             options.append(("grpc.ssl_target_name_override", self.server_name))
-        credentials = grpc.ssl_channel_credentials(root_certificates=self.roots)
-        return grpc.secure_channel(target, credentials, options=options)
+        return grpc.secure_channel(target, self.credentials(), options=options)
 
 
 def check(
