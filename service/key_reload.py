@@ -39,10 +39,10 @@ def _stamp(path: Path) -> _Stamp:
 class KeysFileWatcher:
     """Keeps `keyring` what `path` says; see the module docstring."""
 
-    def __init__(self, keyring: KeyRing, path: Path) -> None:
+    def __init__(self, keyring: KeyRing, path: Path, interval_s: float = CHECK_INTERVAL_S) -> None:
         self.keyring, self.path = keyring, path
         self._seen = _stamp(path)
-        self._loop: Periodic | None = None
+        self._loop = Periodic(interval_s, self._check)
 
     def check(self) -> bool:
         """Reload if the file changed since it was last read; whether it was reloaded."""
@@ -64,15 +64,12 @@ class KeysFileWatcher:
         log.info("API keys reloaded", path=str(self.path), keys=len(fresh), before=before)
         return True
 
-    def start(self, interval_s: float = CHECK_INTERVAL_S) -> None:
+    def start(self) -> None:
         """Check the file every `interval_s` in the background (once)."""
-        if self._loop is None:
-            self._loop = Periodic(interval_s, self._check)
-            self._loop.start()
+        self._loop.start()
 
     async def aclose(self) -> None:
-        if self._loop is not None:
-            await self._loop.aclose()
+        await self._loop.aclose()
 
     async def _check(self) -> None:
         try:
