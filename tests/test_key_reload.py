@@ -16,9 +16,10 @@ import yaml
 
 from semcache_client import AsyncSemcacheClient
 from semcache_client.errors import Unauthenticated
-from service.auth import KeyRing, hash_key, load_keys
+from service.auth import KeyRing, load_keys
 from service.errors import AuthenticationError
 from service.key_reload import KeysFileWatcher
+from tests.test_auth import entry
 from tests.test_startup import Serve, serve_environment, serves  # noqa: F401 - the fixture
 
 OLD_KEY = "sk-sc-reload-old-key"
@@ -26,11 +27,7 @@ NEW_KEY = "sk-sc-reload-new-key"
 
 
 def _write(path: Path, *keys: str) -> Path:
-    entries = [
-        {"key_sha256": hash_key(key), "tenant": "acme", "role": "client", "name": f"k{i}"}
-        for i, key in enumerate(keys)
-    ]
-    path.write_text(yaml.safe_dump(entries))
+    path.write_text(yaml.safe_dump([entry(key, name=f"k{i}") for i, key in enumerate(keys)]))
     return path
 
 
