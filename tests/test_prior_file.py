@@ -2,7 +2,7 @@
 
 The fast tests use a made-up embedder; the slow one embeds qqp_dev with the default
 onnx-int8 embedder (exported afresh) and checks the shipped `prior.json` is, byte for
-byte, what the command writes.
+byte, what the command writes on the CPU family it was fitted on (and close elsewhere).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,6 +105,17 @@ def test_prior_command_fits_qqp_style_data_plus_the_operators_pairs(
     assert out.read_text(encoding="utf-8") == dump_prior(prior, document | {"format": 1})
 
 
+def test_a_prior_fitted_with_int8_vectors_names_the_cpu_family(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _write_pairs(tmp_path / "dev.jsonl", _PAIRS)
+    embedder = _MadeUpEmbedder(_PAIRS)
+    sources = [(data, cal.read_pairs(data))]
+    assert "int8_kernels" not in cal.calibrate_prior(sources, embedder, "c")[1]
+    embedder.int8_kernels = "avx2"  # type: ignore[attr-defined]
+    assert cal.calibrate_prior(sources, embedder, "c")[1]["int8_kernels"] == "avx2"
+
+
 def test_pairs_without_prior_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["calibrate", "--pairs", "x.jsonl"]) == 2
     assert capsys.readouterr().err.strip() == (
@@ -155,10 +167,77 @@ def test_a_bad_prior_file_says_which_file_and_what_to_do(
     assert startup is not None and str(startup) == message  # one line, as is
 
 
+# The shipped prior is fitted on one CPU family, and int8 vectors differ slightly
+# between families (`service.embedding.cpu`). Measured on qqp_dev, AVX-512 VNNI against
+# AVX2: kept pairs 1,930 against 1,935 (0.26%), P(same answer) at most 0.0080 apart (at
+# guard score 0.35). On another family a refit must agree within these bounds, 2.5x and
+# 4x what was measured, since the other families were not measured.
+CROSS_FAMILY_P_SAME = 0.02
+CROSS_FAMILY_PAIRS = 0.01
+_FITTED_NUMBERS = ("intercept", "slope", "pairs", "same_answer", "int8_kernels")
+# `semcache calibrate --prior` on each family measured: the shipped file is one of them.
+_MEASURED_FITS = {
+    "avx512_vnni": {"intercept": -0.2028, "slope": 1.2991, "pairs": 1930, "same_answer": 1499},
+    "avx2": {"intercept": -0.1768, "slope": 1.2754, "pairs": 1935, "same_answer": 1503},
+}
+
+
+def cross_family_differences(shipped: dict[str, Any], refit: dict[str, Any]) -> list[str]:
+    """What keeps a refit on another CPU family from agreeing with the shipped file."""
+    problems = [
+        f"{key}: {shipped.get(key)!r} != {refit.get(key)!r}"
+        for key in sorted(set(shipped) | set(refit))
+        if key not in _FITTED_NUMBERS and shipped.get(key) != refit.get(key)
+    ]
+    for key in ("pairs", "same_answer"):
+        if abs(refit[key] - shipped[key]) > CROSS_FAMILY_PAIRS * shipped[key]:
+            problems.append(f"{key}: {refit[key]} is not within 1% of {shipped[key]}")
+    scores = np.linspace(0.001, 0.999, 999)
+    logits = np.log(scores / (1 - scores))
+
+    def curve(document: dict[str, Any]) -> np.ndarray:
+        return 1 / (1 + np.exp(-(document["intercept"] + document["slope"] * logits)))
+
+    gap = float(np.max(np.abs(curve(shipped) - curve(refit))))
+    if gap > CROSS_FAMILY_P_SAME:
+        problems.append(f"P(same answer) differs by up to {gap:.4f}")
+    return problems
+
+
+def test_the_measured_cpu_families_agree_within_the_bounds() -> None:
+    shipped = json.loads(SHIPPED_PRIOR_PATH.read_text(encoding="utf-8"))
+    family = shipped["int8_kernels"]
+    assert {key: shipped[key] for key in _MEASURED_FITS[family]} == _MEASURED_FITS[family]
+    for other, fit in _MEASURED_FITS.items():
+        refit = shipped | fit | {"int8_kernels": other}
+        assert cross_family_differences(shipped, refit) == [], other
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"slope": 1.6}, "P(same answer) differs by up to 0.0"),
+        ({"intercept": 0.0}, "P(same answer) differs by up to 0.0"),
+        ({"pairs": 1900}, "pairs: 1900 is not within 1% of 1930"),
+        ({"embedder": "other/onnx-int8"}, "embedder: "),
+        ({"fitted_on": []}, "fitted_on: "),
+    ],
+)
+def test_a_refit_on_another_cpu_family_is_checked_not_waved_through(
+    change: dict[str, Any], problem: str
+) -> None:
+    shipped = json.loads(SHIPPED_PRIOR_PATH.read_text(encoding="utf-8"))
+    shipped |= {"pairs": 1930}
+    refit = shipped | {"int8_kernels": "elsewhere"} | change
+    problems = cross_family_differences(shipped, refit)
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
 @pytest.mark.slow
 def test_shipped_prior_is_what_calibrate_prior_fits(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    """Byte for byte on the CPU family it was fitted on; within the bounds elsewhere."""
     if not cal.DEFAULT_DATA.is_file():
         pytest.skip(
             f"needs the labelled pairs at {cal.DEFAULT_DATA} (../shared/data beside the clone)"
@@ -169,4 +248,8 @@ def test_shipped_prior_is_what_calibrate_prior_fits(
     shipped = SHIPPED_PRIOR_PATH.read_text(encoding="utf-8")
     sources = [(cal.DEFAULT_DATA, cal.read_pairs(cal.DEFAULT_DATA))]
     prior, provenance = cal.calibrate_prior(sources, embedder, "semcache calibrate --prior")
-    assert dump_prior(prior, provenance) == shipped  # bit for bit, provenance and all
+    refit = dump_prior(prior, provenance)
+    if provenance["int8_kernels"] == json.loads(shipped)["int8_kernels"]:
+        assert refit == shipped  # bit for bit, provenance and all
+    else:
+        assert cross_family_differences(json.loads(shipped), json.loads(refit)) == []

@@ -27,7 +27,8 @@ score -> P(same answer), Platt scaling) on qqp_dev plus the operator's pair file
 format), embedded with the default onnx-int8 embedder: the pairs the guard's floor
 (0.75) and hard rules let through, query=b, cached=a, scored by the shipped guard. It
 writes `prior.json` (`verify.prior.dump_prior`): no date, so a refit on the same data
-is the same bytes, and `tests/test_calibrate.py` checks the shipped file is.
+is the same bytes on the same CPU family (`int8_kernels`, see `embedding.cpu`), and
+`tests/test_prior_file.py` checks the shipped file is.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import numpy.typing as npt
 from service.cache.guard import NearMissGuard, pair_features, veto_reason
 from service.cache.guard_model import FEATURE_NAMES, GuardModel, dump_guard_model
 from service.cache.verify.prior import PRIOR_C, Prior, dump_prior, fit_logistic, fit_prior
-from service.embedding.base import Embedder
+from service.embedding.base import Embedder, int8_kernels_of
 from service.embedding.errors import EmbeddingModelError
 
 __all__ = [
@@ -222,6 +223,9 @@ def calibrate_prior(
         f" rounded to {DECIMALS} decimals",
         "command": command,
     }
+    kernels = int8_kernels_of(embedder)
+    if kernels is not None:  # int8 vectors, so the fit, differ by CPU family
+        provenance["int8_kernels"] = kernels
     return fit_prior(scores, labels), provenance
 
 

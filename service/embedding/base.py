@@ -45,3 +45,10 @@ def texts_per_run(embedder: Embedder) -> int | None:
     """
     value = getattr(embedder, "texts_per_run", None)
     return value if isinstance(value, int) and value >= 1 else None
+
+
+def int8_kernels_of(embedder: Embedder) -> str | None:
+    """The CPU's int8 kernel family an int8 embedder runs on (an optional `int8_kernels`
+    attribute, see `cpu.int8_kernels`); None: its vectors do not depend on it."""
+    value = getattr(embedder, "int8_kernels", None)
+    return value if isinstance(value, str) else None

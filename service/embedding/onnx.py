@@ -35,6 +35,7 @@ import structlog
 from tokenizers import Tokenizer
 
 from service.embedding.base import Vectors
+from service.embedding.cpu import int8_kernels
 from service.embedding.errors import EmbeddingModelError
 from service.embedding.model_files import model_name
 
@@ -91,6 +92,8 @@ class OnnxEmbedder:
         # needs, for ~15% less throughput.
         self._batch_size = 1 if quantize else _FP32_BATCH_SIZE
         self.texts_per_run = self._batch_size  # see `base.texts_per_run`
+        # int8 vectors differ slightly between CPU families (see `cpu.int8_kernels`).
+        self.int8_kernels = int8_kernels() if quantize else None
 
     @property
     def model_id(self) -> str:
