@@ -286,11 +286,15 @@ def rss_mib(pid: int) -> float:
 
 
 def machine_note() -> str:
-    """One line on the machine a result was taken on (cores and load average)."""
+    """One line on the machine a result was taken on: cores, CPU model and int8 kernel
+    family (the embedder's speed and vectors follow it), load average."""
     import os
+
+    from service.embedding.cpu import cpu_model, int8_kernels
 
     load_1, load_5, _ = os.getloadavg()
     return (
-        f"{os.cpu_count()} CPU cores; load average {load_1:.1f} (1 min) / {load_5:.1f} (5 min)"
+        f"{os.cpu_count()} CPU cores ({cpu_model()}, int8 kernels {int8_kernels()});"
+        f" load average {load_1:.1f} (1 min) / {load_5:.1f} (5 min)"
         f" at {time.strftime('%Y-%m-%d %H:%M:%S')}; the machine was shared with other work"
     )

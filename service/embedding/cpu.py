@@ -14,7 +14,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-__all__ = ["int8_kernels"]
+__all__ = ["cpu_model", "int8_kernels"]
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -29,18 +29,32 @@ def int8_kernels(cpuinfo: str | None = None) -> str:
         cpuinfo: the text of /proc/cpuinfo (read from the system when None; where
             there is none, as on macOS, the answer is `platform.machine()`).
     """
-    if cpuinfo is None:
-        try:
-            cpuinfo = CPUINFO.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            cpuinfo = ""
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() in ("flags", "Features"):
-            flags.update(value.split())
-            break
+    flags = set(_first_field(cpuinfo, ("flags", "Features")).split())
     for family in _FAMILIES:
         if family in flags:
             return family
     return platform.machine().lower() or "unknown"
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name from /proc/cpuinfo (`cpuinfo`: its text, read when None),
+    else `platform.processor()` or the machine name."""
+    return (
+        _first_field(cpuinfo, ("model name",))
+        or platform.processor()
+        or platform.machine()
+        or "unknown"
+    )
+
+
+def _first_field(cpuinfo: str | None, names: tuple[str, ...]) -> str:
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in names:
+            return value.strip()
+    return ""
