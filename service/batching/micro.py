@@ -4,6 +4,12 @@ Worker tasks (one by default) run batches. A lone item is run at once by a
 free worker, never held back waiting for company, unless a collection window
 (`max_wait_s`) is set; under load, items that arrive while every worker is
 busy are taken together by the next free one (at most `max_batch_size`).
+
+With `inline_when_idle`, an item submitted while nothing is queued or running is
+run as a batch of one in the caller's own task: no hand-off to a worker and back,
+two turns of the event loop saved (about 0.15 ms of a semantic hit's search,
+measured on 2 cores, issue 13). It takes a worker's slot while it runs, so at most
+`workers` batches run at once either way.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ class MicroBatcher(Generic[In, Out]):
         max_wait_s: after taking its first item, how long a worker waits for
             more before it runs a batch that is not full (0: never waits).
         on_batch: called with each answered batch's size.
+        inline_when_idle: run a lone item in the caller's task when idle (see the
+            module's note); ignored with a collection window.
     """
 
     def __init__(
@@ -40,6 +48,7 @@ class MicroBatcher(Generic[In, Out]):
         max_wait_s: float = 0.0,
         name: str = "micro-batcher",
         on_batch: Callable[[int], None] | None = None,
+        inline_when_idle: bool = False,
     ) -> None:
         if max_batch_size < 1 or workers < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size and workers must be >= 1, max_wait_s >= 0")
@@ -51,6 +60,8 @@ class MicroBatcher(Generic[In, Out]):
         self._queue: asyncio.Queue[_Job[In, Out]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None] | None] = [None] * workers
         self._busy = 0
+        self._slots = asyncio.Semaphore(workers)  # one per batch running
+        self._inline = inline_when_idle and max_wait_s == 0
 
     @property
     def idle(self) -> bool:
@@ -63,6 +74,8 @@ class MicroBatcher(Generic[In, Out]):
         Raises:
             Whatever `run_batch` raised for the batch this item was in.
         """
+        if self._inline and self.idle:
+            return await self._run_alone(item)
         self._start_workers()
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((item, future))
@@ -73,13 +86,25 @@ class MicroBatcher(Generic[In, Out]):
             if worker is None or worker.done():
                 self._workers[index] = asyncio.create_task(self._run(), name=self._name)
 
+    async def _run_alone(self, item: In) -> Out:
+        self._busy += 1
+        try:
+            async with self._slots:  # free at once: when idle, no worker holds one
+                (result,) = await self._run_batch([item])
+        finally:
+            self._busy -= 1
+        if self._on_batch is not None:
+            self._on_batch(1)
+        return result
+
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            self._busy += 1
+            self._busy += 1  # from here the batcher is not idle, so no item runs inline
             try:
-                await self._fill(batch)
-                await self._answer([job for job in batch if not job[1].cancelled()])
+                async with self._slots:
+                    await self._fill(batch)
+                    await self._answer([job for job in batch if not job[1].cancelled()])
             finally:
                 self._busy -= 1
 

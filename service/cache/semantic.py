@@ -179,11 +179,12 @@ class SemanticCache:
         self._hit_times = HitTimes(store, clock)
         self._telemetry = telemetry or Telemetry()
         metrics = self._telemetry.metrics
-        # Concurrent lookups' searches go to the store together.
+        # Concurrent lookups' searches go to the store together; a lone one goes at once.
         self._searches: MicroBatcher[SearchQuery, Sequence[ScoredEntry]] = MicroBatcher(
             store.search_many,
             name="search-batcher",
             on_batch=lambda size: metrics.observe_batch_size("search", size),
+            inline_when_idle=True,
         )
 
     def key_for(self, request: CompletionRequest) -> CacheKey:
