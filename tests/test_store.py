@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -67,6 +68,7 @@ async def test_int8_disk_store_finds_the_nearest_entry_after_indexing(tmp_path: 
         for i, point_id in enumerate(ids):
             await store.upsert(point_id, unit(i), entry("a"))
         assert await store.maintain(min_unindexed=10) is True
+        assert await store.rebuilt() is True
         await store.close()
         store = EdgeVectorStore(tmp_path / "shard", DIM)  # reopened: keeps its own storage
         for i in (0, 150, 299):
@@ -133,11 +135,9 @@ async def test_edge_builds_its_index_in_the_background(tmp_path: Path) -> None:
         assert await store.maintain(min_unindexed=10) is True
         found = await search(store, unit(3), "a", "s", time.time(), 1)  # lookups go on meanwhile
         assert found and found[0].similarity == pytest.approx(1.0, abs=1e-5)
-        async with asyncio.timeout(30):  # bounded wait for the rebuild's outcome
-            while True:
-                if indexed_vectors(store) == 50:
-                    break
-                await asyncio.sleep(0.05)
+        async with asyncio.timeout(60):  # bounded wait for the rebuild's outcome
+            assert await store.rebuilt() is True
+        assert indexed_vectors(store) == 50
         assert await store.maintain(min_unindexed=10) is False, "nothing left to index"
         found = await search(store, unit(7), "a", "s", time.time(), 1)  # through the index now
         assert found and found[0].similarity == pytest.approx(1.0, abs=1e-5)
@@ -175,9 +175,12 @@ async def test_edge_fetches_by_id_inline_without_a_thread_hop(tmp_path: Path) ->
         await store.close()
 
 
-async def test_an_index_rebuild_logs_how_long_the_process_stood_still(tmp_path: Path) -> None:
-    """A rebuild holds the GIL: the log says when one ended and how long it took, so a
-    latency spike can be told apart from a slow upstream."""
+async def test_an_index_rebuild_logs_how_long_it_took_and_kept_the_store_out(
+    tmp_path: Path,
+) -> None:
+    """The log says when a rebuild was swapped in, how long it took, and how long the
+    swap kept the store out of service, so a latency spike can be told apart from a
+    slow upstream."""
     from structlog.testing import capture_logs
 
     small_indexable_shard(tmp_path / "shard")
@@ -187,7 +190,14 @@ async def test_an_index_rebuild_logs_how_long_the_process_stood_still(tmp_path: 
             for i in range(30):
                 await store.upsert(str(uuid.uuid4()), unit(i), entry("a"))
             assert await store.maintain(min_unindexed=10) is True
+            assert await store.rebuilt() is True
         finally:
-            await store.close()  # waits for the rebuild
+            await store.close()
     rebuilt = next(e for e in logs if "vector index rebuilt" in e["event"])
-    assert rebuilt["points"] == 30 and rebuilt["seconds"] >= 0
+    assert rebuilt["points"] == 30 and rebuilt["writes_replayed"] == 0
+    assert rebuilt["seconds"] >= rebuilt["swap_seconds"] >= 0
+    assert rebuilt["seconds"] >= rebuilt["build_seconds"] > 0
+    assert store.last_rebuild is not None
+    assert {k: rebuilt[k] for k in dataclasses.asdict(store.last_rebuild)} == dataclasses.asdict(
+        store.last_rebuild
+    )

@@ -9,11 +9,10 @@ the GIL (issue 13). Writes run on a dedicated thread, one at a time under
 one lock; a lone upsert (a miss's answer) runs inline under that lock when no
 other write holds it and no disk measurement is due, saving the two hand-offs
 (about 0.2 ms of a miss, measured). Counts and info run on another
-thread, and index building (`optimize`, seconds to minutes) on a third. That
-thread does not keep lookups going: `optimize` holds the GIL from start to
-end, so the whole process waits for it (README, "Index rebuilds"); the
-engine's indexing threshold follows `index_after_points`, which keeps each
-rebuild shorter than the engine's default of 10 MB of vectors did. The
+thread, and the index rebuild's copy and swap on a third. `optimize` (seconds
+to minutes) holds the GIL from start to end, so it runs in a child process on
+a copy of the shard, swapped in when done (`edge_rebuild`; README, "Index
+rebuilds"); the engine's indexing threshold follows `index_after_points`. The
 engine's search pool is sized by `search_threads` (1 by default: with the GIL
 held, more threads only hand the work around; a lone search measured about a
 quarter cheaper on one thread than on the default pool, on 2 cores).
@@ -35,11 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import dataclasses
+import shutil
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -48,6 +49,16 @@ import structlog
 
 from service.cache import filters
 from service.cache.disk import DiskGuard, apparent_bytes
+from service.cache.edge_rebuild import (
+    REBUILD_SUFFIX,
+    RebuildFailedError,
+    child_command,
+    child_result,
+    copy_shard,
+    recover,
+    sibling,
+    swap,
+)
 from service.cache.edge_shard import (
     VECTOR_STORAGE,
     Damage,
@@ -75,11 +86,12 @@ from service.cache.store import (
 from service.cache.verify.evidence import Observation
 from service.errors import StoreDamagedError, StoreNotWritableError
 
-__all__ = ["VECTOR_STORAGE", "EdgeVectorStore", "edge_config"]
+__all__ = ["VECTOR_STORAGE", "EdgeVectorStore", "Rebuild", "edge_config"]
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 DELETE_BYTES = 64 * 1024  # what a deletion may add on disk (log record, flags)
@@ -147,13 +159,20 @@ class _ShardKeeper:
         self.manifest = Manifest(path, dim, embedding_model)
         self.missing_entries = 0
         self.shard: qe.EdgeShard | None = None
+        # Every write since the shard was copied for a rebuild, to replay on the copy.
+        self.journal: list[qe.UpdateOperation] | None = None
 
     def closed(self) -> StoreNotWritableError:
         """The error for a call that needs the shard while it is closed."""
         return StoreNotWritableError(f"the cache store is closed: {self.disk.health.reason}")
 
     def open(self) -> None:
-        """Open the shard if the disk has room for it; else leave it closed."""
+        """Open the shard if the disk has room for it; else leave it closed. What an
+        interrupted index rebuild left beside it is put right first (`edge_rebuild`)."""
+        if self.shard is not None:
+            return
+        for done in recover(self.path):
+            log.warning("cache store: an interrupted index rebuild was cleaned up", done=done)
         if not self.disk.can_open():
             log.warning(
                 "cache store left closed: the disk is full; every lookup misses until there"
@@ -166,9 +185,7 @@ class _ShardKeeper:
         check_vectors(self.path, manifest, self.dim)
         check_model(self.path, manifest, model)
         lost_segments = segments_missing(self.path)
-        shard = open_shard(
-            self.path, self.dim, self.storage, self.search_threads, self.index_after_points
-        )
+        shard = self._load(self.path)
         try:
             ensure_indexes(shard, self.path)
         except BaseException:
@@ -181,6 +198,58 @@ class _ShardKeeper:
         self.manifest.write(count)
         self.disk.refresh()  # health first: once the shard serves, its health is current
         self.shard = shard
+
+    def _load(self, path: Path) -> qe.EdgeShard:
+        after = self.index_after_points
+        return open_shard(path, self.dim, self.storage, self.search_threads, after)
+
+    def apply(self, shard: qe.EdgeShard, operation: qe.UpdateOperation) -> None:
+        """Write `operation` to `shard` (under the write lock), noting it in the journal
+        while an index is rebuilt on a copy."""
+        shard.update(operation)
+        if self.journal is not None:
+            self.journal.append(operation)
+
+    def begin_rebuild(self) -> Path:
+        """Flush the shard and copy it for a rebuild; from now on every write is noted in
+        the journal. Returns the copy.
+
+        Raises:
+            StoreNotWritableError: the shard is closed.
+            OSError: the copy failed (a full disk); nothing of it is left.
+        """
+        shard = self.shard
+        if shard is None:
+            raise self.closed()
+        shard.flush()
+        copy = copy_shard(self.path)
+        self.journal = []
+        return copy
+
+    def abandon_rebuild(self) -> None:
+        """Stop the journal and delete the copy (the rebuild failed or was stopped)."""
+        self.journal = None
+        shutil.rmtree(sibling(self.path, REBUILD_SUFFIX), ignore_errors=True)
+
+    def detach(self) -> qe.EdgeShard | None:
+        """Take the shard out of service: lookups miss and counts read 0 until
+        `swap_in` puts one back. Under the write lock, on the event loop's thread."""
+        shard, self.shard = self.shard, None
+        return shard
+
+    def swap_in(self, old: qe.EdgeShard, copy: Path) -> int:
+        """Make the rebuilt `copy` the shard, with the journal replayed on it (see
+        `edge_rebuild.swap`); returns how many writes were replayed. If that fails, the
+        old shard is opened again and the error raised. Under the write lock, with
+        `old` detached."""
+        journal, self.journal = self.journal or [], None
+        try:
+            self.shard = swap(self.path, old, copy, journal, self._load)
+        except BaseException:
+            shutil.rmtree(copy, ignore_errors=True)
+            self.shard = self._load(self.path)
+            raise
+        return len(journal)
 
     def _report_damage(self, damage: Damage, shard: qe.EdgeShard) -> None:
         where = f"the cache store {self.path} is damaged: {damage.detail}"
@@ -221,7 +290,7 @@ class _ShardKeeper:
         matched = shard.count(qe.CountRequest(exact=True, filter=edge_filter))
         if matched:
             self.lower_manifest(shard, matched)
-            shard.update(qe.UpdateOperation.delete_points_by_filter(edge_filter))
+            self.apply(shard, qe.UpdateOperation.delete_points_by_filter(edge_filter))
         return matched
 
     def evict_least_recent(self, tenant_filter: qe.Filter, keep: int) -> list[str]:
@@ -245,7 +314,7 @@ class _ShardKeeper:
         )
         self.lower_manifest(shard, len(oldest))
         ids = [p.id for p in oldest]
-        shard.update(qe.UpdateOperation.delete_points(ids))
+        self.apply(shard, qe.UpdateOperation.delete_points(ids))
         return [str(point_id) for point_id in ids]
 
     def add_observations(self, grouped: Mapping[str, Sequence[Observation]]) -> None:
@@ -266,10 +335,10 @@ class _ShardKeeper:
             update = evidence_update(records[0].payload, observations)
             chosen = _edge_filter(filters.id_conditions([point_id]))  # never creates a point
             if update.set_keys:
-                shard.update(qe.UpdateOperation.set_payload_by_filter(chosen, update.set_keys))
+                self.apply(shard, qe.UpdateOperation.set_payload_by_filter(chosen, update.set_keys))
             if update.delete_keys:
                 keys = list(update.delete_keys)
-                shard.update(qe.UpdateOperation.delete_payload_by_filter(chosen, keys))
+                self.apply(shard, qe.UpdateOperation.delete_payload_by_filter(chosen, keys))
 
     def lower_manifest(self, shard: qe.EdgeShard, deleting: int) -> None:
         """Keep the manifest a lower bound across a deletion (under the write lock)."""
@@ -292,8 +361,9 @@ class _ShardKeeper:
             self.manifest.write(count)
 
     def room_to_index(self) -> bool:
-        """Rebuilt segments may need as much disk as the current ones (write thread)."""
-        need = apparent_bytes(self.path / "segments")
+        """A rebuild copies the shard, and its rebuilt segments may need as much disk
+        again (write thread)."""
+        need = 2 * apparent_bytes(self.path)
         return self.disk.fits(need, self.disk.min_free_bytes)
 
     def flush_and_close(self) -> None:
@@ -401,28 +471,60 @@ class _Threads:
             with contextlib.suppress(Exception):  # only a memo left unfilled: the write held
                 self.memo.read_through(point_id, reread)
 
+    async def holding_writes(self, on_loop: Callable[[], T], then: Callable[[T], U]) -> U:
+        """Take the write lock, run `on_loop()` on the event loop's thread, wait for the
+        reads already handed to the read thread, then run `then(on_loop())` on the
+        indexer thread; the lock is let go once it returns.
+
+        Run on the loop's thread, `on_loop` cannot fall in the middle of an inline read
+        (those run whole within one of the loop's callbacks). Writes meanwhile wait for
+        the lock on the write thread, as behind any write, which is why the lock is
+        taken, and `then` run, on the indexer's.
+        """
+        loop = asyncio.get_running_loop()
+        acquiring = loop.run_in_executor(self.indexer, self.lock.acquire)
+        try:
+            await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            acquiring.add_done_callback(lambda _: self.lock.release())
+            raise
+        try:
+            value = on_loop()
+            await loop.run_in_executor(self.reads, _nothing)
+            running = loop.run_in_executor(self.indexer, then, value)
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                await asyncio.wait([running])  # the lock is not let go while `then` runs
+                raise
+        finally:
+            self.lock.release()
+
     def shutdown(self) -> None:
         for executor in (self.reads, self.writes, self.indexer):
             executor.shutdown(wait=True)
 
 
-def _rebuild(shard: qe.EdgeShard, path: Path, points: int) -> bool:
-    """`optimize` on the indexer thread, logged with how long the process stood still
-    (the engine holds the GIL throughout); a failure is logged, the store goes on."""
-    started = time.perf_counter()
-    try:
-        rebuilt = bool(shard.optimize())
-    except Exception as error:
-        log.error("vector index rebuild failed", path=str(path), error=repr(error))
-        return False
-    if rebuilt:
-        log.info(
-            "vector index rebuilt; the process answered nothing meanwhile",
-            path=str(path),
-            points=points,
-            seconds=round(time.perf_counter() - started, 3),
-        )
-    return rebuilt
+@dataclass(frozen=True)
+class Rebuild:
+    """An index rebuild swapped in: its points, the child's build time, the whole
+    time, and the swap's (while the shard is detached lookups miss, and writes wait)."""
+
+    points: int
+    build_seconds: float
+    seconds: float
+    swap_seconds: float
+    writes_replayed: int
+
+
+def _nothing() -> None:
+    return None
+
+
+def _open(shard: qe.EdgeShard | None) -> qe.EdgeShard:
+    if shard is None:  # cannot be: only a rebuild detaches it, and one runs at a time
+        raise StoreNotWritableError("the cache store was closed during an index rebuild")
+    return shard
 
 
 class EdgeVectorStore:
@@ -461,6 +563,9 @@ class EdgeVectorStore:
         self._threads = _Threads(self._memo)
         self._run, self._write = self._threads.read, self._threads.write
         self._indexing: asyncio.Future[bool] | None = None
+        self._child: asyncio.subprocess.Process | None = None
+        self.last_rebuild: Rebuild | None = None  # the last index rebuild swapped in
+        self._closing = False
         self._path, self._dim = path, dim
         self._keeper = _ShardKeeper(
             path, dim, storage, min_free_bytes, on_damage, embedding_model, search_threads,
@@ -527,7 +632,7 @@ class EdgeVectorStore:
         upsert = qe.UpdateOperation.upsert_points([point])
 
         def write() -> None:
-            self._keeper.writable(n_bytes).update(upsert)
+            self._keeper.apply(self._keeper.writable(n_bytes), upsert)
 
         # Inline unless a write is running or the disk is due a measurement (a walk).
         if not self._threads.write_inline(write, (point_id,), self._read, self._disk.fresh):
@@ -561,7 +666,7 @@ class EdgeVectorStore:
 
         def write() -> None:
             if self._shard is not None and self._disk.fits(DELETE_BYTES, self._disk.min_free_bytes):
-                self._shard.update(operation)
+                self._keeper.apply(self._shard, operation)
                 self._memo.touch(point_ids, now)
 
         await self._write(write, ())
@@ -583,32 +688,103 @@ class EdgeVectorStore:
     async def maintain(self, min_unindexed: int) -> bool:
         """Upkeep: open a shard left closed once there is room, re-measure the disk
         (storing pauses or resumes), raise the manifest's bound, and rebuild the HNSW
-        index in the background once `min_unindexed` points lack it and the disk has
-        room for the rebuilt segments.
+        index once `min_unindexed` points lack it and the disk has room for a copy of
+        the shard and its rebuilt segments.
 
-        Returns whether a rebuild was started. It holds the GIL while it runs, so
-        nothing else in the process runs meanwhile.
+        Returns whether a rebuild was started. It runs in a child process on a copy of
+        the shard, swapped in when done (`edge_rebuild`): the process goes on answering
+        meanwhile, and stands still only while the rebuilt shard loads.
 
         Raises:
             StartupError: a shard left closed cannot be opened now that there is room.
         """
-        if self._shard is None:
+        rebuilding = self._indexing is not None and not self._indexing.done()
+        if self._shard is None and not rebuilding:  # (a swap detaches it for a moment)
             await self._write(self._keeper.open, None)
             return False
         await self._write(self._keeper.record_upkeep, ())
-        if self._indexing is not None and not self._indexing.done():
-            return False
         shard = self._shard
+        if rebuilding or shard is None:
+            return False
         info = await self._run(shard.info)
         if info.points_count - info.indexed_vectors_count < min_unindexed:
             return False
         if not await self._write(self._keeper.room_to_index, ()):
             log.warning("index rebuild postponed: not enough disk space", path=str(self._path))
             return False
-        loop = asyncio.get_running_loop()
-        rebuild = functools.partial(_rebuild, shard, self._path, info.points_count)
-        self._indexing = loop.run_in_executor(self._threads.indexer, rebuild)
+        self._indexing = asyncio.ensure_future(self._rebuild(info.points_count))
         return True
+
+    async def rebuilt(self) -> bool:
+        """Wait for the index rebuild under way, if any; whether one was swapped in."""
+        indexing = self._indexing
+        return False if indexing is None else await asyncio.shield(indexing)
+
+    async def _rebuild(self, points: int) -> bool:
+        """Copy the shard, index the copy in a child process, swap it in; whether it was.
+        A failure is logged and the store goes on with the shard it had."""
+        started = time.perf_counter()
+        try:
+            copy = await self._write(self._keeper.begin_rebuild, ())
+        except Exception as error:
+            log.error("vector index rebuild not started", path=str(self._path), error=repr(error))
+            return False
+        try:
+            built = await self._build(copy)
+        except Exception as error:
+            await self._write(self._keeper.abandon_rebuild, ())
+            if not self._closing:
+                log.error("vector index rebuild failed", path=str(self._path), error=str(error))
+            return False
+        keeper = self._keeper
+        swap_started = time.perf_counter()
+        try:
+            replayed = await self._threads.holding_writes(
+                keeper.detach, lambda old: keeper.swap_in(_open(old), copy)
+            )
+        except Exception as error:
+            log.error(
+                "rebuilt vector index not swapped in; the store goes on without it",
+                path=str(self._path),
+                error=repr(error),
+            )
+            return False
+        self.last_rebuild = Rebuild(
+            points=points,
+            build_seconds=float(built.get("seconds", 0.0)),
+            seconds=round(time.perf_counter() - started, 3),
+            swap_seconds=round(time.perf_counter() - swap_started, 3),
+            writes_replayed=replayed,
+        )
+        log.info(
+            "vector index rebuilt in a child process and swapped in",
+            path=str(self._path),
+            **dataclasses.asdict(self.last_rebuild),
+        )
+        return True
+
+    async def _build(self, copy: Path) -> dict[str, float]:
+        """Run the child that indexes `copy`; what it reported.
+
+        Raises:
+            RebuildFailedError: it failed, or `close` stopped it.
+        """
+        child = await asyncio.create_subprocess_exec(
+            *child_command(copy),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self._child = child
+        if self._closing:  # `close` came while the copy was made: it found no child
+            child.terminate()
+        try:
+            stdout, stderr = await child.communicate()
+        finally:
+            self._child = None
+        if self._closing:
+            raise RebuildFailedError("stopped: the store is closing")
+        return child_result(child.returncode or 0, stdout, stderr)
 
     async def close(self) -> None:
         """Flush and close the shard, recording its count in the manifest.
@@ -616,6 +792,11 @@ class EdgeVectorStore:
         A flush that fails (a full disk) is logged: what the write-ahead log holds
         is replayed at the next start.
         """
+        self._closing = True
+        child = self._child
+        if child is not None and child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.terminate()  # a rebuild is not worth waiting for: it starts again
         if self._indexing is not None:
             await asyncio.wait([self._indexing])
         if self._shard is not None:
