@@ -3,32 +3,42 @@
     semcache bench indexing [--points 40000] [--step 2000] [--out DIR]
 
 Qdrant Edge builds its HNSW index inside `optimize()`, which holds Python's
-interpreter lock from start to end: while it runs, the service's event loop
-answers nothing, health checks included. This grows two embedded stores side
-by side, `--step` points at a time, and after each step asks each to rebuild,
-as the service's upkeep loop does once `SEMCACHE_INDEX_AFTER_POINTS` points
-lack an index (`--step` plays that setting):
+interpreter lock from start to end: run in the service's process, its event
+loop answers nothing meanwhile, health checks included. This grows three
+embedded stores side by side, `--step` points at a time, and after each step
+asks each to rebuild, as the service's upkeep loop does once
+`SEMCACHE_INDEX_AFTER_POINTS` points lack an index (`--step` plays that
+setting):
 
 * `engine default`: the shard as semcache created it until 2026-12-01, the
   engine indexing only once 10 MB of vectors (6,667 points of 384
-  dimensions) lack an index, whatever the setting said;
-* `index after --step`: the shard as semcache creates it now, with the
-  engine's indexing threshold set from `SEMCACHE_INDEX_AFTER_POINTS`.
+  dimensions) lack an index, whatever the setting said, rebuilt in process;
+* `index after --step`: the engine's indexing threshold set from
+  `SEMCACHE_INDEX_AFTER_POINTS`, rebuilt in process (semcache until this
+  change);
+* `index after --step, in a child`: the service's own store
+  (`EdgeVectorStore`, as semcache serves now) through its upkeep call
+  (`maintain`): the shard is copied, indexed in a child process and swapped
+  in (`service.cache.edge_rebuild`).
 
-Both are opened as the service opens its store (`edge_shard.open_shard`, RAM
-vectors, its payload indexes, one search thread) and get the same points:
-unit vectors drawn at random (384 dimensions, the embedder's; random vectors
-have no clusters, the hard case for HNSW) with a tenant. The two stores take
-turns, step by step, so load from other processes falls on both.
+The first two are opened as the service opens its store
+(`edge_shard.open_shard`, RAM vectors, its payload indexes, one search
+thread); all three get the same points: unit vectors drawn at random (384
+dimensions, the embedder's; random vectors have no clusters, the hard case
+for HNSW) with a tenant. The stores take turns, step by step, so load from
+other processes falls on all of them.
 
 For each rebuild the report gives its wall time, the longest pause a Python
-thread saw meanwhile (a thread that wakes every millisecond: with the lock
-held throughout, its pause is the whole rebuild; this is how long the service
-answers nothing), and the p50 of 50 filtered searches after it.
+thread of this process saw meanwhile (a thread that wakes every millisecond:
+with the lock held throughout, its pause is the whole rebuild; this is how
+long the service answers nothing), for the child the time its swap kept the
+store detached (lookups miss meanwhile, writes wait), and the p50 of 50
+filtered searches after it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import statistics
 import tempfile
@@ -47,6 +57,7 @@ import qdrant_edge as qe
 from benchmarks.floors import ratio
 from benchmarks.report import Row, machine_note, markdown_table, progress, write_results
 from service.cache.edge_shard import open_shard
+from service.cache.edge_store import EdgeVectorStore
 
 DIM = 384
 SEARCHES = 50
@@ -119,23 +130,56 @@ def _rebuild(shard: qe.EdgeShard, ticker: Ticker) -> tuple[bool, float, float]:
     return did, ended - started, ticker.longest_pause_s(started, ended)
 
 
+def _rebuild_in_child(
+    runner: asyncio.Runner, store: EdgeVectorStore, step: int, ticker: Ticker
+) -> _Rebuilt:
+    """The service's upkeep call (`maintain`), then the wait for the child's index to
+    be swapped in: whether one was, the wall time, the longest pause of this process,
+    and how long the swap kept the store detached (lookups miss meanwhile)."""
+
+    async def upkeep() -> bool:
+        return await store.maintain(step) and await store.rebuilt()
+
+    started = time.perf_counter()
+    did = runner.run(upkeep())
+    ended = time.perf_counter()
+    time.sleep(3 * _TICK_S)
+    swap_s = store.last_rebuild.swap_seconds if did and store.last_rebuild else 0.0
+    return did, ended - started, ticker.longest_pause_s(started, ended), swap_s
+
+
+_Rebuilt = tuple[bool, float, float, float]
+
+
 def grow(points: int, step: int, root: Path, seed: int = 0) -> list[Row]:
-    """Both stores grown `step` points at a time to `points`, a row per step and store."""
+    """The three stores grown `step` points at a time to `points`, a row per step and
+    store: two shards rebuilt in this process, and the service's store (a child)."""
     variants = {"engine default": None, f"index after {step}": step}
     shards = {
         name: open_shard(root / str(i), DIM, "ram", 1, after)
         for i, (name, after) in enumerate(variants.items())
     }
+    child = f"index after {step}, in a child"
+    store = EdgeVectorStore(root / "child", DIM, storage="ram", index_after_points=step)
+    shards[child] = store.shard
     rng = np.random.default_rng(seed)
     rows: list[Row] = []
+    runner = asyncio.Runner()  # one loop for the store, as in the service
     try:
         with Ticker().running() as ticker:
             for size in range(step, points + 1, step):
-                batch = _points(rng, step)  # the same points for both
-                for name, shard in shards.items():
-                    shard.update(qe.UpdateOperation.upsert_points(batch))
-                    did, wall_s, pause_s = _rebuild(shard, ticker)
-                    info = shard.info()
+                batch = _points(rng, step)  # the same points for all three
+                for name in shards:
+                    shards[name].update(qe.UpdateOperation.upsert_points(batch))
+                    if name == child:
+                        did, wall_s, pause_s, swap_s = _rebuild_in_child(
+                            runner, store, step, ticker
+                        )
+                        shards[name] = store.shard  # the rebuilt one, swapped in
+                    else:
+                        did, wall_s, pause_s = _rebuild(shards[name], ticker)
+                        swap_s = 0.0
+                    info = shards[name].info()
                     rows.append(
                         {
                             "variant": name,
@@ -143,14 +187,18 @@ def grow(points: int, step: int, root: Path, seed: int = 0) -> list[Row]:
                             "rebuilt": did,
                             "rebuild_s": round(wall_s, 3),
                             "longest_pause_s": round(pause_s, 3),
+                            "detached_s": round(swap_s, 3),
                             "indexed": info.indexed_vectors_count,
-                            "search_p50_ms": _search_p50_ms(shard, rng),
+                            "search_p50_ms": _search_p50_ms(shards[name], rng),
                         }
                     )
                 progress(f"indexing: {size}/{points} points")
     finally:
-        for shard in shards.values():
-            shard.close()
+        for name, shard in shards.items():
+            if name != child:
+                shard.close()
+        runner.run(store.close())
+        runner.close()
     return rows
 
 
@@ -171,8 +219,10 @@ def summarise(rows: list[Row]) -> list[Row]:
                 "search_p50_max_ms": max(searches),
             }
         )
-    if len(summary) == 2:
-        base, tuned = summary
+        detached = [r["detached_s"] for r in mine if r["rebuilt"]]
+        summary[-1]["longest_detached_s"] = max(detached, default=0.0)
+    base, *others = summary
+    for tuned in others:
         for key in ("longest_pause_s", "total_pause_s", "search_p50_mean_ms"):
             tuned[f"{key}_x_default"] = ratio(tuned[key], base[key])
     return summary
@@ -188,6 +238,7 @@ SUMMARY_COLUMNS = (
     ("search_p50_mean_ms", "search p50 ms (mean of steps)"),
     ("search_p50_mean_ms_x_default", "÷ engine default"),
     ("search_p50_max_ms", "search p50 ms (worst step)"),
+    ("longest_detached_s", "longest swap s (lookups miss)"),
 )
 
 
@@ -223,10 +274,10 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def run(out_dir: Path, points: int, step: int) -> str:
-    """Grow both stores, write indexing.json and indexing.md under `out_dir`."""
+    """Grow the three stores, write indexing.json and indexing.md under `out_dir`."""
     if step < 1 or points < step:
         raise ValueError("--step must be at least 1 and --points at least --step")
-    progress(f"indexing: two stores to {points} points, {step} at a time")
+    progress(f"indexing: three stores to {points} points, {step} at a time")
     with tempfile.TemporaryDirectory(prefix="semcache-indexing-") as root:
         rows = grow(points, step, Path(root))
     report: dict[str, Any] = {

@@ -537,7 +537,7 @@ async def test_latency_embeds_each_pairs_a_untimed_before_its_timed_b(service: S
     ]
 
 
-def test_indexing_grows_both_stores_and_only_the_tuned_one_rebuilds_this_early(
+def test_indexing_grows_three_stores_and_the_engine_default_never_rebuilds_this_early(
     tmp_path: Path,
 ) -> None:
     from benchmarks.indexing import grow, markdown, summarise
@@ -547,12 +547,17 @@ def test_indexing_grows_both_stores_and_only_the_tuned_one_rebuilds_this_early(
 
     default = [r for r in rows if r["variant"] == "engine default"]
     tuned = [r for r in rows if r["variant"] == "index after 200"]
+    child = [r for r in rows if r["variant"] == "index after 200, in a child"]
     assert [r["points"] for r in default] == [r["points"] for r in tuned] == [200, 400]
+    assert [r["points"] for r in child] == [200, 400]
     assert not any(r["rebuilt"] for r in default)  # the engine waits for 10 MB of vectors
-    assert [r["indexed"] for r in tuned] == [200, 400]
-    assert [s["rebuilds"] for s in summary] == [0, 2]
+    assert [r["indexed"] for r in tuned] == [r["indexed"] for r in child] == [200, 400]
+    assert [s["rebuilds"] for s in summary] == [0, 2, 2]
+    assert all(r["detached_s"] > 0 for r in child), "the swap's time, from the store"
+    assert all(r["detached_s"] == 0 for r in tuned + default)
     assert all(r["search_p50_ms"] > 0 for r in rows)
-    assert "index after 200: pause s" in markdown(
+    assert "longest_pause_s_x_default" in summary[2]
+    assert "index after 200, in a child: pause s" in markdown(
         {"points": 400, "step": 200, "machine": "m", "summary": summary, "rows": rows}
     )
 
