@@ -138,13 +138,13 @@ def _rebuild_in_child(
     and how long the swap kept the store detached (lookups miss meanwhile)."""
 
     async def upkeep() -> bool:
-        return await store.maintain(step) and await store.rebuilt()
+        return await store.maintain(step) and await store.rebuilds.wait()
 
     started = time.perf_counter()
     did = runner.run(upkeep())
     ended = time.perf_counter()
     time.sleep(3 * _TICK_S)
-    swap_s = store.last_rebuild.swap_seconds if did and store.last_rebuild else 0.0
+    swap_s = store.rebuilds.last.swap_seconds if did and store.rebuilds.last else 0.0
     return did, ended - started, ticker.longest_pause_s(started, ended), swap_s
 
 

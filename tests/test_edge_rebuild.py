@@ -52,7 +52,7 @@ def gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 async def child_started(store: EdgeVectorStore) -> None:
     """Wait until the rebuild's copy is made and its child runs."""
     async with asyncio.timeout(30):
-        while store._child is None:  # noqa: ASYNC110 (the store has no event for it)
+        while store.rebuilds.child is None:  # noqa: ASYNC110 (the store has no event for it)
             await asyncio.sleep(0.01)
 
 
@@ -85,7 +85,7 @@ async def test_writes_made_during_a_rebuild_reach_the_rebuilt_shard(
         await store.add_observations([(ids[11], Observation(time.time(), "obs-1", 0.9, False))])
         gate.touch()  # noqa: ASYNC240 (a file the child polls for)
         async with asyncio.timeout(60):
-            assert await store.rebuilt() is True
+            assert await store.rebuilds.wait() is True
         assert indexed_vectors(store) == 40
         assert await store.get(added) is not None
         rewritten = await store.get(ids[5])
@@ -117,7 +117,7 @@ async def test_a_failed_rebuild_is_logged_and_the_store_goes_on(
     with capture_logs() as logs:
         try:
             assert await store.maintain(min_unindexed=10) is True
-            assert await store.rebuilt() is False
+            assert await store.rebuilds.wait() is False
             await store.upsert(str(uuid.uuid4()), unit(50), entry("a"))
             assert await store.count(EntryFilter()) == 21
             assert store._keeper.journal is None, "no journal kept once the rebuild failed"
@@ -148,7 +148,7 @@ async def test_a_swap_that_fails_puts_the_old_shard_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, ids = await filled(tmp_path / "shard", 20)
-    real_load = store._keeper._load
+    real_load = store._keeper.load
     loads = []
 
     def failing_once(path: Path) -> qe.EdgeShard:
@@ -157,11 +157,11 @@ async def test_a_swap_that_fails_puts_the_old_shard_back(
             raise OSError("the rebuilt shard cannot be read")
         return real_load(path)
 
-    monkeypatch.setattr(store._keeper, "_load", failing_once)
+    monkeypatch.setattr(store._keeper, "load", failing_once)
     with capture_logs() as logs:
         try:
             assert await store.maintain(min_unindexed=10) is True
-            assert await store.rebuilt() is False
+            assert await store.rebuilds.wait() is False
             assert await store.count(EntryFilter()) == 20
             assert await store.get(ids[0]) is not None
             assert indexed_vectors(store) == 0, "the old shard, not the rebuilt one"

@@ -68,7 +68,7 @@ async def test_int8_disk_store_finds_the_nearest_entry_after_indexing(tmp_path: 
         for i, point_id in enumerate(ids):
             await store.upsert(point_id, unit(i), entry("a"))
         assert await store.maintain(min_unindexed=10) is True
-        assert await store.rebuilt() is True
+        assert await store.rebuilds.wait() is True
         await store.close()
         store = EdgeVectorStore(tmp_path / "shard", DIM)  # reopened: keeps its own storage
         for i in (0, 150, 299):
@@ -136,7 +136,7 @@ async def test_edge_builds_its_index_in_the_background(tmp_path: Path) -> None:
         found = await search(store, unit(3), "a", "s", time.time(), 1)  # lookups go on meanwhile
         assert found and found[0].similarity == pytest.approx(1.0, abs=1e-5)
         async with asyncio.timeout(60):  # bounded wait for the rebuild's outcome
-            assert await store.rebuilt() is True
+            assert await store.rebuilds.wait() is True
         assert indexed_vectors(store) == 50
         assert await store.maintain(min_unindexed=10) is False, "nothing left to index"
         found = await search(store, unit(7), "a", "s", time.time(), 1)  # through the index now
@@ -190,14 +190,14 @@ async def test_an_index_rebuild_logs_how_long_it_took_and_kept_the_store_out(
             for i in range(30):
                 await store.upsert(str(uuid.uuid4()), unit(i), entry("a"))
             assert await store.maintain(min_unindexed=10) is True
-            assert await store.rebuilt() is True
+            assert await store.rebuilds.wait() is True
         finally:
             await store.close()
     rebuilt = next(e for e in logs if "vector index rebuilt" in e["event"])
     assert rebuilt["points"] == 30 and rebuilt["writes_replayed"] == 0
     assert rebuilt["seconds"] >= rebuilt["swap_seconds"] >= 0
     assert rebuilt["seconds"] >= rebuilt["build_seconds"] > 0
-    assert store.last_rebuild is not None
-    assert {k: rebuilt[k] for k in dataclasses.asdict(store.last_rebuild)} == dataclasses.asdict(
-        store.last_rebuild
+    assert store.rebuilds.last is not None
+    assert {k: rebuilt[k] for k in dataclasses.asdict(store.rebuilds.last)} == dataclasses.asdict(
+        store.rebuilds.last
     )

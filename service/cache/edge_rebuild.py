@@ -156,14 +156,7 @@ def swap(
     path.rename(moved)
     try:
         copy.rename(path)
-        shard = load(path)
-        try:
-            for operation in journal:
-                shard.update(operation)
-            shard.flush()
-        except BaseException:
-            shard.close()
-            raise
+        shard = _replayed(load(path), journal)
     except BaseException:
         if path.exists():
             path.rename(copy)
@@ -172,6 +165,18 @@ def swap(
     trash = sibling(path, TRASH_SUFFIX)
     moved.rename(trash)  # the commit: from here the rebuilt shard is the store
     shutil.rmtree(trash, ignore_errors=True)
+    return shard
+
+
+def _replayed(shard: qe.EdgeShard, journal: Sequence[qe.UpdateOperation]) -> qe.EdgeShard:
+    """`shard` with the journal's writes applied and flushed (closed if that fails)."""
+    try:
+        for operation in journal:
+            shard.update(operation)
+        shard.flush()
+    except BaseException:
+        shard.close()
+        raise
     return shard
 
 

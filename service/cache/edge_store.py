@@ -86,7 +86,7 @@ from service.cache.store import (
 from service.cache.verify.evidence import Observation
 from service.errors import StoreDamagedError, StoreNotWritableError
 
-__all__ = ["VECTOR_STORAGE", "EdgeVectorStore", "Rebuild", "edge_config"]
+__all__ = ["VECTOR_STORAGE", "EdgeVectorStore", "IndexRebuilds", "Rebuild", "edge_config"]
 
 log = structlog.get_logger(__name__)
 
@@ -185,7 +185,7 @@ class _ShardKeeper:
         check_vectors(self.path, manifest, self.dim)
         check_model(self.path, manifest, model)
         lost_segments = segments_missing(self.path)
-        shard = self._load(self.path)
+        shard = self.load(self.path)
         try:
             ensure_indexes(shard, self.path)
         except BaseException:
@@ -199,7 +199,7 @@ class _ShardKeeper:
         self.disk.refresh()  # health first: once the shard serves, its health is current
         self.shard = shard
 
-    def _load(self, path: Path) -> qe.EdgeShard:
+    def load(self, path: Path) -> qe.EdgeShard:  # as this store opens its own
         after = self.index_after_points
         return open_shard(path, self.dim, self.storage, self.search_threads, after)
 
@@ -209,47 +209,6 @@ class _ShardKeeper:
         shard.update(operation)
         if self.journal is not None:
             self.journal.append(operation)
-
-    def begin_rebuild(self) -> Path:
-        """Flush the shard and copy it for a rebuild; from now on every write is noted in
-        the journal. Returns the copy.
-
-        Raises:
-            StoreNotWritableError: the shard is closed.
-            OSError: the copy failed (a full disk); nothing of it is left.
-        """
-        shard = self.shard
-        if shard is None:
-            raise self.closed()
-        shard.flush()
-        copy = copy_shard(self.path)
-        self.journal = []
-        return copy
-
-    def abandon_rebuild(self) -> None:
-        """Stop the journal and delete the copy (the rebuild failed or was stopped)."""
-        self.journal = None
-        shutil.rmtree(sibling(self.path, REBUILD_SUFFIX), ignore_errors=True)
-
-    def detach(self) -> qe.EdgeShard | None:
-        """Take the shard out of service: lookups miss and counts read 0 until
-        `swap_in` puts one back. Under the write lock, on the event loop's thread."""
-        shard, self.shard = self.shard, None
-        return shard
-
-    def swap_in(self, old: qe.EdgeShard, copy: Path) -> int:
-        """Make the rebuilt `copy` the shard, with the journal replayed on it (see
-        `edge_rebuild.swap`); returns how many writes were replayed. If that fails, the
-        old shard is opened again and the error raised. Under the write lock, with
-        `old` detached."""
-        journal, self.journal = self.journal or [], None
-        try:
-            self.shard = swap(self.path, old, copy, journal, self._load)
-        except BaseException:
-            shutil.rmtree(copy, ignore_errors=True)
-            self.shard = self._load(self.path)
-            raise
-        return len(journal)
 
     def _report_damage(self, damage: Damage, shard: qe.EdgeShard) -> None:
         where = f"the cache store {self.path} is damaged: {damage.detail}"
@@ -521,10 +480,150 @@ def _nothing() -> None:
     return None
 
 
-def _open(shard: qe.EdgeShard | None) -> qe.EdgeShard:
-    if shard is None:  # cannot be: only a rebuild detaches it, and one runs at a time
-        raise StoreNotWritableError("the cache store was closed during an index rebuild")
-    return shard
+class IndexRebuilds:
+    """Index rebuilds of the keeper's shard in a child process, one at a time
+    (`edge_rebuild`): copy under the write lock, build in the child, swap in under the
+    write lock with the journal of the writes made meanwhile replayed."""
+
+    def __init__(self, keeper: _ShardKeeper, threads: _Threads) -> None:
+        self._keeper, self._threads = keeper, threads
+        self._path = keeper.path
+        self._task: asyncio.Future[bool] | None = None
+        self.child: asyncio.subprocess.Process | None = None
+        self.last: Rebuild | None = None  # the last rebuild swapped in
+        self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        """A rebuild is under way."""
+        return self._task is not None and not self._task.done()
+
+    def start(self, points: int) -> None:
+        """Start a rebuild of the shard, which has `points` points (for the log)."""
+        self._task = asyncio.ensure_future(self._rebuild(points))
+
+    async def wait(self) -> bool:
+        """Wait for the rebuild under way, if any; whether one was swapped in."""
+        task = self._task
+        return False if task is None else await asyncio.shield(task)
+
+    async def stop(self) -> None:
+        """Stop the child, if any (a rebuild is not worth waiting for: the next start
+        begins it again), and wait until the rebuild has let go of the store."""
+        self._stopping = True
+        child = self.child
+        if child is not None and child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.terminate()
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
+    async def _rebuild(self, points: int) -> bool:
+        """Copy, build, swap; whether the rebuilt shard was swapped in. A failure is
+        logged and the store goes on with the shard it had."""
+        started = time.perf_counter()
+        try:
+            copy = await self._threads.write(self._begin, ())
+        except Exception as error:
+            log.error("vector index rebuild not started", path=str(self._path), error=repr(error))
+            return False
+        try:
+            built = await self._build(copy)
+        except Exception as error:
+            await self._threads.write(self._abandon, ())
+            if not self._stopping:
+                log.error("vector index rebuild failed", path=str(self._path), error=str(error))
+            return False
+        swap_started = time.perf_counter()
+        try:
+            replayed = await self._threads.holding_writes(
+                self._detach, lambda old: self._swap_in(old, copy)
+            )
+        except Exception as error:
+            log.error(
+                "rebuilt vector index not swapped in; the store goes on without it",
+                path=str(self._path),
+                error=repr(error),
+            )
+            return False
+        now = time.perf_counter()
+        self.last = Rebuild(
+            points, float(built.get("seconds", 0.0)), round(now - started, 3),
+            round(now - swap_started, 3), replayed,
+        )  # fmt: skip
+        log.info(
+            "vector index rebuilt in a child process and swapped in",
+            path=str(self._path),
+            **dataclasses.asdict(self.last),
+        )
+        return True
+
+    def _begin(self) -> Path:
+        """Flush the shard and copy it; from now on every write is noted in the journal.
+        Returns the copy. On the write thread.
+
+        Raises:
+            StoreNotWritableError: the shard is closed.
+            OSError: the copy failed (a full disk); nothing of it is left.
+        """
+        shard = self._keeper.shard
+        if shard is None:
+            raise self._keeper.closed()
+        shard.flush()
+        copy = copy_shard(self._path)
+        self._keeper.journal = []
+        return copy
+
+    def _abandon(self) -> None:
+        """Stop the journal and delete the copy (the rebuild failed or was stopped)."""
+        self._keeper.journal = None
+        shutil.rmtree(sibling(self._path, REBUILD_SUFFIX), ignore_errors=True)
+
+    async def _build(self, copy: Path) -> dict[str, float]:
+        """Run the child that indexes `copy`; what it reported.
+
+        Raises:
+            RebuildFailedError: it failed, or `stop` stopped it.
+        """
+        child = await asyncio.create_subprocess_exec(
+            *child_command(copy),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self.child = child
+        if self._stopping:  # `stop` came while the copy was made: it found no child
+            child.terminate()
+        try:
+            stdout, stderr = await child.communicate()
+        finally:
+            self.child = None
+        if self._stopping:
+            raise RebuildFailedError("stopped: the store is closing")
+        return child_result(child.returncode or 0, stdout, stderr)
+
+    def _detach(self) -> qe.EdgeShard | None:
+        """Take the shard out of service: lookups miss and counts read 0 until
+        `_swap_in` puts one back. Under the write lock, on the event loop's thread."""
+        shard, self._keeper.shard = self._keeper.shard, None
+        return shard
+
+    def _swap_in(self, old: qe.EdgeShard | None, copy: Path) -> int:
+        """Make the rebuilt `copy` the shard, with the journal replayed on it (see
+        `edge_rebuild.swap`); returns how many writes were replayed. If that fails, the
+        old shard is opened again and the error raised. Under the write lock, on the
+        indexer thread, with `old` detached."""
+        keeper = self._keeper
+        journal, keeper.journal = keeper.journal or [], None
+        if old is None:  # cannot be: only a rebuild detaches it, and one runs at a time
+            raise StoreNotWritableError("the cache store was closed during an index rebuild")
+        try:
+            keeper.shard = swap(self._path, old, copy, journal, keeper.load)
+        except BaseException:
+            shutil.rmtree(copy, ignore_errors=True)
+            keeper.shard = keeper.load(self._path)
+            raise
+        return len(journal)
 
 
 class EdgeVectorStore:
@@ -562,15 +661,12 @@ class EdgeVectorStore:
         self._memo = EntryMemo(memo_entries)
         self._threads = _Threads(self._memo)
         self._run, self._write = self._threads.read, self._threads.write
-        self._indexing: asyncio.Future[bool] | None = None
-        self._child: asyncio.subprocess.Process | None = None
-        self.last_rebuild: Rebuild | None = None  # the last index rebuild swapped in
-        self._closing = False
         self._path, self._dim = path, dim
         self._keeper = _ShardKeeper(
             path, dim, storage, min_free_bytes, on_damage, embedding_model, search_threads,
             index_after_points,
         )  # fmt: skip
+        self.rebuilds = IndexRebuilds(self._keeper, self._threads)  # wait(), last
         self._disk = self._keeper.disk
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef)
         try:
@@ -691,14 +787,13 @@ class EdgeVectorStore:
         index once `min_unindexed` points lack it and the disk has room for a copy of
         the shard and its rebuilt segments.
 
-        Returns whether a rebuild was started. It runs in a child process on a copy of
-        the shard, swapped in when done (`edge_rebuild`): the process goes on answering
-        meanwhile, and stands still only while the rebuilt shard loads.
+        Returns whether a rebuild was started (`IndexRebuilds`: in a child process on a
+        copy, swapped in when done; `rebuilds.wait()` waits for it).
 
         Raises:
             StartupError: a shard left closed cannot be opened now that there is room.
         """
-        rebuilding = self._indexing is not None and not self._indexing.done()
+        rebuilding = self.rebuilds.running
         if self._shard is None and not rebuilding:  # (a swap detaches it for a moment)
             await self._write(self._keeper.open, None)
             return False
@@ -712,79 +807,8 @@ class EdgeVectorStore:
         if not await self._write(self._keeper.room_to_index, ()):
             log.warning("index rebuild postponed: not enough disk space", path=str(self._path))
             return False
-        self._indexing = asyncio.ensure_future(self._rebuild(info.points_count))
+        self.rebuilds.start(info.points_count)
         return True
-
-    async def rebuilt(self) -> bool:
-        """Wait for the index rebuild under way, if any; whether one was swapped in."""
-        indexing = self._indexing
-        return False if indexing is None else await asyncio.shield(indexing)
-
-    async def _rebuild(self, points: int) -> bool:
-        """Copy the shard, index the copy in a child process, swap it in; whether it was.
-        A failure is logged and the store goes on with the shard it had."""
-        started = time.perf_counter()
-        try:
-            copy = await self._write(self._keeper.begin_rebuild, ())
-        except Exception as error:
-            log.error("vector index rebuild not started", path=str(self._path), error=repr(error))
-            return False
-        try:
-            built = await self._build(copy)
-        except Exception as error:
-            await self._write(self._keeper.abandon_rebuild, ())
-            if not self._closing:
-                log.error("vector index rebuild failed", path=str(self._path), error=str(error))
-            return False
-        keeper = self._keeper
-        swap_started = time.perf_counter()
-        try:
-            replayed = await self._threads.holding_writes(
-                keeper.detach, lambda old: keeper.swap_in(_open(old), copy)
-            )
-        except Exception as error:
-            log.error(
-                "rebuilt vector index not swapped in; the store goes on without it",
-                path=str(self._path),
-                error=repr(error),
-            )
-            return False
-        self.last_rebuild = Rebuild(
-            points=points,
-            build_seconds=float(built.get("seconds", 0.0)),
-            seconds=round(time.perf_counter() - started, 3),
-            swap_seconds=round(time.perf_counter() - swap_started, 3),
-            writes_replayed=replayed,
-        )
-        log.info(
-            "vector index rebuilt in a child process and swapped in",
-            path=str(self._path),
-            **dataclasses.asdict(self.last_rebuild),
-        )
-        return True
-
-    async def _build(self, copy: Path) -> dict[str, float]:
-        """Run the child that indexes `copy`; what it reported.
-
-        Raises:
-            RebuildFailedError: it failed, or `close` stopped it.
-        """
-        child = await asyncio.create_subprocess_exec(
-            *child_command(copy),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self._child = child
-        if self._closing:  # `close` came while the copy was made: it found no child
-            child.terminate()
-        try:
-            stdout, stderr = await child.communicate()
-        finally:
-            self._child = None
-        if self._closing:
-            raise RebuildFailedError("stopped: the store is closing")
-        return child_result(child.returncode or 0, stdout, stderr)
 
     async def close(self) -> None:
         """Flush and close the shard, recording its count in the manifest.
@@ -792,13 +816,7 @@ class EdgeVectorStore:
         A flush that fails (a full disk) is logged: what the write-ahead log holds
         is replayed at the next start.
         """
-        self._closing = True
-        child = self._child
-        if child is not None and child.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.terminate()  # a rebuild is not worth waiting for: it starts again
-        if self._indexing is not None:
-            await asyncio.wait([self._indexing])
+        await self.rebuilds.stop()
         if self._shard is not None:
             try:
                 await self._write(self._keeper.flush_and_close, None)
