@@ -32,7 +32,7 @@ For each rebuild the report gives its wall time, the longest pause a Python
 thread of this process saw meanwhile (a thread that wakes every millisecond:
 with the lock held throughout, its pause is the whole rebuild; this is how
 long the service answers nothing), for the child the time its swap kept the
-store detached (lookups miss meanwhile, writes wait), and the p50 of 50
+store detached (lookups and writes wait meanwhile), and the p50 of 50
 filtered searches after it.
 """
 
@@ -135,7 +135,7 @@ def _rebuild_in_child(
 ) -> _Rebuilt:
     """The service's upkeep call (`maintain`), then the wait for the child's index to
     be swapped in: whether one was, the wall time, the longest pause of this process,
-    and how long the swap kept the store detached (lookups miss meanwhile)."""
+    and how long the swap kept the store detached (lookups wait meanwhile)."""
 
     async def upkeep() -> bool:
         return await store.maintain(step) and await store.rebuilds.wait()
@@ -238,7 +238,7 @@ SUMMARY_COLUMNS = (
     ("search_p50_mean_ms", "search p50 ms (mean of steps)"),
     ("search_p50_mean_ms_x_default", "÷ engine default"),
     ("search_p50_max_ms", "search p50 ms (worst step)"),
-    ("longest_detached_s", "longest swap s (lookups miss)"),
+    ("longest_detached_s", "longest swap s (lookups wait)"),
 )
 
 

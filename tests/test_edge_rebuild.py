@@ -296,3 +296,65 @@ def test_a_child_whose_parent_is_gone_does_not_start(tmp_path: Path) -> None:
     assert b"the service that asked for it is gone" in done.stderr
     done = subprocess.run([*command[:-1], "x"], capture_output=True, check=False)
     assert done.returncode == 2 and b"usage:" in done.stderr
+
+
+async def test_lookups_during_the_swap_wait_for_it_instead_of_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A miss would ask the provider; the swap takes a fraction of a second."""
+    import threading
+
+    store, ids = await filled(tmp_path / "shard", 20)
+    store._memo.forget(ids)  # an exact lookup must read the shard
+    loading, release = threading.Event(), threading.Event()
+    real_load = store._keeper.load
+
+    def held(path: Path) -> qe.EdgeShard:
+        loading.set()
+        release.wait(30)
+        return real_load(path)
+
+    monkeypatch.setattr(store._keeper, "load", held)
+    try:
+        assert await store.maintain(min_unindexed=10) is True
+        async with asyncio.timeout(60):
+            while not loading.is_set():  # noqa: ASYNC110 (set on the indexer thread)
+                await asyncio.sleep(0.01)
+        assert store.rebuilds.swapping
+        found = asyncio.create_task(search(store, unit(4), "a", "s", time.time(), 1))
+        fetched = asyncio.create_task(store.get(ids[6]))
+        await asyncio.sleep(0.05)
+        assert not found.done() and not fetched.done(), "they wait for the swap"
+        release.set()
+        async with asyncio.timeout(60):
+            assert (await found)[0].point_id == ids[4]
+            assert await fetched is not None
+            assert await store.rebuilds.wait() is True
+        assert not store.rebuilds.swapping
+    finally:
+        release.set()
+        await store.close()
+
+
+async def test_a_failed_swap_lets_waiting_lookups_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, ids = await filled(tmp_path / "shard", 20)
+    real_load = store._keeper.load
+    calls: list[Path] = []
+
+    def failing_once(path: Path) -> qe.EdgeShard:
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError("unreadable")
+        return real_load(path)
+
+    monkeypatch.setattr(store._keeper, "load", failing_once)
+    try:
+        assert await store.maintain(min_unindexed=10) is True
+        assert await store.rebuilds.wait() is False
+        assert not store.rebuilds.swapping
+        async with asyncio.timeout(10):
+            assert (await search(store, unit(4), "a", "s", time.time(), 1))[0].point_id == ids[4]
+    finally:
+        await store.close()

@@ -467,7 +467,7 @@ class _Threads:
 @dataclass(frozen=True)
 class Rebuild:
     """An index rebuild swapped in: its points, the child's build time, the whole
-    time, and the swap's (while the shard is detached lookups miss, and writes wait)."""
+    time, and the swap's (while the shard is detached lookups and writes wait)."""
 
     points: int
     build_seconds: float
@@ -492,11 +492,23 @@ class IndexRebuilds:
         self.child: asyncio.subprocess.Process | None = None
         self.last: Rebuild | None = None  # the last rebuild swapped in
         self._stopping = False
+        self._in_place = asyncio.Event()  # cleared while a swap has the shard detached
+        self._in_place.set()
 
     @property
     def running(self) -> bool:
         """A rebuild is under way."""
         return self._task is not None and not self._task.done()
+
+    @property
+    def swapping(self) -> bool:
+        """A swap has the shard detached: a lookup should wait for `swapped`."""
+        return not self._in_place.is_set()
+
+    async def swapped(self) -> None:
+        """Return once no swap has the shard detached (a fraction of a second: a lookup
+        that waits costs less than one that misses and asks the provider)."""
+        await self._in_place.wait()
 
     def start(self, points: int) -> None:
         """Start a rebuild of the shard, which has `points` points (for the log)."""
@@ -535,16 +547,8 @@ class IndexRebuilds:
                 log.error("vector index rebuild failed", path=str(self._path), error=str(error))
             return False
         swap_started = time.perf_counter()
-        try:
-            replayed = await self._threads.holding_writes(
-                self._detach, lambda old: self._swap_in(old, copy)
-            )
-        except Exception as error:
-            log.error(
-                "rebuilt vector index not swapped in; the store goes on without it",
-                path=str(self._path),
-                error=repr(error),
-            )
+        replayed = await self._swap(copy)
+        if replayed is None:
             return False
         now = time.perf_counter()
         self.last = Rebuild(
@@ -557,6 +561,23 @@ class IndexRebuilds:
             **dataclasses.asdict(self.last),
         )
         return True
+
+    async def _swap(self, copy: Path) -> int | None:
+        """Swap the rebuilt `copy` in; how many writes were replayed (None: it failed,
+        logged, and the store goes on with the shard it had)."""
+        try:
+            return await self._threads.holding_writes(
+                self._detach, lambda old: self._swap_in(old, copy)
+            )
+        except Exception as error:
+            log.error(
+                "rebuilt vector index not swapped in; the store goes on without it",
+                path=str(self._path),
+                error=repr(error),
+            )
+            return None
+        finally:
+            self._in_place.set()
 
     def _begin(self) -> Path:
         """Flush the shard and copy it; from now on every write is noted in the journal.
@@ -603,8 +624,9 @@ class IndexRebuilds:
         return child_result(child.returncode or 0, stdout, stderr)
 
     def _detach(self) -> qe.EdgeShard | None:
-        """Take the shard out of service: lookups miss and counts read 0 until
-        `_swap_in` puts one back. Under the write lock, on the event loop's thread."""
+        """Take the shard out of service until `_swap_in` puts one back: lookups wait
+        (`swapped`), counts read 0. Under the write lock, on the event loop's thread."""
+        self._in_place.clear()
         shard, self._keeper.shard = self._keeper.shard, None
         return shard
 
@@ -629,8 +651,7 @@ class IndexRebuilds:
 class EdgeVectorStore:
     """A `VectorStore` on a Qdrant Edge shard in `path` (created on first use, with
     `storage`, one of `VECTOR_STORAGE`), searching on `search_threads` (0: per CPU),
-    the engine indexing once `index_after_points` points lack an index (None: its
-    default, 10 MB of vectors).
+    indexing once `index_after_points` points lack an index (None: the engine's 10 MB).
 
     `min_free_bytes` is the room kept free on the disk: below it new entries are
     not stored. `on_damage` says what opening a shard with entries missing does:
@@ -696,9 +717,12 @@ class EdgeVectorStore:
         return StoreHealth(disk.writable, disk.reason, self._keeper.missing_entries)
 
     async def get(self, point_id: str) -> CacheEntry | None:
-        """The entry by id: the memo's (see `entry_memo`), else fetched inline: a lookup
-        by id takes microseconds, less than a hop to a read thread (issue 13)."""
-        return self._memo.get(point_id) or self._memo.read_through(point_id, self._read)
+        """The entry by id: the memo's (`entry_memo`), else fetched inline (microseconds,
+        less than a hop to a read thread), after any swap under way."""
+        entry = self._memo.get(point_id)
+        if entry is None:
+            await self.rebuilds.swapped()
+        return entry or self._memo.read_through(point_id, self._read)
 
     def _read(self, point_id: str) -> CacheEntry | None:
         """The entry by id as the shard has it now; None if absent or the shard is closed."""
@@ -711,6 +735,7 @@ class EdgeVectorStore:
 
     async def search_many(self, queries: Sequence[SearchQuery]) -> list[Sequence[ScoredEntry]]:
         """The queries' answers, searched inline (see the module's note on threads)."""
+        await self.rebuilds.swapped()
         shard = self._shard
         if shard is None:
             return [[] for _ in queries]
