@@ -358,3 +358,97 @@ async def test_a_failed_swap_lets_waiting_lookups_go_on(
             assert (await search(store, unit(4), "a", "s", time.time(), 1))[0].point_id == ids[4]
     finally:
         await store.close()
+
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _beside(shard: Path) -> list[str]:
+    """What lies beside the shard's directory (a rebuild's copy, the old shard...)."""
+    return sorted(p.name for p in shard.parent.iterdir() if p.name.startswith(shard.name + "."))
+
+
+_KILLED_MID_REBUILD = """
+import asyncio, os, signal, sys, uuid
+from pathlib import Path
+from service.cache import edge_store
+from service.cache.edge_store import EdgeVectorStore
+from tests.test_store import DIM, entry, small_indexable_shard, unit
+
+path, where = Path(sys.argv[1]), sys.argv[2]
+gate = path.with_name("gate")
+waits = "import pathlib, sys, time\\n" \\
+    "from service.cache.edge_rebuild import die_with_parent, main\\n" \\
+    "assert die_with_parent(int(sys.argv[3]))\\n" \\
+    "while not pathlib.Path(sys.argv[1]).exists(): time.sleep(0.01)\\n" \\
+    "sys.exit(main(sys.argv[2:3]))\\n"
+edge_store.child_command = lambda copy: [
+    sys.executable, "-c", waits, str(gate), str(copy), str(os.getpid())
+]
+
+def killed() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+async def main() -> None:
+    small_indexable_shard(path)
+    store = EdgeVectorStore(path, DIM)
+    for i in range(40):
+        point_id = str(uuid.uuid4())
+        await store.upsert(point_id, unit(i), entry("a"))
+        print("acked", point_id, flush=True)
+        if i == 29:  # the rebuild's copy holds the first 30; the journal the rest
+            assert await store.maintain(min_unindexed=10)
+            while store.rebuilds.child is None:
+                await asyncio.sleep(0.01)
+            print("child", store.rebuilds.child.pid, flush=True)
+    if where == "during the build":
+        killed()
+    real_load = store._keeper.load
+    def load(shard_path: Path):
+        if store.rebuilds.swapping:
+            killed()  # renamed: the copy in place, the old shard beside it
+        return real_load(shard_path)
+    store._keeper.load = load
+    gate.touch()
+    await store.rebuilds.wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("where", ["during the build", "in the swap"])
+async def test_sigkill_mid_rebuild_loses_no_acknowledged_write(tmp_path: Path, where: str) -> None:
+    """Killed while the child builds, or between the swap's renames and its commit: the
+    next start has every acknowledged write, journalled ones included, and no child."""
+    import subprocess
+
+    shard = tmp_path / "shard"
+    killed = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _KILLED_MID_REBUILD, str(shard), where],
+        cwd=_REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -9, killed.stderr
+    lines = [line.split() for line in killed.stdout.splitlines()]
+    acked = [words[1] for words in lines if words[0] == "acked"]
+    (child,) = [int(words[1]) for words in lines if words[0] == "child"]
+    assert len(acked) == 40
+    async with asyncio.timeout(30):
+        while _alive(child):  # noqa: ASYNC110 (another process)
+            await asyncio.sleep(0.02)
+    with capture_logs() as logs:
+        store = EdgeVectorStore(shard, DIM, on_damage="refuse")
+    try:
+        assert await store.count(EntryFilter()) == 40
+        assert all([await store.get(point_id) is not None for point_id in acked])
+    finally:
+        await store.close()
+    assert _beside(shard) == ["shard.manifest.json"]
+    cleaned = [e for e in logs if "interrupted index rebuild" in e["event"]]
+    assert cleaned, "the start said what it put right"
+    if where == "in the swap":
+        assert "put shard.old back" in cleaned[-1]["done"]
