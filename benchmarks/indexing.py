@@ -31,9 +31,9 @@ other processes falls on all of them.
 For each rebuild the report gives its wall time, the longest pause a Python
 thread of this process saw meanwhile (a thread that wakes every millisecond:
 with the lock held throughout, its pause is the whole rebuild; this is how
-long the service answers nothing), for the child the time its swap kept the
-store detached (lookups and writes wait meanwhile), and the p50 of 50
-filtered searches after it.
+long the service answers nothing), for the child the time its copy took
+(writes wait) and its swap kept the store detached (lookups and writes
+wait), and the p50 of 50 filtered searches after it.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def _rebuild_in_child(
 ) -> _Rebuilt:
     """The service's upkeep call (`maintain`), then the wait for the child's index to
     be swapped in: whether one was, the wall time, the longest pause of this process,
-    and how long the swap kept the store detached (lookups wait meanwhile)."""
+    and how long the copy (writes wait) and the swap (lookups and writes wait) took."""
 
     async def upkeep() -> bool:
         return await store.maintain(step) and await store.rebuilds.wait()
@@ -144,11 +144,12 @@ def _rebuild_in_child(
     did = runner.run(upkeep())
     ended = time.perf_counter()
     time.sleep(3 * _TICK_S)
-    swap_s = store.rebuilds.last.swap_seconds if did and store.rebuilds.last else 0.0
-    return did, ended - started, ticker.longest_pause_s(started, ended), swap_s
+    last = store.rebuilds.last if did else None
+    copy_s, swap_s = (last.copy_seconds, last.swap_seconds) if last else (0.0, 0.0)
+    return did, ended - started, ticker.longest_pause_s(started, ended), copy_s, swap_s
 
 
-_Rebuilt = tuple[bool, float, float, float]
+_Rebuilt = tuple[bool, float, float, float, float]
 
 
 def grow(points: int, step: int, root: Path, seed: int = 0) -> list[Row]:
@@ -172,13 +173,13 @@ def grow(points: int, step: int, root: Path, seed: int = 0) -> list[Row]:
                 for name in shards:
                     shards[name].update(qe.UpdateOperation.upsert_points(batch))
                     if name == child:
-                        did, wall_s, pause_s, swap_s = _rebuild_in_child(
+                        did, wall_s, pause_s, copy_s, swap_s = _rebuild_in_child(
                             runner, store, step, ticker
                         )
                         shards[name] = store.shard  # the rebuilt one, swapped in
                     else:
                         did, wall_s, pause_s = _rebuild(shards[name], ticker)
-                        swap_s = 0.0
+                        copy_s = swap_s = 0.0
                     info = shards[name].info()
                     rows.append(
                         {
@@ -187,6 +188,7 @@ def grow(points: int, step: int, root: Path, seed: int = 0) -> list[Row]:
                             "rebuilt": did,
                             "rebuild_s": round(wall_s, 3),
                             "longest_pause_s": round(pause_s, 3),
+                            "copy_s": round(copy_s, 3),
                             "detached_s": round(swap_s, 3),
                             "indexed": info.indexed_vectors_count,
                             "search_p50_ms": _search_p50_ms(shards[name], rng),
@@ -219,8 +221,9 @@ def summarise(rows: list[Row]) -> list[Row]:
                 "search_p50_max_ms": max(searches),
             }
         )
-        detached = [r["detached_s"] for r in mine if r["rebuilt"]]
-        summary[-1]["longest_detached_s"] = max(detached, default=0.0)
+        for key in ("copy_s", "detached_s"):
+            longest = max((r[key] for r in mine if r["rebuilt"]), default=0.0)
+            summary[-1][f"longest_{key}"] = longest
     base, *others = summary
     for tuned in others:
         for key in ("longest_pause_s", "total_pause_s", "search_p50_mean_ms"):
@@ -238,6 +241,7 @@ SUMMARY_COLUMNS = (
     ("search_p50_mean_ms", "search p50 ms (mean of steps)"),
     ("search_p50_mean_ms_x_default", "÷ engine default"),
     ("search_p50_max_ms", "search p50 ms (worst step)"),
+    ("longest_copy_s", "longest copy s (writes wait)"),
     ("longest_detached_s", "longest swap s (lookups wait)"),
 )
 

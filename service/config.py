@@ -152,8 +152,8 @@ class CacheSettings(BaseModel):
         ge=1,
         description="Embedded store: rebuild the HNSW index once this many entries lack it"
         " (until then they are searched exhaustively); it also sets the engine's own indexing"
-        " threshold. A rebuild holds the interpreter lock, so the service answers nothing"
-        " meanwhile: larger values give fewer, longer pauses.",
+        " threshold. The rebuild runs in a child process on a copy of the store (it needs"
+        " disk for the copy), swapped in when done.",
     )
 
 

@@ -466,10 +466,11 @@ class _Threads:
 
 @dataclass(frozen=True)
 class Rebuild:
-    """An index rebuild swapped in: its points, the child's build time, the whole
-    time, and the swap's (while the shard is detached lookups and writes wait)."""
+    """An index rebuild swapped in: its points, the copy's time (writes wait), the
+    child's, the whole, and the swap's (the shard detached: lookups and writes wait)."""
 
     points: int
+    copy_seconds: float
     build_seconds: float
     seconds: float
     swap_seconds: float
@@ -539,6 +540,7 @@ class IndexRebuilds:
         except Exception as error:
             log.error("vector index rebuild not started", path=str(self._path), error=repr(error))
             return False
+        copied = round(time.perf_counter() - started, 3)
         try:
             built = await self._build(copy)
         except Exception as error:
@@ -552,7 +554,7 @@ class IndexRebuilds:
             return False
         now = time.perf_counter()
         self.last = Rebuild(
-            points, float(built.get("seconds", 0.0)), round(now - started, 3),
+            points, copied, float(built.get("seconds", 0.0)), round(now - started, 3),
             round(now - swap_started, 3), replayed,
         )  # fmt: skip
         log.info(

@@ -39,4 +39,4 @@ class Maintenance:
         if purged:
             log.info("purged expired cache entries", entries=purged)
         if indexing:
-            log.info("rebuilding the vector index; the embedded store answers nothing until done")
+            log.info("rebuilding the vector index in a child process")
