@@ -25,6 +25,7 @@ from service.cache.edge_rebuild import OLD_SUFFIX, REBUILD_SUFFIX, TRASH_SUFFIX,
 from service.cache.edge_store import EdgeVectorStore
 from service.cache.store import EntryFilter
 from service.cache.verify.evidence import Observation
+from tests.conftest import REPO
 from tests.test_store import DIM, entry, indexed_vectors, search, small_indexable_shard, unit
 
 _GATED = (
@@ -272,7 +273,7 @@ def test_the_child_dies_with_the_service_that_started_it(tmp_path: Path) -> None
     import subprocess
 
     pid_file = tmp_path / "child.pid"
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = os.environ | {"PYTHONPATH": str(REPO)}
     parent = subprocess.Popen([sys.executable, "-c", _PARENT, _CHILD, str(pid_file)], env=env)
     try:
         deadline = time.monotonic() + 60
@@ -340,9 +341,6 @@ async def test_lookups_during_the_swap_wait_for_it_instead_of_missing(
         await store.close()
 
 
-_REPO = Path(__file__).resolve().parents[1]
-
-
 def _beside(shard: Path) -> list[str]:
     """What lies beside the shard's directory (a rebuild's copy, the old shard...)."""
     return sorted(p.name for p in shard.parent.iterdir() if p.name.startswith(shard.name + "."))
@@ -407,7 +405,7 @@ async def test_sigkill_mid_rebuild_loses_no_acknowledged_write(tmp_path: Path, w
     killed = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-c", _KILLED_MID_REBUILD, str(shard), where],
-        cwd=_REPO,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
