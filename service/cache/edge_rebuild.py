@@ -11,12 +11,12 @@ for as long as it took (seconds at tens of thousands of entries; README,
 2. **Build** (a child process, `python -m service.cache.edge_rebuild DIR`, at
    a lower CPU priority): opens the copy, runs `optimize`, closes it. The
    serving process keeps its own interpreter lock and answers meanwhile.
-3. **Swap** (write thread, under the write lock): the old shard's directory is
-   renamed `<shard>.old` (the open shard keeps answering from it), the copy
-   renamed into place, loaded, the journal replayed on it and flushed; then
-   lookups move to it, and `<shard>.old` is renamed `<shard>.trash` (the
-   commit) and deleted. The process stands still only while the rebuilt shard
-   loads and the journal replays.
+3. **Swap** (indexer thread, under the write lock): the shard is detached
+   (lookups wait for the swap), flushed and closed; its directory is renamed
+   `<shard>.old`, the copy renamed into place, loaded, the journal replayed on
+   it and flushed; then `<shard>.old` is renamed `<shard>.trash` (the commit)
+   and deleted, and lookups go on on the rebuilt shard. Loading it holds the
+   interpreter lock, so the process stands still for that long.
 
 A crash at any step leaves something `recover` puts right at the next start:
 `<shard>.rebuild` or `<shard>.trash` are deleted; `<shard>.old` means the swap
