@@ -19,13 +19,14 @@ from urllib.parse import urlsplit
 import httpx2
 import openai
 import structlog
-from openai import AsyncOpenAI, AsyncStream
+from openai import AsyncStream
 from openai.types.chat import ChatCompletionMessage
 
 from service.domain import SamplingParams, Usage
 from service.errors import UpstreamError
 from service.llm.aiohttp_transport import AiohttpTransport
 from service.llm.http_errors import RetryableUpstreamError, translate_openai_error
+from service.llm.lean_http import LeanAsyncClient, LeanAsyncOpenAI
 from service.llm.provider import ProviderAnswer, ProviderCall
 from service.llm.sse import BadEventError, sse_data
 
@@ -58,12 +59,12 @@ class OpenAICompatProvider:
         self._where = f"upstream provider {self.name}"
         self._addresses = _addresses_of(base_url)
         # Local servers accept any key; the client refuses to start without one.
-        self._client = AsyncOpenAI(
+        self._client = LeanAsyncOpenAI(
             base_url=base_url,
             api_key=api_key or "unused",
             timeout=timeout_s,
             max_retries=0,
-            http_client=openai.DefaultAsyncHttpxClient(transport=AiohttpTransport()),
+            http_client=LeanAsyncClient(AiohttpTransport()),
         )
 
     async def complete(self, call: ProviderCall) -> ProviderAnswer:
