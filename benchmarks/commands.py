@@ -1,5 +1,5 @@
 """The `semcache bench` commands: load, overhead, compare, gptcache, grouping, scale, peers,
-startup, indexing, stream and readme.
+startup, upstream, indexing, stream and readme.
 
 `add_bench_commands(benches)` adds them to the `bench` subparsers of
 `service.cli.build_parser`; until that one line is wired in, the same
@@ -139,6 +139,13 @@ def _cmd_startup(args: argparse.Namespace) -> int:
     from benchmarks.startup import run
 
     print(run(Path(args.out), args.runs, args.embedding_backend))
+    return 0
+
+
+def _cmd_upstream(args: argparse.Namespace) -> int:
+    from benchmarks.upstream_client import run
+
+    print(run(Path(args.out), args.calls, args.warmup, _data(args)))
     return 0
 
 
@@ -310,6 +317,17 @@ def add_bench_commands(benches: Any) -> None:
     startup.add_argument("--out", default="bench-results/startup", help="folder for the results")
     startup.add_argument("--embedding-backend", choices=BACKENDS, default="onnx-int8")
     startup.set_defaults(run=_cmd_startup)
+
+    upstream = benches.add_parser(
+        "upstream", help="one provider call: thin aiohttp vs the openai SDK vs semcache's provider"
+    )
+    upstream.add_argument("--calls", type=int, default=1000, help="measured calls per client")
+    upstream.add_argument(
+        "--warmup", type=int, default=50, help="unmeasured calls first, for every client alike"
+    )
+    data_argument(upstream)
+    upstream.add_argument("--out", default="bench-results/upstream", help="folder for the results")
+    upstream.set_defaults(run=_cmd_upstream)
 
     indexing = benches.add_parser(
         "indexing", help="how long the embedded store's index rebuilds stop the service"

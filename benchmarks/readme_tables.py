@@ -34,13 +34,14 @@ RENDERERS = {
     "scale": "benchmarks.scale:markdown",
     "peers": "benchmarks.peers_report:markdown",
     "startup": "benchmarks.startup:markdown",
+    "upstream": "benchmarks.upstream_client:markdown",
     "indexing": "benchmarks.indexing:markdown",
     "stream": "benchmarks.stream:markdown",
     "quality": "benchmarks.quality:report_markdown",
 }
 REQUIRED = (
     "latency", "load", "overhead", "grouping", "compare", "gptcache", "scale", "startup",
-    "indexing",
+    "indexing", "upstream",
 )  # fmt: skip
 REGION = re.compile(r"(<!-- bench:([a-z_-]+) -->\n)(.*?)(<!-- /bench:\2 -->)", re.DOTALL)
 

@@ -568,3 +568,37 @@ def test_the_longest_pause_spans_the_rebuild_between_ticks() -> None:
     ticker = Ticker(ticks=[0.0, 0.001, 0.002, 0.5, 0.501])
     assert ticker.longest_pause_s(0.0021, 0.4) == pytest.approx(0.498)  # lock held throughout
     assert ticker.longest_pause_s(0.0005, 0.0015) == pytest.approx(0.001)  # a thread ran
+
+
+async def test_upstream_asks_every_client_every_question_in_rotated_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`bench upstream` is symmetric: the same questions, warm-up and sample size for each
+    client, the order rotated call by call."""
+    from benchmarks import upstream_client
+
+    asked: list[tuple[str, str]] = []
+
+    def fake_clients(base_url: str, session: object) -> tuple[dict[str, Any], list[Any]]:
+        def caller(name: str) -> Any:
+            async def call(question: str) -> None:
+                asked.append((name, question))
+
+            return call
+
+        return {name: caller(name) for name in upstream_client.VARIANTS}, []
+
+    monkeypatch.setattr(upstream_client, "_clients", fake_clients)
+    questions = [f"q{i}" for i in range(6)]
+    measured = await upstream_client.measure("http://unused", questions, warmup=2)
+
+    for question in questions:
+        assert sorted(name for name, q in asked if q == question) == sorted(
+            upstream_client.VARIANTS
+        )
+    firsts = [asked[index * 4][0] for index in range(len(questions))]
+    assert firsts[:4] == list(upstream_client.VARIANTS)
+    assert {len(values) for values in measured["wall_ms"].values()} == {4}
+    rows = upstream_client.summarise(measured)
+    assert [row["variant"] for row in rows] == list(upstream_client.VARIANTS)
+    assert rows[0]["p50_over_thin_ms"] == 0.0
