@@ -15,7 +15,7 @@ from aiohttp import web
 from service.llm.aiohttp_transport import AiohttpTransport
 from service.llm.lean_http import LeanAsyncClient, LeanAsyncOpenAI
 from service.llm.openai_compat import OpenAICompatProvider
-from tests.test_upstream_wire import CALL
+from tests.test_upstream_wire import CALL, chat_server
 
 URL = "http://upstream.test/v1/chat/completions"
 HEADERS = [("Authorization", "Bearer k"), ("Content-Type", "application/json"), ("X-A", "1")]
@@ -113,16 +113,8 @@ async def recording() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
             {"model": "m", "choices": [{"index": 0, "message": {"content": "hi"}}]}
         )
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1", seen
-    finally:
-        await runner.cleanup()
+    async with chat_server(handle) as base_url:
+        yield base_url, seen
 
 
 async def test_the_provider_sends_what_the_sdk_s_own_client_sends() -> None:

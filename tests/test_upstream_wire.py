@@ -23,21 +23,29 @@ CALL = ProviderCall("m", (ChatMessage("user", "hello"),), SamplingParams(), 5.0)
 
 
 @asynccontextmanager
-async def serving(handler: Handler) -> AsyncIterator[OpenAICompatProvider]:
-    """A provider pointed at a one-route server answering with `handler`."""
+async def chat_server(handler: Handler) -> AsyncIterator[str]:
+    """The base URL of a one-route server answering chat completions with `handler`."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
-    provider = OpenAICompatProvider(f"http://127.0.0.1:{port}/v1", "k", 5.0, name="p")
     try:
-        yield provider
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
     finally:
-        await provider.close()
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[OpenAICompatProvider]:
+    """A provider pointed at a one-route server answering with `handler`."""
+    async with chat_server(handler) as base_url:
+        provider = OpenAICompatProvider(base_url, "k", 5.0, name="p")
+        try:
+            yield provider
+        finally:
+            await provider.close()
 
 
 async def outcome(provider: OpenAICompatProvider, call: ProviderCall, stream: bool) -> object:
