@@ -3,6 +3,8 @@ on a plain call, and the requests they send are the ones httpx and the SDK would
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -136,3 +138,23 @@ async def test_the_provider_sends_what_the_sdk_s_own_client_sends() -> None:
     assert answer.content == "hi"
     lean, plain = seen
     assert lean == plain
+
+
+async def test_a_compressed_answer_is_read_as_httpx_reads_it() -> None:
+    """The short path leaves decoding to httpx's response, as its own path did: aiohttp
+    hands over the bytes as sent (`auto_decompress=False`)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        answer = {"model": "m", "choices": [{"index": 0, "message": {"content": "squeezed"}}]}
+        body = gzip.compress(json.dumps(answer).encode())
+        return web.Response(
+            body=body, headers={"Content-Encoding": "gzip"}, content_type="application/json"
+        )
+
+    async with chat_server(handle) as base_url:
+        provider = OpenAICompatProvider(base_url, "k", 5.0, name="p")
+        try:
+            answer = await provider.complete(CALL)
+        finally:
+            await provider.close()
+    assert answer.content == "squeezed"
