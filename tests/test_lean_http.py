@@ -20,7 +20,13 @@ from service.llm.openai_compat import OpenAICompatProvider
 from tests.test_upstream_wire import CALL, chat_server
 
 URL = "http://upstream.test/v1/chat/completions"
-HEADERS = [("Authorization", "Bearer k"), ("Content-Type", "application/json"), ("X-A", "1")]
+HEADERS = [
+    ("Authorization", "Bearer k"),
+    ("Content-Type", "application/json"),
+    ("Accept", "application/json"),  # one of httpx's own defaults, given again
+    ("X-A", "1"),
+    ("X-A", "2"),  # a name given twice keeps both
+]
 
 
 def answering(*responses: httpx2.Response) -> tuple[httpx2.MockTransport, list[httpx2.Request]]:
@@ -36,7 +42,7 @@ def answering(*responses: httpx2.Response) -> tuple[httpx2.MockTransport, list[h
 
 
 def _shape(request: httpx2.Request) -> tuple[Any, ...]:
-    headers = sorted((name.lower(), value) for name, value in request.headers.multi_items())
+    headers = request.headers.multi_items()  # in order, repeated names and all
     return request.method, str(request.url), headers, request.content, request.extensions
 
 

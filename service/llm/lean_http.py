@@ -70,9 +70,11 @@ class LeanAsyncClient(openai.DefaultAsyncHttpxClient):
         headers = kwargs.get("headers")
         if not self._plain(url, headers, kwargs):
             return super().build_request(method, url, **kwargs)
-        merged = {name.lower(): (name, value) for name, value in self.headers.multi_items()}
-        for name, value in headers or ():
-            merged[name.lower()] = (name, value)
+        # As httpx merges them: the client's defaults not given again, then the given ones.
+        given = list(headers or ())
+        names = {name.lower() for name, _ in given}
+        defaults = [(name, value) for name, value in self.headers.multi_items()]
+        merged = [(name, value) for name, value in defaults if name.lower() not in names] + given
         timeout = kwargs.get("timeout", httpx2.USE_CLIENT_DEFAULT)
         if isinstance(timeout, type(httpx2.USE_CLIENT_DEFAULT)):
             timeout = self.timeout
@@ -80,7 +82,7 @@ class LeanAsyncClient(openai.DefaultAsyncHttpxClient):
             method,
             self._parsed(url),
             content=kwargs.get("content"),
-            headers=list(merged.values()),
+            headers=merged,
             extensions={"timeout": httpx2.Timeout(timeout).as_dict()},
         )
 
