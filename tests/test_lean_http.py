@@ -58,10 +58,14 @@ async def test_a_plain_call_goes_straight_to_the_transport(monkeypatch: pytest.M
     async def refused(*args: object, **kwargs: object) -> None:
         raise AssertionError("httpx's send loop was used")
 
+    def refused_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("httpx's build_request was used")
+
     transport, seen = answering(httpx2.Response(200, content=b'{"ok": true}'))
     client = LeanAsyncClient(transport)
-    request = client.build_request("POST", URL, content=b"{}", headers=HEADERS)
+    monkeypatch.setattr(httpx2.AsyncClient, "build_request", refused_build)
     monkeypatch.setattr(httpx2.AsyncClient, "send", refused)
+    request = client.build_request("POST", URL, content=b"{}", headers=HEADERS)
     response = await client.send(request)
     assert response.json() == {"ok": True} and response.request is request
     assert seen == [request]
