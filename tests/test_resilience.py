@@ -24,7 +24,7 @@ from service.errors import (
     UpstreamRejectedError,
     UpstreamTimeoutError,
 )
-from service.llm.admission import CircuitBreaker, RetryPolicy
+from service.llm.admission import CircuitBreaker, ConcurrencyLimit, RetryPolicy
 from service.llm.catalogue import Catalogue, parse_catalogue
 from service.llm.http_errors import retry_after_from_headers
 from service.llm.openai_compat import OpenAICompatProvider
@@ -431,6 +431,26 @@ async def test_waiting_for_a_slot_counts_against_the_deadline() -> None:
         await provider.close()
 
     assert provider.breaker_states()["openai"] == "closed"
+
+
+async def test_a_free_slot_is_taken_without_a_timer_and_given_back_after_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every upstream call holds a slot: a free one costs no deadline timer (issue 13),
+    and a body that fails still gives its slot back."""
+    limit = ConcurrencyLimit("p", max_concurrency=1, max_queue=0)
+
+    def no_timer(delay: float | None) -> Any:
+        raise AssertionError("a timer was set for a free slot")
+
+    monkeypatch.setattr(asyncio, "timeout", no_timer)
+    with pytest.raises(RuntimeError, match="body failed"):
+        async with limit.slot(5.0):
+            raise RuntimeError("body failed")
+    async with limit.slot(5.0):  # given back: the only slot is free again
+        with pytest.raises(UpstreamBusyError, match="busy"):
+            async with limit.slot(5.0):
+                pass
 
 
 # --- pieces ----------------------------------------------------------------------------

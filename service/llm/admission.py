@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -153,22 +152,29 @@ class ConcurrencyLimit:
         """Calls now waiting for a slot."""
         return self._waiting
 
-    @asynccontextmanager
-    async def slot(self, timeout_s: float) -> AsyncIterator[None]:
-        """Hold one slot for the body, waiting at most `timeout_s` for it.
+    def slot(self, timeout_s: float) -> _Slot:
+        """`async with` it to hold one slot for the body, waiting at most `timeout_s`.
 
-        Raises:
+        A plain object rather than a generator-based context manager, and a free slot
+        taken without setting a timer: every upstream call holds one (about 20 us a
+        call before, measured on 2 cores; issue 13).
+
+        Raises (on entering):
             UpstreamBusyError: every slot is taken and the queue is full.
             QueueTimeoutError: no slot came free within `timeout_s`.
         """
-        await self._acquire(timeout_s)
-        try:
-            yield
-        finally:
-            self._slots.release()
+        return _Slot(self, timeout_s)
 
-    async def _acquire(self, timeout_s: float) -> None:
-        if self._slots.locked() and self._waiting >= self._max_queue:
+    def release(self) -> None:
+        """Give back a slot taken by entering `slot`."""
+        self._slots.release()
+
+    async def acquire(self, timeout_s: float) -> None:
+        """Take a slot (see `slot`)."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: taken at once, never suspends
+            return
+        if self._waiting >= self._max_queue:
             raise UpstreamBusyError(
                 f"upstream provider {self._name} is busy: every slot is taken and "
                 f"{self._waiting} calls are already waiting; retry later"
@@ -184,3 +190,19 @@ class ConcurrencyLimit:
             ) from None
         finally:
             self._waiting -= 1
+
+
+class _Slot:
+    """One `ConcurrencyLimit.slot`: taken on entering, given back on leaving."""
+
+    __slots__ = ("_limit", "_timeout_s")
+
+    def __init__(self, limit: ConcurrencyLimit, timeout_s: float) -> None:
+        self._limit = limit
+        self._timeout_s = timeout_s
+
+    async def __aenter__(self) -> None:
+        await self._limit.acquire(self._timeout_s)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._limit.release()
