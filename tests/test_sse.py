@@ -14,6 +14,7 @@ import openai
 import pytest
 from openai._streaming import SSEDecoder
 
+from service.llm import sse
 from service.llm.sse import BadEventError, sse_data
 
 CHUNKS = [
@@ -101,3 +102,42 @@ async def test_a_long_event_in_small_pieces_is_read_whole() -> None:
     chunk = {"choices": [{"delta": {"content": "x" * 20_000}}]}
     body = b"data: " + json.dumps(chunk).encode() + b"\n\n"
     assert await _read(_cut(body, 3)) == [chunk]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a": NaN, "b": Infinity}',  # json takes these, orjson does not
+        b'{"s": "\\ud800"}',  # a lone surrogate
+        b'\xef\xbb\xbf{"bom": 1}',  # a UTF-8 byte order mark
+        b'{"delta": {"content": "caf\xc3\xa9"}, "k": [1, 2.5, true, null]}',
+    ],
+)
+def test_an_event_reads_as_json_loads_reads_it(payload: bytes) -> None:
+    expected = json.loads(payload)
+    assert repr(sse.json_value(payload)) == repr(expected)
+
+
+def test_an_integer_past_64_bits_is_the_one_thing_read_otherwise() -> None:
+    """orjson reads it as a float (see the module's note); a token count that large
+    counts as 0, as a count that is not an integer always did."""
+    value = sse.json_value(b'{"n": 1180591620717411303424}')
+    assert isinstance(value, dict) and isinstance(value["n"], float)
+    assert value["n"] == 2.0**70
+
+
+def test_events_are_parsed_by_orjson_when_it_can(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A streamed answer is tens of events: orjson parses them, `json.loads` only what
+    orjson refuses (issue 13)."""
+    parsed: list[bytes] = []
+    real = sse.orjson.loads
+
+    def counted(payload: bytes) -> object:
+        parsed.append(payload)
+        return real(payload)
+
+    monkeypatch.setattr(sse.orjson, "loads", counted)
+    assert sse.json_value(b'{"choices": []}') == {"choices": []}
+    assert parsed == [b'{"choices": []}']
+    with pytest.raises(json.JSONDecodeError, match="property name"):  # json's own error
+        sse.json_value(b"{not json")
