@@ -8,6 +8,7 @@ import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -15,7 +16,7 @@ from aiohttp import web
 from service.domain import ChatMessage, SamplingParams, Usage
 from service.errors import UpstreamError, UpstreamTimeoutError
 from service.llm.http_errors import RetryableUpstreamError
-from service.llm.openai_compat import OpenAICompatProvider
+from service.llm.openai_compat import OpenAICompatProvider, _StreamedAnswer
 from service.llm.provider import ProviderAnswer, ProviderCall
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -239,3 +240,24 @@ async def test_the_environments_proxy_carries_the_call(monkeypatch: pytest.Monke
         await runner.cleanup()
     assert answer.content == "via"
     assert seen and all("upstream.invalid" in url for url in seen)
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        {"model": 3, "usage": "u", "choices": "x"},
+        {"model": "", "usage": None, "choices": [5, {"finish_reason": 1, "delta": "d"}]},
+        {"choices": [{"finish_reason": "", "delta": {"content": 7}}, {"delta": None}]},
+        {"usage": {"prompt_tokens": True, "completion_tokens": "4"}, "choices": None},
+    ],
+)
+def test_a_stream_chunk_s_fields_of_the_wrong_type_are_ignored(chunk: dict[str, Any]) -> None:
+    answer = _StreamedAnswer("asked-model")
+    answer.add({"model": "m", "usage": {"prompt_tokens": 2, "completion_tokens": 3}})
+    assert answer.add(chunk) == []
+    assert (answer.model, answer.finish_reason, answer.parts) == ("m", "", [])
+    assert answer.usage in (Usage(2, 3), Usage(0, 0))
+    assert answer.add({"choices": [{"delta": {"content": "hi"}, "finish_reason": "stop"}]}) == [
+        "hi"
+    ]
+    assert (answer.parts, answer.finish_reason) == (["hi"], "stop")

@@ -204,14 +204,27 @@ class _StreamedAnswer:
         self.usage = Usage()
 
     def add(self, fields: dict[str, Any]) -> list[str]:
-        """Take in one chunk; returns its text deltas."""
-        self.model = _text(fields.get("model")) or self.model
-        self.usage = _usage_of(fields.get("usage")) or self.usage
+        """Take in one chunk; returns its text deltas. Fields of the wrong type are
+        ignored. Written out inline: a streamed answer is tens of chunks (issue 13)."""
+        model = fields.get("model")
+        if model and isinstance(model, str):
+            self.model = model
+        usage = fields.get("usage")
+        if usage is not None:
+            self.usage = _usage_of(usage) or self.usage
+        choices = fields.get("choices")
+        if not isinstance(choices, list):
+            return []
         deltas: list[str] = []
-        for choice in _dicts(fields.get("choices")):
-            self.finish_reason = _text(choice.get("finish_reason")) or self.finish_reason
-            content = _text(_dict(choice.get("delta")).get("content"))
-            if content:
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            reason = choice.get("finish_reason")
+            if reason and isinstance(reason, str):
+                self.finish_reason = reason
+            delta = choice.get("delta")
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if content and isinstance(content, str):
                 deltas.append(content)
         self.parts += deltas
         return deltas
