@@ -11,7 +11,8 @@ added to a call over a thin aiohttp one.
 
 Here the common call (a JSON body to a URL string, headers as a list, no
 per-call params, cookies or auth) is built and sent directly: the URL parsed
-once per distinct string, the client's default headers merged once, the
+once per distinct string, the client's default headers merged in as plain
+pairs (httpx's order and repeats, normalised once, by the request), the
 transport called straight away. Anything else (files, params, cookies the
 provider set, event hooks, auth, a redirect) goes through httpx's own methods,
 so behaviour is the same; a test compares the requests both build.
@@ -20,6 +21,9 @@ so behaviour is the same; a test compares the requests both build.
 its base URL and a path (`_prepare_url`, which parses both again on every
 call): another 0.1 ms a call, measured the same way. It overrides one of the
 SDK's own methods, so a test checks it against the SDK's result.
+
+`semcache bench upstream` measures a call through both against the SDK's
+plain client and a thin aiohttp one.
 """
 
 from __future__ import annotations
