@@ -15,6 +15,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+_CLI = (sys.executable, "-m", "service.cli")
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -87,6 +89,51 @@ def embedding_memo_off(env: dict[str, str]) -> dict[str, str]:
     return {**env, "SEMCACHE_EMBEDDING_MEMO_SIZE": "0"}
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _start_simulator(
+    workdir: Path, ttft_ms: float, ms_per_token: float, simulator_args: tuple[str, ...]
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`semcache simulate-upstream` started (not yet listening) in `workdir`; its port."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    args = ["--port", str(port), "--ttft-ms", str(ttft_ms), "--ms-per-token", str(ms_per_token)]
+    command = [*_CLI, "simulate-upstream", *args, *simulator_args]
+    return _spawn(command, _env(), workdir / "simulator.log"), port
+
+
+def _stop(*processes: subprocess.Popen[bytes]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=15)
+        if process.poll() is None:
+            process.kill()
+
+
+def _upstream_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/v1"
+
+
+@contextlib.contextmanager
+def run_simulator(
+    workdir: Path,
+    ttft_ms: float = 0.0,
+    ms_per_token: float = 0.0,
+    simulator_args: tuple[str, ...] = (),
+) -> Iterator[str]:
+    """Run `semcache simulate-upstream` alone until the block ends; its base URL."""
+    simulator, port = _start_simulator(workdir, ttft_ms, ms_per_token, simulator_args)
+    try:
+        _wait_for_port(port, 30)
+        yield _upstream_url(port)
+    finally:
+        _stop(simulator)
+
+
 @contextlib.contextmanager
 def run_stack(
     workdir: Path,
@@ -95,36 +142,20 @@ def run_stack(
     extra_env: dict[str, str] | None = None,
     simulator_args: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
-    """Run `semcache simulate-upstream` and `semcache serve` until the block ends."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    cli = [sys.executable, "-m", "service.cli"]
-    sim_port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    simulator = _spawn(
-        [
-            *cli,
-            "simulate-upstream",
-            "--port",
-            str(sim_port),
-            "--ttft-ms",
-            str(ttft_ms),
-            "--ms-per-token",
-            str(ms_per_token),
-            *simulator_args,
-        ],
-        env,
-        workdir / "simulator.log",
-    )
-    upstream = f"http://127.0.0.1:{sim_port}/v1"
+    """Run `semcache simulate-upstream` and `semcache serve` until the block ends (both
+    start at once)."""
+    simulator, sim_port = _start_simulator(workdir, ttft_ms, ms_per_token, simulator_args)
+    upstream = _upstream_url(sim_port)
+    grpc_port = free_port()
     service_env = {
-        **env,
+        **_env(),
         "SEMCACHE_GRPC_PORT": str(grpc_port),
         "SEMCACHE_DATA_DIR": str(workdir / "data"),
         "SEMCACHE_UPSTREAM_BASE_URL": upstream,
         "SEMCACHE_LOG_LEVEL": "warning",
         **(extra_env or {}),
     }
-    service = _spawn([*cli, "serve"], service_env, workdir / "service.log")
+    service = _spawn([*_CLI, "serve"], service_env, workdir / "service.log")
     try:
         _wait_for_port(sim_port, 30)
         target = f"127.0.0.1:{grpc_port}"
@@ -135,10 +166,4 @@ def run_stack(
             raise ServiceExited(f"{error}; last line of {log}: {_last_line(log)}") from None
         yield Stack(target, upstream, service.pid)
     finally:
-        for process in (service, simulator):
-            process.terminate()
-        for process in (service, simulator):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=15)
-            if process.poll() is None:
-                process.kill()
+        _stop(service, simulator)

@@ -31,14 +31,11 @@ client's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +45,7 @@ import openai
 from benchmarks.data import data_file
 from benchmarks.floors import ratio
 from benchmarks.overhead import distinct_questions
-from benchmarks.procs import _wait_for_port, free_port
+from benchmarks.procs import run_simulator
 from benchmarks.report import Row, machine_note, markdown_table, percentile, progress, write_results
 from service.domain import ChatMessage, SamplingParams
 from service.llm.aiohttp_transport import AiohttpTransport
@@ -67,25 +64,6 @@ VARIANTS = (
     "semcache stream",
 )
 Call = Callable[[str], Awaitable[object]]
-
-
-@contextlib.contextmanager
-def simulator(workdir: Path) -> Iterator[str]:
-    """`semcache simulate-upstream` at zero latency until the block ends; its base URL."""
-    port = free_port()
-    args = ["--port", str(port), "--ttft-ms", "0", "--ms-per-token", "0"]
-    with (workdir / "simulator.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "simulate-upstream", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_for_port(port, 30)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 def _body(question: str, stream: bool = False) -> dict[str, Any]:
@@ -236,7 +214,7 @@ def run(out_dir: Path, calls: int, warmup: int, data: Path | None = None) -> str
     questions = distinct_questions(calls + warmup, data_file(data))
     with (
         tempfile.TemporaryDirectory(prefix="semcache-bench-upstream-") as workdir,
-        simulator(Path(workdir)) as base_url,
+        run_simulator(Path(workdir)) as base_url,
     ):
         measured = asyncio.run(measure(base_url, questions, warmup))
     report = {"machine": machine_note(), "calls": calls, "warmup": warmup}
