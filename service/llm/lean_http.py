@@ -28,6 +28,7 @@ plain client and a thin aiohttp one.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import httpx2
@@ -66,7 +67,6 @@ class LeanAsyncClient(openai.DefaultAsyncHttpxClient):
     def __init__(self, transport: httpx2.AsyncBaseTransport, **kwargs: Any) -> None:
         super().__init__(transport=transport, **kwargs)
         self._lean_transport = transport
-        self._urls: dict[str, httpx2.URL] = {}
         self._closed = False
 
     def build_request(self, method: str, url: Any, **kwargs: Any) -> httpx2.Request:
@@ -77,14 +77,14 @@ class LeanAsyncClient(openai.DefaultAsyncHttpxClient):
         # As httpx merges them: the client's defaults not given again, then the given ones.
         given = list(headers or ())
         names = {name.lower() for name, _ in given}
-        defaults = [(name, value) for name, value in self.headers.multi_items()]
+        defaults = self.headers.multi_items()
         merged = [(name, value) for name, value in defaults if name.lower() not in names] + given
         timeout = kwargs.get("timeout", httpx2.USE_CLIENT_DEFAULT)
         if isinstance(timeout, type(httpx2.USE_CLIENT_DEFAULT)):
             timeout = self.timeout
         return httpx2.Request(
             method,
-            self._parsed(url),
+            _parsed(url),
             content=kwargs.get("content"),
             headers=merged,
             extensions={"timeout": httpx2.Timeout(timeout).as_dict()},
@@ -101,14 +101,6 @@ class LeanAsyncClient(openai.DefaultAsyncHttpxClient):
             and not self.cookies
             and not str(self.base_url)
         )
-
-    def _parsed(self, url: str) -> httpx2.URL:
-        parsed = self._urls.get(url)
-        if parsed is None:
-            if len(self._urls) >= _URLS_KEPT:
-                self._urls.clear()
-            parsed = self._urls[url] = httpx2.URL(url)
-        return parsed
 
     async def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
         """The response, from the transport itself when nothing needs httpx's loop."""
@@ -141,3 +133,9 @@ class LeanAsyncClient(openai.DefaultAsyncHttpxClient):
     async def aclose(self) -> None:
         self._closed = True
         await super().aclose()
+
+
+@functools.lru_cache(maxsize=_URLS_KEPT)
+def _parsed(url: str) -> httpx2.URL:
+    """`url` parsed, once per distinct string (httpx's URLs do not change)."""
+    return httpx2.URL(url)
