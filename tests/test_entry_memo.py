@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from service.cache.semantic import EvictionSchedule
 from service.cache.store import CacheEntry, EntryFilter
 from service.cache.verify.evidence import Observation
 from service.errors import StoreNotWritableError
-from tests.test_store import entry, unit
+from tests.test_store import entry, search, unit
 
 DIM = 16
 ID = "00000000-0000-0000-0000-000000000001"
@@ -80,17 +81,19 @@ async def test_a_repeated_fetch_by_id_reads_the_shard_once(tmp_path: Path) -> No
 
 
 async def test_an_entry_just_stored_is_served_without_reading_the_shard(tmp_path: Path) -> None:
-    """An upsert keeps what it wrote, exactly as a read of the shard would give it."""
+    """An upsert keeps what it wrote, exactly as a read of the shard gives it, read
+    back on the writing thread (a hand-off to the write thread cost more)."""
     store = EdgeVectorStore(tmp_path / "shard", DIM)
     try:
         counting = _CountingShard(store.shard)
         store._keeper.shard = counting  # type: ignore[assignment]
         stored = replace(_answer("a"), context="earlier turn", context_vector=(0.25, 0.5))
         await store.upsert(ID, unit(1), stored)
-        await _write_thread_done(store)  # the read-back is not awaited by the upsert
+        assert counting.retrieved == 1  # read back once, inline, under the write lock
+        await _write_thread_done(store)
         kept = await store.get(ID)
-        assert counting.retrieved == 0
-        assert counting.on_other_threads == 1  # read back once, on the write thread
+        assert counting.retrieved == 1
+        assert counting.on_other_threads == 0  # no hand-off to the write thread
         (record,) = store.shard.retrieve([ID], with_payload=True, with_vector=False)
     finally:
         store._keeper.shard = counting._shard
@@ -324,3 +327,90 @@ async def test_an_upsert_waits_its_turn_behind_a_running_write_or_a_due_measurem
         await store.close()
     assert len(noting.threads) == 2
     assert threading.current_thread() not in noting.threads
+
+
+class _PayloadCountingShard:
+    """The real shard, counting the payloads read from its search answers."""
+
+    def __init__(self, shard: qe.EdgeShard) -> None:
+        self._shard = shard
+        self.payloads_read = 0
+
+    def query_batch(self, batch: qe.QueryBatchRequest) -> Any:
+        return [[_CountedPoint(p, self) for p in found] for found in self._shard.query_batch(batch)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shard, name)
+
+
+class _CountedPoint:
+    def __init__(self, point: qe.ScoredPoint, shard: _PayloadCountingShard) -> None:
+        self.id, self.score, self._point, self._shard = point.id, point.score, point, shard
+
+    @property
+    def payload(self) -> Any:
+        self._shard.payloads_read += 1
+        return self._point.payload
+
+
+async def test_a_search_takes_kept_entries_without_reading_their_payloads(
+    tmp_path: Path,
+) -> None:
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+    try:
+        await store.upsert(ID, unit(1), replace(_answer("a"), context="c", context_vector=(0.5,)))
+        await store.upsert(OTHER, unit(2), _answer("b"))
+        counting = _PayloadCountingShard(store.shard)
+        store._keeper.shard = counting  # type: ignore[assignment]
+        found = await search(store, unit(1), "t", "s", time.time(), 5)
+        store._keeper.shard = counting._shard
+        records = store.shard.retrieve([ID, OTHER], with_payload=True, with_vector=False)
+    finally:
+        store._keeper.shard = counting._shard
+        await store.close()
+    assert counting.payloads_read == 0
+    read = {str(r.id): CacheEntry.from_payload(r.payload or {}) for r in records}
+    assert {f.point_id: f.entry for f in found} == read
+    assert found[0].point_id == ID and found[0].similarity == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_a_search_builds_entries_it_does_not_keep_and_keeps_none(tmp_path: Path) -> None:
+    """Entries found by search are not kept: searches would push the exact hits'
+    entries out of the memo."""
+    written = EdgeVectorStore(tmp_path / "shard", DIM)
+    await written.upsert(ID, unit(1), _answer("a"))
+    await written.close()
+    store = EdgeVectorStore(tmp_path / "shard", DIM)  # reopened: nothing kept yet
+    try:
+        found = await search(store, unit(1), "t", "s", time.time(), 5)
+        assert [f.entry.content for f in found] == ["a"]
+        assert len(store._memo) == 0
+    finally:
+        await store.close()
+
+
+async def test_every_kind_of_write_is_seen_by_the_next_search(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "shard", DIM)
+
+    async def found() -> list[CacheEntry]:
+        return [f.entry for f in await search(store, unit(1), "t", "s", time.time(), 5)]
+
+    try:
+        await store.upsert(ID, unit(1), _answer("old"))
+        assert [e.content for e in await found()] == ["old"]
+        await store.upsert(ID, unit(1), _answer("new"))
+        (got,) = await found()
+        assert got.content == "new"
+        observation = Observation(
+            at_s=got.created_at, obs_id="o1", score=1.0, same=False, feedback=True
+        )
+        await store.add_observations([(ID, observation)])
+        (got,) = await found()
+        assert got.evidence.observations == frozenset({observation})
+        await store.touch([ID], got.last_hit_at + 60.0)
+        (touched,) = await found()
+        assert touched.last_hit_at == got.last_hit_at + 60.0
+        await store.delete(EntryFilter(tenant="t"))
+        assert await found() == []
+    finally:
+        await store.close()

@@ -38,7 +38,7 @@ import dataclasses
 import shutil
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +81,6 @@ from service.cache.store import (
     Vector,
     evidence_update,
     group_observations,
-    scored_entries,
 )
 from service.cache.verify.evidence import Observation
 from service.errors import StoreDamagedError, StoreNotWritableError
@@ -132,6 +131,24 @@ def _edge_query(query: SearchQuery, params: qe.SearchParams) -> qe.QueryRequest:
         with_payload=True,
         params=params,
     )
+
+
+def _scored_entries(points: Iterable[qe.ScoredPoint], memo: EntryMemo) -> list[ScoredEntry]:
+    """`store.scored_entries(points)`, each entry `memo` keeps taken from it rather than
+    built again from its payload (the engine converts a payload anew at every read:
+    ~10 µs an entry, five a search; issue 13). A kept entry is the one a read by id
+    gives; one a write changes is dropped as that write finishes, as for `get`."""
+    found = []
+    for point in points:
+        point_id = str(point.id)
+        entry = memo.get(point_id)
+        if entry is None:
+            payload = point.payload
+            if payload is None:
+                continue
+            entry = CacheEntry.from_payload(payload)
+        found.append(ScoredEntry(point_id, float(point.score), entry))
+    return found
 
 
 class _ShardKeeper:
@@ -372,8 +389,7 @@ class _Threads:
         """Run `fn` on the write thread; then forget the kept entries it may have
         changed: the ids in `changes`, or (None) every one, even if `fn` failed part
         way or its caller was cancelled meanwhile. If it succeeded, keep what
-        `reread` reads of each id in `changes`, next on the write thread: the
-        caller does not wait for it."""
+        `reread` reads of each id in `changes`, still under the write lock."""
 
         def write() -> T:
             with self.lock:
@@ -418,14 +434,14 @@ class _Threads:
                 self.memo.clear()
             else:
                 self.memo.forget(changes)
-                if done and reread is not None:  # next on the write thread, not awaited
-                    self._later(self._keep, changes, reread)
-
-    def _later(self, fn: Callable[..., object], *args: object) -> None:
-        with contextlib.suppress(RuntimeError):  # shut down: nothing more is kept
-            self.writes.submit(fn, *args)
+                if done and reread is not None:
+                    self._keep(changes, reread)
 
     def _keep(self, point_ids: Collection[str], reread: Callable[[str], CacheEntry | None]) -> None:
+        """Keep each entry as the shard reads it back (not as it was written: the engine
+        may read a float back one unit in the last place off). Here, under the write
+        lock, the read costs less than handing it to the write thread did (a hand-off,
+        then that thread contending with the event loop for the GIL; issue 13)."""
         for point_id in point_ids:
             with contextlib.suppress(Exception):  # only a memo left unfilled: the write held
                 self.memo.read_through(point_id, reread)
@@ -742,7 +758,7 @@ class EdgeVectorStore:
         if shard is None:
             return [[] for _ in queries]
         batch = qe.QueryBatchRequest([_edge_query(q, self._params) for q in queries])
-        return [scored_entries(points) for points in shard.query_batch(batch)]
+        return [_scored_entries(points, self._memo) for points in shard.query_batch(batch)]
 
     async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:
         """Store `entry`.

@@ -1,4 +1,4 @@
-"""Parsed entries kept in memory for lookups by id: the exact-hit path (issue 13).
+"""Parsed entries kept in memory for lookups by id and search results (issue 13).
 
 A fetch by id from Qdrant Edge, and the entry built from its payload, were
 the largest single part of an exact hit's own work on a busy server: the
@@ -12,9 +12,15 @@ every write that could change it:
   succeeded (an eviction that failed part way drops all); hit times,
   written for every entry hit in the last half second, are set on the kept
   entries instead (dropping them would empty the memo of the hot ones); after
-  an upsert that succeeded, the write thread reads the entry back and keeps it
-  (the answer just stored is the likeliest to be asked again);
+  an upsert that succeeded, the entry is read back and kept, under the same
+  write lock (the answer just stored is the likeliest to be asked again; read
+  back, since the engine may return a float one unit in the last place off
+  what was written);
 - a write by filter (a deletion, a TTL purge, reopening the shard) drops all.
+
+A search takes the entries of the points it found from the memo when it has
+them (a search's payloads are converted anew at every read); it keeps none of
+those it builds, so the memo's exact-hit entries are not pushed out by searches.
 
 A read that raced a write must not keep what it read: `generation` is taken
 before the read and `keep` stores the entry only if no write finished since.
