@@ -63,6 +63,7 @@ async def filled(path: Path, n: int) -> tuple[EdgeVectorStore, list[str]]:
     ids = [str(uuid.uuid4()) for _ in range(n)]
     for i, point_id in enumerate(ids):
         await store.upsert(point_id, unit(i), entry("a"))
+    await asyncio.sleep(0)  # the upserts' read-backs into the memo, next on the loop
     return store, ids
 
 

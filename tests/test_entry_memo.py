@@ -82,14 +82,17 @@ async def test_a_repeated_fetch_by_id_reads_the_shard_once(tmp_path: Path) -> No
 
 async def test_an_entry_just_stored_is_served_without_reading_the_shard(tmp_path: Path) -> None:
     """An upsert keeps what it wrote, exactly as a read of the shard gives it, read
-    back on the writing thread (a hand-off to the write thread cost more)."""
+    back on the event loop once the upsert's caller has carried on (a hand-off to
+    the write thread cost more, and a read before returning delayed a miss's reply)."""
     store = EdgeVectorStore(tmp_path / "shard", DIM)
     try:
         counting = _CountingShard(store.shard)
         store._keeper.shard = counting  # type: ignore[assignment]
         stored = replace(_answer("a"), context="earlier turn", context_vector=(0.25, 0.5))
         await store.upsert(ID, unit(1), stored)
-        assert counting.retrieved == 1  # read back once, inline, under the write lock
+        assert counting.retrieved == 0  # read back after the caller carried on
+        await asyncio.sleep(0)
+        assert counting.retrieved == 1  # next on the event loop
         await _write_thread_done(store)
         kept = await store.get(ID)
         assert counting.retrieved == 1
@@ -360,6 +363,7 @@ async def test_a_search_takes_kept_entries_without_reading_their_payloads(
     try:
         await store.upsert(ID, unit(1), replace(_answer("a"), context="c", context_vector=(0.5,)))
         await store.upsert(OTHER, unit(2), _answer("b"))
+        await asyncio.sleep(0)  # the read-backs of the upserts, next on the loop
         counting = _PayloadCountingShard(store.shard)
         store._keeper.shard = counting  # type: ignore[assignment]
         found = await search(store, unit(1), "t", "s", time.time(), 5)

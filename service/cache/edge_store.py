@@ -404,19 +404,22 @@ class _Threads:
         reread: Callable[[str], CacheEntry | None],
         ready: Callable[[], bool],
     ) -> bool:
-        """`write(fn, point_ids, reread)` on the caller's thread, if no write is running
-        and `ready()` says it may be done here; returns whether it was done (else the
-        caller hands it to the write thread). Qdrant Edge holds the GIL through a write,
-        so the thread bought only two hand-offs for a lone upsert (issue 13)."""
+        """`write(fn, point_ids, reread)` on the event loop's thread, if no write is
+        running and `ready()` says it may be done here; returns whether it was done
+        (else the caller hands it to the write thread). Qdrant Edge holds the GIL
+        through a write, so the thread bought only two hand-offs for a lone upsert
+        (issue 13). The read-back runs next on the loop, once the caller has carried
+        on (with a miss, to send its reply), not before."""
         if not self.lock.acquire(blocking=False):
             return False
         try:
             if not ready():
                 return False
-            self._written(fn, point_ids, reread)
-            return True
+            self._written(fn, point_ids, None)
         finally:
             self.lock.release()
+        asyncio.get_running_loop().call_soon(self._keep, point_ids, reread)
+        return True
 
     def _written(
         self,
@@ -439,9 +442,8 @@ class _Threads:
 
     def _keep(self, point_ids: Collection[str], reread: Callable[[str], CacheEntry | None]) -> None:
         """Keep each entry as the shard reads it back (not as it was written: the engine
-        may read a float back one unit in the last place off). Here, under the write
-        lock, the read costs less than handing it to the write thread did (a hand-off,
-        then that thread contending with the event loop for the GIL; issue 13)."""
+        may read a float back one unit in the last place off). A read that raced a
+        later write is not kept (`EntryMemo.read_through`)."""
         for point_id in point_ids:
             with contextlib.suppress(Exception):  # only a memo left unfilled: the write held
                 self.memo.read_through(point_id, reread)

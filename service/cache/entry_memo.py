@@ -12,10 +12,11 @@ every write that could change it:
   succeeded (an eviction that failed part way drops all); hit times,
   written for every entry hit in the last half second, are set on the kept
   entries instead (dropping them would empty the memo of the hot ones); after
-  an upsert that succeeded, the entry is read back and kept, under the same
-  write lock (the answer just stored is the likeliest to be asked again; read
-  back, since the engine may return a float one unit in the last place off
-  what was written);
+  an upsert that succeeded, the entry is read back and kept (the answer just
+  stored is the likeliest to be asked again; read back, since the engine may
+  return a float one unit in the last place off what was written): on the
+  write thread after a write there, on the event loop right after an inline
+  one, once the reply to the miss is on its way;
 - a write by filter (a deletion, a TTL purge, reopening the shard) drops all.
 
 A search takes the entries of the points it found from the memo when it has

@@ -209,9 +209,11 @@ class CacheEntry:
 
     def to_payload(self) -> dict[str, Any]:
         """The point's payload: the fields, and each observation under its own key."""
-        payload = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "evidence"}
+        values = vars(self)  # not `fields()`: this runs for every answer stored (issue 13)
+        payload = {name: values[name] for name in _FIELD_KEYS}
         payload["context_vector"] = list(self.context_vector)
-        payload.update(evidence_payload(self.evidence))
+        if self.evidence.observations:
+            payload.update(evidence_payload(self.evidence))
         return payload
 
     @classmethod
