@@ -19,7 +19,8 @@ quarter cheaper on one thread than on the default pool, on 2 cores).
 
 A fetch by id (the exact-hit path) is answered from a memo of the entries
 last read (`entry_memo`), from which every write drops what it may have
-changed, on the thread that ran it, once it is done.
+changed, on the thread that ran it, once it is done; a search takes the
+entries it finds from there too, when they are kept.
 
 A full disk pauses storing (`disk.DiskGuard`): lookups still answer from what
 is stored, and storing resumes when space returns. A shard that cannot be
