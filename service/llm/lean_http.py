@@ -42,7 +42,7 @@ class LeanAsyncOpenAI(openai.AsyncOpenAI):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._joined: dict[tuple[str, str], httpx2.URL] = {}
+        self._joined = functools.lru_cache(maxsize=_URLS_KEPT)(self._join)
 
     @property
     def user_agent(self) -> str:
@@ -50,14 +50,12 @@ class LeanAsyncOpenAI(openai.AsyncOpenAI):
         return super().user_agent.replace(type(self).__name__, "AsyncOpenAI", 1)
 
     def _prepare_url(self, url: str) -> httpx2.URL:
-        joined = self._joined
-        key = (str(self.base_url), url)
-        found = joined.get(key)
-        if found is None:
-            if len(joined) >= _URLS_KEPT:
-                joined.clear()
-            found = joined[key] = super()._prepare_url(url)
-        return found
+        return self._joined(str(self.base_url), url)
+
+    def _join(self, base_url: str, url: str) -> httpx2.URL:
+        """The SDK's join of `url` to the base URL, which `base_url` names (so a changed
+        base URL is joined anew)."""
+        return super()._prepare_url(url)
 
 
 class LeanAsyncClient(openai.DefaultAsyncHttpxClient):
