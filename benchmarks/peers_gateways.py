@@ -52,7 +52,7 @@ import yaml
 
 from benchmarks.data import REPO_ROOT
 from benchmarks.load import Sample, call_unary
-from benchmarks.procs import free_port
+from benchmarks.procs import free_port, stop
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 
@@ -243,17 +243,6 @@ def spawn(args: list[str], env: Mapping[str, str], log: Path) -> subprocess.Pope
         return subprocess.Popen(args, env=dict(env), stdout=handle, stderr=subprocess.STDOUT)
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_S."""
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @contextlib.contextmanager
 def running(
     args: list[str], env: Mapping[str, str], log: Path, ready_url: str
@@ -264,7 +253,7 @@ def running(
         wait_http(ready_url, START_TIMEOUT_S, process, log)
         yield process
     finally:
-        stop(process)
+        stop(process, timeout_s=STOP_TIMEOUT_S)
 
 
 def litellm_config(path: Path, upstream_url: str) -> Path:

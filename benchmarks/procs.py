@@ -104,14 +104,17 @@ def _start_simulator(
     return _spawn(command, _env(), workdir / "simulator.log"), port
 
 
-def _stop(*processes: subprocess.Popen[bytes]) -> None:
+def stop(*processes: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    """SIGTERM to each still running, then SIGKILL to any not gone within `timeout_s`."""
     for process in processes:
-        process.terminate()
-    for process in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=15)
         if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
 
 
 def _upstream_url(port: int) -> str:
@@ -131,7 +134,7 @@ def run_simulator(
         _wait_for_port(port, 30)
         yield _upstream_url(port)
     finally:
-        _stop(simulator)
+        stop(simulator)
 
 
 @contextlib.contextmanager
@@ -166,4 +169,4 @@ def run_stack(
             raise ServiceExited(f"{error}; last line of {log}: {_last_line(log)}") from None
         yield Stack(target, upstream, service.pid)
     finally:
-        _stop(service, simulator)
+        stop(service, simulator)

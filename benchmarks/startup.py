@@ -49,6 +49,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.procs import free_port, stop
 from benchmarks.report import Row, machine_note, markdown_table, progress, write_results
 
 TIMEOUT_S = 120.0
@@ -104,23 +105,6 @@ class Run:
     phases: dict[str, float] = field(default_factory=dict)
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -165,7 +149,7 @@ def time_to_serving(
         _wait_until_serving(port, process, deadline)
         return time.monotonic() - started, spawned_at
     finally:
-        _stop(process)
+        stop(process, timeout_s=30.0)
 
 
 def time_to_exit(argv: Sequence[str]) -> float:
