@@ -30,12 +30,13 @@ OTHER = "00000000-0000-0000-0000-000000000002"
 
 
 class _CountingShard:
-    """The real shard, counting fetches by id."""
+    """The real shard, counting fetches by id and the payloads read from its searches."""
 
     def __init__(self, shard: qe.EdgeShard) -> None:
         self._shard = shard
         self.retrieved = 0  # on the thread that made it (the event loop's)
         self.on_other_threads = 0
+        self.payloads_read = 0
 
     def retrieve(self, *args: Any, **kwargs: Any) -> Any:
         if threading.current_thread() is self._thread:
@@ -44,10 +45,25 @@ class _CountingShard:
             self.on_other_threads += 1
         return self._shard.retrieve(*args, **kwargs)
 
+    def query_batch(self, batch: qe.QueryBatchRequest) -> Any:
+        return [[_CountedPoint(p, self) for p in found] for found in self._shard.query_batch(batch)]
+
     _thread = threading.current_thread()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._shard, name)
+
+
+class _CountedPoint:
+    """A search's point, counting reads of its payload on `shard`."""
+
+    def __init__(self, point: qe.ScoredPoint, shard: _CountingShard) -> None:
+        self.id, self.score, self._point, self._shard = point.id, point.score, point, shard
+
+    @property
+    def payload(self) -> Any:
+        self._shard.payloads_read += 1
+        return self._point.payload
 
 
 def _answer(content: str, tenant: str = "t") -> CacheEntry:
@@ -332,30 +348,6 @@ async def test_an_upsert_waits_its_turn_behind_a_running_write_or_a_due_measurem
     assert threading.current_thread() not in noting.threads
 
 
-class _PayloadCountingShard:
-    """The real shard, counting the payloads read from its search answers."""
-
-    def __init__(self, shard: qe.EdgeShard) -> None:
-        self._shard = shard
-        self.payloads_read = 0
-
-    def query_batch(self, batch: qe.QueryBatchRequest) -> Any:
-        return [[_CountedPoint(p, self) for p in found] for found in self._shard.query_batch(batch)]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shard, name)
-
-
-class _CountedPoint:
-    def __init__(self, point: qe.ScoredPoint, shard: _PayloadCountingShard) -> None:
-        self.id, self.score, self._point, self._shard = point.id, point.score, point, shard
-
-    @property
-    def payload(self) -> Any:
-        self._shard.payloads_read += 1
-        return self._point.payload
-
-
 async def test_a_search_takes_kept_entries_without_reading_their_payloads(
     tmp_path: Path,
 ) -> None:
@@ -364,7 +356,7 @@ async def test_a_search_takes_kept_entries_without_reading_their_payloads(
         await store.upsert(ID, unit(1), replace(_answer("a"), context="c", context_vector=(0.5,)))
         await store.upsert(OTHER, unit(2), _answer("b"))
         await asyncio.sleep(0)  # the read-backs of the upserts, next on the loop
-        counting = _PayloadCountingShard(store.shard)
+        counting = _CountingShard(store.shard)
         store._keeper.shard = counting  # type: ignore[assignment]
         found = await search(store, unit(1), "t", "s", time.time(), 5)
         store._keeper.shard = counting._shard
