@@ -196,6 +196,55 @@ def data_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from benchmarks.targets import SUITE, BenchFailedError, bench_args, run
+
+    if args.runs < 1:
+        print(f"--runs must be at least 1, not {args.runs}", file=sys.stderr)
+        return 2
+    names = [name for name in SUITE if name != "peers" or args.with_peers]
+    extra: dict[str, str] = {}
+    for item in args.args:
+        name, sep, words = item.partition("=")
+        if not sep:
+            print(f"--args takes NAME=ARGS (as in \"load=--requests 500\"), not {item!r}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        extra[name] = f"{extra.get(name, '')} {words}"
+    common = [*(["--data", args.data] if args.data else [])]
+    common += ["--embedding-backend", args.embedding_backend] if args.embedding_backend else []
+    try:
+        print(run(Path(args.out), args.runs, bench_args(names, extra, common)))
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    except BenchFailedError as error:
+        print(f"semcache bench targets: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_targets_command(benches: Any) -> None:
+    targets = benches.add_parser(
+        "targets", help="issue 13's targets: latency, overhead, load (and peers) run N times"
+    )
+    targets.add_argument("--runs", type=int, default=3, help="rounds of every benchmark")
+    targets.add_argument(
+        "--with-peers", action="store_true", help="run `bench peers` too (LiteLLM's venv)"
+    )
+    targets.add_argument(
+        "--args",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help='more arguments for one benchmark, as in "load=--requests 500" (repeatable)',
+    )
+    targets.add_argument("--out", default="bench-results/targets", help="folder for the results")
+    data_argument(targets)
+    targets.add_argument("--embedding-backend", choices=BACKENDS, help="passed to every benchmark")
+    targets.set_defaults(run=_cmd_targets)
+
+
 def _cmd_readme(args: argparse.Namespace) -> int:
     from benchmarks.readme_tables import run
 
@@ -354,6 +403,7 @@ def add_bench_commands(benches: Any) -> None:
     )
     readme.add_argument("--check", action="store_true", help="exit 1 if the README is stale")
     readme.set_defaults(run=_cmd_readme)
+    _add_targets_command(benches)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

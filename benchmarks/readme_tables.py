@@ -38,6 +38,7 @@ RENDERERS = {
     "indexing": "benchmarks.indexing:markdown",
     "stream": "benchmarks.stream:markdown",
     "quality": "benchmarks.quality:report_markdown",
+    "targets": "benchmarks.targets:markdown",
 }
 REQUIRED = (
     "latency", "load", "overhead", "grouping", "compare", "gptcache", "scale", "startup",
