@@ -42,7 +42,7 @@ RENDERERS = {
 }
 REQUIRED = (
     "latency", "load", "overhead", "grouping", "compare", "gptcache", "scale", "startup",
-    "indexing", "upstream",
+    "indexing", "upstream", "targets",
 )  # fmt: skip
 REGION = re.compile(r"(<!-- bench:([a-z_-]+) -->\n)(.*?)(<!-- /bench:\2 -->)", re.DOTALL)
 
