@@ -808,6 +808,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(with_benchmarks=arguments[:1] == ["bench"]).parse_args(arguments)
     try:
         return int(args.run(args))
+    except KeyboardInterrupt:  # Ctrl-C: what was started is stopped on the way out
+        name = " ".join(word for word in (args.command, getattr(args, "bench", None)) if word)
+        print(f"semcache {name}: interrupted", file=sys.stderr)
+        return 130
     except StartupError as error:  # e.g. an invalid SEMCACHE_* setting
         return _config_failed(args.command, error)
     except ValidationError as error:  # a tool (e.g. a benchmark) that built Settings() itself

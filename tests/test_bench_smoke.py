@@ -603,3 +603,36 @@ async def test_upstream_asks_every_client_every_question_in_rotated_order(
     rows = {row["variant"]: row for row in upstream_client.summarise(measured)}
     assert list(rows) == list(upstream_client.VARIANTS)
     assert rows["thin"]["p50_over_thin_ms"] == rows["thin stream"]["p50_over_thin_ms"] == 0.0
+
+
+def test_ctrl_c_stops_a_benchmark_with_one_line_and_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    import psutil
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SEMCACHE_")}
+    with subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "bench", "latency", "--out", str(tmp_path)],
+        cwd=REPO,
+        env={**clean, "SEMCACHE_EMBEDDING_CACHE_DIR": str(REPO / ".semcache" / "models")},
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's Ctrl-C reaches it
+    ) as bench:
+        assert bench.stderr is not None
+        for line in bench.stderr:  # timed pairs: the service and simulator are up
+            if "[bench] latency: 25/" in line:
+                break
+        started = psutil.Process(bench.pid).children(recursive=True)
+        assert started, "the benchmark runs a service and a simulator"
+
+        os.killpg(bench.pid, signal.SIGINT)
+        rest = bench.stderr.read()
+        assert bench.wait(timeout=60) == 130
+
+    assert "Traceback" not in rest
+    assert "semcache bench latency: interrupted" in rest
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive
