@@ -39,7 +39,7 @@ import dataclasses
 import shutil
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +82,7 @@ from service.cache.store import (
     Vector,
     evidence_update,
     group_observations,
+    scored_entries,
 )
 from service.cache.verify.evidence import Observation
 from service.errors import StoreDamagedError, StoreNotWritableError
@@ -132,24 +133,6 @@ def _edge_query(query: SearchQuery, params: qe.SearchParams) -> qe.QueryRequest:
         with_payload=True,
         params=params,
     )
-
-
-def _scored_entries(points: Iterable[qe.ScoredPoint], memo: EntryMemo) -> list[ScoredEntry]:
-    """`store.scored_entries(points)`, each entry `memo` keeps taken from it rather than
-    built again from its payload (the engine converts a payload anew at every read:
-    ~10 µs an entry, five a search; issue 13). A kept entry is the one a read by id
-    gives; one a write changes is dropped as that write finishes, as for `get`."""
-    found = []
-    for point in points:
-        point_id = str(point.id)
-        entry = memo.get(point_id)
-        if entry is None:
-            payload = point.payload
-            if payload is None:
-                continue
-            entry = CacheEntry.from_payload(payload)
-        found.append(ScoredEntry(point_id, float(point.score), entry))
-    return found
 
 
 class _ShardKeeper:
@@ -761,7 +744,10 @@ class EdgeVectorStore:
         if shard is None:
             return [[] for _ in queries]
         batch = qe.QueryBatchRequest([_edge_query(q, self._params) for q in queries])
-        return [_scored_entries(points, self._memo) for points in shard.query_batch(batch)]
+        # A kept entry is the one a read by id gives: one a write changes is dropped as
+        # that write finishes, as for `get`.
+        found = shard.query_batch(batch)
+        return [scored_entries(points, self._memo.get) for points in found]
 
     async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:
         """Store `entry`.
