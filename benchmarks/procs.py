@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-_CLI = (sys.executable, "-m", "service.cli")
+CLI = (sys.executable, "-m", "service.cli")  # the `semcache` command, as this interpreter runs it
 
 
 def free_port() -> int:
@@ -100,7 +100,7 @@ def _start_simulator(
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     args = ["--port", str(port), "--ttft-ms", str(ttft_ms), "--ms-per-token", str(ms_per_token)]
-    command = [*_CLI, "simulate-upstream", *args, *simulator_args]
+    command = [*CLI, "simulate-upstream", *args, *simulator_args]
     return _spawn(command, _env(), workdir / "simulator.log"), port
 
 
@@ -158,7 +158,7 @@ def run_stack(
         "SEMCACHE_LOG_LEVEL": "warning",
         **(extra_env or {}),
     }
-    service = _spawn([*_CLI, "serve"], service_env, workdir / "service.log")
+    service = _spawn([*CLI, "serve"], service_env, workdir / "service.log")
     try:
         _wait_for_port(sim_port, 30)
         target = f"127.0.0.1:{grpc_port}"

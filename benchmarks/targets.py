@@ -27,12 +27,13 @@ import re
 import shlex
 import statistics
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.floors import health_of
+from benchmarks.procs import CLI
 from benchmarks.report import Row, machine_note, markdown_table, progress, write_results
 
 # Each benchmark's arguments here: `load` runs only the phases its targets read.
@@ -66,7 +67,7 @@ def run_bench(name: str, args: Sequence[str], out_dir: Path) -> dict[str, Any]:
     Raises:
         BenchFailedError: the process exited with an error.
     """
-    argv = [sys.executable, "-m", "service.cli", "bench", name, *args, "--out", str(out_dir)]
+    argv = [*CLI, "bench", name, *args, "--out", str(out_dir)]
     finished = subprocess.run(argv, stdout=subprocess.DEVNULL, check=False)
     if finished.returncode != 0:
         raise BenchFailedError(f"`semcache bench {name}` failed (exit {finished.returncode})")
@@ -109,13 +110,12 @@ def measure(
 
 
 def _kept(report: Mapping[str, Any]) -> dict[str, Any]:
-    floors = report.get("floors") or {}
-    single = [row for row in floors.get("health") or [] if row.get("concurrency") == 1]
+    floors = report["floors"]
     return {
         "command": _without_out(report.get("command", "")),
         "machine": report.get("machine", ""),
-        "health_p50_ms": single[0]["health_p50_ms"] if single else None,
-        "embed_p50_ms": (floors.get("embedder") or {}).get("embed_p50_ms"),
+        "health_p50_ms": health_of(floors, 1).get("health_p50_ms"),
+        "embed_p50_ms": floors["embedder"].get("embed_p50_ms"),
         "targets": [
             {"target": row["target"], "measured": _measured(row), "met": bool(row["met"])}
             for row in report.get("targets") or []
