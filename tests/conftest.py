@@ -4,8 +4,10 @@ test, on each vector store backend. Test settings never read the environment."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,28 @@ class IsolatedSettings(Settings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
+
+
+def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a `semcache bench` process gets in tests: no SEMCACHE_* setting of
+    the developer's, the model files from the checkout's cache, then `extra`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SEMCACHE_")}
+    clean["SEMCACHE_EMBEDDING_CACHE_DIR"] = str(REPO / ".semcache" / "models")
+    return {**clean, **(extra or {})}
+
+
+def run_bench_cli(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`semcache bench ARGS` run to its end in the checkout, with `bench_env(env)`."""
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "bench", *args],
+        cwd=REPO,
+        env=bench_env(env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ import pytest
 from benchmarks.baselines.reference_cache import ReferenceSemanticCache
 from benchmarks.load import ZipfWorkload, exact_hit_prompts, measure_phase, requests_for
 from benchmarks.report import ProcessSampler, markdown_table, percentile
-from tests.conftest import Service
+from tests.conftest import Service, bench_env, run_bench_cli
 
 PAIRS = [(f"question {i}", f"paraphrase {i}") for i in range(50)]
 
@@ -163,23 +163,10 @@ def _qqp_file(tmp_path: Path) -> Path:
     return path
 
 
-def _bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SEMCACHE_")}
-    clean["SEMCACHE_EMBEDDING_CACHE_DIR"] = str(REPO / ".semcache" / "models")
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", "bench", *args],
-        cwd=REPO,
-        env={**clean, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_bench_quality_on_a_few_pairs_shows_progress_and_leaves_no_pending_task(
     tmp_path: Path,
 ) -> None:
-    result = _bench(
+    result = run_bench_cli(
         "quality",
         "--datasets",
         "qqp",
@@ -208,7 +195,7 @@ def json_rows(path: Path) -> list[dict[str, object]]:
 
 
 def test_missing_bench_data_is_one_line_that_says_how_to_point_at_it(tmp_path: Path) -> None:
-    result = _bench("latency", env={"SEMCACHE_BENCH_DATA_DIR": str(tmp_path / "nowhere")})
+    result = run_bench_cli("latency", env={"SEMCACHE_BENCH_DATA_DIR": str(tmp_path / "nowhere")})
 
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -616,11 +603,10 @@ def test_ctrl_c_stops_a_benchmark_with_one_line_and_leaves_nothing_running(
 
     import psutil
 
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SEMCACHE_")}
     with subprocess.Popen(
         [sys.executable, "-m", "service.cli", "bench", "latency", "--out", str(tmp_path)],
         cwd=REPO,
-        env={**clean, "SEMCACHE_EMBEDDING_CACHE_DIR": str(REPO / ".semcache" / "models")},
+        env=bench_env(),
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own group, as a terminal's Ctrl-C reaches it

@@ -7,9 +7,6 @@ tested in test_bench_smoke.py); no timing is asserted.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,7 @@ from typing import Any
 import pytest
 
 from benchmarks.targets import SUITE, bench_args, markdown, run
+from tests.conftest import run_bench_cli
 
 REPO = Path(__file__).resolve().parent.parent
 MISS = "semcache_miss adds ≤ one embedding p50 + 2 ms"
@@ -108,18 +106,6 @@ def test_arguments_are_the_defaults_then_the_common_ones_then_each_benchmarks_ow
         bench_args(["latency"], {"peers": "--rounds 2"}, [])
 
 
-def _targets_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SEMCACHE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", "bench", "targets", *args],
-        cwd=REPO,
-        env={**clean, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -129,7 +115,7 @@ def _targets_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
     ],
 )
 def test_bad_arguments_are_one_line(args: list[str], says: str, tmp_path: Path) -> None:
-    result = _targets_cli(*args, "--out", str(tmp_path))
+    result = run_bench_cli("targets", *args, "--out", str(tmp_path))
 
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
@@ -139,8 +125,13 @@ def test_bad_arguments_are_one_line(args: list[str], says: str, tmp_path: Path) 
 def test_a_benchmark_that_fails_stops_the_run_with_its_reason_and_no_traceback(
     tmp_path: Path,
 ) -> None:
-    result = _targets_cli(
-        "--runs", "2", "--out", str(tmp_path), env={"SEMCACHE_BENCH_DATA_DIR": str(tmp_path)}
+    result = run_bench_cli(
+        "targets",
+        "--runs",
+        "2",
+        "--out",
+        str(tmp_path),
+        env={"SEMCACHE_BENCH_DATA_DIR": str(tmp_path)},
     )
 
     assert result.returncode == 1
