@@ -744,10 +744,7 @@ class EdgeVectorStore:
         if shard is None:
             return [[] for _ in queries]
         batch = qe.QueryBatchRequest([_edge_query(q, self._params) for q in queries])
-        # A kept entry is the one a read by id gives: one a write changes is dropped as
-        # that write finishes, as for `get`.
-        found = shard.query_batch(batch)
-        return [scored_entries(points, self._memo.get) for points in found]
+        return [scored_entries(points, self._memo.get) for points in shard.query_batch(batch)]
 
     async def upsert(self, point_id: str, vector: Vector, entry: CacheEntry) -> None:
         """Store `entry`.
