@@ -109,3 +109,40 @@ def test_cancel_it_not_served_across_subscriptions(guard: NearMissGuard) -> None
 def test_same_context_passes(guard: NearMissGuard) -> None:
     verdict = guard.verify_context(context_text(GYM), context_text(GYM), similarity=0.99)
     assert verdict.accept
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("Как включить двухфакторную аутентификацию?", "Как отключить двухфакторную аутентификацию?"),
+        ("Какая столица Франции?", "Какая столица Германии?"),
+        ("Translate 你好 to English", "Translate 谢谢 to English"),
+        ("What does the 🍕 emoji mean?", "What does the 🍣 emoji mean?"),
+        ("Is x ≠ y?", "Is x = y?"),
+        ("Is a < b?", "Is a > b?"),
+        ("What is 3²?", "What is 32?"),
+        ("Compute 5!", "Compute 5"),
+    ],
+)  # fmt: skip
+def test_texts_differing_in_other_scripts_or_symbols_are_never_identical(
+    guard: NearMissGuard, query: str, cached: str
+) -> None:
+    """Words of any script, and symbols, count: "identical" is served at P(wrong) 0,
+    and these once were (only [a-z0-9] was compared)."""
+    verdict = guard.verify(query, cached, similarity=0.97)
+    assert verdict.reason != "identical"
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("Как включить двухфакторную аутентификацию?", "как включить двухфакторную аутентификацию"),
+        ("What does the 🍕 emoji mean?", "what does the 🍕 emoji mean"),
+        ("Is x ≠ y?", "is x ≠ y"),
+        ("Compute 5!", "compute 5!"),
+    ],
+)  # fmt: skip
+def test_case_spacing_and_punctuation_still_leave_texts_identical(
+    guard: NearMissGuard, query: str, cached: str
+) -> None:
+    assert guard.verify(query, cached, similarity=0.97).reason == "identical"

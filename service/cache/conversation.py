@@ -21,7 +21,7 @@ _ANAPHORA = lex.words(
 
 
 def _stands_alone(message: str) -> bool:
-    tokens = lex.tokens(message)
+    tokens = lex.ascii_tokens(message)  # English rules: other scripts never stand alone
     content = [t for t in tokens if t not in lex.STOPWORDS]
     return len(content) >= 4 and not _ANAPHORA.intersection(tokens)
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -355,9 +356,18 @@ def veto_reason(features: PairFeatures) -> str | None:
     return next((reason for field, reason in _VETOES if getattr(features, field)), None)
 
 
+_ASCII_SYMBOLS = re.compile(r"[$+<=>^`|~]|(?<=[0-9])!")  # and a factorial's "!"
+
+
 @lru_cache(maxsize=8192)  # as `_parse`: a query meets up to five candidates
 def _plain(text: str) -> str:
-    return " ".join(lex.tokens(text))
+    """What must agree for two texts to count as identical: their words and numbers in
+    any script, and their symbols ("x ≠ y" is not "x = y", nor 🍕 🍣); case, spacing
+    and punctuation may differ."""
+    symbols = _ASCII_SYMBOLS.findall(text)
+    if not text.isascii():
+        symbols += [c for c in text if not c.isascii() and unicodedata.category(c)[0] == "S"]
+    return " ".join(lex.tokens(text)) + "\x00" + "".join(symbols)
 
 
 class NearMissGuard:

@@ -179,7 +179,11 @@ CONTRACTIONS = (
     (re.compile(r"'(s|re|ve|ll|d|m)\b"), r" \1"),
 )
 
-TOKEN_RE = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
+# Letters and digits of any script: "включить" and "отключить", or "3²" and "32", are
+# different words. On ASCII text this is exactly `[a-z0-9]+` (the text is lower-cased).
+TOKEN_RE = re.compile(r"[^\W_]+(?:[.,][0-9]+)*")
+# The English-only form, for rules that only hold for English (a follow-up's anaphora).
+ASCII_TOKEN_RE = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
 
 
 def normalise(text: str) -> str:
@@ -191,5 +195,11 @@ def normalise(text: str) -> str:
 
 
 def tokens(text: str) -> list[str]:
-    """The words and numbers of `normalise(text)`, in order."""
+    """The words and numbers of `normalise(text)`, in any script, in order."""
     return TOKEN_RE.findall(normalise(text))
+
+
+def ascii_tokens(text: str) -> list[str]:
+    """The ASCII words and numbers of `normalise(text)`, in order (`tokens` without
+    other scripts: a rule written for English sees no words in Russian)."""
+    return ASCII_TOKEN_RE.findall(normalise(text))

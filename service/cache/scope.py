@@ -20,6 +20,7 @@ answer about a streaming plan.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import unicodedata
@@ -31,7 +32,10 @@ from service.cache.conversation import context_text, conversation_text
 from service.domain import CompletionRequest
 
 _WHITESPACE = re.compile(r"\s+")
-_TRAILING_PUNCTUATION = re.compile(r"[\s?!.。？！]+$")
+# A "!" after a digit is a factorial ("5!" is not "5"); any other trailing ? ! . goes.
+_TRAILING_PUNCTUATION = re.compile(r"(?:[\s?.。？]|(?<![0-9])[!！])+$")
+# Compatibility forms that carry meaning, kept as written: "3²" is not "32", "½" not "12".
+_MEANINGFUL_FORMS = ("<super>", "<sub>", "<fraction>")
 _POINT_NAMESPACE = uuid.UUID("5b1f5a52-8f0e-4c7e-9d1c-2f6d8f0b6c11")
 SCOPE_VERSION = 3  # 3: the upstream identity entered the scope
 # A follow-up's context changed in version 4 (every earlier turn, newest first): only
@@ -53,10 +57,24 @@ class CacheKey:
 
 
 def normalise(text: str) -> str:
-    """Case, Unicode form, whitespace and trailing punctuation do not change a question."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
+    """Case, Unicode form and width, whitespace and trailing punctuation do not change a
+    question; superscripts, subscripts, fractions, "ß" and a factorial's "!" do."""
+    folded = text.lower() if text.isascii() else _folded(text)
     collapsed = _WHITESPACE.sub(" ", folded).strip()
     return _TRAILING_PUNCTUATION.sub("", collapsed)
+
+
+def _folded(text: str) -> str:
+    """NFKC (full-width letters, ligatures...) but for `_MEANINGFUL_FORMS`, lower-cased
+    rather than case-folded (folding makes "Maße" "masse")."""
+    runs = itertools.groupby(
+        text, lambda c: unicodedata.decomposition(c).startswith(_MEANINGFUL_FORMS)
+    )
+    kept = "".join(
+        "".join(chars) if meaningful else unicodedata.normalize("NFKC", "".join(chars))
+        for meaningful, chars in runs
+    )
+    return kept.lower()
 
 
 def upstream_identity(

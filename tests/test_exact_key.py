@@ -1,0 +1,48 @@
+"""The exact layer's key: which differences in wording make another question.
+
+Case, Unicode width, spacing and trailing punctuation do not; anything that can
+change the answer does (an exact hit is served with no guard and P(wrong) 0).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from service.cache.scope import cache_key
+from service.domain import ChatMessage, CompletionRequest
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("What is 3²?", "What is 32?"),
+        ("What is 10³?", "What is 103?"),
+        ("What is ½?", "What is 12?"),
+        ("Compute 5!", "Compute 5"),
+        ("Was bedeutet Maße?", "Was bedeutet Masse?"),
+    ],
+)
+def test_questions_that_differ_in_meaning_never_share_an_exact_key(first: str, second: str) -> None:
+    """Superscripts, fractions, "ß" and a factorial's "!" are kept (NFKC and case folding
+    once made each pair one exact key, and served the first's answer for the second)."""
+    assert _id(first) != _id(second)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("How do I reset my password?", "how do i reset my password"),
+        ("ｈｅｌｌｏ　ＷＯＲＬＤ？", "hello world"),
+        ("Café?!", "café"),
+        ("Hello!!", "hello"),
+    ],
+)
+def test_case_width_and_trailing_punctuation_still_share_an_exact_key(
+    first: str, second: str
+) -> None:
+    assert _id(first) == _id(second)
+
+
+def _id(text: str) -> str:
+    request = CompletionRequest(messages=(ChatMessage("user", text),))
+    return cache_key(request, "all-MiniLM-L6-v2/onnx-int8").point_id
