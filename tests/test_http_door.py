@@ -272,6 +272,46 @@ async def test_malformed_json_and_bad_messages_are_a_400(door: HttpService) -> N
     assert set(empty[1]["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        ("/chat/completions", b'{"messages":[{"role":"user","content":"hi"}],"max_tokens":1e999}',
+         "max_tokens"),
+        ("/chat/completions", b'{"messages":[{"role":"user","content":"hi"}],"max_tokens":NaN}',
+         "max_tokens"),
+        ("/chat/completions", b'{"messages":[{"role":"user","content":"hi"}],'
+         b'"semcache":{"ttl_s":-1e999}}', "semcache.ttl_s"),
+        ("/chat/completions", b'{"messages":[{"role":"user","content":"\\ud800 hi"}]}', "body"),
+        ("/chat/completions", b'{"messages":[{"role":"system","content":"x\\udfff"},'
+         b'{"role":"user","content":"hi"}]}', "body"),
+        ("/chat/completions", b"[" * 200_000 + b"]" * 200_000, "body"),
+        ("/semcache/entries", b'{"entries":[{"question":"q","answer":"a"}],"ttl_s":1e999}',
+         "ttl_s"),
+        ("/semcache/entries", b'{"entries":[{"question":"q\\ud800","answer":"a"}]}', "body"),
+    ],
+)  # fmt: skip
+async def test_bodies_json_reads_but_python_cannot_use_are_a_400(
+    door: HttpService, route: str, body: bytes, param: str
+) -> None:
+    """Found by an audit: each was a 500 with a traceback (OverflowError, a lone surrogate
+    failing to encode, RecursionError)."""
+    async with aiohttp.ClientSession() as session:
+        url = door.base_url + route
+        headers = {"content-type": "application/json"}
+        async with session.post(url, data=body, headers=headers) as response:
+            status, error = response.status, (await response.json())["error"]
+    assert status == 400, error
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+
+
+async def test_a_paired_surrogate_escape_is_a_character_not_an_error(door: HttpService) -> None:
+    async with aiohttp.ClientSession() as session:
+        body = b'{"messages":[{"role":"user","content":"What does \\ud83c\\udf55 mean?"}]}'
+        url = door.base_url + "/chat/completions"
+        headers = {"content-type": "application/json"}
+        async with session.post(url, data=body, headers=headers) as response:
+            assert response.status == 200, await response.text()
+
 async def test_unknown_model_is_a_404(door: HttpService) -> None:
     async with door.async_client() as client:
         with pytest.raises(openai.NotFoundError) as caught:

@@ -142,7 +142,9 @@ def _integer(param: str, value: object) -> int:
             return int(value)
         except ValueError:
             raise BadFieldError(param, f"{param} is {value!r}; send a whole number") from None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadFieldError(param, f"{param} is {value!r}; send a whole number")
+    if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
         raise BadFieldError(param, f"{param} is {value!r}; send a whole number")
     return int(value)
 
