@@ -114,7 +114,7 @@ def test_same_context_passes(guard: NearMissGuard) -> None:
 @pytest.mark.parametrize(
     ("query", "cached"),
     [
-        ("Как включить двухфакторную аутентификацию?", "Как отключить двухфакторную аутентификацию?"),
+        ("Как включить двухфакторную защиту?", "Как отключить двухфакторную защиту?"),
         ("Какая столица Франции?", "Какая столица Германии?"),
         ("Translate 你好 to English", "Translate 谢谢 to English"),
         ("What does the 🍕 emoji mean?", "What does the 🍣 emoji mean?"),

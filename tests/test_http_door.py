@@ -312,6 +312,7 @@ async def test_a_paired_surrogate_escape_is_a_character_not_an_error(door: HttpS
         async with session.post(url, data=body, headers=headers) as response:
             assert response.status == 200, await response.text()
 
+
 async def test_unknown_model_is_a_404(door: HttpService) -> None:
     async with door.async_client() as client:
         with pytest.raises(openai.NotFoundError) as caught:
