@@ -4,6 +4,7 @@ streaming) against the service running in-process with both doors."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -494,6 +495,25 @@ async def test_unknown_routes_answer_in_openai_shape(door: HttpService) -> None:
         body = json.loads(await response.text())
     assert response.status == 404
     assert body["error"]["type"] == "invalid_request_error"
+    assert (
+        body["error"]["code"] == "not_found" and "/v1/chat/completions" in body["error"]["message"]
+    )
+
+
+async def test_a_wrong_method_and_a_body_too_large_say_what_to_change(door: HttpService) -> None:
+    """aiohttp's own refusals carry a `code` and say what the route takes or how large a
+    body may be (they said only "Method Not Allowed", with `code` null)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(door.base_url + "/chat/completions") as wrong:
+            wrong_body = json.loads(await wrong.text())
+        async with session.post(
+            door.base_url + "/chat/completions", data=io.BytesIO(b"x" * 5_000_000)
+        ) as big:
+            big_body = json.loads(await big.text())
+    assert wrong.status == 405 and wrong_body["error"]["code"] == "method_not_allowed"
+    assert "POST" in wrong_body["error"]["message"]
+    assert big.status == 413 and big_body["error"]["code"] == "request_too_large"
+    assert str(4 * 1024 * 1024) in big_body["error"]["message"]
 
 
 async def test_the_settings_turn_the_door_on_and_name_its_host(door: HttpService) -> None:

@@ -25,7 +25,7 @@ from service.embedding.base import Embedder
 from service.metrics import Metrics
 from service.overload import InFlight
 from service.transport.grpc.server import Security, start_server
-from service.transport.http import start_http_server
+from service.transport.http import door, start_http_server
 from tests.conftest import Service, make_settings
 from tests.httpdoor import CLIENT_KEY, write_keys_file
 
@@ -228,3 +228,50 @@ async def test_serve_hands_one_bound_to_both_doors(
 
     assert isinstance(gates["grpc"], InFlight) and gates["http"] is gates["grpc"]
     assert gates["grpc"].limit == settings.max_concurrent_rpcs
+
+
+async def _stalled_upload(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that sent its headers and 11 of the 100 body bytes it announced."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    writer.write((head + "Content-Length: 100\r\n\r\n").encode() + b'{"messages"')
+    await writer.drain()
+    return reader, writer
+
+
+async def test_slow_uploads_take_no_slot_and_time_out_as_a_408(
+    embedder: Embedder, simulator: UpstreamSimulator, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Found by an audit: a slot was taken before the body was read, with no limit on
+    how long that took, so BOUND + 1 half-sent bodies refused every call with a 503.
+    The body is now read first, within `BODY_TIMEOUT_S` (a 408), and a client that
+    closes mid-body is counted CANCELLED, not a 500 with a traceback."""
+    monkeypatch.setattr(door, "BODY_TIMEOUT_S", 1.0, raising=False)
+    settings = make_settings("edge", tmp_path / "data", simulator.base_url)
+    app = await build_app(settings, embedder, {})
+    gate = InFlight(BOUND, app.metrics)
+    http = await start_http_server(app, "127.0.0.1", 0, None, grace_s=0.1, in_flight=gate)
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi there"}]}
+    stalled = [await _stalled_upload(http.port) for _ in range(BOUND + 1)]
+    label = {"rpc": "http_chat_completions", "cache": "none", "model": ""}
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{http.base_url}/chat/completions", json=chat) as answer,
+        ):
+            assert answer.status == 200, await answer.text()
+        stalled[0][1].close()  # gone mid-body
+        await until(
+            lambda: sample(app.metrics, "semcache_requests_total", code="CANCELLED", **label),
+            "a client gone mid-body counted as CANCELLED",
+        )
+        reply = await asyncio.wait_for(stalled[1][0].read(4096), timeout=30)
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b'"request_timeout"' in reply
+        assert sample(app.metrics, "semcache_requests_total", code="INTERNAL", **label) == 0
+    finally:
+        for _, writer in stalled:
+            writer.close()
+        await http.aclose()
+        await app.aclose()

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
-from aiohttp import web
+from aiohttp import ClientConnectionError, web
 
 from service.app import App
 from service.auth import KeyRing, Principal, principal_for
@@ -41,6 +41,9 @@ from service.transport.http.replies import REQUEST_ID_HEADER
 from service.validation import MAX_REQUEST_ID_CHARS
 
 log = structlog.get_logger(__name__)
+
+BODY_TIMEOUT_S = 30.0  # a bounded call's whole body, read before it takes a slot
+MAX_BODY_BYTES = 4 * 1024 * 1024  # the server's `client_max_size`
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -121,6 +124,10 @@ async def door_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise
     except web.HTTPException as error:
         response = _http_exception(error, call)
+    except ClientGoneError as error:  # not the service's failure: counted, logged as such
+        call.code = "CANCELLED"
+        log.info("client went away before its request was read", reason=str(error))
+        response = web.Response(status=499)
     except Exception as error:  # every error becomes an answer; unknown ones a 500
         response = failure(error, call)
     finally:
@@ -147,11 +154,38 @@ async def _admitted(request: web.Request, call: HttpCall, handler: Handler) -> w
         return await handler(request)
     call.rpc = rpc  # a refused call is counted under its route (a handler may refine it)
     door.principal(request)
+    await _read_body(request)  # before the slot: a slow upload must not hold one
     door.in_flight.enter(rpc)
     try:
         return await handler(request)
     finally:
         door.in_flight.leave()
+
+
+async def _read_body(request: web.Request) -> None:
+    """Read (and keep: `request.read()` returns it again) the whole body within
+    `BODY_TIMEOUT_S`.
+
+    Raises:
+        HTTPRequestTimeout: the body did not arrive in time (a 408).
+        HTTPRequestEntityTooLarge: the body is larger than the server takes (a 413).
+        ClientGoneError: the client closed the connection before sending it all.
+    """
+    if not request.body_exists:
+        return
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            reason=f"the request body did not arrive within {BODY_TIMEOUT_S:g} s"
+        ) from None
+    except (ConnectionResetError, ClientConnectionError) as error:
+        raise ClientGoneError(str(error)) from None
+
+
+class ClientGoneError(Exception):
+    """The client went away before its request was read: nobody to answer."""
 
 
 def failure(error: BaseException, call: HttpCall) -> web.Response:
@@ -175,12 +209,25 @@ def failure(error: BaseException, call: HttpCall) -> web.Response:
 
 
 def _http_exception(error: web.HTTPException, call: HttpCall) -> web.Response:
-    """aiohttp's own refusals (no such route, wrong method, body too large) in OpenAI's shape."""
+    """aiohttp's own refusals (no such route, wrong method, body too large or too slow)
+    in OpenAI's shape, each with a `code` and a message saying what to change."""
     call.code = "NOT_FOUND" if error.status == 404 else "INVALID_ARGUMENT"
     kind = "invalid_request_error" if error.status < 500 else "server_error"
-    body = {"error": {"message": error.reason, "type": kind, "param": None, "code": None}}
+    code, message = _REFUSALS.get(error.status, (None, error.reason))
+    if error.status == 405:
+        message = f"{error.reason}: this route takes {error.headers.get('Allow', '')}"
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     headers = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
     return web.json_response(body, status=error.status, headers=headers)
+
+
+_REFUSALS: dict[int, tuple[str | None, str]] = {
+    404: ("not_found", "no such route; the door serves /v1/chat/completions, /v1/models and"
+          " /v1/semcache/... (see the README)"),
+    405: ("method_not_allowed", ""),
+    408: ("request_timeout", f"the request body did not arrive within {BODY_TIMEOUT_S:g} s"),
+    413: ("request_too_large", f"the request body is larger than {MAX_BODY_BYTES} bytes"),
+}  # fmt: skip
 
 
 def _count(request: web.Request, call: HttpCall) -> None:

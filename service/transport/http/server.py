@@ -33,7 +33,7 @@ from service.errors import StartupError
 from service.overload import InFlight
 from service.startup import bind_problem, one_line
 from service.transport.http.chat import RPC_UNARY, chat_completions, list_models, retrieve_model
-from service.transport.http.door import DOOR, Door, door_middleware
+from service.transport.http.door import DOOR, MAX_BODY_BYTES, Door, door_middleware
 from service.transport.http.entries import (
     RPC_DELETE_ENTRY,
     RPC_PUT_ENTRIES,
@@ -47,7 +47,6 @@ from service.transport.tls import tls_from
 log = structlog.get_logger(__name__)
 
 # Bodies up to this size are read; larger ones are refused with 413 before parsing.
-MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_GRACE_S = 5.0
 
 
