@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -176,6 +177,21 @@ async def test_tool_call_answers_are_passed_on_but_not_cached(service: Service) 
     assert "lookup_order" in first.tool_calls_json
     again = await service.stub.Complete(request)
     assert again.cache_status == pb.CACHE_STATUS_MISS, "tool calls are not cached by default"
+
+
+async def test_a_streamed_tool_call_arrives_whole_in_the_final_message(service: Service) -> None:
+    """Found by an audit: the stream read only `delta.content`, so a streamed tool call
+    ended with finish_reason tool_calls and no call. Its fragments are now joined."""
+    request = ask("Where is my order 1234?", tools_json=TOOLS, tool_choice="required")
+    unary = await service.stub.Complete(request)
+    events = [event async for event in service.stub.StreamComplete(request)]
+    final = events[-1].final
+    assert final.finish_reason == "tool_calls"
+    assert json.loads(final.tool_calls_json) == [
+        {**call, "id": json.loads(final.tool_calls_json)[0]["id"]}
+        for call in json.loads(unary.tool_calls_json)
+    ]
+    assert json.loads(final.tool_calls_json)[0]["function"]["name"] == "lookup_order"
 
 
 async def test_tool_call_answers_are_cached_when_allowed(

@@ -314,6 +314,28 @@ async def test_a_paired_surrogate_escape_is_a_character_not_an_error(door: HttpS
             assert response.status == 200, await response.text()
 
 
+async def test_a_streamed_tool_call_reaches_the_sdk_as_the_unary_one_does(
+    door: HttpService,
+) -> None:
+    """Found by an audit: streamed tool calls were dropped (one chunk, no tool_calls)."""
+    tools: Any = [{"type": "function", "function": {"name": "lookup_order", "parameters": {}}}]
+    question = ask("Where is my order 1234?")
+    async with door.async_client() as client:
+        unary = await client.chat.completions.create(
+            model=MODEL, messages=question, tools=tools, tool_choice="required"
+        )
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=question, tools=tools, tool_choice="required", stream=True
+        )
+        calls = [c for chunk in [c async for c in stream] for c in chunk.choices]
+    streamed = [call for c in calls for call in (c.delta.tool_calls or [])]
+    expected = (unary.choices[0].message.tool_calls or [])[0].function
+    assert [(t.function.name, t.function.arguments) for t in streamed if t.function] == [
+        (expected.name, expected.arguments)
+    ]
+    assert calls[-1].finish_reason == "tool_calls"
+
+
 async def test_unknown_model_is_a_404(door: HttpService) -> None:
     async with door.async_client() as client:
         with pytest.raises(openai.NotFoundError) as caught:

@@ -153,8 +153,9 @@ class OpenAICompatProvider:
         if not answer.finish_reason:
             raise RetryableUpstreamError(f"{self._where} ended the stream early")
         yield ProviderAnswer(
-            "".join(answer.parts), answer.model, answer.finish_reason, answer.usage
-        )
+            "".join(answer.parts), answer.model, answer.finish_reason, answer.usage,
+            tool_calls_json=answer.tool_calls_json(),
+        )  # fmt: skip
 
     def _answer_of(self, data: object, model: str) -> ProviderAnswer:
         """The answer in a chat completion's JSON, read as it came (no response models).
@@ -202,6 +203,7 @@ class _StreamedAnswer:
         self.finish_reason = ""
         self.model = model
         self.usage = Usage()
+        self.calls: dict[int, dict[str, Any]] = {}  # tool calls by index, joined as they come
 
     def add(self, fields: dict[str, Any]) -> list[str]:
         """Take in one chunk; returns its text deltas. Fields of the wrong type are
@@ -223,11 +225,37 @@ class _StreamedAnswer:
             if reason and isinstance(reason, str):
                 self.finish_reason = reason
             delta = choice.get("delta")
-            content = delta.get("content") if isinstance(delta, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            content = delta.get("content")
             if content and isinstance(content, str):
                 deltas.append(content)
+            if delta.get("tool_calls"):
+                self._add_calls(delta["tool_calls"])
         self.parts += deltas
         return deltas
+
+    def _add_calls(self, parts: object) -> None:
+        """Join streamed tool-call fragments: each names its call by `index`; the id, type
+        and name come once, the name and arguments as text to append."""
+        for part in parts if isinstance(parts, list) else ():
+            index = part.get("index") if isinstance(part, dict) else None
+            if not isinstance(index, int):
+                continue
+            call = self.calls.setdefault(
+                index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            for field in ("id", "type"):
+                if isinstance(part.get(field), str) and part[field]:
+                    call[field] = part[field]
+            function = part.get("function")
+            for field in ("name", "arguments"):
+                if isinstance(function, dict) and isinstance(function.get(field), str):
+                    call["function"][field] += function[field]
+
+    def tool_calls_json(self) -> str:
+        """The joined tool calls as the unary answer gives them, "" when there were none."""
+        return json.dumps([self.calls[i] for i in sorted(self.calls)]) if self.calls else ""
 
 
 async def _body(response: httpx2.Response) -> AsyncIterator[bytes]:

@@ -93,7 +93,8 @@ def parse_chat_request(body: object) -> ChatRequest:
 
 
 def _forced_tool(fields: dict[str, Any]) -> str | None:
-    """The function a unary answer calls: the named one, or the first with "required"."""
+    """The function the answer calls (unary or streamed): the named one, or the first with
+    "required"."""
     tools = fields.get("tools")
     if not isinstance(tools, list) or not tools:
         return None

@@ -157,6 +157,9 @@ def _chat_stream_events(
     meta: wire.ResponseMeta, chat: ChatRequest, answer: Answer, prompt_tokens: int
 ) -> Iterator[bytes]:
     usage = chat.include_usage
+    if chat.tool_call is not None:
+        yield from _tool_call_stream_events(meta, chat, chat.tool_call, prompt_tokens)
+        return
     yield wire.sse_event(
         wire.chat_chunk(meta, {"role": "assistant", "content": ""}, include_usage=usage)
     )
@@ -168,6 +171,30 @@ def _chat_stream_events(
     if usage:
         yield wire.sse_event(wire.usage_chunk(meta, prompt_tokens, answer.completion_tokens))
     yield wire.SSE_DONE
+
+
+def _tool_call_stream_events(
+    meta: wire.ResponseMeta, chat: ChatRequest, function: str, prompt_tokens: int
+) -> Iterator[bytes]:
+    """A forced tool call streamed as OpenAI streams one: the call's id, type and name
+    first, then its arguments in fragments (clients join them), then `tool_calls`."""
+    usage = chat.include_usage
+    arguments = json.dumps({"question": chat.messages[-1].text})
+    head = {"index": 0, "id": f"call_{meta.id[-12:]}", "type": "function",
+            "function": {"name": function, "arguments": ""}}  # fmt: skip
+    first = {"role": "assistant", "content": None, "tool_calls": [head]}
+    yield wire.sse_event(wire.chat_chunk(meta, first, include_usage=usage))
+    for start in range(0, len(arguments), _ARGUMENT_FRAGMENT_CHARS):
+        fragment = arguments[start : start + _ARGUMENT_FRAGMENT_CHARS]
+        delta = {"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}
+        yield wire.sse_event(wire.chat_chunk(meta, delta, include_usage=usage))
+    yield wire.sse_event(wire.chat_chunk(meta, {}, finish_reason="tool_calls", include_usage=usage))
+    if usage:
+        yield wire.sse_event(wire.usage_chunk(meta, prompt_tokens, 8))
+    yield wire.SSE_DONE
+
+
+_ARGUMENT_FRAGMENT_CHARS = 8
 
 
 def _drop_connection(request: web.Request) -> None:
