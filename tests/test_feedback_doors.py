@@ -422,3 +422,45 @@ async def test_cli_feedback_and_max_error_rate(
         capsys, "feedback", "--entry-id", str(uuid.uuid4()), "--verdict", "wrong", *target
     )
     assert status == 1 and err.startswith("semcache: NOT_FOUND")
+
+
+async def test_a_request_id_reused_for_another_answer_is_refused_not_misapplied(
+    verified: Service,
+) -> None:
+    """Found by an audit: a caller's `x-request-id` sent with two questions sent feedback
+    meant for the first to the second's entry. Now the id is ambiguous and refused; the
+    entry id still works, and a retry of one question under its id is no reuse."""
+    trace = (("x-request-id", "trace-42"),)
+    first = await verified.stub.Complete(pb.CompleteRequest(prompt=QUESTION), metadata=trace)
+    again = await verified.stub.Complete(pb.CompleteRequest(prompt=QUESTION), metadata=trace)
+    assert again.entry_id == first.entry_id
+    receipt = await _feedback(verified, request_id="trace-42", verdict=pb.FEEDBACK_VERDICT_CORRECT)
+    assert receipt.entry_id == first.entry_id, "the same answer twice: the id is not ambiguous"
+    other = pb.CompleteRequest(prompt=OTHER_QUESTION)
+    second = await verified.stub.Complete(other, metadata=trace)
+    assert second.entry_id != first.entry_id
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _feedback(verified, request_id="trace-42", verdict=pb.FEEDBACK_VERDICT_WRONG)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "entry_id" in (caught.value.details() or "")
+    receipt = await _feedback(
+        verified, request_id="trace-42", entry_id=first.entry_id, verdict=pb.FEEDBACK_VERDICT_WRONG
+    )
+    assert receipt.entry_id == first.entry_id
+
+
+async def test_another_tenant_reusing_a_request_id_changes_nothing(keyed: HttpService) -> None:
+    """Request ids are per tenant: another tenant sending the same `x-request-id` once
+    took it over, and this tenant's feedback by it was NOT_FOUND."""
+    service = keyed.grpc
+    trace = (("x-request-id", "FIXED-ID-1"),)
+    mine = await service.stub.Complete(
+        pb.CompleteRequest(prompt=QUESTION), metadata=_bearer(CLIENT_KEY) + trace
+    )
+    await service.stub.Complete(
+        pb.CompleteRequest(prompt=OTHER_QUESTION), metadata=_bearer(OTHER_KEY) + trace
+    )
+    receipt = await _feedback(
+        service, CLIENT_KEY, request_id="FIXED-ID-1", verdict=pb.FEEDBACK_VERDICT_CORRECT
+    )
+    assert receipt.entry_id == mine.entry_id

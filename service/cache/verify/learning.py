@@ -56,6 +56,9 @@ class _Served(NamedTuple):  # one per answer with an entry: a tuple is quickest 
     score: float  # the guard score it was served at (1.0: exact, or the answer itself)
 
 
+_REUSED = _Served("", "", "", 0.0)  # a request id that named two answers of one tenant
+
+
 class Learning:
     """Judges explorations, takes feedback, and keeps the counters (see the module docstring)."""
 
@@ -73,7 +76,7 @@ class Learning:
         self._store = store
         self._clock = clock
         self._live = LiveCalibration(state.prior)
-        self._served: OrderedDict[str, _Served] = OrderedDict()
+        self._served: OrderedDict[tuple[str, str], _Served] = OrderedDict()  # (tenant, id)
         self._served_limit = served_limit
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -135,8 +138,15 @@ class Learning:
         """Remember which entry answered `request_id`, at which score, for feedback."""
         if not request_id or not entry_id:
             return
-        self._served[request_id] = _Served(tenant, namespace, entry_id, score)
-        self._served.move_to_end(request_id)
+        key = (tenant, request_id)
+        earlier = self._served.get(key)
+        if earlier is not None and earlier.entry_id != entry_id:
+            # The caller reused its request id for another answer: feedback by that id
+            # could mean either, so it is refused until the id drops out.
+            self._served[key] = _REUSED
+        else:
+            self._served[key] = _Served(tenant, namespace, entry_id, score)
+        self._served.move_to_end(key)
         if len(self._served) > self._served_limit:
             self._served.popitem(last=False)
 
@@ -170,8 +180,15 @@ class Learning:
             raise InvalidRequestError("send the entry_id or the request_id of a response")
         if not feedback.request_id:
             return None
-        served = self._served.get(feedback.request_id)
-        if served is None or served.tenant != feedback.tenant:
+        served = self._served.get((feedback.tenant, feedback.request_id))
+        if served is _REUSED:
+            if feedback.entry_id:
+                return None  # judge the entry itself
+            raise InvalidRequestError(
+                f"request_id {feedback.request_id[:64]!r} was sent with more than one request"
+                " that got a different answer; send the response's entry_id instead"
+            )
+        if served is None:
             if feedback.entry_id:
                 return None  # judge the entry itself
             raise NotFoundError(
