@@ -32,6 +32,14 @@ MAX_REQUEST_ID_CHARS = 128
 MAX_JSON_DEPTH = 32  # tool schemas nest a few levels; Python's parser recurses per level
 MAX_TOOL_CHOICE_BYTES = 4_096  # {"type": "function", "function": {"name": ...}}
 SHOWN_CHARS = 40
+# Nothing a reader can see: white space, control characters (Cc) and format characters
+# (Cf: zero-width spaces, joiners, direction marks, the byte-order mark, tag characters).
+INVISIBLE_ONLY = re.compile(
+    "[\\s\x00-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2"
+    "\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]*"
+)
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _JSON_BRACKET = re.compile(r"[\[\]{}]")
 
@@ -82,8 +90,11 @@ def _check_messages(request: CompletionRequest, limits: Limits) -> None:
             )
     if messages[-1].role != "user":
         raise InvalidRequestError("the last message must have role 'user' (the question)")
-    if not request.question.strip():
-        raise InvalidRequestError("the prompt (the last user message) is empty")
+    if INVISIBLE_ONLY.fullmatch(request.question):
+        raise InvalidRequestError(
+            "the prompt (the last user message) is empty: it has no visible character,"
+            " only white space, control or format characters"
+        )
     size = sum(len(m.content.encode()) for m in messages)
     if size > limits.max_prompt_bytes:
         raise InvalidRequestError(

@@ -13,7 +13,10 @@ import pytest_asyncio
 
 from semcache_simulator import UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
+from service.domain import ChatMessage, CompletionRequest
 from service.embedding.base import Embedder
+from service.errors import InvalidRequestError
+from service.validation import Limits, validate
 from tests.conftest import Service, make_settings, start_service
 
 METHOD = "/semcache.v1.SemanticCacheService/"
@@ -130,3 +133,12 @@ async def test_malformed_protobuf_bytes_are_invalid_argument(
         details = error.details() or ""
         assert "semcache.v1.CompleteRequest" in details and reason in details
     assert edge.simulator.request_count() == 0
+
+
+@pytest.mark.parametrize("prompt", ["\x00", "\u200b", "\ufeff", "\x01\x02\x03\x7f", " \u2060\n"])
+def test_a_prompt_with_no_visible_character_is_empty(prompt: str) -> None:
+    """Found by an audit: these passed `.strip()`, went upstream and were cached, and each
+    was then served the answer of another (their compared forms were all empty)."""
+    request = CompletionRequest(messages=(ChatMessage("user", prompt),))
+    with pytest.raises(InvalidRequestError, match="no visible character"):
+        validate(request, Limits())

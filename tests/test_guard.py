@@ -146,3 +146,13 @@ def test_case_spacing_and_punctuation_still_leave_texts_identical(
     guard: NearMissGuard, query: str, cached: str
 ) -> None:
     assert guard.verify(query, cached, similarity=0.97).reason == "identical"
+
+
+def test_texts_with_no_word_or_symbol_are_identical_only_to_themselves(
+    guard: NearMissGuard,
+) -> None:
+    """Two prompts of only private-use characters (or only punctuation) once shared an
+    empty compared form, so each was served the other's answer as `identical`."""
+    assert guard.verify("\ue000", "\ue001", similarity=1.0).reason != "identical"
+    assert guard.verify("???", "!!!", similarity=1.0).reason != "identical"
+    assert guard.verify("\ue000", "\ue000", similarity=1.0).reason == "identical"

@@ -367,7 +367,10 @@ def _plain(text: str) -> str:
     symbols = _ASCII_SYMBOLS.findall(text)
     if not text.isascii():
         symbols += [c for c in text if not c.isascii() and unicodedata.category(c)[0] == "S"]
-    return " ".join(lex.tokens(text)) + "\x00" + "".join(symbols)
+    words = " ".join(lex.tokens(text))
+    if not words and not symbols:  # "???", private-use characters: only the same text
+        return "\x01" + text.strip()
+    return words + "\x00" + "".join(symbols)
 
 
 class NearMissGuard:

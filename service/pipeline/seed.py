@@ -17,7 +17,7 @@ from service.cache.semantic import Answer, Lookup, SemanticCache
 from service.domain import ChatMessage, CompletionRequest, SamplingParams
 from service.errors import InvalidRequestError, StoreNotWritableError
 from service.llm.catalogue import Catalogue
-from service.validation import Limits, validate
+from service.validation import INVISIBLE_ONLY, Limits, validate
 
 MAX_SEEDS_PER_CALL = 1000
 MAX_ANSWER_BYTES = 262_144
@@ -109,7 +109,7 @@ class Seeder:
         validate(seed.request, self._limits)
         if seed.request.model:
             self._catalogue.require_model(seed.request.model)
-        if not seed.answer.strip():
+        if INVISIBLE_ONLY.fullmatch(seed.answer):
             raise InvalidRequestError("answer is empty: send the text to serve for the question")
         if len(seed.answer.encode()) > MAX_ANSWER_BYTES:
             raise InvalidRequestError(
