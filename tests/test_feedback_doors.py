@@ -464,3 +464,24 @@ async def test_another_tenant_reusing_a_request_id_changes_nothing(keyed: HttpSe
         service, CLIENT_KEY, request_id="FIXED-ID-1", verdict=pb.FEEDBACK_VERDICT_CORRECT
     )
     assert receipt.entry_id == mine.entry_id
+
+
+async def test_an_entry_id_in_another_uuid_form_is_read_as_the_entry_it_names(
+    verified: Service,
+) -> None:
+    """Found by an audit: `{…}`, upper-case or undashed forms were taken as they came, so
+    one sent with its request id was refused as naming a different entry, and a receipt
+    echoed the odd form. Each form is now read as the stored (lower-case, dashed) id."""
+    stored = await _complete(verified, QUESTION)
+    upper, braced = stored.entry_id.upper(), "{" + stored.entry_id + "}"
+    receipt = await _feedback(
+        verified, request_id=stored.request_id, entry_id=upper, verdict=pb.FEEDBACK_VERDICT_CORRECT
+    )
+    assert receipt.entry_id == stored.entry_id
+    undashed = stored.entry_id.replace("-", "")
+    receipt = await _feedback(verified, entry_id=undashed, verdict=pb.FEEDBACK_VERDICT_CORRECT)
+    assert receipt.entry_id == stored.entry_id
+    deleted = await verified.stub.DeleteEntry(pb.DeleteEntryRequest(entry_id=braced))
+    assert deleted.deleted
+    again = await _complete(verified, QUESTION)
+    assert again.cache_status == pb.CACHE_STATUS_MISS

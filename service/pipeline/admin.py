@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from service.cache.semantic import SemanticCache
 from service.cache.stats import CacheStats, TenantCounters
@@ -75,7 +75,7 @@ class CacheAdmin:
         """
         check_name("tenant", feedback.tenant)
         if feedback.entry_id:
-            _check_entry_id(feedback.entry_id)
+            feedback = replace(feedback, entry_id=_entry_id(feedback.entry_id))
         if len(feedback.request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidRequestError(
                 f"request_id is {len(feedback.request_id)} characters; send the response's"
@@ -140,13 +140,19 @@ class CacheAdmin:
         Raises:
             InvalidRequestError: `entry_id` is not an entry id (a UUID).
         """
-        _check_entry_id(entry_id)
-        return await self._cache.invalidate(EntryFilter(tenant=tenant, point_id=entry_id)) > 0
+        selector = EntryFilter(tenant=tenant, point_id=_entry_id(entry_id))
+        return await self._cache.invalidate(selector) > 0
 
 
-def _check_entry_id(entry_id: str) -> None:
+def _entry_id(entry_id: str) -> str:
+    """`entry_id` in the one form entries are stored under (lower case, dashed): the
+    `uuid` module also reads braces, `urn:uuid:`, upper case and no dashes.
+
+    Raises:
+        InvalidRequestError: it is not a UUID.
+    """
     try:
-        uuid.UUID(entry_id)
+        return str(uuid.UUID(entry_id))
     except ValueError:
         raise InvalidRequestError(
             f"entry_id {entry_id[:64]!r} is not an entry id: send the entry_id of a response"
