@@ -141,9 +141,16 @@ async def test_a_json_answer_under_another_content_type_is_still_read() -> None:
     assert (answer.content, answer.model) == ("ok", "m2")
 
 
-@pytest.mark.parametrize("payload", [[1, 2], {"choices": []}, {"choices": "no"}, "not json"])
+@pytest.mark.parametrize(
+    "payload", [[1, 2], {"choices": []}, {"choices": "no"}, "not json", b"not json"]
+)
 async def test_an_answer_that_is_no_chat_completion_is_an_upstream_error(payload: object) -> None:
+    """A bytes payload is sent as `application/json` (found by an audit: the client's own
+    JSON parse raised past the provider, a 500 with a traceback)."""
+
     async def odd(_request: web.Request) -> web.StreamResponse:
+        if isinstance(payload, bytes):
+            return web.Response(body=payload, content_type="application/json")
         if isinstance(payload, str):
             return web.Response(text=payload, content_type="text/plain")
         return web.json_response(payload)

@@ -82,6 +82,8 @@ class OpenAICompatProvider:
             )
         except openai.OpenAIError as error:
             raise self._failed(error) from error
+        except ValueError as error:  # the client parses a JSON content type itself
+            raise UpstreamError(f"{self._where} returned a body that is not JSON") from error
         return self._answer_of(data, call.model)
 
     async def complete_prompts(
