@@ -98,7 +98,8 @@ def _check_messages(request: CompletionRequest, limits: Limits) -> None:
     size = sum(len(m.content.encode()) for m in messages)
     if size > limits.max_prompt_bytes:
         raise InvalidRequestError(
-            f"the prompt is {size} bytes; the limit is {limits.max_prompt_bytes} bytes"
+            f"the prompt is {size} bytes (every message's content, a system prompt's"
+            f" too); the limit is {limits.max_prompt_bytes} bytes"
         )
 
 

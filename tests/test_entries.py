@@ -235,14 +235,49 @@ async def test_a_bad_entry_fails_alone_with_its_index(service: Service) -> None:
     assert third.status.message.startswith("entries[2]") and "answer" in third.status.message
 
 
-async def test_bad_scope_fails_every_entry_and_no_entries_is_refused(service: Service) -> None:
-    put = await service.stub.PutEntries(
-        pb.PutEntriesRequest(entries=[pb.Entry(question=QUESTION, answer="a")], ttl_s=0)
-    )
-    assert "ttl_s" in put.results[0].status.message
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"ttl_s": 0}, "ttl_s"),
+        ({"namespace": "x y"}, "namespace"),
+        ({"temperature": 3.0}, "temperature"),
+        ({"system_prompt": "s" * 40_000}, "system prompt"),
+    ],
+)
+async def test_a_bad_field_of_the_call_fails_the_call_and_no_entries_is_refused(
+    service: Service, fields: dict[str, object], named: str
+) -> None:
+    """The call's own fields fail the call once (they failed every entry alike, each with
+    status OK for the call, found by an audit)."""
+    entries = [pb.Entry(question=QUESTION, answer="a"), pb.Entry(question="Other?", answer="b")]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.PutEntries(pb.PutEntriesRequest(entries=entries, **fields))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert named in (caught.value.details() or "")
+    assert not (caught.value.details() or "").startswith("entries[")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.PutEntries(pb.PutEntriesRequest())
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_same_question_twice_in_one_call_is_refused_for_the_second(
+    service: Service,
+) -> None:
+    """Both once got the same entry id, and whichever was written last silently won."""
+    put = await service.stub.PutEntries(
+        pb.PutEntriesRequest(
+            entries=[
+                pb.Entry(question=QUESTION, answer="first"),
+                pb.Entry(question=QUESTION.upper(), answer="second"),
+            ]
+        )
+    )
+    first, second = put.results
+    assert first.entry_id
+    assert second.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert second.status.message.startswith("entries[1]") and "entries[0]" in second.status.message
+    exact = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
+    assert exact.content == "first"
 
 
 async def test_a_client_key_seeds_only_its_own_tenant(keyed: HttpService) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from service.cache.semantic import Answer, Lookup, SemanticCache
 from service.domain import ChatMessage, CompletionRequest, SamplingParams
@@ -87,8 +87,38 @@ class Seeder:
                 f"{len(seeds)} entries is more than the limit of {MAX_SEEDS_PER_CALL};"
                 " send them in smaller batches"
             )
-        results = await asyncio.gather(*(self._put_one(s) for s in seeds), return_exceptions=True)
+        self._check_scope(seeds[0].request)
+        first: dict[str, int] = {}  # entry id -> the first seed stored under it
+        results = await asyncio.gather(
+            *(self._put_unless_repeated(i, seed, first) for i, seed in enumerate(seeds)),
+            return_exceptions=True,
+        )
         return [_item(index, result) for index, result in enumerate(results)]
+
+    def _check_scope(self, request: CompletionRequest) -> None:
+        """The call's own fields (namespace, TTL, model, system prompt, sampling) checked
+        once, so a bad one fails the call rather than every entry alike.
+
+        Raises:
+            InvalidRequestError: a field of the call cannot be served as sent.
+            UnknownModelError: the model is not in the catalogue.
+        """
+        probe = replace(request, messages=(*request.messages[:-1], ChatMessage("user", "?")))
+        validate(probe, self._limits)
+        if probe.model:
+            self._catalogue.require_model(probe.model)
+
+    async def _put_unless_repeated(self, index: int, seed: Seed, first: dict[str, int]) -> str:
+        """`_put_one`, unless an earlier seed of the call asks the same question (in the
+        same scope): two answers for one entry, where one would silently win."""
+        entry_id = self._cache.key_for(seed.request).point_id
+        earlier = first.setdefault(entry_id, index)
+        if earlier != index:
+            raise InvalidRequestError(
+                f"the same question as entries[{earlier}] (one entry per question and"
+                " scope); send one answer for it"
+            )
+        return await self._put_one(seed)
 
     async def _put_one(self, seed: Seed) -> str:
         self._check(seed)
