@@ -156,3 +156,14 @@ def test_texts_with_no_word_or_symbol_are_identical_only_to_themselves(
     assert guard.verify("\ue000", "\ue001", similarity=1.0).reason != "identical"
     assert guard.verify("???", "!!!", similarity=1.0).reason != "identical"
     assert guard.verify("\ue000", "\ue000", similarity=1.0).reason == "identical"
+
+
+def test_names_in_other_scripts_are_entities_too(guard: NearMissGuard) -> None:
+    """A capitalised word mid-sentence is a name in any script: France is not Germany in
+    Russian either, and "Pokémon" is the "Pokemon" one letter away, not "Pok"."""
+    swapped = guard.verify("Какая столица Франции?", "Какая столица Германии?", similarity=0.95)
+    assert swapped.reason == "entity_mismatch"
+    same = guard.verify(
+        "Will Misty ever return to Pokemon?", "Will Misty ever return to Pokémon?", 0.97
+    )
+    assert same.accept

@@ -58,7 +58,7 @@ __all__ = [
     "veto_reason",
 ]
 
-_RAW_TOKEN_RE = re.compile(r"[A-Za-z0-9]+")
+_RAW_TOKEN_RE = re.compile(r"[^\W_]+")  # letters and digits of any script, case kept
 _NUMBER_RE = re.compile(r"^(\d+(?:,\d{3})*(?:\.\d+)?)([a-z]*)$")
 _TENS = frozenset({20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0})
 _SENTENCE_BREAKS = frozenset('.?!:;"(')
