@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from service.config import Settings
 from service.embedding.factory import EMBEDDING_BACKENDS
 from service.errors import StartupError
-from service.startup import load_settings, one_line, settings_error
+from service.startup import load_settings, one_line, settings_error, source_error
 
 if TYPE_CHECKING:
     from semcache_client import Answer, SemcacheClient
@@ -228,8 +229,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         answers=answers,
     )
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(serve_forever(config, args.host, args.port))
+    except OSError as error:  # the port is taken, or the host is not this machine's
+        print(
+            f"semcache simulate-upstream: cannot listen on {args.host}:{args.port}:"
+            f" {error.strerror or error}; choose another --port or --host",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -319,9 +327,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _cmd_route_eval(args: argparse.Namespace) -> int:
     from service.app import build_settings_router, load_embedder
     from service.llm.catalogue import load_catalogue
-    from service.routing.evaluate import route_eval
+    from service.routing.evaluate import load_labelled, route_eval
 
     configure_logging("console", "warning")
+    try:
+        load_labelled(Path(args.file))  # read first: a bad file is told before the model loads
+    except ValueError as error:
+        print(f"semcache route-eval: {one_line(error)}", file=sys.stderr)
+        return 2
     settings = load_settings()
     if args.strategy:
         settings = settings.model_copy(update={"routing_strategy": args.strategy})
@@ -502,7 +515,14 @@ def _cmd_health(args: argparse.Namespace) -> int:
 def _cmd_keys_add(args: argparse.Namespace) -> int:
     from service.auth import add_key
 
-    key = add_key(Path(args.file), args.tenant, args.role, args.name)
+    try:
+        key = add_key(Path(args.file), args.tenant, args.role, args.name)
+    except ValueError as error:  # a bad tenant, name or keys file: what to change
+        print(f"semcache keys add: {one_line(error)}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"semcache keys add: cannot write {args.file}: {error.strerror}", file=sys.stderr)
+        return 1
     print(key)
     print(
         f"added key {args.name!r} (tenant {args.tenant}, role {args.role}) to {args.file};"
@@ -748,7 +768,7 @@ def _add_calibrate_and_simulate_commands(commands: Any) -> None:
         "simulate-upstream", help="run the OpenAI-compatible upstream simulator"
     )
     simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    simulate.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
     simulate.add_argument("--ttft-ms", type=float, help="time to first token, all models")
     simulate.add_argument("--ms-per-token", type=float, help="time per token, all models")
     simulate.add_argument(
@@ -799,6 +819,17 @@ def _add_calibrate_command(commands: Any) -> None:
     calibrate.set_defaults(run=_cmd_calibrate)
 
 
+def _port(text: str) -> int:
+    """A TCP port for argparse: 0 (any free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: use 0-65535")
+    return port
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `semcache` console script."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -818,6 +849,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error.title != Settings.__name__:
             raise
         return _config_failed(args.command, settings_error(error))
+    except SettingsError as error:  # likewise, a JSON setting it could not parse
+        return _config_failed(args.command, source_error(error))
 
 
 def _is_missing(error: ImportError, package: str) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from service.config import Settings
 from service.embedding.errors import EmbeddingModelError
@@ -49,6 +50,20 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as error:
         raise settings_error(error) from error
+    except SettingsError as error:  # a value the source could not parse (JSON settings)
+        raise source_error(error) from error
+
+
+def source_error(error: SettingsError) -> StartupError:
+    """The one-line StartupError for a setting pydantic-settings could not even parse."""
+    field = _SOURCE_FIELD.search(str(error))
+    if field is None:
+        return StartupError(f"invalid settings: {one_line(error)}; change or unset it")
+    variable = f"SEMCACHE_{field.group(1).upper()}"
+    return StartupError(f"invalid settings: {variable} is not valid JSON; change or unset it")
+
+
+_SOURCE_FIELD = re.compile(r'field "([a-z0-9_]+)"')
 
 
 def settings_error(error: ValidationError) -> StartupError:

@@ -318,3 +318,79 @@ async def test_an_unknown_judge_model_is_one_clear_line(
     env = serve_environment(tmp_path, judge="llm", judge_model="no-such-model")
     status, stderr = await run_serve(serves, env)
     assert_one_clear_line(status, stderr, "no-such-model", "SEMCACHE_JUDGE_MODEL")
+
+
+def _bad_keys_file(tmp_path: Path) -> list[str]:
+    (tmp_path / "bad.yaml").write_text("{{{\n")
+    return ["keys", "add", "--file", str(tmp_path / "bad.yaml"), "--tenant", "t", "--name", "n"]
+
+
+def _unreadable_route_file(tmp_path: Path) -> list[str]:
+    (tmp_path / "prompts.jsonl").write_text("not json\n")
+    return ["route-eval", str(tmp_path / "prompts.jsonl")]
+
+
+COMMAND_FAILURES: dict[str, tuple[Callable[[Path], list[str]], int, str]] = {
+    "keys add into a missing directory": (
+        lambda tmp: ["keys", "add", "--file", str(tmp / "no" / "k.yaml"), "--tenant", "t",
+                     "--name", "n"],
+        1, "cannot write",
+    ),
+    "keys add with a bad tenant": (
+        lambda tmp: ["keys", "add", "--file", str(tmp / "k.yaml"), "--tenant", "bad tenant!",
+                     "--name", "n"],
+        1, "tenant 'bad tenant!' is not valid",
+    ),
+    "keys add to a malformed keys file": (_bad_keys_file, 1, "not valid YAML or JSON"),
+    "route-eval on a missing file": (
+        lambda tmp: ["route-eval", str(tmp / "missing.jsonl")], 2, "cannot read",
+    ),
+    "route-eval on a malformed file": (_unreadable_route_file, 2, "not valid JSON"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(COMMAND_FAILURES))
+def test_command_errors_are_one_clear_line(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by an audit: each of these printed a Python traceback."""
+    from service.cli import main
+
+    argv, status, phrase = COMMAND_FAILURES[case]
+    assert main(argv(tmp_path)) == status
+    err = capsys.readouterr().err.strip()
+    assert phrase in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("command", [["stats"], ["serve"], ["complete", "hi"]])
+def test_a_json_setting_that_is_not_json_is_one_line(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pydantic-settings' own SettingsError (a JSON setting it could not parse) escaped
+    as a traceback from `serve` and `health`, and `stats` exited 2."""
+    from service.cli import main
+
+    monkeypatch.setenv("SEMCACHE_MAX_ERROR_RATE_BY_NAMESPACE", "notjson")
+    assert main(command) == 1
+    err = capsys.readouterr().err.strip()
+    assert "SEMCACHE_MAX_ERROR_RATE_BY_NAMESPACE is not valid JSON" in err, err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_simulate_upstream_on_a_taken_port_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from service.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["simulate-upstream", "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("semcache simulate-upstream: cannot listen on"), err
+    assert not any("Traceback" in line for line in err)
+    with pytest.raises(SystemExit) as caught:
+        main(["simulate-upstream", "--port", "99999"])
+    assert caught.value.code == 2
+    assert "99999 is not a port" in capsys.readouterr().err
