@@ -39,10 +39,11 @@ RENDERERS = {
     "stream": "benchmarks.stream:markdown",
     "quality": "benchmarks.quality:report_markdown",
     "targets": "benchmarks.targets:markdown",
+    "resilience": "benchmarks.resilience:markdown",
 }
 REQUIRED = (
     "latency", "load", "overhead", "grouping", "compare", "gptcache", "scale", "startup",
-    "indexing", "upstream", "targets",
+    "indexing", "upstream", "targets", "resilience",
 )  # fmt: skip
 REGION = re.compile(r"(<!-- bench:([a-z_-]+) -->\n)(.*?)(<!-- /bench:\2 -->)", re.DOTALL)
 

@@ -10,7 +10,6 @@ fallbacks, and a breaker that never opens.
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -21,7 +20,7 @@ import grpc
 import yaml
 
 from benchmarks.procs import run_stack
-from benchmarks.report import percentile, progress
+from benchmarks.report import machine_note, markdown_table, percentile, progress, write_results
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.config import DEFAULTS_DIR
@@ -76,10 +75,31 @@ def _summary(
     }
 
 
+COLUMNS = (
+    ("configuration", "configuration"),
+    ("requests", "requests"),
+    ("success_pct", "success %"),
+    ("p50_ms", "p50 ms"),
+    ("p95_ms", "p95 ms"),
+    ("mean_attempts", "mean upstream attempts"),
+    ("failures", "failures"),
+)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report: its setup line and one row per configuration."""
+    rows = [{**row, "failures": _failures(row["failures"])} for row in report["rows"]]
+    return f"{report['setup']}\n\n{markdown_table(rows, COLUMNS)}"
+
+
+def _failures(failures: dict[str, int]) -> str:
+    return ", ".join(f"{code} {count}" for code, count in sorted(failures.items())) or "-"
+
+
 def run(out: Path, requests: int, error_rate: float, ttft_ms: float) -> str:
     """Run both configurations; write resilience.json and resilience.md; return the table."""
     fault = ("--fault", f"*:error_rate={error_rate}", "--seed", "7")
-    results: dict[str, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         off_env = {
@@ -90,21 +110,13 @@ def run(out: Path, requests: int, error_rate: float, ttft_ms: float) -> str:
         for name, env in (("resilience on", {}), ("resilience off", off_env)):
             progress(f"resilience: {name}, {requests} requests")
             with run_stack(workdir / name.replace(" ", "-"), ttft_ms, 1.0, env, fault) as stack:
-                results[name] = _drive(stack.target, requests)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "resilience.json").write_text(json.dumps(results, indent=2))
-    lines = [
-        f"{int(error_rate * 100)}% of upstream calls fail (HTTP 500); {requests} distinct"
-        f" questions (all misses); simulator time to first token {ttft_ms:g} ms.",
-        "",
-        "| configuration | success % | p50 ms | p95 ms | mean upstream attempts | failures |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['success_pct']} | {r['p50_ms']} | {r['p95_ms']} |"
-            f" {r['mean_attempts']} | {r['failures'] or '-'} |"
-        )
-    table = "\n".join(lines)
-    (out / "resilience.md").write_text(table + "\n")
+                rows.append({"configuration": name, **_drive(stack.target, requests)})
+    setup = (
+        f"{error_rate * 100:g}% of upstream calls fail (HTTP 500, seeded); {requests} distinct"
+        f" questions (all misses); simulator {ttft_ms:g} ms to first token + 1 ms/token."
+        f" {machine_note()}."
+    )
+    report = {"setup": setup, "rows": rows}
+    table = markdown(report)
+    write_results(out, "resilience", report, table)
     return table

@@ -202,7 +202,7 @@ class VerdictDecider:
         self.decider = HitDecider(self.state, budget)
         self.guard = NearMissGuard(accept_min=0.0)
         self.calibration = LiveCalibration(prior)
-        self.name = f"verdict δ={delta:.0%}"
+        self.name = f"verdict δ={delta:.1%}"
         self._ids: dict[int, str] = {}
 
     def note_exact(self) -> None:

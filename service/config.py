@@ -50,7 +50,7 @@ class UpstreamSettings(BaseModel):
     upstream_timeout_s: float = Field(
         60.0,
         gt=0,
-        description="Longest wait for one upstream call when the caller sets no deadline.",
+        description="Longest wait for one upstream call; a caller's deadline can only shorten it.",
     )
     catalogue_path: Path = Field(
         DEFAULTS_DIR / "models.example.yaml",
@@ -136,8 +136,8 @@ class CacheSettings(BaseModel):
     vector_storage: Literal["ram", "int8-disk"] = Field(
         "ram",
         description="How a new store keeps its vectors: `ram` (float32 in memory) or"
-        " `int8-disk` (int8 copies in memory, originals on disk, read to rescore; about a"
-        " quarter of the memory at 1M entries). An existing store keeps what it was created with.",
+        " `int8-disk` (int8 copies in memory, originals on disk, read to rescore; less"
+        " memory). An existing store keeps what it was created with.",
     )
     ttl_s: int = Field(
         7 * 24 * 3600, ge=0, description="Seconds a cached answer stays servable; 0 = forever."
@@ -418,7 +418,7 @@ class ToolSettings(BaseModel):
         "localhost:50051",
         min_length=1,
         description="host:port the client commands (`semcache complete`, `stats`,"
-        " `invalidate`, `import`) call when `--target` is not given.",
+        " `invalidate`, `import`, `feedback`) call when `--target` is not given.",
     )
     bench_data_dir: Path | None = Field(
         None,
