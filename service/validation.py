@@ -30,6 +30,7 @@ MAX_MODEL_NAME_CHARS = 128
 # one), and the one SubmitFeedback takes.
 MAX_REQUEST_ID_CHARS = 128
 MAX_JSON_DEPTH = 32  # tool schemas nest a few levels; Python's parser recurses per level
+MAX_INT_DIGITS = 309  # a longer integer is beyond a 64-bit float (1.8e308)
 MAX_TOOL_CHOICE_BYTES = 4_096  # {"type": "function", "function": {"name": ...}}
 SHOWN_CHARS = 40
 # Nothing a reader can see: white space, control characters (Cc) and format characters
@@ -139,8 +140,11 @@ def _check_tools(sampling: SamplingParams, limits: Limits) -> None:
     choice = sampling.tool_choice
     if choice is None or choice in ("auto", "none", "required"):
         return
+    wanted = "tool_choice must be 'auto', 'none', 'required' or a JSON object"
+    if not choice.lstrip().startswith("{"):
+        raise InvalidRequestError(f"{wanted}, not {shown(choice)}")
     if not isinstance(parse_json("tool_choice", choice, MAX_TOOL_CHOICE_BYTES), dict):
-        raise InvalidRequestError("tool_choice must be 'auto', 'none', 'required' or a JSON object")
+        raise InvalidRequestError(wanted)
 
 
 def parse_json(name: str, text: str, max_bytes: int) -> object:
@@ -160,7 +164,9 @@ def parse_json(name: str, text: str, max_bytes: int) -> object:
             f"{name} nests {depth} levels deep; the limit is {MAX_JSON_DEPTH} levels"
         )
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        value = json.loads(
+            text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_short_int
+        )
         json.dumps(value, ensure_ascii=False).encode()  # as the HTTP client will send it
     except UnicodeEncodeError:
         raise InvalidRequestError(
@@ -180,6 +186,15 @@ def json_depth(text: str) -> int:
 
 def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number; send a finite number or a string")
+
+
+def _short_int(literal: str) -> int:
+    if len(literal) > MAX_INT_DIGITS:
+        raise ValueError(
+            f"an integer of {len(literal)} digits does not fit in a 64-bit float; send a"
+            " smaller number"
+        )
+    return int(literal)
 
 
 def _finite_float(literal: str) -> float:
