@@ -34,9 +34,9 @@ from benchmarks.report import (
     bar_plot,
     latency_summary,
     machine_note,
-    markdown_table,
     progress,
-    write_results,
+    setup_markdown,
+    write_setup_report,
 )
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
@@ -129,7 +129,7 @@ COLUMNS = (
 
 def markdown(report: dict[str, Any]) -> str:
     """The report: its setup line and one row per configuration."""
-    return f"{report['setup']}\n\n{markdown_table(report['rows'], COLUMNS)}"
+    return setup_markdown(report, COLUMNS)
 
 
 def run(
@@ -157,9 +157,7 @@ def run(
         f" {ttft_ms:g} ms to first token + {ms_per_token:g} ms/token; grouped: at most"
         f" {max_prompts} prompts per request, {max_in_flight} requests in flight. {machine_note()}."
     )
-    report = {"setup": setup, "rows": rows}
-    table = markdown(report)
-    write_results(out_dir, "grouping", report, table)
+    table = write_setup_report(out_dir, "grouping", setup, rows, COLUMNS)
     bar_plot(
         out_dir / "grouping.png",
         f"{requests} misses at concurrency {concurrency}",

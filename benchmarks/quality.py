@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from benchmarks.data import data_file
-from benchmarks.report import progress
+from benchmarks.report import command_line, machine_note, progress
 from service.cache.edge_store import EdgeVectorStore
 from service.cache.guard import NearMissGuard
 from service.cache.scope import normalise
@@ -583,5 +583,6 @@ def compare_embedders(
         )
     table = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "embedder_agreement.md").write_text(table + "\n")
+    header = f"Command: `{command_line()}`\n\n{machine_note()}.\n\n"
+    (out / "embedder_agreement.md").write_text(header + table + "\n")
     return table

@@ -98,6 +98,21 @@ def write_results(out_dir: Path, name: str, data: Mapping[str, Any], markdown: s
     (out_dir / f"{name}.md").write_text(f"Command: `{data['command']}`\n\n{markdown}\n")
 
 
+def setup_markdown(report: Mapping[str, Any], columns: Sequence[tuple[str, str]]) -> str:
+    """A report of the common shape: its setup line, then one table row per row."""
+    return f"{report['setup']}\n\n{markdown_table(report['rows'], columns)}"
+
+
+def write_setup_report(
+    out_dir: Path, name: str, setup: str, rows: list[Row], columns: Sequence[tuple[str, str]]
+) -> str:
+    """Write `<name>.json` / `.md` of the common shape (`setup`, `rows`); return the table."""
+    report = {"setup": setup, "rows": rows}
+    table = setup_markdown(report, columns)
+    write_results(out_dir, name, report, table)
+    return table
+
+
 def _pyplot() -> Any:
     import matplotlib
 

@@ -20,7 +20,13 @@ import grpc
 import yaml
 
 from benchmarks.procs import run_stack
-from benchmarks.report import machine_note, markdown_table, percentile, progress, write_results
+from benchmarks.report import (
+    machine_note,
+    percentile,
+    progress,
+    setup_markdown,
+    write_setup_report,
+)
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 from service.config import DEFAULTS_DIR
@@ -88,8 +94,7 @@ COLUMNS = (
 
 def markdown(report: dict[str, Any]) -> str:
     """The report: its setup line and one row per configuration."""
-    rows = [{**row, "failures": _failures(row["failures"])} for row in report["rows"]]
-    return f"{report['setup']}\n\n{markdown_table(rows, COLUMNS)}"
+    return setup_markdown(report, COLUMNS)
 
 
 def _failures(failures: dict[str, int]) -> str:
@@ -110,13 +115,12 @@ def run(out: Path, requests: int, error_rate: float, ttft_ms: float) -> str:
         for name, env in (("resilience on", {}), ("resilience off", off_env)):
             progress(f"resilience: {name}, {requests} requests")
             with run_stack(workdir / name.replace(" ", "-"), ttft_ms, 1.0, env, fault) as stack:
-                rows.append({"configuration": name, **_drive(stack.target, requests)})
+                summary = _drive(stack.target, requests)
+                failures = _failures(summary.pop("failures"))
+                rows.append({"configuration": name, **summary, "failures": failures})
     setup = (
         f"{error_rate * 100:g}% of upstream calls fail (HTTP 500, seeded); {requests} distinct"
         f" questions (all misses); simulator {ttft_ms:g} ms to first token + 1 ms/token."
         f" {machine_note()}."
     )
-    report = {"setup": setup, "rows": rows}
-    table = markdown(report)
-    write_results(out, "resilience", report, table)
-    return table
+    return write_setup_report(out, "resilience", setup, rows, COLUMNS)

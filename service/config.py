@@ -330,7 +330,7 @@ class EmbeddingSettings(BaseModel):
     embedding_backend: EmbeddingBackend = Field(
         "onnx-int8",
         description="`onnx-int8`: ONNX Runtime, int8, exported once from the model files and"
-        " cached (fastest; 97.7-100% the same cache decisions as fp32); `onnx-fp32`; or"
+        " cached (fastest; 97.4-99.6% the same cache decisions as fp32); `onnx-fp32`; or"
         " `torch` (sentence-transformers).",
     )
     embedding_cache_dir: Path = Field(
