@@ -330,12 +330,12 @@ def _cmd_route_eval(args: argparse.Namespace) -> int:
     from service.routing.evaluate import load_labelled, route_eval
 
     configure_logging("console", "warning")
+    settings = load_settings()
     try:
         load_labelled(Path(args.file))  # read first: a bad file is told before the model loads
     except ValueError as error:
         print(f"semcache route-eval: {one_line(error)}", file=sys.stderr)
         return 2
-    settings = load_settings()
     if args.strategy:
         settings = settings.model_copy(update={"routing_strategy": args.strategy})
     catalogue = load_catalogue(settings.catalogue_path, os.environ)
