@@ -320,7 +320,7 @@ async def test_an_unknown_judge_model_is_one_clear_line(
     assert_one_clear_line(status, stderr, "no-such-model", "SEMCACHE_JUDGE_MODEL")
 
 
-def _bad_keys_file(tmp_path: Path) -> list[str]:
+def _add_to_bad_keys(tmp_path: Path) -> list[str]:
     (tmp_path / "bad.yaml").write_text("{{{\n")
     return ["keys", "add", "--file", str(tmp_path / "bad.yaml"), "--tenant", "t", "--name", "n"]
 
@@ -341,7 +341,7 @@ COMMAND_FAILURES: dict[str, tuple[Callable[[Path], list[str]], int, str]] = {
                      "--name", "n"],
         1, "tenant 'bad tenant!' is not valid",
     ),
-    "keys add to a malformed keys file": (_bad_keys_file, 1, "not valid YAML or JSON"),
+    "keys add to a malformed keys file": (_add_to_bad_keys, 1, "not valid YAML or JSON"),
     "route-eval on a missing file": (
         lambda tmp: ["route-eval", str(tmp / "missing.jsonl")], 2, "cannot read",
     ),
