@@ -196,3 +196,21 @@ async def test_client_commands_call_a_tls_server_with_tls_ca(
         assert status == 1 and "--tls-ca" in err and err.count("\n") == 1
     finally:
         await tls.close()
+
+
+def test_ctrl_c_while_the_cli_loads_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Importing the CLI takes most of a second; Ctrl-C then printed a traceback (found by
+    an audit). The console script's own module catches it."""
+    import types
+
+    from service import entry
+
+    class Loading(types.ModuleType):
+        def __getattr__(self, name: str) -> object:
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "service.cli", Loading("service.cli"))
+    assert entry.main() == 130
+    assert capsys.readouterr().err == "semcache: interrupted\n"
