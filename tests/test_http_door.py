@@ -645,3 +645,29 @@ def test_tls_files_the_door_cannot_use_are_one_line(
             tls_context(cert, key)
         message = str(caught.value)
         assert "SEMCACHE_TLS_KEY_FILE" in message and "\n" not in message
+
+
+async def test_a_client_gone_mid_body_is_cancelled_without_a_bound_too(
+    door: HttpService,
+) -> None:
+    """The door without an in-flight bound reads the body the same way: a client that
+    closes mid-body is CANCELLED, not an internal error with a traceback."""
+    _, writer = await asyncio.open_connection("127.0.0.1", door.http.port)
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    writer.write((head + "Content-Length: 100\r\n\r\n").encode() + b'{"messages"')
+    await writer.drain()
+    writer.close()
+    metrics = door.grpc.app.metrics
+    labels = {"rpc": "http_chat_completions", "cache": "none", "model": ""}
+
+    def counted(code: str) -> float:
+        value = metrics.registry.get_sample_value(
+            "semcache_requests_total", {**labels, "code": code}
+        )
+        return value or 0.0
+
+    for _ in range(500):
+        if counted("CANCELLED"):
+            break
+        await asyncio.sleep(0.01)
+    assert counted("CANCELLED") == 1 and counted("INTERNAL") == 0

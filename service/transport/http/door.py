@@ -150,9 +150,11 @@ async def _admitted(request: web.Request, call: HttpCall, handler: Handler) -> w
     door = request.app[DOOR]
     route = request.match_info.route.name
     rpc = door.bounded.get(route) if route is not None else None
+    if rpc is not None:
+        call.rpc = rpc  # a refused call is counted under its route (a handler may refine it)
     if door.in_flight is None or rpc is None:
+        await _read_body(request)
         return await handler(request)
-    call.rpc = rpc  # a refused call is counted under its route (a handler may refine it)
     door.principal(request)
     await _read_body(request)  # before the slot: a slow upload must not hold one
     door.in_flight.enter(rpc)
