@@ -534,6 +534,40 @@ async def test_bad_client_arguments_fail_at_construction(client_class: Any) -> N
         client_class("localhost:1", retries=-1)
 
 
+def test_a_misspelt_filter_or_scope_is_refused_before_anything_is_sent() -> None:
+    """Found by an audit: `invalidate(all=True, namespce="scratch")` dropped the unknown
+    keyword and cleared the whole tenant; `put_entries(..., namespce="faq")` stored in
+    `default`. Both are a TypeError naming the keywords the call takes (no server here:
+    nothing may be sent)."""
+    client = SemcacheClient("localhost:1", retries=0)
+    with pytest.raises(TypeError, match="unknown keyword namespce; use all, all_tenants"):
+        client.invalidate(all=True, namespce="scratch")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unknown keyword namespce; use max_tokens"):
+        client.put_entries([("q", "a")], namespce="faq")  # type: ignore[call-arg]
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout_s": -1}, "timeout_s must be positive"),
+        ({"timeout_s": 0}, "timeout_s must be positive"),
+        ({"timeout_s": "5"}, "timeout_s must be a positive number"),
+        ({"cache_policy": None}, "cache_policy must be one of"),
+        ({"cache_policy": 3}, "cache_policy must be one of"),
+    ],
+)
+def test_a_bad_per_call_option_is_a_value_error_before_sending(
+    options: dict[str, Any], message: str
+) -> None:
+    """A per-call timeout of 0 or less went out and came back DeadlineExceeded, "5" was a
+    TypeError from arithmetic, and a cache_policy of None an AttributeError."""
+    client = SemcacheClient("localhost:1", retries=0)
+    with pytest.raises(ValueError, match=message):
+        client.complete("hi", **options)
+    client.close()
+
+
 # --- google.rpc.Status read without googleapis-common-protos -----------------------
 
 

@@ -6,7 +6,7 @@ here with the function that reads its response.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc
 from google.rpc.status_pb2 import Status
@@ -90,8 +90,27 @@ def batch_request(
     )
 
 
+def _known_keys(what: str, given: Mapping[str, object], allowed: type) -> None:
+    """Refuse a keyword the TypedDict `allowed` does not name: a misspelt filter that were
+    dropped would widen what the call does (`namespce=` on invalidate clears the tenant).
+
+    Raises:
+        TypeError: `given` has a key `allowed` does not declare.
+    """
+    known = allowed.__required_keys__ | allowed.__optional_keys__  # type: ignore[attr-defined]
+    unknown = sorted(set(given) - known)
+    if unknown:
+        names = ", ".join(sorted(known))
+        raise TypeError(f"{what} got unknown keyword {', '.join(unknown)}; use {names}")
+
+
 def invalidate_request(filters: InvalidateFilters) -> pb.InvalidateCacheRequest:
-    """The InvalidateCacheRequest for these filters (absent or None: no filter)."""
+    """The InvalidateCacheRequest for these filters (absent or None: no filter).
+
+    Raises:
+        TypeError: a filter the call does not know (a misspelling).
+    """
+    _known_keys("invalidate()", filters, InvalidateFilters)
     return pb.InvalidateCacheRequest(
         namespace=filters.get("namespace") or "",
         model=filters.get("model") or "",
@@ -105,7 +124,12 @@ def invalidate_request(filters: InvalidateFilters) -> pb.InvalidateCacheRequest:
 def put_entries_request(
     entries: Sequence[tuple[str, str]], scope: EntryScope
 ) -> pb.PutEntriesRequest:
-    """The PutEntriesRequest for (question, answer) pairs in `scope`."""
+    """The PutEntriesRequest for (question, answer) pairs in `scope`.
+
+    Raises:
+        TypeError: a scope field the call does not know (a misspelling).
+    """
+    _known_keys("put_entries()", scope, EntryScope)
     return pb.PutEntriesRequest(
         entries=[pb.Entry(question=question, answer=text) for question, text in entries],
         namespace=scope.get("namespace") or "",

@@ -102,15 +102,33 @@ class CallOptions:
             ValueError: `timeout_s` is not positive, `retries` is negative, or
                 `tenant` or `api_key` holds a character gRPC metadata cannot carry.
         """
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        check_timeout(timeout_s)
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, got {retries}")
         return cls(call_metadata(tenant, api_key), timeout_s, RetryPolicy(retries))
 
     def attempts(self, timeout_s: float | None) -> Attempts:
-        """The attempts of one call, `timeout_s` (else the client's default) from now."""
-        return Attempts(self.retry, Deadline(self.timeout_s if timeout_s is None else timeout_s))
+        """The attempts of one call, `timeout_s` (else the client's default) from now.
+
+        Raises:
+            ValueError: `timeout_s` is given and not a positive number.
+        """
+        if timeout_s is None:
+            return Attempts(self.retry, Deadline(self.timeout_s))
+        return Attempts(self.retry, Deadline(check_timeout(timeout_s)))
+
+
+def check_timeout(timeout_s: object) -> float:
+    """`timeout_s` as a positive number of seconds.
+
+    Raises:
+        ValueError: it is not a number, or not positive (NaN included).
+    """
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    return float(timeout_s)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,9 @@ class CachePolicy(enum.Enum):
         """
         if isinstance(value, CachePolicy):
             return value
+        if not isinstance(value, str):
+            names = ", ".join(policy.value for policy in cls)
+            raise ValueError(f"cache_policy must be one of {names}, not {value!r}")
         try:
             return cls(value.strip().lower().replace("-", "_"))
         except ValueError:
