@@ -163,6 +163,31 @@ async def test_complete_miss_then_hit(service: Service, connect: Connect) -> Non
     assert hit.cost_saved_usd == pytest.approx(miss.cost_usd)
 
 
+async def test_openai_style_dict_messages_are_the_same_conversation(
+    service: Service, connect: Connect
+) -> None:
+    """A {"role", "content"} dict was unpacked as its keys ("messages[0].role is 'role'",
+    found by an audit); it is now the same message as the pair."""
+    async with connect(target_of(service)) as client:
+        first = await client.complete(messages=[("system", "Be brief."), ("user", QUESTION)])
+        again = await client.complete(
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": QUESTION},
+            ]
+        )
+    assert first.cache_status is CacheStatus.MISS
+    assert again.cache_status is CacheStatus.EXACT_HIT
+
+
+@pytest.mark.parametrize("message", [("user",), {"role": "user"}, "user: hi", ("user", 3)])
+def test_a_message_of_another_shape_is_a_type_error_before_sending(message: Any) -> None:
+    client = SemcacheClient("localhost:1", retries=0)
+    with pytest.raises(TypeError, match="a message is a Message"):
+        client.complete(messages=[message])
+    client.close()
+
+
 async def test_stream_gives_deltas_then_the_answer(service: Service, connect: Connect) -> None:
     async with connect(target_of(service)) as client:
         stream = client.stream(messages=[("system", "Be brief."), Message("user", QUESTION)])

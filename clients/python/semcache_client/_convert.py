@@ -48,10 +48,25 @@ _VERIFICATION_FIELDS = tuple(
 )
 
 
-def _message(message: Message | tuple[str, str]) -> pb.Message:
+def _message(message: Message | tuple[str, str] | Mapping[str, str]) -> pb.Message:
+    """A `Message`, a (role, content) pair or an OpenAI-style {"role", "content"} dict.
+
+    Raises:
+        TypeError: it is none of these (a dict once unpacked as its keys).
+    """
     if isinstance(message, Message):
         return pb.Message(role=message.role, content=message.content)
-    role, content = message
+    if isinstance(message, Mapping):
+        role, content = message.get("role"), message.get("content")
+    elif isinstance(message, tuple | list) and len(message) == 2:
+        role, content = message
+    else:
+        role = content = None
+    if not isinstance(role, str) or not isinstance(content, str):
+        raise TypeError(
+            "a message is a Message, a (role, content) pair of strings or a"
+            f' {{"role": ..., "content": ...}} dict of strings, not {message!r:.80}'
+        )
     return pb.Message(role=role, content=content)
 
 

@@ -6,7 +6,7 @@ No gRPC in here: `_convert` turns these into protobuf messages and back.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
@@ -121,13 +121,14 @@ class RequestOptions(TypedDict, total=False):
     probability, 0 to 1, that a semantic hit is wrong at which it may be
     served: it can only tighten the service's `SEMCACHE_MAX_ERROR_RATE`).
     `messages` replaces the prompt with a
-    conversation ending with a user message; `cache_policy` defaults to
+    conversation ending with a user message (each a `Message`, a (role, content)
+    pair or an OpenAI-style {"role", "content"} dict); `cache_policy` defaults to
     `CachePolicy.DEFAULT`; `stop` holds at most 4 stop sequences;
     `response_format` is "text" or "json_object"; `tools_json` and
     `tool_choice` pass OpenAI-style tools through to the provider.
     """
 
-    messages: Sequence[Message | tuple[str, str]] | None
+    messages: Sequence[Message | tuple[str, str] | Mapping[str, str]] | None
     model: str | None
     temperature: float | None
     max_tokens: int | None
@@ -154,7 +155,7 @@ class CompleteParams:
     """
 
     prompt: str | None = None
-    messages: Sequence[Message | tuple[str, str]] | None = None
+    messages: Sequence[Message | tuple[str, str] | Mapping[str, str]] | None = None
     model: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
