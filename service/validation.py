@@ -167,14 +167,23 @@ def parse_json(name: str, text: str, max_bytes: int) -> object:
         value = json.loads(
             text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_short_int
         )
-        json.dumps(value, ensure_ascii=False).encode()  # as the HTTP client will send it
-    except UnicodeEncodeError:
-        raise InvalidRequestError(
-            f"{name} holds an unpaired surrogate escape such as \\ud800; send valid Unicode"
-        ) from None
     except ValueError as error:  # JSONDecodeError, and the limits of the parse_* hooks
         raise InvalidRequestError(f"{name} is not valid JSON: {error}") from None
+    if not encodable(value):
+        raise InvalidRequestError(
+            f"{name} holds an unpaired surrogate escape such as \\ud800; send valid Unicode"
+        )
     return value
+
+
+def encodable(value: object) -> bool:
+    """Whether parsed JSON `value` can be sent on as UTF-8 JSON: false when a string in it
+    holds a lone UTF-16 surrogate (a `\\ud800` escape with no pair), which no encoder takes."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def json_depth(text: str) -> int:

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from service.cache.scope import CacheKey
 from service.cache.semantic import Answer, Lookup, SemanticCache
 from service.domain import ChatMessage, CompletionRequest, SamplingParams
 from service.errors import InvalidRequestError, StoreNotWritableError
@@ -111,18 +112,17 @@ class Seeder:
     async def _put_unless_repeated(self, index: int, seed: Seed, first: dict[str, int]) -> str:
         """`_put_one`, unless an earlier seed of the call asks the same question (in the
         same scope): two answers for one entry, where one would silently win."""
-        entry_id = self._cache.key_for(seed.request).point_id
-        earlier = first.setdefault(entry_id, index)
+        key = self._cache.key_for(seed.request)
+        earlier = first.setdefault(key.point_id, index)
         if earlier != index:
             raise InvalidRequestError(
                 f"the same question as entries[{earlier}] (one entry per question and"
                 " scope); send one answer for it"
             )
-        return await self._put_one(seed)
+        return await self._put_one(seed, key)
 
-    async def _put_one(self, seed: Seed) -> str:
+    async def _put_one(self, seed: Seed, key: CacheKey) -> str:
         self._check(seed)
-        key = self._cache.key_for(seed.request)
         answer = Answer(
             content=seed.answer,
             model=seed.request.model or "",

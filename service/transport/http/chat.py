@@ -35,6 +35,7 @@ from service.transport.http.replies import (
     sse,
 )
 from service.transport.http.wire import ChatCall, parse_chat
+from service.validation import encodable
 
 log = structlog.get_logger(__name__)
 
@@ -116,31 +117,18 @@ async def json_body(request: web.Request) -> object:
         raise BadFieldError("body", f"the request body is not valid JSON ({error})") from None
     except RecursionError:
         raise BadFieldError("body", "the request body is nested too deeply to read") from None
-    if _LONE_SURROGATE_ESCAPE.search(raw):
-        _check_encodable(body)
+    if _SURROGATE_ESCAPE.search(raw) and not encodable(body):  # the common body pays nothing
+        raise BadFieldError(
+            "body",
+            "a string in the request body holds a lone UTF-16 surrogate (an unpaired"
+            " \\ud800-\\udfff escape); send valid Unicode",
+        )
     return body
 
 
 # A UTF-16 surrogate can only reach a JSON string as an escape (UTF-8 has none); a pair
 # decodes to one character, a lone one stays a surrogate no encoder will take.
-_LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _check_encodable(body: object) -> None:
-    """Refuse a body whose strings hold a lone surrogate (only checked when the raw body
-    has a surrogate escape: the common body pays nothing).
-
-    Raises:
-        BadFieldError: a string of the body is not valid Unicode.
-    """
-    try:
-        json.dumps(body, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        raise BadFieldError(
-            "body",
-            "a string in the request body holds a lone UTF-16 surrogate (an unpaired"
-            " \\ud800-\\udfff escape); send valid Unicode",
-        ) from None
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def deadline_s(request: web.Request, streaming: bool) -> float | None:

@@ -42,8 +42,10 @@ from service.validation import MAX_REQUEST_ID_CHARS
 
 log = structlog.get_logger(__name__)
 
-BODY_TIMEOUT_S = 30.0  # a bounded call's whole body, read before it takes a slot
-MAX_BODY_BYTES = 4 * 1024 * 1024  # the server's `client_max_size`
+BODY_TIMEOUT_S = 30.0  # a request's whole body, read before a bounded call takes a slot
+# Bodies up to this size are read (the server's `client_max_size`); larger ones are
+# refused with 413 before parsing.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -179,9 +181,7 @@ async def _read_body(request: web.Request) -> None:
         async with asyncio.timeout(BODY_TIMEOUT_S):
             await request.read()
     except TimeoutError:
-        raise web.HTTPRequestTimeout(
-            reason=f"the request body did not arrive within {BODY_TIMEOUT_S:g} s"
-        ) from None
+        raise web.HTTPRequestTimeout() from None  # `_REFUSALS` says what to change
     except (ConnectionResetError, ClientConnectionError) as error:
         raise ClientGoneError(str(error)) from None
 

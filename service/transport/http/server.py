@@ -46,7 +46,6 @@ from service.transport.tls import tls_from
 
 log = structlog.get_logger(__name__)
 
-# Bodies up to this size are read; larger ones are refused with 413 before parsing.
 DEFAULT_GRACE_S = 5.0
 
 
