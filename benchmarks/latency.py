@@ -8,6 +8,10 @@ is asked (a semantic hit when it clears the guard). Latency is the client's
 round trip through the generated stub; the simulator answers with zero
 latency, so a miss shows the gateway's own cost plus one HTTP call.
 
+The service's own account of where its time went (`benchmarks.stages`: calls
+and mean ms of each stage of its request path over the pairs, from its
+metrics endpoint) comes with the service the command starts.
+
 After each pair, the floors are measured call by call, so noise falls on
 both (`benchmarks.floors`): one gRPC health check through the same channel,
 then `a` embedded alone in this process (the service's backend and threads;
@@ -30,7 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.data import data_file
 from benchmarks.floors import FloorRecorder, embedder_from_settings, floors_markdown, ratio
-from benchmarks.procs import run_stack
+from benchmarks.procs import free_port, run_stack
 from benchmarks.report import (
     Row,
     machine_note,
@@ -40,6 +44,8 @@ from benchmarks.report import (
     service_env_note,
     write_results,
 )
+from benchmarks.stages import COLUMNS as STAGE_COLUMNS
+from benchmarks.stages import StageMeter
 from service._proto.semcache.v1 import semcache_pb2 as pb
 from service._proto.semcache.v1 import semcache_pb2_grpc as pb_grpc
 
@@ -87,9 +93,14 @@ def _health_ms(health: health_pb2_grpc.HealthStub) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def measure(target: str, pairs: list[tuple[str, str]], floors: FloorRecorder) -> LatencyResult:
+def measure(
+    target: str,
+    pairs: list[tuple[str, str]],
+    floors: FloorRecorder,
+    stages: StageMeter | None = None,
+) -> LatencyResult:
     """Each pair's three calls, then its floors (a health check, `a` embedded untimed,
-    `b` embedded), pair by pair."""
+    `b` embedded), pair by pair; `stages`, if given, read around the pairs."""
     result = LatencyResult()
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.SemanticCacheServiceStub(channel)
@@ -98,6 +109,8 @@ def measure(target: str, pairs: list[tuple[str, str]], floors: FloorRecorder) ->
             stub.Complete(pb.CompleteRequest(prompt=warm_up), timeout=30)
             _health_ms(health)
             floors.warm_up(warm_up)
+        if stages is not None:
+            stages.start()
         for done, (a, b) in enumerate(pairs, start=1):
             _timed(stub, a, result)
             _timed(stub, a, result)
@@ -112,6 +125,8 @@ def measure(target: str, pairs: list[tuple[str, str]], floors: FloorRecorder) ->
             floors.add_embed(b)
             if done % PROGRESS_EVERY == 0 or done == len(pairs):
                 progress(f"latency: {done}/{len(pairs)} pairs")
+        if stages is not None:
+            stages.stop()
     return result
 
 
@@ -174,13 +189,22 @@ COLUMNS = (
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The report's tables: floors, outcomes, targets."""
+    """The report's tables: floors, outcomes, stages (when measured), targets."""
+    stages = report.get("stages") or []
+    stage_tables = [
+        "In service, by the service's own metrics over the pairs (`lookup` is every"
+        " request's whole lookup, the exact hits' included; `embed` (with its thread"
+        " hop), `search` and `verify` every lookup that embedded: the misses and the"
+        " semantic hits; `route` and `upstream` the misses):\n\n"
+        + markdown_table(stages, STAGE_COLUMNS)
+    ]
     return "\n\n".join(
         [
             f"Embedding backend: {report['embedding_backend']}. {report['machine']}."
             + service_env_note(report.get("service_env") or {}),
             floors_markdown(report["floors"], "call by call, after each pair"),
             markdown_table(report["rows"], COLUMNS),
+            *(stage_tables if stages else []),
             markdown_table(
                 report["targets"], (("target", "target"), ("measured", "measured"), ("met", "met"))
             ),
@@ -199,14 +223,18 @@ def run(
     questions = load_pairs(data_file(data), pairs)
     embedder, workers = embedder_from_settings(env.get("SEMCACHE_EMBEDDING_BACKEND"))
     floors = FloorRecorder(embedder, [b for _, b in questions], workers)
+    stages: StageMeter | None = None
     if target is not None:
         result = measure(target, questions, floors)
     else:
+        metrics_port = free_port()
+        stages = StageMeter(metrics_port)
+        stack_env = {**env, "SEMCACHE_METRICS_PORT": str(metrics_port)}
         with (
             tempfile.TemporaryDirectory() as workdir,
-            run_stack(Path(workdir), extra_env=env) as stack,
+            run_stack(Path(workdir), extra_env=stack_env) as stack,
         ):
-            result = measure(stack.target, questions, floors)
+            result = measure(stack.target, questions, floors, stages)
     report: dict[str, Any] = {
         "embedding_backend": embedder.model_id,
         "service_env": dict(sorted(env.items())) if target is None else {},
@@ -214,6 +242,7 @@ def run(
         "floors": floors.report(),
     }
     report["rows"] = summarise(result, report["floors"])
+    report["stages"] = stages.rows() if stages is not None else []
     report["targets"] = targets(report["rows"])
     table = markdown(report)
     write_results(out_dir, "latency", report, table)
