@@ -479,6 +479,27 @@ def test_retry_after_is_read_from_milliseconds_seconds_or_a_date() -> None:
     assert retry_after_from_headers(httpx.Headers({})) is None
 
 
+async def test_one_models_rate_limit_does_not_open_its_providers_breaker(
+    clock: FakeClock,
+) -> None:
+    """Found from outside: five 429s on gpt-4o-mini opened the breaker for all of
+    openai, and gpt-4o's next caller was answered by claude without gpt-4o being
+    asked. A 429 is the provider pacing one model (or key), not an outage."""
+    fault = FaultConfig(rate_limit_rate=1.0, retry_after_s=30)
+    async with (
+        _simulator({SMALL: fault}) as sim,
+        _gateway(sim, clock, breaker_failures=3) as provider,
+    ):
+        for _ in range(4):
+            paced = await provider.complete(_call(SMALL, timeout_s=5.0))
+            assert (paced.model, paced.fallback_from) == (MEDIUM, SMALL)
+        states = provider.breaker_states()
+        other = await provider.complete(_call(LARGE))
+
+    assert states == {"openai": "closed", "anthropic": "closed"}
+    assert (other.model, other.fallback_from) == (LARGE, None)
+
+
 def test_calls_failing_with_one_shared_error_count_once(clock: FakeClock) -> None:
     breaker = CircuitBreaker(failure_threshold=2, cooldown_s=10, clock=clock.now)
     shared = UpstreamError("HTTP 500 for a grouped request of five prompts")

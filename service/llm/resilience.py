@@ -6,7 +6,10 @@ cannot fit and providers whose circuit breaker is open. On each model it
 retries 429s, 5xx, timeouts and lost connections with jittered exponential
 backoff, honouring Retry-After, always within the caller's deadline
 (`ProviderCall.timeout_s`). Each provider has its own breaker and its own
-concurrency limit with a bounded queue (see `service.llm.admission`).
+concurrency limit with a bounded queue (see `service.llm.admission`). The
+breaker counts the provider's failures (5xx, timeouts, lost connections),
+not its 429s: one model's rate limit must not send the provider's other
+models to their fallbacks.
 
 What a caller sees:
     a `ProviderAnswer`             `model` is the catalogue model that answered;
@@ -318,6 +321,8 @@ def _settle(backend: _Backend, error: BaseException, timeout_s: float | None) ->
         breaker.release()
     elif isinstance(error, UpstreamTimeoutError) and timeout_s < backend.spec.timeout_s:
         breaker.release()  # the caller's short deadline, not the provider's slowness
+    elif isinstance(error, RetryableUpstreamError) and error.status == 429:
+        breaker.release()  # the provider pacing one model or key, not an outage
     elif isinstance(error, UpstreamError):
         breaker.record_failure(error)  # a grouped request's failure counts once
     else:

@@ -54,8 +54,12 @@ class CachingPolicy:
         return limit is not None and temperature is not None and temperature > limit
 
     def storable(self, request: CompletionRequest, answer: ProviderAnswer) -> bool:
-        """Whether `answer` to `request` may be stored: complete, and asked to be kept."""
+        """Whether `answer` to `request` may be stored: complete, asked to be kept, and
+        from the model the request named, if it named one (another model's answer, a
+        fallback's, kept in the named model's scope would be served as that model's)."""
         if request.cache_policy is CachePolicy.NO_STORE:
+            return False
+        if request.model and answer.fallback_from is not None:
             return False
         if answer.tool_calls_json:
             return self.cache_tool_calls and answer.finish_reason == "tool_calls"
