@@ -23,7 +23,7 @@ from service.cache.stats import CacheStats
 from service.domain import CachePolicy, CacheStatus, ChatMessage, Completion, CompletionRequest
 from service.embedding.batcher import EmbeddingBatcher
 from service.embedding.fake import HashingEmbedder
-from service.errors import UpstreamError
+from service.errors import UpstreamError, UpstreamTimeoutError
 from service.llm.catalogue import load_catalogue
 from service.llm.fake import ScriptedProvider
 from service.metrics import Metrics
@@ -147,6 +147,57 @@ async def test_identical_concurrent_misses_share_one_upstream_call(rig: Rig) -> 
     assert {a.content for a in answers} == {"Use the reset link."}
     assert sorted(a.cost_saved_usd > 0 for a in answers) == [False, True, True]
     assert rig.store.upserts == 1
+
+
+async def test_a_shared_miss_outlives_its_starters_deadline_for_a_caller_with_more_time(
+    rig: Rig,
+) -> None:
+    """Found from outside: the shared call ran within its starter's deadline, so a
+    caller with 20 s to spare failed with the 1 s caller's DEADLINE_EXCEEDED."""
+    rig.provider.gate = asyncio.Event()
+    hurried = asyncio.create_task(rig.pipeline.complete(ask(deadline_s=0.3)))
+    await _until(lambda: len(rig.provider.calls) == 1)
+    patient = asyncio.create_task(rig.pipeline.complete(ask(deadline_s=30.0)))
+    with pytest.raises(UpstreamTimeoutError):
+        await hurried
+    await _until(lambda: len(rig.provider.calls) == 2)  # the patient caller's own call
+    rig.provider.gate.set()
+    answer = await patient
+    assert (answer.cache_status, answer.content) == (CacheStatus.MISS, "Use the reset link.")
+    assert answer.entry_id
+    assert rig.store.upserts == 1
+
+
+async def test_callers_with_no_more_time_than_the_starter_share_its_failure(rig: Rig) -> None:
+    rig.provider.gate = asyncio.Event()
+    first = asyncio.create_task(rig.pipeline.complete(ask(deadline_s=0.3)))
+    await _until(lambda: len(rig.provider.calls) == 1)
+    second = asyncio.create_task(rig.pipeline.complete(ask(deadline_s=0.2)))
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    assert [type(result) for result in results] == [UpstreamTimeoutError] * 2
+    assert len(rig.provider.calls) == 1
+
+
+async def test_a_fallback_answer_is_not_stored_for_the_model_the_request_named(rig: Rig) -> None:
+    """Found from outside: gpt-4o failing, claude's answer was kept in gpt-4o's scope
+    and served as gpt-4o's exact hit for the entry's whole life."""
+    rig.provider.fallback_from = "gpt-4o"
+    named = await rig.pipeline.complete(ask(model="gpt-4o"))
+    assert (named.cache_status, named.entry_id) == (CacheStatus.MISS, "")
+    assert rig.store.upserts == 0
+    rig.provider.fallback_from = None
+    again = await rig.pipeline.complete(ask(model="gpt-4o"))
+    assert again.cache_status is CacheStatus.MISS  # asked again of gpt-4o itself
+    assert len(rig.provider.calls) == 2
+
+
+async def test_a_fallback_answer_is_stored_when_the_request_let_the_router_choose(
+    rig: Rig,
+) -> None:
+    rig.provider.fallback_from = "gpt-4o-mini"
+    routed = await rig.pipeline.complete(ask())
+    assert routed.entry_id
+    assert (await rig.pipeline.complete(ask())).cache_status is CacheStatus.EXACT_HIT
 
 
 async def test_stream_is_stored_only_after_its_final_message(rig: Rig) -> None:

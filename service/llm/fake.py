@@ -2,7 +2,9 @@
 
     provider = ScriptedProvider({"What is 2+2?": "4"})  # other questions: "answer: <q>"
     provider.fail_next(UpstreamError("boom"))           # the next call raises it
-    provider.gate = asyncio.Event()                     # calls wait until gate.set()
+    provider.gate = asyncio.Event()                     # calls wait until gate.set(),
+                                                        # or fail at their timeout_s
+    provider.fallback_from = "gpt-4o"                   # answers come from a fallback
 
 It records every `ProviderCall` in `calls`, so a test can say how many upstream
 calls a request path made, and with what. A streamed answer is the scripted
@@ -16,6 +18,7 @@ import re
 from collections.abc import AsyncGenerator, Callable, Mapping
 
 from service.domain import Usage
+from service.errors import UpstreamTimeoutError
 from service.llm.provider import ProviderAnswer, ProviderCall
 
 __all__ = ["ScriptedProvider"]
@@ -47,6 +50,7 @@ class ScriptedProvider:
         self.finish_reason = finish_reason
         self.calls: list[ProviderCall] = []
         self.gate: asyncio.Event | None = None
+        self.fallback_from: str | None = None
         self.closed = False
         self._failures: list[Exception] = []
 
@@ -82,7 +86,10 @@ class ScriptedProvider:
     async def _begin(self, call: ProviderCall) -> None:
         self.calls.append(call)
         if self.gate is not None:
-            await self.gate.wait()
+            try:
+                await asyncio.wait_for(self.gate.wait(), call.timeout_s)
+            except TimeoutError:
+                raise UpstreamTimeoutError(f"no answer within {call.timeout_s:.3g}s") from None
         if self._failures:
             raise self._failures.pop(0)
 
@@ -90,4 +97,9 @@ class ScriptedProvider:
         question = next((m.content for m in reversed(call.messages) if m.role == "user"), "")
         content = self.script.get(question) or self.default(question)
         usage = Usage(prompt_tokens=len(question.split()), completion_tokens=len(content.split()))
-        return ProviderAnswer(content, call.model, self.finish_reason, usage)
+        if self.fallback_from is None:
+            return ProviderAnswer(content, call.model, self.finish_reason, usage)
+        model = f"fallback-for-{call.model}"
+        return ProviderAnswer(
+            content, model, self.finish_reason, usage, fallback_from=self.fallback_from
+        )

@@ -7,6 +7,7 @@ Knows nothing of transports: a door (gRPC, HTTP) converts its messages to a
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -154,8 +155,12 @@ class RequestPipeline:
             spent = self._ledger.cost_usd(answer)
             return self._receipt(request, lookup, route, answer, started, spent)
         key = f"{lookup.key.point_id}:{request.cache_policy.value}"
+        until = math.inf if request.deadline_s is None else started + request.deadline_s
         (answer, cost_usd, stored), leader = await self._misses.run(
-            key, lambda: self._ask_and_store(request, lookup, route)
+            key,
+            lambda: self._ask_and_store(request, lookup, route),
+            until,
+            retry_on=UpstreamTimeoutError,
         )
         spent, saved = (cost_usd, 0.0) if leader else (0.0, cost_usd)
         entry_id = lookup.key.point_id if stored else ""
