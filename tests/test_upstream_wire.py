@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from service.domain import ChatMessage, SamplingParams, Usage
+from service.domain import ChatMessage, CompletionRequest, SamplingParams, Usage
 from service.errors import UpstreamError, UpstreamTimeoutError
 from service.llm.http_errors import RetryableUpstreamError
 from service.llm.openai_compat import OpenAICompatProvider, _StreamedAnswer
 from service.llm.provider import ProviderAnswer, ProviderCall
+from service.pipeline.request import CachingPolicy
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CALL = ProviderCall("m", (ChatMessage("user", "hello"),), SamplingParams(), 5.0)
@@ -127,7 +128,22 @@ async def test_an_answer_is_read_from_its_json_with_the_same_defaults() -> None:
 
     async with serving(sparse) as provider:
         answer = await provider.complete(CALL)
-    assert answer == ProviderAnswer(content="", model="m", finish_reason="stop", usage=Usage())
+    assert answer == ProviderAnswer(content="", model="m", finish_reason="", usage=Usage())
+
+
+async def test_an_answer_with_no_finish_reason_is_served_but_never_stored() -> None:
+    """Found from outside: a unary answer whose provider did not say it finished was
+    read as "stop" and cached, where the same answer streamed is a broken stream."""
+
+    async def unsaid(_request: web.Request) -> web.StreamResponse:
+        body = {"model": "m", "choices": [{"message": {"content": "Half an ans"}}]}
+        return web.json_response(body)
+
+    async with serving(unsaid) as provider:
+        answer = await provider.complete(CALL)
+    request = CompletionRequest(messages=(ChatMessage("user", "q"),))
+    assert (answer.content, answer.finish_reason) == ("Half an ans", "")
+    assert not CachingPolicy().storable(request, answer)
 
 
 async def test_a_json_answer_under_another_content_type_is_still_read() -> None:

@@ -117,7 +117,7 @@ class OpenAICompatProvider:
             ProviderAnswer(
                 content=text,
                 model=response.model or model,
-                finish_reason=choices[i].finish_reason or "stop",
+                finish_reason=choices[i].finish_reason or "",  # unsaid: not storable
                 usage=Usage(prompt_shares[i], answer_shares[i]),
             )
             for i, text in enumerate(texts)
@@ -176,7 +176,9 @@ class OpenAICompatProvider:
         return ProviderAnswer(
             content=_text(message.get("content")),
             model=_text(data.get("model")) or model,
-            finish_reason=_text(choices[0].get("finish_reason")) or "stop",
+            # Unsaid is not "stop": an answer its provider did not call complete is not
+            # cached (a stream without one is a broken stream).
+            finish_reason=_text(choices[0].get("finish_reason")),
             usage=_usage_of(data.get("usage")) or Usage(),
             tool_calls_json=_tool_calls_json(message),
         )

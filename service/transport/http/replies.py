@@ -89,7 +89,7 @@ def chat_completion(completion: Completion, request_id: str) -> dict[str, Any]:
         "index": 0,
         "message": message,
         "logprobs": None,
-        "finish_reason": completion.finish_reason,
+        "finish_reason": completion.finish_reason or None,
     }
     return {
         "id": completion_id(request_id),
