@@ -268,6 +268,28 @@ async def test_feedback_wrong_on_a_served_hit_stops_it_at_once(make_rig) -> None
     assert (await rig.pipeline.complete(ask())).cache_status is CacheStatus.EXACT_HIT
 
 
+async def test_a_verdict_repeated_on_one_served_hit_is_learned_once(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """Found from outside: one tenant sent CORRECT on a single hit 4,200 times, and the
+    shared prior moved until other tenants' near misses were served as safe."""
+    rig: Rig = await make_rig(_budget(max_error_rate=0.2))
+    await rig.pipeline.complete(ask())
+    served = await rig.pipeline.complete(ask(PARAPHRASE, request_id="req-1"))
+    assert served.cache_status is CacheStatus.SEMANTIC_HIT
+    verdict = Feedback("default", FeedbackVerdict.CORRECT, request_id="req-1")
+    await rig.admin.submit_feedback(verdict)
+    prior_after_one = rig.learning.state.prior
+    for _ in range(50):
+        await rig.admin.submit_feedback(verdict)
+    assert rig.learning.state.prior == prior_after_one
+    counters = rig.learning.state.counters_for("default", "default")
+    assert (counters.feedback_correct, counters.feedback_wrong) == (1, 0)
+    # A change of mind replaces the answer's own evidence, not the prior's count.
+    await rig.admin.submit_feedback(Feedback("default", FeedbackVerdict.WRONG, request_id="req-1"))
+    assert rig.learning.state.prior == prior_after_one
+    refused = await rig.pipeline.complete(ask(PARAPHRASE))
+    assert (refused.cache_status, refused.cache_detail) == (CacheStatus.MISS, "judged_wrong_nearby")
+
+
 async def test_feedback_wrong_on_an_entry_refreshes_its_answer(make_rig) -> None:  # type: ignore[no-untyped-def]
     rig: Rig = await make_rig(None)  # the guard decides; feedback still stops the entry
     first = await rig.pipeline.complete(ask())
