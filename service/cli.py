@@ -704,8 +704,9 @@ def _add_client_commands(commands: Any) -> None:
     invalidate.add_argument("--model")
     invalidate.add_argument("--older-than-s", type=int, default=0)
     invalidate.add_argument("--all", action="store_true", help="delete every entry of the tenant")
-    invalidate.add_argument("--for-tenant", help="act on this tenant (admin)")
-    invalidate.add_argument("--all-tenants", action="store_true", help="every tenant (admin)")
+    whose = invalidate.add_mutually_exclusive_group()
+    whose.add_argument("--for-tenant", help="act on this tenant (admin)")
+    whose.add_argument("--all-tenants", action="store_true", help="every tenant (admin)")
     _client_arguments(invalidate)
     invalidate.set_defaults(run=lambda a: _run_client(_cmd_invalidate, a))
 

@@ -53,3 +53,16 @@ async def test_all_tenants_and_all_deletes_every_entry(service: Service) -> None
     )
     assert deleted.deleted_entries == 2
     assert (await _entries(service, "acme"), await _entries(service, "globex")) == (0, 0)
+
+
+async def test_naming_a_tenant_and_all_tenants_is_refused(service: Service) -> None:
+    """Found from outside: `all_tenants` silently dropped the named tenant, so an
+    admin clearing one tenant's namespace cleared every tenant's."""
+    await _fill(service)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.InvalidateCache(
+            pb.InvalidateCacheRequest(tenant="acme", all_tenants=True, all=True)
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not both" in (caught.value.details() or "")
+    assert (await _entries(service, "acme"), await _entries(service, "globex")) == (1, 1)
