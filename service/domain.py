@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import math
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
 
@@ -55,7 +57,9 @@ class CompletionRequest:
     """One completion request, as the gateway sees it.
 
     `messages` always ends with the user's question; a bare prompt arrives as
-    one user message. `deadline_s` is the caller's remaining time budget.
+    one user message. `deadline_s` is the caller's remaining time budget when the
+    request was made (`received_at`, `time.perf_counter()`): time spent waiting
+    after that, for a batch's turn say, comes off it (`remaining_s`).
     """
 
     messages: tuple[ChatMessage, ...]
@@ -72,6 +76,17 @@ class CompletionRequest:
     max_error_rate: float | None = None
     # The door's id for this request (its logs, and SubmitFeedback by request id).
     request_id: str = ""
+    received_at: float = field(default_factory=time.perf_counter, compare=False)
+
+    def remaining_s(self) -> float | None:
+        """What is left of the caller's deadline now; None without one."""
+        if self.deadline_s is None:
+            return None
+        return self.deadline_s - (time.perf_counter() - self.received_at)
+
+    def deadline_at(self) -> float:
+        """The caller's deadline as a `time.perf_counter()` instant (inf without one)."""
+        return math.inf if self.deadline_s is None else self.received_at + self.deadline_s
 
     @property
     def question(self) -> str:

@@ -178,6 +178,18 @@ async def test_callers_with_no_more_time_than_the_starter_share_its_failure(rig:
     assert len(rig.provider.calls) == 1
 
 
+async def test_a_batch_items_wait_for_its_turn_comes_off_its_deadline(rig: Rig) -> None:
+    """Found from outside: items queued behind a batch's max_concurrency each got the
+    whole deadline again when their turn came, so the batch overran its deadline and
+    the caller lost the answers already finished."""
+    rig.provider.gate = asyncio.Event()  # never set: each call runs to its timeout
+    first, second = ask(deadline_s=0.3), ask("What is RAM?", deadline_s=0.3)
+    results = await rig.pipeline.complete_many([first, second], max_concurrency=1)
+    assert [type(result) for result in results] == [UpstreamTimeoutError] * 2
+    assert len(rig.provider.calls) == 1  # the second had no time left when its turn came
+    assert "left no time" in str(results[1])
+
+
 async def test_a_fallback_answer_is_not_stored_for_the_model_the_request_named(rig: Rig) -> None:
     """Found from outside: gpt-4o failing, claude's answer was kept in gpt-4o's scope
     and served as gpt-4o's exact hit for the entry's whole life."""

@@ -7,7 +7,6 @@ Knows nothing of transports: a door (gRPC, HTTP) converts its messages to a
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -98,8 +97,9 @@ class Upstream:
             UpstreamTimeoutError: the deadline leaves no time for the provider.
         """
         timeout_s = self.timeout_s
-        if request.deadline_s is not None:
-            timeout_s = min(timeout_s, request.deadline_s - _DEADLINE_MARGIN_S)
+        remaining_s = request.remaining_s()
+        if remaining_s is not None:
+            timeout_s = min(timeout_s, remaining_s - _DEADLINE_MARGIN_S)
             if timeout_s <= 0:
                 raise UpstreamTimeoutError("the caller's deadline left no time for the provider")
         return ProviderCall(
@@ -155,11 +155,10 @@ class RequestPipeline:
             spent = self._ledger.cost_usd(answer)
             return self._receipt(request, lookup, route, answer, started, spent)
         key = f"{lookup.key.point_id}:{request.cache_policy.value}"
-        until = math.inf if request.deadline_s is None else started + request.deadline_s
         (answer, cost_usd, stored), leader = await self._misses.run(
             key,
             lambda: self._ask_and_store(request, lookup, route),
-            until,
+            request.deadline_at(),
             retry_on=UpstreamTimeoutError,
         )
         spent, saved = (cost_usd, 0.0) if leader else (0.0, cost_usd)
