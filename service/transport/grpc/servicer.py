@@ -366,8 +366,7 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
             require_admin(principal, "invalidating every tenant's cache")
             if request.tenant:
                 raise InvalidRequestError(
-                    "send tenant (that tenant's entries) or all_tenants (every tenant's),"
-                    " not both"
+                    "send tenant (that tenant's entries) or all_tenants (every tenant's), not both"
                 )
         tenant = None if request.all_tenants else resolve_tenant(principal, request.tenant or None)
         deleted = await self._admin.invalidate(
