@@ -212,7 +212,7 @@ async def test_a_fallback_answer_is_stored_when_the_request_let_the_router_choos
     assert (await rig.pipeline.complete(ask())).cache_status is CacheStatus.EXACT_HIT
 
 
-async def test_stream_is_stored_only_after_its_final_message(rig: Rig) -> None:
+async def test_stream_is_stored_before_its_final_message_names_it(rig: Rig) -> None:
     events = rig.pipeline.stream(ask())
     first = await anext(events)
     assert isinstance(first, str)
@@ -220,7 +220,8 @@ async def test_stream_is_stored_only_after_its_final_message(rig: Rig) -> None:
     while final is None:
         event = await anext(events)
         final = event if isinstance(event, Completion) else None
-    assert rig.store.upserts == 0  # the caller has the final message, not yet sent it on
+    assert rig.store.upserts == 1  # the id the caller now holds names a stored entry
+    assert final.entry_id
     with pytest.raises(StopAsyncIteration):
         await anext(events)
     assert rig.store.upserts == 1

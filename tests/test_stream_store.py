@@ -1,10 +1,13 @@
-"""A streamed answer is stored only once its final message has been sent on.
+"""A streamed answer is stored once the provider's stream ends whole, before the
+final message names its `entry_id`; a caller gone before then stores nothing.
 
-The caller can go away at any moment of a stream. Whatever it had not been
-sent, it did not get, so the answer must not be stored: a later asker would
-be served an answer whose delivery nobody saw complete. These tests drive the
-servicer's stream directly, so that "went away while the final message was
-being written" happens at an exact point rather than by a race over the wire.
+Until 2026-12-01 the answer was stored only after the final message had been
+sent on, so the id in that message could name nothing: a SIGKILL just after the
+caller had it lost the entry (3 of 3 tries, from outside), and feedback or
+DeleteEntry by that id raced the write (NOT_FOUND in 3 of 20), where a unary
+answer's id is only ever sent once stored. These tests drive the servicer's
+stream directly, so that "went away while the final message was being
+written" happens at an exact point rather than by a race over the wire.
 """
 
 from __future__ import annotations
@@ -34,16 +37,19 @@ async def _status_of_next_ask(service: Service) -> int:
     return int(again.cache_status)
 
 
-async def test_caller_gone_while_final_message_is_sent_stores_nothing(service: Service) -> None:
+async def test_the_final_message_names_an_entry_already_stored(service: Service) -> None:
     messages = _stream(service).StreamComplete(pb.CompleteRequest(prompt=QUESTION), _Context())
     final = None
     async for message in messages:
         if message.HasField("final"):
             final = message.final
             break  # the write of the final message never completes
-    await messages.aclose()
     assert final is not None and final.cache_status == pb.CACHE_STATUS_MISS
-    assert await _status_of_next_ask(service) == pb.CACHE_STATUS_MISS
+    assert final.entry_id
+    stored = await service.app.cache.store.get(final.entry_id)  # before the stream closes
+    await messages.aclose()
+    assert stored is not None
+    assert await _status_of_next_ask(service) == pb.CACHE_STATUS_EXACT_HIT
 
 
 async def test_caller_gone_after_first_delta_stores_nothing(service: Service) -> None:

@@ -10,8 +10,7 @@ out one by one, as soon as each arrives: nothing waits for company.
 Only text is read ahead. After a non-text item (the final answer) the reading
 task waits until the caller has taken it and asked for the next item, so the
 source's code after yielding that item runs only once the caller has sent
-it on: the gateway stores a streamed answer there, and a caller that goes
-away before its final message was written stores nothing.
+it on, and not at all if the caller goes away first.
 """
 
 from __future__ import annotations

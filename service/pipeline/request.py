@@ -73,14 +73,6 @@ class CachingPolicy:
             return "refresh"
         return lookup.detail
 
-    def entry_id_to_be(
-        self, request: CompletionRequest, lookup: Lookup | None, answer: ProviderAnswer
-    ) -> str:
-        """The id `answer` will be stored under, or "" when it will not be stored."""
-        if lookup is not None and self.storable(request, answer):
-            return lookup.key.point_id
-        return ""
-
 
 @dataclass(frozen=True)
 class Upstream:
@@ -178,11 +170,11 @@ class RequestPipeline:
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
         """Answer `request` as text deltas followed by one `Completion`.
 
-        Nothing is cached unless the upstream stream ends normally and the caller
-        takes the final `Completion` and asks for more (as `async for` does once it
-        has sent that message on): the answer is stored then, not before. A caller
-        that goes away mid-stream, or before its final message was sent, closes the
-        upstream stream and stores nothing.
+        Nothing is cached unless the upstream stream ends normally: the whole answer
+        is then stored before the final `Completion`, whose `entry_id` names it, is
+        yielded (as a unary answer is stored before its reply: an id the caller has
+        survives a crash, and feedback on it finds it). A caller that goes away
+        mid-stream closes the upstream stream and stores nothing.
 
         Raises:
             InvalidRequestError: the request cannot be served as sent.
@@ -219,15 +211,14 @@ class RequestPipeline:
                 if isinstance(event, ProviderAnswer):
                     await self._quota.spend_tokens(request.tenant, event.usage.total_tokens)
                     spent = self._ledger.cost_usd(event)
-                    # The id it will be stored as once the caller has the final message.
-                    entry_id = self._policy.entry_id_to_be(request, lookup, event)
                     self._hooks.judge_later(lookup, event)
+                    # Stored before the final message names it, as a unary answer is.
+                    stored = await self._store_if_allowed(request, lookup, event, spent)
+                    entry_id = lookup.key.point_id if stored and lookup is not None else ""
                     completion = self._receipt(
                         request, lookup, route, event, started, spent, 0.0, entry_id
                     )
                     yield self._hooks.noted(request, completion, lookup)
-                    # Resumed only once the caller has sent the final message on.
-                    await self._store_if_allowed(request, lookup, event, spent)
                     continue
                 if first:
                     status = CacheStatus.BYPASS if lookup is None else CacheStatus.MISS

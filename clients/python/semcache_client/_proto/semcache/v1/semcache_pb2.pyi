@@ -349,7 +349,7 @@ class CompleteResponse(_message.Message):
     """The cache entry this answer was served from (a hit) or stored as (a miss);
     pass it to DeleteEntry. Empty when nothing was stored (bypass, no-store, an
     answer that may not be cached, or a store that refused it). In a stream's
-    final message it is the id the answer is stored as once that message is sent.
+    final message too, the answer is stored before the message names it.
     """
     error_probability: _builtins.float
     """A semantic hit's estimated probability (0 to 1) that its answer is wrong,
