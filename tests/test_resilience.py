@@ -133,9 +133,11 @@ async def _gateway(
 
 @asynccontextmanager
 async def _simulator(
-    faults: dict[str, FaultConfig] | None = None, seed: int = 0
+    faults: dict[str, FaultConfig] | None = None, seed: int = 0, api_key: str | None = None
 ) -> AsyncIterator[UpstreamSimulator]:
-    config = SimulatorConfig(ttft_ms=0, ms_per_token=0, faults=faults or {}, seed=seed)
+    config = SimulatorConfig(
+        ttft_ms=0, ms_per_token=0, faults=faults or {}, seed=seed, api_key=api_key
+    )
     async with UpstreamSimulator(config) as sim:
         yield sim
 
@@ -216,17 +218,50 @@ async def test_a_retry_after_beyond_the_deadline_fails_over_instead_of_waiting(
 
 
 async def test_a_rejected_request_is_neither_retried_nor_failed_over(clock: FakeClock) -> None:
+    async with _simulator() as sim, _gateway(sim, clock) as provider:
+        # A request the provider refuses as such: HTTP 400.
+        call = replace(_call(SMALL), sampling=SamplingParams(max_tokens=-1))
+        with pytest.raises(UpstreamRejectedError, match="400"):
+            await provider.complete(call)
+
+    assert clock.sleeps_s == []  # not retried; and a fallback would have raised otherwise
+
+
+async def test_a_model_the_provider_does_not_serve_fails_over_and_blames_no_caller(
+    clock: FakeClock,
+) -> None:
+    """Found from outside: a 404 (the catalogue's model unknown at that address) was
+    INVALID_ARGUMENT, the caller's fault, and never tried on the fallback."""
     async with _simulator() as sim:
-        # A catalogue model the endpoint does not serve: HTTP 404.
         catalogue = _catalogue(sim.base_url)
         unserved = replace(catalogue.models[SMALL], name="gpt-5")
         broken = Catalogue(catalogue.providers, {**catalogue.models, "gpt-5": unserved})
         resilient = ResilientProvider(broken, _clients(broken), clock=clock.now, sleep=clock.sleep)
-        with pytest.raises(UpstreamRejectedError, match="404"):
-            await resilient.complete(_call("gpt-5"))
+        answer = await resilient.complete(_call("gpt-5"))
         await resilient.close()
 
-    assert sim.request_count(MEDIUM) == 0
+    assert (answer.model, answer.fallback_from, answer.attempts) == (MEDIUM, "gpt-5", 2)
+    assert clock.sleeps_s == []
+
+
+async def test_a_refused_key_fails_over_without_quoting_the_provider(clock: FakeClock) -> None:
+    """Found from outside: a provider's 401 was INVALID_ARGUMENT, the caller's fault,
+    with the provider's text passed on; OpenAI's quotes the key's last characters."""
+    async with _simulator(api_key="sk-the-right-key") as sim:
+        catalogue = _catalogue(sim.base_url)
+        clients: dict[str, Provider] = {
+            name: OpenAICompatProvider(str(spec.base_url), "sk-gateway-9f3a", 10.0, name=name)
+            for name, spec in catalogue.providers.items()
+        }
+        resilient = ResilientProvider(catalogue, clients, clock=clock.now, sleep=clock.sleep)
+        with pytest.raises(UpstreamError) as caught:
+            await resilient.complete(_call(SMALL))
+        await resilient.close()
+
+    message = str(caught.value)
+    assert not isinstance(caught.value, UpstreamRejectedError)
+    assert "credentials" in message and "9f3a" not in message
+    assert SMALL in message and MEDIUM in message  # failed over, each tried once
     assert clock.sleeps_s == []
 
 

@@ -4,7 +4,14 @@
     ├── RetryableUpstreamError        429, 5xx, connection lost: worth another try;
     │                                 carries the provider's Retry-After, if any
     ├── UpstreamTimeoutError          no answer in time: worth another try within the deadline
+    ├── ProviderSetupError            401, 403, 404: the provider will not take semcache's
+    │                                 key or does not serve the model: the operator's to fix;
+    │                                 fails over at once, never blames the caller
     └── UpstreamRejectedError         any other 4xx: the request itself is wrong; never retried
+
+408 and 409 are retried (the provider timed out reading, or a conflict), as
+the `openai` SDK itself would. A 401's or 403's own text is never passed on:
+the provider's may quote part of semcache's key.
 
 The resilience layer (`service.llm.resilience`) decides what to retry from
 these types alone; it never looks at HTTP.
@@ -37,6 +44,14 @@ class RetryableUpstreamError(UpstreamError):
         self.retry_after_s = retry_after_s
 
 
+class ProviderSetupError(UpstreamError):
+    """The provider refused semcache's credentials (401, 403) or does not serve the
+    model at that address (404): nothing the caller sent, nothing a retry fixes."""
+
+
+_RETRYABLE_4XX = frozenset({408, 409, 429})
+
+
 def translate_openai_error(
     error: openai.OpenAIError, provider: str, *, hide: Sequence[str] = ()
 ) -> UpstreamError:
@@ -65,8 +80,15 @@ def _status_error(
     error: openai.APIStatusError, provider: str, hide: Sequence[str]
 ) -> UpstreamError:
     status = error.status_code
+    if status in (401, 403):
+        return ProviderSetupError(
+            f"{provider} refused semcache's credentials (HTTP {status}); the operator must"
+            " check the provider's API key in the catalogue"
+        )
     detail = f"{provider} answered HTTP {status}: {_hidden(error.message, hide)}"
-    if status == 429 or status >= 500:
+    if status == 404:
+        return ProviderSetupError(f"{detail} (check the catalogue's model name and base_url)")
+    if status in _RETRYABLE_4XX or status >= 500:
         retry_after_s = retry_after_from_headers(error.response.headers)
         return RetryableUpstreamError(detail, status=status, retry_after_s=retry_after_s)
     return UpstreamRejectedError(detail)

@@ -15,6 +15,8 @@ What a caller sees:
     a `ProviderAnswer`             `model` is the catalogue model that answered;
                                    `attempts` and `fallback_from` say how
     UpstreamRejectedError          a provider refused the request itself; not retried
+                                   (a 401, 403 or 404 is the provider's setup instead:
+                                   it fails over, and ends as an UpstreamError)
     InvalidRequestError            the prompt fits no model of the chain
     UpstreamBusyError              every candidate provider was at its queue bound
     UpstreamTimeoutError           the deadline ran out first
@@ -51,7 +53,7 @@ from service.llm.admission import (
 )
 from service.llm.catalogue import Catalogue, ProviderSpec, estimate_prompt_tokens
 from service.llm.grouping import GroupingProvider
-from service.llm.http_errors import RetryableUpstreamError
+from service.llm.http_errors import ProviderSetupError, RetryableUpstreamError
 from service.llm.openai_compat import OpenAICompatProvider
 from service.llm.provider import Provider, ProviderAnswer, ProviderCall
 
@@ -92,7 +94,7 @@ class _CircuitOpenError(UpstreamError):
     """Internal: the provider's breaker refused the call; fail over without a request."""
 
 
-_FAIL_OVER_AT_ONCE = (_CircuitOpenError, UpstreamBusyError)
+_FAIL_OVER_AT_ONCE = (_CircuitOpenError, UpstreamBusyError, ProviderSetupError)
 
 
 class _Run:

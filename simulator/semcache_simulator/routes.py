@@ -246,7 +246,8 @@ def _require_api_key(api_key: str) -> Middleware:
         if request.path.startswith("/v1/"):
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
-                raise wire.invalid_api_key()
+                key = given.decode("utf-8", "replace").removeprefix("Bearer ")
+                raise wire.invalid_api_key(key if len(key) >= 8 else "")
         return await handler(request)
 
     return check

@@ -169,13 +169,15 @@ def model_not_found(model: str) -> RequestError:
     )
 
 
-def invalid_api_key() -> RequestError:
-    """401 for a missing or wrong bearer token."""
-    return RequestError(
-        401,
-        "Incorrect or missing API key; send the header 'Authorization: Bearer <key>'.",
-        code="invalid_api_key",
-    )
+def invalid_api_key(given: str = "") -> RequestError:
+    """401 for a missing or wrong bearer token; a wrong one is quoted masked, its last
+    four characters shown, as OpenAI's own 401 does."""
+    if not given:
+        message = "Incorrect or missing API key; send the header 'Authorization: Bearer <key>'."
+    else:
+        masked = given[:3] + "*" * max(len(given) - 7, 0) + given[-4:]
+        message = f"Incorrect API key provided: {masked}."
+    return RequestError(401, message, code="invalid_api_key")
 
 
 def rate_limited(model: str, retry_after_s: float) -> RequestError:
