@@ -284,3 +284,15 @@ def test_a_stream_chunk_s_fields_of_the_wrong_type_are_ignored(chunk: dict[str, 
         "hi"
     ]
     assert (answer.parts, answer.finish_reason) == (["hi"], "stop")
+
+
+async def test_tool_calls_that_are_not_a_list_of_objects_are_an_upstream_error() -> None:
+    """Found from outside: a string `tool_calls` raised AttributeError, INTERNAL."""
+
+    async def odd(_request: web.Request) -> web.StreamResponse:
+        message = {"content": "", "tool_calls": "get_weather"}
+        return web.json_response({"model": "m", "choices": [{"message": message}]})
+
+    async with serving(odd) as provider:
+        with pytest.raises(UpstreamError, match="tool_calls"):
+            await provider.complete(CALL)

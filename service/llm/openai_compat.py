@@ -344,9 +344,16 @@ def _usage_of(usage: object) -> Usage | None:
 
 def _tool_calls_json(message: dict[str, Any]) -> str:
     """The message's tool calls as JSON, "" when there are none; built through the client's
-    own models, so the text is what `chat.completions.create` gave."""
-    if not message.get("tool_calls"):
+    own models, so the text is what `chat.completions.create` gave.
+
+    Raises:
+        UpstreamError: `tool_calls` is not a list of objects.
+    """
+    raw = message.get("tool_calls")
+    if not raw:
         return ""
+    if not isinstance(raw, list) or not all(isinstance(call, dict) for call in raw):
+        raise UpstreamError("the provider returned tool_calls that are not a list of objects")
     tool_calls = ChatCompletionMessage.construct(**message).tool_calls or []
     return json.dumps([c.model_dump() for c in tool_calls])
 

@@ -192,7 +192,7 @@ def _to_request_or_error(
 def _item(result: Completion | Exception, request_id: str) -> pb.BatchItemResult:
     if isinstance(result, Completion):
         return pb.BatchItemResult(response=to_response(result, request_id))
-    return pb.BatchItemResult(status=item_status(result))
+    return pb.BatchItemResult(status=item_status(result, request_id))
 
 
 def to_feedback(request: pb.SubmitFeedbackRequest, tenant: str) -> Feedback:

@@ -13,6 +13,7 @@ import math
 from typing import NoReturn
 
 import grpc
+import structlog
 from google.protobuf import any_pb2, duration_pb2
 
 # googleapis-common-protos ships .pyi stubs without a py.typed marker; once
@@ -35,6 +36,8 @@ from service.errors import (
     UpstreamRejectedError,
     UpstreamTimeoutError,
 )
+
+log = structlog.get_logger(__name__)
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -82,15 +85,20 @@ def retry_info_trailer(retry_after_s: float, message: str) -> tuple[tuple[str, b
     return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
 
 
-def item_status(error: Exception) -> Status:
+def item_status(error: Exception, request_id: str = "") -> Status:
     """`error` as the google.rpc.Status of one failed batch item.
 
-    Its code is `status_for(error)`; its message is the error's (or "internal
-    error" for an unexpected one, whose text stays in the logs); a refusal that
+    Its code is `status_for(error)`; its message is the error's, or for an
+    unexpected one "internal error (request id …)", logged with its traceback
+    under the item's `request_id` as a whole RPC's would be; a refusal that
     says when to retry carries a `RetryInfo` detail, as a whole RPC's would.
     """
     code = status_for(error)
-    message = str(error) if code is not grpc.StatusCode.INTERNAL else "internal error"
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("batch item failed", request_id=request_id, exc_info=error)
+        message = f"internal error (request id {request_id})"
+    else:
+        message = str(error)
     status = Status(code=code.value[0], message=message)
     if isinstance(error, RateLimitedError | OverloadedError):
         status.details.append(_retry_detail(error.retry_after_s))
