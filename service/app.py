@@ -28,6 +28,7 @@ from service.llm.resilience import (
     RetryPolicy,
     build_resilient_provider,
 )
+from service.llm.simulator_probe import simulator_behind
 from service.metrics import Metrics
 from service.pipeline.admin import CacheAdmin
 from service.pipeline.ledger import Ledger
@@ -102,26 +103,53 @@ async def build_app(
             SEMCACHE_ON_STORE_DAMAGE=refuse.
     """
     metrics = Metrics()
-    batcher = build_batcher(settings, embedder or load_embedder(settings), metrics)
-    store = await build_store(settings, batcher.dim, batcher.model_id)
     catalogue = load_settings_catalogue(settings, environ)
+    batcher, store, router, behind = await _build_lookups(
+        settings, embedder, catalogue, metrics, simulated
+    )
     provider = build_provider(settings, catalogue, metrics)
-    router = await asyncio.to_thread(build_settings_router, settings, catalogue, batcher.embedder)
     telemetry = Telemetry(metrics, build_tracing(settings.otlp_endpoint))
-    upstream_id = settings_upstream_identity(settings, catalogue, simulated)
+    upstream_id = settings_upstream_identity(settings, catalogue, simulated, behind)
     decider, learning = build_verification(settings, store, batcher, provider, catalogue)
     cache = build_cache(settings, store, batcher, telemetry, upstream_id, decider)
     watch(metrics, store, learning)
-    closers: list[Closer] = [
-        telemetry.tracing.aclose,
-        batcher.close,
-        store.close,
-        cache.close,
-        provider.close,
-        learning.aclose,
-    ]
+    closers: list[Closer] = [telemetry.tracing.aclose, batcher.close, store.close]
+    closers += [cache.close, provider.close, learning.aclose]
     upstream = Upstream(provider, router, settings.upstream_timeout_s)
-    return assemble_app(settings, cache, upstream, catalogue, telemetry, closers, learning)
+    return assemble_app(
+        settings, cache, upstream, catalogue, telemetry, closers, learning, simulated or behind
+    )
+
+
+async def _build_lookups(
+    settings: Settings,
+    embedder: Embedder | None,
+    catalogue: Catalogue,
+    metrics: Metrics,
+    simulated: bool,
+) -> tuple[EmbeddingBatcher, VectorStore, Router, bool]:
+    """The embedder's batcher, the store, the router, and whether the providers are
+    semcache's simulator: asked meanwhile, its round trips overlapping the rest."""
+    probe = asyncio.ensure_future(probe_for_simulator(catalogue, simulated))
+    try:
+        batcher = build_batcher(settings, embedder or load_embedder(settings), metrics)
+        store = await build_store(settings, batcher.dim, batcher.model_id)
+        model = batcher.embedder
+        router = await asyncio.to_thread(build_settings_router, settings, catalogue, model)
+        return batcher, store, router, await probe
+    finally:
+        probe.cancel()
+
+
+async def probe_for_simulator(catalogue: Catalogue, simulated: bool) -> bool:
+    """Whether a provider of `catalogue` answers as `semcache simulate-upstream` (never
+    asked with `simulated`: the built-in simulator has its own identity already)."""
+    if simulated:
+        return False
+    endpoints = [
+        (spec.base_url, spec.api_key) for spec in catalogue.providers.values() if spec.base_url
+    ]
+    return await simulator_behind(endpoints)
 
 
 def build_verification(
@@ -242,9 +270,11 @@ def assemble_app(
     telemetry: Telemetry,
     closers: list[Closer],
     learning: Learning | None = None,
+    simulator_upstream: bool = False,
 ) -> App:
     """The request pipeline, administration and upkeep over the built parts;
-    `closers` (closed last built first) gain the rate limiter's."""
+    `closers` (closed last built first) gain the rate limiter's. `simulator_upstream`:
+    the providers are semcache's simulator, whose answers may then be cached."""
     stats, limits = CacheStats(), settings_limits(settings)
     limiter = build_limiter(settings.security)
     telemetry.metrics.watch_hit_rates(stats.hit_rates)
@@ -256,7 +286,9 @@ def assemble_app(
         limits=limits,
         limiter=limiter,
         telemetry=telemetry,
-        policy=CachingPolicy(settings.max_cacheable_temperature, settings.cache_tool_calls),
+        policy=CachingPolicy(
+            settings.max_cacheable_temperature, settings.cache_tool_calls, simulator_upstream
+        ),
         learning=learning,
     )
     return App(
@@ -283,11 +315,14 @@ def load_settings_catalogue(settings: Settings, environ: Mapping[str, str] | Non
     return catalogue.with_default_base_url(settings.upstream_base_url, api_key)
 
 
-def settings_upstream_identity(settings: Settings, catalogue: Catalogue, simulated: bool) -> str:
+def settings_upstream_identity(
+    settings: Settings, catalogue: Catalogue, simulated: bool, simulator_behind: bool = False
+) -> str:
     """The upstream identity every cache scope carries: SEMCACHE_UPSTREAM_ID when set,
-    else derived from the catalogue's providers; the simulator's own otherwise."""
+    else derived from the catalogue's providers; the simulator's own, or one marked as
+    a simulator's (`simulator_behind`), otherwise."""
     providers = [(name, spec.base_url or "") for name, spec in catalogue.providers.items()]
-    return upstream_identity(providers, settings.upstream_id, simulated)
+    return upstream_identity(providers, settings.upstream_id, simulated, simulator_behind)
 
 
 def resilience_options(settings: UpstreamSettings) -> ResilienceOptions:

@@ -78,21 +78,28 @@ def _folded(text: str) -> str:
 
 
 def upstream_identity(
-    providers: Iterable[tuple[str, str]], named: str | None = None, simulated: bool = False
+    providers: Iterable[tuple[str, str]],
+    named: str | None = None,
+    simulated: bool = False,
+    simulator_behind: bool = False,
 ) -> str:
     """Which upstream answers: "simulator" for the built-in simulator, else the
-    operator's `named` identity, else a digest of every provider's (name, base URL).
+    operator's `named` identity, else a digest of every provider's (name, base URL);
+    either of the last two marked as a simulator's when a provider answered as
+    `semcache simulate-upstream` (`simulator_behind`, see `service.llm.simulator_probe`).
 
-    The three forms carry different prefixes, so no real upstream can share the
-    simulator's identity, nor a named one a derived one.
+    The forms carry different prefixes, so no real upstream can share a simulator's
+    identity, nor a named one a derived one.
     """
     if simulated:
         return SIMULATOR_UPSTREAM_ID
     if named:
-        return f"named:{named}"
-    canonical = sorted((name, url.rstrip("/")) for name, url in providers)
-    digest = hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
-    return f"providers:{digest[:32]}"
+        identity = f"named:{named}"
+    else:
+        canonical = sorted((name, url.rstrip("/")) for name, url in providers)
+        digest = hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
+        identity = f"providers:{digest[:32]}"
+    return f"simulator-at:{identity}" if simulator_behind else identity
 
 
 def scope_fingerprint(

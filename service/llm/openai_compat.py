@@ -28,6 +28,7 @@ from service.llm.aiohttp_transport import AiohttpTransport
 from service.llm.http_errors import RetryableUpstreamError, translate_openai_error
 from service.llm.lean_http import LeanAsyncClient, LeanAsyncOpenAI
 from service.llm.provider import ProviderAnswer, ProviderCall
+from service.llm.simulator_probe import SIMULATOR_FINGERPRINT
 from service.llm.sse import BadEventError, sse_data
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class OpenAICompatProvider:
                 model=response.model or model,
                 finish_reason=choices[i].finish_reason or "",  # unsaid: not storable
                 usage=Usage(prompt_shares[i], answer_shares[i]),
+                simulated=response.system_fingerprint == SIMULATOR_FINGERPRINT,
             )
             for i, text in enumerate(texts)
         ]
@@ -156,7 +158,7 @@ class OpenAICompatProvider:
             raise RetryableUpstreamError(f"{self._where} ended the stream early")
         yield ProviderAnswer(
             "".join(answer.parts), answer.model, answer.finish_reason, answer.usage,
-            tool_calls_json=answer.tool_calls_json(),
+            tool_calls_json=answer.tool_calls_json(), simulated=answer.simulated,
         )  # fmt: skip
 
     def _answer_of(self, data: object, model: str) -> ProviderAnswer:
@@ -176,6 +178,7 @@ class OpenAICompatProvider:
         return ProviderAnswer(
             content=_text(message.get("content")),
             model=_text(data.get("model")) or model,
+            simulated=data.get("system_fingerprint") == SIMULATOR_FINGERPRINT,
             # Unsaid is not "stop": an answer its provider did not call complete is not
             # cached (a stream without one is a broken stream).
             finish_reason=_text(choices[0].get("finish_reason")),
@@ -208,6 +211,7 @@ class _StreamedAnswer:
         self.model = model
         self.usage = Usage()
         self.calls: dict[int, dict[str, Any]] = {}  # tool calls by index, joined as they come
+        self.simulated = False  # a chunk bore the simulator's mark
 
     def add(self, fields: dict[str, Any]) -> list[str]:
         """Take in one chunk; returns its text deltas. Fields of the wrong type are
@@ -215,6 +219,8 @@ class _StreamedAnswer:
         model = fields.get("model")
         if model and isinstance(model, str):
             self.model = model
+        if fields.get("system_fingerprint") == SIMULATOR_FINGERPRINT:
+            self.simulated = True
         usage = fields.get("usage")
         if usage is not None:
             self.usage = _usage_of(usage) or self.usage

@@ -24,7 +24,8 @@ class ProviderAnswer:
     """A complete upstream answer.
 
     `attempts` counts the upstream calls it took (retries and fallbacks
-    included); `fallback_from` names the requested model when another answered.
+    included); `fallback_from` names the requested model when another answered;
+    `simulated`: it bears semcache's simulator's mark (`llm.simulator_probe`).
     """
 
     content: str
@@ -34,6 +35,7 @@ class ProviderAnswer:
     tool_calls_json: str = ""
     attempts: int = 1
     fallback_from: str | None = None
+    simulated: bool = False
 
 
 class Provider(Protocol):

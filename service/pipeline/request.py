@@ -7,11 +7,14 @@ Knows nothing of transports: a door (gRPC, HTTP) converts its messages to a
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+
+import structlog
 
 from service.batching.coalesce import Coalescer
 from service.cache.semantic import Answer, Lookup, SemanticCache
@@ -31,7 +34,17 @@ from service.validation import Limits, validate
 # Keep a little of the caller's deadline for our own reply.
 _DEADLINE_MARGIN_S = 0.05
 _REPLAY_CHUNK = re.compile(r"\S+\s*|\s+")
+log = structlog.get_logger(__name__)
 _STORABLE_FINISH_REASONS = frozenset({"stop"})
+
+
+@functools.cache
+def _warn_simulated_once() -> None:
+    log.warning(
+        "an answer from semcache's upstream simulator is not cached: the provider did not"
+        " answer as the simulator when the service started; restart the service once"
+        " the simulator is up to cache its answers"
+    )
 
 
 @dataclass(frozen=True)
@@ -42,10 +55,13 @@ class CachingPolicy:
     answers are meant to vary); None caches every temperature. Unset
     temperatures are cached. `cache_tool_calls`: store answers that are tool
     calls (off by default: a tool call usually depends on state outside the prompt).
+    `simulator_upstream`: the providers are semcache's simulator; otherwise an answer
+    bearing its mark is not stored (`service.llm.simulator_probe`).
     """
 
     max_temperature: float | None = 1.0
     cache_tool_calls: bool = False
+    simulator_upstream: bool = False
 
     def too_hot(self, request: CompletionRequest) -> bool:
         """Whether `request` is sampled too hot to be cached at all."""
@@ -60,6 +76,9 @@ class CachingPolicy:
         if request.cache_policy is CachePolicy.NO_STORE:
             return False
         if request.model and answer.fallback_from is not None:
+            return False
+        if answer.simulated and not self.simulator_upstream:
+            _warn_simulated_once()
             return False
         if answer.tool_calls_json:
             return self.cache_tool_calls and answer.finish_reason == "tool_calls"
@@ -170,11 +189,9 @@ class RequestPipeline:
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[str | Completion, None]:
         """Answer `request` as text deltas followed by one `Completion`.
 
-        Nothing is cached unless the upstream stream ends normally: the whole answer
-        is then stored before the final `Completion`, whose `entry_id` names it, is
-        yielded (as a unary answer is stored before its reply: an id the caller has
-        survives a crash, and feedback on it finds it). A caller that goes away
-        mid-stream closes the upstream stream and stores nothing.
+        Nothing is cached unless the upstream stream ends whole; then the answer is
+        stored before the final `Completion` names it (`entry_id`), as a unary one is.
+        A caller gone mid-stream closes the upstream stream and stores nothing.
 
         Raises:
             InvalidRequestError: the request cannot be served as sent.
