@@ -145,9 +145,15 @@ def run_stack(
     extra_env: dict[str, str] | None = None,
     simulator_args: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
-    """Run `semcache simulate-upstream` and `semcache serve` until the block ends (both
-    start at once)."""
+    """Run `semcache simulate-upstream`, then once it listens `semcache serve`, until the
+    block ends (the service asks its providers at start-up whether they are the
+    simulator, whose answers it caches only if so)."""
     simulator, sim_port = _start_simulator(workdir, ttft_ms, ms_per_token, simulator_args)
+    try:
+        _wait_for_port(sim_port, 30)
+    except BaseException:
+        stop(simulator)
+        raise
     upstream = _upstream_url(sim_port)
     grpc_port = free_port()
     service_env = {
@@ -160,7 +166,6 @@ def run_stack(
     }
     service = _spawn([*CLI, "serve"], service_env, workdir / "service.log")
     try:
-        _wait_for_port(sim_port, 30)
         target = f"127.0.0.1:{grpc_port}"
         try:
             wait_until_serving(target, process=service)

@@ -55,7 +55,7 @@ from benchmarks.report import Row, machine_note, markdown_table, progress, write
 TIMEOUT_S = 120.0
 WARMUP_TIMEOUT_S = 600.0
 _POLL_S = 0.005
-_UPSTREAM = "http://127.0.0.1:9/v1"  # discard port: nothing listens, nothing is called at start
+_UPSTREAM = "http://127.0.0.1:9/v1"  # discard port: the start-up /models probe is refused
 _CLI = ("-m", "service.cli", "serve")
 # The floor: the least a Python gRPC service does before answering SERVING.
 GRPC_FLOOR = """
