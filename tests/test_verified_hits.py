@@ -35,7 +35,7 @@ from service.domain import (
 )
 from service.embedding.batcher import EmbeddingBatcher
 from service.embedding.fake import HashingEmbedder
-from service.errors import InvalidRequestError, NotFoundError
+from service.errors import InvalidRequestError, NotFoundError, UpstreamError
 from service.llm.catalogue import load_catalogue
 from service.llm.fake import ScriptedProvider
 from service.metrics import Metrics
@@ -143,6 +143,33 @@ async def test_a_paraphrase_is_served_only_within_the_budget(make_rig) -> None: 
     served = await loose.pipeline.complete(ask(PARAPHRASE))
     assert served.cache_status is CacheStatus.SEMANTIC_HIT
     assert 0.05 < served.error_probability < 0.2  # the prior's P(wrong) at the guard's score
+
+
+async def test_an_audit_whose_upstream_fails_serves_its_candidate(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """Found from outside: a would-be hit drawn for an audit went upstream, and with
+    the provider down the caller got UNAVAILABLE, where the README says hits are
+    still served while every provider is down."""
+    rig: Rig = await make_rig(_budget(max_error_rate=0.2, exploration_share=1.0, audit_share=1.0))
+    await rig.pipeline.complete(ask())
+    rig.provider.fail_next(UpstreamError("every provider is down"))
+    served = await rig.pipeline.complete(ask(PARAPHRASE))
+    assert (served.cache_status, served.cache_detail) == (
+        CacheStatus.SEMANTIC_HIT,
+        "audit_unanswered",
+    )
+    assert served.content == ANSWER and 0.0 < served.error_probability < 0.2
+    counters = rig.learning.state.counters_for("default", "default")
+    assert (counters.audits, counters.semantic_served) == (1, 1)
+    audited = await rig.pipeline.complete(ask(PARAPHRASE))  # the provider is back
+    assert audited.cache_status is CacheStatus.MISS and audited.cache_detail == "explore_audit"
+
+
+async def test_an_uncertain_candidate_is_not_served_when_its_upstream_fails(make_rig) -> None:  # type: ignore[no-untyped-def]
+    rig: Rig = await make_rig(_budget(max_error_rate=0.01, exploration_share=1.0))
+    await rig.pipeline.complete(ask())
+    rig.provider.fail_next(UpstreamError("every provider is down"))
+    with pytest.raises(UpstreamError):
+        await rig.pipeline.complete(ask(PARAPHRASE))
 
 
 async def test_a_request_can_only_tighten_the_budget(make_rig) -> None:  # type: ignore[no-untyped-def]

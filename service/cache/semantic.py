@@ -105,6 +105,7 @@ class Lookup:
     context_vector: Vector | None = None
     best_similarity: float = 0.0
     detail: str = ""
+    fallback: CacheHit | None = None  # an audit's candidate, served if the upstream fails
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,15 @@ class SemanticCache:
             inline_when_idle=True,
         )
 
+    def served_instead(self, lookup: Lookup) -> CacheHit | None:
+        """The audit's candidate of `lookup` (if any), counted as served: its upstream
+        call failed."""
+        fallback = lookup.fallback
+        if fallback is not None:
+            self.decider.note_served_instead(lookup.key, fallback.error_probability)
+            self._hit_times.note(fallback.point_id)
+        return fallback
+
     def key_for(self, request: CompletionRequest) -> CacheKey:
         """The request's cache key (memoised: see `scope.CacheKeys`)."""
         return self._keys.key_for(request)
@@ -221,7 +231,8 @@ class SemanticCache:
         self._telemetry.metrics.record_lookup("miss" if hit is None else "hit")
         best = found[0].similarity if found else 0.0
         detail = "ok" if hit is not None else choice.detail
-        return Lookup(key, hit, choice.exploration, vector, context_vector, best, detail)
+        fallback = _audited_hit(choice)
+        return Lookup(key, hit, choice.exploration, vector, context_vector, best, detail, fallback)
 
     async def _exact(self, key: CacheKey) -> CacheHit | None:
         """The exact hit, if any. An answer judged wrong itself (feedback on the entry) is
@@ -380,6 +391,15 @@ def _exact_lookup(key: CacheKey, hit: CacheHit) -> Lookup:
             "detail": "exact",
         },
     )
+
+
+def _audited_hit(choice: Choice) -> CacheHit | None:
+    """An audit's candidate as the hit it would have been, for when its upstream call fails
+    (the README: while every provider is down, hits are still served)."""
+    if choice.audited is None or choice.exploration is None:
+        return None
+    score = choice.exploration.score
+    return _hit(Choice(choice.audited, score, choice.p_wrong, "audit_unanswered"))
 
 
 def _hit(choice: Choice) -> CacheHit | None:

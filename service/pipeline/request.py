@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import structlog
 
 from service.batching.coalesce import Coalescer
-from service.cache.semantic import Answer, Lookup, SemanticCache
+from service.cache.semantic import Answer, CacheHit, Lookup, SemanticCache
 from service.cache.verify.learning import Learning
 from service.domain import CachePolicy, CacheStatus, Completion, CompletionRequest
-from service.errors import UpstreamTimeoutError
+from service.errors import UpstreamError, UpstreamRejectedError, UpstreamTimeoutError
 from service.llm.catalogue import Catalogue
 from service.llm.provider import Provider, ProviderAnswer, ProviderCall
 from service.pipeline.hooks import LearningHooks
@@ -166,12 +166,20 @@ class RequestPipeline:
             spent = self._ledger.cost_usd(answer)
             return self._receipt(request, lookup, route, answer, started, spent)
         key = f"{lookup.key.point_id}:{request.cache_policy.value}"
-        (answer, cost_usd, stored), leader = await self._misses.run(
-            key,
-            lambda: self._ask_and_store(request, lookup, route),
-            request.deadline_at(),
-            retry_on=UpstreamTimeoutError,
-        )
+        try:
+            (answer, cost_usd, stored), leader = await self._misses.run(
+                key,
+                lambda: self._ask_and_store(request, lookup, route),
+                request.deadline_at(),
+                retry_on=UpstreamTimeoutError,
+            )
+        except UpstreamError as error:
+            instead = self._served_instead(lookup, error)
+            if instead is None:
+                raise
+            return self._hooks.noted(
+                request, self._ledger.hit(request.tenant, instead, started), lookup
+            )
         spent, saved = (cost_usd, 0.0) if leader else (0.0, cost_usd)
         entry_id = lookup.key.point_id if stored else ""
         completion = self._receipt(request, lookup, route, answer, started, spent, saved, entry_id)
@@ -279,6 +287,16 @@ class RequestPipeline:
             )
         await self._quota.spend_tokens(request.tenant, answer.usage.total_tokens)
         return answer
+
+    def _served_instead(self, lookup: Lookup, error: UpstreamError) -> CacheHit | None:
+        """An audit's candidate, when the upstream call meant to judge it failed (not
+        when the provider refused the request itself)."""
+        if isinstance(error, UpstreamRejectedError):
+            return None
+        instead = self._cache.served_instead(lookup)
+        if instead is not None:
+            log.info("an audit's upstream call failed; its candidate is served", error=str(error))
+        return instead
 
     async def _ask_and_store(
         self, request: CompletionRequest, lookup: Lookup, route: RouteDecision

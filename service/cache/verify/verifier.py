@@ -81,6 +81,7 @@ class Choice:
     p_wrong: float = 0.0  # the served candidate's estimated P(wrong)
     detail: str = "no_candidates"
     exploration: Exploration | None = None
+    audited: ScoredEntry | None = None  # an audit's candidate: served if the upstream fails
 
 
 @dataclass
@@ -166,6 +167,12 @@ class HitDecider:
         if self.budget is None:
             return self._by_accept(found, verdicts)
         return self._by_budget(key, found, verdicts, max_error_rate, request_id)
+
+    def note_served_instead(self, key: CacheKey, p_wrong: float) -> None:
+        """Count an audit's candidate served after all (its upstream call failed)."""
+        counters = self.state.counters_for(key.tenant, key.namespace)
+        counters.semantic_served += 1
+        counters.expected_wrong += p_wrong
 
     def note_exact(self, key: CacheKey) -> None:
         """Count an exact hit: a request the budgets share out over, at no risk."""
@@ -298,7 +305,10 @@ class HitDecider:
             obs_id=request_id or uuid.uuid4().hex,
         )
         detail = f"explore_{verdict.reason}"
-        return Choice(p_wrong=verdict.p_wrong, detail=detail, exploration=exploration)
+        audited = scored if audit else None
+        return Choice(
+            p_wrong=verdict.p_wrong, detail=detail, exploration=exploration, audited=audited
+        )
 
 
 def _risk(verdict: Verdict) -> float | None:
