@@ -324,7 +324,9 @@ class CompleteResponse(_message.Message):
     cost_usd: _builtins.float
     """What this request cost upstream, in US dollars (0 for a hit)."""
     cost_saved_usd: _builtins.float
-    """What a hit saved, in US dollars: the cost of the original answer (0 on a miss)."""
+    """What a hit saved, in US dollars: the cost of the original answer. 0 on a miss,
+    except one that shared an identical request's upstream call: its share, unpaid.
+    """
     finish_reason: _builtins.str
     """"stop", "length", ... as the provider reported it."""
     request_id: _builtins.str
