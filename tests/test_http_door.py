@@ -408,6 +408,8 @@ async def test_no_provider_reachable_is_a_503(
         await running.close()
     assert caught.value.status_code == 503
     assert caught.value.code == "upstream_unavailable"
+    # The service retried the providers itself: an SDK's own retries would multiply them.
+    assert caught.value.response.headers["x-should-retry"] == "false"
 
 
 async def test_a_deadline_too_short_for_the_provider_is_a_504(door: HttpService) -> None:

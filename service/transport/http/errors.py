@@ -17,9 +17,11 @@
 
 Rate-limited and overloaded answers carry `Retry-After` (whole seconds, rounded
 up: the header takes no fractions) and `retry-after-ms`, which the OpenAI SDKs
-read first. The metric code is the gRPC status name the gRPC door gives the
-same error, so `semcache_requests_total{code="OK"}` means the same for both
-doors. Nothing here imports gRPC.
+read first; `upstream_unavailable` and `upstream_timeout` carry `x-should-retry:
+false`, since the service has retried the providers already. The metric code
+is the gRPC status name the gRPC door gives the same error, so
+`semcache_requests_total{code="OK"}` means the same for both doors. Nothing
+here imports gRPC.
 """
 
 from __future__ import annotations
@@ -132,7 +134,14 @@ def param_of(error: BaseException) -> str | None:
 
 
 def retry_headers(error: BaseException) -> dict[str, str]:
-    """`Retry-After` (whole seconds) and `retry-after-ms` for errors that say when to retry."""
+    """`Retry-After` (whole seconds) and `retry-after-ms` for errors that say when to retry;
+    `x-should-retry: false` (which the OpenAI SDKs obey) when the service has already
+    retried the providers itself: an SDK retrying a 503 upstream_unavailable twice more
+    turned one call into 18 upstream calls (found from outside)."""
+    if isinstance(error, UpstreamError) and not isinstance(
+        error, UpstreamBusyError | UpstreamRejectedError
+    ):
+        return {"x-should-retry": "false"}
     if not isinstance(error, RateLimitedError | OverloadedError):
         return {}
     delay_s = max(error.retry_after_s, 0.0)
