@@ -26,7 +26,7 @@ HUGE_PROMPT = "\N{GRINNING FACE}" * 270_000
 
 CASES: list[tuple[SimulatorConfig, dict[str, Any], grpc.StatusCode, str]] = [
     (ALWAYS_500, {}, grpc.StatusCode.UNAVAILABLE, "HTTP 500"),
-    (WRONG_KEY, {}, grpc.StatusCode.INVALID_ARGUMENT, "HTTP 401"),
+    (WRONG_KEY, {}, grpc.StatusCode.UNAVAILABLE, "HTTP 401"),
     (PLAIN, {"prompt": HUGE_PROMPT}, grpc.StatusCode.INVALID_ARGUMENT, "HTTP 413"),
 ]
 

@@ -152,12 +152,16 @@ async def test_an_audit_whose_upstream_fails_serves_its_candidate(make_rig) -> N
     rig: Rig = await make_rig(_budget(max_error_rate=0.2, exploration_share=1.0, audit_share=1.0))
     await rig.pipeline.complete(ask())
     rig.provider.fail_next(UpstreamError("every provider is down"))
-    served = await rig.pipeline.complete(ask(PARAPHRASE))
+    served = await rig.pipeline.complete(ask(PARAPHRASE, request_id="req-down"))
     assert (served.cache_status, served.cache_detail) == (
         CacheStatus.SEMANTIC_HIT,
         "audit_unanswered",
     )
     assert served.content == ANSWER and 0.0 < served.error_probability < 0.2
+    receipt = await rig.admin.submit_feedback(
+        Feedback("default", FeedbackVerdict.CORRECT, request_id="req-down")
+    )
+    assert receipt.score < 1.0  # judged at the score it was served at, as any semantic hit
     counters = rig.learning.state.counters_for("default", "default")
     assert (counters.audits, counters.semantic_served) == (1, 1)
     audited = await rig.pipeline.complete(ask(PARAPHRASE))  # the provider is back

@@ -188,15 +188,6 @@ class SemanticCache:
             inline_when_idle=True,
         )
 
-    def served_instead(self, lookup: Lookup) -> CacheHit | None:
-        """The audit's candidate of `lookup` (if any), counted as served: its upstream
-        call failed."""
-        fallback = lookup.fallback
-        if fallback is not None:
-            self.decider.note_served_instead(lookup.key, fallback.error_probability)
-            self._hit_times.note(fallback.point_id)
-        return fallback
-
     def key_for(self, request: CompletionRequest) -> CacheKey:
         """The request's cache key (memoised: see `scope.CacheKeys`)."""
         return self._keys.key_for(request)

@@ -7,6 +7,7 @@ Knows nothing of transports: a door (gRPC, HTTP) converts its messages to a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import re
 import time
@@ -166,20 +167,16 @@ class RequestPipeline:
             spent = self._ledger.cost_usd(answer)
             return self._receipt(request, lookup, route, answer, started, spent)
         key = f"{lookup.key.point_id}:{request.cache_policy.value}"
+        ask = functools.partial(self._ask_and_store, request, lookup, route)
         try:
             (answer, cost_usd, stored), leader = await self._misses.run(
-                key,
-                lambda: self._ask_and_store(request, lookup, route),
-                request.deadline_at(),
-                retry_on=UpstreamTimeoutError,
+                key, ask, request.deadline_at(), retry_on=UpstreamTimeoutError
             )
         except UpstreamError as error:
-            instead = self._served_instead(lookup, error)
-            if instead is None:
+            if (instead := _served_instead(self._cache, lookup, error)) is None:
                 raise
-            return self._hooks.noted(
-                request, self._ledger.hit(request.tenant, instead, started), lookup
-            )
+            hit = self._ledger.hit(request.tenant, instead, started)
+            return self._hooks.noted(request, hit, dataclasses.replace(lookup, hit=instead))
         spent, saved = (cost_usd, 0.0) if leader else (0.0, cost_usd)
         entry_id = lookup.key.point_id if stored else ""
         completion = self._receipt(request, lookup, route, answer, started, spent, saved, entry_id)
@@ -288,16 +285,6 @@ class RequestPipeline:
         await self._quota.spend_tokens(request.tenant, answer.usage.total_tokens)
         return answer
 
-    def _served_instead(self, lookup: Lookup, error: UpstreamError) -> CacheHit | None:
-        """An audit's candidate, when the upstream call meant to judge it failed (not
-        when the provider refused the request itself)."""
-        if isinstance(error, UpstreamRejectedError):
-            return None
-        instead = self._cache.served_instead(lookup)
-        if instead is not None:
-            log.info("an audit's upstream call failed; its candidate is served", error=str(error))
-        return instead
-
     async def _ask_and_store(
         self, request: CompletionRequest, lookup: Lookup, route: RouteDecision
     ) -> tuple[ProviderAnswer, float, bool]:
@@ -308,16 +295,11 @@ class RequestPipeline:
         return answer, cost_usd, stored
 
     async def _store_if_allowed(
-        self,
-        request: CompletionRequest,
-        lookup: Lookup | None,
-        answer: ProviderAnswer,
-        cost_usd: float,
+        self, request: CompletionRequest, lookup: Lookup | None, answer: ProviderAnswer, cost: float
     ) -> bool:
-        if lookup is not None and self._policy.storable(request, answer):
-            answer_ = _cache_answer(answer, cost_usd)
-            return await self._cache.store_answer(lookup, answer_, request.ttl_s)
-        return False
+        if lookup is None or not self._policy.storable(request, answer):
+            return False
+        return await self._cache.store_answer(lookup, _cache_answer(answer, cost), request.ttl_s)
 
     def _receipt(
         self,
@@ -336,6 +318,17 @@ class RequestPipeline:
             spent_usd=spent_usd, saved_usd=saved_usd, entry_id=entry_id,
         )  # fmt: skip
         return self._ledger.upstream(receipt)
+
+
+def _served_instead(cache: SemanticCache, lookup: Lookup, error: UpstreamError) -> CacheHit | None:
+    """An audit's candidate, counted as served, when the upstream call meant to judge it
+    failed (not when the provider refused the request itself)."""
+    instead = lookup.fallback
+    if instead is None or isinstance(error, UpstreamRejectedError):
+        return None
+    cache.decider.note_served_instead(lookup.key, instead.error_probability)
+    log.info("an audit's upstream call failed; its candidate is served", error=str(error))
+    return instead
 
 
 def _cache_answer(answer: ProviderAnswer, cost_usd: float) -> Answer:
