@@ -44,13 +44,14 @@ class Rig:
     pipeline: RequestPipeline
     store: MemoryVectorStore
     provider: ScriptedProvider
+    stats: CacheStats
 
 
 @pytest_asyncio.fixture
 async def rig() -> AsyncIterator[Rig]:
     store, provider = MemoryVectorStore(), ScriptedProvider({QUESTION: "Use the reset link."})
     catalogue = load_catalogue(CATALOGUE, {})
-    metrics = Metrics()
+    metrics, stats = Metrics(), CacheStats()
     telemetry = Telemetry(metrics)
     batcher = EmbeddingBatcher(HashingEmbedder())
     cache = SemanticCache(store, batcher, NearMissGuard(), telemetry=telemetry)
@@ -58,13 +59,13 @@ async def rig() -> AsyncIterator[Rig]:
         cache=cache,
         upstream=Upstream(provider, build_router(catalogue, "rules", None, None), 30.0),
         catalogue=catalogue,
-        ledger=Ledger(catalogue, CacheStats(), metrics),
+        ledger=Ledger(catalogue, stats, metrics),
         limits=Limits(),
         limiter=InMemoryRateLimiter(0, 0),
         telemetry=telemetry,
         policy=CachingPolicy(),
     )
-    yield Rig(pipeline, store, provider)
+    yield Rig(pipeline, store, provider, stats)
     await cache.close()
     await batcher.close()
 
@@ -166,6 +167,33 @@ async def test_a_shared_miss_outlives_its_starters_deadline_for_a_caller_with_mo
     assert (answer.cache_status, answer.content) == (CacheStatus.MISS, "Use the reset link.")
     assert answer.entry_id
     assert rig.store.upserts == 1
+
+
+async def test_a_shared_call_is_paid_for_once_even_when_its_caller_left(rig: Rig) -> None:
+    """Found from outside: the call went on and its answer was stored after its caller
+    cancelled, but its cost was counted by nobody (cost_spent_usd 0, later hits saving
+    against it)."""
+    rig.provider.gate = asyncio.Event()
+    leaving = asyncio.create_task(rig.pipeline.complete(ask()))
+    await _until(lambda: len(rig.provider.calls) == 1)
+    staying = asyncio.create_task(rig.pipeline.complete(ask()))
+    await _until(lambda: rig.store.searches == 2)
+    for _ in range(50):  # let it join the shared call after its search
+        await asyncio.sleep(0)
+    leaving.cancel()
+    rig.provider.gate.set()
+    shared = await staying
+    await _until(lambda: rig.store.upserts == 1)
+    counters = rig.stats.for_tenant("default")
+    assert shared.cost_usd == 0.0 and shared.cost_saved_usd > 0
+    assert counters.cost_spent_usd == pytest.approx(shared.cost_saved_usd)
+    assert counters.misses == 1  # the caller that stayed; the one that left got no answer
+
+
+async def test_a_lone_miss_counts_its_cost_once(rig: Rig) -> None:
+    miss = await rig.pipeline.complete(ask())
+    assert miss.cost_usd > 0
+    assert rig.stats.for_tenant("default").cost_spent_usd == pytest.approx(miss.cost_usd)
 
 
 async def test_callers_with_no_more_time_than_the_starter_share_its_failure(rig: Rig) -> None:

@@ -44,6 +44,11 @@ class CacheStats:
         counters.cost_spent_usd += cost_usd
         counters.cost_saved_usd += saved_usd
 
+    def add_spent(self, tenant: str, cost_usd: float) -> None:
+        """Upstream spend not tied to one request's outcome (a shared call's, counted once
+        when it is paid, whoever is still waiting for it)."""
+        self._tenants[tenant].cost_spent_usd += cost_usd
+
     def tenants(self) -> list[str]:
         """Every tenant this replica has counted, sorted."""
         return sorted(self._tenants)

@@ -70,21 +70,39 @@ class Ledger:
             },
         )
 
+    def spent(self, tenant: str, answer: ProviderAnswer, cost_usd: float) -> None:
+        """Count what a shared upstream call cost, once, as soon as it is paid: its
+        requests' receipts (`prepaid`) then count only their outcomes. Found from
+        outside: a miss whose caller went away still finished and was stored, but
+        its cost was counted by nobody."""
+        self._stats.add_spent(tenant, cost_usd)
+        usage = answer.usage
+        self._metrics.record_usage(
+            tenant,
+            answer.model,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            cost_usd,
+            saved=False,
+        )
+
     def upstream(self, receipt: UpstreamReceipt) -> Completion:
         """Count an upstream answer (`saved_usd` > 0 when it was shared) and return it."""
         answer, lookup = receipt.answer, receipt.lookup
         status = CacheStatus.BYPASS if lookup is None else CacheStatus.MISS
-        self._stats.record(receipt.tenant, status, receipt.spent_usd, receipt.saved_usd)
+        spent_usd = 0.0 if receipt.prepaid else receipt.spent_usd
+        self._stats.record(receipt.tenant, status, spent_usd, receipt.saved_usd)
         self._metrics.record_cache_decision(receipt.tenant, receipt.detail)
         usage = answer.usage
-        self._metrics.record_usage(
-            receipt.tenant,
-            answer.model,
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            receipt.saved_usd or receipt.spent_usd,
-            saved=receipt.saved_usd > 0,
-        )
+        if receipt.saved_usd > 0 or not receipt.prepaid:
+            self._metrics.record_usage(
+                receipt.tenant,
+                answer.model,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                receipt.saved_usd or receipt.spent_usd,
+                saved=receipt.saved_usd > 0,
+            )
         route = receipt.route
         reason = f"fallback:{answer.fallback_from}" if answer.fallback_from else route.reason
         return Completion(
@@ -118,6 +136,7 @@ class UpstreamReceipt:
     `spent_usd` is what this request paid; `saved_usd` > 0 when it shared
     another request's upstream call instead. `detail` is the cache's reason.
     `entry_id` is the cache entry the answer was stored as ("" if not stored).
+    `prepaid`: the spend was counted already (`Ledger.spent`, by the shared call).
     """
 
     tenant: str
@@ -129,6 +148,7 @@ class UpstreamReceipt:
     spent_usd: float
     saved_usd: float = 0.0
     entry_id: str = ""
+    prepaid: bool = False
 
 
 def elapsed_ms(started: float) -> float:

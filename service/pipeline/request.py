@@ -149,8 +149,7 @@ class RequestPipeline:
     async def complete(self, request: CompletionRequest) -> Completion:
         """Answer `request` in one piece.
 
-        Identical misses in flight at the same time (same scope, same normalised
-        question, same store policy) share one upstream call.
+        Identical misses in flight together (scope, question, store policy) share a call.
 
         Raises:
             InvalidRequestError: the request cannot be served as sent.
@@ -179,7 +178,9 @@ class RequestPipeline:
             return self._hooks.noted(request, hit, dataclasses.replace(lookup, hit=instead))
         spent, saved = (cost_usd, 0.0) if leader else (0.0, cost_usd)
         entry_id = lookup.key.point_id if stored else ""
-        completion = self._receipt(request, lookup, route, answer, started, spent, saved, entry_id)
+        completion = self._receipt(
+            request, lookup, route, answer, started, spent, saved, entry_id, prepaid=True
+        )
         return self._hooks.noted(request, completion, lookup)
 
     async def complete_many(
@@ -199,9 +200,7 @@ class RequestPipeline:
         A caller gone mid-stream closes the upstream stream and stores nothing.
 
         Raises:
-            InvalidRequestError: the request cannot be served as sent.
-            RateLimitedError: the tenant is over its request or token limit.
-            UpstreamError: it missed the cache and the provider failed.
+            InvalidRequestError, RateLimitedError, UpstreamError: as `complete`.
         """
         started, lookup = await self._begin(request)
         if lookup is not None and lookup.hit is not None:
@@ -291,6 +290,7 @@ class RequestPipeline:
         answer = await self._ask(request, route)
         self._hooks.judge_later(lookup, answer)
         cost_usd = self._ledger.cost_usd(answer)
+        self._ledger.spent(request.tenant, answer, cost_usd)  # once, whoever still waits
         stored = await self._store_if_allowed(request, lookup, answer, cost_usd)
         return answer, cost_usd, stored
 
@@ -311,11 +311,12 @@ class RequestPipeline:
         spent_usd: float,
         saved_usd: float = 0.0,
         entry_id: str = "",
+        prepaid: bool = False,
     ) -> Completion:
         receipt = UpstreamReceipt(
             tenant=request.tenant, answer=answer, lookup=lookup, route=route,
             detail=self._policy.miss_detail(request, lookup), started=started,
-            spent_usd=spent_usd, saved_usd=saved_usd, entry_id=entry_id,
+            spent_usd=spent_usd, saved_usd=saved_usd, entry_id=entry_id, prepaid=prepaid,
         )  # fmt: skip
         return self._ledger.upstream(receipt)
 
