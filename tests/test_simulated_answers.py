@@ -11,6 +11,7 @@ simulator there.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -113,3 +114,25 @@ def test_a_simulators_identity_is_never_a_real_providers() -> None:
     assert upstream_identity(providers, simulator_behind=True) != real
     named = upstream_identity(providers, named="prod")
     assert upstream_identity(providers, named="prod", simulator_behind=True) != named
+
+
+async def test_a_simulator_that_came_up_after_the_service_is_served_but_not_cached(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    """Its answers reach the cache through the retrying provider, which must pass the
+    simulator's mark on (it once rebuilt each answer without it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    late = UpstreamSimulator(SimulatorConfig(ttft_ms=0, ms_per_token=0))
+    settings = make_settings("edge", tmp_path / "data", f"http://127.0.0.1:{port}/v1")
+    service = await start_service(embedder, late, settings)  # nothing listens yet
+    try:
+        await late.start(port=port)
+        first = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
+        again = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
+    finally:
+        await service.close()
+        await late.stop()
+    assert "Answer to" in first.content  # the simulator's, served
+    assert (first.entry_id, again.cache_status) == ("", pb.CACHE_STATUS_MISS)

@@ -123,6 +123,7 @@ class _Run:
             tool_calls_json=answer.tool_calls_json,
             attempts=self.attempts,
             fallback_from=requested if model != requested else None,
+            simulated=answer.simulated,
         )
 
     def exhausted(self) -> UpstreamError:
