@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from semcache_simulator import SimulatorConfig, UpstreamSimulator
+from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.auth import load_keys
 from service.domain import Completion, CompletionRequest
 from service.embedding.base import Embedder
@@ -673,3 +674,31 @@ async def test_a_client_gone_mid_body_is_cancelled_without_a_bound_too(
             break
         await asyncio.sleep(0.01)
     assert counted("CANCELLED") == 1 and counted("INTERNAL") == 0
+
+
+async def test_the_deadline_header_bounds_a_whole_stream(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    """Found from outside: a 2 s x-semcache-timeout-s let a 4.85 s trickling stream
+    finish over HTTP, where the gRPC door cuts a stream at its deadline."""
+    slow = SimulatorConfig(ttft_ms=0, ms_per_token=40)  # a few seconds an answer
+    async with UpstreamSimulator(slow) as simulator:
+        running = await start_http_service(embedder, simulator, tmp_path / "data")
+        try:
+            async with running.async_client() as client:
+                stream = await client.chat.completions.create(
+                    model=MODEL,
+                    messages=ask(QUESTION),
+                    stream=True,
+                    extra_headers={"x-semcache-timeout-s": "0.5"},
+                )
+                with pytest.raises(openai.APIError) as caught:
+                    async for _chunk in stream:
+                        pass
+            again = await running.grpc.stub.Complete(
+                pb.CompleteRequest(prompt=QUESTION, model=MODEL)
+            )
+        finally:
+            await running.close()
+    assert "deadline of 0.5s" in str(caught.value)
+    assert again.cache_status == pb.CACHE_STATUS_MISS  # nothing stored of the cut stream

@@ -14,6 +14,7 @@ which the OpenAI SDKs raise as `APIError`, and the stream ends without `[DONE]`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncGenerator, Mapping
@@ -24,6 +25,7 @@ from aiohttp import web
 
 from service.batching.deltas import join_waiting_text
 from service.domain import Completion
+from service.errors import UpstreamTimeoutError
 from service.transport.http.door import CALL, DOOR, HttpCall
 from service.transport.http.errors import BadFieldError, error_body, http_error_for
 from service.transport.http.replies import (
@@ -163,21 +165,35 @@ def _served(call: HttpCall, completion: Completion) -> None:
 
 
 async def _stream(request: web.Request, chat: ChatCall, call: HttpCall) -> web.StreamResponse:
-    """Relay the pipeline's stream as server-sent events (see the module docstring)."""
+    """Relay the pipeline's stream as server-sent events (see the module docstring), all
+    of it within the caller's deadline, as the gRPC door's deadline bounds a stream."""
     events = join_waiting_text(request.app[DOOR].app.pipeline.stream(chat.request))
     async with aclosing(events):
-        first = await anext(events)  # a refusal here is still an ordinary HTTP error
+        try:
+            async with asyncio.timeout(chat.request.remaining_s()):
+                first = await anext(events)  # a refusal here is still an ordinary HTTP error
+        except TimeoutError:
+            raise _late(chat) from None
         response = web.StreamResponse(headers={**SSE_HEADERS, REQUEST_ID_HEADER: call.request_id})
         await response.prepare(request)
         writer = ChunkWriter(call.request_id, chat.request.model or "", chat.include_usage)
         try:
-            await _relay(request, chat, call, (first, events), (response, writer))
+            async with asyncio.timeout(chat.request.remaining_s()):
+                await _relay(request, chat, call, (first, events), (response, writer))
         except ConnectionResetError:
             call.code = "CANCELLED"
             log.info("stream abandoned by the caller", latency_ms=call.elapsed_ms())
+        except TimeoutError:
+            await _stream_error(response, call, _late(chat))
         except Exception as error:  # after the first byte the status line is gone
             await _stream_error(response, call, error)
     return response
+
+
+def _late(chat: ChatCall) -> UpstreamTimeoutError:
+    return UpstreamTimeoutError(
+        f"the answer did not finish within the caller's deadline of {chat.request.deadline_s:g}s"
+    )
 
 
 async def _relay(
