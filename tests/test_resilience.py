@@ -379,6 +379,22 @@ async def test_every_provider_down_fails_fast_naming_the_providers(clock: FakeCl
     assert sim.request_count() == requests_before
 
 
+async def test_a_half_open_breakers_refusal_says_a_trial_is_in_flight(clock: FakeClock) -> None:
+    """Found from outside: it said "circuit open for another 0.0s"."""
+    async with (
+        _simulator({"*": FaultConfig(error_rate=1.0)}) as sim,
+        _gateway(sim, clock, breaker_failures=1) as provider,
+    ):
+        with pytest.raises(UpstreamError):
+            await provider.complete(_call(LARGE))
+        clock.now_s += 30.5
+        assert provider._backends["openai"].breaker.try_acquire()  # another caller's trial
+        with pytest.raises(UpstreamError) as caught:
+            await provider.complete(_call(LARGE))
+
+    assert "half-open" in str(caught.value) and "0.0s" not in str(caught.value)
+
+
 def test_breaker_state_machine_with_a_fake_clock(clock: FakeClock) -> None:
     breaker = CircuitBreaker(failure_threshold=2, cooldown_s=10, clock=clock.now)
     breaker.record_failure()

@@ -282,9 +282,11 @@ class ResilientProvider:
         """
         backend = self._backends[self._catalogue.models[model].provider]
         if not backend.breaker.try_acquire():
+            open_for_s = backend.breaker.open_for_s()
             raise _CircuitOpenError(
-                f"circuit open for another {backend.breaker.open_for_s():.1f}s after "
-                "repeated failures"
+                f"circuit open for another {open_for_s:.1f}s after repeated failures"
+                if open_for_s > 0
+                else "circuit half-open after repeated failures: one trial call is in flight"
             )
         timeout_s: float | None = None
         try:
