@@ -111,8 +111,11 @@ def _open_lock_file(path: Path) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as error:
+        reason = error.strerror
+        if path.parent.exists() and not path.parent.is_dir():
+            reason = "it is a file, not a directory"  # mkdir says only "File exists"
         raise StartupError(
-            f"cannot use the data directory {path.parent}: {error.strerror};"
+            f"cannot use the data directory {path.parent}: {reason};"
             " set SEMCACHE_DATA_DIR to a directory this user may write"
         ) from error
 

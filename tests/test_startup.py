@@ -394,3 +394,17 @@ def test_simulate_upstream_on_a_taken_port_is_one_line(
         main(["simulate-upstream", "--port", "99999"])
     assert caught.value.code == 2
     assert "99999 is not a port" in capsys.readouterr().err
+
+
+def test_a_data_directory_that_is_a_file_says_so(tmp_path: Path) -> None:
+    """Found from outside: it said only "File exists", which reads like a lock clash."""
+    from service.errors import StartupError
+    from service.startup import data_dir_lock
+    from tests.conftest import make_settings
+
+    taken = tmp_path / "data"
+    taken.write_text("not a directory")
+    settings = make_settings("edge", taken, "http://127.0.0.1:9/v1")
+    with pytest.raises(StartupError, match="it is a file, not a directory"):
+        with data_dir_lock(settings):
+            pass
