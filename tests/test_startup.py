@@ -405,6 +405,8 @@ def test_a_data_directory_that_is_a_file_says_so(tmp_path: Path) -> None:
     taken = tmp_path / "data"
     taken.write_text("not a directory")
     settings = make_settings("edge", taken, "http://127.0.0.1:9/v1")
-    with pytest.raises(StartupError, match="it is a file, not a directory"):
-        with data_dir_lock(settings):
-            pass
+    with (
+        pytest.raises(StartupError, match="it is a file, not a directory"),
+        data_dir_lock(settings),
+    ):
+        pass
