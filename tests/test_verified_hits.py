@@ -27,6 +27,7 @@ from service.cache.verify.learning import Learning
 from service.cache.verify.prior import DEFAULT_PRIOR
 from service.cache.verify.verifier import BudgetSettings, HitDecider, VerifyState
 from service.domain import (
+    CachePolicy,
     CacheStatus,
     ChatMessage,
     CompletionRequest,
@@ -319,6 +320,23 @@ async def test_a_verdict_repeated_on_one_served_hit_is_learned_once(make_rig) ->
     assert rig.learning.state.prior == prior_after_one
     refused = await rig.pipeline.complete(ask(PARAPHRASE))
     assert (refused.cache_status, refused.cache_detail) == (CacheStatus.MISS, "judged_wrong_nearby")
+
+
+async def test_a_late_verdict_never_lands_on_the_answer_that_replaced_it(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """Found from outside: an answer served, then corrected in place (same entry id), then
+    a late WRONG on the first request stopped the corrected answer from being served."""
+    rig: Rig = await make_rig(None)
+    await rig.pipeline.complete(ask())
+    old = await rig.pipeline.complete(ask(request_id="req-old"))
+    assert old.cache_status is CacheStatus.EXACT_HIT
+    rig.provider.script[QUESTION] = "The corrected answer."
+    await rig.pipeline.complete(ask(cache_policy=CachePolicy.REFRESH))
+    with pytest.raises(NotFoundError, match="replaced"):
+        await rig.admin.submit_feedback(
+            Feedback("default", FeedbackVerdict.WRONG, request_id="req-old")
+        )
+    again = await rig.pipeline.complete(ask())
+    assert (again.cache_status, again.content) == (CacheStatus.EXACT_HIT, "The corrected answer.")
 
 
 async def test_feedback_wrong_on_an_entry_refreshes_its_answer(make_rig) -> None:  # type: ignore[no-untyped-def]

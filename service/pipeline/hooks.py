@@ -36,6 +36,7 @@ class LearningHooks:
             hit = lookup.hit if lookup is not None else None
             score = hit.score if hit is not None else 1.0
             self._learning.note_served(
-                request.request_id, request.tenant, request.namespace, completion.entry_id, score
-            )
+                request.request_id, request.tenant, request.namespace, completion.entry_id, score,
+                answer=(completion.content, completion.tool_calls_json),
+            )  # fmt: skip
         return completion

@@ -61,6 +61,7 @@ class _Served(NamedTuple):  # one per answer with an entry: a tuple is quickest 
     entry_id: str
     score: float  # the guard score it was served at (1.0: exact, or the answer itself)
     judged: bool = False  # a verdict on it has been counted (the prior learns it once)
+    answer: int = 0  # hash of what was served, to tell if the entry was replaced since
 
 
 _REUSED = _Served("", "", "", 0.0)  # a request id that named two answers of one tenant
@@ -144,9 +145,16 @@ class Learning:
         )
 
     def note_served(
-        self, request_id: str, tenant: str, namespace: str, entry_id: str, score: float
+        self,
+        request_id: str,
+        tenant: str,
+        namespace: str,
+        entry_id: str,
+        score: float,
+        answer: tuple[str, str] = ("", ""),
     ) -> None:
-        """Remember which entry answered `request_id`, at which score, for feedback."""
+        """Remember which entry answered `request_id`, at which score, and what it said
+        (`answer`: content and tool calls), for feedback."""
         if not request_id or not entry_id:
             return
         key = (tenant, request_id)
@@ -156,7 +164,7 @@ class Learning:
             # could mean either, so it is refused until the id drops out.
             self._served[key] = _REUSED
         else:
-            self._served[key] = _Served(tenant, namespace, entry_id, score)
+            self._served[key] = _Served(tenant, namespace, entry_id, score, answer=hash(answer))
         self._served.move_to_end(key)
         if len(self._served) > self._served_limit:
             self._served.popitem(last=False)
@@ -174,6 +182,12 @@ class Learning:
         entry = await self._store.get(entry_id)
         if entry is None or entry.tenant != feedback.tenant:
             raise NotFoundError(f"no cache entry {entry_id!r}: it was deleted, or never stored")
+        if served is not None and served.answer != hash((entry.content, entry.tool_calls_json)):
+            raise NotFoundError(
+                f"the answer served for request_id {feedback.request_id[:64]!r} has since been"
+                f" replaced in entry {entry_id}; the verdict would judge the new one, so nothing"
+                " was recorded"
+            )
         same = feedback.verdict is FeedbackVerdict.CORRECT
         score = served.score if served is not None else 1.0
         obs_id = f"fb-{feedback.request_id or uuid.uuid4().hex}"
