@@ -50,6 +50,9 @@ class SamplingParams:
     response_format: str | None = None
     tools_json: str | None = None
     tool_choice: str | None = None
+    # The name the caller gave `max_tokens` ("max_completion_tokens" through the HTTP door),
+    # sent upstream under it: OpenAI's reasoning models refuse the old name. Not in the scope.
+    max_tokens_name: str = "max_tokens"
 
 
 @dataclass(frozen=True)

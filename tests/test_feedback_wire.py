@@ -264,3 +264,17 @@ def test_client_refuses_a_bad_verdict_or_no_id_before_sending() -> None:
 
 def test_client_raises_not_found_for_not_found() -> None:
     assert isinstance(error_for(grpc.StatusCode.NOT_FOUND, "no such entry"), NotFound)
+
+
+@pytest.mark.parametrize("calls", ["tool_calls", "function_call"])
+def test_an_assistant_turn_that_called_a_tool_is_refused_naming_it(calls: str) -> None:
+    """Found from outside: its tool calls were dropped without a word and the rest
+    answered (and cached) as if the conversation had none, where the README says it is
+    refused."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    turn = {"role": "assistant", "content": None, calls: [call] if calls == "tool_calls" else call}
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}, turn,
+                                       {"role": "user", "content": "and then?"}]}  # fmt: skip
+    with pytest.raises(BadFieldError) as caught:
+        parse_chat(body, {}, "acme", None, "req-9")
+    assert caught.value.param == f"messages[1].{calls}"

@@ -296,3 +296,27 @@ async def test_tool_calls_that_are_not_a_list_of_objects_are_an_upstream_error()
     async with serving(odd) as provider:
         with pytest.raises(UpstreamError, match="tool_calls"):
             await provider.complete(CALL)
+
+
+async def test_max_completion_tokens_goes_upstream_under_the_name_the_caller_used() -> None:
+    """Found from outside: an app's max_completion_tokens was sent on as max_tokens,
+    which OpenAI's reasoning models refuse with a 400 the caller cannot fix."""
+    from service.transport.http.wire import parse_chat
+
+    seen: dict[str, object] = {}
+
+    async def record(request: web.Request) -> web.StreamResponse:
+        seen["body"] = await request.json()
+        return web.json_response({"model": "m", "choices": [{"message": {"content": "hi"}}]})
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+    newer = parse_chat({**body, "max_completion_tokens": 7}, {}, "t", None, "r").request
+    older = parse_chat({**body, "max_tokens": 7}, {}, "t", None, "r").request
+    async with serving(record) as provider:
+        await provider.complete(ProviderCall("m", CALL.messages, newer.sampling, 5.0))
+        sent_newer = seen["body"]
+        await provider.complete(ProviderCall("m", CALL.messages, older.sampling, 5.0))
+    assert isinstance(sent_newer, dict) and sent_newer["max_completion_tokens"] == 7
+    assert "max_tokens" not in sent_newer
+    assert seen["body"] == {**body, "max_tokens": 7}
+    assert newer.sampling.max_tokens == older.sampling.max_tokens == 7  # one cache scope

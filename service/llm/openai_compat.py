@@ -305,6 +305,8 @@ def _chat_body(call: ProviderCall) -> dict[str, Any]:
         "tool_choice": _tool_choice(sampling.tool_choice),
     }
     args.update(_sampling_args(sampling))
+    if "max_tokens" in args and sampling.max_tokens_name != "max_tokens":
+        args[sampling.max_tokens_name] = args.pop("max_tokens")  # as the caller named it
     args.update({name: value for name, value in chat_only.items() if value is not None})
     return args
 

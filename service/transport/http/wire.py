@@ -226,6 +226,13 @@ def _message(index: int, raw: object) -> ChatMessage:
     role = raw.get("role")
     if not isinstance(role, str):
         raise BadFieldError(f"{where}.role", f"{where}.role must be a string")
+    for calls in ("tool_calls", "function_call"):
+        if raw.get(calls):  # dropping them would cache an answer to another conversation
+            raise BadFieldError(
+                f"{where}.{calls}",
+                f"{where} carries {calls}: semcache answers one turn, so a conversation that"
+                " goes on from a tool call needs the provider directly",
+            )
     return ChatMessage(_ROLE_ALIASES.get(role, role), _content(where, raw.get("content")))
 
 
@@ -256,6 +263,11 @@ def _sampling(body: Mapping[str, Any]) -> SamplingParams:
     return SamplingParams(
         temperature=_optional_number(body, "temperature"),
         max_tokens=_max_tokens(body),
+        max_tokens_name=(
+            "max_completion_tokens"
+            if body.get("max_completion_tokens") is not None
+            else "max_tokens"
+        ),
         top_p=_optional_number(body, "top_p"),
         stop=_stop(body.get("stop")),
         response_format=_response_format(body.get("response_format")),
