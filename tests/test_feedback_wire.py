@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -25,6 +26,7 @@ from service.domain import (
     Completion,
     CompletionRequest,
     FeedbackVerdict,
+    SamplingParams,
 )
 from service.errors import InvalidRequestError, NotFoundError
 from service.pipeline.admin import NamespaceVerification
@@ -37,7 +39,7 @@ from service.transport.grpc.servicer import (
     to_response,
 )
 from service.transport.grpc.status import status_for
-from service.transport.http.errors import BadFieldError, http_error_for
+from service.transport.http.errors import BadFieldError, http_error_for, param_of
 from service.transport.http.feedback import parse_feedback
 from service.transport.http.replies import completion_headers, extension
 from service.transport.http.wire import cache_controls, parse_chat
@@ -278,3 +280,28 @@ def test_an_assistant_turn_that_called_a_tool_is_refused_naming_it(calls: str) -
     with pytest.raises(BadFieldError) as caught:
         parse_chat(body, {}, "acme", None, "req-9")
     assert caught.value.param == f"messages[1].{calls}"
+
+
+_TOOL = '[{"type": "function", "function": {"name": "f"}}]'
+
+
+@pytest.mark.parametrize(
+    ("changes", "param"),
+    [
+        ({"messages": (ChatMessage("user", "hi"),) * 65}, "messages"),
+        ({"messages": (ChatMessage("user", "hi"), ChatMessage("assistant", "yo"))}, "messages"),
+        ({"messages": (ChatMessage("user", " \u200b "),)}, "messages"),
+        ({"messages": (ChatMessage("user", "x" * 40_000),)}, "messages"),
+        ({"sampling": SamplingParams(stop=("a", "b", "c", "d", "e"))}, "stop"),
+        ({"sampling": SamplingParams(stop=("",))}, "stop"),
+        ({"sampling": SamplingParams(tools_json="[" + _TOOL[1:-1] * 2000 + "]")}, "tools"),
+    ],
+)
+def test_a_refused_field_is_named_in_the_http_errors_param(
+    changes: dict[str, object], param: str
+) -> None:
+    """Found from outside: these 400s had `param: null`."""
+    request = replace(CompletionRequest(messages=(ChatMessage("user", "hi"),)), **changes)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError) as caught:
+        validate(request, Limits())
+    assert param_of(caught.value) == param

@@ -121,6 +121,19 @@ def error_body(error: BaseException, answer: HttpError, request_id: str) -> dict
     }
 
 
+# Messages shared with the gRPC door that name their field another way (found from outside:
+# these 400s had `param: null`, where the README says a malformed field's names it).
+_PARAM_BY_MESSAGE = (
+    (
+        re.compile(r"^(?:\d+ messages |the last message |the prompt |set a non-empty prompt)"),
+        "messages",
+    ),
+    (re.compile(r"^(?:at most \d+ stop sequences|stop sequences )"), "stop"),
+    (re.compile(r"^tools_json\b"), "tools"),
+    (re.compile(r"^model name "), "model"),
+)
+
+
 def param_of(error: BaseException) -> str | None:
     """The request field an error is about, when it names one."""
     if isinstance(error, BadFieldError):
@@ -128,8 +141,11 @@ def param_of(error: BaseException) -> str | None:
     if isinstance(error, UnknownModelError):
         return "model"
     if isinstance(error, InvalidRequestError):
-        match = _LEADING_FIELD.match(str(error))
-        return match.group(0) if match else None
+        message = str(error)
+        match = _LEADING_FIELD.match(message)
+        if match:
+            return match.group(0)
+        return next((param for rule, param in _PARAM_BY_MESSAGE if rule.match(message)), None)
     return None
 
 
