@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -313,7 +314,11 @@ class StoreSettings(BaseModel):
     qdrant_api_key: SecretStr | None = Field(
         None, description="API key for the Qdrant server; unset = none is sent."
     )
-    qdrant_prefer_grpc: bool = Field(True, description="Talk to the Qdrant server over gRPC.")
+    qdrant_prefer_grpc: bool = Field(
+        True,
+        description="Talk to the Qdrant server over gRPC, on port 6334 of the URL's host"
+        " (qdrant-client's gRPC port: the URL's port is REST's); false = REST on the URL's port.",
+    )
     qdrant_collection: str = Field(
         "semcache", min_length=1, description="Qdrant collection holding the cache."
     )
@@ -534,3 +539,19 @@ class Settings(
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _qdrant_location(cls, value: str | None) -> str | None:
+        """Checked when the settings load, before the model does (found from outside: a
+        `qdrant:6333` without a scheme was reported seconds later as "Unknown scheme")."""
+        if value is None or value == ":memory:":
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("use http://HOST:6333 or https://HOST:6333 (or :memory:)")
+        try:
+            parts.port  # noqa: B018 (it raises for a port out of range)
+        except ValueError:
+            raise ValueError("its port must be a number from 1 to 65535") from None
+        return value

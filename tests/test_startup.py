@@ -181,6 +181,14 @@ FAST_FAILURES = {
         {"tls_cert_file": "/nonexistent/cert.pem", "tls_key_file": "/nonexistent/key.pem"},
         ("/nonexistent/key.pem",),
     ),
+    "a Qdrant URL without a scheme": (
+        {"qdrant_url": "qdrant:6333"},
+        ("SEMCACHE_QDRANT_URL", "http://HOST:6333"),
+    ),
+    "a Qdrant URL with a port out of range": (
+        {"qdrant_url": "http://127.0.0.1:99999"},
+        ("SEMCACHE_QDRANT_URL", "65535"),
+    ),
     "a data directory that cannot be made": (
         {"data_dir": "/proc/semcache-data"},
         ("SEMCACHE_DATA_DIR",),

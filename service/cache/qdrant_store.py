@@ -15,6 +15,7 @@ start; a missing payload index is created.
 from __future__ import annotations
 
 import uuid
+import warnings
 from collections.abc import Iterable, Sequence
 
 import structlog
@@ -178,18 +179,24 @@ class QdrantVectorStore:
             StoreSchemaError: the collection exists with other vectors, or a payload
                 index of another type (`store_schema`).
         """
-        local = url == ":memory:"
-        if local:
-            client = AsyncQdrantClient(location=":memory:")
-        else:
-            client = AsyncQdrantClient(
-                url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=int(max(1, timeout_s))
-            )
-        try:
-            return await cls.attach(client, collection, dim, hnsw_ef=hnsw_ef, storage=storage)
-        except BaseException:
-            await client.close()
-            raise
+        with warnings.catch_warnings():
+            # qdrant-client warns in two lines when it cannot ask the server's version;
+            # the failure to connect that follows says it in one (start-up errors are one).
+            warnings.filterwarnings("ignore", "Failed to obtain server version", UserWarning)
+            if url == ":memory:":
+                client = AsyncQdrantClient(location=":memory:")
+            else:
+                client = AsyncQdrantClient(
+                    url=url,
+                    api_key=api_key,
+                    prefer_grpc=prefer_grpc,
+                    timeout=int(max(1, timeout_s)),
+                )
+            try:
+                return await cls.attach(client, collection, dim, hnsw_ef=hnsw_ef, storage=storage)
+            except BaseException:
+                await client.close()
+                raise
 
     @classmethod
     async def attach(
