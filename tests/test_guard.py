@@ -122,6 +122,16 @@ def test_same_context_passes(guard: NearMissGuard) -> None:
         ("Is a < b?", "Is a > b?"),
         ("What is 3²?", "What is 32?"),
         ("Compute 5!", "Compute 5"),
+        # found from outside: marks other than these once counted for nothing
+        ("What is 10 - 2?", "What is 10 / 2?"),
+        ("What is 6 * 3?", "What is 6 - 3?"),
+        ("What does * do in C?", "What does & do in C?"),
+        ("What does rm -rf / do?", "What does rm -rf ./ do?"),
+        ("Convert -40 degrees C to F", "Convert 40 degrees C to F"),
+        ("Is 10% of 50 five?", "Is 10 of 50 five?"),
+        ("What is 2/3 of 90?", "What is 2-3 of 90?"),
+        ("What does print(1/2) print?", "What does print(1//2) print?"),
+        ("Let's eat, grandma!", "Let's eat grandma!"),
     ],
 )  # fmt: skip
 def test_texts_differing_in_other_scripts_or_symbols_are_never_identical(
@@ -140,6 +150,8 @@ def test_texts_differing_in_other_scripts_or_symbols_are_never_identical(
         ("What does the 🍕 emoji mean?", "what does the 🍕 emoji mean"),
         ("Is x ≠ y?", "is x ≠ y"),
         ("Compute 5!", "compute 5!"),
+        ("What is a well-known fact?", "what is a well known fact"),
+        ('What does "idempotent" mean?', "What does idempotent mean?"),
     ],
 )  # fmt: skip
 def test_case_spacing_and_punctuation_still_leave_texts_identical(
