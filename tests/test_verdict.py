@@ -200,6 +200,12 @@ def test_everyday_forms_of_one_intent_share_a_key(a: str, b: str) -> None:
         ("How do I turn on 2FA?", "How do I turn off 2FA?"),
         ("What is the capital of France?", "What is the capital of Spain?"),
         ("How do I cancel my subscription?", "How do you cancel my subscription?"),
+        # found from outside: each of these was served the other's answer as same_form
+        ("How should I vote in the election?", "How can I vote in the election?"),
+        ("How could I get fired for this?", "How do I get fired for this?"),
+        ("How do I stop a nosebleed?", "How do I close a nosebleed?"),
+        ("How do I fix a match?", "How do I solve a match?"),
+        ("What is your name?", "Tell me about your name"),
     ],
 )
 def test_different_questions_do_not_share_a_form_key(a: str, b: str) -> None:

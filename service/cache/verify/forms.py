@@ -7,13 +7,20 @@ in how they are asked, so the decision treats them like an exact repeat (reason
 never do, and the subject must be identical word for word, so a swapped name,
 number or negation in it still separates the two questions. "How do you X?" is left
 out on purpose: on QQP it is as often a question about the assistant as a how-to.
+
+Found from outside, and left out too: "How should I X?" (which X to choose: "how
+should I vote") and "How could I X?" ("how could I get fired for this?") are not
+"How do I X?"; a subject that starts with a possessive asks for someone's own value
+("What is your name?"), not an explanation ("Tell me about your name"); and a
+how-to's leading verb meets only the synonyms of `_VERB_SYNONYMS`, which name one
+action on one object ("fix a match" is not "solve a match", nor "stop a nosebleed"
+"close a nosebleed").
 """
 
 from __future__ import annotations
 
 import re
 
-from service.cache.guard_lexicon import SYNONYMS
 from service.cache.scope import normalise
 
 __all__ = ["FORM_GROUPS", "form_key"]
@@ -51,9 +58,7 @@ FORM_GROUPS: dict[str, tuple[str, ...]] = {
         "what is the easiest way to",
         "what's the easiest way to",
         "how can i",
-        "how could i",
         "how do i",
-        "how should i",
         "how to",
     ),
 }
@@ -62,7 +67,17 @@ _PREFIXES = sorted(
     ((prefix, group) for group, prefixes in FORM_GROUPS.items() for prefix in prefixes),
     key=lambda item: -len(item[0]),
 )
-_SYNONYM_OF = {word: line.split()[0] for line in SYNONYMS for word in line.split()}
+_VERB_SYNONYMS = (
+    "change update modify edit alter amend",
+    "buy purchase",
+    "cancel terminate",
+    "delete remove erase",
+    "start begin",
+    "find locate",
+    "make create",
+)
+_SYNONYM_OF = {word: line.split()[0] for line in _VERB_SYNONYMS for word in line.split()}
+_POSSESSIVE = re.compile(r"^(?:my|your|our|his|her|their|its)\b")
 _EDGE_PUNCTUATION = re.compile(r"^[\s,:;.!?]+|[\s,:;.!?]+$")
 _FILLER = re.compile(r"^(?:please|pls|kindly)\s+|\s+(?:please|pls)$")
 
@@ -90,7 +105,7 @@ def form_key(text: str) -> tuple[str, str] | None:
     for prefix, group in _PREFIXES:
         if plain.startswith(prefix + " "):
             subject = _subject(plain[len(prefix) :])
-            if not subject:
+            if not subject or (group == "define" and _POSSESSIVE.match(subject)):
                 return None
             return (group, _canonical_verb(subject) if group == "how_to" else subject)
     return None
