@@ -189,6 +189,26 @@ async def test_a_request_can_only_tighten_the_budget(make_rig) -> None:  # type:
     assert looser.cache_status is CacheStatus.MISS  # never loosened past the service's delta
 
 
+async def test_one_tenants_traffic_does_not_fund_anothers_risk(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """Found from outside: the budget was one per delta value, shared by every tenant and
+    namespace, so 150 unrelated questions from one tenant raised the allowance until
+    another tenant's near misses were served (16 of 16, against none alone)."""
+    quiet: Rig = await make_rig(_budget(max_error_rate=0.01))
+    await quiet.pipeline.complete(ask(tenant="victim"))
+    alone = await quiet.pipeline.complete(ask(PARAPHRASE, tenant="victim"))
+
+    busy: Rig = await make_rig(_budget(max_error_rate=0.01))
+    await busy.pipeline.complete(ask(tenant="victim"))
+    for n in range(150):
+        await busy.pipeline.complete(
+            ask(f"Unrelated question {n}: what is item {n}?", tenant="noise")
+        )
+    after = await busy.pipeline.complete(ask(PARAPHRASE, tenant="victim"))
+
+    assert alone.cache_status is CacheStatus.MISS
+    assert (after.cache_status, after.cache_detail) == (CacheStatus.MISS, alone.cache_detail)
+
+
 async def test_a_namespace_has_its_own_delta(make_rig) -> None:  # type: ignore[no-untyped-def]
     rig: Rig = await make_rig(_budget(max_error_rate=0.01, by_namespace={"loose": 0.2}))
     for namespace in ("default", "loose"):
