@@ -305,3 +305,15 @@ def test_a_refused_field_is_named_in_the_http_errors_param(
     with pytest.raises(InvalidRequestError) as caught:
         validate(request, Limits())
     assert param_of(caught.value) == param
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("temperature", "0.5"), ("top_p", "1"), ("max_tokens", "7"), ("n", True)],
+)
+def test_a_body_number_sent_as_text_or_a_boolean_is_refused(field: str, value: object) -> None:
+    """Found from outside: these were accepted, where OpenAI's API answers 400."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], field: value}
+    with pytest.raises(BadFieldError) as caught:
+        parse_chat(body, {}, "acme", None, "req-9")
+    assert caught.value.param == field

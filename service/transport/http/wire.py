@@ -278,18 +278,26 @@ def _sampling(body: Mapping[str, Any]) -> SamplingParams:
 
 def _check_one_choice(body: Mapping[str, Any]) -> None:
     n = body.get("n")
-    if n is not None and n != 1:
+    if n is not None and (isinstance(n, bool) or n != 1):
         raise BadFieldError("n", f"n is {n!r}; semcache answers with one choice: send 1 or omit n")
 
 
 def _optional_number(body: Mapping[str, Any], name: str) -> float | None:
     value = body.get(name)
-    return None if value is None else _number(name, value)
+    return None if value is None else _number(name, _not_text(name, value))
+
+
+def _not_text(name: str, value: object) -> object:
+    """A body field's number as JSON sent it: "0.5" is a string there, as OpenAI's API
+    says too (only a header's value is text to read as a number)."""
+    if isinstance(value, str):
+        raise BadFieldError(name, f"{name} is the string {value!r}; send a JSON number")
+    return value
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
     values = {
-        name: _integer(name, body[name])
+        name: _integer(name, _not_text(name, body[name]))
         for name in ("max_completion_tokens", "max_tokens")
         if body.get(name) is not None
     }
