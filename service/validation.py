@@ -138,13 +138,19 @@ def _check_tools(sampling: SamplingParams, limits: Limits) -> None:
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
             raise InvalidRequestError("tools_json must be a JSON array of tool objects")
     choice = sampling.tool_choice
-    if choice is None or choice in ("auto", "none", "required"):
+    if choice is None or choice == "none":
         return
-    wanted = "tool_choice must be 'auto', 'none', 'required' or a JSON object"
-    if not choice.lstrip().startswith("{"):
-        raise InvalidRequestError(f"{wanted}, not {shown(choice)}")
-    if not isinstance(parse_json("tool_choice", choice, MAX_TOOL_CHOICE_BYTES), dict):
-        raise InvalidRequestError(wanted)
+    if choice not in ("auto", "required"):
+        wanted = "tool_choice must be 'auto', 'none', 'required' or a JSON object"
+        if not choice.lstrip().startswith("{"):
+            raise InvalidRequestError(f"{wanted}, not {shown(choice)}")
+        if not isinstance(parse_json("tool_choice", choice, MAX_TOOL_CHOICE_BYTES), dict):
+            raise InvalidRequestError(wanted)
+    if sampling.tools_json is None:  # as OpenAI's API refuses it (found from outside)
+        raise InvalidRequestError(
+            f"tool_choice is {shown(choice)} but the request has no tools: send tools"
+            " (tools_json over gRPC) or leave tool_choice out"
+        )
 
 
 def parse_json(name: str, text: str, max_bytes: int) -> object:

@@ -66,6 +66,8 @@ BAD_FIELDS: list[tuple[dict[str, Any], str]] = [
     ({"tools_json": "[" + TOOL % ("9" * 5_000) + "]"}, "an integer of 5000 digits"),
     ({"tool_choice": "{" + " " * 5_000 + "}"}, "tool_choice is 5002 bytes"),
     ({"tool_choice": '"auto"'}, "tool_choice must be"),
+    ({"tool_choice": "required"}, "tool_choice is 'required' but the request has no tools"),
+    ({"tool_choice": '{"type": "function", "function": {"name": "f"}}'}, "has no tools"),
     ({"response_format": "r" * 100_000}, "response_format"),
     ({"namespace": "n " * 50_000}, "namespace"),
 ]
