@@ -47,6 +47,11 @@ class VerificationCounters:
     feedback_correct: int = 0  # SubmitFeedback(correct) received
     feedback_wrong: int = 0  # SubmitFeedback(wrong) received
 
+    def count_served(self, p_wrong: float) -> None:
+        """One semantic hit served at an estimated `p_wrong`."""
+        self.semantic_served += 1
+        self.expected_wrong += p_wrong
+
     @property
     def expected_error_rate(self) -> float:
         """The decision's own estimate: sum of served P(wrong) / requests."""

@@ -174,9 +174,7 @@ class HitDecider:
 
     def note_served_instead(self, key: CacheKey, p_wrong: float) -> None:
         """Count an audit's candidate served after all (its upstream call failed)."""
-        counters = self.state.counters_for(key.tenant, key.namespace)
-        counters.semantic_served += 1
-        counters.expected_wrong += p_wrong
+        self.state.counters_for(key.tenant, key.namespace).count_served(p_wrong)
 
     def note_exact(self, key: CacheKey) -> None:
         """Count an exact hit: a request the budgets share out over, at no risk."""
@@ -294,8 +292,7 @@ class HitDecider:
         request_id: str,
     ) -> Choice:
         if verdict.action is Action.SERVE:
-            counters.semantic_served += 1
-            counters.expected_wrong += verdict.p_wrong
+            counters.count_served(verdict.p_wrong)
             return Choice(scored, candidate.score, verdict.p_wrong, reason)
         if verdict.action is Action.MISS:
             return Choice(detail=verdict.reason, p_wrong=verdict.p_wrong)
