@@ -195,8 +195,8 @@ def markdown(report: dict[str, Any]) -> str:
         "In service, by the service's own metrics over the pairs (`lookup` is every"
         " request's whole lookup, the exact hits' included; `embed` (with its thread"
         " hop), `search` and `verify` every lookup that embedded: the misses and the"
-        " semantic hits; `route` and `upstream` the misses):\n\n"
-        + markdown_table(stages, STAGE_COLUMNS)
+        " semantic hits; `route`, `upstream` and `store` (the answer written to the"
+        " store) the misses):\n\n" + markdown_table(stages, STAGE_COLUMNS)
     ]
     return "\n\n".join(
         [

@@ -10,7 +10,8 @@ Series (labels in braces):
 
     semcache_requests_total{rpc, code, cache, model}   RPCs by outcome
     semcache_request_duration_seconds{rpc, cache}       whole-RPC latency
-    semcache_stage_duration_seconds{stage}              embed, lookup, verify, route, upstream…
+    semcache_stage_duration_seconds{stage}              lookup, embed, search, verify, route,
+                                                        upstream, store
     semcache_time_to_first_token_seconds{cache}         streaming RPCs
     semcache_cache_lookups_total{result}                hit, miss, error (see `record_lookup`)
     semcache_cache_decisions_total{tenant, detail}      answers by cache_detail: exact, ok, or
@@ -214,7 +215,8 @@ class _RequestMetrics:
         self._overloaded.labels(rpc).inc()
 
     def observe_stage(self, stage: str, seconds: float) -> None:
-        """Latency of one stage: "embed", "lookup", "verify", "route", "upstream", "store"."""
+        """Latency of one stage: "lookup", "embed", "search", "verify", "route", "upstream",
+        "store"."""
         self._child(self._stage_s, stage).observe(seconds)
 
     @contextmanager

@@ -174,4 +174,4 @@ async def test_tracing_records_a_span_per_stage(service: Service) -> None:
     service.app.telemetry.tracing = tracing_with_exporter(exporter, batch=False)
     await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
     names = {span.name for span in exporter.get_finished_spans()}
-    assert {"lookup", "embed", "search", "verify", "route", "upstream"} <= names
+    assert {"lookup", "embed", "search", "verify", "route", "upstream", "store"} <= names

@@ -298,10 +298,11 @@ class SemanticCache:
                     vector, context_vector = await _embed_key(self.embedder, lookup.key)
             lifetime_s = ttl_s if ttl_s is not None else (self._ttl_s or FOREVER_S)
             entry = new_entry(lookup.key, answer, context_vector, self._clock(), lifetime_s)
-            await self.store.upsert(lookup.key.point_id, vector, entry)
-            if self._evictions.due(lookup.key.tenant):
-                await self._hit_times.flush()  # eviction must see the latest hits
-                await self.store.evict_least_recent(lookup.key.tenant, self._max_entries)
+            with self._telemetry.stage("store"):
+                await self.store.upsert(lookup.key.point_id, vector, entry)
+                if self._evictions.due(lookup.key.tenant):
+                    await self._hit_times.flush()  # eviction must see the latest hits
+                    await self.store.evict_least_recent(lookup.key.tenant, self._max_entries)
         except StoreNotWritableError:
             # The store logged why once, when storing paused; each skip is only counted.
             self._telemetry.metrics.record_store_skipped("disk_full")
