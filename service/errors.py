@@ -100,6 +100,17 @@ class UpstreamRejectedError(UpstreamError):
     """The provider rejected the request itself (a 4xx other than 429)."""
 
 
+def upstream_already_retried(error: BaseException) -> bool:
+    """Whether `error` ends a call the service already retried and failed over itself
+    (the providers' failures and timeouts): a client retrying it multiplies upstream
+    calls (one SDK call with two retries became 18 upstream calls, found from outside),
+    so both doors tell clients not to (`x-should-retry: false`). A busy provider's
+    queue and a provider's refusal of the request itself are not retried by the service."""
+    return isinstance(error, UpstreamError) and not isinstance(
+        error, UpstreamBusyError | UpstreamRejectedError
+    )
+
+
 class CacheUnavailableError(SemcacheError):
     """The embedder or the vector store failed; the gateway treats it as a miss."""
 

@@ -132,7 +132,11 @@ class Seeder:
             cost_usd=0.0,
         )
         if not await self._cache.store_answer(Lookup(key), answer, seed.request.ttl_s):
-            raise StoreNotWritableError("the cache store took no new entries; try again later")
+            raise StoreNotWritableError(
+                "the cache store took no new entries: storing is paused (the disk nearly"
+                " full, or the store not open; GetCacheStats' storing_paused_reason says"
+                " which) or the store failed (the service's log says how); try again later"
+            )
         return key.point_id
 
     def _check(self, seed: Seed) -> None:

@@ -70,29 +70,54 @@ def _message(message: Message | tuple[str, str] | Mapping[str, str]) -> pb.Messa
     return pb.Message(role=role, content=content)
 
 
+_TEXT_FIELDS = ("prompt", "model", "namespace", "response_format", "tools_json", "tool_choice")
+_OPTIONAL_FIELDS = (
+    "temperature", "max_tokens", "ttl_s", "similarity_min", "max_error_rate", "top_p"
+)  # fmt: skip
+
+
 def complete_request(params: CompleteParams) -> pb.CompleteRequest:
     """The CompleteRequest for `params`; optional fields stay unset when None.
 
     Raises:
-        ValueError: `params.cache_policy` names no policy.
+        ValueError: `params.cache_policy` names no policy, or an option's value is not
+            of its type or outside what the message can carry (the message names it).
     """
     request = pb.CompleteRequest(
-        prompt=params.prompt or "",
         messages=[_message(m) for m in params.messages or ()],
-        model=params.model or "",
-        namespace=params.namespace or "",
         cache_policy=_POLICIES[CachePolicy.parse(params.cache_policy)],
-        stop=list(params.stop),
-        response_format=params.response_format or "",
-        tools_json=params.tools_json or "",
-        tool_choice=params.tool_choice or "",
     )
-    optional = ("temperature", "max_tokens", "ttl_s", "similarity_min", "max_error_rate", "top_p")
-    for name in optional:
+    for name in _TEXT_FIELDS:
+        _set(request, name, getattr(params, name) or "")
+    stop = [params.stop] if isinstance(params.stop, str) else params.stop
+    try:
+        request.stop.extend(stop)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"stop must be a string or a list of strings, got {stop!r:.80}") from error
+    for name in _OPTIONAL_FIELDS:
         value = getattr(params, name)
         if value is not None:
-            setattr(request, name, value)
+            _set(request, name, value)
     return request
+
+
+def _set(request: pb.CompleteRequest | pb.PutEntriesRequest, name: str, value: object) -> None:
+    """`request.name = value`, with protobuf's bare complaint turned into one naming the field.
+
+    Raises:
+        ValueError: `value` is not of the field's type (a float for an integer, a number
+            for a string) or out of its range.
+    """
+    try:
+        setattr(request, name, value)
+    except (TypeError, ValueError) as error:
+        field = request.DESCRIPTOR.fields_by_name[name]
+        kind = {
+            field.TYPE_STRING: "a string",
+            field.TYPE_DOUBLE: "a number",
+            field.TYPE_INT32: f"a whole number below {2**31}",
+        }.get(field.type, f"a whole number below {2**63}")
+        raise ValueError(f"{name} must be {kind}, got {value!r:.80} ({error})") from error
 
 
 def batch_request(
@@ -143,18 +168,18 @@ def put_entries_request(
 
     Raises:
         TypeError: a scope field the call does not know (a misspelling).
+        ValueError: a scope value not of its field's type, or out of its range.
     """
     _known_keys("put_entries()", scope, EntryScope)
-    return pb.PutEntriesRequest(
-        entries=[pb.Entry(question=question, answer=text) for question, text in entries],
-        namespace=scope.get("namespace") or "",
-        ttl_s=scope.get("ttl_s"),
-        model=scope.get("model") or "",
-        system_prompt=scope.get("system_prompt") or "",
-        temperature=scope.get("temperature"),
-        top_p=scope.get("top_p"),
-        max_tokens=scope.get("max_tokens"),
+    request = pb.PutEntriesRequest(
+        entries=[pb.Entry(question=question, answer=text) for question, text in entries]
     )
+    for name in ("namespace", "model", "system_prompt"):
+        _set(request, name, scope.get(name) or "")
+    for name in ("ttl_s", "temperature", "top_p", "max_tokens"):
+        if (value := scope.get(name)) is not None:
+            _set(request, name, value)
+    return request
 
 
 def put_results(response: pb.PutEntriesResponse) -> list[str | ItemFailure]:
@@ -246,6 +271,9 @@ def stats(response: pb.GetCacheStatsResponse | pb.TenantStats) -> CacheStats:
         cost_spent_usd=response.cost_spent_usd,
         tenants=tuple(stats(nested) for nested in getattr(response, "tenants", ())),
         verification=tuple(_verification(row) for row in response.verification),
+        storing_paused=response.storing_paused,
+        storing_paused_reason=response.storing_paused_reason,
+        store_missing_entries=response.store_missing_entries,
     )
 
 

@@ -35,6 +35,10 @@ from semcache_client.types import (
 T = TypeVar("T")
 
 TENANT_KEY = "x-tenant-id"
+# Answers of any realistic size, a BatchComplete's many together included: gRPC's
+# default (4 MiB) failed a batch of 24 long answers after the service had made them.
+MAX_RECEIVE_BYTES = 256 * 1024 * 1024
+CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),)
 AUTHORIZATION_KEY = "authorization"
 
 Metadata = tuple[tuple[str, str], ...]
@@ -79,6 +83,11 @@ def call_metadata(tenant: str | None, api_key: str | None) -> Metadata:
     metadata: list[tuple[str, str]] = []
     if tenant is not None:
         metadata.append((TENANT_KEY, metadata_value("tenant", tenant)))
+    if api_key == "":
+        raise ValueError(
+            "api_key is empty: pass the key, or None when the service has no keys (an unset"
+            ' environment variable read with a default of "" gives this)'
+        )
     if api_key is not None:
         metadata.append((AUTHORIZATION_KEY, f"Bearer {metadata_value('api_key', api_key)}"))
     return tuple(metadata)
@@ -274,12 +283,27 @@ class ClientCore(Generic[S]):
         self._options = CallOptions.build(tenant, api_key, timeout_s, retries)
         self._channel = self._open_channel(target, credentials)
         self._stub = pb_grpc.SemanticCacheServiceStub(self._channel)
+        self._closed = False
+
+    def _check_open(self) -> None:
+        """Raises:
+        ValueError: the client was closed (gRPC's own complaint names no client)."""
+        if self._closed:
+            raise ValueError(
+                f"this {type(self).__name__} is closed: make a new one, or make calls"
+                " inside its `with` block"
+            )
 
     def _open_channel(self, target: str, credentials: grpc.ChannelCredentials | None) -> Any:
         raise NotImplementedError
 
     def _method(self, call: Unary[Any]) -> Callable[..., Any]:
-        """The stub method of `call`, with this client's metadata bound."""
+        """The stub method of `call`, with this client's metadata bound.
+
+        Raises:
+            ValueError: the client is closed.
+        """
+        self._check_open()
         return functools.partial(getattr(self._stub, call.rpc), metadata=self._options.metadata)
 
     def _answer_stream(self, call: StreamCall) -> S:
@@ -308,8 +332,9 @@ class ClientCore(Generic[S]):
         """`stream` for a prepared request; its deadline starts now.
 
         Raises:
-            ValueError: `params.cache_policy` names no policy.
+            ValueError: `params.cache_policy` names no policy, or the client is closed.
         """
+        self._check_open()
         request = _convert.complete_request(params)
         start = functools.partial(
             self._stub.StreamComplete, request, metadata=self._options.metadata

@@ -2,7 +2,9 @@
 
 A call gets one deadline (`timeout_s` from now) covering every attempt. Only
 UNAVAILABLE is retried, after an exponential backoff with jitter, and only
-while the wait and a useful attempt still fit before the deadline. A client
+while the wait and a useful attempt still fit before the deadline; not when
+the service says it has already retried its providers (`x-should-retry:
+false`: the service could not be reached, not the provider behind it). A client
 asks `Attempts` how long each attempt may take and, after a failure, how long
 to wait; then it waits its own way (`time.sleep` or `asyncio.sleep`).
 """
@@ -18,6 +20,9 @@ import grpc
 from semcache_client.errors import from_rpc_error
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
+# The trailer the service sends with an UNAVAILABLE it reached after retrying and
+# failing over between its providers itself: retrying that call would only repeat them.
+NO_RETRY_TRAILER = ("x-should-retry", "false")
 
 # An attempt with less time than this left would only turn UNAVAILABLE into
 # DEADLINE_EXCEEDED, and hide the real cause from the caller.
@@ -79,8 +84,16 @@ class Attempts:
             SemcacheError: (the subclass for its status) when the call gives up.
         """
         code = error.code()
+        retryable = retryable and not _server_said_no_retry(error)
         delay_s = self._policy.delay_s(code, self._failed, self._deadline) if retryable else None
         if delay_s is None:
             raise from_rpc_error(error) from error
         self._failed += 1
         return delay_s
+
+
+def _server_said_no_retry(error: grpc.RpcError) -> bool:
+    """Whether the service marked `error` as not worth retrying (`NO_RETRY_TRAILER`)."""
+    trailing = getattr(error, "trailing_metadata", None)
+    metadata = trailing() if callable(trailing) else None
+    return any(tuple(item) == NO_RETRY_TRAILER for item in metadata or ())

@@ -2,9 +2,10 @@
 
 The trailer is a serialized `google.rpc.Status`: `code` (field 1), `message`
 (2) and `details` (3, repeated `google.protobuf.Any`). Only `details` matters
-here, so the few lines below walk the protobuf wire format instead of
-depending on googleapis-common-protos for two message types. `Any` and
-`Duration` (RetryInfo's only field) come with protobuf itself.
+here, so the few lines below walk the protobuf wire format for it rather than
+parsing the whole Status (a whole RPC's trailer and a batch item's serialized
+Status go through the same reader). `Any` and `Duration` (RetryInfo's only
+field) come with protobuf itself.
 """
 
 from __future__ import annotations

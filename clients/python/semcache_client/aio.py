@@ -96,8 +96,8 @@ class AsyncSemcacheClient(ClientCore[AsyncAnswerStream]):
 
     def _open_channel(self, target: str, credentials: grpc.ChannelCredentials | None) -> Any:
         if credentials is None:
-            return grpc.aio.insecure_channel(target)
-        return grpc.aio.secure_channel(target, credentials)
+            return grpc.aio.insecure_channel(target, options=_core.CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(target, credentials, options=_core.CHANNEL_OPTIONS)
 
     def _answer_stream(self, call: StreamCall) -> AsyncAnswerStream:
         return AsyncAnswerStream(call)
@@ -114,7 +114,8 @@ class AsyncSemcacheClient(ClientCore[AsyncAnswerStream]):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the channel; calls still in flight are cancelled."""
+        """Close the channel; calls still in flight are cancelled, later ones refused."""
+        self._closed = True
         await self._channel.close()
 
     async def _unary(self, call: Unary[T], timeout_s: float | None) -> T:

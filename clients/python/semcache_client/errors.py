@@ -3,7 +3,8 @@
     SemcacheError          any failed call (`.code`, `.details`); also every other status
     ├── InvalidArgument    INVALID_ARGUMENT: the request must change (the details say how)
     ├── Unavailable        UNAVAILABLE: the service or its provider could not answer
-    │                      (already retried `retries` times when this reaches you)
+    │                      (the service unreachable: already retried `retries` times;
+    │                      its providers failing: retried by the service, not again)
     ├── ResourceExhausted  RESOURCE_EXHAUSTED: over a quota; `.retry_after_s` if the server said
     ├── PermissionDenied   PERMISSION_DENIED: the caller may not do this (e.g. admin-only)
     ├── NotFound           NOT_FOUND: no such entry or request id (SubmitFeedback)
@@ -33,6 +34,10 @@ class SemcacheError(Exception):
         self.code = code
         self.details = details
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Rebuilt from its fields, so it crosses a process boundary (multiprocessing)."""
+        return type(self), (self.code, self.details), self.__dict__
+
 
 class InvalidArgument(SemcacheError):
     """The service refused the request as sent; `details` says what to change."""
@@ -50,6 +55,9 @@ class ResourceExhausted(SemcacheError):
     ) -> None:
         super().__init__(code, details)
         self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.code, self.details, self.retry_after_s), self.__dict__
 
 
 class PermissionDenied(SemcacheError):

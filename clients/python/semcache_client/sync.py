@@ -97,8 +97,8 @@ class SemcacheClient(ClientCore[AnswerStream]):
 
     def _open_channel(self, target: str, credentials: grpc.ChannelCredentials | None) -> Any:
         if credentials is None:
-            return grpc.insecure_channel(target)
-        return grpc.secure_channel(target, credentials)
+            return grpc.insecure_channel(target, options=_core.CHANNEL_OPTIONS)
+        return grpc.secure_channel(target, credentials, options=_core.CHANNEL_OPTIONS)
 
     def _answer_stream(self, call: StreamCall) -> AnswerStream:
         return AnswerStream(call)
@@ -115,7 +115,8 @@ class SemcacheClient(ClientCore[AnswerStream]):
         self.close()
 
     def close(self) -> None:
-        """Close the channel; calls still in flight are cancelled."""
+        """Close the channel; calls still in flight are cancelled, later ones refused."""
+        self._closed = True
         self._channel.close()
 
     def _unary(self, call: Unary[T], timeout_s: float | None) -> T:

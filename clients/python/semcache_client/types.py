@@ -74,7 +74,8 @@ class Answer:
     """One completion and what the cache and the provider did to produce it.
 
     `similarity` is cosine similarity to the cached question (1.0 for an exact
-    hit, 0 on a miss); `latency_ms` is time inside the service; `cost_usd` is
+    hit; on a miss that of the nearest candidate refused, 0 if none, with the
+    reason in `cache_detail`); `latency_ms` is time inside the service; `cost_usd` is
     what this request cost upstream and `cost_saved_usd` what a hit saved.
     `entry_id` is the cache entry it was served from or stored as ("" if
     none); `delete_entry(entry_id)` removes that entry, and `submit_feedback`
@@ -123,7 +124,7 @@ class RequestOptions(TypedDict, total=False):
     `messages` replaces the prompt with a
     conversation ending with a user message (each a `Message`, a (role, content)
     pair or an OpenAI-style {"role", "content"} dict); `cache_policy` defaults to
-    `CachePolicy.DEFAULT`; `stop` holds at most 4 stop sequences;
+    `CachePolicy.DEFAULT`; `stop` is one stop sequence or at most 4 of them;
     `response_format` is "text" or "json_object"; `tools_json` and
     `tool_choice` pass OpenAI-style tools through to the provider.
     """
@@ -138,7 +139,7 @@ class RequestOptions(TypedDict, total=False):
     similarity_min: float | None
     max_error_rate: float | None
     top_p: float | None
-    stop: Sequence[str]
+    stop: str | Sequence[str]
     response_format: str | None
     tools_json: str | None
     tool_choice: str | None
@@ -165,7 +166,7 @@ class CompleteParams:
     similarity_min: float | None = None
     max_error_rate: float | None = None
     top_p: float | None = None
-    stop: Sequence[str] = ()
+    stop: str | Sequence[str] = ()
     response_format: str | None = None
     tools_json: str | None = None
     tool_choice: str | None = None
@@ -296,7 +297,11 @@ class CacheStats:
 
     `entries` counts live cached answers; the hit and miss counters are the
     answering replica's since it started; `verification` has a row per namespace
-    the error-budget decision has seen.
+    the error-budget decision has seen. `storing_paused`: the store takes no
+    new entries (`storing_paused_reason` says why, e.g. the disk is nearly
+    full, or the store could not be opened; lookups still answer from what is
+    stored); `store_missing_entries`: entries the store lacked when this
+    replica opened it (a damaged store; 0 normally).
     """
 
     tenant: str
@@ -310,3 +315,6 @@ class CacheStats:
     cost_spent_usd: float
     tenants: tuple[CacheStats, ...] = field(default=())
     verification: tuple[NamespaceVerification, ...] = field(default=())
+    storing_paused: bool = False
+    storing_paused_reason: str = ""
+    store_missing_entries: int = 0

@@ -41,11 +41,12 @@ from service.errors import (
     InvalidRequestError,
     OverloadedError,
     RateLimitedError,
+    upstream_already_retried,
 )
 from service.metrics import Metrics
 from service.overload import DEFAULT_MAX_IN_FLIGHT, InFlight
 from service.transport.grpc.auth import PROBE_METHOD_PREFIXES, Authenticator
-from service.transport.grpc.status import abort_with_retry_info, status_for
+from service.transport.grpc.status import NO_RETRY_TRAILER, abort_with_retry_info, status_for
 from service.validation import MAX_REQUEST_ID_CHARS
 
 log = structlog.get_logger(__name__)
@@ -166,6 +167,8 @@ class _Call:
         log.info("rpc rejected", code=code.name, reason=str(error), latency_ms=self.elapsed_ms())
         if isinstance(error, RateLimitedError | OverloadedError):
             await abort_with_retry_info(context, error)
+        if upstream_already_retried(error):
+            await context.abort(code, str(error), trailing_metadata=NO_RETRY_TRAILER)
         await context.abort(code, str(error))
 
 

@@ -40,6 +40,9 @@ from service.errors import (
 log = structlog.get_logger(__name__)
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# Sent with a status the service reached after retrying the providers itself, as the
+# HTTP door sends the header of that name: semcache's clients do not retry such a call.
+NO_RETRY_TRAILER: tuple[tuple[str, str], ...] = (("x-should-retry", "false"),)
 
 STATUS_BY_ERROR: tuple[tuple[type[SemcacheError], grpc.StatusCode], ...] = (
     # most specific first

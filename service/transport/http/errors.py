@@ -45,7 +45,10 @@ from service.errors import (
     UpstreamError,
     UpstreamRejectedError,
     UpstreamTimeoutError,
+    upstream_already_retried,
 )
+
+NO_RETRY_HEADER = "x-should-retry"
 
 
 class BadFieldError(InvalidRequestError):
@@ -154,10 +157,8 @@ def retry_headers(error: BaseException) -> dict[str, str]:
     `x-should-retry: false` (which the OpenAI SDKs obey) when the service has already
     retried the providers itself: an SDK retrying a 503 upstream_unavailable twice more
     turned one call into 18 upstream calls (found from outside)."""
-    if isinstance(error, UpstreamError) and not isinstance(
-        error, UpstreamBusyError | UpstreamRejectedError
-    ):
-        return {"x-should-retry": "false"}
+    if upstream_already_retried(error):
+        return {NO_RETRY_HEADER: "false"}
     if not isinstance(error, RateLimitedError | OverloadedError):
         return {}
     delay_s = max(error.retry_after_s, 0.0)
