@@ -334,12 +334,13 @@ def principal_for(
     docstring for why).
 
     Raises:
-        AuthenticationError: keys are configured and `metadata` has no known key.
+        AuthenticationError: keys are configured and `metadata` has no known key, or
+            (open mode) it names two different tenants.
     """
     if keyring is not None:
         return keyring.authenticate(metadata)
-    tenant = next(
-        (str(value) for name, value in metadata if name.lower() == OPEN_MODE_TENANT_KEY),
-        OPEN_MODE_DEFAULT_TENANT,
-    )
+    tenants = {str(value) for name, value in metadata if name.lower() == OPEN_MODE_TENANT_KEY}
+    if len(tenants) > 1:  # which one was meant is not ours to guess
+        raise AuthenticationError("two different x-tenant-id values sent: send exactly one")
+    tenant = tenants.pop() if tenants else OPEN_MODE_DEFAULT_TENANT
     return Principal(tenant=tenant, role="admin", key_name=OPEN_MODE_KEY_NAME)

@@ -399,3 +399,15 @@ async def test_tls_serves_with_the_configured_certificate(
             assert await call(channel, (("x-api-key", CLIENT_KEY),)) == "acme/client/svc"
     finally:
         await server.stop(0)
+
+
+def test_open_mode_refuses_two_different_tenants() -> None:
+    """Found from outside: two x-tenant-id values were resolved to the first, silently."""
+    from service.auth import principal_for
+
+    both = [("x-tenant-id", "acme"), ("x-tenant-id", "globex")]
+    with pytest.raises(AuthenticationError, match="two different x-tenant-id values"):
+        principal_for(None, both)
+    same = [("x-tenant-id", "acme"), ("X-Tenant-Id", "acme")]
+    assert principal_for(None, same).tenant == "acme"
+    assert principal_for(None, []).tenant == "default"
