@@ -65,3 +65,19 @@ async def test_stream_read_to_the_end_is_stored(service: Service) -> None:
     text = [m.delta async for m in messages if not m.HasField("final")]
     assert text
     assert await _status_of_next_ask(service) == pb.CACHE_STATUS_EXACT_HIT
+
+
+async def test_a_stream_cut_short_is_still_charged(service: Service) -> None:
+    """Found from outside: a stream the caller left (or the provider broke off) was
+    counted nowhere, neither as spend nor against the tenant's token limit, though the
+    provider bills what it generated. Its usage is now estimated from what came."""
+    messages = _stream(service).StreamComplete(pb.CompleteRequest(prompt=QUESTION), _Context())
+    first = await anext(messages)
+    assert first.delta
+    await messages.aclose()
+    stats = await service.stub.GetCacheStats(pb.GetCacheStatsRequest())
+    assert stats.cost_spent_usd > 0
+    tokens = service.app.metrics.registry.get_sample_value(
+        "semcache_tokens_total", {"tenant": "default", "model": "gpt-4o-mini", "kind": "completion"}
+    )
+    assert tokens is not None and tokens > 0

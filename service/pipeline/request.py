@@ -20,9 +20,9 @@ import structlog
 from service.batching.coalesce import Coalescer
 from service.cache.semantic import Answer, CacheHit, Lookup, SemanticCache
 from service.cache.verify.learning import Learning
-from service.domain import CachePolicy, CacheStatus, Completion, CompletionRequest
+from service.domain import CachePolicy, CacheStatus, Completion, CompletionRequest, Usage
 from service.errors import UpstreamError, UpstreamRejectedError, UpstreamTimeoutError
-from service.llm.catalogue import Catalogue
+from service.llm.catalogue import Catalogue, estimate_prompt_tokens, estimate_tokens
 from service.llm.provider import Provider, ProviderAnswer, ProviderCall
 from service.pipeline.hooks import LearningHooks
 from service.pipeline.ledger import Ledger, UpstreamReceipt
@@ -225,7 +225,7 @@ class RequestPipeline:
         started: float,
     ) -> AsyncGenerator[str | Completion, None]:
         await self._quota.check_tokens(request.tenant)
-        upstream = self._upstream.provider.stream(self._upstream.call_for(request, route.model))
+        upstream = _metered_stream(self._upstream, self._quota, self._ledger, request, route.model)
         first = True
         try:
             async for event in upstream:
@@ -319,6 +319,50 @@ class RequestPipeline:
             spent_usd=spent_usd, saved_usd=saved_usd, entry_id=entry_id, prepaid=prepaid,
         )  # fmt: skip
         return self._ledger.upstream(receipt)
+
+
+def _metered_stream(
+    upstream: Upstream, quota: Quota, ledger: Ledger, request: CompletionRequest, model: str
+) -> AsyncGenerator[str | ProviderAnswer, None]:
+    """The provider's stream for `request` on `model`, charged even when cut short."""
+    call = upstream.call_for(request, model)
+    charge = functools.partial(_charge_cut_stream, quota, ledger, request, call)
+    return _charged_when_cut(upstream.provider.stream(call), charge)
+
+
+async def _charged_when_cut(
+    events: AsyncGenerator[str | ProviderAnswer, None],
+    charge: Callable[[str], Awaitable[None]],
+) -> AsyncGenerator[str | ProviderAnswer, None]:
+    """`events`, and when they end without their `ProviderAnswer` (the caller went away,
+    the provider broke off) after text came, `charge(text so far)`: the provider bills
+    what it generated, and the tenant's token limit must see it (found from outside:
+    cancelled streams were a way round the limit, and their spend was counted nowhere)."""
+    received: list[str] = []
+    answered = False
+    try:
+        async for event in events:
+            answered = isinstance(event, ProviderAnswer)
+            if not answered:
+                received.append(str(event))
+            yield event
+    finally:
+        await events.aclose()
+        if received and not answered:
+            await asyncio.shield(charge("".join(received)))
+
+
+async def _charge_cut_stream(
+    quota: Quota, ledger: Ledger, request: CompletionRequest, call: ProviderCall, text: str
+) -> None:
+    """Count a stream cut short at the usage it had reached, estimated: the prompt's
+    tokens and those of the text received (no usage comes without the final event)."""
+    usage = Usage(estimate_prompt_tokens(call.messages), estimate_tokens(text))
+    answer = ProviderAnswer(content=text, model=call.model, finish_reason="", usage=usage)
+    cost_usd = ledger.cost_usd(answer)
+    ledger.spent(request.tenant, answer, cost_usd)
+    log.info("stream cut short; estimated usage counted", tokens=usage.total_tokens)
+    await quota.spend_tokens(request.tenant, usage.total_tokens)
 
 
 def _served_instead(cache: SemanticCache, lookup: Lookup, error: UpstreamError) -> CacheHit | None:
