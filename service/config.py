@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.embedding.factory import EmbeddingBackend
 from service.routing.strategy import Strategy
+from service.urls import http_url_problem
 
 AreaT = TypeVar("AreaT", bound=BaseModel)
 DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
@@ -465,8 +465,14 @@ class Settings(
     keep their flat names, so no deployment's environment changes.
     """
 
+    # No setting means anything at infinity or NaN (found from outside: a cooldown of inf
+    # skipped a provider until restart after one outage): a number must be finite.
     model_config = SettingsConfigDict(
-        env_prefix="SEMCACHE_", extra="ignore", frozen=True, populate_by_name=True
+        env_prefix="SEMCACHE_",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        allow_inf_nan=False,
     )
 
     @property
@@ -547,11 +553,15 @@ class Settings(
         `qdrant:6333` without a scheme was reported seconds later as "Unknown scheme")."""
         if value is None or value == ":memory:":
             return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("use http://HOST:6333 or https://HOST:6333 (or :memory:)")
-        try:
-            parts.port  # noqa: B018 (it raises for a port out of range)
-        except ValueError:
-            raise ValueError("its port must be a number from 1 to 65535") from None
+        problem = http_url_problem(value)
+        if problem is not None:
+            raise ValueError(f"{problem}: use http://HOST:6333 or https://HOST:6333 (or :memory:)")
+        return value
+
+    @field_validator("upstream_base_url")
+    @classmethod
+    def _upstream_location(cls, value: str | None) -> str | None:
+        problem = None if value is None else http_url_problem(value)
+        if problem is not None:
+            raise ValueError(f"{problem}: use the provider's API root, e.g. http://HOST:8000/v1")
         return value

@@ -194,8 +194,23 @@ _MODEL_KEYS = (
         pytest.param(
             lambda d: None,
             {"ANTHROPIC_BASE_URL": "anthropic.example"},
-            "providers[1] (anthropic): 'base_url' must be an http(s) URL, got 'anthropic.example'",
+            "providers[1] (anthropic): 'base_url' must be an http(s) URL (it must start with"
+            " http:// or https://), got 'anthropic.example'",
             id="${VAR} that is not a URL",
+        ),
+        pytest.param(
+            lambda d: d["providers"][0].update(base_url="http://127.0.0.1:99999/v1"),
+            {},
+            "providers[0] (openai): 'base_url' must be an http(s) URL (its port must be a"
+            " number from 1 to 65535), got 'http://127.0.0.1:99999/v1'",
+            id="a port out of range",
+        ),
+        pytest.param(
+            lambda d: d["providers"][0].update(base_url="http://"),
+            {},
+            "providers[0] (openai): 'base_url' must be an http(s) URL (it names no host),"
+            " got 'http://'",
+            id="no host",
         ),
         pytest.param(
             lambda d: d["models"][0].pop("tier"),

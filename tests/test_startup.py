@@ -189,6 +189,18 @@ FAST_FAILURES = {
         {"qdrant_url": "http://127.0.0.1:99999"},
         ("SEMCACHE_QDRANT_URL", "65535"),
     ),
+    "an upstream URL that is not one": (
+        {"upstream_base_url": "notaurl"},
+        ("SEMCACHE_UPSTREAM_BASE_URL", "http://"),
+    ),
+    "an upstream URL with a port out of range": (
+        {"upstream_base_url": "http://127.0.0.1:99999/v1"},
+        ("SEMCACHE_UPSTREAM_BASE_URL", "65535"),
+    ),
+    "an infinite breaker cooldown": (
+        {"breaker_cooldown_s": "inf"},
+        ("SEMCACHE_BREAKER_COOLDOWN_S", "finite"),
+    ),
     "a data directory that cannot be made": (
         {"data_dir": "/proc/semcache-data"},
         ("SEMCACHE_DATA_DIR",),

@@ -40,6 +40,7 @@ from pydantic import (
 from service.domain import ChatMessage
 from service.errors import UnknownModelError
 from service.llm.pricing import ModelPrice
+from service.urls import http_url_problem
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -324,8 +325,9 @@ def _expand(value: str, env: Mapping[str, str]) -> str | None:
     if any(not env.get(name) for name in _ENV_REFERENCE.findall(value)):
         return None
     expanded = _ENV_REFERENCE.sub(lambda match: env[match.group(1)], value)
-    if not expanded.startswith(("http://", "https://")):
-        raise ValueError(f"'base_url' must be an http(s) URL, got {expanded!r}")
+    problem = http_url_problem(expanded)
+    if problem is not None:
+        raise ValueError(f"'base_url' must be an http(s) URL ({problem}), got {expanded!r}")
     return expanded
 
 
