@@ -21,6 +21,7 @@ from service.config import Settings
 from service.embedding.factory import EMBEDDING_BACKENDS
 from service.errors import StartupError
 from service.startup import load_settings, one_line, settings_error, source_error
+from service.urls import seconds_argument, target_argument
 
 if TYPE_CHECKING:
     from semcache_client import Answer, SemcacheClient
@@ -355,6 +356,13 @@ def _client(args: argparse.Namespace) -> SemcacheClient:
     from semcache_client import SemcacheClient
     from service.transport.grpc.healthcheck import Trust
 
+    if args.tenant is not None and args.api_key is not None:
+        # The key decides the tenant; a --tenant the server ignores would act on the
+        # key's own (found from outside: `invalidate --all --tenant other` emptied it).
+        raise ValueError(
+            "--tenant is for open mode: with --api-key the key's tenant is used; drop"
+            " --tenant (an admin key acts on another tenant with --for-tenant)"
+        )
     target = args.target or load_settings().target
     credentials = None
     if args.tls_ca is not None:
@@ -547,11 +555,17 @@ def _run_client(command: Callable[[argparse.Namespace], int], args: argparse.Nam
 
 def _client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--target", help="service address host:port; default: SEMCACHE_TARGET (localhost:50051)"
+        "--target",
+        type=target_argument,
+        help="service address host:port; default: SEMCACHE_TARGET (localhost:50051)",
     )
-    parser.add_argument("--tenant", help="sent as x-tenant-id (open mode only)")
+    parser.add_argument(
+        "--tenant", help="sent as x-tenant-id (open mode only: with --api-key, refused)"
+    )
     parser.add_argument("--api-key", help="sent as authorization: Bearer KEY")
-    parser.add_argument("--timeout-s", type=float, default=30.0, help="the call's deadline")
+    parser.add_argument(
+        "--timeout-s", type=seconds_argument, default=30.0, help="the call's deadline"
+    )
     parser.add_argument(
         "--tls-ca",
         type=Path,
@@ -837,7 +851,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments[:1] == ["bench"] and not _benchmarks_installed():
         print(f"semcache bench: {_BENCHMARKS_MISSING}", file=sys.stderr)
         return 1
-    args = build_parser(with_benchmarks=arguments[:1] == ["bench"]).parse_args(arguments)
+    try:
+        args = build_parser(with_benchmarks=arguments[:1] == ["bench"]).parse_args(arguments)
+    except KeyboardInterrupt:  # Ctrl-C while the parser imports what a command needs
+        print(f"{' '.join(['semcache', *arguments[:1]])}: interrupted", file=sys.stderr)
+        return 130
     try:
         return int(args.run(args))
     except KeyboardInterrupt:  # Ctrl-C: what was started is stopped on the way out

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.embedding.factory import EmbeddingBackend
 from service.routing.strategy import Strategy
-from service.urls import http_url_problem
+from service.urls import http_url_problem, target_problem
 
 AreaT = TypeVar("AreaT", bound=BaseModel)
 DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
@@ -425,6 +425,15 @@ class ToolSettings(BaseModel):
         description="host:port the client commands (`semcache complete`, `stats`,"
         " `invalidate`, `import`, `feedback`) call when `--target` is not given.",
     )
+
+    @field_validator("target")
+    @classmethod
+    def _callable_target(cls, value: str) -> str:
+        problem = target_problem(value)
+        if problem is not None:
+            raise ValueError(f"{problem}, e.g. localhost:50051")
+        return value
+
     bench_data_dir: Path | None = Field(
         None,
         description="Folder of the benchmarks' data files (`qqp_dev.jsonl`); unset ="

@@ -1,7 +1,10 @@
-"""The one check of an http(s) URL the service will call (providers, Qdrant)."""
+"""The checks of the addresses the service and its commands call: an http(s) URL
+(providers, Qdrant) and a gRPC `host:port` (`--target`, SEMCACHE_TARGET)."""
 
 from __future__ import annotations
 
+import argparse
+import math
 from urllib.parse import urlsplit
 
 MAX_PORT = 65535
@@ -27,3 +30,47 @@ def http_url_problem(url: str) -> str | None:
     if port is not None and not 1 <= port <= MAX_PORT:
         return f"its port must be a number from 1 to {MAX_PORT}"
     return None
+
+
+def target_problem(target: str) -> str | None:
+    """Why `target` is not a gRPC `host:port` (or `[v6]:port`) to call; None when it is.
+
+    gRPC itself takes a port above 65535 modulo 65536 (found from outside:
+    `--target localhost:99999` called port 34463, whatever listens there).
+    Other gRPC target forms (`dns:///…`, `unix:…`) are passed as they are.
+    """
+    if "/" in target or target.startswith(("unix:", "ipv4:", "ipv6:", "dns:")):
+        return None
+    host, colon, port = target.rpartition(":")
+    if not colon or not host or host == "[]":
+        return "give it as HOST:PORT"
+    if not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+        return f"its port must be a number from 1 to {MAX_PORT}"
+    return None
+
+
+def target_argument(value: str) -> str:
+    """`--target`, checked (`target_problem`), for argparse.
+
+    Raises:
+        argparse.ArgumentTypeError: it is not a target to call.
+    """
+    problem = target_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{value!r}: {problem}, e.g. localhost:50051")
+    return value
+
+
+def seconds_argument(value: str) -> float:
+    """`--timeout-s`: a finite number of seconds above 0, for argparse.
+
+    Raises:
+        argparse.ArgumentTypeError: it is not one.
+    """
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of seconds above 0")
+    return seconds

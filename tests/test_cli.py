@@ -214,3 +214,53 @@ def test_ctrl_c_while_the_cli_loads_is_one_line(
     monkeypatch.setitem(sys.modules, "service.cli", Loading("service.cli"))
     assert entry.main() == 130
     assert capsys.readouterr().err == "semcache: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["complete", "hi", "--target", "localhost:99999"], "port must be a number from 1"),
+        (["health", "--target", "localhost:99999"], "port must be a number from 1"),
+        (["stats", "--target", "localhost"], "give it as HOST:PORT"),
+        (["health", "--timeout-s", "0"], "give a number of seconds above 0"),
+        (["complete", "hi", "--timeout-s", "-1", "--target", "localhost:1"], "above 0"),
+    ],
+)
+def test_a_target_or_timeout_that_cannot_be_is_refused(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found from outside: gRPC took port 99999 as 34463 and called whatever listened
+    there; `health --timeout-s 0` failed as DEADLINE_EXCEEDED."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_target_setting_that_cannot_be_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEMCACHE_TARGET", "localhost:99999")
+    assert main(["stats"]) == 1
+    assert "SEMCACHE_TARGET='localhost:99999' is invalid" in capsys.readouterr().err
+
+
+def test_tenant_with_an_api_key_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """Found from outside: the server takes the key's tenant, so `invalidate --all
+    --tenant other --api-key KEY` emptied the key's own tenant, not `other`."""
+    argv = ["invalidate", "--all", "--tenant", "other", "--api-key", "k", "--target", "h:1"]
+    assert main(argv) == 2
+    assert "--tenant is for open mode" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_arguments_are_parsed_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import service.cli as cli
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["complete", "hi"]) == 130
+    assert capsys.readouterr().err == "semcache complete: interrupted\n"

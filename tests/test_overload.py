@@ -275,3 +275,30 @@ async def test_slow_uploads_take_no_slot_and_time_out_as_a_408(
             writer.close()
         await http.aclose()
         await app.aclose()
+
+
+async def test_signals_are_taken_before_the_doors_open(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Found from outside: "semcache serving" was logged before SIGTERM had a handler,
+    so a SIGTERM sent on that line killed the process without draining (10 of 16)."""
+    import signal
+    from types import SimpleNamespace
+
+    import service.serve as serve
+    from service.errors import StartupError
+    from service.transport.grpc.server import Security
+
+    seen: list[object] = []
+
+    async def grpc_door(*args: object) -> None:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        raise StartupError("stop once the door was asked to open")
+
+    monkeypatch.setattr(serve, "start_server", grpc_door)
+    settings = make_settings("edge", tmp_path / "data", "http://127.0.0.1:9/v1")
+    app = SimpleNamespace(metrics=Metrics())
+    with pytest.raises(StartupError):
+        await serve.serve_until_signalled(app, settings, Security())  # type: ignore[arg-type]
+    assert seen and seen[0] is not signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handed back on failure

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.errors import StartupError
 from service.startup import load_settings
+from service.urls import seconds_argument, target_argument
 
 DEFAULT_TIMEOUT_S = 3.0
 
@@ -74,10 +75,12 @@ def check(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The probe's options, for `semcache health`."""
     parser.add_argument(
-        "--target", help="host:port to probe; default 127.0.0.1:$SEMCACHE_GRPC_PORT"
+        "--target",
+        type=target_argument,
+        help="host:port to probe; default 127.0.0.1:$SEMCACHE_GRPC_PORT",
     )
     parser.add_argument("--service", default="", help="health service name; default: the server")
-    parser.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S)
+    parser.add_argument("--timeout-s", type=seconds_argument, default=DEFAULT_TIMEOUT_S)
     parser.add_argument(
         "--tls-ca",
         type=Path,
