@@ -219,17 +219,17 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     try:
         faults = dict(parse_fault_spec(spec) for spec in args.fault)
         answers = load_answer_stream(Path(args.answers)) if args.answers else {}
-    except ValueError as error:
+        config = SimulatorConfig(
+            ttft_ms=args.ttft_ms,
+            ms_per_token=args.ms_per_token,
+            faults=faults,
+            seed=args.seed,
+            api_key=args.api_key,
+            answers=answers,
+        )
+    except ValueError as error:  # UnicodeDecodeError too: a file that is not UTF-8
         print(f"semcache simulate-upstream: {error}", file=sys.stderr)
         return 2
-    config = SimulatorConfig(
-        ttft_ms=args.ttft_ms,
-        ms_per_token=args.ms_per_token,
-        faults=faults,
-        seed=args.seed,
-        api_key=args.api_key,
-        answers=answers,
-    )
     try:
         asyncio.run(serve_forever(config, args.host, args.port))
     except OSError as error:  # the port is taken, or the host is not this machine's
@@ -305,6 +305,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     settings = load_settings()
     backend: EmbeddingBackend = args.embedding_backend or ("onnx-int8" if args.prior else "torch")
     data = Path(args.data) if args.data else DEFAULT_DATA
+    if not args.data and settings.bench_data_dir is not None:  # the benchmarks' data setting
+        data = settings.bench_data_dir / DEFAULT_DATA.name
     out = Path(args.out) if args.out else None
 
     def load_embedder() -> Embedder:

@@ -80,6 +80,29 @@ def test_missing_data_file_is_one_line_not_a_traceback(
     )
 
 
+@pytest.mark.parametrize("prior", [[], ["--prior"]])
+def test_an_out_that_cannot_be_written_is_one_line_before_the_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], prior: list[str]
+) -> None:
+    """Found from outside: a folder, or a file in a missing folder, as `--out` was a
+    traceback, after the whole fit had run."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"a": "x", "b": "y", "same_answer": true}\n')
+    for out, says in ((tmp_path, "is a directory"), (tmp_path / "no" / "p.json", "does not exist")):
+        assert main(["calibrate", *prior, "--data", str(data), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err and "Traceback" not in err
+
+
+def test_a_data_file_that_is_not_utf8_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "pairs.jsonl"
+    data.write_bytes(b"\xff\xfe not text\n")
+    assert main(["calibrate", "--data", str(data)]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+
+
 def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"a": "x", "b": "y", "same_answer": true}\n{"a": "x"}\n')

@@ -264,3 +264,21 @@ def test_ctrl_c_while_the_arguments_are_parsed_is_one_line(
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert main(["complete", "hi"]) == 130
     assert capsys.readouterr().err == "semcache complete: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--fault", "nomodel:error_rate=0.1"], "faults name unknown models"),
+        (["--ttft-ms", "-5"], "ttft_ms must be a finite number"),
+        (["--ms-per-token", "nan"], "ms_per_token must be a finite number"),
+    ],
+)
+def test_a_simulator_argument_it_refuses_is_one_line(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found from outside: these were tracebacks, where other bad --fault values were
+    one line with status 2."""
+    assert main(["simulate-upstream", "--port", "0", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err

@@ -94,6 +94,8 @@ def read_pairs(path: Path) -> list[LabelledPair]:
         raise CalibrationError(
             f"cannot read labelled pairs from {path}: {error.strerror}"
         ) from None
+    except UnicodeDecodeError:
+        raise CalibrationError(f"{path} is not UTF-8 text: give a JSONL file") from None
     pairs = []
     for number, line in enumerate(lines, start=1):
         try:
@@ -235,6 +237,7 @@ def run(data: Path, out: Path | None, load_embedder: Callable[[], Embedder], com
     The data is read before the embedder loads, so a wrong path fails at once.
     """
     try:
+        check_out(out)
         pairs = read_pairs(data)
         model = calibrate(data, pairs, load_embedder(), command)
     except (CalibrationError, EmbeddingModelError) as error:
@@ -252,6 +255,7 @@ def run_prior(
     Every file is read before the embedder loads, so a wrong path fails at once.
     """
     try:
+        check_out(out)
         sources = [(path, read_pairs(path)) for path in files]
         prior, provenance = calibrate_prior(sources, load_embedder(), command)
     except (CalibrationError, EmbeddingModelError) as error:
@@ -260,6 +264,21 @@ def run_prior(
     summary = f"intercept {prior.intercept}, slope {prior.slope} on {provenance['pairs']} pairs"
     _write(out, dump_prior(prior, provenance), summary)
     return 0
+
+
+def check_out(out: Path | None) -> None:
+    """Before any fit: `out` can be written (found from outside: a missing folder or a
+    directory given as `--out` failed with a traceback, after the whole fit).
+
+    Raises:
+        CalibrationError: it is a directory, or its folder does not exist.
+    """
+    if out is None:
+        return
+    if out.is_dir():
+        raise CalibrationError(f"--out {out} is a directory: give a file path")
+    if not out.parent.is_dir():
+        raise CalibrationError(f"--out {out}: the folder {out.parent} does not exist")
 
 
 def _write(out: Path | None, text: str, summary: str) -> None:
