@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from service.errors import StartupError
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -72,12 +74,19 @@ def build_tracing(otlp_endpoint: str | None, service_name: str = "semcache") -> 
     An `http://` endpoint is plaintext, anything else uses TLS.
 
     Raises:
-        ImportError: tracing is on but `opentelemetry-sdk` or
+        StartupError: tracing is on but `opentelemetry-sdk` or
             `opentelemetry-exporter-otlp-proto-grpc` is not installed.
     """
     if not otlp_endpoint:
         return Tracing()
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    except ImportError as error:  # found from outside: a traceback, not what to install
+        raise StartupError(
+            f"SEMCACHE_OTLP_ENDPOINT is set but {error.name or 'opentelemetry'} is not"
+            " installed: pip install '.[tracing]' (the tracing extra), or unset"
+            " SEMCACHE_OTLP_ENDPOINT"
+        ) from None
 
     exporter = OTLPSpanExporter(
         endpoint=otlp_endpoint, insecure=otlp_endpoint.startswith("http://"), timeout=10

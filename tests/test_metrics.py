@@ -153,6 +153,18 @@ async def test_closing_the_server_frees_its_port(metrics: Metrics) -> None:
 # --- tracing ---------------------------------------------------------------------------
 
 
+def test_tracing_without_its_extra_is_a_start_up_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found from outside: without the `tracing` extra, an OTLP endpoint made `semcache
+    serve` print a traceback rather than what to install."""
+    import sys
+
+    from service.errors import StartupError
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
+    with pytest.raises(StartupError, match=r"pip install '\.\[tracing\]'"):
+        build_tracing("http://127.0.0.1:4317")
+
+
 def test_tracing_is_a_no_op_by_default() -> None:
     for tracing in (Tracing(), build_tracing(None)):
         assert not tracing.enabled
