@@ -394,6 +394,18 @@ def _print_answer(answer: Answer, round_trip_ms: float) -> None:
     )
 
 
+def _token_count(text: str) -> int:
+    """A count of tokens: a whole number, 0 or more (found from outside: -5 was taken,
+    and routing "saved -5.9%").
+
+    Raises:
+        argparse.ArgumentTypeError: it is not one.
+    """
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens (0 or more)")
+    return int(text)
+
+
 def _message(text: str) -> tuple[str, str]:
     """`ROLE:TEXT` of `--message`, as (role, text).
 
@@ -774,7 +786,10 @@ def _add_measuring_commands(commands: Any, with_benchmarks: bool) -> None:
     route.add_argument("file", help='JSONL, one {"prompt": ..., "tier": ...} per line')
     route.add_argument("--strategy", choices=STRATEGIES)
     route.add_argument(
-        "--output-tokens", type=int, default=250, help="assumed answer length for the cost"
+        "--output-tokens",
+        type=_token_count,
+        default=250,
+        help="assumed answer length for the cost",
     )
     route.set_defaults(run=_cmd_route_eval)
 

@@ -23,6 +23,8 @@ DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
 # Chosen on ../shared/data/qqp_dev.jsonl; see the README's "How the threshold was chosen".
 THRESHOLD_SIMILARITY_MIN = 0.95  # plain cosine threshold: ~2.5% of non-duplicates served
 GUARD_SIMILARITY_MIN = 0.75  # the floor under the near-miss guard, which decides above it
+# Threads a setting may ask for (found from outside: 100000 hung start-up).
+MAX_THREADS = 256
 
 
 class UpstreamSettings(BaseModel):
@@ -295,6 +297,7 @@ class StoreSettings(BaseModel):
     store_search_threads: int = Field(
         1,
         ge=0,
+        le=MAX_THREADS,
         description="Embedded store: threads of Qdrant Edge's search pool; 0 = the engine's"
         " default (one per CPU). Edge holds the GIL for a whole search, so more threads add"
         " hand-offs, not parallelism.",
@@ -349,11 +352,15 @@ class EmbeddingSettings(BaseModel):
         " (one for `onnx-int8`, whose vectors must not depend on batch mates).",
     )
     embedding_threads: int = Field(
-        1, ge=1, description="CPU threads one embedding run may use (onnxruntime intra-op)."
+        1,
+        ge=1,
+        le=MAX_THREADS,
+        description="CPU threads one embedding run may use (onnxruntime intra-op).",
     )
     embedding_workers: int = Field(
         1,
         ge=1,
+        le=MAX_THREADS,
         description="Embedding runs at once, each on its own thread; give it spare cores"
         " (workers x threads at most the cores the service may use).",
     )

@@ -282,3 +282,21 @@ def test_a_simulator_argument_it_refuses_is_one_line(
     assert main(["simulate-upstream", "--port", "0", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err
+
+
+def test_a_negative_token_count_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """Found from outside: --output-tokens -5 was taken, and routing "saved -5.9%"."""
+    with pytest.raises(SystemExit) as exited:
+        main(["route-eval", "x.jsonl", "--output-tokens", "-5"])
+    assert exited.value.code == 2
+    assert "not a number of tokens" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting", ["SEMCACHE_EMBEDDING_THREADS", "SEMCACHE_STORE_SEARCH_THREADS"])
+def test_a_thread_count_past_its_bound_is_one_line(
+    setting: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from outside: 100000 threads hung start-up."""
+    monkeypatch.setenv(setting, "100000")
+    assert main(["stats"]) == 1
+    assert f"{setting}='100000' is invalid" in capsys.readouterr().err
