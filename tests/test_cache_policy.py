@@ -241,3 +241,13 @@ async def test_hit_times_are_written_together_not_once_per_hit(
         await batcher.close()
         await store.close()
     assert store.touches == [[missed.key.point_id]]
+
+
+async def test_a_request_with_no_floor_is_never_below_it(service: Service) -> None:
+    """Found from outside: with no similarity_min sent, a nearest entry at a negative
+    cosine was refused as "below_request_similarity_min" (the floor defaulted to 0)."""
+    await service.stub.Complete(ask("What is machine learning?"))
+    unrelated = await service.stub.Complete(ask("Compare REST and gRPC trade-offs step by step"))
+    assert unrelated.cache_status == pb.CACHE_STATUS_MISS
+    assert unrelated.similarity < 0.3
+    assert unrelated.cache_detail != "below_request_similarity_min"

@@ -258,7 +258,7 @@ class SemanticCache:
         request: CompletionRequest,
     ) -> Choice:
         """The decider's choice among the candidates, each verified by the verifier."""
-        floor = request.similarity_min or 0.0
+        floor = request.similarity_min  # None: the request set none (a cosine may be < 0)
         verdicts = [self._verify(key, c, context_vector, floor) for c in found]
         return self.decider.choose(key, found, verdicts, request.max_error_rate, request.request_id)
 
@@ -267,9 +267,9 @@ class SemanticCache:
         key: CacheKey,
         candidate: ScoredEntry,
         context_vector: Vector | None,
-        floor: float,
+        floor: float | None,
     ) -> GuardVerdict:
-        if candidate.similarity < floor:
+        if floor is not None and candidate.similarity < floor:
             return GuardVerdict(False, 0.0, "below_request_similarity_min")
         verdict = self.verifier.verify(key.text, candidate.entry.question, candidate.similarity)
         if verdict.vetoed or not (key.context or candidate.entry.context):
