@@ -94,6 +94,19 @@ def test_an_empty_tier_borrows_the_next_stronger_one() -> None:
     assert catalogue.model_for_tier("medium").name == "gpt-4o"
 
 
+def test_a_tier_is_answered_by_its_cheapest_model() -> None:
+    """Found from outside: with gpt-4o listed before gpt-4o-mini in one tier, simple
+    questions went to gpt-4o, at about 16 times the price."""
+    document = _document()
+    for model in document["models"]:
+        model["tier"] = "small"
+        model["fallbacks"] = []
+    document["models"].sort(key=lambda m: -float(m["output_usd_per_mtok"]))
+    catalogue = parse_catalogue(document, {}, "one-tier.yaml")
+    assert catalogue.models_in_tier("small")[0].name == "gpt-4o"
+    assert catalogue.model_for_tier("small").name == "gpt-4o-mini"
+
+
 def _break(mutate: str) -> dict[str, Any]:
     document = _document()
     models, providers = document["models"], document["providers"]

@@ -204,17 +204,19 @@ class Catalogue:
         return self.providers[self.require_model(model).provider]
 
     def models_in_tier(self, tier: str) -> tuple[ModelSpec, ...]:
-        """The models of `tier`, in file order (the first is the tier's default)."""
+        """The models of `tier`, in file order."""
         return tuple(m for m in self.models.values() if m.tier == tier)
 
     def model_for_tier(self, tier: str) -> ModelSpec:
-        """The default model of `tier`; when the tier is empty, the nearest stronger
-        tier's, else the nearest weaker one's."""
+        """The cheapest model of `tier` (input plus output price per million tokens; the
+        first listed of equals), its models being equally able; when the tier is empty,
+        the nearest stronger tier's, else the nearest weaker one's. Found from outside:
+        the first listed was chosen, though the router's promise is the cheapest."""
         index = TIERS.index(tier)
         for candidate in (*TIERS[index:], *reversed(TIERS[:index])):
             models = self.models_in_tier(candidate)
             if models:
-                return models[0]
+                return min(models, key=lambda m: m.price.per_mtok_both_ways)
         raise AssertionError("a loaded catalogue always has at least one model")
 
     @property

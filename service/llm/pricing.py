@@ -17,6 +17,11 @@ class ModelPrice:
     input_usd_per_mtok: float
     output_usd_per_mtok: float
 
+    @property
+    def per_mtok_both_ways(self) -> float:
+        """A million tokens in plus a million out: how models of one tier are compared."""
+        return self.input_usd_per_mtok + self.output_usd_per_mtok
+
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         """Cost of one call with the given usage."""
         return (
@@ -25,7 +30,7 @@ class ModelPrice:
 
 
 DEFAULT_PRICES: dict[str, ModelPrice] = {
-    # a small fast model, a third provider's middle model, and a strong model
+    # a small fast model, another provider's middle model, and a strong model
     "gpt-4o-mini": ModelPrice(0.15, 0.60),
     "claude-3-5-haiku": ModelPrice(0.80, 4.00),
     "gpt-4o": ModelPrice(2.50, 10.00),
