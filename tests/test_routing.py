@@ -245,3 +245,27 @@ def test_the_rules_route_most_of_the_shipped_eval_set_right(catalogue: Catalogue
     report = route_eval(EVAL_FILE, Router(catalogue, "rules"), catalogue, FakeEmbedder())
     accuracy = float(report.split("Accuracy: **")[1].split("%")[0])
     assert accuracy >= 90.0
+
+
+@pytest.mark.parametrize("strategy", ["rules", "nearest+rules"])
+def test_a_long_conversation_is_routed_by_its_whole_length(
+    catalogue: Catalogue, strategy: str
+) -> None:
+    """Found from outside: a ~1,050-token document as the system message, then "What is
+    the total?", went to the small model by `rule:simple`; the same text as one prompt
+    went to the large one by `rule:long_prompt`."""
+    from service.domain import ChatMessage, CompletionRequest
+
+    document = "Item twelve costs four dollars and fifty cents. " * 110
+    request = CompletionRequest(
+        (ChatMessage("system", document), ChatMessage("user", "What is the total?"))
+    )
+    router = (
+        build_router(catalogue, "rules", None, None)
+        if strategy == "rules"
+        else _nearest_router(catalogue, strategy)
+    )
+    decision = router.route_request(request, _near("small"))
+    assert decision.reason == "rule:long_prompt" and decision.tier == "large"
+    short = CompletionRequest((ChatMessage("user", "What is the total?"),))
+    assert router.route_request(short, None).tier == "small"

@@ -272,7 +272,7 @@ class RequestPipeline:
         """The model for a miss, reusing the lookup's embedding (never a second one)."""
         vector = lookup.vector if lookup is not None else None
         with self._telemetry.stage("route"):
-            return self._upstream.router.route(request.question, vector, request.model)
+            return self._upstream.router.route_request(request, vector)
 
     async def _ask(self, request: CompletionRequest, route: RouteDecision) -> ProviderAnswer:
         """One unary upstream call, within the tenant's token budget."""

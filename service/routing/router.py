@@ -15,10 +15,12 @@ the rules when there is none (cache bypassed, embedder down).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.llm.catalogue import Catalogue
+from service.domain import CompletionRequest
+from service.llm.catalogue import Catalogue, estimate_tokens
 from service.routing.nearest import EmbedMany, ExampleIndex, Vector, load_examples
 from service.routing.rules import classify, long_prompt
 from service.routing.strategy import STRATEGIES
@@ -71,8 +73,20 @@ class Router:
         """Whether decisions depend on the query vector (else pass None)."""
         return self._examples is not None and self._strategy != "rules"
 
-    def route(self, text: str, vector: Vector | None, requested_model: str | None) -> RouteDecision:
-        """The model for a request whose question is `text` and whose cache-lookup
+    def route_request(self, request: CompletionRequest, vector: Vector | None) -> RouteDecision:
+        """`route` for `request`, its whole conversation's length counted."""
+        tokens = sum(estimate_tokens(message.content) for message in request.messages)
+        return self.route(request.question, vector, request.model, tokens)
+
+    def route(
+        self,
+        text: str,
+        vector: Vector | None,
+        requested_model: str | None,
+        prompt_tokens: int | None = None,
+    ) -> RouteDecision:
+        """The model for a request whose question is `text`, whose whole prompt is
+        `prompt_tokens` long (None: the question's length) and whose cache-lookup
         embedding is `vector` (None when there is none).
 
         Raises:
@@ -81,20 +95,21 @@ class Router:
         if requested_model:
             model = self._catalogue.require_model(requested_model)
             return RouteDecision(model.name, model.tier, "requested", 0.0)
+        rules = functools.partial(self._by_rules, text, prompt_tokens)
         if not self.uses_vectors or self._examples is None:
-            return self._by_rules(text, "")
+            return rules("")
         if vector is None:
-            return self._by_rules(text, "no query embedding for nearest-example routing")
+            return rules("no query embedding for nearest-example routing")
         combined = self._strategy == "nearest+rules"
-        if combined and long_prompt(text) is not None:
-            return self._by_rules(text, "")
+        if combined and long_prompt(text, prompt_tokens) is not None:
+            return rules("")
         verdict = self._examples.nearest(vector)
         if combined and verdict.confidence < self._confidence_min:
             note = (
                 f"nearest-example confidence {verdict.confidence:.2f} for {verdict.tier} "
                 f"is below {self._confidence_min:.2f}"
             )
-            return self._by_rules(text, note)
+            return rules(note)
         model = self._catalogue.model_for_tier(verdict.tier)
         preview = _preview(verdict.example)
         detail = f"nearest example {preview!r} (cosine {verdict.similarity:.3f})"
@@ -102,8 +117,8 @@ class Router:
             model.name, verdict.tier, f"nearest:{verdict.tier}", verdict.confidence, detail
         )
 
-    def _by_rules(self, text: str, note: str) -> RouteDecision:
-        verdict = classify(text)
+    def _by_rules(self, text: str, prompt_tokens: int | None, note: str) -> RouteDecision:
+        verdict = classify(text, prompt_tokens)
         model = self._catalogue.model_for_tier(verdict.tier)
         detail = "; ".join(part for part in (verdict.matched, note) if part)
         return RouteDecision(model.name, verdict.tier, f"rule:{verdict.rule}", 0.0, detail)

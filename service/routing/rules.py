@@ -12,6 +12,10 @@ In order, the first branch that matches wins:
                        question                                    → small
     6. short_prompt    anything else under 100 tokens              → small
 
+Length is the whole prompt's, every message of a conversation counted (found
+from outside: a 1,050-token document in a system message before "What is the
+total?" went to the small model); the wording rules read the question.
+
 Reasoning outranks length below 1000 tokens because a short hard question
 still needs the strong model, and a long easy one rarely does. An open task
 outranks a simple pattern: "explain what a closure is" is more than a lookup.
@@ -105,11 +109,12 @@ class RuleVerdict:
     matched: str = ""
 
 
-def classify(text: str) -> RuleVerdict:
-    """Run the decision tree in the module docstring over `text`."""
-    if long := long_prompt(text):
+def classify(text: str, tokens: int | None = None) -> RuleVerdict:
+    """Run the decision tree in the module docstring over `text`, the question; `tokens`
+    is the whole prompt's length when it is more than the question (a conversation)."""
+    if long := long_prompt(text, tokens):
         return long
-    tokens = estimate_tokens(text)
+    tokens = max(estimate_tokens(text), tokens or 0)
     if match := _REASONING.search(text):
         return RuleVerdict("large", "reasoning", match.group(0).lower())
     if tokens >= MEDIUM_PROMPT_TOKENS:
@@ -117,13 +122,14 @@ def classify(text: str) -> RuleVerdict:
     return _short_prompt(text)
 
 
-def long_prompt(text: str) -> RuleVerdict | None:
-    """The `long_prompt` verdict when `text` is over 1000 estimated tokens, else None.
+def long_prompt(text: str, tokens: int | None = None) -> RuleVerdict | None:
+    """The `long_prompt` verdict when `text`, or the whole prompt's `tokens` if more, is
+    over 1000 estimated tokens, else None.
 
     Nearest-example routing defers to it: an embedding model reads only the
     first few hundred tokens, so it cannot see a prompt's length.
     """
-    tokens = estimate_tokens(text)
+    tokens = max(estimate_tokens(text), tokens or 0)
     if tokens > LONG_PROMPT_TOKENS:
         return RuleVerdict("large", "long_prompt", f"~{tokens} tokens")
     return None
