@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from service.embedding.batcher import EmbeddingBatcher
 from service.embedding.factory import build_embedder
 from service.errors import UnknownModelError
 from service.llm.catalogue import Catalogue, load_catalogue
+from service.llm.provider import ProviderAnswer
 from service.llm.resilience import (
     ResilienceOptions,
     ResilientProvider,
@@ -251,6 +253,14 @@ def build_settings_judge(
         raise ValueError(f"SEMCACHE_JUDGE_MODEL: {error}") from None
 
 
+async def charge_judge_call(
+    ledger: Ledger, limiter: RateLimiter, tenant: str, answer: ProviderAnswer
+) -> None:
+    """An `llm` judge's call, as the judged tenant's spend and tokens."""
+    ledger.spent(tenant, answer, ledger.cost_usd(answer))
+    await limiter.spend_tokens(tenant, answer.usage.total_tokens)
+
+
 def settings_limits(settings: Settings) -> Limits:
     """The request size limits the settings set."""
     return Limits(
@@ -278,11 +288,14 @@ def assemble_app(
     stats, limits = CacheStats(), settings_limits(settings)
     limiter = build_limiter(settings.security)
     telemetry.metrics.watch_hit_rates(stats.hit_rates)
+    ledger = Ledger(catalogue, stats, telemetry.metrics)
+    if learning is not None:
+        learning.charge_judge_calls(functools.partial(charge_judge_call, ledger, limiter))
     pipeline = RequestPipeline(
         cache=cache,
         upstream=upstream,
         catalogue=catalogue,
-        ledger=Ledger(catalogue, stats, telemetry.metrics),
+        ledger=ledger,
         limits=limits,
         limiter=limiter,
         telemetry=telemetry,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
+from semcache_simulator import UpstreamSimulator
+from service._proto.semcache.v1 import semcache_pb2 as pb
 from service.cache.verify.judges import (
     EmbeddingJudge,
     ExactJudge,
@@ -19,11 +22,13 @@ from service.cache.verify.judges import (
     parse_yes_no,
 )
 from service.config import Settings
+from service.embedding.base import Embedder
 from service.embedding.batcher import EmbeddingBatcher
 from service.embedding.fake import HashingEmbedder
 from service.errors import UnknownModelError, UpstreamError
 from service.llm.catalogue import Catalogue, load_catalogue, parse_catalogue
 from service.llm.fake import ScriptedProvider
+from tests.conftest import make_settings, start_service
 
 CATALOGUE = Path(__file__).resolve().parents[1] / "service" / "defaults" / "models.example.yaml"
 QUESTION = "How do I reset my password?"
@@ -186,3 +191,34 @@ async def test_build_judge_rejects_a_model_missing_from_the_catalogue(
             ScriptedProvider(),
             catalogue,
         )
+
+
+async def test_an_llm_judges_calls_are_the_judged_tenants_spend(
+    embedder: Embedder, simulator: UpstreamSimulator, tmp_path: Path
+) -> None:
+    """Found from outside: with SEMCACHE_JUDGE=llm, the judge's own upstream calls were
+    counted in no tenant's spend or token figure. They are now the judged tenant's."""
+    settings = make_settings("edge", tmp_path / "data", simulator.base_url, judge="llm")
+    service = await start_service(embedder, simulator, settings)
+    tenant = (("x-tenant-id", "judged"),)
+    try:
+        first = await service.stub.Complete(
+            pb.CompleteRequest(prompt="What is machine learning?"), metadata=tenant
+        )
+        explored = await service.stub.Complete(
+            pb.CompleteRequest(prompt="What does machine learning mean?"), metadata=tenant
+        )
+        assert explored.cache_detail == "explore_uncertain"
+        answers_usd = first.cost_usd + explored.cost_usd
+        for _ in range(300):  # the judge runs in the background (its verdict may be None)
+            stats = await service.stub.GetCacheStats(pb.GetCacheStatsRequest(), metadata=tenant)
+            if stats.cost_spent_usd > answers_usd:
+                break
+            await asyncio.sleep(0.01)
+        tokens = service.app.telemetry.metrics.registry.get_sample_value(
+            "semcache_tokens_total", {"tenant": "judged", "model": "gpt-4o-mini", "kind": "prompt"}
+        )
+    finally:
+        await service.close()
+    assert tokens is not None and tokens > first.usage.prompt_tokens + explored.usage.prompt_tokens
+    assert stats.cost_spent_usd > answers_usd  # and the judge's call

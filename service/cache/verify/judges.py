@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from functools import lru_cache
 from importlib import resources
 from typing import Protocol
@@ -30,7 +32,7 @@ from service.config import Settings
 from service.domain import ChatMessage, SamplingParams
 from service.embedding.batcher import EmbeddingBatcher
 from service.llm.catalogue import Catalogue, ModelSpec
-from service.llm.provider import Provider, ProviderCall
+from service.llm.provider import Provider, ProviderAnswer, ProviderCall
 
 __all__ = [
     "AnswerJudge",
@@ -45,6 +47,11 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+# The tenant whose exploration a judge is judging (set by `Learning` in the judging task):
+# an `llm` judge's call is that tenant's spend and counts against its token limit.
+judging_for: ContextVar[str] = ContextVar("judging_for", default="")
+JudgeCharge = Callable[[str, ProviderAnswer], Awaitable[None]]
 
 _WHITESPACE = re.compile(r"\s+")
 _EDGE = re.compile(r"^[\W_]+|[\W_]+$")
@@ -131,7 +138,12 @@ def parse_yes_no(reply: str) -> bool | None:
 
 
 class LlmJudge:
-    """Asks `model` whether the two answers are the same, at temperature 0."""
+    """Asks `model` whether the two answers are the same, at temperature 0.
+
+    `charge(tenant, answer)`, once set, books each call's answer to the tenant being
+    judged for (`judging_for`): found from outside, the judge's calls were counted in no
+    tenant's spend, no token figure and no token limit.
+    """
 
     name = "llm"
 
@@ -139,6 +151,7 @@ class LlmJudge:
         self._provider = provider
         self.model = model
         self._timeout_s = timeout_s
+        self.charge: JudgeCharge | None = None
 
     def call(self, question: str, cached: str, fresh: str) -> ProviderCall:
         """The upstream call that asks the yes/no question."""
@@ -157,6 +170,8 @@ class LlmJudge:
         except Exception as error:  # any upstream failure: no verdict, nothing recorded
             log.warning("llm judge call failed", model=self.model, error=repr(error))
             return None
+        if self.charge is not None:
+            await self.charge(judging_for.get(), answer)
         verdict = parse_yes_no(answer.content)
         if verdict is None:
             log.warning("llm judge gave no yes or no", model=self.model, reply=answer.content[:80])

@@ -33,7 +33,7 @@ import structlog
 from service.cache.store import CacheEntry
 from service.cache.verify.counters import VerificationCounters
 from service.cache.verify.evidence import Observation
-from service.cache.verify.judges import AnswerJudge
+from service.cache.verify.judges import AnswerJudge, JudgeCharge, LlmJudge, judging_for
 from service.cache.verify.online import LiveCalibration
 from service.cache.verify.verifier import Exploration, VerifyState
 from service.domain import Feedback, FeedbackReceipt, FeedbackVerdict
@@ -88,6 +88,11 @@ class Learning:
         self._served_limit = served_limit
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def charge_judge_calls(self, charge: JudgeCharge) -> None:
+        """Book the judge's own upstream calls (an `llm` judge's) with `charge`."""
+        if isinstance(self.judge, LlmJudge):
+            self.judge.charge = charge
+
     def judge_later(self, exploration: Exploration, fresh: str) -> None:
         """Judge `fresh` against the explored candidate in the background."""
         task = asyncio.get_running_loop().create_task(self._judge(exploration, fresh))
@@ -97,6 +102,7 @@ class Learning:
     async def _judge(self, exploration: Exploration, fresh: str) -> None:
         if self.judge is None:
             return
+        judging_for.set(exploration.tenant)  # this task's own context: its judge calls' payer
         try:
             same = await self.judge.same(exploration.question, exploration.cached_content, fresh)
         except Exception as error:
