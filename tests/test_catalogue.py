@@ -219,6 +219,13 @@ _MODEL_KEYS = (
             id="a port out of range",
         ),
         pytest.param(
+            lambda d: d["models"][0].update(input_usd_per_mtok="15e-2"),
+            {},
+            "models[0] (gpt-4o-mini): 'input_usd_per_mtok' must be a finite number >= 0, got"
+            " '15e-2' (YAML reads 15e-2 as text: write it as 0.15)",
+            id="a YAML 1.1 exponent without a dot",
+        ),
+        pytest.param(
             lambda d: d["providers"][0].update(base_url="http://"),
             {},
             "providers[0] (openai): 'base_url' must be an http(s) URL (it names no host),"

@@ -474,7 +474,19 @@ def _describe(place: _Place, detail: ErrorDetails) -> str:
         return str(detail.get("ctx", {}).get("error", detail["msg"]))
     if detail["type"] == "literal_error":
         return f"unknown {key} {value!r}; use {_expected(field)}"
-    return f"'{key}' must be {_expected(field)}, got {value!r}"
+    return f"'{key}' must be {_expected(field)}, got {value!r}{_yaml_number_hint(value)}"
+
+
+def _yaml_number_hint(value: object) -> str:
+    """Why a number written as YAML 1.1 text is text: found from outside, `15e-2` (no dot)
+    was reported as not a finite number, with nothing to say it was read as a string."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    return f" (YAML reads {value} as text: write it as {number!r})"
 
 
 def _expected(field: FieldInfo) -> str:
