@@ -212,6 +212,8 @@ def _read_entries(path: Path) -> list[Any]:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ValueError(f"cannot read the API keys file {path}: {error.strerror}") from error
+    except UnicodeDecodeError:  # found from outside: reported without the file's name
+        raise ValueError(f"API keys file {path} is not UTF-8 text") from None
     except yaml.YAMLError as error:
         raise ValueError(f"API keys file {path} is not valid YAML or JSON: {error}") from error
     if isinstance(document, dict) and set(document) == {"keys"}:

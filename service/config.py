@@ -574,6 +574,15 @@ class Settings(
             raise ValueError(f"{problem}: use http://HOST:6333 or https://HOST:6333 (or :memory:)")
         return value
 
+    @field_validator("rate_limit_redis_url")
+    @classmethod
+    def _redis_location(cls, value: str | None) -> str | None:
+        """Checked here so the error names the setting (found from outside: redis's own
+        message came with "check the SEMCACHE_* settings")."""
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use redis://HOST:6379/0 (rediss:// with TLS, unix:///PATH)")
+        return value
+
     @field_validator("upstream_base_url")
     @classmethod
     def _upstream_location(cls, value: str | None) -> str | None:

@@ -411,3 +411,11 @@ def test_open_mode_refuses_two_different_tenants() -> None:
     same = [("x-tenant-id", "acme"), ("X-Tenant-Id", "acme")]
     assert principal_for(None, same).tenant == "acme"
     assert principal_for(None, []).tenant == "default"
+
+
+def test_a_keys_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    """Found from outside: it was 'utf-8 codec can't decode byte 0xff', naming nothing."""
+    path = tmp_path / "keys.yaml"
+    path.write_bytes(b"\xff\xfe keys")
+    with pytest.raises(ValueError, match=r"keys\.yaml is not UTF-8 text"):
+        load_keys(path)

@@ -301,3 +301,10 @@ def test_token_estimates_follow_characters_or_words() -> None:
     assert estimate_tokens("a b c d e f") == 6  # short words: at least one token each
     messages = [ChatMessage("system", "x" * 40), ChatMessage("user", "y" * 40)]
     assert estimate_prompt_tokens(messages) == 2 * (10 + 4)
+
+
+def test_a_catalogue_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_bytes(b"\xff\xfe models")
+    with pytest.raises(ValueError, match=r"models\.yaml: the model catalogue is not UTF-8 text"):
+        load_catalogue(path, {})

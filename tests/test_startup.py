@@ -197,6 +197,10 @@ FAST_FAILURES = {
         {"upstream_base_url": "http://127.0.0.1:99999/v1"},
         ("SEMCACHE_UPSTREAM_BASE_URL", "65535"),
     ),
+    "a Redis URL that is not one": (
+        {"rate_limit_redis_url": "notaurl"},
+        ("SEMCACHE_RATE_LIMIT_REDIS_URL", "redis://HOST:6379/0"),
+    ),
     "an infinite breaker cooldown": (
         {"breaker_cooldown_s": "inf"},
         ("SEMCACHE_BREAKER_COOLDOWN_S", "finite"),

@@ -348,6 +348,8 @@ def load_catalogue(path: Path, env: Mapping[str, str]) -> Catalogue:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"{path}: cannot read the model catalogue: {error}") from error
+    except UnicodeDecodeError:  # found from outside: reported without the file's name
+        raise ValueError(f"{path}: the model catalogue is not UTF-8 text") from None
     return parse_catalogue(document, env, source=str(path))
 
 
