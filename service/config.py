@@ -53,7 +53,8 @@ class UpstreamSettings(BaseModel):
     upstream_timeout_s: float = Field(
         60.0,
         gt=0,
-        description="Longest wait for one upstream call; a caller's deadline can only shorten it.",
+        description="Longest a miss may spend upstream, its retries and fallbacks included;"
+        " a caller's deadline can only shorten it.",
     )
     catalogue_path: Path = Field(
         DEFAULTS_DIR / "models.example.yaml",

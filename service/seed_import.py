@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from service.validation import MAX_SEEDS_PER_CALL
+
 if TYPE_CHECKING:
     from semcache_client import SemcacheClient
     from semcache_client.types import EntryScope
@@ -78,13 +80,16 @@ def import_lines(
     """Send `lines` with PutEntries, `batch_size` per call, reporting on `progress`.
 
     Raises:
-        ValueError: `batch_size` is less than 1.
+        ValueError: `batch_size` is not 1 to `MAX_SEEDS_PER_CALL`.
         SemcacheError: a whole call failed (e.g. the service is unreachable).
     """
     from semcache_client import ItemFailure
 
-    if batch_size < 1:
-        raise ValueError(f"--batch-size is {batch_size}; use 1 or more")
+    if not 1 <= batch_size <= MAX_SEEDS_PER_CALL:
+        # found from outside: 5000 failed the whole import at the service's limit
+        raise ValueError(
+            f"--batch-size is {batch_size}; use 1 to {MAX_SEEDS_PER_CALL} (PutEntries' limit)"
+        )
     totals = ImportTotals()
     for start in range(0, len(lines), batch_size):
         batch = lines[start : start + batch_size]

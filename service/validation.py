@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from service.domain import CompletionRequest, SamplingParams
 from service.errors import InvalidRequestError
 
+# Entries one PutEntries call may carry (the import command sends batches under it).
+MAX_SEEDS_PER_CALL = 1000
+
 ROLES = ("system", "user", "assistant")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit

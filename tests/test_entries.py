@@ -394,3 +394,17 @@ async def test_a_rate_limited_batch_item_carries_retry_info(
     assert second.retry_after_s is not None and second.retry_after_s > 0
     error = second.error()
     assert isinstance(error, ResourceExhausted) and error.retry_after_s == second.retry_after_s
+
+
+async def test_an_import_batch_over_the_services_limit_is_refused_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found from outside: --batch-size 5000 sent a call the service refuses whole
+    ("1001 entries is more than the limit of 1000"), after reading the file."""
+    from service.cli import main
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"question": "q", "answer": "a"}\n')
+    argv = ["import", str(seeds), "--batch-size", "5000", "--target", "127.0.0.1:1"]
+    assert await asyncio.to_thread(main, argv) == 2
+    assert "use 1 to 1000" in capsys.readouterr().err

@@ -18,9 +18,8 @@ from service.cache.semantic import Answer, Lookup, SemanticCache
 from service.domain import ChatMessage, CompletionRequest, SamplingParams
 from service.errors import InvalidRequestError, StoreNotWritableError
 from service.llm.catalogue import Catalogue
-from service.validation import INVISIBLE_ONLY, Limits, validate
+from service.validation import INVISIBLE_ONLY, MAX_SEEDS_PER_CALL, Limits, validate
 
-MAX_SEEDS_PER_CALL = 1000
 MAX_ANSWER_BYTES = 262_144
 
 
