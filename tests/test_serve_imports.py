@@ -60,13 +60,17 @@ _AT_SERVING = """
 import asyncio, json, signal, sys
 from service import cli, serve
 
-def serving():
-    print("LOADED " + json.dumps(sorted(sys.modules)), flush=True)
-    stop = asyncio.Queue()
-    stop.put_nowait(signal.SIGTERM)
-    return stop
+class Serving:  # the signal queue: its first wait is serve's, with both doors up
+    waited = False
 
-serve._signal_queue = serving
+    async def get(self):
+        if self.waited:
+            await asyncio.Future()  # no second signal: the drain runs its course
+        self.waited = True
+        print("LOADED " + json.dumps(sorted(sys.modules)), flush=True)
+        return signal.SIGTERM
+
+serve._signal_queue = Serving
 sys.exit(cli.main(sys.argv[1:]))
 """
 
