@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.embedding.factory import EmbeddingBackend
 from service.routing.strategy import Strategy
 from service.urls import http_url_problem, target_problem
+from service.validation import NAME_PATTERN
 
 AreaT = TypeVar("AreaT", bound=BaseModel)
 DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
@@ -221,6 +222,11 @@ class VerifySettings(BaseModel):
     @classmethod
     def _rates_in_range(cls, rates: dict[str, float]) -> dict[str, float]:
         for namespace, rate in rates.items():
+            if not NAME_PATTERN.match(namespace):  # found from outside: "bad ns!" was taken
+                raise ValueError(
+                    f"namespace {namespace!r} can never be asked for: use 1-64 letters, digits,"
+                    " '.', '_', ':' or '-', starting with a letter or digit"
+                )
             if not 0.0 <= rate <= 0.5:
                 raise ValueError(f"namespace {namespace!r}: a rate must be within 0..0.5")
         return rates
@@ -324,7 +330,9 @@ class StoreSettings(BaseModel):
         " (qdrant-client's gRPC port: the URL's port is REST's); false = REST on the URL's port.",
     )
     qdrant_collection: str = Field(
-        "semcache", min_length=1, description="Qdrant collection holding the cache."
+        "semcache",
+        pattern=r"^[A-Za-z0-9_-]{1,255}$",
+        description="Qdrant collection holding the cache.",
     )
 
 
@@ -573,6 +581,15 @@ class Settings(
         problem = http_url_problem(value)
         if problem is not None:
             raise ValueError(f"{problem}: use http://HOST:6333 or https://HOST:6333 (or :memory:)")
+        return value
+
+    @field_validator("grpc_host", "http_host", "metrics_host")
+    @classmethod
+    def _an_address(cls, value: str | None) -> str | None:
+        """Found from outside: `SEMCACHE_GRPC_HOST='not a host'` was refused as "without
+        API keys", and a metrics host with a space failed only when bound."""
+        if value is not None and (not value or any(c.isspace() or c in "/?#" for c in value)):
+            raise ValueError("give an IP address or a host name, e.g. 127.0.0.1 or 0.0.0.0")
         return value
 
     @field_validator("rate_limit_redis_url")

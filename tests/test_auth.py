@@ -249,11 +249,13 @@ def test_open_mode_refuses_other_addresses_and_says_what_to_set(host: str) -> No
 
 def test_tls_files_that_are_missing_or_not_pem_are_named(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    with pytest.raises(ValueError, match=r"cannot read the TLS private key .*key\.pem"):
+    missing = r"cannot read the TLS private key .*key\.pem: .*; check SEMCACHE_TLS_KEY_FILE"
+    with pytest.raises(ValueError, match=missing):
         load_server_credentials(cert, key)
     key.write_text("-----BEGIN PRIVATE KEY-----\n")
     cert.write_text("hello")
-    with pytest.raises(ValueError, match=r"TLS certificate .*cert\.pem is not PEM"):
+    not_pem = r"TLS certificate .*cert\.pem is not PEM; check SEMCACHE_TLS_CERT_FILE"
+    with pytest.raises(ValueError, match=not_pem):
         load_server_credentials(cert, key)
 
 

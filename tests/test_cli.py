@@ -300,3 +300,21 @@ def test_a_thread_count_past_its_bound_is_one_line(
     monkeypatch.setenv(setting, "100000")
     assert main(["stats"]) == 1
     assert f"{setting}='100000' is invalid" in capsys.readouterr().err
+
+
+def test_health_says_why_for_a_service_it_does_not_know(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found from outside: `health --service nope` printed "NOT_FOUND: " and no reason."""
+    import grpc
+
+    from service.transport.grpc import healthcheck
+
+    class NotFound(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.NOT_FOUND
+
+        def details(self) -> str:
+            return ""
+
+    assert healthcheck._reason(NotFound(), "nope").endswith("no health for service 'nope'")

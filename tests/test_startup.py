@@ -434,3 +434,23 @@ def test_a_data_directory_that_is_a_file_says_so(tmp_path: Path) -> None:
         data_dir_lock(settings),
     ):
         pass
+
+
+def test_settings_that_name_nothing_servable_are_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found from outside: a host with a space was refused as "without API keys", and a
+    namespace that no request can name, or a collection name with slashes, were taken."""
+    from service.cli import main
+
+    for setting, value in (
+        ("SEMCACHE_GRPC_HOST", "not a host"),
+        ("SEMCACHE_METRICS_HOST", "not a host"),
+        ("SEMCACHE_MAX_ERROR_RATE_BY_NAMESPACE", '{"bad ns!": 0.1}'),
+        ("SEMCACHE_QDRANT_COLLECTION", "bad/../name"),
+    ):
+        with monkeypatch.context() as env:
+            env.setenv(setting, value)
+            env.setenv("SEMCACHE_TARGET", "127.0.0.1:1")
+            assert main(["stats"]) == 1, setting
+            assert f"{setting}=" in capsys.readouterr().err, setting

@@ -53,12 +53,18 @@ def load_server_credentials(cert_file: Path, key_file: Path) -> grpc.ServerCrede
         ValueError: a file is missing, unreadable, or not PEM.
     """
     pems = []
-    for what, path in (("private key", key_file), ("certificate", cert_file)):
+    files = (
+        ("private key", key_file, "SEMCACHE_TLS_KEY_FILE"),
+        ("certificate", cert_file, "SEMCACHE_TLS_CERT_FILE"),
+    )
+    for what, path, setting in files:  # each error names its setting (found from outside)
         try:
             pem = path.read_bytes()
         except OSError as error:
-            raise ValueError(f"cannot read the TLS {what} {path}: {error.strerror}") from error
+            raise ValueError(
+                f"cannot read the TLS {what} {path}: {error.strerror}; check {setting}"
+            ) from error
         if b"-----BEGIN" not in pem:
-            raise ValueError(f"TLS {what} {path} is not PEM")
+            raise ValueError(f"TLS {what} {path} is not PEM; check {setting}")
         pems.append(pem)
     return grpc.ssl_server_credentials([(pems[0], pems[1])])

@@ -63,13 +63,22 @@ def check(
         try:
             response = stub.Check(request, timeout=timeout_s)
         except grpc.RpcError as error:
-            print(f"unhealthy: {target}: {error.code().name}: {error.details()}", file=sys.stderr)
+            print(f"unhealthy: {target}: {_reason(error, service)}", file=sys.stderr)
             return False
     serving = bool(response.status == health_pb2.HealthCheckResponse.SERVING)
     if not serving:
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
         print(f"unhealthy: {target}: {status}", file=sys.stderr)
     return serving
+
+
+def _reason(error: grpc.RpcError, service: str) -> str:
+    """Why the probe failed; a NOT_FOUND comes with no details (found from outside:
+    `--service nope` printed "NOT_FOUND: " and nothing else)."""
+    code, details = error.code(), error.details()
+    if code is grpc.StatusCode.NOT_FOUND and not details:
+        details = f"the server reports no health for service {service!r}"
+    return f"{code.name}: {details}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
