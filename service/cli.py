@@ -356,7 +356,7 @@ def _client(args: argparse.Namespace) -> SemcacheClient:
             `--tls-ca` cannot be read.
     """
     from semcache_client import SemcacheClient
-    from service.transport.grpc.healthcheck import Trust
+    from service.transport.grpc.healthcheck import Trust, read_pem_roots
 
     if args.tenant is not None and args.api_key is not None:
         # The key decides the tenant; a --tenant the server ignores would act on the
@@ -369,9 +369,9 @@ def _client(args: argparse.Namespace) -> SemcacheClient:
     credentials = None
     if args.tls_ca is not None:
         try:
-            roots = args.tls_ca.read_bytes()
-        except OSError as error:
-            raise StartupError(f"cannot read --tls-ca {args.tls_ca}: {error.strerror}") from error
+            roots = read_pem_roots(args.tls_ca)
+        except ValueError as error:
+            raise StartupError(f"--tls-ca: {error}") from error
         credentials = Trust(roots).credentials()
     return SemcacheClient(
         target,
@@ -560,7 +560,10 @@ def _run_client(command: Callable[[argparse.Namespace], int], args: argparse.Nam
     try:
         return command(args)
     except SemcacheError as error:
-        print(f"semcache: {error.code.name}: {error.details}", file=sys.stderr)
+        hint = ""
+        if error.code.name == "UNAVAILABLE" and args.tls_ca is None and "closed" in error.details:
+            hint = " (a server with TLS closes plain connections: pass --tls-ca)"
+        print(f"semcache: {error.code.name}: {error.details}{hint}", file=sys.stderr)
         return 1
     except ValueError as error:  # an argument the client refuses, e.g. a non-ASCII key
         print(f"semcache: {error}", file=sys.stderr)

@@ -192,8 +192,13 @@ async def test_client_commands_call_a_tls_server_with_tls_ca(
         assert "default" in out
         status, _, err = await _run(capsys, "stats", *target)
         assert status == 1, "plaintext to a TLS port"
+        assert "pass --tls-ca" in err  # found from outside: "Socket closed", no hint
         status, _, err = await _run(capsys, "stats", *target, "--tls-ca", str(tmp_path / "none"))
         assert status == 1 and "--tls-ca" in err and err.count("\n") == 1
+        not_pem = tmp_path / "not.pem"
+        not_pem.write_text("hello")
+        status, _, err = await _run(capsys, "stats", *target, "--tls-ca", str(not_pem))
+        assert status == 1 and "hold no PEM certificate" in err and err.count("\n") == 1
     finally:
         await tls.close()
 

@@ -72,6 +72,22 @@ def check(
     return serving
 
 
+def read_pem_roots(path: Path) -> bytes:
+    """The PEM certificates in `path`, to trust.
+
+    Raises:
+        ValueError: it cannot be read, or holds no PEM (found from outside: gRPC then
+            printed its own log lines and "Failed to create security handshaker").
+    """
+    try:
+        roots = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read the TLS roots {path}: {error.strerror}") from error
+    if b"-----BEGIN CERTIFICATE-----" not in roots:
+        raise ValueError(f"the TLS roots {path} hold no PEM certificate")
+    return roots
+
+
 def _reason(error: grpc.RpcError, service: str) -> str:
     """Why the probe failed; a NOT_FOUND comes with no details (found from outside:
     `--service nope` printed "NOT_FOUND: " and nothing else)."""
@@ -116,10 +132,9 @@ def run(args: argparse.Namespace) -> int:
     trust = None
     if roots is not None:
         try:
-            trust = Trust(roots.read_bytes(), args.tls_server_name)
-        except OSError as error:
-            reason = f"cannot read the TLS roots {roots}: {error.strerror}"
-            print(f"unhealthy: {reason}", file=sys.stderr)
+            trust = Trust(read_pem_roots(roots), args.tls_server_name)
+        except ValueError as error:
+            print(f"unhealthy: {error}", file=sys.stderr)
             return 1
     return 0 if check(target, args.service, args.timeout_s, trust) else 1
 
