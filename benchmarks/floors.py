@@ -124,6 +124,10 @@ class FloorRecorder:
         samples, wall_s = await health_burst(channel, concurrency, n)
         self.health.setdefault(concurrency, Pool()).add(samples, wall_s)
 
+    async def health_once(self, channel: grpc.aio.Channel) -> None:
+        """One health check at concurrency 1, pooled (a call-by-call floor)."""
+        self.add_health(1, await health_check_ms(health_pb2_grpc.HealthStub(channel)))
+
     def add_health(self, concurrency: int, round_trip_ms: float) -> None:
         """Pool one sequential health check (the call-by-call benchmarks)."""
         self.health.setdefault(concurrency, Pool()).add([round_trip_ms], round_trip_ms / 1000)

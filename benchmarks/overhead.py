@@ -4,8 +4,10 @@
 
 The simulator answers with zero latency. For each of `requests` distinct
 questions (qqp questions, read in place, each made unique by a numbered
-prefix) three calls are made in turn, so load from other processes falls on
-all of them alike: straight to the simulator with a thin HTTP client (aiohttp,
+prefix) three calls are made in turn, the order turning from one question to
+the next (so no call always follows another), after the same three warm-up
+questions on every side, so load from other processes falls on all of them
+alike: straight to the simulator with a thin HTTP client (aiohttp,
 JSON read as bytes, a stream read line by line: like the generated gRPC stub,
 no typed models, so the difference is the gateway's and not the clients';
 the `openai` SDK's own models cost more than the gateway adds), through
@@ -51,6 +53,7 @@ from benchmarks.report import (
     machine_note,
     markdown_table,
     progress,
+    rotated,
     service_env_note,
     write_results,
 )
@@ -118,19 +121,29 @@ async def measure(
     ):
         stub = pb_grpc.SemanticCacheServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
-        for warm_up in range(3):
-            await direct_call(session, upstream_url, f"warm-up {warm_up}", stream)
-            await call(stub, pb.CompleteRequest(prompt=f"warm-up {warm_up}", namespace=namespace))
+
+        async def one(variant: str, prompt: str) -> Sample:
+            if variant == "direct":
+                return await direct_call(session, upstream_url, prompt, stream)
+            bypass = (
+                pb.CACHE_POLICY_BYPASS if variant == "semcache_bypass" else pb.CACHE_POLICY_DEFAULT
+            )
+            return await call(
+                stub, pb.CompleteRequest(prompt=prompt, namespace=namespace, cache_policy=bypass)
+            )
+
+        for warm_up in range(3):  # the same warm-up for every side
+            for variant in VARIANTS:
+                await one(variant, f"warm-up {warm_up}")
         label = f"overhead {'stream' if stream else 'unary'}"
         progress(f"{label}: {len(prompts)} questions, three calls and the floors each")
-        for prompt in tqdm(prompts, desc=label, unit="q", leave=False, mininterval=0.5):
-            results["direct"].append(await direct_call(session, upstream_url, prompt, stream))
-            miss = pb.CompleteRequest(prompt=prompt, namespace=namespace)
-            results["semcache_miss"].append(await call(stub, miss))
-            bypass = pb.CompleteRequest(
-                prompt=prompt, namespace=namespace, cache_policy=pb.CACHE_POLICY_BYPASS
-            )
-            results["semcache_bypass"].append(await call(stub, bypass))
+        for index, prompt in enumerate(
+            tqdm(prompts, desc=label, unit="q", leave=False, mininterval=0.5)
+        ):
+            # The order turns question by question, so no side always follows another
+            # (a bypass a miss of the same question, the direct call an embedding).
+            for variant in rotated(VARIANTS, index):
+                results[variant].append(await one(variant, prompt))
             floors.add_health(1, await health_check_ms(health))
             await asyncio.to_thread(floors.add_embed, prompt)
     return results
@@ -230,7 +243,7 @@ def markdown(report: dict[str, Any]) -> str:
         [
             f"Embedding backend: {report['embedding_backend']}. {report['machine']}."
             + service_env_note(report.get("service_env") or {}, MEMO_OFF_WHY),
-            floors_markdown(report["floors"]),
+            floors_markdown(report["floors"], "call by call, after each question's calls"),
             markdown_table(report["rows"], COLUMNS),
             markdown_table(report["targets"], TARGET_COLUMNS),
         ]

@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,15 +149,23 @@ def _rotated(items: Sequence[Gateway], by: int) -> list[Gateway]:
 
 
 async def interleaved(
-    gateways: Sequence[Gateway], prompts: Sequence[str], policy: str, label: str
+    gateways: Sequence[Gateway],
+    prompts: Sequence[str],
+    policy: str,
+    label: str,
+    floor: Callable[[], Awaitable[None]] | None = None,
 ) -> PhaseTally:
-    """Each prompt through every gateway in turn (order rotated per prompt), one at a time."""
+    """Each prompt through every gateway in turn (order rotated per prompt), one at a time,
+    then `floor()` (a health check taken call by call, as latency and load take theirs:
+    found from outside, a burst before the phase read faster, a best-case floor)."""
     clock = CpuClock({g.pid for g in gateways if g.pid is not None})
     tally = PhaseTally({g.name: [] for g in gateways})
     before = clock.read()
     for index, prompt in enumerate(tqdm(prompts, desc=label, leave=False, mininterval=0.5)):
         for gateway in _rotated(gateways, index):
             tally.samples[gateway.name].append(await gateway.ask(prompt, policy))
+        if floor is not None:
+            await floor()
     served = {g.name: len(tally.samples[g.name]) for g in gateways}
     tally.add_cpu(gateways, before, clock.read(), served)
     return tally
@@ -203,7 +212,6 @@ async def warm_up(gateways: Gateways, prompts: Sequence[str]) -> None:
     await interleaved(gateways.all, prompts, "bypass", "warm-up bypass")
     await interleaved(gateways.caches, prompts, "refresh", "warm-up miss")
     await interleaved(gateways.caches, prompts, "default", "warm-up hit")
-    await gateways.floors.health_burst(gateways.channel, 1, max(20, len(prompts)))
 
 
 async def sequential_phases(
@@ -215,9 +223,9 @@ async def sequential_phases(
         progress(
             f"peers: {name}, {len(prompts)} questions through {len(gateways.all)} gateways each"
         )
-        await gateways.floors.health_burst(gateways.channel, 1)
         await gateways.floors.embed_burst_async()
-        phases[name] = await interleaved(gateways.all, prompts, policy, name)
+        floor = functools.partial(gateways.floors.health_once, gateways.channel)
+        phases[name] = await interleaved(gateways.all, prompts, policy, name, floor)
     return phases
 
 
@@ -229,8 +237,9 @@ async def hit_phases(
     n, c = config.requests, config.concurrency
     progress(f"peers: caching {len(hits)} questions in every gateway, then {n} exact hits each")
     await interleaved(caches, hits, "refresh", "seed")
-    await floors.health_burst(channel, 1)
-    phases = {"exact_hit_c1": await interleaved(caches, _cycled(hits, n), "default", "hit c=1")}
+    floor = functools.partial(floors.health_once, channel)
+    hits_c1 = await interleaved(caches, _cycled(hits, n), "default", "hit c=1", floor)
+    phases = {"exact_hit_c1": hits_c1}
     progress(f"peers: exact hits at c={c}, {config.hit_requests} each in {config.rounds} blocks")
     await interleaved(caches, hits, "default", "re-seed")
     await floors.health_burst(channel, c, max(200, 2 * c))

@@ -242,7 +242,11 @@ def markdown(report: dict[str, Any]) -> str:
             f" c={config['concurrency']} in {config['rounds']} alternating blocks;"
             f" {config['warmup']} warm-up calls each. {report['machine']}."
             + service_env_note(report.get("service_env") or {}, _MEMO_OFF_WHY),
-            floors_markdown(report["floors"]),
+            floors_markdown(
+                report["floors"],
+                "at concurrency 1 call by call, after each question's calls; at the hit"
+                " concurrency in bursts between its blocks",
+            ),
             markdown_table(report["rows"], ROW_COLUMNS),
             markdown_table(report["comparison"], COMPARISON_COLUMNS),
             markdown_table(report["targets"], TARGET_COLUMNS),

@@ -62,7 +62,8 @@ def render(name: str, results_dir: Path = RESULTS_DIR) -> str:
         FileNotFoundError: the results file is missing.
     """
     report = json.loads((results_dir / f"{name}.json").read_text(encoding="utf-8"))
-    return f"Produced by `{report['command']}`:\n\n{_renderer(name)(report)}\n"
+    code = f" at commit {report['code']}" if report.get("code") else ""
+    return f"Produced by `{report['command']}`{code}:\n\n{_renderer(name)(report)}\n"
 
 
 def regions(readme: str) -> list[str]:

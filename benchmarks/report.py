@@ -15,9 +15,19 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 Row = dict[str, Any]
+
+
+T = TypeVar("T")
+
+
+def rotated(items: Sequence[T], turn: int) -> list[T]:
+    """`items` in the order of turn `turn`: each turn starts one further along, so over
+    `len(items)` turns every item runs first, second, ... once (side-by-side runs)."""
+    shift = turn % len(items) if items else 0
+    return [*items[shift:], *items[:shift]]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -90,12 +100,14 @@ def progress(message: str) -> None:
 def write_results(out_dir: Path, name: str, data: Mapping[str, Any], markdown: str) -> None:
     """Write `<name>.json` and `<name>.md` under `out_dir` (created if missing).
 
-    The JSON gets the command line that produced it (`command`) unless it has one.
+    The JSON gets the command line that produced it (`command`) and the code it ran
+    (`code`: the commit, and whether the tree had uncommitted changes) unless it has them.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = {"command": command_line(), **data}
+    data = {"command": command_line(), "code": code_version(), **data}
     (out_dir / f"{name}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
-    (out_dir / f"{name}.md").write_text(f"Command: `{data['command']}`\n\n{markdown}\n")
+    header = f"Command: `{data['command']}` (code: {data['code']})"
+    (out_dir / f"{name}.md").write_text(f"{header}\n\n{markdown}\n")
 
 
 def setup_markdown(report: Mapping[str, Any], columns: Sequence[tuple[str, str]]) -> str:
@@ -298,6 +310,27 @@ def rss_mib(pid: int) -> float:
     import psutil
 
     return float(psutil.Process(pid).memory_info().rss / 2**20)
+
+
+def code_version() -> str:
+    """The commit the benchmark ran ("abc1234", "abc1234 with uncommitted changes"), or
+    "unknown" outside a git checkout (found from outside: results that predated the code
+    they sat beside could not be told from current ones)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=7", "HEAD")
+    if not commit:
+        return "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "service", "benchmarks")
+    return f"{commit} with uncommitted changes" if dirty else commit
 
 
 def machine_note() -> str:

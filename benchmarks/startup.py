@@ -4,8 +4,9 @@ Each run spawns a fresh process with a fresh data directory and measures the
 wall time from spawning it to the first health check that answers SERVING
 (`grpc.health.v1.Health/Check`, the probe Docker and Kubernetes use). The
 poller tries to connect every 5 ms, then asks the health service with
-wait-for-ready, so it adds a few ms at most. Three configurations, run in
-turn within each round so load from other processes falls on all alike:
+wait-for-ready, so it adds a few ms at most. Three configurations and two
+floors, run in turn within each round, the order turning from round to round,
+so load from other processes falls on all alike:
 
 * `serve`: an upstream configured (a closed port: nothing calls it while
   starting), the gRPC door only, every other setting at its default;
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import os
 import re
@@ -50,7 +52,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.procs import free_port, stop
-from benchmarks.report import Row, machine_note, markdown_table, progress, write_results
+from benchmarks.report import (
+    Row,
+    machine_note,
+    markdown_table,
+    progress,
+    rotated,
+    write_results,
+)
 
 TIMEOUT_S = 120.0
 WARMUP_TIMEOUT_S = 600.0
@@ -306,12 +315,23 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _measure_round(
-    workdir: Path, backend: str | None, floors: dict[str, list[Run]], starts: dict[str, list[Run]]
+    workdir: Path,
+    backend: str | None,
+    floors: dict[str, list[Run]],
+    starts: dict[str, list[Run]],
+    turn: int = 0,
 ) -> None:
-    for name in FLOORS:
-        floors[name].append(start_floor(name, workdir))
-    for configuration in CONFIGURATIONS:
-        starts[configuration.name].append(start_service(configuration, backend, workdir))
+    """One start of each floor and configuration, in an order that turns with `turn`
+    (the round's number: found from outside, the floors always went first)."""
+    runs: list[tuple[str, Callable[[], Run]]] = [
+        (name, functools.partial(start_floor, name, workdir)) for name in FLOORS
+    ]
+    runs += [
+        (configuration.name, functools.partial(start_service, configuration, backend, workdir))
+        for configuration in CONFIGURATIONS
+    ]
+    for name, start in rotated(runs, turn):
+        (floors if name in FLOORS else starts)[name].append(start())
 
 
 def _warm_up(workdir: Path, backend: str | None, say: Callable[[str], None]) -> None:
@@ -339,7 +359,7 @@ def run(out_dir: Path, runs: int, backend: str | None = None) -> str:
         workdir = Path(tmp)
         _warm_up(workdir, backend, progress)
         for round_ in range(1, runs + 1):
-            _measure_round(workdir, backend, floors, starts)
+            _measure_round(workdir, backend, floors, starts, turn=round_ - 1)
             latest = ", ".join(f"{name} {s[-1].serving_s:.2f} s" for name, s in starts.items())
             progress(f"round {round_}/{runs}: {latest}")
         progress("one more `serve` start under python -X importtime")

@@ -261,6 +261,20 @@ async def charge_judge_call(
     await limiter.spend_tokens(tenant, answer.usage.total_tokens)
 
 
+def _ledger(
+    catalogue: Catalogue,
+    stats: CacheStats,
+    telemetry: Telemetry,
+    limiter: RateLimiter,
+    learning: Learning | None,
+) -> Ledger:
+    """The books of spend and savings; an `llm` judge's calls are booked there too."""
+    ledger = Ledger(catalogue, stats, telemetry.metrics)
+    if learning is not None:
+        learning.charge_judge_calls(functools.partial(charge_judge_call, ledger, limiter))
+    return ledger
+
+
 def settings_limits(settings: Settings) -> Limits:
     """The request size limits the settings set."""
     return Limits(
@@ -288,9 +302,7 @@ def assemble_app(
     stats, limits = CacheStats(), settings_limits(settings)
     limiter = build_limiter(settings.security)
     telemetry.metrics.watch_hit_rates(stats.hit_rates)
-    ledger = Ledger(catalogue, stats, telemetry.metrics)
-    if learning is not None:
-        learning.charge_judge_calls(functools.partial(charge_judge_call, ledger, limiter))
+    ledger = _ledger(catalogue, stats, telemetry, limiter, learning)
     pipeline = RequestPipeline(
         cache=cache,
         upstream=upstream,

@@ -43,23 +43,12 @@ async def serve_until_signalled(
             the keys or TLS files are bad.
     """
     security = security or security_from(settings)
-    limits = BatchLimits(settings.batch_max_items, settings.batch_max_concurrency)
-    in_flight = InFlight(settings.max_concurrent_rpcs, app.metrics)  # one bound, both doors
     # Taken before the doors open (found from outside: a SIGTERM right after "serving"
     # killed the process undrained in 10 of 16 starts, the handlers not yet in place).
     signals = _signal_queue()
     try:
-        running = await start_server(
-            app, settings.grpc_host, settings.grpc_port, limits, security, in_flight
-        )
+        running, http, metrics_server = await _open_doors(app, settings, security)
     except StartupError:
-        _default_signals()
-        raise
-    try:
-        http = await _start_http(app, settings, security, in_flight)
-        metrics_server = _start_metrics(app, settings)
-    except StartupError:
-        await running.stop(0)
         _default_signals()
         raise
     app.maintenance.start()
@@ -126,6 +115,27 @@ def _start_metrics(app: App, settings: Settings) -> MetricsServer | None:
         raise StartupError(f"cannot serve metrics on {address}: {problem}") from error
     log.info("metrics at /metrics", port=server.port)
     return server
+
+
+async def _open_doors(
+    app: App, settings: Settings, security: Security
+) -> tuple[RunningServer, RunningHttpServer | None, MetricsServer | None]:
+    """The gRPC door, the HTTP door and the metrics port, as configured.
+
+    Raises:
+        StartupError: a port cannot be bound (what was opened is closed again).
+    """
+    limits = BatchLimits(settings.batch_max_items, settings.batch_max_concurrency)
+    in_flight = InFlight(settings.max_concurrent_rpcs, app.metrics)  # one bound, both doors
+    running = await start_server(
+        app, settings.grpc_host, settings.grpc_port, limits, security, in_flight
+    )
+    try:
+        http = await _start_http(app, settings, security, in_flight)
+        return running, http, _start_metrics(app, settings)
+    except StartupError:
+        await running.stop(0)
+        raise
 
 
 def _default_signals() -> None:

@@ -89,3 +89,25 @@ def test_a_stale_region_is_rewritten_from_its_results_file(tmp_path: Path) -> No
     assert "| grouped | 2 |" in fresh
     assert fresh.startswith("before\n<!-- bench:grouping -->\n")
     assert fresh.endswith("<!-- /bench:grouping -->\nafter\n")
+
+
+def test_results_name_the_code_they_ran_and_the_readme_says_it(tmp_path: Path) -> None:
+    """Found from outside: checked-in results that predated the code beside them (a
+    stage table without the stage the renderer described) could not be told apart."""
+    import subprocess
+
+    from benchmarks import readme_tables
+    from benchmarks.report import code_version, write_results
+
+    head = subprocess.run(
+        ["git", "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    assert code_version().startswith(head or "unknown")
+    write_results(tmp_path, "startup", {"rows": []}, "table")
+    written = json.loads((tmp_path / "startup.json").read_text())
+    assert written["code"] == code_version()
+    assert f"(code: {written['code']})" in (tmp_path / "startup.md").read_text()
+    report = json.loads((readme_tables.RESULTS_DIR / "startup.json").read_text())
+    (tmp_path / "startup.json").write_text(json.dumps({**report, "code": "abc1234"}))
+    rendered = readme_tables.render("startup", tmp_path)
+    assert rendered.startswith(f"Produced by `{report['command']}` at commit abc1234:")

@@ -109,3 +109,23 @@ def test_bench_startup_writes_its_results_with_floors_and_progress(
     ]
     assert report["imports"]["packages"]
     assert markdown(report) in (out / "startup.md").read_text()
+
+
+def test_each_round_starts_with_another(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Found from outside: every round ran the floors first, then the configurations in
+    one fixed order, where the docstring says they take turns."""
+    from benchmarks import startup
+    from benchmarks.report import rotated
+
+    order: list[str] = []
+    monkeypatch.setattr(startup, "start_floor", lambda name, workdir: order.append(name))
+    monkeypatch.setattr(startup, "start_service", lambda c, backend, workdir: order.append(c.name))
+    floors = {name: [] for name in startup.FLOORS}
+    starts = {c.name: [] for c in startup.CONFIGURATIONS}
+    sides = len(startup.FLOORS) + len(startup.CONFIGURATIONS)
+    firsts = []
+    for turn in range(sides):
+        startup._measure_round(tmp_path, None, floors, starts, turn)  # type: ignore[arg-type]
+        firsts.append(order[-sides])
+    assert sorted(firsts) == sorted(set(firsts)) and len(firsts) == sides
+    assert rotated([1, 2, 3], 1) == [2, 3, 1] and rotated([1, 2, 3], 3) == [1, 2, 3]

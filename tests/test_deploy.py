@@ -85,7 +85,9 @@ def test_compose_sets_only_real_settings_and_uses_qdrant_over_grpc() -> None:
     assert environment["SEMCACHE_QDRANT_URL"] == "http://qdrant:6333"  # REST; gRPC on 6334
     assert environment["SEMCACHE_QDRANT_PREFER_GRPC"] == "true"
     assert "upstream-sim:8000/v1" in environment["SEMCACHE_UPSTREAM_BASE_URL"]
-    Settings(**{k.removeprefix("SEMCACHE_").lower(): v for k, v in environment.items()})
+    # As compose passes them: `${VAR:-default}` with VAR unset is the default.
+    values = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)) for k, v in environment.items()}
+    Settings(**{k.removeprefix("SEMCACHE_").lower(): v for k, v in values.items()})
 
 
 # --- deploy/k8s/sidecar.yaml -----------------------------------------------------
