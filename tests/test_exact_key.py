@@ -20,10 +20,27 @@ from service.domain import ChatMessage, CompletionRequest
         ("What is ½?", "What is 12?"),
         ("Compute 5!", "Compute 5"),
         ("Was bedeutet Maße?", "Was bedeutet Masse?"),
+        # Found from outside (2026-12-02): all served as exact hits at P(wrong) 0.
+        ("What does ls -l do?", "What does ls -L do?"),
+        ("How many bytes are in 1 MB?", "How many bytes are in 1 Mb?"),
+        ("Is CO toxic to humans?", "Is Co toxic to humans?"),
+        ("What is IT?", "What is it?"),
+        ("Was bedeutet Weg?", "Was bedeutet weg?"),
+        ("What does len('a  b') return?", "What does len('a b') return?"),
+        (
+            "for i in range(3):\n    print(i)\nprint(1)",
+            "for i in range(3):\n    print(i)\n    print(1)",
+        ),
+        ("Parse this CSV:\nname,age\nbob,5", "Parse this CSV: name,age bob,5"),
+        ("What is n!", "What is n?"),
+        ("Simplify (n+1)!/n!", "Simplify (n+1)!/n"),
+        ("What does sudo !!", "What does sudo"),
+        ("Explain the regex a+b?", "Explain the regex a+b"),
     ],
 )
 def test_questions_that_differ_in_meaning_never_share_an_exact_key(first: str, second: str) -> None:
-    """Superscripts, fractions, "ß" and a factorial's "!" are kept (NFKC and case folding
+    """Superscripts, fractions, "ß", a factorial's "!", case inside a sentence, line
+    breaks and spaces inside quotes are kept (NFKC, case folding and squeezed spacing
     once made each pair one exact key, and served the first's answer for the second)."""
     assert _id(first) != _id(second)
 
@@ -32,7 +49,8 @@ def test_questions_that_differ_in_meaning_never_share_an_exact_key(first: str, s
     ("first", "second"),
     [
         ("How do I reset my password?", "how do i reset my password"),
-        ("ｈｅｌｌｏ　ＷＯＲＬＤ？", "hello world"),
+        ("ｈｅｌｌｏ　ｗｏｒｌｄ？", "hello world"),
+        ("What  is   ML?  ", "what is ML"),
         ("Café?!", "café"),
         ("Hello!!", "hello"),
     ],

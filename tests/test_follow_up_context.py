@@ -6,6 +6,8 @@ included, must change the follow-up's context and so its exact key.
 
 from __future__ import annotations
 
+import pytest
+
 from service.cache.conversation import context_text
 from service.cache.scope import cache_key
 from service.domain import ChatMessage, CompletionRequest
@@ -46,11 +48,32 @@ def test_a_detail_swapped_in_an_earlier_assistant_turn_changes_the_exact_key() -
 
 
 def test_a_standalone_questions_key_did_not_move() -> None:
-    """Only follow-ups' scopes changed with the new context; a standalone question's
-    entry stored by the previous version is still found (its key is pinned here)."""
+    """A standalone question's id, pinned: it moved once on purpose, when the exact form
+    began to keep case and spacing (`EXACT_FORM_VERSION` 2), so that no entry stored
+    under a case-folded key is served by id for another case; those entries are still
+    found by search, and served as identical to the same question."""
     from service.cache.scope import cache_key
     from service.domain import ChatMessage, CompletionRequest
 
     request = CompletionRequest(messages=(ChatMessage("user", "What is machine learning?"),))
     key = cache_key(request, "all-MiniLM-L6-v2/onnx-int8", "simulator")
-    assert key.point_id == "3cb77f4b-ea14-57f6-ab70-57fc9641c43f"  # as stored before
+    assert key.point_id == "b944f550-4edf-5186-8b3e-c0939758c139"
+
+
+@pytest.mark.parametrize(
+    ("history", "final"),
+    [
+        ("The cat sleeps on the warm windowsill.", "Translate the above paragraph into French."),
+        ("I went hiking in the Alps last week.", "Summarize my previous message in two sentences"),
+        ("From now on, reply only in Spanish.", "Write a haiku about autumn leaves"),
+        ("Answer in kilojoules from now on.", "How many calories does a medium banana contain"),
+    ],
+)
+def test_a_final_message_that_points_back_or_follows_an_instruction_keeps_its_history(
+    history: str, final: str
+) -> None:
+    """Found from outside: these counted as standalone, so the history was dropped and
+    one text's translation, or a Spanish haiku, was served for another history."""
+    from service.cache.conversation import context_text
+
+    assert context_text([("user", history), ("assistant", "ok"), ("user", final)])

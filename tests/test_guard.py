@@ -132,6 +132,17 @@ def test_same_context_passes(guard: NearMissGuard) -> None:
         ("What is 2/3 of 90?", "What is 2-3 of 90?"),
         ("What does print(1/2) print?", "What does print(1//2) print?"),
         ("Let's eat, grandma!", "Let's eat grandma!"),
+        # Found from outside (2026-12-02): a mark's place, quotes, a hyphen between
+        # letters and case inside a sentence count too.
+        ("What is -5 minus 3?", "What is 5 minus -3?"),
+        ("What is 20% of 50?", "What is 20 of 50%?"),
+        ("What is the type of '5' in Python?", "What is the type of 5 in Python?"),
+        ("What does echo '$HOME' print?", 'What does echo "$HOME" print?'),
+        ("What is a-b if a=5 and b=3?", "What is a b if a=5 and b=3?"),
+        ("What does git push origin :feature do?", "What does git push origin feature: do?"),
+        ("What does ls -l do?", "What does ls -L do?"),
+        ("What is IT?", "What is it?"),
+        ("What does len('a  b') return?", "What does len('a b') return?"),
     ],
 )  # fmt: skip
 def test_texts_differing_in_other_scripts_or_symbols_are_never_identical(
@@ -151,7 +162,8 @@ def test_texts_differing_in_other_scripts_or_symbols_are_never_identical(
         ("Is x ≠ y?", "is x ≠ y"),
         ("Compute 5!", "compute 5!"),
         ("What is a well-known fact?", "what is a well known fact"),
-        ('What does "idempotent" mean?', "What does idempotent mean?"),
+        ("Why don’t cats   swim?", "why dont cats swim"),
+        ("How do I reset my password?", "how do i reset my password"),
     ],
 )  # fmt: skip
 def test_case_spacing_and_punctuation_still_leave_texts_identical(

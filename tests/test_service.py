@@ -36,7 +36,7 @@ async def test_miss_then_exact_then_paraphrase_then_unrelated(service: Service) 
     assert miss.cost_usd > 0 and miss.usage.total_tokens > 0
     assert miss.request_id
 
-    exact = await service.stub.Complete(ask("  what is MACHINE learning "))
+    exact = await service.stub.Complete(ask("  what is machine   learning "))
     assert exact.cache_status == pb.CACHE_STATUS_EXACT_HIT
     assert exact.content == miss.content
     assert exact.similarity == 1.0

@@ -7,23 +7,38 @@ which the scope key carries and the near-miss guard checks separately.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from service.cache import guard_lexicon as lex
 
 __all__ = ["context_text", "conversation_text"]
 
-# Words that make a final message lean on earlier turns ("cancel it", "yes please").
+# Words that make a final message lean on earlier turns ("cancel it", "yes please"), or
+# point back at them ("translate the above paragraph", "summarize my previous message":
+# found from outside, these were matched without their history).
 _ANAPHORA = lex.words(
     "it its that this those these them they one yes no ok okay please same there then and "
-    "also instead"
+    "also instead above below previous preceding earlier prior former latter aforementioned "
+    "again paragraph passage text message sentence answer response reply code snippet "
+    "story list email letter document article poem essay conversation chat said mentioned"
+)
+# An earlier turn that sets how every later answer must be ("from now on, reply only in
+# Spanish", "answer in kilojoules"): a question after it never stands alone.
+_STANDING_INSTRUCTION = re.compile(
+    r"\b(?:from now on|going forward|for the rest of|until i say|always|never|"
+    r"(?:reply|respond|answer|write|speak|talk)(?: \w+)? (?:in|as|like|with)|"
+    r"pretend|act as|you are)\b",
+    re.IGNORECASE,
 )
 
 
-def _stands_alone(message: str) -> bool:
+def _stands_alone(message: str, earlier: Sequence[str]) -> bool:
     tokens = lex.ascii_tokens(message)  # English rules: other scripts never stand alone
     content = [t for t in tokens if t not in lex.STOPWORDS]
-    return len(content) >= 4 and not _ANAPHORA.intersection(tokens)
+    if len(content) < 4 or _ANAPHORA.intersection(tokens):
+        return False
+    return not any(_STANDING_INSTRUCTION.search(turn) for turn in earlier)
 
 
 def conversation_text(messages: Sequence[tuple[str, str]]) -> str:
@@ -51,7 +66,7 @@ def context_text(messages: Sequence[tuple[str, str]]) -> str:
         ValueError: if `messages` is empty or does not end with a user message.
     """
     final = conversation_text(messages)
-    if _stands_alone(final):
-        return ""
     earlier = [content.strip() for _, content in reversed(messages[:-1])]
+    if _stands_alone(final, earlier):
+        return ""
     return "\n".join(turn for turn in earlier if turn)

@@ -48,7 +48,7 @@ from functools import lru_cache
 
 from service.cache import guard_lexicon as lex
 from service.cache.guard_model import GuardModel, shipped_guard_model
-from service.cache.scope import normalise as exact_form
+from service.cache.scope import exact_form
 
 __all__ = [
     "GuardVerdict",
@@ -356,27 +356,22 @@ def veto_reason(features: PairFeatures) -> str | None:
     return next((reason for field, reason in _VETOES if getattr(features, field)), None)
 
 
-# Punctuation that may differ between identical texts: quotes and apostrophes, and a
-# hyphen inside a word ("well-known"). Every other mark is compared, in order: "10 - 2"
-# is not "10 / 2", "-40" not "40", "print(1/2)" not "print(1//2)", nor "eat, grandma"
-# "eat grandma" (found from outside: these were served as identical, at P(wrong) 0).
-_NOT_COMPARED = re.compile(
-    r"['\"\u2018\u2019\u201c\u201d\u00ab\u00bb]|(?<=[^\W\d_])[-\u2010](?=[^\W\d_])"
-)
+# What may differ between identical texts beyond `exact_form`: an apostrophe inside a
+# word ("dont" / "don't"), and a hyphen between two words of two letters or more
+# ("well-known" / "well known"). Marks are compared where they stand, quotes included:
+# found from outside, "-5 minus 3" / "5 minus -3", "20% of 50" / "20 of 50%", '5' / 5,
+# echo '$HOME' / echo "$HOME" and "a-b" / "a b" were served as identical at P(wrong) 0
+# when marks were compared apart from the words, and quotes and every in-word hyphen
+# not at all.
+_IN_WORD_APOSTROPHE = re.compile(r"(?<=[^\W\d_])['\u2019](?=[^\W\d_])")
+_WORD_HYPHEN = re.compile(r"(?<=[^\W\d_]{2})[-\u2010](?=[^\W\d_]{2})")
 
 
 @lru_cache(maxsize=8192)  # as `_parse`: a query meets up to five candidates
 def _plain(text: str) -> str:
-    """What must agree for two texts to count as identical: their words and numbers in
-    any script, and every mark between them but quotes and in-word hyphens ("x ≠ y" is
-    not "x = y", nor 🍕 🍣, nor "10 - 2" "10 / 2"); case, spacing and the closing
-    "?", "!" or "." may differ."""
-    closed = exact_form(text)  # the exact key's form: its closing "?", "!" or "." gone
-    marks = "".join(c for c in _NOT_COMPARED.sub("", closed) if not c.isalnum() and not c.isspace())
-    words = " ".join(lex.tokens(text))
-    if not words and not marks:  # "???", private-use characters: only the same text
-        return "\x01" + text.strip()
-    return words + "\x00" + marks
+    """What must agree for two texts to count as identical: `exact_form`, but for an
+    apostrophe inside a word and a hyphen between words (see above)."""
+    return _WORD_HYPHEN.sub(" ", _IN_WORD_APOSTROPHE.sub("", exact_form(text)))
 
 
 class NearMissGuard:

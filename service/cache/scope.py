@@ -34,6 +34,15 @@ from service.domain import CompletionRequest
 _WHITESPACE = re.compile(r"\s+")
 # A "!" after a digit is a factorial ("5!" is not "5"); any other trailing ? ! . goes.
 _TRAILING_PUNCTUATION = re.compile(r"(?:[\s?.。？]|(?<![0-9])[!！])+$")
+# The closing marks `exact_form` may drop: after a word or number written right before
+# them, and a "!" only after a word of two letters or more ("What is n!" and "5!" are
+# factorials; "sudo !!" and the regex "a+b?" keep theirs).
+_CLOSING = re.compile(r"[?.!。？！]+$")
+_QUOTES = "'\"`"
+_STRAIGHT_QUOTES = str.maketrans("\u2018\u2019\u201c\u201d", "''\"\"")
+# The exact key's form changed (case and spacing kept): ids of the older form are not
+# reused, so no entry stored under a case-folded key is served for another case.
+EXACT_FORM_VERSION = 2
 # Compatibility forms that carry meaning, kept as written: "3²" is not "32", "½" not "12".
 _MEANINGFUL_FORMS = ("<super>", "<sub>", "<fraction>")
 _POINT_NAMESPACE = uuid.UUID("5b1f5a52-8f0e-4c7e-9d1c-2f6d8f0b6c11")
@@ -62,6 +71,89 @@ def normalise(text: str) -> str:
     folded = text.lower() if text.isascii() else _folded(text)
     collapsed = _WHITESPACE.sub(" ", folded).strip()
     return _TRAILING_PUNCTUATION.sub("", collapsed)
+
+
+def exact_form(text: str) -> str:
+    """What must be equal for two texts to be the same question, exactly.
+
+    Unicode compatibility forms and widths do not count (but for superscripts,
+    subscripts and fractions), nor the capital of a sentence's first word ("What" and
+    "what"), nor spaces at the ends of a line or repeated between words outside quotes,
+    nor the closing "?", "!" or "." after a word. Everything else does (found from
+    outside, all once served as the same question at P(wrong) 0): case inside a
+    sentence ("ls -l" / "ls -L", "1 MB" / "1 Mb", "IT" / "it"), line breaks and
+    indentation (code, CSV), spaces inside quotes ('a  b'), and a closing mark after
+    anything but a word ("n!", "sudo !!", "a+b?").
+    """
+    straight = _compatible(text).translate(_STRAIGHT_QUOTES)
+    lines = unicodedata.normalize("NFC", straight).replace("\r\n", "\n").split("\n")
+    kept = [_line_form(line) for line in lines]
+    joined = "\n".join(kept).strip()
+    return _unclosed(_PRONOUN_I.sub("i", _SENTENCE_START.sub(_uncapitalised, joined)))
+
+
+def _unclosed(text: str) -> str:
+    """`text` without its closing marks, where they close a sentence (see `_CLOSING`)."""
+    closing = _CLOSING.search(text)
+    if closing is None:
+        return text
+    body = text[: closing.start()]
+    last = body.rsplit(None, 1)[-1] if body.strip() else ""
+    if not last or body[-1].isspace() or not last.isalnum():
+        return text
+    exclaims = any(mark in "!！" for mark in closing.group())
+    if exclaims and not (last.isalpha() and len(last) >= 2):
+        return text
+    return body
+
+
+# "I" is written "i" as often ("how do i reset it"): the pronoun's case does not count.
+_PRONOUN_I = re.compile(r"(?<![^\W_])I(?=(?:'(?:m|ve|d|ll))?(?![^\W_]))")
+_SENTENCE_START = re.compile(r"(?:^|(?<=[.?!]\s)|(?<=\n))(\s*)([^\W\d_])([^\W\d_]*)")
+
+
+def _uncapitalised(match: re.Match[str]) -> str:
+    """A sentence's first word without its capital, unless it is all capitals ("IT")."""
+    space, first, rest = match.groups()
+    if rest and rest.isupper():
+        return match.group(0)
+    return f"{space}{first.lower()}{rest}"
+
+
+def _line_form(line: str) -> str:
+    """One line: its indentation kept, its end trimmed, runs of spaces between words made
+    one, but inside quotes."""
+    body = line.lstrip(" \t")
+    indent = line[: len(line) - len(body)]
+    out: list[str] = []
+    quote = ""
+    for index, char in enumerate(body.rstrip()):
+        if char in _QUOTES and not _in_word(body, index):
+            quote = "" if quote == char else (quote or char)
+        if char in " \t" and not quote:
+            if out and out[-1] == " ":
+                continue
+            char = " "
+        out.append(char)
+    return indent + "".join(out)
+
+
+def _in_word(text: str, index: int) -> bool:
+    """An apostrophe between two letters ("don't"), not a quote."""
+    return 0 < index < len(text) - 1 and text[index - 1].isalpha() and text[index + 1].isalpha()
+
+
+def _compatible(text: str) -> str:
+    """NFKC but for `_MEANINGFUL_FORMS`, case kept."""
+    if text.isascii():
+        return text
+    runs = itertools.groupby(
+        text, lambda c: unicodedata.decomposition(c).startswith(_MEANINGFUL_FORMS)
+    )
+    return "".join(
+        "".join(chars) if meaningful else unicodedata.normalize("NFKC", "".join(chars))
+        for meaningful, chars in runs
+    )
 
 
 def _folded(text: str) -> str:
@@ -140,7 +232,7 @@ def cache_key(
     text = conversation_text(turns)
     context = context_text(turns)
     scope = scope_fingerprint(request, embedding_model_id, context, upstream_id)
-    exact = f"{scope}\x00{normalise(text)}\x00{normalise(context)}"
+    exact = f"{scope}\x00{EXACT_FORM_VERSION}\x00{exact_form(text)}\x00{exact_form(context)}"
     point_id = str(uuid.uuid5(_POINT_NAMESPACE, exact))
     return CacheKey(request.tenant, request.namespace, scope, text, context, point_id)
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import re
 
-from service.cache.scope import normalise
+from service.cache.scope import exact_form
 
 __all__ = ["FORM_GROUPS", "form_key"]
 
-# Each group lists prefixes (already normalised: lower case, no trailing "?") that
-# ask for one thing about the subject after them. Longer prefixes come first.
+# Each group lists prefixes (lower case, no trailing "?") that ask for one thing about
+# the subject after them. Longer prefixes come first.
 FORM_GROUPS: dict[str, tuple[str, ...]] = {
     "define": (
         "can you please explain",
@@ -34,29 +34,17 @@ FORM_GROUPS: dict[str, tuple[str, ...]] = {
         "can you explain to me",
         "could you explain to me",
         "please explain to me",
-        "can you tell me about",
-        "could you tell me about",
-        "please tell me about",
-        "i want to know about",
-        "i'd like to know about",
         "can you explain",
         "could you explain",
         "please explain",
-        "tell me about",
         "explain to me",
         "explain",
-        "describe",
-        "define",
         "what exactly is",
         "what is meant by",
         "what is",
         "what's",
     ),
     "how_to": (
-        "what is the best way to",
-        "what's the best way to",
-        "what is the easiest way to",
-        "what's the easiest way to",
         "how can i",
         "how do i",
         "how to",
@@ -67,19 +55,21 @@ _PREFIXES = sorted(
     ((prefix, group) for group, prefixes in FORM_GROUPS.items() for prefix in prefixes),
     key=lambda item: -len(item[0]),
 )
-_VERB_SYNONYMS = (
-    "change update modify edit alter amend",
-    "buy purchase",
-    "cancel terminate",
-    "delete remove erase",
-    "start begin",
-    "find locate",
-    "make create",
+_POSSESSIVE = re.compile(r"^(?:my|your|our|his|her|their|its)\b", re.IGNORECASE)
+# What "what is X" and "explain X" ask the same of: a concept, named in words alone (no
+# number, symbol or punctuation: "7 times 8", ".NET", "5!", "ls -a"), and not a thing of
+# the moment or a particular ("the capital of France", "the time in London", "today's
+# date"), which "explain" asks the reasons of and "what is" the value of.
+_CONCEPT = re.compile(r"^(?:[^\W\d_]+[ ]?){1,5}$")
+_PARTICULAR = re.compile(
+    r"^(?:the|this|that|these|those|today|tonight|tomorrow|yesterday|now|current)\b"
+    r"|\b(?:of|in|on|at|for|from)\b",
+    re.IGNORECASE,
 )
-_SYNONYM_OF = {word: line.split()[0] for line in _VERB_SYNONYMS for word in line.split()}
-_POSSESSIVE = re.compile(r"^(?:my|your|our|his|her|their|its)\b")
-_EDGE_PUNCTUATION = re.compile(r"^[\s,:;.!?]+|[\s,:;.!?]+$")
-_FILLER = re.compile(r"^(?:please|pls|kindly)\s+|\s+(?:please|pls)$")
+# A how-to of a state, not an action ("how can I be so stupid?").
+_STATE = re.compile(r"^(?:be|feel|seem|look)\b", re.IGNORECASE)
+_EDGE_PUNCTUATION = re.compile(r"^[\s,:;]+|[\s,:;]+$")
+_FILLER = re.compile(r"^(?:please|pls|kindly)\s+|\s+(?:please|pls)$", re.IGNORECASE)
 
 
 def _subject(rest: str) -> str:
@@ -87,25 +77,28 @@ def _subject(rest: str) -> str:
     return _FILLER.sub("", rest).strip()
 
 
-def _canonical_verb(subject: str) -> str:
-    """ "update my email" and "change my email": the leading verb up to a synonym."""
-    verb, _, rest = subject.partition(" ")
-    canonical = _SYNONYM_OF.get(verb, verb)
-    return f"{canonical} {rest}".strip() if canonical != verb else subject
-
-
 def form_key(text: str) -> tuple[str, str] | None:
     """(intent group, subject) of an everyday question form, or None for any other text.
 
-    The longest matching prefix wins ("what is the best way to" before "what is").
-    In a how-to question the subject's leading verb is replaced by its synonym
-    group's first word, so "change" and "update" meet; nothing else is rewritten.
+    The longest matching prefix wins; the subject is compared as `exact_form` leaves
+    it, case included ("SAD" is not "sad", "Java" not "java").
     """
-    plain = normalise(text).replace("\u2019", "'")
+    plain = exact_form(text).replace("\u2019", "'")
+    lowered = plain.lower()
+    if len(lowered) != len(plain):  # a letter whose lower case is longer: no offsets
+        return None
     for prefix, group in _PREFIXES:
-        if plain.startswith(prefix + " "):
+        if lowered.startswith(prefix + " "):
             subject = _subject(plain[len(prefix) :])
-            if not subject or (group == "define" and _POSSESSIVE.match(subject)):
+            if not subject or not _fits(group, subject):
                 return None
-            return (group, _canonical_verb(subject) if group == "how_to" else subject)
+            return (group, subject)
     return None
+
+
+def _fits(group: str, subject: str) -> bool:
+    if group == "how_to":
+        return not _STATE.match(subject)
+    return bool(_CONCEPT.match(subject)) and not (
+        _POSSESSIVE.match(subject) or _PARTICULAR.search(subject)
+    )
