@@ -3,7 +3,7 @@
 Protocol (see ../shared/data/README_stream.md): requests in file order at concurrency 1
 into an empty cache; the upstream answers each question with its cluster's tag, so a
 served answer is right when its tag is the request's cluster. The cache model is the
-service's, minus the network: an exact layer on `scope.normalise(text)`, then the top
+service's, minus the network: an exact layer on `scope.exact_form(text)`, then the top
 `SEARCH_LIMIT` entries by cosine (numpy over every stored vector), then a decider.
 A miss (and an exploration) stores the question with its fresh answer; a hit stores
 nothing. Deciders:
@@ -36,9 +36,9 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.data import data_file
-from benchmarks.report import markdown_table
+from benchmarks.report import machine_note, markdown_table, write_results
 from service.cache.guard import NearMissGuard
-from service.cache.scope import CacheKey, normalise
+from service.cache.scope import CacheKey, exact_form
 from service.cache.store import CacheEntry, ScoredEntry
 from service.cache.verify.decision import Action
 from service.cache.verify.evidence import Evidence, Observation
@@ -77,7 +77,7 @@ def load_stream(path: Path) -> list[Request]:
         row = json.loads(line)
         if "q" not in row or "cluster" not in row:
             raise ValueError(f"{path}:{number}: each line needs 'q' and 'cluster'")
-        q, cluster, text = row["q"], row["cluster"], normalise(row["q"])
+        q, cluster, text = row["q"], row["cluster"], exact_form(row["q"])
         should = cluster in seen_clusters
         trap = cluster.startswith("t")
         requests.append(Request(q, cluster, should, should and text not in seen_texts, trap))
@@ -117,7 +117,7 @@ class ReplayCache:
         self._vectors = np.zeros((64, dim), dtype=np.float32)
 
     def exact(self, question: str) -> Entry | None:
-        index = self._exact.get(normalise(question))
+        index = self._exact.get(exact_form(question))
         return None if index is None else self.entries[index]
 
     def nearest(self, vector: Matrix, limit: int) -> list[tuple[Entry, float]]:
@@ -132,7 +132,7 @@ class ReplayCache:
         if len(self.entries) == len(self._vectors):
             self._vectors = np.vstack([self._vectors, np.zeros_like(self._vectors)])
         self._vectors[len(self.entries)] = vector
-        self._exact.setdefault(normalise(question), len(self.entries))
+        self._exact.setdefault(exact_form(question), len(self.entries))
         self.entries.append(Entry(question, answer))
 
 
@@ -454,10 +454,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         " this process, one request at a time:\n\n" + timing
     )
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": machine_note(),
+        "rows": table_rows(results),
+        "timing": timing_rows(results),
+    }
+    # Checked in (docs/bench/stream-replay), with the command and the code it ran: the
+    # README's figures from this command once came from an ignored folder.
+    write_results(args.out, "stream_replay", report, f"{report['machine']}.\n\n{table}")
     plot(results, args.out / "stream_replay.png")
-    (args.out / "stream_replay.md").write_text(table + "\n")
-    print(f"\nwrote {args.out / 'stream_replay.png'} and stream_replay.md")
+    print(f"\nwrote {args.out}/stream_replay.json, .md and .png")
     return 0
 
 
@@ -468,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--stream", type=Path, help=f"default: {STREAM_FILE} in SEMCACHE_BENCH_DATA_DIR"
     )
-    run.add_argument("--out", type=Path, default=Path("bench-results/stream-replay"))
+    run.add_argument("--out", type=Path, default=Path("docs/bench/stream-replay"))
     run.add_argument("--deltas", type=float, nargs="+", default=[0.01, 0.02])
     run.add_argument("--explore-share", type=float, default=0.1)
     run.set_defaults(handler=_cmd_run)

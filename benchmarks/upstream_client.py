@@ -164,7 +164,7 @@ async def measure(base_url: str, questions: list[str], warmup: int) -> dict[str,
                     if index >= warmup:
                         wall[name].append((time.perf_counter() - started) * 1000)
                         cpu[name].append((time.process_time() - cpu_start) * 1000)
-                if (index + 1) % 250 == 0:
+                if (index + 1) % max(1, len(questions) // 10) == 0:  # every tenth
                     progress(f"upstream: {index + 1}/{len(questions)} questions")
         finally:
             for close in closers:

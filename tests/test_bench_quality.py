@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from benchmarks import quality
 from benchmarks.quality import DELTAS, Pair, Setting, budget_setting
 from service.cache.guard import NearMissGuard
@@ -85,3 +87,20 @@ def test_the_tables_label_delta_and_say_there_is_no_exploration() -> None:
     assert quality.setting_label("budget", 0.005) == "δ = 0.005"
     assert "no exploration" in quality.BUDGET_NOTE
     assert "not served" in quality.BUDGET_NOTE
+
+
+def test_a_missing_qqp_file_stops_the_run_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found from outside: with the data folder missing, `bench quality` ran the 23
+    fow-cache settings (49 lines, about 4 s) before it said the qqp file was missing."""
+    from benchmarks.data import MissingDataError
+    from benchmarks.quality import run
+
+    class Untouchable:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"the embedder was used ({name}) before the data check")
+
+    with pytest.raises(MissingDataError):
+        run(tmp_path, Untouchable(), ["fow-pairs", "qqp"], data=tmp_path / "none.jsonl")  # type: ignore[arg-type]
+    assert "quality fow-pairs" not in capsys.readouterr().err

@@ -11,10 +11,15 @@ out on purpose: on QQP it is as often a question about the assistant as a how-to
 Found from outside, and left out too: "How should I X?" (which X to choose: "how
 should I vote") and "How could I X?" ("how could I get fired for this?") are not
 "How do I X?"; a subject that starts with a possessive asks for someone's own value
-("What is your name?"), not an explanation ("Tell me about your name"); and a
-how-to's leading verb meets only the synonyms of `_VERB_SYNONYMS`, which name one
-action on one object ("fix a match" is not "solve a match", nor "stop a nosebleed"
-"close a nosebleed").
+("What is your name?"), not an explanation ("Tell me about your name").
+
+Found from outside on 2026-12-02, each served at P(wrong) 0 for a question that asked
+something else: "define" and "describe" are not "what is" ("define a function in
+Python", "describe a sunset"); "explain X" is "what is X" only for a concept X, not a
+number, a symbol or a particular ("explain 7 times 8", "explain the capital of
+France"), so other subjects keep the two apart; case counts ("SAD" / "sad"); verbs have
+no synonyms ("update" / "change" an iPhone); the best and the easiest way are neither
+each other nor "how do I"; and a how-to of a state ("how can I be so stupid") is none.
 """
 
 from __future__ import annotations
@@ -90,15 +95,16 @@ def form_key(text: str) -> tuple[str, str] | None:
     for prefix, group in _PREFIXES:
         if lowered.startswith(prefix + " "):
             subject = _subject(plain[len(prefix) :])
-            if not subject or not _fits(group, subject):
+            if not subject or (group == "how_to" and _STATE.match(subject)):
                 return None
+            if group == "define" and not _concept(subject):
+                # "What's X?" is still "What is X?", but "Explain X" asks something else.
+                group = "explain" if "explain" in prefix else "what_is"
             return (group, subject)
     return None
 
 
-def _fits(group: str, subject: str) -> bool:
-    if group == "how_to":
-        return not _STATE.match(subject)
+def _concept(subject: str) -> bool:
     return bool(_CONCEPT.match(subject)) and not (
         _POSSESSIVE.match(subject) or _PARTICULAR.search(subject)
     )
