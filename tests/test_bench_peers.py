@@ -91,6 +91,21 @@ def test_added_latency_pairs_each_call_with_the_direct_one_and_leaves_out_other_
     assert _row(report, "bypass", "LiteLLM")["cpu_s_per_1k"] == pytest.approx(100.0)
 
 
+def test_added_latency_is_over_the_questions_every_gateway_answered_as_expected() -> None:
+    """Found from outside: semcache's misses left out its 12 semantic hits while the
+    peer's kept all 300 questions, so the two medians were over different questions."""
+    misses = PhaseTally(
+        {
+            DIRECT: _samples("direct", 1.0, 1.0, 1.0),
+            "semcache gRPC": [Sample("semantic_hit", 1.5), *_samples("miss", 3.0, 3.0)],
+            "LiteLLM": _samples("miss", 100.0, 31.0, 31.0),
+        }
+    )
+    report = build_report({"miss": misses}, {"health": []}, PeersConfig().__dict__, [], "LiteLLM")
+    assert _row(report, "miss", "semcache gRPC")["added_ms"] == pytest.approx(2.0)
+    assert _row(report, "miss", "LiteLLM")["added_ms"] == pytest.approx(30.0)  # not 99 in it
+
+
 def test_targets_are_the_peer_over_semcache_against_5x_and_10x() -> None:
     met = {t["target"]: t for t in _report(peer_hit_ms=20.0, peer_bypass_ms=31.0)["targets"]}
     missed = {t["target"]: t for t in _report(peer_hit_ms=4.0, peer_bypass_ms=6.0)["targets"]}
