@@ -89,7 +89,24 @@ def exact_form(text: str) -> str:
     lines = unicodedata.normalize("NFC", straight).replace("\r\n", "\n").split("\n")
     kept = [_line_form(line) for line in lines]
     joined = "\n".join(kept).strip()
-    return _unclosed(_PRONOUN_I.sub("i", _SENTENCE_START.sub(_uncapitalised, joined)))
+    started = _first_word_uncapitalised(joined)
+    if any(mark in started for mark in _LATER_STARTS):
+        started = _SENTENCE_START.sub(_uncapitalised, started)
+    if "I" in started:
+        started = _PRONOUN_I.sub("i", started)
+    return _unclosed(started) if started[-1:] in _CLOSING_MARKS else started
+
+
+_LATER_STARTS = (". ", "? ", "! ", "\n")
+_CLOSING_MARKS = "?.!。？！"
+
+
+def _first_word_uncapitalised(text: str) -> str:
+    """`_uncapitalised` at the text's start alone (the usual case, without a regex)."""
+    match = _SENTENCE_START.match(text)
+    if match is None:
+        return text
+    return _uncapitalised(match) + text[match.end() :]
 
 
 def _unclosed(text: str) -> str:
@@ -108,7 +125,7 @@ def _unclosed(text: str) -> str:
 
 
 # "I" is written "i" as often ("how do i reset it"): the pronoun's case does not count.
-_PRONOUN_I = re.compile(r"(?<![^\W_])I(?=(?:'(?:m|ve|d|ll))?(?![^\W_]))")
+_PRONOUN_I = re.compile(r"\bI\b")
 _SENTENCE_START = re.compile(r"(?:^|(?<=[.?!]\s)|(?<=\n))(\s*)([^\W\d_])([^\W\d_]*)")
 
 
@@ -125,6 +142,8 @@ def _line_form(line: str) -> str:
     one, but inside quotes."""
     body = line.lstrip(" \t")
     indent = line[: len(line) - len(body)]
+    if "  " not in body and "\t" not in body:  # most lines: nothing to squeeze
+        return indent + body.rstrip()
     out: list[str] = []
     quote = ""
     for index, char in enumerate(body.rstrip()):
