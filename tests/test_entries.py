@@ -268,7 +268,7 @@ async def test_the_same_question_twice_in_one_call_is_refused_for_the_second(
         pb.PutEntriesRequest(
             entries=[
                 pb.Entry(question=QUESTION, answer="first"),
-                pb.Entry(question=QUESTION.upper(), answer="second"),
+                pb.Entry(question=f"  {QUESTION.lower()}  ", answer="second"),
             ]
         )
     )

@@ -154,7 +154,7 @@ def target_of(service: Service) -> str:
 async def test_complete_miss_then_hit(service: Service, connect: Connect) -> None:
     async with connect(target_of(service), tenant="acme") as client:
         miss = await client.complete(QUESTION)
-        hit = await client.complete("  what is MACHINE learning ")
+        hit = await client.complete("  what is machine   learning ")
     assert miss.cache_status is CacheStatus.MISS and not miss.is_hit
     assert QUESTION in miss.content and miss.usage.total_tokens > 0 and miss.cost_usd > 0
     assert miss.request_id and miss.model and miss.finish_reason == "stop"

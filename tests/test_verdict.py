@@ -183,9 +183,10 @@ def test_fit_prior_is_deterministic_and_recovers_a_calibrated_score() -> None:
     ("a", "b"),
     [
         ("What is machine learning?", "Can you explain machine learning?"),
-        ("Explain machine learning", "Tell me about machine learning."),
-        ("How do I change my email address?", "How can I update my email address?"),
-        ("What's the best way to learn Python?", "How do I learn Python?"),
+        ("Explain machine learning", "Could you explain machine learning."),
+        ("How do I change my email address?", "How can I change my email address?"),
+        ("What's the capital of France?", "What is the capital of France?"),
+        ("How to learn Python?", "How do I learn Python?"),
     ],
 )
 def test_everyday_forms_of_one_intent_share_a_key(a: str, b: str) -> None:
