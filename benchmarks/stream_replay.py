@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -455,6 +456,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     print(table)
     report = {
+        "command": "python -m benchmarks.stream_replay " + shlex.join(sys.argv[1:]),
         "machine": machine_note(),
         "rows": table_rows(results),
         "timing": timing_rows(results),
