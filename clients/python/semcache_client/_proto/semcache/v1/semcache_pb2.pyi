@@ -67,7 +67,9 @@ class _CacheStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheStat
     CACHE_STATUS_SEMANTIC_HIT: _CacheStatus.ValueType  # 3
     """A question close enough in meaning, in the same scope, was cached."""
     CACHE_STATUS_BYPASS: _CacheStatus.ValueType  # 4
-    """The caller asked to bypass the cache."""
+    """The cache was not used: the caller asked to bypass it, or the request is
+    sampled hotter than the service caches (cache_detail says which).
+    """
 
 class CacheStatus(_CacheStatus, metaclass=_CacheStatusEnumTypeWrapper):
     """What the cache did for one request."""
@@ -81,7 +83,9 @@ CACHE_STATUS_EXACT_HIT: CacheStatus.ValueType  # 2
 CACHE_STATUS_SEMANTIC_HIT: CacheStatus.ValueType  # 3
 """A question close enough in meaning, in the same scope, was cached."""
 CACHE_STATUS_BYPASS: CacheStatus.ValueType  # 4
-"""The caller asked to bypass the cache."""
+"""The cache was not used: the caller asked to bypass it, or the request is
+sampled hotter than the service caches (cache_detail says which).
+"""
 Global___CacheStatus: _TypeAlias = CacheStatus  # noqa: Y015
 
 class _FeedbackVerdict:
@@ -482,7 +486,9 @@ class GetCacheStatsResponse(_message.Message):
     hit_rate: _builtins.float
     """(exact_hits + semantic_hits) / (exact_hits + semantic_hits + misses); 0 when nothing was looked up."""
     cost_saved_usd: _builtins.float
-    """Sum of cost_saved_usd over all hits."""
+    """Sum of cost_saved_usd over all answers: the hits', and the share of a miss that
+    joined another identical miss's upstream call in flight.
+    """
     cost_spent_usd: _builtins.float
     """Sum of cost_usd over all upstream calls."""
     tenant: _builtins.str
