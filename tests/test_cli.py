@@ -323,3 +323,29 @@ def test_health_says_why_for_a_service_it_does_not_know(
             return ""
 
     assert healthcheck._reason(NotFound(), "nope").endswith("no health for service 'nope'")
+
+
+def test_an_error_after_ctrl_c_is_still_one_interrupted_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in a full test run: Ctrl-C stopped the service a benchmark had started as
+    well, whose refusal of the next call came back as an error before the interrupt did,
+    and the command ended with a traceback and status 1."""
+    import os
+    import signal
+    import time
+
+    import service.cli as cli
+
+    def interrupted_then_failed(args: object) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # its handler runs at the next bytecode
+            time.sleep(0.1)
+        except KeyboardInterrupt:
+            pass  # swallowed below us, as a library's wait may
+        raise RuntimeError("UNAVAILABLE: the service went away")
+
+    monkeypatch.setattr(cli, "_cmd_stats", interrupted_then_failed)
+    monkeypatch.setenv("SEMCACHE_TARGET", "127.0.0.1:1")
+    assert main(["stats"]) == 130
+    assert capsys.readouterr().err == "semcache stats: interrupted\n"
