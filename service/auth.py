@@ -48,7 +48,7 @@ import structlog
 import yaml
 
 from service.errors import AuthenticationError, PermissionDeniedError
-from service.validation import NAME_PATTERN
+from service.validation import NAME_PATTERN, NAME_RULE
 
 log = structlog.get_logger(__name__)
 
@@ -246,10 +246,7 @@ def _parse_entry(raw: Any, where: str) -> tuple[str, Principal]:
 def _principal(tenant: Any, role: Any, name: Any, where: str) -> Principal:
     for field, value in (("tenant", tenant), ("name", name)):
         if not isinstance(value, str) or not NAME_PATTERN.match(value):
-            raise ValueError(
-                f"{where}: {field} {value!r} is not valid: use 1-64 letters, digits, '.', '_',"
-                " ':' or '-', starting with a letter or digit"
-            )
+            raise ValueError(f"{where}: {field} {value!r} is not valid: {NAME_RULE}")
     if role not in ROLES:
         raise ValueError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
     return Principal(tenant=tenant, role=cast(Role, role), key_name=name)

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.embedding.factory import EmbeddingBackend
 from service.routing.strategy import Strategy
 from service.urls import http_url_problem, target_problem
-from service.validation import NAME_PATTERN
+from service.validation import NAME_PATTERN, NAME_RULE
 
 AreaT = TypeVar("AreaT", bound=BaseModel)
 DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
@@ -223,10 +223,7 @@ class VerifySettings(BaseModel):
     def _rates_in_range(cls, rates: dict[str, float]) -> dict[str, float]:
         for namespace, rate in rates.items():
             if not NAME_PATTERN.match(namespace):  # found from outside: "bad ns!" was taken
-                raise ValueError(
-                    f"namespace {namespace!r} can never be asked for: use 1-64 letters, digits,"
-                    " '.', '_', ':' or '-', starting with a letter or digit"
-                )
+                raise ValueError(f"namespace {namespace!r} can never be asked for: {NAME_RULE}")
             if not 0.0 <= rate <= 0.5:
                 raise ValueError(f"namespace {namespace!r}: a rate must be within 0..0.5")
         return rates

@@ -26,6 +26,7 @@ MAX_SEEDS_PER_CALL = 1000
 
 ROLES = ("system", "user", "assistant")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+NAME_RULE = "use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_STOP_SEQUENCE_BYTES = 1_024  # stop sequences are markers, a few characters long
 MAX_MODEL_NAME_CHARS = 128
@@ -62,10 +63,7 @@ class Limits:
 def check_name(kind: str, value: str) -> None:
     """Tenant and namespace names: 1–64 of letters, digits and `._:-`, starting alphanumeric."""
     if not NAME_PATTERN.match(value):
-        raise InvalidRequestError(
-            f"{kind} {shown(value)} is not valid: use 1-64 letters, digits, '.', '_', ':' or '-',"
-            " starting with a letter or digit"
-        )
+        raise InvalidRequestError(f"{kind} {shown(value)} is not valid: {NAME_RULE}")
 
 
 def validate(request: CompletionRequest, limits: Limits) -> None:

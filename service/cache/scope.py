@@ -68,7 +68,7 @@ class CacheKey:
 def normalise(text: str) -> str:
     """Case, Unicode form and width, whitespace and trailing punctuation do not change a
     question; superscripts, subscripts, fractions, "ß" and a factorial's "!" do."""
-    folded = text.lower() if text.isascii() else _folded(text)
+    folded = _compatible(text).lower()  # lower-cased, not case-folded ("Maße" / "masse")
     collapsed = _WHITESPACE.sub(" ", folded).strip()
     return _TRAILING_PUNCTUATION.sub("", collapsed)
 
@@ -173,19 +173,6 @@ def _compatible(text: str) -> str:
         "".join(chars) if meaningful else unicodedata.normalize("NFKC", "".join(chars))
         for meaningful, chars in runs
     )
-
-
-def _folded(text: str) -> str:
-    """NFKC (full-width letters, ligatures...) but for `_MEANINGFUL_FORMS`, lower-cased
-    rather than case-folded (folding makes "Maße" "masse")."""
-    runs = itertools.groupby(
-        text, lambda c: unicodedata.decomposition(c).startswith(_MEANINGFUL_FORMS)
-    )
-    kept = "".join(
-        "".join(chars) if meaningful else unicodedata.normalize("NFKC", "".join(chars))
-        for meaningful, chars in runs
-    )
-    return kept.lower()
 
 
 def upstream_identity(

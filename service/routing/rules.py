@@ -112,9 +112,9 @@ class RuleVerdict:
 def classify(text: str, tokens: int | None = None) -> RuleVerdict:
     """Run the decision tree in the module docstring over `text`, the question; `tokens`
     is the whole prompt's length when it is more than the question (a conversation)."""
-    if long := long_prompt(text, tokens):
+    tokens = _length(text, tokens)
+    if long := _long(tokens):
         return long
-    tokens = max(estimate_tokens(text), tokens or 0)
     if match := _REASONING.search(text):
         return RuleVerdict("large", "reasoning", match.group(0).lower())
     if tokens >= MEDIUM_PROMPT_TOKENS:
@@ -129,7 +129,15 @@ def long_prompt(text: str, tokens: int | None = None) -> RuleVerdict | None:
     Nearest-example routing defers to it: an embedding model reads only the
     first few hundred tokens, so it cannot see a prompt's length.
     """
-    tokens = max(estimate_tokens(text), tokens or 0)
+    return _long(_length(text, tokens))
+
+
+def _length(text: str, tokens: int | None) -> int:
+    """The prompt's length in estimated tokens: the question's, or `tokens` if more."""
+    return max(estimate_tokens(text), tokens or 0)
+
+
+def _long(tokens: int) -> RuleVerdict | None:
     if tokens > LONG_PROMPT_TOKENS:
         return RuleVerdict("large", "long_prompt", f"~{tokens} tokens")
     return None

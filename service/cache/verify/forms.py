@@ -88,7 +88,7 @@ def form_key(text: str) -> tuple[str, str] | None:
     The longest matching prefix wins; the subject is compared as `exact_form` leaves
     it, case included ("SAD" is not "sad", "Java" not "java").
     """
-    plain = exact_form(text).replace("\u2019", "'")
+    plain = exact_form(text)  # curly quotes already straight
     lowered = plain.lower()
     if len(lowered) != len(plain):  # a letter whose lower case is longer: no offsets
         return None
