@@ -1,5 +1,5 @@
 """The `semcache bench` commands: load, overhead, compare, gptcache, grouping, scale, peers,
-startup, upstream, indexing, stream and readme.
+startup, upstream, indexing, stream, targets, ab and readme.
 
 `add_bench_commands(benches)` adds them to the `bench` subparsers of
 `service.cli.build_parser`; until that one line is wired in, the same
@@ -404,6 +404,44 @@ def add_bench_commands(benches: Any) -> None:
     readme.add_argument("--check", action="store_true", help="exit 1 if the README is stale")
     readme.set_defaults(run=_cmd_readme)
     _add_targets_command(benches)
+    _add_ab_command(benches)
+
+
+def _add_ab_command(benches: Any) -> None:
+    ab = benches.add_parser(
+        "ab", help="two services side by side: the defaults against some settings changed"
+    )
+    ab.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a SEMCACHE_ setting for side B (repeatable); side A keeps the default",
+    )
+    ab.add_argument("--pairs", type=int, default=200, help="duplicate pairs to ask each side")
+    error_budget_argument(
+        ab,
+        "under the budget a fresh cache explores most first paraphrases, and few semantic hits"
+        " would be timed",
+    )
+    _common(ab, "bench-results/ab")
+    ab.set_defaults(run=_cmd_ab)
+
+
+def _cmd_ab(args: argparse.Namespace) -> int:
+    from benchmarks.ab import SettingError, parse_settings, run
+
+    try:
+        settings_b = parse_settings(args.setting)
+    except SettingError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if args.pairs < 1:
+        print(f"--pairs must be at least 1, not {args.pairs}", file=sys.stderr)
+        return 2
+    env = {**_service_env(args), **error_budget_env(args)}
+    print(run(Path(args.out), settings_b, args.pairs, _data(args), env))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,8 +56,12 @@ def wait_until_serving(
     raise TimeoutError(f"{target} was not SERVING within {timeout_s} s")
 
 
-class ServiceExited(RuntimeError):
-    """The service process ended before it was serving."""
+class ServiceExited(SystemExit):
+    """The service process ended before it was serving.
+
+    A `SystemExit` whose message is one line (the service's own last line, e.g. the
+    setting it refused): the command prints it and exits with status 1, no traceback.
+    """
 
 
 def _last_line(log: Path) -> str:

@@ -40,10 +40,11 @@ RENDERERS = {
     "quality": "benchmarks.quality:report_markdown",
     "targets": "benchmarks.targets:markdown",
     "resilience": "benchmarks.resilience:markdown",
+    "ab": "benchmarks.ab:markdown",
 }
 REQUIRED = (
     "latency", "load", "overhead", "grouping", "compare", "gptcache", "scale", "startup",
-    "indexing", "upstream", "targets", "resilience",
+    "indexing", "upstream", "targets", "resilience", "ab",
 )  # fmt: skip
 REGION = re.compile(r"(<!-- bench:([a-z_-]+) -->\n)(.*?)(<!-- /bench:\2 -->)", re.DOTALL)
 

@@ -370,6 +370,13 @@ class EmbeddingSettings(BaseModel):
         description="Embedding runs at once, each on its own thread; give it spare cores"
         " (workers x threads at most the cores the service may use).",
     )
+    embedding_inline_when_alone: bool = Field(
+        True,
+        description="While the service serves one call only and no embedding is running, embed"
+        " on the event loop's thread instead of handing the text to a worker (about 0.5 ms"
+        " less for a lone miss or semantic hit; a call arriving meanwhile waits for that one"
+        " embedding). false = always on the workers.",
+    )
     embedding_memo_size: int = Field(
         10_000,
         ge=0,

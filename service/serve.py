@@ -127,6 +127,8 @@ async def _open_doors(
     """
     limits = BatchLimits(settings.batch_max_items, settings.batch_max_concurrency)
     in_flight = InFlight(settings.max_concurrent_rpcs, app.metrics)  # one bound, both doors
+    if settings.embedding_inline_when_alone:  # alone: this call is the only one in flight
+        app.cache.embedder.run_inline_when(lambda: in_flight.count <= 1)
     running = await start_server(
         app, settings.grpc_host, settings.grpc_port, limits, security, in_flight
     )

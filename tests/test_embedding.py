@@ -400,3 +400,83 @@ async def test_a_closed_batcher_refuses_texts_and_its_embedder_errors_reach_call
     await batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         await batcher.embed("y")
+
+
+class ThreadNotingEmbedder(CountingEmbedder):
+    """Notes the thread each text was embedded on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: dict[str, str] = {}
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        for text in texts:
+            self.threads[text] = threading.current_thread().name
+        return super().embed(texts)
+
+
+async def test_a_lone_call_embeds_on_the_event_loop_when_the_gate_says_it_is_alone() -> None:
+    """Issue 13: with nothing else to serve, the hand-off to a worker and the wake-up
+    back are pure cost; the gate (the service's calls in flight) decides."""
+    model = ThreadNotingEmbedder()
+    batches: list[int] = []
+    alone = True
+    batcher = EmbeddingBatcher(model, on_batch=batches.append)
+    batcher.run_inline_when(lambda: alone)
+    try:
+        vector = await batcher.embed("alone")
+        alone = False
+        await batcher.embed("in company")
+        batcher.run_inline_when(None)
+        alone = True
+        await batcher.embed("gate removed")
+    finally:
+        await batcher.close()
+    loop_thread = threading.current_thread().name
+    assert model.threads["alone"] == loop_thread
+    assert model.threads["in company"].startswith("embedder-")
+    assert model.threads["gate removed"].startswith("embedder-")
+    assert vector.shape == (4,) and batches == [1, 1, 1]
+
+
+async def test_a_text_asked_while_a_run_is_on_a_worker_queues_there_even_when_alone() -> None:
+    """A worker already running the model keeps it: the loop never runs the model
+    beside it, and the counter of texts out comes back to zero afterwards."""
+    first_inside, release_first = threading.Event(), threading.Event()
+
+    class Gated(ThreadNotingEmbedder):
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            if list(texts) == ["first"]:
+                first_inside.set()
+                release_first.wait(5)
+            return super().embed(texts)
+
+    model = Gated()
+    batcher = EmbeddingBatcher(model)
+    try:
+        first = asyncio.create_task(batcher.embed("first"))  # gate not yet set: a worker
+        assert await asyncio.to_thread(first_inside.wait, 5)
+        batcher.run_inline_when(lambda: True)
+        second = asyncio.create_task(batcher.embed("second"))
+        await asyncio.sleep(0)
+        release_first.set()
+        await asyncio.gather(first, second)
+        await batcher.embed("third")  # nothing out any more: inline
+    finally:
+        await batcher.close()
+    assert model.threads["second"].startswith("embedder-")
+    assert model.threads["third"] == threading.current_thread().name
+
+
+async def test_an_inline_embedding_error_reaches_its_caller() -> None:
+    class Broken(CountingEmbedder):
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            raise ValueError("model file unreadable")
+
+    batcher = EmbeddingBatcher(Broken())
+    batcher.run_inline_when(lambda: True)
+    with pytest.raises(ValueError, match="unreadable"):
+        await batcher.embed("x")
+    await batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await batcher.embed("y")

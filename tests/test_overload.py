@@ -221,13 +221,55 @@ async def test_serve_hands_one_bound_to_both_doors(
     monkeypatch.setattr(serve, "start_server", grpc_door)
     monkeypatch.setattr(serve, "_start_http", http_door)
     settings = make_settings("edge", tmp_path / "data", "http://127.0.0.1:9/v1", http_port=0)
-    app = SimpleNamespace(metrics=Metrics())
+    embedder = SimpleNamespace(run_inline_when=lambda gate: None)
+    app = SimpleNamespace(metrics=Metrics(), cache=SimpleNamespace(embedder=embedder))
 
     with pytest.raises(StartupError):
         await serve.serve_until_signalled(app, settings, Security())  # type: ignore[arg-type]
 
     assert isinstance(gates["grpc"], InFlight) and gates["http"] is gates["grpc"]
     assert gates["grpc"].limit == settings.max_concurrent_rpcs
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_serve_lets_a_lone_call_embed_inline_only_while_it_is_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inline: bool
+) -> None:
+    """Issue 13: the embedder runs a text on the event loop only while the process
+    serves that one call (both doors counted); `SEMCACHE_EMBEDDING_INLINE_WHEN_ALONE=false`
+    keeps every text on the workers."""
+    from types import SimpleNamespace
+
+    import service.serve as serve
+    from service.errors import StartupError
+    from service.transport.grpc.server import Security
+
+    gates: list[object] = []
+    bounds: list[object] = []
+
+    async def grpc_door(*args: object) -> None:
+        bounds.append(args[-1])
+        raise StartupError("stop once the embedder was handed its gate")
+
+    monkeypatch.setattr(serve, "start_server", grpc_door)
+    settings = make_settings(
+        "edge", tmp_path / "data", "http://127.0.0.1:9/v1", embedding_inline_when_alone=inline
+    )
+    embedder = SimpleNamespace(run_inline_when=gates.append)
+    app = SimpleNamespace(metrics=Metrics(), cache=SimpleNamespace(embedder=embedder))
+
+    with pytest.raises(StartupError):
+        await serve.serve_until_signalled(app, settings, Security())  # type: ignore[arg-type]
+
+    if not inline:
+        assert gates == []
+        return
+    (gate,), (bound,) = gates, bounds
+    assert callable(gate) and isinstance(bound, InFlight)
+    bound.enter("Complete")
+    assert gate() is True  # the call that embeds is the only one in flight
+    bound.enter("Complete")
+    assert gate() is False
 
 
 async def _stalled_upload(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -297,7 +339,8 @@ async def test_signals_are_taken_before_the_doors_open(
 
     monkeypatch.setattr(serve, "start_server", grpc_door)
     settings = make_settings("edge", tmp_path / "data", "http://127.0.0.1:9/v1")
-    app = SimpleNamespace(metrics=Metrics())
+    embedder = SimpleNamespace(run_inline_when=lambda gate: None)
+    app = SimpleNamespace(metrics=Metrics(), cache=SimpleNamespace(embedder=embedder))
     with pytest.raises(StartupError):
         await serve.serve_until_signalled(app, settings, Security())  # type: ignore[arg-type]
     assert seen and seen[0] is not signal.SIG_DFL

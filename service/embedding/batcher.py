@@ -17,6 +17,14 @@ the busy loop to come round to that task, while the model, the one thing that
 bounds semantic hits per second, stood idle. Now the loop only enqueues a text
 and, once per batch, sets the waiting futures.
 
+A text may also be embedded on the event loop's own thread (`run_inline_when`):
+when the batcher has nothing queued or running and the service says this is the
+only call it is serving, there is nobody for the loop to serve meanwhile, so the
+hand-off to a worker and the wake-up back are pure cost for a lone request (issue
+13; `semcache bench ab --setting SEMCACHE_EMBEDDING_INLINE_WHEN_ALONE=false`
+measures it). A call that arrives during that run waits for it, at most one
+embedding; under concurrency the gate is shut and every text goes to the workers.
+
 The vectors of the last `memo_size` distinct texts are kept, so a text asked
 again (a popular paraphrase that is served from its neighbour and so never
 stored under its own words, a conversation's context shared by its
@@ -74,6 +82,8 @@ class EmbeddingBatcher:
         ]
         self._started = False
         self._closed = False
+        self._outstanding = 0  # texts handed to the workers and not yet answered
+        self._inline_gate: Callable[[], bool] | None = None
 
     @property
     def model_id(self) -> str:
@@ -82,6 +92,11 @@ class EmbeddingBatcher:
     @property
     def dim(self) -> int:
         return self.embedder.dim
+
+    def run_inline_when(self, gate: Callable[[], bool] | None) -> None:
+        """Embed on the caller's thread (the event loop's) when `gate()` says so and
+        no text is queued or running; None: always on the workers."""
+        self._inline_gate = gate
 
     async def embed(self, text: str) -> Vectors:
         """The embedding of `text`, shape `(dim,)`.
@@ -95,13 +110,28 @@ class EmbeddingBatcher:
             self._memo.move_to_end(text)
             self._count("memo")
             return vector
-        vector = await self._submit(text)
+        if self._may_run_inline():
+            vector = self._embed_inline(text)
+        else:
+            vector = await self._submit(text)
         self._count("model")
         if self._memo_size:
             vector.flags.writeable = False  # shared by every later caller
             self._memo[text] = vector
             if len(self._memo) > self._memo_size:
                 self._memo.popitem(last=False)
+        return vector
+
+    def _may_run_inline(self) -> bool:
+        gate = self._inline_gate
+        return gate is not None and self._outstanding == 0 and not self._closed and gate()
+
+    def _embed_inline(self, text: str) -> Vectors:
+        """`text`'s vector, embedded here and now: nothing else is running the model."""
+        vectors = self.embedder.embed([text])
+        if self._on_batch is not None:
+            self._on_batch(1)
+        vector: Vectors = vectors[0]
         return vector
 
     def _count(self, source: str) -> None:
@@ -117,6 +147,7 @@ class EmbeddingBatcher:
                 thread.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Vectors] = loop.create_future()
+        self._outstanding += 1
         self._jobs.put((text, future, loop))
         return future
 
@@ -157,6 +188,7 @@ class EmbeddingBatcher:
         self, batch: list[_Job], indexes: list[int], vectors: Vectors | BaseException
     ) -> None:
         """On the event loop of the `indexes` jobs: answer each one still waiting."""
+        self._outstanding -= len(indexes)
         for index in indexes:
             future = batch[index][1]
             if future.done():
@@ -182,6 +214,7 @@ class EmbeddingBatcher:
                 break
             if job is not None:
                 pending.append(job)
+        self._outstanding -= len(pending)
         for _, future, _ in pending:
             if not future.done():
                 future.set_exception(RuntimeError("the embedding batcher is closed"))
