@@ -1,11 +1,14 @@
 """Two services side by side: the defaults, and the same with some settings changed.
 
-    semcache bench ab --setting NAME=VALUE [--setting ...] [--pairs 200] [--data FILE]
+    semcache bench ab --setting NAME=VALUE [--setting ...] [--pairs 200] [--rounds 2]
 
 Side A starts with the benchmark's settings (`--embedding-backend`,
 `--error-budget`), side B with the same plus each `--setting`; each has its
-own simulator (zero latency) and an empty store, and both run through the
-whole benchmark, so the machine's noise falls on both. Questions come from
+own simulator (zero latency) and an empty store, and both run side by side,
+so the machine's noise falls on both. The pairs are dealt out over `--rounds`
+rounds, each with two fresh services, the side started first alternating
+round by round: with the same settings on both sides, the service started
+second read faster, so one round alone would credit B with it. Questions come from
 qqp_dev.jsonl as in `bench latency`: each duplicate pair's `a` is asked (a
 miss), asked again (an exact hit), then `b` (a semantic hit when accepted),
 at concurrency 1, one side's three calls then the other's, the side going
@@ -103,15 +106,14 @@ class Side:
         self.health_ms.append((time.perf_counter() - started) * 1000)
 
 
-def measure(targets: dict[str, str], pairs: list[tuple[str, str]]) -> dict[str, Side]:
-    """Every pair's three calls on each side, then a health check on each; the side
-    going first turns pair by pair."""
-    sides = {name: Side() for name in targets}
+def measure(targets: dict[str, str], pairs: list[tuple[str, str]], sides: dict[str, Side]) -> None:
+    """Every pair's three calls on each side, then a health check on each, into
+    `sides`; the side going first turns pair by pair."""
     with contextlib.ExitStack() as stack:
         channels = {n: stack.enter_context(grpc.insecure_channel(t)) for n, t in targets.items()}
         stubs = {n: pb_grpc.SemanticCacheServiceStub(c) for n, c in channels.items()}
         health = {n: health_pb2_grpc.HealthStub(c) for n, c in channels.items()}
-        for name in targets:  # the same warm-up for both, left out of the figures
+        for name in sides:  # the same warm-up for both, left out of the figures
             warm = Side()
             for text in ("warm-up question one", "warm-up question one", "warm-up two"):
                 warm.ask(stubs[name], text)
@@ -124,8 +126,7 @@ def measure(targets: dict[str, str], pairs: list[tuple[str, str]]) -> dict[str, 
             for name in order:
                 sides[name].check(health[name])
             if done % PROGRESS_EVERY == 0 or done == len(pairs):
-                progress(f"ab: {done}/{len(pairs)} pairs")
-    return sides
+                progress(f"ab: {done}/{len(pairs)} pairs of this round")
 
 
 def summarise(sides: dict[str, Side]) -> list[Row]:
@@ -203,8 +204,10 @@ def markdown(report: dict[str, Any]) -> str:
         [
             f"Embedding backend: {report['embedding_backend']}. {report['machine']}."
             + service_env_note(report.get("service_env") or {}, "both sides")
-            + f" Side B also with {changed}. {report['pairs']} duplicate pairs, each asked"
-            " on both sides at concurrency 1, the side going first turning pair by pair.",
+            + f" Side B also with {changed}. {report['pairs']} duplicate pairs over"
+            f" {report['rounds']} rounds of two fresh services (the side started first"
+            " alternating), each pair asked on both sides at concurrency 1, the side going"
+            " first turning pair by pair.",
             "Floors, one health check on each side after each pair:\n\n"
             + markdown_table(report["health"], HEALTH_COLUMNS),
             markdown_table(report["rows"], COLUMNS),
@@ -213,7 +216,12 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def run(
-    out_dir: Path, settings_b: dict[str, str], pairs: int, data: Path | None, env: dict[str, str]
+    out_dir: Path,
+    settings_b: dict[str, str],
+    pairs: int,
+    data: Path | None,
+    env: dict[str, str],
+    rounds: int = 2,
 ) -> str:
     """Measure, write ab.json and ab.md under `out_dir`, return the tables.
 
@@ -222,19 +230,24 @@ def run(
         ServiceExited: a side's service did not start (e.g. a value it refuses).
     """
     questions = load_pairs(data_file(data), pairs)
-    with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as stack:
-        targets = {}
-        for name in SIDES:
-            side_env = {**env, **(settings_b if name == "B" else {})}
-            where = Path(workdir) / name
-            where.mkdir()
-            targets[name] = stack.enter_context(run_stack(where, extra_env=side_env)).target
-        sides = measure(targets, questions)
+    sides = {name: Side() for name in SIDES}
+    for turn in range(rounds):
+        chunk = questions[turn::rounds]
+        progress(f"ab: round {turn + 1} of {rounds}, {rotated(SIDES, turn)[0]} started first")
+        with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as stack:
+            targets = {}
+            for name in rotated(SIDES, turn):
+                side_env = {**env, **(settings_b if name == "B" else {})}
+                where = Path(workdir) / name
+                where.mkdir()
+                targets[name] = stack.enter_context(run_stack(where, extra_env=side_env)).target
+            measure(targets, chunk, sides)
     report: dict[str, Any] = {
         "embedding_backend": env.get("SEMCACHE_EMBEDDING_BACKEND", "onnx-int8"),
         "service_env": dict(sorted(env.items())),
         "settings_b": settings_b,
         "pairs": len(questions),
+        "rounds": rounds,
         "machine": machine_note(),
         "health": health_rows(sides),
         "rows": summarise(sides),

@@ -419,6 +419,13 @@ def _add_ab_command(benches: Any) -> None:
         help="a SEMCACHE_ setting for side B (repeatable); side A keeps the default",
     )
     ab.add_argument("--pairs", type=int, default=200, help="duplicate pairs to ask each side")
+    ab.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="fresh pairs of services the pairs are dealt over; the side started first"
+        " alternates round by round",
+    )
     error_budget_argument(
         ab,
         "under the budget a fresh cache explores most first paraphrases, and few semantic hits"
@@ -436,11 +443,14 @@ def _cmd_ab(args: argparse.Namespace) -> int:
     except SettingError as error:
         print(error, file=sys.stderr)
         return 2
-    if args.pairs < 1:
-        print(f"--pairs must be at least 1, not {args.pairs}", file=sys.stderr)
+    if not 1 <= args.rounds <= args.pairs:
+        print(
+            f"--rounds must be between 1 and --pairs ({args.pairs}), not {args.rounds}",
+            file=sys.stderr,
+        )
         return 2
     env = {**_service_env(args), **error_budget_env(args)}
-    print(run(Path(args.out), settings_b, args.pairs, _data(args), env))
+    print(run(Path(args.out), settings_b, args.pairs, _data(args), env, args.rounds))
     return 0
 
 

@@ -79,6 +79,8 @@ def test_bench_ab_runs_both_sides_and_writes_every_row(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "ab.json").read_text())
     assert report["settings_b"] == {"SEMCACHE_EMBEDDING_INLINE_WHEN_ALONE": "false"}
+    assert report["rounds"] == 2  # one pair each, the side started first alternating
+    assert "round 2 of 2, B started first" in result.stderr
     counts = {(row["side"], row["outcome"]): row["count"] for row in report["rows"]}
     assert counts["A", "exact_hit"] == counts["B", "exact_hit"] == 2
     assert sum(n for (side, _), n in counts.items() if side == "A") == 6
@@ -93,7 +95,7 @@ def test_a_value_side_b_refuses_is_one_line_naming_it(tmp_path: Path) -> None:
         "--setting",
         "SEMCACHE_EMBEDDING_INLINE_WHEN_ALONE=maybe",
         "--pairs",
-        "1",
+        "2",
         "--data",
         str(_pairs_file(tmp_path)),
         "--out",
@@ -102,8 +104,8 @@ def test_a_value_side_b_refuses_is_one_line_naming_it(tmp_path: Path) -> None:
 
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("[bench]")]
+    assert len(lines) == 1, result.stderr  # besides progress, one line
     assert "SEMCACHE_EMBEDDING_INLINE_WHEN_ALONE='maybe' is invalid" in lines[0]
 
 
@@ -113,3 +115,8 @@ def test_an_unknown_setting_is_refused_before_anything_starts(tmp_path: Path) ->
     assert result.returncode == 2
     assert "SEMCACHE_TYPO: not a setting of the service" in result.stderr
     assert not (tmp_path / "ab.json").exists()
+
+    more_rounds = ("--setting", "SEMCACHE_TTL_S=0", "--pairs", "2", "--rounds", "3")
+    result = run_bench_cli("ab", *more_rounds, "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "--rounds must be between 1 and --pairs (2), not 3" in result.stderr
