@@ -371,11 +371,11 @@ class EmbeddingSettings(BaseModel):
         " (workers x threads at most the cores the service may use).",
     )
     embedding_inline_when_alone: bool = Field(
-        True,
+        False,
         description="While the service serves one call only and no embedding is running, embed"
-        " on the event loop's thread instead of handing the text to a worker (about 0.5 ms"
-        " less for a lone miss or semantic hit; a call arriving meanwhile waits for that one"
-        " embedding). false = always on the workers.",
+        " on the event loop's thread instead of handing the text to a worker: a little less"
+        " for a lone miss or semantic hit, but a call arriving meanwhile waits for that"
+        " embedding. For callers that send one request at a time.",
     )
     embedding_memo_size: int = Field(
         10_000,

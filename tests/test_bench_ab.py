@@ -67,7 +67,7 @@ def test_bench_ab_runs_both_sides_and_writes_every_row(tmp_path: Path) -> None:
     result = run_bench_cli(
         "ab",
         "--setting",
-        "SEMCACHE_EMBEDDING_INLINE_WHEN_ALONE=false",
+        "SEMCACHE_EMBEDDING_INLINE_WHEN_ALONE=true",
         "--pairs",
         "2",
         "--data",
@@ -78,7 +78,7 @@ def test_bench_ab_runs_both_sides_and_writes_every_row(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "ab.json").read_text())
-    assert report["settings_b"] == {"SEMCACHE_EMBEDDING_INLINE_WHEN_ALONE": "false"}
+    assert report["settings_b"] == {"SEMCACHE_EMBEDDING_INLINE_WHEN_ALONE": "true"}
     assert report["rounds"] == 2  # one pair each, the side started first alternating
     assert "round 2 of 2, B started first" in result.stderr
     counts = {(row["side"], row["outcome"]): row["count"] for row in report["rows"]}

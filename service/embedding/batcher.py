@@ -21,9 +21,11 @@ A text may also be embedded on the event loop's own thread (`run_inline_when`):
 when the batcher has nothing queued or running and the service says this is the
 only call it is serving, there is nobody for the loop to serve meanwhile, so the
 hand-off to a worker and the wake-up back are pure cost for a lone request (issue
-13; `semcache bench ab --setting SEMCACHE_EMBEDDING_INLINE_WHEN_ALONE=false`
-measures it). A call that arrives during that run waits for it, at most one
-embedding; under concurrency the gate is shut and every text goes to the workers.
+13; `semcache bench ab --setting SEMCACHE_EMBEDDING_INLINE_WHEN_ALONE=true`
+measures it: less than the hand-off looks, as the machine's own wake-up after
+idling falls on the model run either way). A call that arrives during that run
+waits for it, at most one embedding; under concurrency the gate is shut and every
+text goes to the workers. Off by default in the service (see the setting).
 
 The vectors of the last `memo_size` distinct texts are kept, so a text asked
 again (a popular paraphrase that is served from its neighbour and so never
