@@ -193,9 +193,8 @@ def markdown(report: dict[str, Any]) -> str:
     stages = report.get("stages") or []
     stage_tables = [
         "In service, by the service's own metrics over the pairs (`lookup` is every"
-        " request's whole lookup, the exact hits' included; `embed` (on the event"
-        " loop for a call alone in the service, else with its hop to the embedding thread),"
-        " `search` and `verify` every lookup that embedded: the misses and the"
+        " request's whole lookup, the exact hits' included; `embed` (with its thread"
+        " hop), `search` and `verify` every lookup that embedded: the misses and the"
         " semantic hits; `route`, `upstream` and `store` (the answer written to the"
         " store) the misses):\n\n" + markdown_table(stages, STAGE_COLUMNS)
     ]
