@@ -329,17 +329,45 @@ async def test_a_verdict_repeated_on_one_served_hit_is_learned_once(make_rig) ->
     assert served.cache_status is CacheStatus.SEMANTIC_HIT
     verdict = Feedback("default", FeedbackVerdict.CORRECT, request_id="req-1")
     await rig.admin.submit_feedback(verdict)
-    prior_after_one = rig.learning.state.prior
+    prior_after_one = rig.learning.state.prior_for("default")
     for _ in range(50):
         await rig.admin.submit_feedback(verdict)
-    assert rig.learning.state.prior == prior_after_one
+    assert rig.learning.state.prior_for("default") == prior_after_one
     counters = rig.learning.state.counters_for("default", "default")
     assert (counters.feedback_correct, counters.feedback_wrong) == (1, 0)
     # A change of mind replaces the answer's own evidence, not the prior's count.
     await rig.admin.submit_feedback(Feedback("default", FeedbackVerdict.WRONG, request_id="req-1"))
-    assert rig.learning.state.prior == prior_after_one
+    assert rig.learning.state.prior_for("default") == prior_after_one
     refused = await rig.pipeline.complete(ask(PARAPHRASE))
     assert (refused.cache_status, refused.cache_detail) == (CacheStatus.MISS, "judged_wrong_nearby")
+
+
+async def test_one_tenants_verdicts_never_move_another_tenants_decisions(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """Found from outside: 200 WRONG verdicts from one tenant, each by its own request
+    id, moved the live prior every tenant's decisions used, until another tenant's
+    paraphrases were all "too_risky" (and CORRECT ones moved them back). Each tenant's
+    verdicts now re-fit its own prior only."""
+    rig: Rig = await make_rig(_budget(max_error_rate=0.2))
+    verdicts = 0
+    for n in range(32):  # WRONG on each served hit, each on its own entry
+        topic = f"zorb{chr(97 + n % 26)}{chr(97 + n // 26)}"
+        await rig.pipeline.complete(ask(f"{QUESTION} {topic}", tenant="mallory"))
+        served = await rig.pipeline.complete(
+            ask(f"{PARAPHRASE} {topic}", tenant="mallory", request_id=f"m{n}")
+        )
+        if served.cache_status is CacheStatus.SEMANTIC_HIT:  # until its own prior learns
+            wrong = Feedback("mallory", FeedbackVerdict.WRONG, request_id=f"m{n}")
+            await rig.admin.submit_feedback(wrong)
+            verdicts += 1
+    assert verdicts >= 16  # at least one refit's worth
+    state = rig.learning.state
+    assert state.prior_for("mallory") != state.prior  # the tenant's own prior did learn
+
+    await rig.pipeline.complete(ask(tenant="victim"))
+    served = await rig.pipeline.complete(ask(PARAPHRASE, tenant="victim"))
+    assert served.cache_status is CacheStatus.SEMANTIC_HIT, served.cache_detail
+    assert 0.05 < served.error_probability < 0.2  # as on a fresh cache
+    assert state.prior_for("victim") == state.prior
 
 
 async def test_a_late_verdict_never_lands_on_the_answer_that_replaced_it(make_rig) -> None:  # type: ignore[no-untyped-def]

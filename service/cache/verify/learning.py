@@ -3,19 +3,22 @@
 Each judgement or feedback becomes an `Observation` written to the entry's payload
 in the store (`LookupStore.add_observations`: one key per observation, so replicas
 sharing a Qdrant server never overwrite each other's), is added to the live
-calibration (`online.LiveCalibration`, which moves the shared prior), and is counted
-per (tenant, namespace) for `GetCacheStats`, `/metrics` and the logs.
+calibration of the entry's tenant (`online.LiveCalibration`, which moves that tenant's
+prior and no other's), and is counted per (tenant, namespace) for `GetCacheStats`,
+`/metrics` and the logs.
 
 Feedback by `request_id` needs the response to have been served by this replica
 recently (the newest `served_limit` are remembered); feedback by `entry_id` works
 on any replica and judges the cached answer itself (score 1.0), which stops even
 its exact repeats from being served until a fresh answer replaces it.
 
-A served answer moves the shared prior and the counters once: a verdict sent
+A served answer moves its tenant's prior and the counters once: a verdict sent
 again by the same request id (or another verdict, a change of mind) replaces
 its observation on the entry but is not learned again. Found from outside: one
 tenant repeating CORRECT on a single hit 4,200 times moved the prior every
-tenant's decisions use until another tenant's near misses were served.
+tenant's decisions used until another tenant's near misses were served; then,
+with that closed, 200 verdicts on 200 distinct hits did the same, which is why
+each tenant now learns alone (`VerifyState.priors`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from service.cache.verify.counters import VerificationCounters
 from service.cache.verify.evidence import Observation
 from service.cache.verify.judges import AnswerJudge, JudgeCharge, LlmJudge, judging_for
 from service.cache.verify.online import LiveCalibration
-from service.cache.verify.verifier import Exploration, VerifyState
+from service.cache.verify.verifier import PRIORS_KEPT, Exploration, VerifyState
 from service.domain import Feedback, FeedbackReceipt, FeedbackVerdict
 from service.errors import InvalidRequestError, NotFoundError
 
@@ -83,7 +86,7 @@ class Learning:
         self.judge = judge
         self._store = store
         self._clock = clock
-        self._live = LiveCalibration(state.prior)
+        self._live: OrderedDict[str, LiveCalibration] = OrderedDict()  # one per tenant
         self._served: OrderedDict[tuple[str, str], _Served] = OrderedDict()  # (tenant, id)
         self._served_limit = served_limit
         self._tasks: set[asyncio.Task[None]] = set()
@@ -115,15 +118,27 @@ class Learning:
         counters.judged_wrong += int(not same)
         counters.audit_wrong += int(exploration.audit and not same)
         observation = Observation(self._clock(), exploration.obs_id, exploration.score, same)
-        await self._record(exploration.point_id, observation)
+        await self._record(exploration.tenant, exploration.point_id, observation)
         self._log_judged(exploration, same, counters)
 
-    async def _record(self, point_id: str, observation: Observation) -> None:
-        """Learn `observation` (the live prior) and keep it on the entry."""
+    async def _record(self, tenant: str, point_id: str, observation: Observation) -> None:
+        """Learn `observation` (`tenant`'s live prior) and keep it on the entry."""
         if observation.score < 1.0:
-            self._live.add(observation.score, observation.same)
-            self.state.prior = self._live.current
+            live = self._live_for(tenant)
+            live.add(observation.score, observation.same)
+            self.state.set_prior(tenant, live.current)
         await self._keep(point_id, observation)
+
+    def _live_for(self, tenant: str) -> LiveCalibration:
+        """`tenant`'s live calibration, started from the starting prior; the newest
+        `PRIORS_KEPT` are kept (a tenant dropped starts again from the starting prior)."""
+        live = self._live.get(tenant)
+        if live is None:
+            live = self._live[tenant] = LiveCalibration(self.state.prior)
+        self._live.move_to_end(tenant)
+        if len(self._live) > PRIORS_KEPT:
+            self._live.popitem(last=False)
+        return live
 
     async def _keep(self, point_id: str, observation: Observation) -> None:
         try:
@@ -206,7 +221,7 @@ class Learning:
             counters = self.state.counters_for(entry.tenant, entry.namespace)
             counters.feedback_correct += int(same)
             counters.feedback_wrong += int(not same)
-            await self._record(entry_id, observation)
+            await self._record(entry.tenant, entry_id, observation)
         log.info(
             "feedback recorded", tenant=entry.tenant, entry_id=entry_id, score=score, same=same
         )

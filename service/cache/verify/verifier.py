@@ -42,6 +42,7 @@ __all__ = ["BudgetSettings", "Choice", "Exploration", "HitDecider", "VerifyState
 
 _FIT_CACHE_SIZE = 20_000
 _BUDGETS_KEPT = 1024  # error budgets, one per (tenant, namespace); ~30 KB each
+PRIORS_KEPT = 1024  # live priors, one per tenant (and in `learning`, their fits)
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,29 @@ class Choice:
 
 @dataclass
 class VerifyState:
-    """What the decision and the learning share: the live prior and the counters."""
+    """What the decision and the learning share: the priors and the counters.
+
+    `prior` is where every tenant starts; `priors` holds each tenant's own, re-fitted
+    live to that tenant's judged traffic (`learning.Learning`), the newest
+    `PRIORS_KEPT` kept. One tenant's verdicts never move another's decisions (found
+    from outside: 200 WRONG verdicts from one tenant, each on its own seeded hit, made
+    every other tenant's candidates "too_risky"; 256 CORRECT ones moved them back).
+    """
 
     prior: Prior
     counters: dict[tuple[str, str], VerificationCounters] = field(default_factory=dict)
+    priors: OrderedDict[str, Prior] = field(default_factory=OrderedDict)
+
+    def prior_for(self, tenant: str) -> Prior:
+        """`tenant`'s prior: its own live fit, else the starting one."""
+        return self.priors.get(tenant, self.prior)
+
+    def set_prior(self, tenant: str, prior: Prior) -> None:
+        """Keep `prior` as `tenant`'s (the least recently set dropped past the bound)."""
+        self.priors[tenant] = prior
+        self.priors.move_to_end(tenant)
+        if len(self.priors) > PRIORS_KEPT:
+            self.priors.popitem(last=False)  # that tenant starts again from `prior`
 
     def counters_for(self, tenant: str, namespace: str) -> VerificationCounters:
         """The (tenant, namespace)'s counters, created at zero on first use."""
@@ -220,7 +240,7 @@ class HitDecider:
         verdict = decide(
             candidate,
             scored.entry.evidence,
-            prior=self.state.prior,
+            prior=self.state.prior_for(key.tenant),
             policy=self._policy,
             risk_max=self._risk_max(budget, key.namespace, max_error_rate),
             may_explore=self.exploration.available(),
@@ -243,7 +263,7 @@ class HitDecider:
             candidate, reason = _candidate(key.text, question, guard_verdict, follow_up)
             stop = hard_stop(candidate, scored.entry.evidence)
             if stop is None:
-                p_wrong = self._p_wrong(candidate.score, scored.entry.evidence)
+                p_wrong = self._p_wrong(key.tenant, candidate.score, scored.entry.evidence)
                 stop = Verdict(Action.MISS, p_wrong, "pending")
             elif stop.action is Action.SERVE:
                 return stop, scored, candidate, reason  # identical: nothing beats it
@@ -251,8 +271,8 @@ class HitDecider:
                 best = (stop, scored, candidate, reason)
         return best
 
-    def _p_wrong(self, score: float, evidence: Evidence) -> float:
-        prior = self.state.prior
+    def _p_wrong(self, tenant: str, score: float, evidence: Evidence) -> float:
+        prior = self.state.prior_for(tenant)
         key = (evidence.observations, prior)
         fitted = self._fits.get(key)
         if fitted is None:
