@@ -179,17 +179,19 @@ def _key_from(name: str, value: str | bytes) -> str | None:
     return token.strip()
 
 
-def load_keys(path: Path) -> KeyRing:
+def load_keys(path: Path, allow_empty: bool = False) -> KeyRing:
     """Read the keys file: YAML or JSON, a list of entries (or that list under `keys:`).
 
     Each entry is `{key_sha256: <64 hex>, tenant: <name>, role: client|admin,
-    name: <name>}`; names and hashes must be unique.
+    name: <name>}`; names and hashes must be unique. An empty list is a ring that
+    refuses every key when `allow_empty` (a reload: the operator took the last key
+    out), else an error (at start-up, a server no one could call is a mistake).
 
     Raises:
         ValueError: the file is missing, unreadable, malformed, or an entry is
             invalid; the message names the file and the entry.
     """
-    return KeyRing(_index(_read_entries(path), path))
+    return KeyRing(_index(_read_entries(path, allow_empty), path))
 
 
 def _index(entries: list[Any], path: Path) -> dict[str, Principal]:
@@ -207,7 +209,7 @@ def _index(entries: list[Any], path: Path) -> dict[str, Principal]:
     return by_hash
 
 
-def _read_entries(path: Path) -> list[Any]:
+def _read_entries(path: Path, allow_empty: bool = False) -> list[Any]:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
@@ -220,7 +222,7 @@ def _read_entries(path: Path) -> list[Any]:
         document = document["keys"]
     if not isinstance(document, list):
         raise ValueError(f"API keys file {path} must hold a list of keys (or one under 'keys:')")
-    if not document:
+    if not document and not allow_empty:
         raise ValueError(f"API keys file {path} has no keys; every call would be refused")
     return document
 

@@ -7,8 +7,11 @@ modification time with what was last read (a Secret update swaps a symlink, so
 the identity changes) and reloads when they differ; `reload` reads it whatever
 they say (SIGHUP). The new ring replaces the old one in place, so both doors,
 which share the one `KeyRing`, see it at once. A file that does not read as a
-keys file leaves the keys as they were: an error in the log, never a service
-that refuses everyone, or accepts everyone.
+keys file (missing, half written, malformed) leaves the keys as they were: an
+error in the log, never a service that accepts everyone. A file that reads as
+an empty list is taken as it says: the last key was taken out, so every call is
+refused until a key is added (found from outside: the old keys stayed, and a
+one-key deployment could not revoke its leaked key without a restart).
 """
 
 from __future__ import annotations
@@ -55,12 +58,19 @@ class KeysFileWatcher:
         and the keys stay as they were)."""
         self._seen = _stamp(self.path)
         try:
-            fresh = load_keys(self.path)
+            fresh = load_keys(self.path, allow_empty=True)
         except ValueError as error:
             log.error("API keys file not reloaded; the previous keys stay", reason=str(error))
             return False
         before = len(self.keyring)
         self.keyring.replace_with(fresh)
+        if not len(fresh):
+            log.warning(
+                "API keys file has no keys: every call is refused until a key is added",
+                path=str(self.path),
+                before=before,
+            )
+            return True
         log.info("API keys reloaded", path=str(self.path), keys=len(fresh), before=before)
         return True
 

@@ -62,6 +62,24 @@ def test_an_edited_keys_file_replaces_the_keys_and_a_broken_one_keeps_them(
     assert watcher.reload() is True and _accepts(ring, OLD_KEY)
 
 
+def test_taking_the_last_key_out_of_the_file_revokes_it(tmp_path: Path) -> None:
+    """Found from outside: a file rewritten to `keys: []` kept the old keys, so a
+    one-key deployment could not revoke its leaked key without a restart. An empty
+    list is what the operator wrote: every call is refused until a key is added."""
+    path = _write(tmp_path / "keys.yaml", OLD_KEY)
+    ring = load_keys(path)
+    watcher = KeysFileWatcher(ring, path)
+
+    path.write_text("keys: []\n")
+    assert watcher.check() is True
+    assert not _accepts(ring, OLD_KEY) and len(ring) == 0
+
+    _write(path, NEW_KEY)
+    assert watcher.check() is True and _accepts(ring, NEW_KEY)
+    with pytest.raises(ValueError, match="has no keys"):  # at start-up it is still refused
+        load_keys(_write(tmp_path / "empty.yaml"))
+
+
 async def test_serve_takes_new_keys_on_sighup(tmp_path: Path, serves: list[Serve]) -> None:  # noqa: F811
     keys = _write(tmp_path / "keys.yaml", OLD_KEY)
     env = serve_environment(tmp_path, api_keys_file=str(keys))
