@@ -370,6 +370,28 @@ async def test_one_tenants_verdicts_never_move_another_tenants_decisions(make_ri
     assert state.prior_for("victim") == state.prior
 
 
+async def test_wrong_on_one_everyday_form_stops_every_form_of_the_question(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """Found from outside: WRONG on "How can I …" (served as the same question) left
+    "How to …" served the condemned answer at P(wrong) 0, as it scored higher than the
+    verdict. The forms are one question, so the verdict judges the answer itself."""
+    seeded = "How do I reset my zorb password?"
+    rig: Rig = await make_rig(_budget(max_error_rate=0.01), {seeded: ANSWER})
+    await rig.pipeline.complete(ask(seeded))
+    served = await rig.pipeline.complete(ask("How can I reset my zorb password?", request_id="r1"))
+    assert (served.cache_status, served.cache_detail) == (CacheStatus.SEMANTIC_HIT, "same_form")
+
+    receipt = await rig.admin.submit_feedback(
+        Feedback("default", FeedbackVerdict.WRONG, request_id="r1")
+    )
+
+    assert receipt.score == 1.0
+    refused = await rig.pipeline.complete(ask("How to reset my zorb password?"))
+    assert (refused.cache_status, refused.cache_detail) == (CacheStatus.MISS, "judged_wrong_nearby")
+    again = await rig.pipeline.complete(ask(seeded))  # its own words: not the exact hit either
+    assert again.cache_status is not CacheStatus.EXACT_HIT
+    assert again.entry_id != served.entry_id and again.content != ANSWER
+
+
 async def test_a_late_verdict_never_lands_on_the_answer_that_replaced_it(make_rig) -> None:  # type: ignore[no-untyped-def]
     """Found from outside: an answer served, then corrected in place (same entry id), then
     a late WRONG on the first request stopped the corrected answer from being served."""

@@ -9,6 +9,9 @@ from service.llm.provider import ProviderAnswer
 
 __all__ = ["LearningHooks"]
 
+# Hits served as the very question asked, in other words (`verify.verifier._candidate`).
+_SAME_QUESTION = frozenset({"identical", "same_form"})
+
 
 class LearningHooks:
     """Hands explorations to the judge and remembers who answered what, for feedback.
@@ -30,11 +33,15 @@ class LearningHooks:
         """Remember which entry answered the request, for feedback by request id.
 
         The score is the guard's for a semantic hit, 1.0 for an exact hit or a stored
-        answer (feedback on those judges the answer itself).
+        answer (feedback on those judges the answer itself), and 1.0 for a hit served as
+        the same question in other words (`identical`, `same_form`): a WRONG on one form
+        judges the answer for every form of it (found from outside: WRONG on "How can I
+        …" left "How to …" served the condemned answer at P(wrong) 0, its score being
+        higher than the verdict's).
         """
         if self._learning is not None and completion.entry_id:
             hit = lookup.hit if lookup is not None else None
-            score = hit.score if hit is not None else 1.0
+            score = 1.0 if hit is None or hit.detail in _SAME_QUESTION else hit.score
             self._learning.note_served(
                 request.request_id, request.tenant, request.namespace, completion.entry_id, score,
                 answer=(completion.content, completion.tool_calls_json),
