@@ -227,6 +227,13 @@ async def test_unknown_fields_are_ignored_and_openai_fields_are_read(door: HttpS
             stop=["\n\n\n"],
             user="someone",
             seed=7,
+            # Fields that would change the answer are accepted at their defaults, as
+            # frameworks send them (LangChain sends the penalties at 0).
+            frequency_penalty=0,
+            presence_penalty=0.0,
+            logprobs=False,
+            parallel_tool_calls=True,
+            logit_bias={},
             extra_body={"not_an_openai_field": {"x": 1}},
         )
     assert reply.choices[0].message.content
@@ -246,6 +253,19 @@ async def test_unknown_fields_are_ignored_and_openai_fields_are_read(door: HttpS
         ({"max_tokens": 1.5}, "max_tokens"),
         ({"extra_body": {"semcache": {"cache": "sometimes"}}}, "semcache.cache"),
         ({"extra_headers": {"x-semcache-ttl-s": "a week"}}, "x-semcache-ttl-s"),
+        # Found from outside: a misspelt control fell back to its default silently,
+        # serving the default namespace's answer to a call that asked for another.
+        ({"extra_body": {"semcache": {"namespce": "billing"}}}, "semcache.namespce"),
+        ({"extra_body": {"semcache": {"cache_policy": "bypass"}}}, "semcache.cache_policy"),
+        ({"extra_body": {"semcache": {"ttl_s": "60"}}}, "semcache.ttl_s"),
+        ({"extra_body": {"semcache": {"similarity_min": "0.9"}}}, "semcache.similarity_min"),
+        # Found from outside: these were dropped, so logprobs came back null and
+        # legacy functions got plain text.
+        ({"logprobs": True}, "logprobs"),
+        ({"presence_penalty": 1.5}, "presence_penalty"),
+        ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+        ({"reasoning_effort": "high"}, "reasoning_effort"),
+        ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
     ],
 )
 async def test_malformed_fields_are_a_400_naming_the_field(
@@ -290,6 +310,14 @@ async def test_malformed_json_and_bad_messages_are_a_400(door: HttpService) -> N
         ("/semcache/entries", b'{"entries":[{"question":"q","answer":"a"}],"ttl_s":1e999}',
          "ttl_s"),
         ("/semcache/entries", b'{"entries":[{"question":"q\\ud800","answer":"a"}]}', "body"),
+        # Found from outside: a number sent as a string, and fields the route does not
+        # read, were taken or dropped without a word.
+        ("/semcache/entries", b'{"entries":[{"question":"q","answer":"a"}],"ttl_s":"5"}',
+         "ttl_s"),
+        ("/semcache/entries", b'{"entries":[{"question":"q","answer":"a"}],"tenant":"x"}',
+         "tenant"),
+        ("/semcache/entries", b'{"entries":[{"question":"q","answer":"a","ttl_s":5}]}',
+         "entries[0].ttl_s"),
     ],
 )  # fmt: skip
 async def test_bodies_json_reads_but_python_cannot_use_are_a_400(

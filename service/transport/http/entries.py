@@ -60,9 +60,31 @@ async def put_entries(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict):
         raise BadFieldError("body", "the request body must be a JSON object")
+    _only_known(body, _BODY_FIELDS, "")
     pairs = [_pair(index, raw) for index, raw in enumerate(_entries(body))]
     results = await door.app.admin.put_entries(seeds_for(_scope(body, tenant), pairs))
     return web.json_response({"results": [_result(r) for r in results]})
+
+
+# Found from outside: a field the route does not read ("tenant", a misspelt "ttl")
+# was dropped without a word, and the entries were stored under the defaults.
+_BODY_FIELDS = (
+    "entries", "namespace", "model", "system_prompt", "temperature", "top_p", "max_tokens",
+    "ttl_s",
+)  # fmt: skip
+_ENTRY_FIELDS = ("question", "answer")
+
+
+def _only_known(body: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """Raises BadFieldError naming the first field of `body` not in `known`."""
+    for name in body:
+        if name not in known:
+            param = f"{where}.{name}" if where else name
+            raise BadFieldError(
+                param,
+                f"{param} is not a field here: the fields are {', '.join(known)}"
+                + (" (the tenant is the API key's)" if name == "tenant" else ""),
+            )
 
 
 def _entries(body: Mapping[str, Any]) -> list[Any]:
@@ -76,6 +98,7 @@ def _pair(index: int, raw: object) -> tuple[str, str]:
     where = f"entries[{index}]"
     if not isinstance(raw, dict):
         raise BadFieldError(where, f'{where} must be a JSON object {{"question", "answer"}}')
+    _only_known(raw, _ENTRY_FIELDS, where)
     question, answer = raw.get("question"), raw.get("answer")
     if not isinstance(question, str) or not isinstance(answer, str):
         raise BadFieldError(where, f"{where} needs a string question and a string answer")

@@ -1,14 +1,20 @@
 """OpenAI chat-completion request bodies and semcache's cache controls → domain requests.
 
-Fields OpenAI defines and semcache does not use (`user`, `seed`, `logprobs`,
-`presence_penalty`, `metadata`, ...) and fields nobody defines are ignored, as
-the OpenAI API ignores unknown ones. A field semcache uses but cannot read is a
-`BadFieldError` naming it (HTTP 400). Range checks (temperature 0-2, ...) are
-the pipeline's, the same for both doors.
+Fields OpenAI defines that only describe the call (`user`, `seed`, `metadata`,
+`store`, `service_tier`, ...) and fields nobody defines are ignored. A field that
+would change the answer and that semcache neither sends on nor keys the cache by
+(`logprobs`, penalties, `logit_bias`, `reasoning_effort`, legacy `functions`,
+...) is refused unless it holds its default (found from outside: `logprobs: true`
+got `logprobs: null`, and `functions` got plain text). A field semcache uses but
+cannot read is a `BadFieldError` naming it (HTTP 400). Range checks (temperature
+0-2, ...) are the pipeline's, the same for both doors.
 
 Cache controls come from headers and from the body's `semcache` object; a field
 in the body wins over its header, so a header set once on a client (the SDKs'
-`default_headers`) is the default that one call's `extra_body` can override.
+`default_headers`) is the default that one call's `extra_body` can override. The
+object takes only its own fields, numbers as JSON numbers: a misspelt control
+(`namespce`) is a 400, never a silent default (found from outside: it served the
+`default` namespace's answer to a call that asked for another).
 """
 
 from __future__ import annotations
@@ -41,6 +47,25 @@ CACHE_POLICIES: dict[str, CachePolicy] = {
     "no-store": CachePolicy.NO_STORE,
     "no_store": CachePolicy.NO_STORE,
 }
+# Fields that change what a model answers, which semcache neither sends on nor keys the
+# cache by: accepted only at their defaults (absent, null, or the value here).
+UNSUPPORTED_FIELDS: dict[str, object] = {
+    "logprobs": False,
+    "top_logprobs": None,
+    "logit_bias": None,
+    "frequency_penalty": 0,
+    "presence_penalty": 0,
+    "reasoning_effort": None,
+    "functions": None,
+    "function_call": None,
+    "parallel_tool_calls": True,
+    "audio": None,
+    "modalities": ["text"],
+    "prediction": None,
+    "web_search_options": None,
+}
+# A control a caller may reach for under another name, and the name it has here.
+_CONTROL_HINTS = {"cache_policy": "cache", "policy": "cache", "ttl": "ttl_s"}
 # OpenAI's "developer" role is its newer name for "system".
 _ROLE_ALIASES = {"developer": "system"}
 
@@ -79,6 +104,7 @@ def parse_chat(
     """
     if not isinstance(body, dict):
         raise BadFieldError("body", "the request body must be a JSON object")
+    _check_supported(body)
     controls = cache_controls(body.get(EXTENSION_KEY), headers)
     request = CompletionRequest(
         messages=_messages(body.get("messages")),
@@ -105,10 +131,16 @@ def cache_controls(extension: object, headers: Mapping[str, str]) -> CacheContro
     """
     if extension is not None and not isinstance(extension, dict):
         raise BadFieldError(EXTENSION_KEY, "semcache must be an object of cache controls")
+    _check_controls(extension or {})
     fields: dict[str, tuple[str, object]] = {}
     for name, header in CONTROL_HEADERS.items():
         if extension and extension.get(name) is not None:
-            fields[name] = (f"{EXTENSION_KEY}.{name}", extension[name])
+            param = f"{EXTENSION_KEY}.{name}"
+            value = extension[name]
+            fields[name] = (
+                param,
+                value if name in ("cache", "namespace") else _not_text(param, value),
+            )
         elif header in headers:
             fields[name] = (header, headers[header].strip())
     return CacheControls(
@@ -118,6 +150,43 @@ def cache_controls(extension: object, headers: Mapping[str, str]) -> CacheContro
         similarity_min=_number(*fields["similarity_min"]) if "similarity_min" in fields else None,
         max_error_rate=_number(*fields["max_error_rate"]) if "max_error_rate" in fields else None,
     )
+
+
+def _check_controls(extension: Mapping[str, object]) -> None:
+    """Every key of the body's `semcache` object is a cache control.
+
+    Raises:
+        BadFieldError: one is not, named with the controls there are.
+    """
+    for name in extension:
+        if name in CONTROL_HEADERS:
+            continue
+        param = f"{EXTENSION_KEY}.{name}"
+        if name in _CONTROL_HINTS:
+            hint = f"did you mean {EXTENSION_KEY}.{_CONTROL_HINTS[name]}?"
+        elif name == "timeout_s":
+            hint = "the time budget is the x-semcache-timeout-s header"
+        else:
+            hint = f"the controls are {', '.join(CONTROL_HEADERS)}"
+        raise BadFieldError(param, f"{param} is not a cache control: {hint}")
+
+
+def _check_supported(body: Mapping[str, Any]) -> None:
+    """No field that would change the answer is set to more than its default.
+
+    Raises:
+        BadFieldError: one is, named, with why it cannot be honoured.
+    """
+    for name, default in UNSUPPORTED_FIELDS.items():
+        value = body.get(name)
+        if value is None or value == default or (value in ({}, []) and default is None):
+            continue
+        raise BadFieldError(
+            name,
+            f"{name} is not supported by semcache's door: it would change the answer, and"
+            " semcache neither sends it to the provider nor keys its cache by it; leave it"
+            " out (or at its default), or call the provider directly",
+        )
 
 
 def _policy(param: str, value: object) -> CachePolicy:
@@ -208,7 +277,7 @@ def optional_integer(body: Mapping[str, Any], name: str) -> int | None:
         BadFieldError: present and not a whole number.
     """
     value = body.get(name)
-    return None if value is None else _integer(name, value)
+    return None if value is None else _integer(name, _not_text(name, value))
 
 
 def _messages(raw: object) -> tuple[ChatMessage, ...]:
