@@ -1,9 +1,14 @@
 """`semcache import FILE.jsonl`: seed a running service with curated answers, in batches.
 
 Each line of the file is one JSON object `{"question": ..., "answer": ...}`
-(blank lines are skipped). The pairs go to PutEntries through the thin client,
+(blank lines are skipped; any other field is an error naming the line, as the
+scope is the command's). The pairs go to PutEntries through the thin client,
 `batch_size` at a time, with a progress line on stderr; an entry the service
-refuses is reported with its line number and the rest go on.
+refuses is reported with its line number and the rest go on. A line asking the
+same question as an earlier one (the same exact form: one entry per question)
+is refused and reported, whatever the batches: found from outside, a repeat in
+another batch silently replaced the earlier answer, and one in the same batch
+was refused, so which answer stayed depended on `--batch-size`.
 """
 
 from __future__ import annotations
@@ -67,7 +72,28 @@ def _pair(path: Path, number: int, raw: str) -> Pair:
     answer = value.get("answer") if isinstance(value, dict) else None
     if not isinstance(question, str) or not isinstance(answer, str):
         raise ValueError(f'{where}: expected {{"question": "...", "answer": "..."}}')
+    extra = sorted(set(value) - {"question", "answer"})
+    if extra:
+        raise ValueError(
+            f"{where}: {extra[0]!r} is not a field of a line, which holds only question and"
+            " answer (the namespace, TTL and model are the command's: --namespace, --ttl-s,"
+            " --model)"
+        )
     return question, answer
+
+
+def repeated(lines: Sequence[Line]) -> dict[int, int]:
+    """The lines that ask the same question as an earlier one: line number -> the
+    earlier line's (the same exact form, as the service's exact key has it)."""
+    from service.cache.scope import exact_form
+
+    first: dict[str, int] = {}
+    repeats: dict[int, int] = {}
+    for line in lines:
+        earlier = first.setdefault(exact_form(line.pair[0]), line.number)
+        if earlier != line.number:
+            repeats[line.number] = earlier
+    return repeats
 
 
 def import_lines(
@@ -91,6 +117,14 @@ def import_lines(
             f"--batch-size is {batch_size}; use 1 to {MAX_SEEDS_PER_CALL} (PutEntries' limit)"
         )
     totals = ImportTotals()
+    repeats = repeated(lines)
+    for number, earlier in repeats.items():
+        totals.failed += 1
+        progress.write(
+            f"line {number}: the same question as line {earlier} (one entry per question);"
+            " not sent: keep one answer for it\n"
+        )
+    lines = [line for line in lines if line.number not in repeats]
     for start in range(0, len(lines), batch_size):
         batch = lines[start : start + batch_size]
         results = client.put_entries([line.pair for line in batch], **scope)

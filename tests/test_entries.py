@@ -360,6 +360,46 @@ async def test_cli_import_seeds_a_jsonl_file(
     assert (hit.cache_status, hit.content) == (pb.CACHE_STATUS_SEMANTIC_HIT, FAQ_ANSWER)
 
 
+@pytest.mark.parametrize("batch_size", ["1", "100"])
+async def test_cli_import_keeps_the_first_answer_to_a_repeated_question_whatever_the_batches(
+    service: Service, capsys: pytest.CaptureFixture[str], tmp_path: Path, batch_size: str
+) -> None:
+    """Found from outside: a question repeated in another batch silently replaced the
+    earlier answer, and in the same batch was refused, so which answer stayed
+    depended on --batch-size."""
+    lines = [
+        json.dumps({"question": "What is the refund window?", "answer": "FIRST: 30 days"}),
+        json.dumps({"question": "What is the bonus policy?", "answer": "none"}),
+        json.dumps({"question": "what is the refund window", "answer": "SECOND: 7 days"}),
+    ]
+    faq = tmp_path / "faq.jsonl"
+    faq.write_text("\n".join(lines) + "\n")
+    namespace = f"dup{batch_size}"
+    target = f"127.0.0.1:{service.server.port}"
+    status, out, err = await _import(
+        capsys, str(faq), "--namespace", namespace, "--batch-size", batch_size, "--target", target
+    )
+    assert status == 1
+    assert out.strip() == "stored 2 entries, 1 failed"
+    assert "line 3: the same question as line 1" in err
+    hit = await service.stub.Complete(
+        pb.CompleteRequest(prompt="What is the refund window?", namespace=namespace)
+    )
+    assert (hit.cache_status, hit.content) == (pb.CACHE_STATUS_EXACT_HIT, "FIRST: 30 days")
+
+
+async def test_cli_import_refuses_a_field_a_line_does_not_hold(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Found from outside: {"namespace": "other", "ttl_s": 5} on a line was dropped, and
+    the entry stored in the default namespace for the default TTL."""
+    faq = tmp_path / "faq.jsonl"
+    faq.write_text('{"question": "q", "answer": "a", "namespace": "other", "ttl_s": 5}\n')
+    status, _, err = await _import(capsys, str(faq), "--target", "127.0.0.1:1")
+    assert status == 2
+    assert f"{faq}:1: 'namespace' is not a field of a line" in err and "--namespace" in err
+
+
 async def test_cli_import_names_a_bad_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
