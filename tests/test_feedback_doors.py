@@ -248,6 +248,19 @@ async def test_unknown_ids_are_not_found(verified: Service) -> None:
     assert unknown_entry == unknown_request == grpc.StatusCode.NOT_FOUND
 
 
+async def test_feedback_on_an_answer_never_stored_says_there_is_nothing_to_judge(
+    verified: Service,
+) -> None:
+    """Found from outside: feedback by the request id of a bypass said "send the
+    response's entry_id instead", and that response has none."""
+    bypassed = await _complete(verified, QUESTION, cache_policy=pb.CACHE_POLICY_BYPASS)
+    assert bypassed.request_id and not bypassed.entry_id
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _feedback(verified, request_id=bypassed.request_id, verdict=pb.FEEDBACK_VERDICT_WRONG)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "never stored (a bypass" in (caught.value.details() or "")
+
+
 async def test_another_tenants_answer_is_not_found(keyed: HttpService) -> None:
     service = keyed.grpc
     entry_id, semantic = await _hit(service, CLIENT_KEY)

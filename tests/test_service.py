@@ -239,6 +239,10 @@ async def test_invalidate_by_namespace_model_and_age(service: Service) -> None:
         await service.stub.InvalidateCache(pb.InvalidateCacheRequest())
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "all=true" in (caught.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # found from outside: deleted 0
+        await service.stub.InvalidateCache(pb.InvalidateCacheRequest(model="m" * 10_000))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "longer than 128 characters" in (caught.value.details() or "")
 
     young = await service.stub.InvalidateCache(pb.InvalidateCacheRequest(older_than_s=3600))
     assert young.deleted_entries == 0

@@ -15,7 +15,7 @@ from service.cache.verify.learning import Learning
 from service.domain import Feedback, FeedbackReceipt
 from service.errors import InvalidRequestError
 from service.pipeline.seed import Seed, Seeder
-from service.validation import MAX_REQUEST_ID_CHARS, check_name
+from service.validation import MAX_MODEL_NAME_CHARS, MAX_REQUEST_ID_CHARS, check_name
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,11 @@ def _check_invalidation(what: Invalidation) -> None:
         check_name("tenant", what.tenant)
     if what.namespace is not None:
         check_name("namespace", what.namespace)
+    if what.model is not None and len(what.model) > MAX_MODEL_NAME_CHARS:
+        raise InvalidRequestError(
+            f"model name is longer than {MAX_MODEL_NAME_CHARS} characters; no answer is"
+            " stored under such a name"
+        )
     if what.older_than_s < 0:
         raise InvalidRequestError("older_than_s must be 0 (any age) or a positive number")
     has_filter = bool(what.namespace or what.model or what.older_than_s)

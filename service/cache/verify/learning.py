@@ -244,8 +244,11 @@ class Learning:
             if feedback.entry_id:
                 return None  # judge the entry itself
             raise NotFoundError(
-                f"request_id {feedback.request_id[:64]!r} was not served by this replica"
-                " recently; send the response's entry_id instead"
+                f"request_id {feedback.request_id[:64]!r} names no cached answer this replica"
+                " served recently: it was served by another replica or long ago (send the"
+                " response's entry_id instead), or its answer was never stored (a bypass,"
+                " no-store, or an answer that may not be cached: its response has no"
+                " entry_id, and there is nothing to judge)"
             )
         if feedback.entry_id and feedback.entry_id != served.entry_id:
             raise InvalidRequestError(
