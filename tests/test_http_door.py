@@ -239,6 +239,26 @@ async def test_unknown_fields_are_ignored_and_openai_fields_are_read(door: HttpS
     assert reply.choices[0].message.content
 
 
+async def test_text_parts_are_one_line_each(door: HttpService) -> None:
+    """Found from outside: parts were joined with nothing, so "What is" and "a dog?"
+    reached the provider (and the cache key) as "What isa dog?"."""
+    parts = [{"type": "text", "text": "What is"}, {"type": "text", "text": "a dog?"}]
+    async with door.async_client() as client:
+        first = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": parts}]
+        )
+        same = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=ask("What is\na dog?")
+        )
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": [{"type": "text"}]}]
+            )
+    assert first.headers["x-semcache-cache-status"] == "miss"
+    assert same.headers["x-semcache-cache-status"] == "exact_hit"
+    assert caught.value.param == "messages[0].content[0].text"
+
+
 # --- errors --------------------------------------------------------------------------------
 
 

@@ -306,7 +306,9 @@ def _message(index: int, raw: object) -> ChatMessage:
 
 
 def _content(where: str, content: object) -> str:
-    """Text content: a string, null (an assistant turn that called tools), or text parts."""
+    """Text content: a string, null (an assistant turn that called tools), or text parts,
+    one line each (found from outside: joined with nothing, "What is" and "a dog?"
+    reached the provider, and the cache key, as "What isa dog?")."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -314,14 +316,18 @@ def _content(where: str, content: object) -> str:
     if not isinstance(content, list):
         raise BadFieldError(f"{where}.content", f"{where}.content must be a string or an array")
     texts = []
-    for part in content:
+    for index, part in enumerate(content):
         if not (isinstance(part, dict) and part.get("type") == "text"):
             raise BadFieldError(
                 f"{where}.content",
                 f"{where}.content has a part that is not text; semcache caches text only",
             )
-        texts.append(_text(f"{where}.content", part.get("text")))
-    return "".join(texts)
+        param = f"{where}.content[{index}].text"
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise BadFieldError(param, f"{param} must be a string: a text part carries its text")
+        texts.append(text)
+    return "\n".join(texts)
 
 
 def _sampling(body: Mapping[str, Any]) -> SamplingParams:
