@@ -256,6 +256,16 @@ async def test_invalidate_by_namespace_model_and_age(service: Service) -> None:
     assert hit.cache_status == pb.CACHE_STATUS_EXACT_HIT
 
 
+async def test_all_tenants_stats_list_every_tenant_with_entries(service: Service) -> None:
+    """Found from outside: a tenant that had only seeded (and after a restart, every
+    tenant) was missing from the all-tenants view: it listed only the tenants this
+    replica had counted since it started."""
+    seeds = pb.PutEntriesRequest(entries=[pb.Entry(question=QUESTION, answer="seeded")])
+    await service.stub.PutEntries(seeds, metadata=(("x-tenant-id", "seedonly"),))
+    every = await service.stub.GetCacheStats(pb.GetCacheStatsRequest(all_tenants=True))
+    assert {t.tenant: t.entries for t in every.tenants}.get("seedonly") == 1
+
+
 async def test_upstream_down_is_unavailable_and_names_the_provider(
     embedder: Embedder, backend: str, tmp_path: object, unused_tcp_port: int
 ) -> None:

@@ -89,6 +89,14 @@ async def test_search_never_crosses_tenant_or_scope(store: VectorStore) -> None:
     assert found[0].similarity == pytest.approx(1.0, abs=1e-5)
 
 
+async def test_tenants_are_listed_from_the_store_most_entries_first(store: VectorStore) -> None:
+    for tenant, n in (("a", 1), ("b", 3), ("c", 2)):
+        for _ in range(n):
+            await store.upsert(str(uuid.uuid4()), unit(n), entry(tenant))
+    assert await store.tenants(10) == ["b", "c", "a"]
+    assert await store.tenants(1) == ["b"]
+
+
 async def test_expired_entries_are_not_found_and_purged(store: VectorStore) -> None:
     await store.upsert(str(uuid.uuid4()), unit(2), entry("a", expires_in_s=-1))
     assert await search(store, unit(2), "a", "s", time.time(), 5) == []

@@ -780,6 +780,14 @@ class EdgeVectorStore:
         edge_filter = _edge_filter(filters.entry_conditions(selector))
         return await self._run(lambda: shard.count(qe.CountRequest(exact=True, filter=edge_filter)))
 
+    async def tenants(self, limit: int) -> list[str]:
+        """The tenants that have entries (at most `limit`); none while the store is closed."""
+        shard = self._shard
+        if shard is None:
+            return []
+        found = await self._run(lambda: shard.facet(qe.FacetRequest("tenant", limit, exact=True)))
+        return [str(hit.value) for hit in found.hits]
+
     async def touch(self, point_ids: Sequence[str], now: float) -> None:
         """Record hit times; skipped while storing is paused (they only order eviction).
 

@@ -11,6 +11,7 @@ fails open.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -112,6 +113,12 @@ class MemoryVectorStore:
         """How many entries `selector` matches."""
         self._check()
         return len(self._selected(entry_conditions(selector)))
+
+    async def tenants(self, limit: int) -> list[str]:
+        """The tenants that have entries (at most `limit`, those with the most first)."""
+        self._check()
+        counts = Counter(point.entry.tenant for point in self._points.values())
+        return [tenant for tenant, _ in counts.most_common(limit)]
 
     async def touch(self, point_ids: Sequence[str], now: float) -> None:
         """Set `last_hit_at` to `now` on the entries that exist."""

@@ -273,6 +273,11 @@ class QdrantVectorStore:
         result = await self._client.count(self._collection, qdrant_filter, exact=True)
         return result.count
 
+    async def tenants(self, limit: int) -> list[str]:
+        """The tenants that have entries (at most `limit`)."""
+        found = await self._client.facet(self._collection, key="tenant", limit=limit, exact=True)
+        return [str(hit.value) for hit in found.hits]
+
     async def touch(self, point_ids: Sequence[str], now: float) -> None:
         # By filter, not by id list: an id deleted since its hit matches nothing,
         # where in a list it would fail the whole batch.

@@ -382,6 +382,10 @@ class AdminStore(Protocol):
         """Delete `tenant`'s least recently hit entries beyond the newest `keep`."""
         ...
 
+    async def tenants(self, limit: int) -> list[str]:
+        """The tenants that have entries, at most `limit` (those with the most first)."""
+        ...
+
     async def maintain(self, min_unindexed: int) -> bool:
         """Background upkeep (index building) once `min_unindexed` points lack an index.
 

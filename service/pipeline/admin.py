@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import structlog
+
 from service.cache.semantic import SemanticCache
 from service.cache.stats import CacheStats, TenantCounters
 from service.cache.store import EntryFilter, StoreHealth
@@ -16,6 +18,12 @@ from service.domain import Feedback, FeedbackReceipt
 from service.errors import InvalidRequestError
 from service.pipeline.seed import Seed, Seeder
 from service.validation import MAX_MODEL_NAME_CHARS, MAX_REQUEST_ID_CHARS, check_name
+
+log = structlog.get_logger(__name__)
+
+# Most tenants an admin's all-tenant view lists from the store (those with the most
+# entries); each costs the view one count.
+MAX_TENANTS_LISTED = 1000
 
 
 @dataclass(frozen=True)
@@ -93,9 +101,16 @@ class CacheAdmin:
         """
         return await self._seeder.put(seeds)
 
-    def tenants(self) -> list[str]:
-        """Every tenant this replica has counted, sorted."""
-        return self._stats.tenants()
+    async def tenants(self) -> list[str]:
+        """Every tenant with entries in the store (the `MAX_TENANTS_LISTED` with the most)
+        or counted by this replica since it started, sorted (found from outside: after a
+        restart, or for a tenant that had only seeded, the store's tenants were missing)."""
+        try:
+            stored = await self._cache.store.tenants(MAX_TENANTS_LISTED)
+        except Exception as error:  # the counted ones are still worth listing
+            log.warning("cannot list the store's tenants", error=repr(error))
+            stored = []
+        return sorted({*self._stats.tenants(), *stored})
 
     async def tenant_stats(self, tenant: str, namespace: str | None) -> TenantStats:
         """Counters and the live entry count for `tenant` (optionally one namespace).

@@ -353,7 +353,7 @@ class SemanticCacheServicer(pb_grpc.SemanticCacheServiceServicer):
         response = _stats(await self._admin.tenant_stats(principal.tenant, namespace))
         if request.all_tenants:
             require_admin(principal, "stats for all tenants")
-            for tenant in self._admin.tenants():
+            for tenant in await self._admin.tenants():
                 stats = await self._admin.tenant_stats(tenant, namespace)
                 response.tenants.append(_tenant_stats(stats))
         return response

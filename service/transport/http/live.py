@@ -58,12 +58,14 @@ async def live_json(request: web.Request) -> web.Response:
     door = request.app[DOOR]
     principal = door.principal(request)
     requested = request.query.get("tenant")
-    tenants = _visible_tenants(door.app.admin, principal, requested)
+    tenants = await _visible_tenants(door.app.admin, principal, requested)
     snapshot = await live_snapshot(door.app.admin, door.app.metrics, principal, tenants)
     return web.json_response(snapshot, headers={"Cache-Control": "no-store"})
 
 
-def _visible_tenants(admin: CacheAdmin, viewer: Principal, requested: str | None) -> list[str]:
+async def _visible_tenants(
+    admin: CacheAdmin, viewer: Principal, requested: str | None
+) -> list[str]:
     """`?tenant=` when the viewer may see it; else every tenant for an admin, its own for
     a client key.
 
@@ -72,7 +74,7 @@ def _visible_tenants(admin: CacheAdmin, viewer: Principal, requested: str | None
     """
     if requested:
         return [resolve_tenant(viewer, requested)]
-    return admin.tenants() if viewer.is_admin else [viewer.tenant]
+    return await admin.tenants() if viewer.is_admin else [viewer.tenant]
 
 
 async def live_snapshot(
