@@ -354,6 +354,27 @@ async def test_bodies_json_reads_but_python_cannot_use_are_a_400(
     assert error["param"] == param and error["type"] == "invalid_request_error"
 
 
+async def test_malformed_http_is_one_log_line_not_a_traceback_per_request(
+    door: HttpService, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found from outside: a control character in a header (or a header over aiohttp's
+    limit) logged the parser's whole traceback per request, a way to flood the log."""
+    from structlog.testing import capture_logs
+
+    host, port = door.base_url.split("//")[1].split("/")[0].split(":")
+    with capture_logs() as logs:
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nx-request-id: \x01ctl\r\n\r\n")
+            await writer.drain()
+            status_line = await reader.readline()
+            writer.close()
+            assert b" 400 " in status_line
+    assert not [r for r in caplog.records if r.name == "aiohttp.server" and r.exc_info]
+    refused = [e for e in logs if e["event"].startswith("malformed HTTP requests refused")]
+    assert len(refused) == 1 and refused[0]["refused"] == 1  # the next two wait their turn
+
+
 async def test_a_paired_surrogate_escape_is_a_character_not_an_error(door: HttpService) -> None:
     async with aiohttp.ClientSession() as session:
         body = b'{"messages":[{"role":"user","content":"What does \\ud83c\\udf55 mean?"}]}'

@@ -42,6 +42,7 @@ from service.transport.http.entries import (
 )
 from service.transport.http.feedback import RPC_FEEDBACK, submit_feedback
 from service.transport.http.live import live_json, live_page
+from service.transport.http.malformed import quiet_malformed_requests
 from service.transport.tls import tls_from
 
 log = structlog.get_logger(__name__)
@@ -128,6 +129,7 @@ async def start_http_server(
             message = one_line(error).replace("SEMCACHE_GRPC_HOST", "SEMCACHE_HTTP_HOST")
             raise StartupError(message) from error
     web_app = build_http_app(app, keyring, in_flight)
+    quiet_malformed_requests()
     runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=grace_s)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_port=False)
