@@ -327,6 +327,12 @@ async def test_malformed_json_and_bad_messages_are_a_400(door: HttpService) -> N
         ("/chat/completions", b'{"messages":[{"role":"system","content":"x\\udfff"},'
          b'{"role":"user","content":"hi"}]}', "body"),
         ("/chat/completions", b"[" * 200_000 + b"]" * 200_000, "body"),
+        # Found from outside: an unknown role was reported as param "messages", with a
+        # list of roles that left out "developer".
+        ("/chat/completions", b'{"messages":[{"role":"robot","content":"hi"}]}',
+         "messages[0].role"),
+        ("/chat/completions", b'{"messages":[{"role":"user","content":"hi"},'
+         b'{"role":"tool","content":"42"}]}', "messages[1].role"),
         ("/semcache/entries", b'{"entries":[{"question":"q","answer":"a"}],"ttl_s":1e999}',
          "ttl_s"),
         ("/semcache/entries", b'{"entries":[{"question":"q\\ud800","answer":"a"}]}', "body"),

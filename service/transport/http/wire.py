@@ -68,6 +68,7 @@ UNSUPPORTED_FIELDS: dict[str, object] = {
 _CONTROL_HINTS = {"cache_policy": "cache", "policy": "cache", "ttl": "ttl_s"}
 # OpenAI's "developer" role is its newer name for "system".
 _ROLE_ALIASES = {"developer": "system"}
+_DOOR_ROLES = ("system", "developer", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,17 @@ def _message(index: int, raw: object) -> ChatMessage:
                 f"{where} carries {calls}: semcache answers one turn, so a conversation that"
                 " goes on from a tool call needs the provider directly",
             )
+    if role not in _DOOR_ROLES:
+        raise BadFieldError(
+            f"{where}.role",
+            f"{where}.role is {role[:64]!r}; use one of {', '.join(_DOOR_ROLES)}"
+            + (
+                " (a tool's result continues an agent loop: semcache answers one turn, so"
+                " that needs the provider directly)"
+                if role == "tool"
+                else ""
+            ),
+        )
     return ChatMessage(_ROLE_ALIASES.get(role, role), _content(where, raw.get("content")))
 
 
