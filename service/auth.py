@@ -175,7 +175,7 @@ def _key_from(name: str, value: str | bytes) -> str | None:
         return None
     scheme, _, token = text.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError("authorization metadata must be 'Bearer <key>'")
+        raise AuthenticationError("authorization (header or metadata) must be 'Bearer <key>'")
     return token.strip()
 
 

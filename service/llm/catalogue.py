@@ -177,8 +177,9 @@ class Catalogue:
         """
         model = self.models.get(name)
         if model is None:
+            shown = name if len(name) <= 64 else f"{name[:64]}… ({len(name)} characters)"
             raise UnknownModelError(
-                f"unknown model {name!r}; use one of {sorted(self.models)} or name no model "
+                f"unknown model {shown!r}; use one of {sorted(self.models)} or name no model "
                 "and let the router choose"
             )
         return model

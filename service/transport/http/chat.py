@@ -25,7 +25,7 @@ from aiohttp import web
 
 from service.batching.deltas import join_waiting_text
 from service.domain import Completion
-from service.errors import UpstreamTimeoutError
+from service.errors import UnknownModelError, UpstreamTimeoutError
 from service.transport.http.door import CALL, DOOR, HttpCall
 from service.transport.http.errors import BadFieldError, error_body, http_error_for
 from service.transport.http.replies import (
@@ -97,7 +97,12 @@ async def retrieve_model(request: web.Request) -> web.Response:
     door, call = request.app[DOOR], request[CALL]
     call.rpc = RPC_MODELS
     door.principal(request)
-    spec = door.app.catalogue.require_model(request.match_info["model"])
+    name = request.match_info["model"]
+    if name not in door.app.catalogue.models:  # not the chat route's router hint
+        shown = name if len(name) <= 64 else f"{name[:64]}…"
+        known = ", ".join(sorted(door.app.catalogue.models))
+        raise UnknownModelError(f"no model {shown!r} in the catalogue; the models are {known}")
+    spec = door.app.catalogue.require_model(name)
     return web.json_response(_model(spec.name, spec.provider))
 
 

@@ -56,8 +56,10 @@ def parse_feedback(body: Mapping[str, Any], tenant: str) -> Feedback:
             not a string.
     """
     verdict = optional_field(body, "verdict", str)
-    if verdict is None or verdict.strip().lower() not in VERDICTS:
-        raise BadFieldError("verdict", f'verdict is {verdict!r}; send "correct" or "wrong"')
+    if verdict is None:
+        raise BadFieldError("verdict", 'verdict is missing; send "correct" or "wrong"')
+    if verdict.strip().lower() not in VERDICTS:
+        raise BadFieldError("verdict", f'verdict is {verdict[:64]!r}; send "correct" or "wrong"')
     return Feedback(
         tenant=tenant,
         verdict=VERDICTS[verdict.strip().lower()],
