@@ -1,7 +1,8 @@
 """Serve until told to stop: both doors, the metrics port and the upkeep loop.
 
 `semcache serve` builds the app, then calls `serve_until_signalled`. On SIGTERM
-or SIGINT it drains: gRPC health reports NOT_SERVING, new calls are refused,
+or SIGINT it drains: gRPC health reports NOT_SERVING (to open Watch streams; the
+port stops taking new calls, checks included),
 and calls in flight on either door get up to `grace_period_s` to finish; a
 second signal ends the drain at once. The caller closes the app afterwards.
 

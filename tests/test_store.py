@@ -79,6 +79,21 @@ async def test_int8_disk_store_finds_the_nearest_entry_after_indexing(tmp_path: 
         await store.close()
 
 
+def test_a_store_this_user_may_not_open_is_a_permission_problem_not_damage(
+    tmp_path: Path,
+) -> None:
+    """Found from outside (root without DAC override, chmod -R a-w): the healthy store was
+    called unopenable, with the advice to move it away, which throws a good cache out."""
+    from service.cache.edge_shard import _load_error
+
+    error = RuntimeError(
+        "Service runtime error: failed to load segment: Failed to open mmap payload"
+        " storage: Permission denied (os error 13)"
+    )
+    message = str(_load_error(tmp_path, error))
+    assert "read and write access" in message and "move it away" not in message
+
+
 async def test_search_never_crosses_tenant_or_scope(store: VectorStore) -> None:
     vector = unit(1)
     await store.upsert(str(uuid.uuid4()), vector, entry("a"))

@@ -184,6 +184,15 @@ def _load_error(path: Path, error: Exception) -> StartupError:
             f"the cache store {path} is in use by another process (is a second semcache"
             " serving this SEMCACHE_DATA_DIR?): stop it or point SEMCACHE_DATA_DIR elsewhere"
         )
+    if "Permission denied" in str(error) or "os error 13" in str(error):
+        # Found from outside: a healthy store this user may not read or write was called
+        # damaged, and the advice (move it away) would have thrown a good cache out.
+        return StartupError(
+            f"the cache store {path} cannot be opened: this user may not read or write"
+            f" some of its files ({error}); give the user that runs semcache read and write"
+            " access to the whole folder (chown -R / chmod -R), or set SEMCACHE_DATA_DIR to"
+            " a folder it may write"
+        )
     return StartupError(
         f"the cache store {path} cannot be opened ({error}): move it away to start with an"
         " empty cache, or restore it from a backup"

@@ -162,6 +162,7 @@ class _ShardKeeper:
         self.shard: qe.EdgeShard | None = None
         # Every write since the shard was copied for a rebuild, to replay on the copy.
         self.journal: list[qe.UpdateOperation] | None = None
+        self._said_closed = False  # "left closed" logged since the shard was last open
 
     def closed(self) -> StoreNotWritableError:
         """The error for a call that needs the shard while it is closed."""
@@ -175,12 +176,15 @@ class _ShardKeeper:
         for done in recover(self.path):
             log.warning("cache store: an interrupted index rebuild was cleaned up", done=done)
         if not self.disk.can_open():
-            log.warning(
-                "cache store left closed: the disk is full; every lookup misses until there"
-                " is room",
-                reason=self.disk.health.reason,
-            )
+            if not self._said_closed:  # once per stretch, not at every upkeep pass
+                log.warning(
+                    "cache store left closed: the disk is full; every lookup misses until"
+                    " there is room",
+                    reason=self.disk.health.reason,
+                )
+                self._said_closed = True
             return
+        self._said_closed = False
         model = self.manifest.embedding_model
         manifest = self.manifest.read()
         check_vectors(self.path, manifest, self.dim)
