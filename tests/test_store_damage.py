@@ -72,10 +72,14 @@ async def test_deleted_segments_refuse_to_start_when_asked(tmp_path: Path) -> No
     shard = tmp_path / "shard"
     await _fill(shard, 30)
     shutil.rmtree(shard / "segments")
+    before = sorted(p.relative_to(shard) for p in shard.rglob("*"))
     with pytest.raises(StoreDamagedError, match=r"segments directory .* was missing") as raised:
         EdgeVectorStore(shard, DIM, on_damage="refuse")
     assert "\n" not in str(raised.value)
     assert isinstance(raised.value, StartupError)
+    # Found from outside: the refused store had been changed first (a new segments
+    # directory, payload indexes); restoring it from a backup must be a plain copy.
+    assert sorted(p.relative_to(shard) for p in shard.rglob("*")) == before
 
 
 async def test_a_deleted_shard_beside_its_manifest_is_damage(tmp_path: Path) -> None:

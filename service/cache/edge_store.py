@@ -190,16 +190,20 @@ class _ShardKeeper:
         check_vectors(self.path, manifest, self.dim)
         check_model(self.path, manifest, model)
         lost_segments = segments_missing(self.path)
+        if lost_segments and self.on_damage == "refuse":  # before loading makes new ones
+            self._report_damage(find_damage(self.path, manifest, 0, lost_segments))
         shard = self.load(self.path)
         try:
+            # Damage first, so a store refused is left as it was found (found from
+            # outside: payload indexes were created on it, then it was refused).
+            count = shard.count(qe.CountRequest(exact=True))
+            damage = find_damage(self.path, manifest, count, lost_segments)
+            if damage is not None:
+                self._report_damage(damage)
             ensure_indexes(shard, self.path)
         except BaseException:
             shard.close()
             raise
-        count = shard.count(qe.CountRequest(exact=True))
-        damage = find_damage(self.path, manifest, count, lost_segments)
-        if damage is not None:
-            self._report_damage(damage, shard)
         self.manifest.write(count)
         self.disk.refresh()  # health first: once the shard serves, its health is current
         self.shard = shard
@@ -215,10 +219,12 @@ class _ShardKeeper:
         if self.journal is not None:
             self.journal.append(operation)
 
-    def _report_damage(self, damage: Damage, shard: qe.EdgeShard) -> None:
+    def _report_damage(self, damage: Damage | None) -> None:
+        """Log `damage`, or raise it under `refuse` (the caller closes the shard)."""
+        if damage is None:
+            return
         where = f"the cache store {self.path} is damaged: {damage.detail}"
         if self.on_damage == "refuse":
-            shard.close()
             raise StoreDamagedError(
                 f"{where} ({damage.missing_entries} entries missing); not starting"
                 " (SEMCACHE_ON_STORE_DAMAGE=refuse): restore it from a backup, move it"
