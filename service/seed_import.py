@@ -96,6 +96,19 @@ def repeated(lines: Sequence[Line]) -> dict[int, int]:
     return repeats
 
 
+def _without_repeats(lines: Sequence[Line], totals: ImportTotals, progress: TextIO) -> list[Line]:
+    """`lines` but those repeating an earlier line's question, each reported and counted
+    as failed."""
+    repeats = repeated(lines)
+    for number, earlier in repeats.items():
+        totals.failed += 1
+        progress.write(
+            f"line {number}: the same question as line {earlier} (one entry per question);"
+            " not sent: keep one answer for it\n"
+        )
+    return [line for line in lines if line.number not in repeats]
+
+
 def import_lines(
     client: SemcacheClient,
     lines: Sequence[Line],
@@ -117,14 +130,7 @@ def import_lines(
             f"--batch-size is {batch_size}; use 1 to {MAX_SEEDS_PER_CALL} (PutEntries' limit)"
         )
     totals = ImportTotals()
-    repeats = repeated(lines)
-    for number, earlier in repeats.items():
-        totals.failed += 1
-        progress.write(
-            f"line {number}: the same question as line {earlier} (one entry per question);"
-            " not sent: keep one answer for it\n"
-        )
-    lines = [line for line in lines if line.number not in repeats]
+    lines = _without_repeats(lines, totals, progress)
     for start in range(0, len(lines), batch_size):
         batch = lines[start : start + batch_size]
         results = client.put_entries([line.pair for line in batch], **scope)

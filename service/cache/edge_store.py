@@ -135,6 +135,28 @@ def _edge_query(query: SearchQuery, params: qe.SearchParams) -> qe.QueryRequest:
     )
 
 
+def reported_damage(path: Path, damage: Damage | None, on_damage: OnDamage) -> int:
+    """How many entries `damage` lost, logged; raised instead under `refuse` (the caller
+    closes the shard).
+
+    Raises:
+        StoreDamagedError: there is damage, and `on_damage` is "refuse".
+    """
+    if damage is None:
+        return 0
+    where = f"the cache store {path} is damaged: {damage.detail}"
+    if on_damage == "refuse":
+        raise StoreDamagedError(
+            f"{where} ({damage.missing_entries} entries missing); not starting"
+            " (SEMCACHE_ON_STORE_DAMAGE=refuse): restore it from a backup, move it"
+            " away, or set SEMCACHE_ON_STORE_DAMAGE=warn to start with what is left"
+        )
+    log.error(
+        f"{where}; starting with the entries that are left", missing_entries=damage.missing_entries
+    )
+    return damage.missing_entries
+
+
 class _ShardKeeper:
     """The shard, the disk it lives on and its manifest: opening (and checking) the
     shard, room for a write, and the manifest's lower bound on the entry count.
@@ -220,21 +242,7 @@ class _ShardKeeper:
             self.journal.append(operation)
 
     def _report_damage(self, damage: Damage | None) -> None:
-        """Log `damage`, or raise it under `refuse` (the caller closes the shard)."""
-        if damage is None:
-            return
-        where = f"the cache store {self.path} is damaged: {damage.detail}"
-        if self.on_damage == "refuse":
-            raise StoreDamagedError(
-                f"{where} ({damage.missing_entries} entries missing); not starting"
-                " (SEMCACHE_ON_STORE_DAMAGE=refuse): restore it from a backup, move it"
-                " away, or set SEMCACHE_ON_STORE_DAMAGE=warn to start with what is left"
-            )
-        log.error(
-            f"{where}; starting with the entries that are left",
-            missing_entries=damage.missing_entries,
-        )
-        self.missing_entries += damage.missing_entries
+        self.missing_entries += reported_damage(self.path, damage, self.on_damage)
 
     def writable(self, n_bytes: int, deletion: bool = False) -> qe.EdgeShard:
         """The shard, if a write of about `n_bytes` fits on the disk (under the write lock).
@@ -662,6 +670,21 @@ class IndexRebuilds:
         return len(journal)
 
 
+def _read_entry(shard: qe.EdgeShard | None, point_id: str) -> CacheEntry | None:
+    """The entry by id as `shard` has it now; None if absent or the shard is closed."""
+    if shard is None:
+        return None
+    records = shard.retrieve([point_id], with_payload=True, with_vector=False)
+    payload = records[0].payload if records else None  # each read rebuilds the dict
+    return None if payload is None else CacheEntry.from_payload(payload)
+
+
+def _tenants_of(shard: qe.EdgeShard, limit: int) -> list[str]:
+    """The tenants with entries in `shard`, the `limit` with the most."""
+    found = shard.facet(qe.FacetRequest("tenant", limit, exact=True))
+    return [str(hit.value) for hit in found.hits]
+
+
 class EdgeVectorStore:
     """A `VectorStore` on a Qdrant Edge shard in `path` (created on first use, with
     `storage`, one of `VECTOR_STORAGE`), searching on `search_threads` (0: per CPU),
@@ -739,13 +762,7 @@ class EdgeVectorStore:
         return entry or self._memo.read_through(point_id, self._read)
 
     def _read(self, point_id: str) -> CacheEntry | None:
-        """The entry by id as the shard has it now; None if absent or the shard is closed."""
-        shard = self._shard
-        if shard is None:
-            return None
-        records = shard.retrieve([point_id], with_payload=True, with_vector=False)
-        payload = records[0].payload if records else None  # each read rebuilds the dict
-        return None if payload is None else CacheEntry.from_payload(payload)
+        return _read_entry(self._shard, point_id)
 
     async def search_many(self, queries: Sequence[SearchQuery]) -> list[Sequence[ScoredEntry]]:
         """The queries' answers, searched inline (see the module's note on threads)."""
@@ -793,10 +810,7 @@ class EdgeVectorStore:
     async def tenants(self, limit: int) -> list[str]:
         """The tenants that have entries (at most `limit`); none while the store is closed."""
         shard = self._shard
-        if shard is None:
-            return []
-        found = await self._run(lambda: shard.facet(qe.FacetRequest("tenant", limit, exact=True)))
-        return [str(hit.value) for hit in found.hits]
+        return [] if shard is None else await self._run(lambda: _tenants_of(shard, limit))
 
     async def touch(self, point_ids: Sequence[str], now: float) -> None:
         """Record hit times; skipped while storing is paused (they only order eviction).

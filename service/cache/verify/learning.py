@@ -37,7 +37,7 @@ from service.cache.store import CacheEntry
 from service.cache.verify.counters import VerificationCounters
 from service.cache.verify.evidence import Observation
 from service.cache.verify.judges import AnswerJudge, JudgeCharge, LlmJudge, judging_for
-from service.cache.verify.online import LiveCalibration
+from service.cache.verify.online import TenantCalibrations
 from service.cache.verify.verifier import PRIORS_KEPT, Exploration, VerifyState
 from service.domain import Feedback, FeedbackReceipt, FeedbackVerdict
 from service.errors import InvalidRequestError, NotFoundError
@@ -86,7 +86,7 @@ class Learning:
         self.judge = judge
         self._store = store
         self._clock = clock
-        self._live: OrderedDict[str, LiveCalibration] = OrderedDict()  # one per tenant
+        self._live = TenantCalibrations(state.prior, PRIORS_KEPT)
         self._served: OrderedDict[tuple[str, str], _Served] = OrderedDict()  # (tenant, id)
         self._served_limit = served_limit
         self._tasks: set[asyncio.Task[None]] = set()
@@ -124,21 +124,9 @@ class Learning:
     async def _record(self, tenant: str, point_id: str, observation: Observation) -> None:
         """Learn `observation` (`tenant`'s live prior) and keep it on the entry."""
         if observation.score < 1.0:
-            live = self._live_for(tenant)
-            live.add(observation.score, observation.same)
-            self.state.set_prior(tenant, live.current)
+            prior = self._live.add(tenant, observation.score, observation.same)
+            self.state.set_prior(tenant, prior)
         await self._keep(point_id, observation)
-
-    def _live_for(self, tenant: str) -> LiveCalibration:
-        """`tenant`'s live calibration, started from the starting prior; the newest
-        `PRIORS_KEPT` are kept (a tenant dropped starts again from the starting prior)."""
-        live = self._live.get(tenant)
-        if live is None:
-            live = self._live[tenant] = LiveCalibration(self.state.prior)
-        self._live.move_to_end(tenant)
-        if len(self._live) > PRIORS_KEPT:
-            self._live.popitem(last=False)
-        return live
 
     async def _keep(self, point_id: str, observation: Observation) -> None:
         try:

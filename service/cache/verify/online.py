@@ -7,7 +7,7 @@ fleet's shares are bounded too.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from service.cache.verify.prior import Prior, penalised_newton
 
-__all__ = ["ErrorBudget", "ExplorationBudget", "LiveCalibration"]
+__all__ = ["ErrorBudget", "ExplorationBudget", "LiveCalibration", "TenantCalibrations"]
 
 _RISK_BIN = 0.0025  # width (P(wrong) units) of the error budget's histogram bins
 _RISK_BINS = 400  # covers P(wrong) 0..1
@@ -149,6 +149,27 @@ class LiveCalibration:
         )
         self._pending = 0
         return self.current
+
+
+class TenantCalibrations:
+    """One `LiveCalibration` per tenant, each started from `base`; the newest `kept`
+    tenants' are kept (a tenant dropped starts again from `base`). One tenant's
+    verdicts never move another's prior (see `verifier.VerifyState`)."""
+
+    def __init__(self, base: Prior, kept: int) -> None:
+        self._base, self._kept = base, kept
+        self._by_tenant: OrderedDict[str, LiveCalibration] = OrderedDict()
+
+    def add(self, tenant: str, score: float, same: bool) -> Prior:
+        """Record one judged comparison for `tenant`; its prior now."""
+        live = self._by_tenant.get(tenant)
+        if live is None:
+            live = self._by_tenant[tenant] = LiveCalibration(self._base)
+        self._by_tenant.move_to_end(tenant)
+        if len(self._by_tenant) > self._kept:
+            self._by_tenant.popitem(last=False)
+        live.add(score, same)
+        return live.current
 
 
 def _fit_correction(
