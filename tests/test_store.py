@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -224,3 +225,18 @@ async def test_an_index_rebuild_logs_how_long_it_took_and_kept_the_store_out(
     assert {k: rebuilt[k] for k in dataclasses.asdict(store.rebuilds.last)} == dataclasses.asdict(
         store.rebuilds.last
     )
+
+
+async def test_a_qdrant_api_key_over_http_is_a_log_line_not_a_plain_text_warning(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    """Found from outside: qdrant-client's plain-text UserWarning about an API key over
+    http broke the JSON log stream."""
+    from structlog.testing import capture_logs
+
+    from service.cache.qdrant_store import QdrantVectorStore
+
+    with capture_logs() as logs, pytest.raises(grpc.RpcError):  # nothing listens on port 1
+        await QdrantVectorStore.open("http://127.0.0.1:1", "c", 4, api_key="k", timeout_s=1)
+    assert not [w for w in recwarn if "Api key is used" in str(w.message)]
+    assert any("travels over plain http" in entry["event"] for entry in logs)

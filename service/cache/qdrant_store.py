@@ -183,6 +183,15 @@ class QdrantVectorStore:
             # qdrant-client warns in two lines when it cannot ask the server's version;
             # the failure to connect that follows says it in one (start-up errors are one).
             warnings.filterwarnings("ignore", "Failed to obtain server version", UserWarning)
+            # Found from outside: its plain-text warning about an API key over http broke
+            # the JSON log stream; said once here, in the log's own format.
+            warnings.filterwarnings("ignore", "Api key is used with an insecure", UserWarning)
+            if api_key and url.startswith("http://"):
+                log.warning(
+                    "the Qdrant API key travels over plain http; use https:// for"
+                    " SEMCACHE_QDRANT_URL outside a trusted network",
+                    url=url,
+                )
             if url == ":memory:":
                 client = AsyncQdrantClient(location=":memory:")
             else:
