@@ -581,3 +581,14 @@ def test_the_variables_filter_every_query(exported: dict[str, frozenset[str]]) -
                 assert "job" in selector.labels, f"{panel['title']!r}: {selector.metric}"
                 if "tenant" in exported.get(selector.metric, ()):
                     assert "tenant" in selector.labels, f"{panel['title']!r}: {selector.metric}"
+
+
+def test_request_panels_leave_the_probes_out() -> None:
+    """Found from outside: health checks (a probe every few seconds per pod) counted in
+    the requests-per-second and error-ratio panels."""
+    exprs = re.findall(r'"expr": "((?:[^"\\]|\\.)*)"', DASHBOARD.read_text())
+    requests = [e for e in exprs if "semcache_requests_total" in e and 'cache!=\\"none\\"' not in e]
+    assert requests
+    for expr in requests:
+        selectors = re.findall(r"semcache_requests_total\{([^}]*)\}", expr)
+        assert all("Check|Watch|ServerReflectionInfo" in s for s in selectors), expr
