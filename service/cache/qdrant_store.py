@@ -144,6 +144,23 @@ def _evidence_operations(
     return operations
 
 
+def _client(
+    url: str, api_key: str | None, prefer_grpc: bool, timeout_s: float
+) -> AsyncQdrantClient:
+    """The client for `url` (":memory:": qdrant-client's local mode)."""
+    if url == ":memory:":
+        return AsyncQdrantClient(location=":memory:")
+    if api_key and url.startswith("http://"):
+        log.warning(
+            "the Qdrant API key travels over plain http; use https:// for"
+            " SEMCACHE_QDRANT_URL outside a trusted network",
+            url=url,
+        )
+    return AsyncQdrantClient(
+        url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=int(max(1, timeout_s))
+    )
+
+
 class QdrantVectorStore:
     """A `VectorStore` on one collection of a Qdrant server (or `:memory:`).
 
@@ -186,21 +203,7 @@ class QdrantVectorStore:
             # Found from outside: its plain-text warning about an API key over http broke
             # the JSON log stream; said once here, in the log's own format.
             warnings.filterwarnings("ignore", "Api key is used with an insecure", UserWarning)
-            if api_key and url.startswith("http://"):
-                log.warning(
-                    "the Qdrant API key travels over plain http; use https:// for"
-                    " SEMCACHE_QDRANT_URL outside a trusted network",
-                    url=url,
-                )
-            if url == ":memory:":
-                client = AsyncQdrantClient(location=":memory:")
-            else:
-                client = AsyncQdrantClient(
-                    url=url,
-                    api_key=api_key,
-                    prefer_grpc=prefer_grpc,
-                    timeout=int(max(1, timeout_s)),
-                )
+            client = _client(url, api_key, prefer_grpc, timeout_s)
             try:
                 return await cls.attach(client, collection, dim, hnsw_ef=hnsw_ef, storage=storage)
             except BaseException:

@@ -19,6 +19,10 @@ __all__ = ["ErrorBudget", "ExplorationBudget", "LiveCalibration", "TenantCalibra
 
 _RISK_BIN = 0.0025  # width (P(wrong) units) of the error budget's histogram bins
 _RISK_BINS = 400  # covers P(wrong) 0..1
+# One hit never risks more than this many times delta, nor HIT_RISK_MAX, however much
+# of the budget is unspent (see `ErrorBudget`).
+HIT_RISK_FACTOR = 10.0
+HIT_RISK_MAX = 0.25
 
 
 @dataclass
@@ -69,6 +73,11 @@ class ErrorBudget:
     live calibration: a P(wrong) recorded under an older, more optimistic prior stops
     counting soon (on qqp_stream_dev a window of 250 kept the second half's reworded
     share at 21% where 20,000 let it fall to 16%, at the same error).
+
+    The allowance never exceeds `HIT_RISK_FACTOR` × delta (nor `HIT_RISK_MAX`) whatever the
+    budget has to spare: found from outside, a namespace whose traffic was mostly exact
+    repeats let its next near misses be served at P(wrong) 0.78-0.84, answers the model
+    itself rated probably wrong, because each fitted the average.
     """
 
     max_error_rate: float = 0.01
@@ -95,7 +104,16 @@ class ErrorBudget:
         self._risk = [r / 2 for r in self._risk]
 
     def allowance(self) -> float:
-        """The largest P(wrong) a candidate may be served at now (>= max_error_rate)."""
+        """The largest P(wrong) a candidate may be served at now (>= max_error_rate, and
+        at most `ceiling`)."""
+        return min(self._spare(), self.ceiling)
+
+    @property
+    def ceiling(self) -> float:
+        """The most any one hit may risk: `HIT_RISK_FACTOR` × delta, below 0.5."""
+        return max(self.max_error_rate, min(HIT_RISK_MAX, HIT_RISK_FACTOR * self.max_error_rate))
+
+    def _spare(self) -> float:
         if self.requests < self.min_requests:
             return self.max_error_rate
         budget = self.headroom * self.max_error_rate * self.requests
