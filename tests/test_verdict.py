@@ -324,7 +324,7 @@ def test_replay_with_the_verdict_explores_within_budget_and_records_evidence(
     assert figures["reworded_served"] == 1.0
 
 
-def test_no_hit_risks_more_than_ten_deltas_however_much_budget_is_spare() -> None:
+def test_no_hit_risks_more_than_three_in_ten_however_much_budget_is_spare() -> None:
     """Found from outside: in a namespace of mostly exact repeats, the spare budget let
     the next near misses be served at P(wrong) 0.78-0.84, answers the model itself
     rated probably wrong, because each one fitted the average."""
@@ -332,6 +332,5 @@ def test_no_hit_risks_more_than_ten_deltas_however_much_budget_is_spare() -> Non
     for _ in range(120):
         budget.on_request(0.0)  # exact repeats: no risk at all
     budget.on_request(0.8)
-    assert budget.allowance() == pytest.approx(0.1)
-    assert ErrorBudget(max_error_rate=0.05).ceiling == 0.25  # and never above 0.25
-    assert ErrorBudget(max_error_rate=0.5).ceiling == 0.5  # nor below delta itself
+    assert budget.allowance() == pytest.approx(0.3)
+    assert ErrorBudget(max_error_rate=0.5).ceiling == 0.5  # never below delta itself
