@@ -48,16 +48,17 @@ def test_a_detail_swapped_in_an_earlier_assistant_turn_changes_the_exact_key() -
 
 
 def test_a_standalone_questions_key_did_not_move() -> None:
-    """A standalone question's id, pinned: it moved once on purpose, when the exact form
-    began to keep case and spacing (`EXACT_FORM_VERSION` 2), so that no entry stored
-    under a case-folded key is served by id for another case; those entries are still
-    found by search, and served as identical to the same question."""
+    """A standalone question's id, pinned: it moved on purpose when the exact form began
+    to keep case and spacing (`EXACT_FORM_VERSION` 2), and again when only a common
+    first word lost its capital and "!" stayed (3), so that no entry stored under a
+    looser key is served by id for another question; those entries are still found by
+    search, and served as identical to the same question."""
     from service.cache.scope import cache_key
     from service.domain import ChatMessage, CompletionRequest
 
     request = CompletionRequest(messages=(ChatMessage("user", "What is machine learning?"),))
     key = cache_key(request, "all-MiniLM-L6-v2/onnx-int8", "simulator")
-    assert key.point_id == "b944f550-4edf-5186-8b3e-c0939758c139"
+    assert key.point_id == "e210864f-4b4a-578f-bd1a-6c9a43a46e09"
 
 
 @pytest.mark.parametrize(

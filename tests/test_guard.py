@@ -143,6 +143,12 @@ def test_same_context_passes(guard: NearMissGuard) -> None:
         ("What does ls -l do?", "What does ls -L do?"),
         ("What is IT?", "What is it?"),
         ("What does len('a  b') return?", "What does len('a b') return?"),
+        # Found from outside (third round): an apostrophe inside a word and a hyphen
+        # between words were let through as identical.
+        ("Fix the grammar: Lets go to the park", "Fix the grammar: Let's go to the park"),
+        ("Translate its into French", "Translate it's into French"),
+        ("SELECT price-discount FROM items", "SELECT price discount FROM items"),
+        ("What does re-sign mean?", "What does re sign mean?"),
     ],
 )  # fmt: skip
 def test_texts_differing_in_other_scripts_or_symbols_are_never_identical(
@@ -161,8 +167,7 @@ def test_texts_differing_in_other_scripts_or_symbols_are_never_identical(
         ("What does the 🍕 emoji mean?", "what does the 🍕 emoji mean"),
         ("Is x ≠ y?", "is x ≠ y"),
         ("Compute 5!", "compute 5!"),
-        ("What is a well-known fact?", "what is a well known fact"),
-        ("Why don’t cats   swim?", "why dont cats swim"),
+        ("Why don’t cats   swim?", "why don't cats swim"),
         ("How do I reset my password?", "how do i reset my password"),
     ],
 )  # fmt: skip

@@ -37,12 +37,12 @@ _TRAILING_PUNCTUATION = re.compile(r"(?:[\s?.。？]|(?<![0-9])[!！])+$")
 # The closing marks `exact_form` may drop: after a word or number written right before
 # them, and a "!" only after a word of two letters or more ("What is n!" and "5!" are
 # factorials; "sudo !!" and the regex "a+b?" keep theirs).
-_CLOSING = re.compile(r"[?.!。？！]+$")
+_CLOSING = re.compile(r"[?.。？]+$")
 _QUOTES = "'\"`"
 _STRAIGHT_QUOTES = str.maketrans("\u2018\u2019\u201c\u201d", "''\"\"")
 # The exact key's form changed (case and spacing kept): ids of the older form are not
 # reused, so no entry stored under a case-folded key is served for another case.
-EXACT_FORM_VERSION = 2
+EXACT_FORM_VERSION = 3  # 3: only a common first word loses its capital; "!" is kept
 # Compatibility forms that carry meaning, kept as written: "3²" is not "32", "½" not "12".
 _MEANINGFUL_FORMS = ("<super>", "<sub>", "<fraction>")
 _POINT_NAMESPACE = uuid.UUID("5b1f5a52-8f0e-4c7e-9d1c-2f6d8f0b6c11")
@@ -77,36 +77,130 @@ def exact_form(text: str) -> str:
     """What must be equal for two texts to be the same question, exactly.
 
     Unicode compatibility forms and widths do not count (but for superscripts,
-    subscripts and fractions), nor the capital of a sentence's first word ("What" and
-    "what"), nor spaces at the ends of a line or repeated between words outside quotes,
-    nor the closing "?", "!" or "." after a word. Everything else does (found from
-    outside, all once served as the same question at P(wrong) 0): case inside a
-    sentence ("ls -l" / "ls -L", "1 MB" / "1 Mb", "IT" / "it"), line breaks and
-    indentation (code, CSV), spaces inside quotes ('a  b'), and a closing mark after
-    anything but a word ("n!", "sudo !!", "a+b?").
+    subscripts and fractions), nor the capital of the text's first word when it is a
+    common opening word ("What" and "what", "How", "Can"...), nor the case of the
+    pronoun "I" in prose ("how do i"), nor spaces at the ends of a line or repeated
+    between words outside quotes, nor a closing "?" or "." after a word. Everything else
+    does (found from outside, all once served as the same question at P(wrong) 0): case
+    inside a sentence ("ls -l" / "ls -L", "1 MB" / "1 Mb", "IT" / "it"), the capital
+    of any other first word ("Turkey" / "turkey", "Polish" / "polish") or of a later
+    line or sentence ("True = 1" / "true = 1"), "I" in code or maths ("print(I)"),
+    line breaks and indentation (code, CSV), spaces inside quotes ('a  b'), a closing
+    "!" ("sort!" / "sort", "ten!" / "ten"), and a closing mark after anything but a
+    word ("sudo !!", "a+b?").
     """
     straight = _compatible(text).translate(_STRAIGHT_QUOTES)
     lines = unicodedata.normalize("NFC", straight).replace("\r\n", "\n").split("\n")
     kept = [_line_form(line) for line in lines]
-    joined = "\n".join(kept).strip()
-    started = _first_word_uncapitalised(joined)
-    if any(mark in started for mark in _LATER_STARTS):
-        started = _SENTENCE_START.sub(_uncapitalised, started)
-    if "I" in started:
+    started = _first_word_uncapitalised("\n".join(kept).strip())
+    if "I" in started and _is_prose(started):
         started = _PRONOUN_I.sub("i", started)
     return _unclosed(started) if started[-1:] in _CLOSING_MARKS else started
 
 
-_LATER_STARTS = (". ", "? ", "! ", "\n")
-_CLOSING_MARKS = "?.!。？！"
+_CLOSING_MARKS = "?.。？"
+# Only these first words lose their capital: the common ways a question or request
+# opens. Any other may be a name ("Turkey", "Polish", "Mb"); "I" is the pronoun rule's.
+_OPENING_WORDS = frozenset(
+    {
+        "a",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "calculate",
+        "can",
+        "check",
+        "compare",
+        "compute",
+        "convert",
+        "could",
+        "create",
+        "define",
+        "describe",
+        "did",
+        "do",
+        "does",
+        "explain",
+        "find",
+        "fix",
+        "for",
+        "generate",
+        "give",
+        "has",
+        "have",
+        "help",
+        "how",
+        "if",
+        "in",
+        "is",
+        "it",
+        "list",
+        "make",
+        "may",
+        "might",
+        "my",
+        "name",
+        "of",
+        "on",
+        "please",
+        "recommend",
+        "should",
+        "show",
+        "solve",
+        "suggest",
+        "summarise",
+        "summarize",
+        "tell",
+        "the",
+        "there",
+        "these",
+        "this",
+        "those",
+        "to",
+        "translate",
+        "was",
+        "we",
+        "were",
+        "what",
+        "whats",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "why",
+        "will",
+        "with",
+        "would",
+        "write",
+        "you",
+        "your",
+    }
+)
+# Text that reads as code or maths: the pronoun rule stays out of it.
+_CODE_MARKS = frozenset("=()[]{}<>*+/\\;$_|`^%#@~\n")
+
+
+def _is_prose(text: str) -> bool:
+    return not any(mark in _CODE_MARKS for mark in text)
 
 
 def _first_word_uncapitalised(text: str) -> str:
     """`_uncapitalised` at the text's start alone (the usual case, without a regex)."""
     match = _SENTENCE_START.match(text)
-    if match is None:
+    if match is None or not _opens_a_question(match.group(0).strip()):
         return text
     return _uncapitalised(match) + text[match.end() :]
+
+
+def _opens_a_question(word: str) -> bool:
+    """A common English opening word, or a word of another script (whose names the
+    list cannot know; its first word keeps the older rule)."""
+    return word.lower() in _OPENING_WORDS or not word.isascii()
 
 
 def _unclosed(text: str) -> str:
@@ -117,9 +211,6 @@ def _unclosed(text: str) -> str:
     body = text[: closing.start()]
     last = body.rsplit(None, 1)[-1] if body.strip() else ""
     if not last or body[-1].isspace() or not last.isalnum():
-        return text
-    exclaims = any(mark in "!！" for mark in closing.group())
-    if exclaims and not (last.isalpha() and len(last) >= 2):
         return text
     return body
 
