@@ -60,6 +60,15 @@ async def test_a_different_subject_in_the_same_form_does_not(service: Service) -
         ("What is the easiest way to lose weight?", "What is the best way to lose weight?"),
         ("What is the best way to lose weight?", "How can I lose weight?"),
         ("How can I be so stupid?", "How do I be so stupid?"),
+        # Found from outside (third round).
+        ("What is seven times eight?", "Can you explain seven times eight?"),
+        ("What is twelve squared?", "Explain twelve squared"),
+        ("What is Tesla share price today?", "Explain Tesla share price today"),
+        ("What is Easter this year?", "Explain Easter this year"),
+        ("What is Bitcoin worth?", "Explain Bitcoin worth"),
+        ("What is Pi to ten decimal places?", "Explain Pi to ten decimal places"),
+        ("How can I help you?", "How do I help you?"),
+        ("How can I thank you?", "How to thank you?"),
     ],
 )
 def test_forms_that_ask_different_things_share_no_key(first: str, second: str) -> None:

@@ -20,6 +20,10 @@ number, a symbol or a particular ("explain 7 times 8", "explain the capital of
 France"), so other subjects keep the two apart; case counts ("SAD" / "sad"); verbs have
 no synonyms ("update" / "change" an iPhone); the best and the easiest way are neither
 each other nor "how do I"; and a how-to of a state ("how can I be so stupid") is none.
+In a third round: numbers in words ("seven times eight"), things of the moment
+anywhere in the subject ("Tesla share price today", "Easter this year") and "to"
+("Pi to ten decimal places") are particulars too, and a how-to addressed to the one
+asked ("How can I help you?") is an offer, not a how-to.
 """
 
 from __future__ import annotations
@@ -67,12 +71,25 @@ _POSSESSIVE = re.compile(r"^(?:my|your|our|his|her|their|its)\b", re.IGNORECASE)
 # date"), which "explain" asks the reasons of and "what is" the value of.
 _CONCEPT = re.compile(r"^(?:[^\W\d_]+[ ]?){1,5}$")
 _PARTICULAR = re.compile(
-    r"^(?:the|this|that|these|those|today|tonight|tomorrow|yesterday|now|current)\b"
-    r"|\b(?:of|in|on|at|for|from)\b",
+    r"^(?:the|this|that|these|those)\b"
+    r"|\b(?:of|in|on|at|for|from|to)\b"
+    # Found from outside (third round): numbers in words, sums, and things of the
+    # moment anywhere in the subject ("seven times eight", "Tesla share price today",
+    # "Easter this year", "Bitcoin worth", "Pi to ten decimal places").
+    r"|\b(?:today|tonight|tomorrow|yesterday|now|current|currently|latest|this|next|last"
+    r"|price|prices|worth|cost|costs|stock|share|shares|rate|year|month|week|day|date"
+    r"|time|weather|score|result|results|times|plus|minus|divided|squared|cubed|percent"
+    r"|zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen"
+    r"|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty"
+    r"|sixty|seventy|eighty|ninety|hundred|thousand|million|billion|trillion|dozen"
+    r"|half|quarter|infinity|pi)\b",
     re.IGNORECASE,
 )
 # A how-to of a state, not an action ("how can I be so stupid?").
 _STATE = re.compile(r"^(?:be|feel|seem|look)\b", re.IGNORECASE)
+# A how-to about the one asked is an offer or a courtesy ("How can I help you?" is not
+# "How do I help you?"), found from outside.
+_ADDRESSED = re.compile(r"\b(?:you|your|yours|yourself)\b", re.IGNORECASE)
 _EDGE_PUNCTUATION = re.compile(r"^[\s,:;]+|[\s,:;]+$")
 _FILLER = re.compile(r"^(?:please|pls|kindly)\s+|\s+(?:please|pls)$", re.IGNORECASE)
 
@@ -95,7 +112,9 @@ def form_key(text: str) -> tuple[str, str] | None:
     for prefix, group in _PREFIXES:
         if lowered.startswith(prefix + " "):
             subject = _subject(plain[len(prefix) :])
-            if not subject or (group == "how_to" and _STATE.match(subject)):
+            if not subject or (
+                group == "how_to" and (_STATE.match(subject) or _ADDRESSED.search(subject))
+            ):
                 return None
             if group == "define" and not _concept(subject):
                 # "What's X?" is still "What is X?", but "Explain X" asks something else.
