@@ -68,6 +68,10 @@ def test_a_standalone_questions_key_did_not_move() -> None:
         ("I went hiking in the Alps last week.", "Summarize my previous message in two sentences"),
         ("From now on, reply only in Spanish.", "Write a haiku about autumn leaves"),
         ("Answer in kilojoules from now on.", "How many calories does a medium banana contain"),
+        # Found from outside (third round).
+        ("Dinner ideas: 1. pasta 2. curry 3. tacos", "Give me the recipe for number two"),
+        ("I live in Australia.", "What is the emergency phone number I should call?"),
+        ("I use a Mac.", "How do I take a screenshot of a window?"),
     ],
 )
 def test_a_final_message_that_points_back_or_follows_an_instruction_keeps_its_history(

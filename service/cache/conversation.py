@@ -21,7 +21,12 @@ _ANAPHORA = lex.words(
     "it its that this those these them they one yes no ok okay please same there then and "
     "also instead above below previous preceding earlier prior former latter aforementioned "
     "again paragraph passage text message sentence answer response reply code snippet "
-    "story list email letter document article poem essay conversation chat said mentioned"
+    "story list email letter document article poem essay conversation chat said mentioned "
+    # Found from outside (third round): "the recipe for number two" picks from an earlier
+    # list, and "the emergency number I should call" or "how do I take a screenshot"
+    # lean on what the user said of themselves ("I live in Australia", "I use a Mac").
+    "number option item choice first second third fourth fifth last next "
+    "i me my mine myself we us our ours"
 )
 # An earlier turn that sets how every later answer must be ("from now on, reply only in
 # Spanish", "answer in kilojoules"): a question after it never stands alone.
