@@ -22,12 +22,20 @@ _ANAPHORA = lex.words(
     "also instead above below previous preceding earlier prior former latter aforementioned "
     "again paragraph passage text message sentence answer response reply code snippet "
     "story list email letter document article poem essay conversation chat said mentioned "
-    # Found from outside (third round): "the recipe for number two" picks from an earlier
-    # list, and "the emergency number I should call" or "how do I take a screenshot"
-    # lean on what the user said of themselves ("I live in Australia", "I use a Mac").
-    "number option item choice first second third fourth fifth last next "
-    "i me my mine myself we us our ours"
+    # Found from outside (third round): "the recipe for number two" picks from a list.
+    "number option item choice first second third fourth fifth last next"
 )
+# An earlier turn where the user says what holds for them ("I live in Australia", "I
+# use a Mac", "my plan is premium"): a final message in the first person ("the
+# emergency number I should call", "how do I take a screenshot") leans on it. Found
+# from outside: such questions were matched without their history. A first-person
+# question after small talk ("thanks for the help with my statement") still stands.
+_SELF_FACT = re.compile(
+    r"\b(?:i(?: am|'m| live| use| work| have| own| run| speak| study| was born)"
+    r"|i'm|my \w+(?: \w+)? (?:is|are|was|were))\b",
+    re.IGNORECASE,
+)
+_FIRST_PERSON = lex.words("i me my mine myself we us our ours")
 # An earlier turn that sets how every later answer must be ("from now on, reply only in
 # Spanish", "answer in kilojoules"): a question after it never stands alone.
 _STANDING_INSTRUCTION = re.compile(
@@ -42,6 +50,8 @@ def _stands_alone(message: str, earlier: Sequence[str]) -> bool:
     tokens = lex.ascii_tokens(message)  # English rules: other scripts never stand alone
     content = [t for t in tokens if t not in lex.STOPWORDS]
     if len(content) < 4 or _ANAPHORA.intersection(tokens):
+        return False
+    if _FIRST_PERSON.intersection(tokens) and any(_SELF_FACT.search(t) for t in earlier):
         return False
     return not any(_STANDING_INSTRUCTION.search(turn) for turn in earlier)
 
