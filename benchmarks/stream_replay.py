@@ -43,7 +43,6 @@ from service.cache.scope import CacheKey, exact_form
 from service.cache.store import CacheEntry, ScoredEntry
 from service.cache.verify.decision import Action
 from service.cache.verify.evidence import Evidence, Observation
-from service.cache.verify.online import LiveCalibration
 from service.cache.verify.prior import DEFAULT_PRIOR, Prior
 from service.cache.verify.verifier import BudgetSettings, HitDecider, VerifyState
 
@@ -202,7 +201,6 @@ class VerdictDecider:
         budget = BudgetSettings(delta, {}, explore_share, audit_share)
         self.decider = HitDecider(self.state, budget)
         self.guard = NearMissGuard(accept_min=0.0)
-        self.calibration = LiveCalibration(prior)
         self.name = f"verdict δ={delta:.1%}"
         self._ids: dict[int, str] = {}
 
@@ -226,9 +224,8 @@ class VerdictDecider:
         assert choice.entry is not None
         seen = Observation(float(request_index), f"r{request_index}", choice.score, same)
         choice.entry.evidence = choice.entry.evidence.add(seen)
-        if choice.score < 1.0:
-            self.calibration.add(choice.score, same)
-            self.state.prior = self.calibration.current
+        if choice.score < 1.0:  # as `Learning` does: the tenant's own live calibration
+            self.state.calibrations.add(_KEY.tenant, choice.score, same)
 
 
 _KEY = CacheKey("replay", "default", "replay", "", "", "")

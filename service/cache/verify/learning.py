@@ -18,7 +18,7 @@ its observation on the entry but is not learned again. Found from outside: one
 tenant repeating CORRECT on a single hit 4,200 times moved the prior every
 tenant's decisions used until another tenant's near misses were served; then,
 with that closed, 200 verdicts on 200 distinct hits did the same, which is why
-each tenant now learns alone (`VerifyState.priors`).
+each tenant now learns alone (`VerifyState.calibrations`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ from service.cache.store import CacheEntry
 from service.cache.verify.counters import VerificationCounters
 from service.cache.verify.evidence import Observation
 from service.cache.verify.judges import AnswerJudge, JudgeCharge, LlmJudge, judging_for
-from service.cache.verify.online import TenantCalibrations
-from service.cache.verify.verifier import PRIORS_KEPT, Exploration, VerifyState
+from service.cache.verify.verifier import Exploration, VerifyState
 from service.domain import Feedback, FeedbackReceipt, FeedbackVerdict
 from service.errors import InvalidRequestError, NotFoundError
 
@@ -86,7 +85,6 @@ class Learning:
         self.judge = judge
         self._store = store
         self._clock = clock
-        self._live = TenantCalibrations(state.prior, PRIORS_KEPT)
         self._served: OrderedDict[tuple[str, str], _Served] = OrderedDict()  # (tenant, id)
         self._served_limit = served_limit
         self._tasks: set[asyncio.Task[None]] = set()
@@ -124,8 +122,7 @@ class Learning:
     async def _record(self, tenant: str, point_id: str, observation: Observation) -> None:
         """Learn `observation` (`tenant`'s live prior) and keep it on the entry."""
         if observation.score < 1.0:
-            prior = self._live.add(tenant, observation.score, observation.same)
-            self.state.set_prior(tenant, prior)
+            self.state.calibrations.add(tenant, observation.score, observation.same)
         await self._keep(point_id, observation)
 
     async def _keep(self, point_id: str, observation: Observation) -> None:

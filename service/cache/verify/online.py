@@ -178,6 +178,11 @@ class TenantCalibrations:
         self._base, self._kept = base, kept
         self._by_tenant: OrderedDict[str, LiveCalibration] = OrderedDict()
 
+    def prior_for(self, tenant: str) -> Prior:
+        """`tenant`'s prior now: its own live fit, else `base`."""
+        live = self._by_tenant.get(tenant)
+        return self._base if live is None else live.current
+
     def add(self, tenant: str, score: float, same: bool) -> Prior:
         """Record one judged comparison for `tenant`; its prior now."""
         live = self._by_tenant.get(tenant)

@@ -35,14 +35,14 @@ from service.cache.verify.decision import (
 )
 from service.cache.verify.evidence import Evidence, Observation
 from service.cache.verify.forms import form_key
-from service.cache.verify.online import ErrorBudget, ExplorationBudget
+from service.cache.verify.online import ErrorBudget, ExplorationBudget, TenantCalibrations
 from service.cache.verify.prior import Prior
 
 __all__ = ["BudgetSettings", "Choice", "Exploration", "HitDecider", "VerifyState"]
 
 _FIT_CACHE_SIZE = 20_000
 _BUDGETS_KEPT = 1024  # error budgets, one per (tenant, namespace); ~30 KB each
-PRIORS_KEPT = 1024  # live priors, one per tenant (and in `learning`, their fits)
+PRIORS_KEPT = 1024  # tenants whose live prior is kept
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,8 @@ class Choice:
 class VerifyState:
     """What the decision and the learning share: the priors and the counters.
 
-    `prior` is where every tenant starts; `priors` holds each tenant's own, re-fitted
-    live to that tenant's judged traffic (`learning.Learning`), the newest
+    `prior` is where every tenant starts; `calibrations` re-fits each tenant's own to
+    that tenant's judged traffic (`learning.Learning` adds to it), the newest
     `PRIORS_KEPT` kept. One tenant's verdicts never move another's decisions (found
     from outside: 200 WRONG verdicts from one tenant, each on its own seeded hit, made
     every other tenant's candidates "too_risky"; 256 CORRECT ones moved them back).
@@ -99,18 +99,14 @@ class VerifyState:
 
     prior: Prior
     counters: dict[tuple[str, str], VerificationCounters] = field(default_factory=dict)
-    priors: OrderedDict[str, Prior] = field(default_factory=OrderedDict)
+    calibrations: TenantCalibrations = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.calibrations = TenantCalibrations(self.prior, PRIORS_KEPT)
 
     def prior_for(self, tenant: str) -> Prior:
         """`tenant`'s prior: its own live fit, else the starting one."""
-        return self.priors.get(tenant, self.prior)
-
-    def set_prior(self, tenant: str, prior: Prior) -> None:
-        """Keep `prior` as `tenant`'s (the least recently set dropped past the bound)."""
-        self.priors[tenant] = prior
-        self.priors.move_to_end(tenant)
-        if len(self.priors) > PRIORS_KEPT:
-            self.priors.popitem(last=False)  # that tenant starts again from `prior`
+        return self.calibrations.prior_for(tenant)
 
     def counters_for(self, tenant: str, namespace: str) -> VerificationCounters:
         """The (tenant, namespace)'s counters, created at zero on first use."""
@@ -124,6 +120,11 @@ class VerifyState:
 @lru_cache(maxsize=8192)
 def _form(text: str) -> tuple[str, str] | None:
     return form_key(text)
+
+
+# The details of a hit served as the very question asked, in other words: exact form,
+# or an everyday form of it (see `_candidate`).
+SAME_QUESTION_DETAILS = frozenset({"identical", "same_form"})
 
 
 def _candidate(
