@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from service.cache.semantic import Lookup
 from service.cache.verify.learning import Learning
+from service.cache.verify.verifier import SAME_QUESTION_DETAILS
 from service.domain import Completion, CompletionRequest
 from service.llm.provider import ProviderAnswer
 
 __all__ = ["LearningHooks"]
-
-# Hits served as the very question asked, in other words (`verify.verifier._candidate`).
-_SAME_QUESTION = frozenset({"identical", "same_form"})
 
 
 class LearningHooks:
@@ -41,7 +39,7 @@ class LearningHooks:
         """
         if self._learning is not None and completion.entry_id:
             hit = lookup.hit if lookup is not None else None
-            score = 1.0 if hit is None or hit.detail in _SAME_QUESTION else hit.score
+            score = 1.0 if hit is None or hit.detail in SAME_QUESTION_DETAILS else hit.score
             self._learning.note_served(
                 request.request_id, request.tenant, request.namespace, completion.entry_id, score,
                 answer=(completion.content, completion.tool_calls_json),

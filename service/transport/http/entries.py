@@ -24,7 +24,12 @@ from service.pipeline.seed import SeedScope, seeds_for
 from service.transport.http.chat import json_body
 from service.transport.http.door import CALL, DOOR
 from service.transport.http.errors import BadFieldError, http_error_for
-from service.transport.http.wire import optional_field, optional_integer, optional_number
+from service.transport.http.wire import (
+    optional_field,
+    optional_integer,
+    optional_number,
+    refuse_unknown,
+)
 
 RPC_DELETE_ENTRY = "http_delete_entry"
 RPC_PUT_ENTRIES = "http_put_entries"
@@ -60,7 +65,7 @@ async def put_entries(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict):
         raise BadFieldError("body", "the request body must be a JSON object")
-    _only_known(body, _BODY_FIELDS, "")
+    refuse_unknown(body, _BODY_FIELDS, hints={"tenant": "the tenant is the API key's"})
     pairs = [_pair(index, raw) for index, raw in enumerate(_entries(body))]
     results = await door.app.admin.put_entries(seeds_for(_scope(body, tenant), pairs))
     return web.json_response({"results": [_result(r) for r in results]})
@@ -75,18 +80,6 @@ _BODY_FIELDS = (
 _ENTRY_FIELDS = ("question", "answer")
 
 
-def _only_known(body: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
-    """Raises BadFieldError naming the first field of `body` not in `known`."""
-    for name in body:
-        if name not in known:
-            param = f"{where}.{name}" if where else name
-            raise BadFieldError(
-                param,
-                f"{param} is not a field here: the fields are {', '.join(known)}"
-                + (" (the tenant is the API key's)" if name == "tenant" else ""),
-            )
-
-
 def _entries(body: Mapping[str, Any]) -> list[Any]:
     entries = optional_field(body, "entries", list)
     if entries is None:
@@ -98,7 +91,7 @@ def _pair(index: int, raw: object) -> tuple[str, str]:
     where = f"entries[{index}]"
     if not isinstance(raw, dict):
         raise BadFieldError(where, f'{where} must be a JSON object {{"question", "answer"}}')
-    _only_known(raw, _ENTRY_FIELDS, where)
+    refuse_unknown(raw, _ENTRY_FIELDS, where)
     question, answer = raw.get("question"), raw.get("answer")
     if not isinstance(question, str) or not isinstance(answer, str):
         raise BadFieldError(where, f"{where} needs a string question and a string answer")

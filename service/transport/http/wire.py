@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from service.domain import CachePolicy, ChatMessage, CompletionRequest, SamplingParams
 from service.transport.http.errors import BadFieldError
+from service.validation import ROLES
 
 T = TypeVar("T")
 
@@ -64,11 +65,15 @@ UNSUPPORTED_FIELDS: dict[str, object] = {
     "prediction": None,
     "web_search_options": None,
 }
-# A control a caller may reach for under another name, and the name it has here.
-_CONTROL_HINTS = {"cache_policy": "cache", "policy": "cache", "ttl": "ttl_s"}
+# Controls a caller may reach for under another name, and what to send instead.
+_CONTROL_HINTS = {
+    **{name: f"did you mean {EXTENSION_KEY}.cache?" for name in ("cache_policy", "policy")},
+    "ttl": f"did you mean {EXTENSION_KEY}.ttl_s?",
+    "timeout_s": "the time budget is the x-semcache-timeout-s header",
+}
 # OpenAI's "developer" role is its newer name for "system".
 _ROLE_ALIASES = {"developer": "system"}
-_DOOR_ROLES = ("system", "developer", "user", "assistant")
+_DOOR_ROLES = (*ROLES, *_ROLE_ALIASES)
 
 
 @dataclass(frozen=True)
@@ -153,23 +158,32 @@ def cache_controls(extension: object, headers: Mapping[str, str]) -> CacheContro
     )
 
 
+def refuse_unknown(
+    fields: Mapping[str, object],
+    known: Collection[str],
+    where: str = "",
+    hints: Mapping[str, str] | None = None,
+) -> None:
+    """Every key of `fields` (the object at `where`, "" for the body) is in `known`.
+
+    Raises:
+        BadFieldError: one is not, named, with its hint or else the known fields.
+    """
+    for name in fields:
+        if name in known:
+            continue
+        param = f"{where}.{name}" if where else name
+        hint = (hints or {}).get(name) or f"the fields are {', '.join(known)}"
+        raise BadFieldError(param, f"{param} is not a field here: {hint}")
+
+
 def _check_controls(extension: Mapping[str, object]) -> None:
     """Every key of the body's `semcache` object is a cache control.
 
     Raises:
         BadFieldError: one is not, named with the controls there are.
     """
-    for name in extension:
-        if name in CONTROL_HEADERS:
-            continue
-        param = f"{EXTENSION_KEY}.{name}"
-        if name in _CONTROL_HINTS:
-            hint = f"did you mean {EXTENSION_KEY}.{_CONTROL_HINTS[name]}?"
-        elif name == "timeout_s":
-            hint = "the time budget is the x-semcache-timeout-s header"
-        else:
-            hint = f"the controls are {', '.join(CONTROL_HEADERS)}"
-        raise BadFieldError(param, f"{param} is not a cache control: {hint}")
+    refuse_unknown(extension, CONTROL_HEADERS, EXTENSION_KEY, _CONTROL_HINTS)
 
 
 def _check_supported(body: Mapping[str, Any]) -> None:
