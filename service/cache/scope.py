@@ -190,8 +190,8 @@ def _is_prose(text: str) -> bool:
 
 
 def _first_word_uncapitalised(text: str) -> str:
-    """`_uncapitalised` at the text's start alone (the usual case, without a regex)."""
-    match = _SENTENCE_START.match(text)
+    """`text` with its first word uncapitalised, when that word opens a question."""
+    match = _FIRST_WORD.match(text)
     if match is None or not _opens_a_question(match.group(0).strip()):
         return text
     return _uncapitalised(match) + text[match.end() :]
@@ -217,7 +217,7 @@ def _unclosed(text: str) -> str:
 
 # "I" is written "i" as often ("how do i reset it"): the pronoun's case does not count.
 _PRONOUN_I = re.compile(r"\bI\b")
-_SENTENCE_START = re.compile(r"(?:^|(?<=[.?!]\s)|(?<=\n))(\s*)([^\W\d_])([^\W\d_]*)")
+_FIRST_WORD = re.compile(r"(\s*)([^\W\d_])([^\W\d_]*)")
 
 
 def _uncapitalised(match: re.Match[str]) -> str:
