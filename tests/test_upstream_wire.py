@@ -320,3 +320,40 @@ async def test_max_completion_tokens_goes_upstream_under_the_name_the_caller_use
     assert "max_tokens" not in sent_newer
     assert seen["body"] == {**body, "max_tokens": 7}
     assert newer.sampling.max_tokens == older.sampling.max_tokens == 7  # one cache scope
+
+
+async def test_a_stream_closed_with_done_but_no_finish_reason_is_served_unsaid() -> None:
+    """Found from outside: the provider ended its stream itself ([DONE], usage) without a
+    finish reason, and the stream failed as broken off after all its text was sent,
+    where the same answer unary is served with `finish_reason` empty (and never stored)."""
+    chunks = [
+        {"model": "m", "choices": [{"delta": {"content": "Half an ans"}}]},
+        {"model": "m", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}},
+    ]
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async with serving(sse) as provider:
+        items = [item async for item in provider.stream(CALL)]
+    answer = ProviderAnswer("Half an ans", "m", "", Usage(3, 4))
+    assert items == ["Half an ans", answer]
+    request = CompletionRequest(messages=(ChatMessage("user", "q"),))
+    assert not CachingPolicy().storable(request, answer)
+
+
+async def test_a_stream_that_stops_without_done_or_finish_reason_is_retryable() -> None:
+    async def sse(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n')
+        return response
+
+    async with serving(sse) as provider:
+        with pytest.raises(RetryableUpstreamError, match="ended the stream early"):
+            await outcome(provider, CALL, stream=True)

@@ -129,7 +129,9 @@ class OpenAICompatProvider:
         """Text deltas, then one `ProviderAnswer`; closing the generator closes the stream.
 
         Raises:
-            RetryableUpstreamError: as `complete`, or the stream ended without a finish.
+            RetryableUpstreamError: as `complete`, or the stream ended before both a
+                finish reason and `[DONE]` (a provider's own end without a reason is
+                served unsaid, as `complete` serves it).
             UpstreamTimeoutError, UpstreamRejectedError, UpstreamError: as `complete`.
         """
         answer = _StreamedAnswer(call.model)
@@ -145,7 +147,8 @@ class OpenAICompatProvider:
             )
             async with stream:  # its body is read here (`sse`), the client's reader unused
                 response = stream.response
-                async for chunk in sse_data(_body(response), response.request):
+                events = sse_data(_body(response), response.request, answer.mark_done)
+                async for chunk in events:
                     for content in answer.add(_dict(chunk)):
                         yield content
         except openai.OpenAIError as error:
@@ -154,7 +157,7 @@ class OpenAICompatProvider:
             raise UpstreamError(
                 f"{self._where} sent a stream that is not chat chunks: {error}"
             ) from error
-        if not answer.finish_reason:
+        if not (answer.finish_reason or answer.done):
             raise RetryableUpstreamError(f"{self._where} ended the stream early")
         yield ProviderAnswer(
             "".join(answer.parts), answer.model, answer.finish_reason, answer.usage,
@@ -212,6 +215,14 @@ class _StreamedAnswer:
         self.usage = Usage()
         self.calls: dict[int, dict[str, Any]] = {}  # tool calls by index, joined as they come
         self.simulated = False  # a chunk bore the simulator's mark
+        # The provider closed the stream itself ([DONE]): without a finish reason, the
+        # answer is served as its unary twin is (finish_reason empty, never stored),
+        # not failed as a stream that broke off after all its text was sent.
+        self.done = False
+
+    def mark_done(self) -> None:
+        """The stream's `[DONE]` arrived."""
+        self.done = True
 
     def add(self, fields: dict[str, Any]) -> list[str]:
         """Take in one chunk; returns its text deltas. Fields of the wrong type are

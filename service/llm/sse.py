@@ -12,7 +12,9 @@ timeouts and status errors); only the body is read here, with the same rules:
   fields matter (several are joined with newlines), other fields and comments
   (`:`) are skipped;
 - `[DONE]` ends the stream; the rest of the body is read (and dropped) for up
-  to 0.1 s so an HTTP/1.1 connection can be reused, as the client does;
+  to 0.1 s so an HTTP/1.1 connection can be reused, as the client does, and
+  the caller is told (`on_done`): a stream the provider closed itself, with
+  or without saying why, is not a connection that broke off;
 - an event whose JSON is an object with an `error` is raised as the client
   raises it (`openai.APIError`), so the caller translates it the same way.
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import openai
@@ -48,8 +50,10 @@ class BadEventError(ValueError):
     """An event's data is not JSON."""
 
 
-async def sse_data(chunks: AsyncIterator[bytes], request: Any = None) -> AsyncIterator[object]:
-    """The parsed JSON of each event in `chunks`, up to `[DONE]` or the end.
+async def sse_data(
+    chunks: AsyncIterator[bytes], request: Any = None, on_done: Callable[[], None] | None = None
+) -> AsyncIterator[object]:
+    """The parsed JSON of each event in `chunks`, up to `[DONE]` (then `on_done()`) or the end.
 
     Raises:
         BadEventError: an event's data is not JSON.
@@ -59,12 +63,16 @@ async def sse_data(chunks: AsyncIterator[bytes], request: Any = None) -> AsyncIt
     async for chunk in chunks:
         for payload in lines.feed(chunk):
             if payload.startswith(_DONE):
+                if on_done is not None:
+                    on_done()
                 await _drain(chunks)
                 return
             yield _parsed(payload, request)
     for payload in lines.finish():
         if not payload.startswith(_DONE):
             yield _parsed(payload, request)
+        elif on_done is not None:
+            on_done()
 
 
 class _Lines:
