@@ -284,11 +284,20 @@ async def _settle(call: _Call, context: grpc.aio.ServicerContext, error: BaseExc
     if isinstance(error, grpc.aio.AbortError):
         call.done(_code_of(context))
     elif isinstance(error, asyncio.CancelledError):
-        call.done(grpc.StatusCode.CANCELLED)
+        call.done(_cancelled_code(context))
     elif isinstance(error, Exception):
         await call.fail(context, error)
         return
     raise error
+
+
+def _cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """Why gRPC cancelled the handler: the caller's deadline passed (the caller sees
+    DEADLINE_EXCEEDED, and so must the dashboard), or the caller went away."""
+    remaining_s = context.time_remaining()
+    if remaining_s is not None and remaining_s <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def _wrap_unary(behaviour: Unary, call: _Call) -> Unary:
