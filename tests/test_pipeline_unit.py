@@ -45,6 +45,7 @@ class Rig:
     store: MemoryVectorStore
     provider: ScriptedProvider
     stats: CacheStats
+    metrics: Metrics
 
 
 @pytest_asyncio.fixture
@@ -65,7 +66,7 @@ async def rig() -> AsyncIterator[Rig]:
         telemetry=telemetry,
         policy=CachingPolicy(),
     )
-    yield Rig(pipeline, store, provider, stats)
+    yield Rig(pipeline, store, provider, stats, metrics)
     await cache.close()
     await batcher.close()
 
@@ -172,7 +173,9 @@ async def test_a_shared_miss_outlives_its_starters_deadline_for_a_caller_with_mo
 async def test_a_shared_call_is_paid_for_once_even_when_its_caller_left(rig: Rig) -> None:
     """Found from outside: the call went on and its answer was stored after its caller
     cancelled, but its cost was counted by nobody (cost_spent_usd 0, later hits saving
-    against it)."""
+    against it). Then (a later audit): the caller that stayed was told it saved the
+    cost, though one call was paid and one answer delivered; and the caller that left
+    was counted nowhere, though its lookup missed and its call was paid."""
     rig.provider.gate = asyncio.Event()
     leaving = asyncio.create_task(rig.pipeline.complete(ask()))
     await _until(lambda: len(rig.provider.calls) == 1)
@@ -185,9 +188,10 @@ async def test_a_shared_call_is_paid_for_once_even_when_its_caller_left(rig: Rig
     shared = await staying
     await _until(lambda: rig.store.upserts == 1)
     counters = rig.stats.for_tenant("default")
-    assert shared.cost_usd == 0.0 and shared.cost_saved_usd > 0
-    assert counters.cost_spent_usd == pytest.approx(shared.cost_saved_usd)
-    assert counters.misses == 1  # the caller that stayed; the one that left got no answer
+    assert shared.cost_usd > 0 and shared.cost_saved_usd == 0.0  # the only answer delivered
+    assert counters.cost_spent_usd == pytest.approx(shared.cost_usd)
+    assert counters.cost_saved_usd == 0.0
+    assert counters.misses == 2  # both looked up and missed, whoever stayed for the answer
 
 
 async def test_a_lone_miss_counts_its_cost_once(rig: Rig) -> None:
@@ -302,3 +306,35 @@ async def test_cache_keys_are_memoised_per_question_and_scope() -> None:
     keys = {cache.key_for(request).point_id for request in other_scopes}
     assert first.point_id not in keys and len(keys) == len(other_scopes)
     await cache.close()
+
+
+async def test_a_failed_or_abandoned_miss_is_still_counted_as_a_miss(rig: Rig) -> None:
+    """Found from outside: GetCacheStats left out misses whose provider failed or whose
+    caller left, where semcache_cache_lookups_total counted them: two hit rates."""
+    rig.provider.fail_next(UpstreamError("upstream down"))
+    with pytest.raises(UpstreamError):
+        await rig.pipeline.complete(ask())
+    rig.provider.gate = asyncio.Event()
+    leaving = asyncio.create_task(rig.pipeline.complete(ask("What is a mortgage?")))
+    await _until(lambda: len(rig.provider.calls) == 2)
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    rig.provider.gate.set()
+    events = rig.pipeline.stream(ask("What is an annuity?"))
+    await anext(events)
+    await events.aclose()
+    with pytest.raises(UpstreamError):
+        rig.provider.fail_next(UpstreamError("upstream down"))
+        await rig.pipeline.complete(ask(cache_policy=CachePolicy.BYPASS))
+    counters = rig.stats.for_tenant("default")
+    assert (counters.misses, counters.bypasses) == (3, 1)
+
+
+async def test_a_refresh_counts_as_a_miss_in_the_lookups_counter_too(rig: Rig) -> None:
+    await rig.pipeline.complete(ask(cache_policy=CachePolicy.REFRESH))
+    looked_up = rig.metrics.registry.get_sample_value(
+        "semcache_cache_lookups_total", {"result": "miss"}
+    )
+    assert looked_up == 1
+    assert rig.stats.for_tenant("default").misses == 1

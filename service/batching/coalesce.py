@@ -23,10 +23,11 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Flight(Generic[T]):
     task: asyncio.Task[T]
     until: float  # its starter's deadline (`time.perf_counter()` seconds; inf: none)
+    delivered: bool = False  # a caller has received the result
 
 
 class Coalescer(Generic[T]):
@@ -48,7 +49,10 @@ class Coalescer(Generic[T]):
         """The result of the in-flight work for `key`, starting it (as this caller's
         `work`, within its deadline `until`) if there is none.
 
-        Returns the result and whether this caller's own `work` gave it (the leader).
+        Returns the result and whether this caller is the first to receive it: the
+        starter, or, if the starter went away, the caller the result reached first
+        (the one the work was done for, as far as anyone received it: a cost is
+        saved only by each caller after it).
 
         Raises:
             Whatever the shared work raised, to every caller waiting on it; except
@@ -61,10 +65,13 @@ class Coalescer(Generic[T]):
             if flight is None:
                 flight = self._start(key, work, until)
             try:
-                return await asyncio.shield(flight.task), leader
+                result = await asyncio.shield(flight.task)
             except retry_on:
                 if leader or until <= flight.until:
                     raise
+                continue
+            first, flight.delivered = not flight.delivered, True
+            return result, first
 
     def _start(self, key: str, work: Callable[[], Awaitable[T]], until: float) -> _Flight[T]:
         task = asyncio.create_task(self._run(work), name=f"coalesced:{key[:16]}")

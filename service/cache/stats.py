@@ -32,15 +32,26 @@ class CacheStats:
         self._tenants: defaultdict[str, TenantCounters] = defaultdict(TenantCounters)
 
     def record(self, tenant: str, status: CacheStatus, cost_usd: float, saved_usd: float) -> None:
+        """Count one request as `status` and add what it spent and saved."""
+        self.count(tenant, status)
+        self.add_money(tenant, cost_usd, saved_usd)
+
+    def count(self, tenant: str, status: CacheStatus, by: int = 1) -> None:
+        """Count `by` requests as `status`: a hit when it is served, a miss or a bypass
+        once the lookup has decided (so one that then fails, or whose caller leaves,
+        is still counted, as `semcache_cache_lookups_total` counts it)."""
         counters = self._tenants[tenant]
         if status is CacheStatus.EXACT_HIT:
-            counters.exact_hits += 1
+            counters.exact_hits += by
         elif status is CacheStatus.SEMANTIC_HIT:
-            counters.semantic_hits += 1
+            counters.semantic_hits += by
         elif status is CacheStatus.MISS:
-            counters.misses += 1
+            counters.misses += by
         else:
-            counters.bypasses += 1
+            counters.bypasses += by
+
+    def add_money(self, tenant: str, cost_usd: float, saved_usd: float) -> None:
+        counters = self._tenants[tenant]
         counters.cost_spent_usd += cost_usd
         counters.cost_saved_usd += saved_usd
 

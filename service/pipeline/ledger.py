@@ -34,10 +34,20 @@ class Ledger:
             return 0.0
         return spec.price.cost_usd(answer.usage.prompt_tokens, answer.usage.completion_tokens)
 
-    def hit(self, tenant: str, hit: CacheHit, started: float) -> Completion:
-        """Count a served cache hit and return its completion."""
+    def looked_up(self, tenant: str, lookup: Lookup | None) -> None:
+        """Count a request the cache did not serve, once the lookup said so: a miss (a
+        refresh included), or a bypass when it skipped the cache. Counted before the
+        provider is asked, so a call that fails or is left is still counted."""
+        self._stats.count(tenant, CacheStatus.BYPASS if lookup is None else CacheStatus.MISS)
+
+    def hit(self, tenant: str, hit: CacheHit, started: float, instead: bool = False) -> Completion:
+        """Count a served cache hit and return its completion. `instead`: served after
+        all, when the upstream call meant to judge it failed; counted as a miss when the
+        lookup decided, it is counted as the hit it became."""
         entry = hit.entry
         self._stats.record(tenant, hit.status, 0.0, entry.cost_usd)
+        if instead:
+            self._stats.count(tenant, CacheStatus.MISS, by=-1)
         self._metrics.record_served_hit(
             tenant,
             hit.detail,
@@ -87,11 +97,12 @@ class Ledger:
         )
 
     def upstream(self, receipt: UpstreamReceipt) -> Completion:
-        """Count an upstream answer (`saved_usd` > 0 when it was shared) and return it."""
+        """Count what an upstream answer spent or saved (`saved_usd` > 0 when it was
+        shared) and return it; the request itself was counted by `looked_up`."""
         answer, lookup = receipt.answer, receipt.lookup
         status = CacheStatus.BYPASS if lookup is None else CacheStatus.MISS
         spent_usd = 0.0 if receipt.prepaid else receipt.spent_usd
-        self._stats.record(receipt.tenant, status, spent_usd, receipt.saved_usd)
+        self._stats.add_money(receipt.tenant, spent_usd, receipt.saved_usd)
         self._metrics.record_cache_decision(receipt.tenant, receipt.detail)
         usage = answer.usage
         if receipt.saved_usd > 0 or not receipt.prepaid:

@@ -160,6 +160,7 @@ class RequestPipeline:
         if lookup is not None and lookup.hit is not None:
             hit = self._ledger.hit(request.tenant, lookup.hit, started)
             return self._hooks.noted(request, hit, lookup)
+        self._ledger.looked_up(request.tenant, lookup)
         route = self._route(request, lookup)
         if lookup is None:
             answer = await self._ask(request, route)
@@ -168,15 +169,16 @@ class RequestPipeline:
         key = f"{lookup.key.point_id}:{request.cache_policy.value}"
         ask = functools.partial(self._ask_and_store, request, lookup, route)
         try:
-            (answer, cost_usd, stored), leader = await self._misses.run(
+            (answer, cost_usd, stored), first = await self._misses.run(
                 key, ask, request.deadline_at(), retry_on=UpstreamTimeoutError
             )
         except UpstreamError as error:
             if (instead := _served_instead(self._cache, lookup, error)) is None:
                 raise
-            hit = self._ledger.hit(request.tenant, instead, started)
+            hit = self._ledger.hit(request.tenant, instead, started, instead=True)
             return self._hooks.noted(request, hit, dataclasses.replace(lookup, hit=instead))
-        spent, saved = (cost_usd, 0.0) if leader else (0.0, cost_usd)
+        # The first caller the answer reached paid for it; each caller after it saved it.
+        spent, saved = (cost_usd, 0.0) if first else (0.0, cost_usd)
         entry_id = lookup.key.point_id if stored else ""
         completion = self._receipt(
             request, lookup, route, answer, started, spent, saved, entry_id, prepaid=True
@@ -212,6 +214,7 @@ class RequestPipeline:
             hit = self._ledger.hit(request.tenant, lookup.hit, started)
             yield self._hooks.noted(request, hit, lookup)
             return
+        self._ledger.looked_up(request.tenant, lookup)
         route = self._route(request, lookup)
         async with aclosing(self._stream_upstream(request, lookup, route, started)) as events:
             async for event in events:
@@ -264,6 +267,8 @@ class RequestPipeline:
         if request.cache_policy is CachePolicy.BYPASS or self._policy.too_hot(request):
             return None
         if request.cache_policy is CachePolicy.REFRESH:
+            # Not served from the cache: a miss, in the lookups counter as in the stats.
+            self._telemetry.metrics.record_lookup("miss")
             return Lookup(self._cache.key_for(request))
         with self._telemetry.stage("lookup"):
             return await self._cache.lookup(request)

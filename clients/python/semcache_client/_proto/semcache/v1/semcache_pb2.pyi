@@ -329,7 +329,8 @@ class CompleteResponse(_message.Message):
     """What this request cost upstream, in US dollars (0 for a hit)."""
     cost_saved_usd: _builtins.float
     """What a hit saved, in US dollars: the cost of the original answer. 0 on a miss,
-    except one that shared an identical request's upstream call: its share, unpaid.
+    except one that shared an identical request's upstream call: the first caller
+    the answer reached paid for it (cost_usd), each later one saved it.
     """
     finish_reason: _builtins.str
     """"stop", "length", ... as the provider reported it."""
@@ -480,14 +481,19 @@ class GetCacheStatsResponse(_message.Message):
     semantic_hits: _builtins.int
     """Requests answered from the cache by a match in meaning."""
     misses: _builtins.int
-    """Requests that looked up the cache, found nothing servable, and asked a provider."""
+    """Requests that looked up the cache and found nothing servable (refreshes too),
+    counted once the lookup decided: whether the provider then answered, failed,
+    or the caller left.
+    """
     bypasses: _builtins.int
-    """Requests that skipped the cache (bypass, or sampled too hot to cache)."""
+    """Requests that skipped the cache (bypass, or sampled too hot to cache), counted
+    as misses are.
+    """
     hit_rate: _builtins.float
     """(exact_hits + semantic_hits) / (exact_hits + semantic_hits + misses); 0 when nothing was looked up."""
     cost_saved_usd: _builtins.float
-    """Sum of cost_saved_usd over all answers: the hits', and the share of a miss that
-    joined another identical miss's upstream call in flight.
+    """Sum of cost_saved_usd over all answers: the hits', and that of a miss that
+    received another identical miss's upstream answer after the caller who paid.
     """
     cost_spent_usd: _builtins.float
     """Sum of cost_usd over all upstream calls."""
