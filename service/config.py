@@ -85,7 +85,10 @@ class UpstreamSettings(BaseModel):
         2.0, gt=0, description="Longest backoff delay; a Retry-After header can only raise it."
     )
     breaker_failures: int = Field(
-        5, ge=1, description="Consecutive failures that open a provider's circuit."
+        5,
+        ge=1,
+        description="Consecutive failed calls (each counted once, whatever its retries) that open"
+        " a provider's circuit.",
     )
     breaker_cooldown_s: float = Field(
         30.0, gt=0, description="How long an open circuit skips its provider before one trial."

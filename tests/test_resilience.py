@@ -328,15 +328,34 @@ async def test_a_prompt_that_fits_no_model_is_an_invalid_request(clock: FakeCloc
 async def test_an_open_breaker_skips_the_provider_without_a_request(clock: FakeClock) -> None:
     async with (
         _simulator({SMALL: FaultConfig(error_rate=1.0)}) as sim,
-        _gateway(sim, clock, breaker_failures=3) as provider,
+        _gateway(sim, clock, breaker_failures=2) as provider,
     ):
         first = await provider.complete(_call(SMALL))
+        assert provider.breaker_states() == {"openai": "closed", "anthropic": "closed"}
+        await provider.complete(_call(SMALL))
         assert provider.breaker_states() == {"openai": "open", "anthropic": "closed"}
-        second = await provider.complete(_call(SMALL))
+        third = await provider.complete(_call(SMALL))
 
     assert (first.model, first.attempts) == (MEDIUM, 4)
-    assert (second.model, second.attempts, second.fallback_from) == (MEDIUM, 1, SMALL)
-    assert sim.request_count(SMALL) == 3  # the second call never reached the dead provider
+    assert (third.model, third.attempts, third.fallback_from) == (MEDIUM, 1, SMALL)
+    assert sim.request_count(SMALL) == 4  # 3 tries, 1 that opened it; none by the third
+
+
+async def test_one_calls_retries_count_once_on_the_breaker(clock: FakeClock) -> None:
+    """Found from outside: one prompt whose calls always failed (the connection cut)
+    counted its three attempts as three failures, opening the provider's breaker for
+    every other caller for the cool-down. A breaker judges the provider across calls."""
+    async with (
+        _simulator({SMALL: FaultConfig(error_rate=1.0)}) as sim,
+        _gateway(sim, clock, breaker_failures=2, retry_attempts=3) as provider,
+    ):
+        answer = await provider.complete(_call(SMALL))
+        assert sim.request_count(SMALL) == 3
+        assert provider.breaker_states()["openai"] == "closed"
+        healthy = await provider.complete(_call(LARGE))
+
+    assert (answer.model, answer.fallback_from) == (MEDIUM, SMALL)
+    assert (healthy.model, healthy.attempts) == (LARGE, 1)
 
 
 async def test_a_half_open_breaker_lets_one_trial_through_and_closes_on_success(
@@ -348,11 +367,12 @@ async def test_a_half_open_breaker_lets_one_trial_through_and_closes_on_success(
         _gateway(sim, clock, breaker_failures=2, retry_attempts=2) as provider,
     ):
         await provider.complete(_call(SMALL))
+        await provider.complete(_call(SMALL))
         clock.now_s += 30.5  # past the 30 s cool-down (exactly 30 can round to 29.99...)
         assert provider.breaker_states()["openai"] == "half_open"
         trial_failed = await provider.complete(_call(SMALL))
         assert provider.breaker_states()["openai"] == "open"  # one failed trial reopens it
-        assert sim.request_count(SMALL) == 3
+        assert sim.request_count(SMALL) == 4  # 2 tries, 1 that opened it, the trial
 
         clock.now_s += 30.5  # past the 30 s cool-down (exactly 30 can round to 29.99...)
         recovered = await provider.complete(_call(LARGE))

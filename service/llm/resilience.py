@@ -106,6 +106,7 @@ class _Run:
         self._clock = clock
         self._deadline = clock() + call.timeout_s
         self._failures: list[tuple[str, str, UpstreamError]] = []
+        self.blamed: set[str] = set()  # providers whose breaker counted a failure of this call
 
     def remaining_s(self) -> float:
         return self._deadline - self._clock()
@@ -297,7 +298,7 @@ class ResilientProvider:
                 run.attempts += 1
                 yield backend.provider, replace(run.call, model=model, timeout_s=timeout_s)
         except BaseException as error:
-            _settle(backend, error, timeout_s)
+            _settle(backend, error, timeout_s, run.blamed)
             raise
         backend.breaker.record_success()
 
@@ -317,8 +318,14 @@ class ResilientProvider:
         return True
 
 
-def _settle(backend: _Backend, error: BaseException, timeout_s: float | None) -> None:
-    """Record a failed attempt on the breaker: only the provider's own failures count."""
+def _settle(
+    backend: _Backend, error: BaseException, timeout_s: float | None, blamed: set[str]
+) -> None:
+    """Record a failed attempt on the breaker: only the provider's own failures count,
+    and only once per call (`blamed`: the providers this call's failures counted on
+    already). Found from outside: one prompt whose calls always broke the connection
+    counted its retries and its fallback's as separate failures and opened the
+    breaker, refusing every other caller for the cool-down."""
     breaker = backend.breaker
     if isinstance(error, UpstreamRejectedError):
         breaker.record_success()  # it answered; the request was at fault
@@ -328,7 +335,10 @@ def _settle(backend: _Backend, error: BaseException, timeout_s: float | None) ->
         breaker.release()  # the caller's short deadline, not the provider's slowness
     elif isinstance(error, RetryableUpstreamError) and error.status == 429:
         breaker.release()  # the provider pacing one model or key, not an outage
-    elif isinstance(error, UpstreamError):
+    elif isinstance(error, UpstreamError) and (
+        backend.spec.name not in blamed or breaker.state != "closed"  # a trial's failure
+    ):
+        blamed.add(backend.spec.name)
         breaker.record_failure(error)  # a grouped request's failure counts once
     else:
         breaker.release()
