@@ -137,8 +137,9 @@ class CacheSettings(BaseModel):
     max_entries_per_tenant: int = Field(
         100_000,
         ge=0,
-        description="Entries kept per tenant; beyond it the least recently hit are evicted,"
-        " counted after every 1% of it in stores (so up to 1% over meanwhile). 0 = no limit.",
+        description="Entries kept per tenant; beyond it its expired entries are deleted, then"
+        " the least recently hit evicted, counted after every 1% of it in stores (so up to"
+        " 1% over meanwhile). 0 = no limit.",
     )
     hnsw_ef: int = Field(64, ge=4, description="HNSW search breadth (recall vs speed).")
     vector_storage: Literal["ram", "int8-disk"] = Field(

@@ -143,6 +143,33 @@ async def test_least_recently_hit_entries_are_evicted(
         await service.close()
 
 
+async def test_an_expired_entry_goes_before_a_live_one_is_evicted(
+    embedder: Embedder, simulator: UpstreamSimulator, backend: str, tmp_path: Path
+) -> None:
+    """Found from outside: the limit counted expired entries not yet purged, so a live
+    entry was evicted while a dead one was kept (the store then held one fewer live
+    entry than the limit allows)."""
+    settings = make_settings(
+        backend, tmp_path / "data", simulator.base_url, max_entries_per_tenant=2
+    )
+    service = await start_service(embedder, simulator, settings)
+    clock = [1_000_000.0]
+    service.app.cache._clock = lambda: clock[0]  # time passes on demand
+    try:
+        await service.stub.Complete(ask("How tall is Mount Everest?"))
+        await service.stub.Complete(ask("Who wrote Hamlet?", ttl_s=2))
+        await service.stub.Complete(ask("Who wrote Hamlet?"))  # hit: the newest hit time
+        await service.app.cache.close()  # let the hit's timestamp land
+        clock[0] += 10  # Hamlet's answer has expired, and is not purged yet
+        await service.stub.Complete(ask("What is photosynthesis?"))  # the limit is reached
+        stats = await service.stub.GetCacheStats(pb.GetCacheStatsRequest())
+        assert stats.entries == 2, "both live entries kept"
+        kept = await service.stub.Complete(ask("How tall is Mount Everest?"))
+        assert kept.cache_status == pb.CACHE_STATUS_EXACT_HIT
+    finally:
+        await service.close()
+
+
 async def test_batch_complete_answers_in_order_with_a_status_per_item(service: Service) -> None:
     await service.stub.Complete(ask(QUESTION))
     reply = await service.stub.BatchComplete(
