@@ -320,7 +320,8 @@ class StoreSettings(BaseModel):
     qdrant_url: str | None = Field(
         None,
         description="Use this Qdrant server instead of the embedded store, e.g. `http://qdrant:6333`;"
-        " `:memory:` runs qdrant-client's in-process mode (tests); unset = the embedded store.",
+        " `:memory:` runs qdrant-client's in-process mode (tests: emptied at every restart);"
+        " unset or empty = the embedded store. The start-up log names the store opened.",
     )
     qdrant_api_key: SecretStr | None = Field(
         None, description="API key for the Qdrant server; unset = none is sent."

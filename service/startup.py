@@ -25,6 +25,7 @@ from pydantic_settings import SettingsError
 from service.config import Settings
 from service.embedding.errors import EmbeddingModelError
 from service.errors import StartupError
+from service.urls import shown_url
 
 # Errors of the clients the Qdrant server backend talks through.
 _CLIENT_LIBRARIES = frozenset({"httpx", "httpcore", "qdrant_client", "grpc"})
@@ -163,7 +164,8 @@ def startup_error_for(error: Exception, settings: Settings) -> StartupError | No
         return error
     if settings.qdrant_url and _is_connection_error(error):
         return StartupError(
-            f"cannot reach the Qdrant server at {settings.qdrant_url} ({_detail(error)});"
+            f"cannot reach the Qdrant server at {shown_url(settings.qdrant_url)}"
+            f" ({_detail(error)});"
             " start it, or fix SEMCACHE_QDRANT_URL"
         )
     if not isinstance(error, (EmbeddingModelError, ValueError, OSError)):

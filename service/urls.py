@@ -32,6 +32,16 @@ def http_url_problem(url: str) -> str | None:
     return None
 
 
+def shown_url(url: str) -> str:
+    """`url` as it may be logged or printed: a password in it replaced by `***`
+    (found from outside: an unreachable `http://user:pw@host` was echoed whole)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
 def target_problem(target: str) -> str | None:
     """Why `target` is not a gRPC `host:port` (or `[v6]:port`) to call; None when it is.
 

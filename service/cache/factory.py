@@ -6,9 +6,14 @@ embedded default does not pay for it at start-up.
 
 from __future__ import annotations
 
+import structlog
+
 from service.cache.edge_store import EdgeVectorStore
 from service.cache.store import VectorStore
 from service.config import Settings
+from service.urls import shown_url
+
+log = structlog.get_logger(__name__)
 
 
 async def build_store(
@@ -24,6 +29,7 @@ async def build_store(
             `on_store_damage` is "refuse"; `StoreSchemaError` when an existing
             store or collection differs from what this version creates.
     """
+    log.info("cache store", store=store_description(settings))
     if settings.qdrant_url:
         from service.cache.qdrant_store import QdrantVectorStore
 
@@ -49,3 +55,15 @@ async def build_store(
         index_after_points=settings.index_after_points,
         memo_entries=settings.store_memo_entries,
     )
+
+
+def store_description(settings: Settings) -> str:
+    """Which store the settings open, for the start-up log: a blank or mistyped
+    SEMCACHE_QDRANT_URL falls back to the embedded store, and `:memory:` keeps
+    nothing past the process, neither of which anything else would show."""
+    if settings.qdrant_url == ":memory:":
+        return "qdrant-client in process memory (emptied at every restart; for tests)"
+    if settings.qdrant_url:
+        where = shown_url(settings.qdrant_url)
+        return f"Qdrant server at {where}, collection {settings.qdrant_collection}"
+    return f"embedded Qdrant Edge in {settings.data_dir / settings.qdrant_collection}"
