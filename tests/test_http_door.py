@@ -620,6 +620,24 @@ async def test_a_wrong_method_and_a_body_too_large_say_what_to_change(door: Http
     assert str(4 * 1024 * 1024) in big_body["error"]["message"]
 
 
+@pytest.mark.parametrize("route", ["/chat/completions", "/semcache/entries", "/semcache/feedback"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_that_does_not_decompress_is_a_400(
+    door: HttpService, route: str, encoding: str
+) -> None:
+    """Found from outside: a corrupt deflate body (and on two routes a corrupt gzip
+    one) was a 500 `internal_error` with a traceback in the log."""
+    headers = {"Content-Encoding": encoding, "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(door.base_url + route, data=b"not compressed at all", headers=headers) as bad,
+    ):
+        body = json.loads(await bad.text())
+    assert bad.status == 400, body
+    assert body["error"]["code"] == "bad_content_encoding"
+    assert encoding in body["error"]["message"]
+
+
 async def test_the_settings_turn_the_door_on_and_name_its_host(door: HttpService) -> None:
     app, settings = door.grpc.app, door.grpc.settings
     off = settings.model_copy(update={"http_port": None})

@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import ClientConnectionError, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from service.app import App
 from service.auth import KeyRing, Principal, principal_for
 from service.overload import InFlight
 from service.transport.http.errors import (
     INTERNAL,
+    BadBodyEncodingError,
     error_body,
     http_error_for,
     retry_headers,
@@ -184,6 +186,14 @@ async def _read_body(request: web.Request) -> None:
         raise web.HTTPRequestTimeout() from None  # `_REFUSALS` says what to change
     except (ConnectionResetError, ClientConnectionError) as error:
         raise ClientGoneError(str(error)) from None
+    except (HttpProcessingError, web.RequestPayloadError):  # found from outside: a 500
+        encoding = request.headers.get("Content-Encoding", "")
+        raise BadBodyEncodingError(
+            f"the request body does not decompress as its Content-Encoding {encoding!r}"
+            " says; send it compressed as named there, or uncompressed without the header"
+            if encoding
+            else "the request body is malformed (its chunked transfer encoding or length)"
+        ) from None
 
 
 class ClientGoneError(Exception):

@@ -59,6 +59,10 @@ class BadFieldError(InvalidRequestError):
         super().__init__(message)
 
 
+class BadBodyEncodingError(InvalidRequestError):
+    """The body's Content-Encoding says it is compressed, and it does not decompress."""
+
+
 @dataclass(frozen=True)
 class HttpError:
     """How one kind of error is answered over HTTP."""
@@ -74,6 +78,7 @@ _INVALID, _EXHAUSTED, _UNAVAILABLE = "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "
 HTTP_ERROR_BY_ERROR: tuple[tuple[type[SemcacheError], HttpError], ...] = (
     # most specific first
     (UnknownModelError, HttpError(404, _BAD, "model_not_found", _INVALID)),
+    (BadBodyEncodingError, HttpError(400, _BAD, "bad_content_encoding", _INVALID)),
     (InvalidRequestError, HttpError(400, _BAD, "invalid_value", _INVALID)),
     (NotFoundError, HttpError(404, _BAD, "not_found", "NOT_FOUND")),
     (AuthenticationError, HttpError(401, _BAD, "invalid_api_key", "UNAUTHENTICATED")),
