@@ -37,6 +37,61 @@ def test_near_miss_rejected_even_at_high_cosine(
 
 
 @pytest.mark.parametrize(
+    ("query", "cached", "reason"),
+    [
+        ("Should I turn on 2FA?", "Should I turn of\u00adf 2FA?", "antonym_mismatch"),
+        ("Should I turn on 2FA?", "Should I turn of\u200bf 2FA?", "antonym_mismatch"),
+        ("Should I turn on 2FA?", "Should I turn of\u2060f 2FA?", "antonym_mismatch"),
+        ("Is it safe to eat raw eggs?", "Is it n\u00adot safe to eat raw eggs?",
+         "negation_mismatch"),
+        ("Why is my battery draining fast?", "Why isn\u00ad't my battery draining fast?",
+         "negation_mismatch"),
+        ("Flights from London to Paris", "Flights t\u00ado London fr\u00adom Paris",
+         "direction_swap"),
+    ],
+)  # fmt: skip
+def test_invisible_characters_inside_a_word_do_not_hide_it_from_the_rules(
+    guard: NearMissGuard, query: str, cached: str, reason: str
+) -> None:
+    """Found from outside: a soft hyphen or a zero-width character inside "off", "not" or
+    "to" kept the rules from seeing the word, while the embedder (which drops them) scored
+    the pair as the plain one; served as a semantic hit with the error budget off."""
+    verdict = guard.verify(query, cached, similarity=0.957)
+    assert (verdict.accept, verdict.reason) == (False, reason)
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("Is 5 > 3?", "Is 5 < 3?"),
+        ("Is x = y?", "Is x \u2260 y?"),
+        ("Is 5 > 3?", "Is 5 \u226f 3?"),
+        ("Is a <= b here?", "Is a >= b here?"),
+        ("Does x == y hold?", "Does x != y hold?"),
+    ],
+)
+def test_a_different_comparison_is_a_different_question(
+    guard: NearMissGuard, query: str, cached: str
+) -> None:
+    """Found from outside (error budget off): served at cosine 0.90-1.00."""
+    verdict = guard.verify(query, cached, similarity=0.99)
+    assert (verdict.accept, verdict.reason) == (False, "operator_mismatch")
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [("What does año mean?", "What does ano mean?"), ("résumé tips", "resume tips")],
+)
+def test_words_differing_only_in_accents_are_different_words(
+    guard: NearMissGuard, query: str, cached: str
+) -> None:
+    """Found from outside: the embedder strips accents, so "año" (year) and "ano" scored
+    a cosine of 1.0 and were served with the error budget off."""
+    verdict = guard.verify(query, cached, similarity=1.0)
+    assert (verdict.accept, verdict.reason) == (False, "accent_mismatch")
+
+
+@pytest.mark.parametrize(
     ("query", "cached"),
     [
         ("How can I reset my password?", "How do I reset my password?"),

@@ -13,7 +13,10 @@ cosine (no extra model calls, ~0.2 ms p50 per candidate in pure Python):
    ("antonym_mismatch"), the from/to direction is swapped ("direction_swap"), both
    sides hold a capitalised name the other lacks ("entity_mismatch"), or a scope word
    is swapped within its group (my/our, per/each/all, iPhone/Android, child/adult...:
-   "scope_mismatch").
+   "scope_mismatch"), a comparison differs ("5 > 3" / "5 < 3": "operator_mismatch"),
+   or a word that is not a name differs from the other side's only in its accents
+   ("año" / "ano": "accent_mismatch"). Format characters (soft hyphen, zero-width ones) are dropped
+   first, as the embedder drops them.
 4. A logistic regression over the cosine and content-word edit features gives `score`;
    accept when it reaches `accept_min`. Its weights are in `guard_weights.json`, fitted
    on qqp_dev by `semcache calibrate` (`service.cache.calibrate`).
@@ -112,6 +115,8 @@ class _Parsed:
     entities: frozenset[str]
     sources: frozenset[str]
     targets: frozenset[str]
+    words: frozenset[str]  # as written, lower-cased (not stemmed: accents kept)
+    operators: frozenset[str]
 
 
 def _entities(text: str) -> frozenset[str]:
@@ -142,6 +147,7 @@ def _number_value(token: str) -> float | None:
 
 @lru_cache(maxsize=8192)  # a query meets up to five candidates; popular entries recur
 def _parse(text: str) -> _Parsed:
+    text = lex.visible(text)
     words: list[str] = []
     numbers: list[float] = []
     dates: set[str] = set()
@@ -166,8 +172,30 @@ def _parse(text: str) -> _Parsed:
     sources, targets = _directions(words)
     return _Parsed(
         stems, content, frozenset(numbers), frozenset(dates), negations, _entities(text),
-        sources, targets,
+        sources, targets, frozenset(words), _operators(text),
     )  # fmt: skip
+
+
+# Comparisons the tokens do not see: "5 > 3" and "5 < 3" are the same words.
+_OPERATOR_RE = re.compile(r"[<>!=]=|<>|[<>=\u2260\u2264\u2265\u226e\u226f\u2270\u2271\u2248\u2261]")
+
+
+def _operators(text: str) -> frozenset[str]:
+    """The comparison and equality operators of `text` ("==" read as "="). Two texts
+    that both hold some and not the same differ, as two with different numbers do;
+    one side's "=" and the other's "equals" do not ("0! = 1" / "0! equal to 1")."""
+    return frozenset("=" if op == "==" else op for op in _OPERATOR_RE.findall(text))
+
+
+def _accent_swap(only_a: frozenset[str], only_b: frozenset[str]) -> bool:
+    """Whether a word of one side is a word of the other but for its accents ("año" /
+    "ano"): the embedder reads them alike (cosine 1.0), the language does not. Names
+    are left out (the callers pass words that are not entities): "Pokémon" is often
+    written "Pokemon"."""
+    if not only_a or not only_b or (all(w.isascii() for w in only_a | only_b)):
+        return False
+    bare_b = {lex.without_accents(w) for w in only_b}
+    return any(lex.without_accents(w) in bare_b for w in only_a)
 
 
 _DETERMINERS = frozenset(
@@ -266,6 +294,8 @@ class PairFeatures:
     entity_mismatch: bool
     scope_mismatch: bool
     direction_swap: bool
+    operator_mismatch: bool = False
+    accent_mismatch: bool = False
 
     def vector(self) -> tuple[float, ...]:
         """The soft features, in the order of `guard_model.FEATURE_NAMES`."""
@@ -323,6 +353,10 @@ def pair_features(query: str, cached: str, similarity: float) -> PairFeatures:
         entity_mismatch=ent_a > 0 and ent_b > 0,
         scope_mismatch=scope_swap,
         direction_swap=bool(a.sources & b.targets or a.targets & b.sources),
+        operator_mismatch=bool(a.operators) and bool(b.operators) and a.operators != b.operators,
+        accent_mismatch=_accent_swap(
+            a.words - b.words - a.entities, b.words - a.words - b.entities
+        ),
     )
 
 
@@ -333,6 +367,8 @@ _VETOES = (
     ("direction_swap", "direction_swap"),
     ("entity_mismatch", "entity_mismatch"),
     ("scope_mismatch", "scope_mismatch"),
+    ("operator_mismatch", "operator_mismatch"),
+    ("accent_mismatch", "accent_mismatch"),
 )
 
 

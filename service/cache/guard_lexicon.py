@@ -7,6 +7,7 @@ Generic English, written by hand; nothing here was taken from an evaluation set.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 
 def words(text: str) -> frozenset[str]:
@@ -186,9 +187,28 @@ TOKEN_RE = re.compile(r"[^\W_]+(?:[.,][0-9]+)*")
 ASCII_TOKEN_RE = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
 
 
+def visible(text: str) -> str:
+    """`text` without format characters (Unicode category Cf: soft hyphen, zero-width
+    space and joiners, word joiner, direction marks), which the embedder drops too.
+    Found from outside: "of\u00adf" kept the antonym rule from seeing "off" while the
+    embedder scored the pair as the plain one."""
+    if text.isascii():
+        return text
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
+def without_accents(word: str) -> str:
+    """`word` with its combining marks removed ("año" -> "ano"), as the embedder reads it."""
+    if word.isascii():
+        return word
+    decomposed = unicodedata.normalize("NFD", word)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
 def normalise(text: str) -> str:
-    """`text` lower-cased with curly apostrophes straightened and contractions expanded."""
-    lowered = text.replace("\u2019", "'").lower()
+    """`text` without format characters, lower-cased, with curly apostrophes straightened
+    and contractions expanded."""
+    lowered = visible(text).replace("\u2019", "'").lower()
     for pattern, repl in CONTRACTIONS:
         lowered = pattern.sub(repl, lowered)
     return lowered
