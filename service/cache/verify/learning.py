@@ -28,7 +28,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import NamedTuple, Protocol
 
 import structlog
@@ -243,12 +242,11 @@ class Learning:
 
     def counters(self, tenant: str) -> list[tuple[str, VerificationCounters]]:
         """Copies of `tenant`'s counters, one per namespace, sorted by namespace."""
-        rows = [(ns, replace(c)) for (t, ns), c in list(self.state.counters.items()) if t == tenant]
-        return sorted(rows, key=lambda row: row[0])
+        return self.state.counters.of_tenant(tenant)
 
     def snapshot(self) -> dict[tuple[str, str], VerificationCounters]:
         """Copies of every (tenant, namespace)'s counters (for the metrics endpoint)."""
-        return {key: replace(c) for key, c in list(self.state.counters.items())}
+        return self.state.counters.snapshot()
 
     async def aclose(self) -> None:
         """Let judgements in flight finish (briefly), then cancel the rest."""

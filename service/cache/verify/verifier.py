@@ -22,7 +22,7 @@ from functools import lru_cache
 from service.cache.guard import GuardVerdict
 from service.cache.scope import CacheKey
 from service.cache.store import ScoredEntry
-from service.cache.verify.counters import VerificationCounters
+from service.cache.verify.counters import CounterBook, VerificationCounters
 from service.cache.verify.decision import (
     Action,
     Candidate,
@@ -98,7 +98,7 @@ class VerifyState:
     """
 
     prior: Prior
-    counters: dict[tuple[str, str], VerificationCounters] = field(default_factory=dict)
+    counters: CounterBook = field(default_factory=CounterBook)
     calibrations: TenantCalibrations = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,12 +109,9 @@ class VerifyState:
         return self.calibrations.prior_for(tenant)
 
     def counters_for(self, tenant: str, namespace: str) -> VerificationCounters:
-        """The (tenant, namespace)'s counters, created at zero on first use."""
-        key = (tenant, namespace)
-        found = self.counters.get(key)
-        if found is None:
-            found = self.counters[key] = VerificationCounters()
-        return found
+        """The (tenant, namespace)'s counters, created at zero on first use (a tenant's
+        namespaces past `counters.MAX_NAMESPACES_PER_TENANT` share one row)."""
+        return self.counters.of(tenant, namespace)
 
 
 @lru_cache(maxsize=8192)
