@@ -33,6 +33,15 @@ MAX_MODEL_NAME_CHARS = 128
 # The longest request id: a caller's own `x-request-id` (either door; longer gets a new
 # one), and the one SubmitFeedback takes.
 MAX_REQUEST_ID_CHARS = 128
+
+
+def usable_request_id(value: str) -> bool:
+    """Whether a caller's `x-request-id` is kept as the request's id: 1 to
+    `MAX_REQUEST_ID_CHARS` printable characters, not all blank (either door makes a
+    new one otherwise, and the response carries it)."""
+    return 0 < len(value) <= MAX_REQUEST_ID_CHARS and value.isprintable() and not value.isspace()
+
+
 MAX_JSON_DEPTH = 32  # tool schemas nest a few levels; Python's parser recurses per level
 MAX_INT_DIGITS = 309  # a longer integer is beyond a 64-bit float (1.8e308)
 MAX_TOOL_CHOICE_BYTES = 4_096  # {"type": "function", "function": {"name": ...}}

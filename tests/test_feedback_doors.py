@@ -498,3 +498,16 @@ async def test_an_entry_id_in_another_uuid_form_is_read_as_the_entry_it_names(
     assert deleted.deleted
     again = await _complete(verified, QUESTION)
     assert again.cache_status == pb.CACHE_STATUS_MISS
+
+
+@pytest.mark.parametrize("sent", ["   ", "r" * 129])
+async def test_a_request_id_that_cannot_be_one_is_replaced_by_a_new_one(
+    verified: Service, sent: str
+) -> None:
+    """Found from outside: a blank id was taken as it came (feedback by it then named
+    nothing a caller could type back); the README now says which ids are kept."""
+    response = await verified.stub.Complete(
+        pb.CompleteRequest(prompt=QUESTION), metadata=(("x-request-id", sent),)
+    )
+    assert response.request_id != sent
+    assert len(response.request_id) == 32

@@ -47,7 +47,7 @@ from service.metrics import Metrics
 from service.overload import DEFAULT_MAX_IN_FLIGHT, InFlight
 from service.transport.grpc.auth import PROBE_METHOD_PREFIXES, Authenticator
 from service.transport.grpc.status import NO_RETRY_TRAILER, abort_with_retry_info, status_for
-from service.validation import MAX_REQUEST_ID_CHARS
+from service.validation import usable_request_id
 
 log = structlog.get_logger(__name__)
 
@@ -76,11 +76,7 @@ BACKLOG_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 
 def _request_id(details: grpc.HandlerCallDetails) -> str:
     for key, value in details.invocation_metadata or ():
-        if (
-            key == "x-request-id"
-            and isinstance(value, str)
-            and 0 < len(value) <= MAX_REQUEST_ID_CHARS
-        ):
+        if key == "x-request-id" and isinstance(value, str) and usable_request_id(value):
             return value
     # 128 random bits as 32 hex digits, like uuid4().hex at a fifth of its cost
     return os.urandom(16).hex()

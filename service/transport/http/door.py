@@ -40,7 +40,7 @@ from service.transport.http.errors import (
     retry_headers,
 )
 from service.transport.http.replies import REQUEST_ID_HEADER
-from service.validation import MAX_REQUEST_ID_CHARS
+from service.validation import usable_request_id
 
 log = structlog.get_logger(__name__)
 
@@ -105,9 +105,9 @@ CALL = web.RequestKey("semcache_call", HttpCall)
 
 
 def request_id_of(request: web.Request) -> str:
-    """The caller's `x-request-id` when it is 1-128 printable characters, else a new one."""
+    """The caller's `x-request-id` when it can be one (`usable_request_id`), else a new one."""
     incoming = request.headers.get("x-request-id", "")
-    if 0 < len(incoming) <= MAX_REQUEST_ID_CHARS and incoming.isprintable():
+    if usable_request_id(incoming):
         return incoming
     return uuid.uuid4().hex
 
