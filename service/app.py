@@ -318,7 +318,12 @@ def assemble_app(
     )
     return App(
         pipeline=pipeline,
-        admin=CacheAdmin(cache, stats, Seeder(cache, catalogue, limits), learning),
+        admin=CacheAdmin(
+            cache,
+            stats,
+            Seeder(cache, catalogue, limits, settings.max_cacheable_temperature),
+            learning,
+        ),
         maintenance=Maintenance(cache, settings.purge_interval_s, settings.index_after_points),
         cache=cache,
         telemetry=telemetry,

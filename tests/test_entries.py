@@ -280,6 +280,38 @@ async def test_the_same_question_twice_in_one_call_is_refused_for_the_second(
     assert exact.content == "first"
 
 
+async def test_a_refused_entry_claims_no_question_for_a_later_one(service: Service) -> None:
+    """Found from outside: an entry refused for its own fault (an empty answer) still
+    took its question, so a later, valid answer to it was refused as its repeat."""
+    put = await service.stub.PutEntries(
+        pb.PutEntriesRequest(
+            entries=[
+                pb.Entry(question=QUESTION, answer="   "),
+                pb.Entry(question=QUESTION, answer=FAQ_ANSWER),
+            ]
+        )
+    )
+    refused, stored = put.results
+    assert refused.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "answer is empty" in refused.status.message
+    assert stored.entry_id, stored.status.message
+    exact = await service.stub.Complete(pb.CompleteRequest(prompt=QUESTION))
+    assert exact.content == FAQ_ANSWER
+
+
+async def test_entries_for_requests_too_hot_to_cache_are_refused(service: Service) -> None:
+    """Found from outside: temperature 1.5 (above SEMCACHE_MAX_CACHEABLE_TEMPERATURE) got
+    an entry id for an entry no request could ever be served from."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.PutEntries(
+            pb.PutEntriesRequest(
+                entries=[pb.Entry(question=QUESTION, answer=FAQ_ANSWER)], temperature=1.5
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "SEMCACHE_MAX_CACHEABLE_TEMPERATURE" in (caught.value.details() or "")
+
+
 async def test_a_client_key_seeds_only_its_own_tenant(keyed: HttpService) -> None:
     service = keyed.grpc
     request = pb.PutEntriesRequest(

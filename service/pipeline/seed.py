@@ -67,10 +67,19 @@ def seeds_for(scope: SeedScope, pairs: Sequence[tuple[str, str]]) -> list[Seed]:
 class Seeder:
     """Stores curated answers under the keys their requests would be looked up by."""
 
-    def __init__(self, cache: SemanticCache, catalogue: Catalogue, limits: Limits) -> None:
+    def __init__(
+        self,
+        cache: SemanticCache,
+        catalogue: Catalogue,
+        limits: Limits,
+        max_temperature: float | None = None,
+    ) -> None:
+        """`max_temperature`: SEMCACHE_MAX_CACHEABLE_TEMPERATURE; requests hotter than it
+        skip the cache, so an entry for them is refused (None: no such limit)."""
         self._cache = cache
         self._catalogue = catalogue
         self._limits = limits
+        self._max_temperature = max_temperature
 
     async def put(self, seeds: Sequence[Seed]) -> list[str | Exception]:
         """Store each seed; per seed, its entry id or why it was not stored.
@@ -107,10 +116,18 @@ class Seeder:
         validate(probe, self._limits)
         if probe.model:
             self._catalogue.require_model(probe.model)
+        hottest, temperature = self._max_temperature, probe.sampling.temperature
+        if hottest is not None and temperature is not None and temperature > hottest:
+            raise InvalidRequestError(
+                f"temperature {temperature:g} is above SEMCACHE_MAX_CACHEABLE_TEMPERATURE"
+                f" ({hottest:g}): requests that hot skip the cache, so no request would"
+                " ever be served these answers; seed them at the temperature asked"
+            )
 
     async def _put_unless_repeated(self, index: int, seed: Seed, first: dict[str, int]) -> str:
         """`_put_one`, unless an earlier seed of the call asks the same question (in the
         same scope): two answers for one entry, where one would silently win."""
+        self._check(seed)  # a seed refused for its own fault claims no question
         key = self._cache.key_for(seed.request)
         earlier = first.setdefault(key.point_id, index)
         if earlier != index:
@@ -121,7 +138,6 @@ class Seeder:
         return await self._put_one(seed, key)
 
     async def _put_one(self, seed: Seed, key: CacheKey) -> str:
-        self._check(seed)
         answer = Answer(
             content=seed.answer,
             model=seed.request.model or "",
