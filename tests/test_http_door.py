@@ -620,6 +620,20 @@ async def test_a_wrong_method_and_a_body_too_large_say_what_to_change(door: Http
     assert str(4 * 1024 * 1024) in big_body["error"]["message"]
 
 
+async def test_a_huge_integer_is_a_400_that_gives_no_server_advice(door: HttpService) -> None:
+    """Found from outside: the message told the caller to call sys.set_int_max_str_digits()."""
+    body = b'{"model": "m", "max_tokens": ' + b"9" * 5000 + b', "messages": []}'
+    headers = {"Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(door.base_url + "/chat/completions", data=body, headers=headers) as bad,
+    ):
+        answer = json.loads(await bad.text())
+    assert bad.status == 400
+    assert "4,300 digits" in answer["error"]["message"]
+    assert "sys." not in answer["error"]["message"]
+
+
 @pytest.mark.parametrize("route", ["/chat/completions", "/semcache/entries", "/semcache/feedback"])
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 async def test_a_body_that_does_not_decompress_is_a_400(

@@ -121,6 +121,10 @@ async def json_body(request: web.Request) -> object:
     try:
         body = json.loads(raw)
     except ValueError as error:
+        if "int_max_str_digits" in str(error):  # Python's advice to the server, not the caller
+            raise BadFieldError(
+                "body", "the request body holds an integer of more than 4,300 digits"
+            ) from None
         raise BadFieldError("body", f"the request body is not valid JSON ({error})") from None
     except RecursionError:
         raise BadFieldError("body", "the request body is nested too deeply to read") from None
