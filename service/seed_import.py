@@ -14,6 +14,7 @@ was refused, so which answer stayed depended on `--batch-size`.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,17 +131,31 @@ def import_lines(
             f"--batch-size is {batch_size}; use 1 to {MAX_SEEDS_PER_CALL} (PutEntries' limit)"
         )
     totals = ImportTotals()
-    lines = _without_repeats(lines, totals, progress)
-    for start in range(0, len(lines), batch_size):
-        batch = lines[start : start + batch_size]
+    sending = _without_repeats(lines, totals, progress)
+    done = len(lines) - len(sending)  # the repeats, reported already
+    for start in range(0, len(sending), batch_size):
+        batch = sending[start : start + batch_size]
         results = client.put_entries([line.pair for line in batch], **scope)
-        for line, result in zip(batch, results, strict=True):
-            if isinstance(result, ItemFailure):
-                totals.failed += 1
-                progress.write(f"\nline {line.number}: {result.code.name}: {result.message}\n")
-            else:
-                totals.stored += 1
-        progress.write(f"\rimported {start + len(batch)}/{len(lines)} ({totals.failed} failed)")
+        failures = [
+            f"line {line.number}: {result.code.name}: {_unindexed(result.message)}\n"
+            for line, result in zip(batch, results, strict=True)
+            if isinstance(result, ItemFailure)
+        ]
+        totals.failed += len(failures)
+        totals.stored += len(batch) - len(failures)
+        done += len(batch)
+        if failures:  # on lines of their own, the progress line after them
+            progress.write("\r\033[K" + "".join(failures))
+        progress.write(f"\rimported {done}/{len(lines)} lines ({totals.failed} failed)")
         progress.flush()
     progress.write("\n")
     return totals
+
+
+_ENTRY_INDEX = re.compile(r"^entries\[\d+\]: ")
+
+
+def _unindexed(message: str) -> str:
+    """A failure's message without the service's `entries[i]: ` (the index in one call,
+    not in the file: the line number says which instead)."""
+    return _ENTRY_INDEX.sub("", message)

@@ -387,7 +387,10 @@ async def test_cli_import_seeds_a_jsonl_file(
     )
     assert status == 1  # one line was refused
     assert out.strip() == "stored 2 entries, 1 failed"
-    assert "imported 3/3 (1 failed)" in err and "line 4: INVALID_ARGUMENT" in err
+    assert "imported 3/3 lines (1 failed)" in err and "line 4: INVALID_ARGUMENT" in err
+    # Found from outside: the message said "entries[1]", the item's index in its call.
+    assert "entries[" not in err
+    assert "\n\n" not in err.replace("\r", "")
     hit = await service.stub.Complete(pb.CompleteRequest(prompt=SAME_FORM, namespace="faq"))
     assert (hit.cache_status, hit.content) == (pb.CACHE_STATUS_SEMANTIC_HIT, FAQ_ANSWER)
 
@@ -414,6 +417,7 @@ async def test_cli_import_keeps_the_first_answer_to_a_repeated_question_whatever
     assert status == 1
     assert out.strip() == "stored 2 entries, 1 failed"
     assert "line 3: the same question as line 1" in err
+    assert "imported 3/3 lines (1 failed)" in err, "the repeat counts among the file's lines"
     hit = await service.stub.Complete(
         pb.CompleteRequest(prompt="What is the refund window?", namespace=namespace)
     )
