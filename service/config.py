@@ -120,7 +120,12 @@ class CacheSettings(BaseModel):
         description="Cosine the conversation context of a follow-up question must reach.",
     )
     search_limit: int = Field(
-        5, ge=1, le=50, description="Candidates fetched from the vector store per lookup."
+        5,
+        ge=1,
+        le=50,
+        description="Candidates checked per lookup; a follow-up (a question with its"
+        " conversation) fetches 8 times as many by its final message and checks those"
+        " nearest in both message and conversation.",
     )
     max_cacheable_temperature: float = Field(
         1.0,

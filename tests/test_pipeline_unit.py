@@ -338,3 +338,27 @@ async def test_a_refresh_counts_as_a_miss_in_the_lookups_counter_too(rig: Rig) -
     )
     assert looked_up == 1
     assert rig.stats.for_tenant("default").misses == 1
+
+
+TOPICS = ["tax return deadline penalty", "garden fence paint primer", "guitar string gauge tension",
+          "sourdough starter flour hydration", "bike brake pad cable", "kitchen tile grout sealant",
+          "roof gutter ladder bracket"]  # fmt: skip
+
+
+def _follow_up(topic: str, opening: str) -> CompletionRequest:
+    earlier = (ChatMessage("user", f"{opening} {topic}"), ChatMessage("assistant", topic))
+    return CompletionRequest(messages=(*earlier, ChatMessage("user", "yes please do that")))
+
+
+async def test_a_follow_up_finds_its_own_conversation_among_many_with_the_same_words(
+    rig: Rig,
+) -> None:
+    """Found from outside: follow-ups that end in the same words ("yes please do that")
+    all tie on the final message; only the first five found were checked against the
+    conversation, so past five stored, a later conversation's own entry was never a
+    candidate (and which five came back differed by backend)."""
+    stored = [(await rig.pipeline.complete(_follow_up(t, "hello"))).entry_id for t in TOPICS]
+    assert len(set(stored)) == len(TOPICS)
+    last = await rig.pipeline.complete(_follow_up(TOPICS[-1], "hi"))
+    assert last.cache_status is CacheStatus.SEMANTIC_HIT, last.cache_detail
+    assert last.entry_id == stored[-1]

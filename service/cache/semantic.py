@@ -207,9 +207,12 @@ class SemanticCache:
                 return _exact_lookup(key, exact)
             with self._telemetry.stage("embed"):
                 vector, context_vector = await _embed_key(self.embedder, key)
-            query = SearchQuery(vector, key.tenant, key.scope, self._clock(), self._search_limit)
+            limit = self._search_limit * (CONTEXT_WIDENING if key.context else 1)
+            query = SearchQuery(vector, key.tenant, key.scope, self._clock(), limit)
             with self._telemetry.stage("search"):
                 found = await self._searches.submit(query)
+            if key.context:
+                found = _nearest_in_context(found, context_vector, self._search_limit)
         except Exception as error:
             log.warning("cache lookup failed; treating as a miss", error=repr(error))
             self._telemetry.metrics.record_lookup("error")
@@ -414,6 +417,29 @@ def _hit(choice: Choice) -> CacheHit | None:
         choice.p_wrong,
         choice.detail,
     )
+
+
+# A follow-up searches this many times the usual candidates by its final message, then
+# keeps the usual number nearest in both message and conversation. Found from outside:
+# follow-ups ending in the same words ("yes please do that") all tie on the final
+# message, and of more than five stored, only the five the store happened to return
+# first were checked against the conversation (which five differed by backend).
+CONTEXT_WIDENING = 8
+
+
+def _nearest_in_context(
+    found: Sequence[ScoredEntry], context_vector: Vector | None, limit: int
+) -> Sequence[ScoredEntry]:
+    """The `limit` candidates of `found` whose weaker match, of message and of
+    conversation, is the strongest (ties in the store's order)."""
+    if len(found) <= limit:
+        return found
+
+    def weaker(candidate: ScoredEntry) -> float:
+        context = _cosine(context_vector, candidate.entry.context_vector)
+        return min(candidate.similarity, context)
+
+    return sorted(found, key=weaker, reverse=True)[:limit]
 
 
 async def _embed_key(embedder: EmbeddingBatcher, key: CacheKey) -> tuple[Vector, Vector | None]:
