@@ -318,12 +318,7 @@ def assemble_app(
     )
     return App(
         pipeline=pipeline,
-        admin=CacheAdmin(
-            cache,
-            stats,
-            Seeder(cache, catalogue, limits, settings.max_cacheable_temperature),
-            learning,
-        ),
+        admin=CacheAdmin(cache, stats, _seeder(cache, catalogue, limits, settings), learning),
         maintenance=Maintenance(cache, settings.purge_interval_s, settings.index_after_points),
         cache=cache,
         telemetry=telemetry,
@@ -395,3 +390,9 @@ def build_verifier(settings: Settings) -> Verifier:
     if settings.near_miss_guard:
         return NearMissGuard(floor, settings.guard_accept_min, settings.context_similarity_min)
     return ThresholdVerifier(floor, settings.context_similarity_min)
+
+
+def _seeder(
+    cache: SemanticCache, catalogue: Catalogue, limits: Limits, settings: Settings
+) -> Seeder:
+    return Seeder(cache, catalogue, limits, settings.max_cacheable_temperature)

@@ -123,8 +123,6 @@ def import_lines(
         ValueError: `batch_size` is not 1 to `MAX_SEEDS_PER_CALL`.
         SemcacheError: a whole call failed (e.g. the service is unreachable).
     """
-    from semcache_client import ItemFailure
-
     if not 1 <= batch_size <= MAX_SEEDS_PER_CALL:
         # found from outside: 5000 failed the whole import at the service's limit
         raise ValueError(
@@ -135,21 +133,36 @@ def import_lines(
     done = len(lines) - len(sending)  # the repeats, reported already
     for start in range(0, len(sending), batch_size):
         batch = sending[start : start + batch_size]
-        results = client.put_entries([line.pair for line in batch], **scope)
-        failures = [
-            f"line {line.number}: {result.code.name}: {_unindexed(result.message)}\n"
-            for line, result in zip(batch, results, strict=True)
-            if isinstance(result, ItemFailure)
-        ]
+        failures = _failures(batch, client.put_entries([line.pair for line in batch], **scope))
         totals.failed += len(failures)
         totals.stored += len(batch) - len(failures)
         done += len(batch)
-        if failures:  # on lines of their own, the progress line after them
-            progress.write("\r\033[K" + "".join(failures))
-        progress.write(f"\rimported {done}/{len(lines)} lines ({totals.failed} failed)")
-        progress.flush()
-    progress.write("\n")
+        status = f"imported {done}/{len(lines)} entries ({totals.failed} failed)"
+        _report(progress, failures, status)
+    if progress.isatty():
+        progress.write("\n")  # the last progress line ends
     return totals
+
+
+def _failures(batch: Sequence[Line], results: Sequence[object]) -> list[str]:
+    """A report line for each of `batch` that PutEntries refused."""
+    from semcache_client import ItemFailure
+
+    return [
+        f"line {line.number}: {result.code.name}: {_unindexed(result.message)}\n"
+        for line, result in zip(batch, results, strict=True)
+        if isinstance(result, ItemFailure)
+    ]
+
+
+def _report(progress: TextIO, failures: Sequence[str], status: str) -> None:
+    """The failures on lines of their own, then the progress line (rewritten in place
+    on a terminal, where the escape code clears the last one; a line each elsewhere)."""
+    terminal = progress.isatty()
+    if failures:
+        progress.write(("\r\033[K" if terminal else "") + "".join(failures))
+    progress.write(("\r" if terminal else "") + status + ("" if terminal else "\n"))
+    progress.flush()
 
 
 _ENTRY_INDEX = re.compile(r"^entries\[\d+\]: ")

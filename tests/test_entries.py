@@ -387,7 +387,7 @@ async def test_cli_import_seeds_a_jsonl_file(
     )
     assert status == 1  # one line was refused
     assert out.strip() == "stored 2 entries, 1 failed"
-    assert "imported 3/3 lines (1 failed)" in err and "line 4: INVALID_ARGUMENT" in err
+    assert "imported 3/3 entries (1 failed)" in err and "line 4: INVALID_ARGUMENT" in err
     # Found from outside: the message said "entries[1]", the item's index in its call.
     assert "entries[" not in err
     assert "\n\n" not in err.replace("\r", "")
@@ -417,7 +417,7 @@ async def test_cli_import_keeps_the_first_answer_to_a_repeated_question_whatever
     assert status == 1
     assert out.strip() == "stored 2 entries, 1 failed"
     assert "line 3: the same question as line 1" in err
-    assert "imported 3/3 lines (1 failed)" in err, "the repeat counts among the file's lines"
+    assert "imported 3/3 entries (1 failed)" in err, "the repeat counts among the file's lines"
     hit = await service.stub.Complete(
         pb.CompleteRequest(prompt="What is the refund window?", namespace=namespace)
     )

@@ -304,7 +304,8 @@ class SemanticCache:
             with self._telemetry.stage("store"):
                 await self.store.upsert(lookup.key.point_id, vector, entry)
                 if self._evictions.due(lookup.key.tenant):
-                    await self._evict(lookup.key.tenant)
+                    await self._hit_times.flush()  # eviction must see the latest hits
+                    await _evict(self.store, lookup.key.tenant, self._max_entries, self._clock())
         except StoreNotWritableError:
             # The store logged why once, when storing paused; each skip is only counted.
             self._telemetry.metrics.record_store_skipped("disk_full")
@@ -314,14 +315,6 @@ class SemanticCache:
             log.warning("cache store failed; answer not cached", error=repr(error))
             return False
         return True
-
-    async def _evict(self, tenant: str) -> None:
-        """Bring `tenant` back to its limit: its expired entries go first (found from
-        outside: counted until the next purge, they had a live entry evicted in their
-        place), then its least recently hit ones."""
-        await self._hit_times.flush()  # eviction must see the latest hits
-        await self.store.delete(EntryFilter(tenant=tenant, expired_at=self._clock()))
-        await self.store.evict_least_recent(tenant, self._max_entries)
 
     async def maintain(self, min_unindexed: int) -> bool:
         """Let the store build its index in the background; see `VectorStore.maintain`."""
@@ -417,6 +410,14 @@ def _hit(choice: Choice) -> CacheHit | None:
         choice.p_wrong,
         choice.detail,
     )
+
+
+async def _evict(store: VectorStore, tenant: str, keep: int, now: float) -> None:
+    """Bring `tenant` back to `keep` entries: its expired entries go first (found from
+    outside: counted until the next purge, they had a live entry evicted in their
+    place), then its least recently hit ones."""
+    await store.delete(EntryFilter(tenant=tenant, expired_at=now))
+    await store.evict_least_recent(tenant, keep)
 
 
 # A follow-up searches this many times the usual candidates by its final message, then

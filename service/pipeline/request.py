@@ -307,17 +307,10 @@ class RequestPipeline:
         return await self._cache.store_answer(lookup, _cache_answer(answer, cost), request.ttl_s)
 
     def _receipt(
-        self,
-        request: CompletionRequest,
-        lookup: Lookup | None,
-        route: RouteDecision,
-        answer: ProviderAnswer,
-        started: float,
-        spent_usd: float,
-        saved_usd: float = 0.0,
-        entry_id: str = "",
-        prepaid: bool = False,
-    ) -> Completion:
+        self, request: CompletionRequest, lookup: Lookup | None, route: RouteDecision,
+        answer: ProviderAnswer, started: float, spent_usd: float, saved_usd: float = 0.0,
+        entry_id: str = "", prepaid: bool = False,
+    ) -> Completion:  # fmt: skip
         receipt = UpstreamReceipt(
             tenant=request.tenant, answer=answer, lookup=lookup, route=route,
             detail=self._policy.miss_detail(request, lookup), started=started,
