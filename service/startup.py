@@ -81,7 +81,10 @@ def _setting_problem(error: Any) -> str:
     variable = name if name.isupper() else f"SEMCACHE_{name.upper()}"
     if "key" in name.lower() and "file" not in name.lower():
         return f"{variable} is invalid ({reason})"  # never echo a secret
-    return f"{variable}={str(error['input'])!r} is invalid ({reason})"
+    value = str(error["input"])
+    if "url" in name.lower():
+        value = shown_url(value)  # a password written into it stays out of the line
+    return f"{variable}={value!r} is invalid ({reason})"
 
 
 @contextlib.contextmanager

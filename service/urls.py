@@ -33,13 +33,23 @@ def http_url_problem(url: str) -> str | None:
 
 
 def shown_url(url: str) -> str:
-    """`url` as it may be logged or printed: a password in it replaced by `***`
-    (found from outside: an unreachable `http://user:pw@host` was echoed whole)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+    """`url` as it may be logged or printed: a password in it, and the value of every
+    query parameter, replaced by `***` (found from outside: an unreachable
+    `http://user:pw@host` was echoed whole, and `?api_key=...` would have been).
+    Userinfo with a second `@` (an unescaped one in the password) is hidden whole."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<a URL that does not parse>"
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at and ":" in userinfo and "@" not in userinfo:
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}")
+    elif at and "@" in userinfo:
+        parts = parts._replace(netloc=f"***@{host}")
+    if parts.query:
+        hidden = "&".join(f"{field.partition('=')[0]}=***" for field in parts.query.split("&"))
+        parts = parts._replace(query=hidden)
+    return parts.geturl()
 
 
 def target_problem(target: str) -> str | None:

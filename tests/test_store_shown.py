@@ -4,6 +4,7 @@ and never a password written into the Qdrant URL."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,11 @@ from service.urls import shown_url
     ("url", "shown"),
     [
         ("http://user:pw@qdrant:6333", "http://user:***@qdrant:6333"),
-        ("https://:secret@q.example/x?y=1", "https://:***@q.example/x?y=1"),
+        ("https://:secret@q.example/x?y=1", "https://:***@q.example/x?y=***"),
         ("http://user@qdrant:6333", "http://user@qdrant:6333"),
         ("http://qdrant:6333", "http://qdrant:6333"),
+        ("http://admin@s3cret@qdrant:6333", "http://***@qdrant:6333"),
+        ("http://qdrant:6333/?api_key=s3cret&x=1", "http://qdrant:6333/?api_key=***&x=***"),
     ],
 )
 def test_a_password_in_a_url_is_never_shown(url: str, shown: str) -> None:
@@ -41,3 +44,30 @@ def test_the_start_up_log_names_the_store_the_settings_open(tmp_path: Path) -> N
     assert "emptied at every restart" in memory
     server = store_description(Settings(qdrant_url="http://u:pw@qdrant:6333"))
     assert "Qdrant server at http://u:***@qdrant:6333" in server
+
+
+def test_an_invalid_url_setting_is_echoed_without_its_password() -> None:
+    """Found from outside: `ftp://admin:s3cretPW@host` was echoed whole by the one-line
+    'invalid settings' error."""
+    from pydantic import ValidationError
+
+    from service.startup import settings_error
+
+    with pytest.raises(ValidationError) as caught:
+        Settings(qdrant_url="ftp://admin:s3cretPW@host")
+    line = str(settings_error(caught.value))
+    assert "s3cretPW" not in line and "SEMCACHE_QDRANT_URL" in line
+
+
+async def test_the_plain_http_key_warning_hides_the_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from service.cache.qdrant_store import _client
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # qdrant-client's own warning; ours is the log line
+        client = _client("http://admin:s3cretPW@127.0.0.1:1", "k", prefer_grpc=False, timeout_s=1)
+    await client.close()
+    logged = capsys.readouterr().out
+    assert "plain http" in logged
+    assert "s3cretPW" not in logged

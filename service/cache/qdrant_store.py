@@ -44,6 +44,7 @@ from service.cache.store_schema import (
     vector_differences,
 )
 from service.cache.verify.evidence import Observation
+from service.urls import shown_url
 
 log = structlog.get_logger(__name__)
 
@@ -154,7 +155,7 @@ def _client(
         log.warning(
             "the Qdrant API key travels over plain http; use https:// for"
             " SEMCACHE_QDRANT_URL outside a trusted network",
-            url=url,
+            url=shown_url(url),
         )
     return AsyncQdrantClient(
         url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=int(max(1, timeout_s))
