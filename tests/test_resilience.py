@@ -17,7 +17,7 @@ import pytest
 
 from semcache_simulator import FaultConfig, SimulatorConfig, UpstreamSimulator
 from semcache_simulator.faults import FaultPlanner
-from service.domain import ChatMessage, SamplingParams
+from service.domain import ChatMessage, SamplingParams, Usage
 from service.errors import (
     InvalidRequestError,
     UpstreamError,
@@ -580,3 +580,37 @@ def test_calls_failing_with_one_shared_error_count_once(clock: FakeClock) -> Non
     assert breaker.state == "closed"  # one upstream failure, not five
     breaker.record_failure(UpstreamError("another request failed"))
     assert breaker.state == "open"
+
+
+class _Unmetered:
+    """A provider that answers but reports no token usage (some OpenAI-compatible
+    servers send none, or ignore `stream_options.include_usage`)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def complete(self, call: ProviderCall) -> ProviderAnswer:
+        self.calls += 1
+        return ProviderAnswer("Paris is the capital of France.", call.model, "stop", Usage())
+
+    async def stream(self, call: ProviderCall) -> AsyncIterator[str | ProviderAnswer]:
+        yield "Paris is the capital of France."
+        yield ProviderAnswer("Paris is the capital of France.", call.model, "stop", Usage())
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_an_answer_without_usage_is_counted_at_an_estimate(clock: FakeClock) -> None:
+    """Found from outside: a provider that sent no usage made its answers cost $0, their
+    hits save $0, and their tokens escape the per-minute limit."""
+    catalogue = _catalogue("http://127.0.0.1:1/v1")
+    unmetered = _Unmetered()
+    clients: dict[str, Provider] = {name: unmetered for name in catalogue.providers}
+    provider = ResilientProvider(
+        catalogue, clients, ResilienceOptions(), clock=clock.now, sleep=clock.sleep
+    )
+    answer = await provider.complete(_call(SMALL, "What is the capital of France?"))
+    _, streamed = await _collect(provider.stream(_call(SMALL, "What is the capital of France?")))
+    for usage in (answer.usage, streamed.usage):
+        assert usage.prompt_tokens > 0 and usage.completion_tokens >= 6  # 6 words at least

@@ -90,7 +90,8 @@ def estimate_tokens(text: str) -> int:
     """A tokenizer-free token count: about four characters per token, at least one per word.
 
     Good enough to pick a tier or to see that a prompt cannot fit a context
-    window; never used for billing (the provider's reported usage is).
+    window; counted as usage only where the provider reported none (a stream cut
+    short, a provider that sends no usage): the provider's reported usage is billed.
     """
     by_chars = math.ceil(len(text) / _CHARS_PER_TOKEN)
     return max(by_chars, len(text.split()))

@@ -30,12 +30,16 @@ many characters had been sent, and the gateway stores nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field, replace
 
+import structlog
+
+from service.domain import Usage
 from service.errors import (
     InvalidRequestError,
     UpstreamBusyError,
@@ -51,11 +55,18 @@ from service.llm.admission import (
     QueueTimeoutError,
     RetryPolicy,
 )
-from service.llm.catalogue import Catalogue, ProviderSpec, estimate_prompt_tokens
+from service.llm.catalogue import (
+    Catalogue,
+    ProviderSpec,
+    estimate_prompt_tokens,
+    estimate_tokens,
+)
 from service.llm.grouping import GroupingProvider
 from service.llm.http_errors import ProviderSetupError, RetryableUpstreamError
 from service.llm.openai_compat import OpenAICompatProvider
 from service.llm.provider import Provider, ProviderAnswer, ProviderCall
+
+log = structlog.get_logger(__name__)
 
 __all__ = [
     "BreakerState",
@@ -120,7 +131,7 @@ class _Run:
             content=answer.content,
             model=model,
             finish_reason=answer.finish_reason,
-            usage=answer.usage,
+            usage=_usage_or_estimate(answer, self.call),
             tool_calls_json=answer.tool_calls_json,
             attempts=self.attempts,
             fallback_from=requested if model != requested else None,
@@ -316,6 +327,27 @@ class ResilientProvider:
             return False
         await self._sleep(delay_s)
         return True
+
+
+def _usage_or_estimate(answer: ProviderAnswer, call: ProviderCall) -> Usage:
+    """The provider's token usage, or, when it reported none for an answer it gave, an
+    estimate (as for a stream cut short): found from outside, a provider that sent no
+    usage made its answers cost $0, its hits save $0, and its tokens escape the
+    per-minute limit."""
+    if answer.usage.total_tokens or not (answer.content or answer.tool_calls_json):
+        return answer.usage
+    _warn_no_usage(call.model)
+    text = answer.content + answer.tool_calls_json
+    return Usage(estimate_prompt_tokens(call.messages), estimate_tokens(text))
+
+
+@functools.cache
+def _warn_no_usage(model: str) -> None:
+    log.warning(
+        "the provider reported no token usage; cost and token limits use an estimate"
+        " (about four characters a token)",
+        model=model,
+    )
 
 
 def _settle(
