@@ -130,7 +130,7 @@ class ChunkWriter:
         if calls:
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
         extra = {EXTENSION_KEY: extension(completion, self._request_id)}
-        return self._event([_choice(delta, completion.finish_reason)], extra)
+        return self._event([_choice(delta, completion.finish_reason or None)], extra)
 
     def usage(self, completion: Completion) -> bytes:
         """The usage chunk (no choices) that `stream_options.include_usage` asks for;
