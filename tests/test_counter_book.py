@@ -39,3 +39,17 @@ def test_each_tenant_has_its_own_bound_and_rows() -> None:
 
 def test_the_shared_row_is_no_namespace_a_caller_can_name() -> None:
     assert not NAME_PATTERN.match(OTHER_NAMESPACES)
+
+
+def test_a_namespace_past_the_bound_shows_the_shared_row() -> None:
+    """Found from outside: GetCacheStats for such a namespace had no verification row."""
+    from service.pipeline.admin import _rows_of
+
+    book = CounterBook(max_namespaces=2)
+    for ns in ("x", "y", "z"):
+        book.of("a", ns).requests += 1
+    rows = book.of_tenant("a")
+    assert [ns for ns, _ in _rows_of(rows, "z")] == [OTHER_NAMESPACES]
+    assert [ns for ns, _ in _rows_of(rows, "x")] == ["x"]
+    assert len(_rows_of(rows, None)) == 3
+    assert _rows_of(book.of_tenant("b"), "x") == []

@@ -12,7 +12,7 @@ import structlog
 from service.cache.semantic import SemanticCache
 from service.cache.stats import CacheStats, TenantCounters
 from service.cache.store import EntryFilter, StoreHealth
-from service.cache.verify.counters import VerificationCounters
+from service.cache.verify.counters import OTHER_NAMESPACES, VerificationCounters
 from service.cache.verify.learning import Learning
 from service.domain import Feedback, FeedbackReceipt
 from service.errors import InvalidRequestError
@@ -124,9 +124,7 @@ class CacheAdmin:
         entries = await self._cache.live_entries(tenant, namespace)
         counters = self._stats.for_tenant(tenant)
         rows = self._learning.counters(tenant) if self._learning is not None else []
-        verification = tuple(
-            NamespaceVerification(ns, c) for ns, c in rows if namespace in (None, ns)
-        )
+        verification = tuple(NamespaceVerification(ns, c) for ns, c in _rows_of(rows, namespace))
         return TenantStats(tenant, entries, counters, self._cache.store.health(), verification)
 
     async def invalidate(self, what: Invalidation) -> int:
@@ -191,3 +189,15 @@ def _check_invalidation(what: Invalidation) -> None:
         raise InvalidRequestError(
             "set namespace, model or older_than_s, or set all=true to delete every entry"
         )
+
+
+def _rows_of(
+    rows: list[tuple[str, VerificationCounters]], namespace: str | None
+) -> list[tuple[str, VerificationCounters]]:
+    """The verification rows to show for `namespace` (None: all): its own, or, when it
+    has none and the tenant's namespaces past the bound share a row, that one (found
+    from outside: such a namespace's stats showed no verification at all)."""
+    if namespace is None:
+        return rows
+    own = [row for row in rows if row[0] == namespace]
+    return own or [row for row in rows if row[0] == OTHER_NAMESPACES]
