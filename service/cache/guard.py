@@ -184,7 +184,11 @@ def _operators(text: str) -> frozenset[str]:
     """The comparison and equality operators of `text` ("==" read as "="). Two texts
     that both hold some and not the same differ, as two with different numbers do;
     one side's "=" and the other's "equals" do not ("0! = 1" / "0! equal to 1")."""
-    return frozenset("=" if op == "==" else op for op in _OPERATOR_RE.findall(text))
+    return frozenset(_OPERATOR_SPELLINGS.get(op, op) for op in _OPERATOR_RE.findall(text))
+
+
+# One spelling per operator (found from outside: ">=" / "≥" was an operator mismatch).
+_OPERATOR_SPELLINGS = {"==": "=", "\u2265": ">=", "\u2264": "<=", "\u2260": "!=", "<>": "!="}
 
 
 def _accent_swap(only_a: frozenset[str], only_b: frozenset[str]) -> bool:
@@ -324,9 +328,17 @@ def _scope_flags(a: _Parsed, b: _Parsed) -> tuple[bool, bool]:
 
 
 def _entity_gaps(a: _Parsed, b: _Parsed) -> tuple[int, int]:
-    only_a = _unmatched(a.entities, b.all_stems | b.entities)
-    only_b = _unmatched(b.entities, a.all_stems | a.entities)
+    """How many names each side holds that the other lacks, accents aside (found from
+    outside: "José Mourinho" / "Jose Mourinho" was an entity mismatch at cosine 1.0)."""
+    only_a = _unmatched(_bare(a.entities), _bare(b.all_stems | b.entities))
+    only_b = _unmatched(_bare(b.entities), _bare(a.all_stems | a.entities))
     return len(only_a), len(only_b)
+
+
+def _bare(words: frozenset[str]) -> frozenset[str]:
+    if all(word.isascii() for word in words):
+        return words
+    return frozenset(lex.without_accents(word) for word in words)
 
 
 def pair_features(query: str, cached: str, similarity: float) -> PairFeatures:
