@@ -81,6 +81,22 @@ def test_a_different_comparison_is_a_different_question(
 @pytest.mark.parametrize(
     ("query", "cached"),
     [
+        ("Is it safe to eat raw eggs?", "Is it n\u043et safe to eat raw eggs?"),  # Cyrillic о
+        ("How do I turn on 2FA?", "How do I turn \u03bfff 2FA?"),  # Greek ο
+    ],
+)
+def test_a_word_with_a_look_alike_letter_from_another_script_is_refused(
+    guard: NearMissGuard, query: str, cached: str
+) -> None:
+    """Found from outside: "nоt" with a Cyrillic "о" hid a negation from the rules, served
+    at cosine 0.956 with the error budget off."""
+    verdict = guard.verify(query, cached, similarity=0.956)
+    assert (verdict.accept, verdict.reason) == (False, "mixed_script")
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
         ("Is a >= b here?", "Is a \u2265 b here?"),
         ("Does x != y hold?", "Does x \u2260 y hold?"),
         ("How old is José Mourinho?", "How old is Jose Mourinho?"),
