@@ -233,13 +233,14 @@ async def test_a_qdrant_api_key_over_http_is_a_log_line_not_a_plain_text_warning
     recwarn: pytest.WarningsRecorder,
 ) -> None:
     """Found from outside: qdrant-client's plain-text UserWarning about an API key over
-    http broke the JSON log stream."""
+    http broke the JSON log stream; and (later) our line logged the URL's password."""
     from structlog.testing import capture_logs
 
     from service.cache.qdrant_store import QdrantVectorStore
 
+    url = "http://admin:s3cretPW@127.0.0.1:1"
     with capture_logs() as logs, pytest.raises(grpc.RpcError):  # nothing listens on port 1
-        await QdrantVectorStore.open("http://127.0.0.1:1", "c", 4, api_key="k", timeout_s=1)
+        await QdrantVectorStore.open(url, "c", 4, api_key="k", timeout_s=1)
     # qdrant-client's version check fails on its own thread: let it end here, so its
     # error is this test's (ignored above), not the next test's.
     for thread in threading.enumerate():
@@ -247,3 +248,4 @@ async def test_a_qdrant_api_key_over_http_is_a_log_line_not_a_plain_text_warning
             thread.join(30)
     assert not [w for w in recwarn if "Api key is used" in str(w.message)]
     assert any("travels over plain http" in entry["event"] for entry in logs)
+    assert "s3cretPW" not in repr(logs)

@@ -4,7 +4,6 @@ and never a password written into the Qdrant URL."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
@@ -57,17 +56,3 @@ def test_an_invalid_url_setting_is_echoed_without_its_password() -> None:
         Settings(qdrant_url="ftp://admin:s3cretPW@host")
     line = str(settings_error(caught.value))
     assert "s3cretPW" not in line and "SEMCACHE_QDRANT_URL" in line
-
-
-async def test_the_plain_http_key_warning_hides_the_password(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from service.cache.qdrant_store import _client
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # qdrant-client's own warning; ours is the log line
-        client = _client("http://admin:s3cretPW@127.0.0.1:1", "k", prefer_grpc=False, timeout_s=1)
-    await client.close()
-    logged = capsys.readouterr().out
-    assert "plain http" in logged
-    assert "s3cretPW" not in logged
