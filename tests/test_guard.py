@@ -61,37 +61,28 @@ def test_invisible_characters_inside_a_word_do_not_hide_it_from_the_rules(
 
 
 @pytest.mark.parametrize(
-    ("query", "cached"),
+    ("query", "cached", "reason"),
     [
-        ("Is 5 > 3?", "Is 5 < 3?"),
-        ("Is x = y?", "Is x \u2260 y?"),
-        ("Is 5 > 3?", "Is 5 \u226f 3?"),
-        ("Is a <= b here?", "Is a >= b here?"),
-        ("Does x == y hold?", "Does x != y hold?"),
+        ("Is 5 > 3?", "Is 5 < 3?", "operator_mismatch"),
+        ("Is x = y?", "Is x \u2260 y?", "operator_mismatch"),
+        ("Is 5 > 3?", "Is 5 \u226f 3?", "operator_mismatch"),
+        ("Is a <= b here?", "Is a >= b here?", "operator_mismatch"),
+        ("Does x == y hold?", "Does x != y hold?", "operator_mismatch"),
+        ("What does año mean?", "What does ano mean?", "accent_mismatch"),
+        ("résumé tips", "resume tips", "accent_mismatch"),
+        # a Cyrillic, then a Greek, look-alike of "o"
+        ("Is it safe to eat raw eggs?", "Is it n\u043et safe to eat raw eggs?", "mixed_script"),
+        ("How do I turn on 2FA?", "How do I turn \u03bfff 2FA?", "mixed_script"),
     ],
 )
-def test_a_different_comparison_is_a_different_question(
-    guard: NearMissGuard, query: str, cached: str
+def test_what_the_tokens_do_not_see_is_a_different_question(
+    guard: NearMissGuard, query: str, cached: str, reason: str
 ) -> None:
-    """Found from outside (error budget off): served at cosine 0.90-1.00."""
+    """Found from outside (error budget off), each served at cosine 0.90-1.00: a
+    comparison ("5 > 3" / "5 < 3"), accents the embedder strips ("año" is a year, "ano"
+    is not), a look-alike letter from another script that hid a negation."""
     verdict = guard.verify(query, cached, similarity=0.99)
-    assert (verdict.accept, verdict.reason) == (False, "operator_mismatch")
-
-
-@pytest.mark.parametrize(
-    ("query", "cached"),
-    [
-        ("Is it safe to eat raw eggs?", "Is it n\u043et safe to eat raw eggs?"),  # Cyrillic о
-        ("How do I turn on 2FA?", "How do I turn \u03bfff 2FA?"),  # Greek ο
-    ],
-)
-def test_a_word_with_a_look_alike_letter_from_another_script_is_refused(
-    guard: NearMissGuard, query: str, cached: str
-) -> None:
-    """Found from outside: "nоt" with a Cyrillic "о" hid a negation from the rules, served
-    at cosine 0.956 with the error budget off."""
-    verdict = guard.verify(query, cached, similarity=0.956)
-    assert (verdict.accept, verdict.reason) == (False, "mixed_script")
+    assert (verdict.accept, verdict.reason) == (False, reason)
 
 
 @pytest.mark.parametrize(
@@ -109,19 +100,6 @@ def test_one_operator_or_name_written_two_ways_is_not_a_mismatch(
     """Found from outside: each was refused at cosine 1.0 (operator or entity mismatch)."""
     verdict = guard.verify(query, cached, similarity=0.99)
     assert verdict.reason not in ("operator_mismatch", "entity_mismatch", "accent_mismatch")
-
-
-@pytest.mark.parametrize(
-    ("query", "cached"),
-    [("What does año mean?", "What does ano mean?"), ("résumé tips", "resume tips")],
-)
-def test_words_differing_only_in_accents_are_different_words(
-    guard: NearMissGuard, query: str, cached: str
-) -> None:
-    """Found from outside: the embedder strips accents, so "año" (year) and "ano" scored
-    a cosine of 1.0 and were served with the error budget off."""
-    verdict = guard.verify(query, cached, similarity=1.0)
-    assert (verdict.accept, verdict.reason) == (False, "accent_mismatch")
 
 
 @pytest.mark.parametrize(

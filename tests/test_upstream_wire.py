@@ -56,6 +56,20 @@ async def outcome(provider: OpenAICompatProvider, call: ProviderCall, stream: bo
     return [item async for item in provider.stream(call)]
 
 
+def sse_of(chunks: list[dict[str, Any]]) -> Handler:
+    """A handler streaming `chunks` as server-sent events, then `[DONE]`."""
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    return sse
+
+
 def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -184,15 +198,7 @@ async def test_a_stream_is_read_from_its_chunks() -> None:
         {"model": "m3", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
     ]
 
-    async def sse(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for chunk in chunks:
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        return response
-
-    async with serving(sse) as provider:
+    async with serving(sse_of(chunks)) as provider:
         items = [item async for item in provider.stream(CALL)]
     assert items == ["Hel", "lo", ProviderAnswer("Hello", "m3", "stop", Usage(3, 2))]
 
@@ -331,15 +337,7 @@ async def test_a_stream_closed_with_done_but_no_finish_reason_is_served_unsaid()
         {"model": "m", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}},
     ]
 
-    async def sse(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for chunk in chunks:
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        return response
-
-    async with serving(sse) as provider:
+    async with serving(sse_of(chunks)) as provider:
         items = [item async for item in provider.stream(CALL)]
     answer = ProviderAnswer("Half an ans", "m", "", Usage(3, 4))
     assert items == ["Half an ans", answer]
