@@ -813,3 +813,20 @@ async def test_the_deadline_header_bounds_a_whole_stream(
             await running.close()
     assert "deadline of 0.5s" in str(caught.value)
     assert again.cache_status == pb.CACHE_STATUS_MISS  # nothing stored of the cut stream
+
+
+def test_a_malformed_header_is_logged_without_its_value() -> None:
+    """Found from outside: a bearer key with a stray control byte was logged whole."""
+    import logging
+
+    from aiohttp.http_exceptions import BadHttpMessage
+    from structlog.testing import capture_logs
+
+    from service.transport.http.malformed import MalformedRequestFilter
+
+    error = BadHttpMessage("Invalid header value char: b'Authorization: Bearer sk-sc-SECRET\\x7f'")
+    record = logging.LogRecord("aiohttp.server", logging.ERROR, "", 0, "x", (), (None, error, None))
+    with capture_logs() as logs:
+        assert MalformedRequestFilter().filter(record) is False
+    assert "SECRET" not in repr(logs)
+    assert logs[0]["reason"] == "Invalid header value char"

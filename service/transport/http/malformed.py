@@ -45,7 +45,7 @@ class MalformedRequestFilter(logging.Filter):
             log.warning(
                 "malformed HTTP requests refused with a 400 before any route",
                 refused=self._unlogged,
-                reason=str(error.message or error)[:200],
+                reason=_without_values(str(error.message or error)),
             )
             self._logged_at, self._unlogged = now, 0
         return False
@@ -56,3 +56,10 @@ def quiet_malformed_requests() -> None:
     logger = logging.getLogger(SERVER_LOGGER)
     if not any(isinstance(f, MalformedRequestFilter) for f in logger.filters):
         logger.addFilter(MalformedRequestFilter())
+
+
+def _without_values(message: str) -> str:
+    """aiohttp's reason without the bytes it quotes: they may be a whole header line
+    (found from outside: `Invalid header value char: b'Authorization: Bearer <key>\\x7f'`
+    logged an API key whole)."""
+    return message.split(":", 1)[0].strip()[:100]
