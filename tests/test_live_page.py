@@ -171,3 +171,16 @@ async def test_the_page_renders_the_hit_rate_in_a_browser(
     screenshot = tmp_path / "live.png"
     await chromium(f"--screenshot={screenshot}", "--window-size=1200,800", page)
     assert screenshot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_hits_in_other_words_are_no_refusal_reason() -> None:
+    """Found from outside: `same_form` (a served semantic hit) was listed among the reasons
+    the cache did not serve, as were `identical` and `audit_unanswered`."""
+    from service.transport.http.live import refusal_reasons
+
+    decisions = {
+        ("acme", "same_form"): 5.0, ("acme", "identical"): 2.0, ("acme", "ok"): 1.0,
+        ("acme", "audit_unanswered"): 1.0, ("acme", "exact"): 9.0, ("acme", "too_risky"): 3.0,
+        ("other", "no_candidates"): 4.0,
+    }  # fmt: skip
+    assert refusal_reasons(decisions, {"acme"}) == [{"reason": "too_risky", "count": 3}]

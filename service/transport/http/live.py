@@ -38,7 +38,10 @@ COMPLETION_RPCS = frozenset(
 )
 SERVED_FROM = {"exact_hit": "hit", "semantic_hit": "hit", "miss": "miss", "bypass": "miss"}
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
-HIT_DETAILS = frozenset({"exact", "ok"})
+# The details a served hit carries (README, the `cache_detail` table); every other one is
+# why the cache did not serve. Found from outside: `identical`, `same_form` and
+# `audit_unanswered` hits were listed among the refusal reasons.
+HIT_DETAILS = frozenset({"exact", "identical", "same_form", "ok", "audit_unanswered"})
 TOP_REASONS = 8
 
 Buckets = list[tuple[float, float]]
