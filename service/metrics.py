@@ -62,7 +62,13 @@ from service.cache.verify.metrics import VerificationCollector
 
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 LOOKUP_RESULTS = frozenset({"hit", "miss", "error"})
+# From 0.1 ms: an exact hit takes about 0.15 ms in the service, and with 1 ms as the
+# first bucket every hit fell in it, so the live page and the dashboard read any hit as
+# 0.5 / 0.95 ms at p50 / p95, interpolated within that bucket (found from outside).
 LATENCY_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
     0.001,
     0.0025,
     0.005,
