@@ -32,6 +32,7 @@ imported only when a `RedisRateLimiter` is made.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ _MAX_IDLE_BUCKETS = 10_000
 # Float refills can land a hair short of a whole token exactly when the retry
 # delay said it would be there; this much is forgiven (same value in the Lua).
 _EPSILON = 1e-6
+# After Redis fails, requests go through without asking it for this long.
+REDIS_RETRY_AFTER_S = 5.0
 
 
 class RateLimiter(Protocol):
@@ -232,6 +235,7 @@ class RedisRateLimiter:
         }
         self._prefix = key_prefix
         self._clock = clock
+        self._down_until = -math.inf  # monotonic seconds: Redis is not asked before then
 
     async def acquire_request(self, tenant: str) -> None:
         """Take one request from the tenant's shared bucket.
@@ -262,12 +266,21 @@ class RedisRateLimiter:
         per_minute = self._per_minute[limit]
         if not per_minute:
             return
+        if time.monotonic() < self._down_until:
+            return  # Redis failed a moment ago: let requests through without waiting on it
         now_s = self._clock() if self._clock is not None else -1.0
         args = (per_minute, per_minute / 60, cost, mode, now_s)
         try:
             wait_ms = int(await self._script(keys=[f"{self._prefix}{tenant}:{limit}"], args=args))
         except self._redis_error as error:
-            log.warning("rate limiter unavailable; allowing the request", error=str(error))
+            # Found from outside: a Redis that hung added its 0.5 s timeout to every
+            # request, and each logged its own line. Now one line per back-off.
+            self._down_until = time.monotonic() + REDIS_RETRY_AFTER_S
+            log.warning(
+                "rate limiter unavailable; allowing requests without it for a while",
+                retry_after_s=REDIS_RETRY_AFTER_S,
+                error=str(error),
+            )
             return
         if wait_ms > 0:
             raise RateLimitedError(tenant, limit, per_minute, wait_ms / 1000)

@@ -262,15 +262,30 @@ async def test_redis_server_time_is_used_without_a_clock(redis_url: str) -> None
     assert 0 < raised.value.retry_after_s <= 60
 
 
-async def test_an_unreachable_redis_lets_requests_through() -> None:
+async def test_an_unreachable_redis_lets_requests_through_and_is_asked_once_a_while() -> None:
+    """Found from outside: a Redis that hung added its timeout to every request, each
+    with its own warning line. After a failure it is left alone for a while."""
+    from structlog.testing import capture_logs
+
     url = f"redis://127.0.0.1:{free_port()}/0"
     limiter = RedisRateLimiter(url, 1, 1, timeout_s=0.2, clock=FakeClock())
+    asked: list[object] = []
+    script = limiter._script
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        asked.append(args)
+        return await script(*args, **kwargs)
+
+    limiter._script = counted  # type: ignore[assignment]
     try:
-        for _ in range(3):
-            await limiter.acquire_request("acme")
-            await limiter.check_tokens("acme")
+        with capture_logs() as logs:
+            for _ in range(3):
+                await limiter.acquire_request("acme")
+                await limiter.check_tokens("acme")
     finally:
         await limiter.aclose()
+    assert len(asked) == 1
+    assert len([e for e in logs if "rate limiter unavailable" in e["event"]]) == 1
 
 
 # --- RetryInfo -------------------------------------------------------------------------
