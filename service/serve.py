@@ -170,6 +170,8 @@ async def _drain(
     await asyncio.wait((draining, hurry), return_when=asyncio.FIRST_COMPLETED)
     if not draining.done():
         log.warning("second signal: cancelling the calls still in flight")
+        if http is not None:
+            http.cancel_in_flight()
         await running.cancel_in_flight()
     hurry.cancel()
     await draining

@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -292,15 +293,24 @@ async def test_sigterm_drains_calls_in_flight_and_a_second_signal_stops_at_once(
         upstream_base_url=slow_upstream.base_url,
         upstream_timeout_s="3600",
         grace_period_s="3600",
+        http_port="0",
     )
     serve = await Serve.start(env)
     serves.append(serve)
+    door = await serve.wait_for("HTTP door serving")
+    base_url = re.search(r"base_url=(\S+)", door).group(1)  # type: ignore[union-attr]
     serving = await serve.wait_for("semcache serving")
     port = re.search(r"address=\S+:(\d+)", serving).group(1)  # type: ignore[union-attr]
-    async with AsyncSemcacheClient(f"127.0.0.1:{port}", timeout_s=3600) as client:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "What is a quay?"}]}
+    async with (
+        AsyncSemcacheClient(f"127.0.0.1:{port}", timeout_s=3600) as client,
+        aiohttp.ClientSession() as session,
+    ):
         quick = asyncio.create_task(client.complete("What is a lighthouse?", model="gpt-4o-mini"))
         stuck = asyncio.create_task(client.complete("What is a harbour?", model="gpt-4o"))
-        await _until(lambda: slow_upstream.request_count() == 2)
+        # Found from outside: a second signal cancelled the gRPC calls, not the HTTP ones.
+        stuck_http = asyncio.create_task(session.post(f"{base_url}/chat/completions", json=body))
+        await _until(lambda: slow_upstream.request_count() == 3)
         serve.process.send_signal(signal.SIGTERM)
         await serve.wait_for("shutting down")
         answer = await quick  # started before SIGTERM: drained, answered in full
@@ -312,6 +322,8 @@ async def test_sigterm_drains_calls_in_flight_and_a_second_signal_stops_at_once(
         assert await serve.finish(timeout_s=60) == 0, serve.stderr
         with pytest.raises(SemcacheError):
             await stuck
+        with pytest.raises(aiohttp.ClientError):
+            await stuck_http
     assert "stopped" in serve.lines[-1], serve.stderr
     assert "Traceback" not in serve.stderr, serve.stderr
 

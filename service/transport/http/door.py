@@ -84,6 +84,13 @@ class Door:
     keyring: KeyRing | None
     in_flight: InFlight | None = None
     bounded: Mapping[str, str] = field(default_factory=dict)
+    # The handlers running now, for a second shutdown signal to cancel.
+    running: set[asyncio.Task[object]] = field(default_factory=set)
+
+    def cancel_running(self) -> None:
+        """Cancel every request still being handled (a second shutdown signal)."""
+        for task in list(self.running):
+            task.cancel()
 
     def principal(self, request: web.Request) -> Principal:
         """The caller of `request` (worked out once a request: the middleware may have).
@@ -121,6 +128,10 @@ async def door_middleware(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.bind_contextvars(
         request_id=call.request_id, rpc=f"{request.method} {request.path}"
     )
+    running = request.app[DOOR].running
+    task = asyncio.current_task()
+    if task is not None:
+        running.add(task)
     try:
         response = await _admitted(request, call, handler)
     except asyncio.CancelledError:
@@ -135,6 +146,7 @@ async def door_middleware(request: web.Request, handler: Handler) -> web.StreamR
     except Exception as error:  # every error becomes an answer; unknown ones a 500
         response = failure(error, call)
     finally:
+        running.discard(task)
         _count(request, call)
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = call.request_id
