@@ -197,3 +197,17 @@ def test_a_sub_millisecond_request_is_told_apart_from_a_one_millisecond_one() ->
         metrics.observe_request("Complete", "OK", "exact_hit", "m", 0.00015)
     p50 = latency_ms(metrics.request_duration_buckets())["hit"]["p50"]
     assert p50 < 0.25
+
+
+async def test_a_client_key_sees_latency_but_not_how_much_traffic_it_covers(
+    keyed_door: HttpService,
+) -> None:
+    """Found from outside: the service-wide latency's call count told a client key how
+    many calls every other tenant made."""
+    await miss_then_hit(keyed_door, CLIENT_KEY)
+    await miss_then_hit(keyed_door, OTHER_KEY, "How do I bake sourdough bread?")
+    _, client_view = await live_json(keyed_door, CLIENT_KEY)
+    _, admin_view = await live_json(keyed_door, ADMIN_KEY)
+    assert client_view["latency_ms"]["hit"]["count"] is None
+    assert client_view["latency_ms"]["miss"]["p50"] is not None
+    assert admin_view["latency_ms"]["miss"]["count"] == 2

@@ -90,10 +90,19 @@ async def live_snapshot(
         "viewer": {"tenant": viewer.tenant, "all_tenants": viewer.is_admin},
         "totals": _totals(rows),
         "tenants": rows,
-        "latency_ms": latency_ms(metrics.request_duration_buckets()),
+        "latency_ms": _shown_to(viewer, latency_ms(metrics.request_duration_buckets())),
         "refusal_reasons": refusal_reasons(metrics.cache_decisions(), set(tenants)),
         "prompts_shown": False,
     }
+
+
+def _shown_to(viewer: Principal, latency: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The service-wide latency as `viewer` may see it: a client key gets the quantiles
+    but not how many calls they cover (found from outside: that count told one
+    tenant's key how much traffic the others sent)."""
+    if viewer.is_admin:
+        return latency
+    return {served: {**summary, "count": None} for served, summary in latency.items()}
 
 
 async def _tenant_row(admin: CacheAdmin, tenant: str) -> dict[str, Any]:
