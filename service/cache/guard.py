@@ -207,10 +207,7 @@ def _accent_swap(only_a: frozenset[str], only_b: frozenset[str]) -> bool:
     "ano"): the embedder reads them alike (cosine 1.0), the language does not. Names
     are left out (the callers pass words that are not entities): "Pokémon" is often
     written "Pokemon"."""
-    if not only_a or not only_b or (all(w.isascii() for w in only_a | only_b)):
-        return False
-    bare_b = {lex.without_accents(w) for w in only_b}
-    return any(lex.without_accents(w) in bare_b for w in only_a)
+    return bool(_bare(only_a) & _bare(only_b))  # the sides share no word as written
 
 
 _DETERMINERS = frozenset(

@@ -37,7 +37,7 @@ from pydantic import (
     field_validator,
 )
 
-from service.domain import ChatMessage
+from service.domain import ChatMessage, Usage
 from service.errors import UnknownModelError
 from service.llm.pricing import ModelPrice
 from service.urls import http_url_problem
@@ -100,6 +100,12 @@ def estimate_tokens(text: str) -> int:
 def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
     """`estimate_tokens` over every message, plus a few tokens of framing per message."""
     return sum(estimate_tokens(m.content) + 4 for m in messages)
+
+
+def estimate_usage(messages: Sequence[ChatMessage], answer: str) -> Usage:
+    """The usage of asking `messages` and getting `answer`, estimated: for an answer
+    whose provider reported none (a stream cut short, a provider that sends none)."""
+    return Usage(estimate_prompt_tokens(messages), estimate_tokens(answer))
 
 
 class PromptGrouping(BaseModel):

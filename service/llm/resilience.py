@@ -55,12 +55,7 @@ from service.llm.admission import (
     QueueTimeoutError,
     RetryPolicy,
 )
-from service.llm.catalogue import (
-    Catalogue,
-    ProviderSpec,
-    estimate_prompt_tokens,
-    estimate_tokens,
-)
+from service.llm.catalogue import Catalogue, ProviderSpec, estimate_prompt_tokens, estimate_usage
 from service.llm.grouping import GroupingProvider
 from service.llm.http_errors import ProviderSetupError, RetryableUpstreamError
 from service.llm.openai_compat import OpenAICompatProvider
@@ -337,8 +332,7 @@ def _usage_or_estimate(answer: ProviderAnswer, call: ProviderCall) -> Usage:
     if answer.usage.total_tokens or not (answer.content or answer.tool_calls_json):
         return answer.usage
     _warn_no_usage(call.model)
-    text = answer.content + answer.tool_calls_json
-    return Usage(estimate_prompt_tokens(call.messages), estimate_tokens(text))
+    return estimate_usage(call.messages, answer.content + answer.tool_calls_json)
 
 
 @functools.cache

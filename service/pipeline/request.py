@@ -20,9 +20,9 @@ import structlog
 from service.batching.coalesce import Coalescer
 from service.cache.semantic import Answer, CacheHit, Lookup, SemanticCache
 from service.cache.verify.learning import Learning
-from service.domain import CachePolicy, CacheStatus, Completion, CompletionRequest, Usage
+from service.domain import CachePolicy, CacheStatus, Completion, CompletionRequest
 from service.errors import UpstreamError, UpstreamRejectedError, UpstreamTimeoutError
-from service.llm.catalogue import Catalogue, estimate_prompt_tokens, estimate_tokens
+from service.llm.catalogue import Catalogue, estimate_usage
 from service.llm.provider import Provider, ProviderAnswer, ProviderCall
 from service.pipeline.hooks import LearningHooks
 from service.pipeline.ledger import Ledger, UpstreamReceipt
@@ -355,7 +355,7 @@ async def _charge_cut_stream(
 ) -> None:
     """Count a stream cut short at the usage it had reached, estimated: the prompt's
     tokens and those of the text received (no usage comes without the final event)."""
-    usage = Usage(estimate_prompt_tokens(call.messages), estimate_tokens(text))
+    usage = estimate_usage(call.messages, text)
     answer = ProviderAnswer(content=text, model=call.model, finish_reason="", usage=usage)
     cost_usd = ledger.cost_usd(answer)
     ledger.spent(request.tenant, answer, cost_usd)

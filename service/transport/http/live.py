@@ -27,6 +27,7 @@ from aiohttp import web
 
 from service.auth import Principal, resolve_tenant
 from service.cache.stats import TenantCounters
+from service.cache.verify.verifier import SAME_QUESTION_DETAILS
 from service.metrics import Metrics
 from service.pipeline.admin import CacheAdmin
 from service.transport.http.door import DOOR
@@ -41,7 +42,7 @@ QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 # The details a served hit carries (README, the `cache_detail` table); every other one is
 # why the cache did not serve. Found from outside: `identical`, `same_form` and
 # `audit_unanswered` hits were listed among the refusal reasons.
-HIT_DETAILS = frozenset({"exact", "identical", "same_form", "ok", "audit_unanswered"})
+HIT_DETAILS = frozenset({"exact", "ok", "audit_unanswered", *SAME_QUESTION_DETAILS})
 TOP_REASONS = 8
 
 Buckets = list[tuple[float, float]]
