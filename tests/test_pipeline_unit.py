@@ -9,7 +9,7 @@ stored) in a few milliseconds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from service.cache.memory_store import MemoryVectorStore
 from service.cache.semantic import SemanticCache
 from service.cache.stats import CacheStats
 from service.domain import CachePolicy, CacheStatus, ChatMessage, Completion, CompletionRequest
+from service.embedding.base import Vectors
 from service.embedding.batcher import EmbeddingBatcher
 from service.embedding.fake import HashingEmbedder
 from service.errors import UpstreamError, UpstreamTimeoutError
@@ -34,7 +35,9 @@ from service.routing.router import build_router
 from service.telemetry import Telemetry
 from service.validation import Limits
 
-CATALOGUE = Path(__file__).resolve().parents[1] / "service" / "defaults" / "models.example.yaml"
+DEFAULTS = Path(__file__).resolve().parents[1] / "service" / "defaults"
+CATALOGUE = DEFAULTS / "models.example.yaml"
+ROUTE_EXAMPLES = DEFAULTS / "route-examples.yaml"
 QUESTION = "How do I reset my password?"
 PARAPHRASE = "how do i reset my password please"  # guard score 0.84 on the fake embedder
 
@@ -46,19 +49,25 @@ class Rig:
     provider: ScriptedProvider
     stats: CacheStats
     metrics: Metrics
+    cache: SemanticCache
+    batcher: EmbeddingBatcher
 
 
-@pytest_asyncio.fixture
-async def rig() -> AsyncIterator[Rig]:
+def build_rig(embedder: HashingEmbedder | None = None, strategy: str = "rules") -> Rig:
+    """The pipeline as `build_app` builds it, over fakes (a nearest `strategy` routes by
+    `service/defaults/route-examples.yaml`, embedded with the fake embedder)."""
     store, provider = MemoryVectorStore(), ScriptedProvider({QUESTION: "Use the reset link."})
     catalogue = load_catalogue(CATALOGUE, {})
     metrics, stats = Metrics(), CacheStats()
     telemetry = Telemetry(metrics)
-    batcher = EmbeddingBatcher(HashingEmbedder())
+    embedder = embedder or HashingEmbedder()
+    batcher = EmbeddingBatcher(embedder)
+    examples = ROUTE_EXAMPLES if strategy != "rules" else None
+    router = build_router(catalogue, strategy, examples, embedder.embed if examples else None)
     cache = SemanticCache(store, batcher, NearMissGuard(), telemetry=telemetry)
     pipeline = RequestPipeline(
         cache=cache,
-        upstream=Upstream(provider, build_router(catalogue, "rules", None, None), 30.0),
+        upstream=Upstream(provider, router, 30.0),
         catalogue=catalogue,
         ledger=Ledger(catalogue, stats, metrics),
         limits=Limits(),
@@ -66,9 +75,19 @@ async def rig() -> AsyncIterator[Rig]:
         telemetry=telemetry,
         policy=CachingPolicy(),
     )
-    yield Rig(pipeline, store, provider, stats, metrics)
-    await cache.close()
-    await batcher.close()
+    return Rig(pipeline, store, provider, stats, metrics, cache, batcher)
+
+
+async def close_rig(rig: Rig) -> None:
+    await rig.cache.close()
+    await rig.batcher.close()
+
+
+@pytest_asyncio.fixture
+async def rig() -> AsyncIterator[Rig]:
+    built = build_rig()
+    yield built
+    await close_rig(built)
 
 
 def ask(question: str = QUESTION, **fields: object) -> CompletionRequest:
@@ -126,6 +145,54 @@ async def test_refresh_asks_upstream_and_replaces_the_entry(rig: Rig) -> None:
     again = await rig.pipeline.complete(ask())
     assert (again.cache_status, again.content) == (CacheStatus.EXACT_HIT, "Use the new reset page.")
     assert len(rig.provider.calls) == 2
+
+
+class GateOpeningEmbedder(HashingEmbedder):
+    """Opens `gate` (an event on `loop`) as soon as a text is being embedded."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, gate: asyncio.Event) -> None:
+        super().__init__()
+        self._loop, self._gate = loop, gate
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self._loop.call_soon_threadsafe(self._gate.set)
+        return super().embed(texts)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_refresh_embeds_while_the_provider_answers(stream: bool) -> None:
+    # The provider answers only once the question is being embedded: a refresh that
+    # embedded after the answer (as it once did) would wait out its deadline.
+    gate = asyncio.Event()
+    rig = build_rig(GateOpeningEmbedder(asyncio.get_running_loop(), gate))
+    rig.provider.gate = gate
+    try:
+        request = ask(cache_policy=CachePolicy.REFRESH, deadline_s=5.0)
+        if stream:
+            events = [event async for event in rig.pipeline.stream(request)]
+            refreshed = events[-1]
+            assert isinstance(refreshed, Completion)
+        else:
+            refreshed = await rig.pipeline.complete(request)
+        assert (refreshed.cache_status, refreshed.cache_detail) == (CacheStatus.MISS, "refresh")
+        assert refreshed.entry_id and rig.store.upserts == 1
+        again = await rig.pipeline.complete(ask())
+        assert again.cache_status is CacheStatus.EXACT_HIT
+    finally:
+        await close_rig(rig)
+
+
+async def test_a_refresh_is_routed_by_its_embedding_as_a_miss_is() -> None:
+    rig = build_rig(strategy="nearest")
+    try:
+        question = "Write a detailed proof that there are infinitely many primes"
+        refreshed = await rig.pipeline.complete(ask(question, cache_policy=CachePolicy.REFRESH))
+        missed = await rig.pipeline.complete(ask(question, namespace="another"))
+        assert missed.cache_status is CacheStatus.MISS
+        assert "no query embedding" not in refreshed.route_reason
+        assert (refreshed.model, refreshed.route_reason) == (missed.model, missed.route_reason)
+    finally:
+        await close_rig(rig)
 
 
 async def _until(condition: object, rounds: int = 5000) -> None:

@@ -11,9 +11,10 @@ and a store is skipped, each with a warning; the request still gets answered.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -106,6 +107,10 @@ class Lookup:
     best_similarity: float = 0.0
     detail: str = ""
     fallback: CacheHit | None = None  # an audit's candidate, served if the upstream fails
+    # A refresh's vectors, embedded while the provider answers (`SemanticCache.refreshing`).
+    embedding: asyncio.Future[tuple[Vector, Vector | None]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,16 @@ class SemanticCache:
         """The request's cache key (memoised: see `scope.CacheKeys`)."""
         return self._keys.key_for(request)
 
+    async def refreshing(self, request: CompletionRequest, wait: bool = False) -> Lookup:
+        """A refresh's lookup: none (a miss), its vectors being embedded meanwhile, so the
+        answer's store does not wait for them after the provider answers; `wait`: with
+        them (for a router that needs the vector)."""
+        key = self.key_for(request)
+        embedding = asyncio.ensure_future(_embed_key(self.embedder, key))
+        embedding.add_done_callback(_retrieved)  # an answer not stored never awaits it
+        lookup = Lookup(key, embedding=embedding)
+        return await with_vectors(lookup) if wait else lookup
+
     async def lookup(self, request: CompletionRequest) -> Lookup:
         """Exact match by id first; else the best verified live entry in scope.
 
@@ -262,31 +277,8 @@ class SemanticCache:
     ) -> Choice:
         """The decider's choice among the candidates, each verified by the verifier."""
         floor = request.similarity_min  # None: the request set none (a cosine may be < 0)
-        verdicts = [self._verify(key, c, context_vector, floor) for c in found]
+        verdicts = [_verified(self.verifier, key, c, context_vector, floor) for c in found]
         return self.decider.choose(key, found, verdicts, request.max_error_rate, request.request_id)
-
-    def _verify(
-        self,
-        key: CacheKey,
-        candidate: ScoredEntry,
-        context_vector: Vector | None,
-        floor: float | None,
-    ) -> GuardVerdict:
-        if floor is not None and candidate.similarity < floor:
-            return GuardVerdict(False, 0.0, "below_request_similarity_min")
-        verdict = self.verifier.verify(key.text, candidate.entry.question, candidate.similarity)
-        if verdict.vetoed or not (key.context or candidate.entry.context):
-            return verdict
-        context_similarity = _cosine(context_vector, candidate.entry.context_vector)
-        context_verdict = self.verifier.verify_context(
-            key.context, candidate.entry.context, context_similarity
-        )
-        if not context_verdict.accept:
-            return context_verdict
-        # A follow-up's answer fits only if its conversation does too: the weaker match
-        # bounds the score (an identical "yes please" is only as safe as its context).
-        score = min(verdict.score, context_verdict.score)
-        return GuardVerdict(verdict.accept, score, verdict.reason)
 
     async def store_answer(self, lookup: Lookup, answer: Answer, ttl_s: int | None = None) -> bool:
         """Cache `answer` under `lookup.key`, reusing the lookup's vectors when it has them.
@@ -295,6 +287,7 @@ class SemanticCache:
         stored (False, counted and logged, when the store refused it).
         """
         try:
+            lookup = await with_vectors(lookup)
             vector, context_vector = lookup.vector, lookup.context_vector
             if vector is None:
                 with self._telemetry.stage("embed"):
@@ -343,6 +336,42 @@ class SemanticCache:
         """Write the pending hit times, and stop the search batcher."""
         await self._hit_times.aclose()
         await self._searches.close()
+
+
+async def with_vectors(lookup: Lookup) -> Lookup:
+    """`lookup` with its refresh's vectors once embedded (unchanged if that failed:
+    storing the answer then tries once more)."""
+    if lookup.embedding is None or lookup.vector is not None:
+        return lookup
+    try:
+        vector, context_vector = await asyncio.shield(lookup.embedding)
+    except Exception:  # the store step embeds again, and logs if that fails too
+        return lookup
+    return dataclasses.replace(lookup, vector=vector, context_vector=context_vector)
+
+
+def _verified(
+    verifier: Verifier,
+    key: CacheKey,
+    candidate: ScoredEntry,
+    context_vector: Vector | None,
+    floor: float | None,
+) -> GuardVerdict:
+    if floor is not None and candidate.similarity < floor:
+        return GuardVerdict(False, 0.0, "below_request_similarity_min")
+    verdict = verifier.verify(key.text, candidate.entry.question, candidate.similarity)
+    if verdict.vetoed or not (key.context or candidate.entry.context):
+        return verdict
+    context_similarity = _cosine(context_vector, candidate.entry.context_vector)
+    context_verdict = verifier.verify_context(
+        key.context, candidate.entry.context, context_similarity
+    )
+    if not context_verdict.accept:
+        return context_verdict
+    # A follow-up's answer fits only if its conversation does too: the weaker match
+    # bounds the score (an identical "yes please" is only as safe as its context).
+    score = min(verdict.score, context_verdict.score)
+    return GuardVerdict(verdict.accept, score, verdict.reason)
 
 
 def new_entry(
@@ -449,6 +478,12 @@ async def _embed_key(embedder: EmbeddingBatcher, key: CacheKey) -> tuple[Vector,
         return await embedder.embed(key.text), None
     question, context = await asyncio.gather(embedder.embed(key.text), embedder.embed(key.context))
     return question, context
+
+
+def _retrieved(embedding: asyncio.Future[tuple[Vector, Vector | None]]) -> None:
+    """Mark a failed embedding's error as seen (it is logged when the answer is stored)."""
+    if not embedding.cancelled():
+        embedding.exception()
 
 
 def _cosine(query: Vector | None, cached: Sequence[float]) -> float:

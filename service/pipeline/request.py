@@ -269,7 +269,8 @@ class RequestPipeline:
         if request.cache_policy is CachePolicy.REFRESH:
             # Not served from the cache: a miss, in the lookups counter as in the stats.
             self._telemetry.metrics.record_lookup("miss")
-            return Lookup(self._cache.key_for(request))
+            wait = self._upstream.router.uses_vectors and not request.model  # routed as a miss
+            return await self._cache.refreshing(request, wait)
         with self._telemetry.stage("lookup"):
             return await self._cache.lookup(request)
 
