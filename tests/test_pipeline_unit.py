@@ -18,8 +18,9 @@ import pytest_asyncio
 
 from service.cache.guard import NearMissGuard
 from service.cache.memory_store import MemoryVectorStore
-from service.cache.semantic import SemanticCache
+from service.cache.semantic import Answer, SemanticCache
 from service.cache.stats import CacheStats
+from service.cache.store import ScoredEntry, SearchQuery
 from service.domain import CachePolicy, CacheStatus, ChatMessage, Completion, CompletionRequest
 from service.embedding.base import Vectors
 from service.embedding.batcher import EmbeddingBatcher
@@ -357,6 +358,33 @@ async def test_failing_store_is_a_miss_answered_upstream(rig: Rig) -> None:
     answer = await rig.pipeline.complete(ask())
     assert (answer.cache_status, answer.cache_detail) == (CacheStatus.MISS, "lookup_failed")
     assert answer.content == "Use the reset link."
+
+
+class SearchFailsOnce(MemoryVectorStore):
+    search_error: Exception | None = None
+
+    async def search_many(self, queries: Sequence[SearchQuery]) -> list[Sequence[ScoredEntry]]:
+        self.search_error, failing = None, self.search_error
+        if failing is not None:
+            raise failing
+        return await super().search_many(queries)
+
+
+async def test_a_failed_search_keeps_the_vector_for_the_answers_store() -> None:
+    embedder, store = HashingEmbedder(), SearchFailsOnce()
+    batcher = EmbeddingBatcher(embedder)
+    cache = SemanticCache(store, batcher, NearMissGuard())
+    try:
+        store.search_error = OSError("search timed out")
+        lookup = await cache.lookup(ask())
+        assert (lookup.detail, lookup.vector is not None) == ("lookup_failed", True)
+        answer = Answer("Use the reset link.", "m", "stop", 1, 1, 0.0)
+        stored = await cache.store_answer(lookup, answer)
+        assert stored and store.upserts == 1
+        assert embedder.calls == 1  # embedded once, not again to store the answer
+    finally:
+        await cache.close()
+        await batcher.close()
 
 
 async def test_cache_keys_are_memoised_per_question_and_scope() -> None:

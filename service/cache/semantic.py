@@ -213,6 +213,8 @@ class SemanticCache:
         `request.similarity_min`, when set, raises the floor for this lookup.
         """
         key = self.key_for(request)
+        vector: Vector | None = None
+        context_vector: Vector | None = None
         try:
             exact = await self._exact(key)
             if exact is not None:
@@ -231,7 +233,8 @@ class SemanticCache:
         except Exception as error:
             log.warning("cache lookup failed; treating as a miss", error=repr(error))
             self._telemetry.metrics.record_lookup("error")
-            return Lookup(key, detail="lookup_failed")
+            # Vectors made before the failure route the miss and store its answer.
+            return Lookup(key, vector=vector, context_vector=context_vector, detail="lookup_failed")
         with self._telemetry.stage("verify"):
             choice = self._choose(key, found, context_vector, request)
         hit = _hit(choice)
