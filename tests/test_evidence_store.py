@@ -116,12 +116,17 @@ async def _search_entry(store: VectorStore, n: int) -> CacheEntry:
 
 
 def test_each_observation_is_its_own_payload_key_and_reads_back() -> None:
+    feedback = Observation(NOW, "fb-x", 0.81, False, feedback=True, similarity=0.934)
     evidence = Evidence.of([_obs(1), _obs(2, same=False), Observation(NOW, "a.b/c d", 0.9, True)])
+    evidence = evidence.add(feedback)
     entry = _entry(0, evidence=evidence)
     payload = entry.to_payload()
     assert "evidence" not in payload
     keys = sorted(k for k in payload if k.startswith(EVIDENCE_KEY_PREFIX))
-    assert keys == sorted(["ev_req-1", "ev_req-2", evidence_key("a.b/c d")])
+    assert keys == sorted(["ev_req-1", "ev_req-2", evidence_key("a.b/c d"), "ev_fb-x"])
+    assert payload["ev_fb-x"] | {"at_s": 0} == {
+        "at_s": 0, "id": "fb-x", "score": 0.81, "same": False, "fb": True, "sim": 0.934
+    }  # fmt: skip
     score = _obs(2).score
     assert payload["ev_req-2"] == {"at_s": NOW + 2, "id": "req-2", "score": score, "same": False}
     assert CacheEntry.from_payload(payload) == entry
@@ -184,6 +189,10 @@ def test_every_observation_shape_reads_as_the_general_parse_reads_it() -> None:
         written | {"score": 1},
         written | {"extra": 1},
         written | {"fb": 1},
+        written | {"fb": True, "sim": 0.93},
+        written | {"sim": 1},
+        written | {"sim": float("nan")},
+        written | {"sim": "0.9"},
         written | {"same": 1},
         written | {"score": float("inf")},
         written | {"at_s": float("nan")},

@@ -261,13 +261,15 @@ async def test_a_candidate_judged_wrong_is_recorded_against_its_entry(make_rig) 
     assert entry.evidence.worst_wrong_score() is None  # a judge's "wrong" is no veto
 
 
-def _scored(question: str, evidence: Evidence, point_id: str = "p1") -> ScoredEntry:
+def _scored(
+    question: str, evidence: Evidence, point_id: str = "p1", similarity: float = 0.9
+) -> ScoredEntry:
     entry = CacheEntry(
         tenant="t", namespace="n", scope="s", model="m", question=question, content="a",
         finish_reason="stop", prompt_tokens=1, completion_tokens=1, cost_usd=0.0,
         created_at=0.0, expires_at=1e12, last_hit_at=0.0, evidence=evidence,
     )  # fmt: skip
-    return ScoredEntry(point_id, 0.9, entry)
+    return ScoredEntry(point_id, similarity, entry)
 
 
 KEY = CacheKey("t", "n", "s", "some question", "", "q1")
@@ -281,6 +283,35 @@ def test_a_wrong_at_or_above_a_score_stops_serving_below_it(budget: BudgetSettin
     above = decider.choose(KEY, [_scored("q", wrong)], [GuardVerdict(True, 0.95, "ok")])
     assert (below.served, below.detail) == (None, "judged_wrong_nearby")
     assert above.served is not None
+
+
+@pytest.mark.parametrize("budget", [_budget(max_error_rate=0.5), None])
+def test_a_wrong_given_under_the_guard_holds_when_a_threshold_scores_by_cosine(
+    budget: BudgetSettings | None,
+) -> None:
+    """Found from outside: a WRONG recorded at the guard's score (0.81) for a hit at
+    cosine 0.934 no longer stopped that very question once the guard was turned off, as
+    a plain threshold scores it by its cosine (0.934 > 0.81)."""
+    decider = HitDecider(VerifyState(DEFAULT_PRIOR), budget)
+    wrong = Evidence().add(Observation(1.0, "o1", 0.81, False, feedback=True, similarity=0.934))
+    plain = [GuardVerdict(True, 0.934, "ok")]  # a threshold's verdict: the cosine
+    same = decider.choose(KEY, [_scored("q", wrong, similarity=0.934)], plain)
+    assert (same.served, same.detail) == (None, "judged_wrong_nearby")
+    closer = [GuardVerdict(True, 0.97, "ok")]
+    assert decider.choose(KEY, [_scored("q", wrong, similarity=0.97)], closer).served is not None
+
+
+async def test_feedback_records_the_cosine_the_hit_was_served_at(make_rig) -> None:  # type: ignore[no-untyped-def]
+    rig: Rig = await make_rig(_budget(max_error_rate=0.2))
+    await rig.pipeline.complete(ask())
+    served = await rig.pipeline.complete(ask(PARAPHRASE, request_id="req-1"))
+    assert served.cache_status is CacheStatus.SEMANTIC_HIT
+    await rig.admin.submit_feedback(Feedback("default", FeedbackVerdict.WRONG, request_id="req-1"))
+    entry = await rig.store.get(served.entry_id)
+    assert entry is not None
+    (observation,) = entry.evidence.observations
+    assert observation.similarity == pytest.approx(served.similarity)
+    assert observation.score < observation.similarity  # the guard's score, not the cosine
 
 
 def test_evidence_of_same_answers_lowers_the_risk_of_serving() -> None:

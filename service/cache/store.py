@@ -83,8 +83,11 @@ def _plain_observation(value: object) -> Observation | None:
         return None
     return assembled(
         Observation,
-        {"at_s": at_s, "obs_id": obs_id, "score": score, "same": same, "feedback": feedback},
-    )
+        {
+            "at_s": at_s, "obs_id": obs_id, "score": score, "same": same, "feedback": feedback,
+            "similarity": None,  # written with `sim` only, which the general parse reads
+        },
+    )  # fmt: skip
 
 
 def evidence_payload(evidence: Evidence) -> dict[str, dict[str, Any]]:

@@ -39,9 +39,11 @@ class LearningHooks:
         """
         if self._learning is not None and completion.entry_id:
             hit = lookup.hit if lookup is not None else None
-            score = 1.0 if hit is None or hit.detail in SAME_QUESTION_DETAILS else hit.score
+            score, similarity = 1.0, 1.0
+            if hit is not None and hit.detail not in SAME_QUESTION_DETAILS:
+                score, similarity = hit.score, hit.similarity
             self._learning.note_served(
                 request.request_id, request.tenant, request.namespace, completion.entry_id, score,
-                answer=(completion.content, completion.tool_calls_json),
+                answer=(completion.content, completion.tool_calls_json), similarity=similarity,
             )  # fmt: skip
         return completion

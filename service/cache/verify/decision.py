@@ -74,6 +74,7 @@ class Candidate:
     score: float
     veto: str = ""
     identical: bool = False
+    similarity: float | None = None  # the cosine, when known (a wrong nearby by either)
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,7 @@ def hard_stop(candidate: Candidate, evidence: Evidence) -> Verdict | None:
     """The verdict that needs no estimate (a veto, a wrong judged nearby, identical), or None."""
     if candidate.veto:
         return Verdict(Action.MISS, 1.0, candidate.veto)
-    worst = evidence.worst_wrong_score()
-    if worst is not None and worst >= candidate.score:
+    if evidence.judged_wrong_at(candidate.score, candidate.similarity):
         return Verdict(Action.MISS, 1.0, "judged_wrong_nearby")
     if candidate.identical:
         return Verdict(Action.SERVE, 0.0, "identical")

@@ -38,11 +38,20 @@ class Observation:
     score: float  # the guard's score (0..1) of the query against this entry
     same: bool  # the answer judge's verdict: True if the cached answer fits
     feedback: bool = False  # an application said so (SubmitFeedback), not the judge
+    # The query's cosine against the entry, for feedback: a score is the guard's, and
+    # a plain threshold (the guard turned off) scores the same query by its cosine.
+    similarity: float | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        """The JSON-friendly form the store keeps (`fb` only on feedback)."""
-        payload = {"at_s": self.at_s, "id": self.obs_id, "score": self.score, "same": self.same}
-        return payload | {"fb": True} if self.feedback else payload
+        """The JSON-friendly form the store keeps (`fb` only on feedback, `sim` when known)."""
+        payload: dict[str, Any] = {
+            "at_s": self.at_s, "id": self.obs_id, "score": self.score, "same": self.same,
+        }  # fmt: skip
+        if self.feedback:
+            payload["fb"] = True
+        if self.similarity is not None:
+            payload["sim"] = self.similarity
+        return payload
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Observation:
@@ -64,7 +73,11 @@ class Observation:
             raise ValueError(f"bad observation payload {dict(payload)!r}: id or same")
         if not isinstance(feedback, bool):
             raise ValueError(f"bad observation payload {dict(payload)!r}: fb")
-        return cls(at_s, obs_id, score, same, feedback)
+        try:
+            similarity = _finite(payload["sim"]) if "sim" in payload else None
+        except ValueError as error:
+            raise ValueError(f"bad observation payload {dict(payload)!r}: sim") from error
+        return cls(at_s, obs_id, score, same, feedback, similarity)
 
 
 def _finite(value: object) -> float:
@@ -123,6 +136,17 @@ class Evidence:
         """
         wrong = [o.score for o in self.observations if o.feedback and not o.same]
         return max(wrong) if wrong else None
+
+    def judged_wrong_at(self, score: float, similarity: float | None) -> bool:
+        """Whether an application said the answer was wrong for a query at least as close
+        as one at guard `score` and cosine `similarity`, by either measure (a verdict
+        given under the guard still holds when a plain threshold scores by cosine)."""
+        wrong = [o for o in self.observations if o.feedback and not o.same]
+        if any(o.score >= score for o in wrong):
+            return True
+        if similarity is None:
+            return False
+        return any(o.similarity is not None and o.similarity >= similarity for o in wrong)
 
     def scores_and_labels(self) -> tuple[list[float], list[bool]]:
         """The observations' scores and verdicts, oldest first."""

@@ -63,6 +63,7 @@ class _Served(NamedTuple):  # one per answer with an entry: a tuple is quickest 
     score: float  # the guard score it was served at (1.0: exact, or the answer itself)
     judged: bool = False  # a verdict on it has been counted (the prior learns it once)
     answer: int = 0  # hash of what was served, to tell if the entry was replaced since
+    similarity: float = 1.0  # the cosine it was served at (1.0 where the score is)
 
 
 _REUSED = _Served("", "", "", 0.0)  # a request id that named two answers of one tenant
@@ -157,9 +158,10 @@ class Learning:
         entry_id: str,
         score: float,
         answer: tuple[str, str] = ("", ""),
+        similarity: float = 1.0,
     ) -> None:
-        """Remember which entry answered `request_id`, at which score, and what it said
-        (`answer`: content and tool calls), for feedback."""
+        """Remember which entry answered `request_id`, at which score and cosine, and what
+        it said (`answer`: content and tool calls), for feedback."""
         if not request_id or not entry_id:
             return
         key = (tenant, request_id)
@@ -169,7 +171,9 @@ class Learning:
             # could mean either, so it is refused until the id drops out.
             self._served[key] = _REUSED
         else:
-            self._served[key] = _Served(tenant, namespace, entry_id, score, answer=hash(answer))
+            self._served[key] = _Served(
+                tenant, namespace, entry_id, score, answer=hash(answer), similarity=similarity
+            )
         self._served.move_to_end(key)
         if len(self._served) > self._served_limit:
             self._served.popitem(last=False)
@@ -195,8 +199,9 @@ class Learning:
             )
         same = feedback.verdict is FeedbackVerdict.CORRECT
         score = served.score if served is not None else 1.0
+        similarity = served.similarity if served is not None else 1.0
         obs_id = f"fb-{feedback.request_id or uuid.uuid4().hex}"
-        observation = Observation(self._clock(), obs_id, score, same, True)
+        observation = Observation(self._clock(), obs_id, score, same, True, similarity)
         if served is not None and served.judged:
             await self._keep(entry_id, observation)  # the latest verdict; learned once
         else:

@@ -125,22 +125,27 @@ SAME_QUESTION_DETAILS = frozenset({"identical", "same_form"})
 
 
 def _candidate(
-    query: str, cached: str, verdict: GuardVerdict, follow_up: bool = False
+    query: str,
+    cached: str,
+    verdict: GuardVerdict,
+    follow_up: bool = False,
+    similarity: float | None = None,
 ) -> tuple[Candidate, str]:
-    """The decision's view of a guard verdict, and the reason a served hit would give.
+    """The decision's view of a guard verdict (and the pair's cosine `similarity`, when
+    known), and the reason a served hit would give.
 
     A follow-up (a query with a conversation context) is never `identical` on its final
     message: "yes please" says nothing about whether the answer fits, its conversation
     does, so it is weighed at its score (the weaker of question and context matches).
     """
     if verdict.reason == "identical" and not follow_up:
-        return Candidate(1.0, identical=True), "identical"
+        return Candidate(1.0, identical=True, similarity=similarity), "identical"
     if verdict.vetoed:
-        return Candidate(verdict.score, veto=verdict.reason), verdict.reason
+        return Candidate(verdict.score, veto=verdict.reason, similarity=similarity), verdict.reason
     same_form = _form(query) is not None and _form(query) == _form(cached)
     if same_form and not follow_up:
-        return Candidate(verdict.score, identical=True), "same_form"
-    return Candidate(verdict.score), "ok"
+        return Candidate(verdict.score, identical=True, similarity=similarity), "same_form"
+    return Candidate(verdict.score, similarity=similarity), "ok"
 
 
 class HitDecider:
@@ -206,8 +211,7 @@ class HitDecider:
         best: tuple[float, ScoredEntry] | None = None
         first = verdicts[0].reason if verdicts else "no_candidates"
         for candidate, verdict in zip(found, verdicts, strict=True):
-            worst = candidate.entry.evidence.worst_wrong_score()
-            if worst is not None and worst >= verdict.score:
+            if candidate.entry.evidence.judged_wrong_at(verdict.score, candidate.similarity):
                 first = "judged_wrong_nearby" if candidate is found[0] else first
                 continue
             if verdict.accept and (best is None or verdict.score > best[0]):
@@ -258,7 +262,9 @@ class HitDecider:
         follow_up = bool(key.context)
         for scored, guard_verdict in zip(found, verdicts, strict=True):
             question = scored.entry.question
-            candidate, reason = _candidate(key.text, question, guard_verdict, follow_up)
+            candidate, reason = _candidate(
+                key.text, question, guard_verdict, follow_up, scored.similarity
+            )
             stop = hard_stop(candidate, scored.entry.evidence)
             if stop is None:
                 p_wrong = self._p_wrong(key.tenant, candidate.score, scored.entry.evidence)
