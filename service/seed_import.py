@@ -133,15 +133,37 @@ def import_lines(
     done = len(lines) - len(sending)  # the repeats, reported already
     for start in range(0, len(sending), batch_size):
         batch = sending[start : start + batch_size]
-        failures = _failures(batch, client.put_entries([line.pair for line in batch], **scope))
+        failures = _failures(batch, _put(client, batch, scope, totals))
         totals.failed += len(failures)
         totals.stored += len(batch) - len(failures)
         done += len(batch)
-        status = f"imported {done}/{len(lines)} entries ({totals.failed} failed)"
+        status = f"{done}/{len(lines)} lines: {totals.stored} stored, {totals.failed} failed"
         _report(progress, failures, status)
     if progress.isatty():
         progress.write("\n")  # the last progress line ends
     return totals
+
+
+def _put(
+    client: SemcacheClient, batch: Sequence[Line], scope: EntryScope, totals: ImportTotals
+) -> Sequence[object]:
+    """PutEntries' result for each of `batch`.
+
+    Raises:
+        SemcacheError: the call failed; its details say what the import did before it.
+    """
+    from semcache_client import SemcacheError
+
+    try:
+        return client.put_entries([line.pair for line in batch], **scope)
+    except SemcacheError as error:
+        raise type(error)(
+            error.code,
+            f"{error.details}; the lines before line {batch[0].number} were sent"
+            f" ({totals.stored} stored, {totals.failed} failed), none from it on is"
+            " confirmed; importing the file again is safe: each question's entry is"
+            " replaced, not added twice",
+        ) from error
 
 
 def _failures(batch: Sequence[Line], results: Sequence[object]) -> list[str]:

@@ -21,6 +21,7 @@ from semcache_client import (
     ItemFailure,
     ResourceExhausted,
     SemcacheClient,
+    SemcacheError,
 )
 from semcache_simulator import UpstreamSimulator
 from service._proto.semcache.v1 import semcache_pb2 as pb
@@ -387,12 +388,17 @@ async def test_cli_import_seeds_a_jsonl_file(
     )
     assert status == 1  # one line was refused
     assert out.strip() == "stored 2 entries, 1 failed"
-    assert "imported 3/3 entries (1 failed)" in err and "line 4: INVALID_ARGUMENT" in err
+    # Found from outside: "imported 3/3 entries (1 failed)" read as if all were stored.
+    assert "3/3 lines: 2 stored, 1 failed" in err and "line 4: INVALID_ARGUMENT" in err
     # Found from outside: the message said "entries[1]", the item's index in its call.
     assert "entries[" not in err
     assert "\n\n" not in err.replace("\r", "")
     hit = await service.stub.Complete(pb.CompleteRequest(prompt=SAME_FORM, namespace="faq"))
     assert (hit.cache_status, hit.content) == (pb.CACHE_STATUS_SEMANTIC_HIT, FAQ_ANSWER)
+    # Importing it again (as a cut-off import's message advises) replaces, never adds.
+    await _import(capsys, str(faq), "--namespace", "faq", "--target", target)
+    stats = await service.stub.GetCacheStats(pb.GetCacheStatsRequest(namespace="faq"))
+    assert stats.entries == 2
 
 
 @pytest.mark.parametrize("batch_size", ["1", "100"])
@@ -417,7 +423,7 @@ async def test_cli_import_keeps_the_first_answer_to_a_repeated_question_whatever
     assert status == 1
     assert out.strip() == "stored 2 entries, 1 failed"
     assert "line 3: the same question as line 1" in err
-    assert "imported 3/3 entries (1 failed)" in err, "the repeat counts among the file's lines"
+    assert "3/3 lines: 2 stored, 1 failed" in err, "the repeat counts among the file's lines"
     hit = await service.stub.Complete(
         pb.CompleteRequest(prompt="What is the refund window?", namespace=namespace)
     )
@@ -484,3 +490,34 @@ async def test_an_import_batch_over_the_services_limit_is_refused_first(
     argv = ["import", str(seeds), "--batch-size", "5000", "--target", "127.0.0.1:1"]
     assert await asyncio.to_thread(main, argv) == 2
     assert "use 1 to 1000" in capsys.readouterr().err
+
+
+class _DropsAfterOneCall:
+    """A client whose second PutEntries finds the service gone."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def put_entries(self, pairs: list[tuple[str, str]], **scope: object) -> list[str]:
+        self.calls += 1
+        if self.calls > 1:
+            raise SemcacheError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
+        return [f"id-{question}" for question, _ in pairs]
+
+
+async def test_an_import_cut_off_says_what_was_stored_and_that_running_it_again_is_safe() -> None:
+    """Found from outside: a service killed mid-import left only gRPC's own words, not
+    how far the import got or whether running it again would duplicate entries."""
+    from io import StringIO
+
+    from service.seed_import import Line, import_lines
+
+    lines = [Line(n, (f"question {n}?", f"answer {n}")) for n in range(1, 6)]
+    scope = {"namespace": "", "ttl_s": None, "model": ""}
+    with pytest.raises(SemcacheError) as raised:
+        import_lines(_DropsAfterOneCall(), lines, 2, scope, StringIO())  # type: ignore[arg-type]
+    assert raised.value.code is grpc.StatusCode.UNAVAILABLE
+    details = raised.value.details
+    assert details.startswith("failed to connect to all addresses; ")
+    assert "lines before line 3 were sent (2 stored, 0 failed)" in details
+    assert "importing the file again is safe" in details
