@@ -104,7 +104,7 @@ async def build_app(
         StartupError: the store cannot be opened, or is damaged and
             SEMCACHE_ON_STORE_DAMAGE=refuse.
     """
-    metrics = Metrics()
+    metrics = Metrics(max_tenants=settings.metrics_max_tenants)
     catalogue = load_settings_catalogue(settings, environ)
     batcher, store, router, behind = await _build_lookups(
         settings, embedder, catalogue, metrics, simulated
@@ -301,7 +301,7 @@ def assemble_app(
     the providers are semcache's simulator, whose answers may then be cached."""
     stats, limits = CacheStats(), settings_limits(settings)
     limiter = build_limiter(settings.security)
-    telemetry.metrics.watch_hit_rates(stats.hit_rates)
+    telemetry.metrics.watch_hit_rates(stats.hit_counts)
     ledger = _ledger(catalogue, stats, telemetry, limiter, learning)
     pipeline = RequestPipeline(
         cache=cache,

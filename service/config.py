@@ -433,6 +433,13 @@ class ObservabilitySettings(BaseModel):
         None, ge=0, le=65535, description="Port for Prometheus `/metrics`; unset = no endpoint."
     )
     metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds to.")
+    metrics_max_tenants: int = Field(
+        1000,
+        ge=0,
+        description="Tenants labelled by name in the metrics, the first this process counts;"
+        " later ones share the label `(other)` (0 = every tenant: in open mode callers name"
+        " tenants, and each adds series that are never dropped).",
+    )
     otlp_endpoint: str | None = Field(
         None,
         description="OTLP/gRPC collector for OpenTelemetry traces, e.g."

@@ -472,7 +472,7 @@ def test_the_export_model_names_what_a_scrape_shows(exported: dict[str, frozense
     metrics.observe_request("Complete", "OK", "miss", "m", 0.2)
     metrics.record_usage("t", "m", 3, 4, 0.01, saved=True)
     metrics.watch_providers(lambda: {"p": "open"}, lambda: {"p": 2})
-    metrics.watch_hit_rates(lambda: {"t": 0.5})
+    metrics.watch_hit_rates(lambda: {"t": (1, 2)})
     metrics.watch_store(lambda: True, lambda: 0)
     text = generate_latest(metrics.registry).decode()
     samples = [s for f in text_string_to_metric_families(text) for s in f.samples]

@@ -64,9 +64,12 @@ class CacheStats:
         """Every tenant this replica has counted, sorted."""
         return sorted(self._tenants)
 
-    def hit_rates(self) -> dict[str, float]:
-        """Each tenant's hit rate (for the metrics endpoint)."""
-        return {tenant: counters.hit_rate for tenant, counters in list(self._tenants.items())}
+    def hit_counts(self) -> dict[str, tuple[int, int]]:
+        """Each tenant's (hits, lookups), which its hit rate divides (for the metrics)."""
+        return {
+            tenant: (c.exact_hits + c.semantic_hits, c.exact_hits + c.semantic_hits + c.misses)
+            for tenant, c in list(self._tenants.items())
+        }
 
     def for_tenant(self, tenant: str) -> TenantCounters:
         """A copy of `tenant`'s counters (zeros for a tenant never seen)."""

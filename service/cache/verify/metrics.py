@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.cache.verify.counters import VerificationCounters
+from service.cache.verify.counters import OTHER_NAMESPACES, VerificationCounters, summed
 
 __all__ = ["VerificationCollector"]
 
@@ -62,15 +62,30 @@ def _families() -> dict[str, CounterMetricFamily | GaugeMetricFamily]:
 class VerificationCollector(Collector):
     """Reads `snapshot` at scrape time (on the metrics server's thread: it must only read)."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, tenant_label: Callable[[str], str] = str) -> None:
         self._snapshot = snapshot
+        self._tenant_label = tenant_label
+
+    def _rows(self) -> list[tuple[tuple[str, str], VerificationCounters]]:
+        """The snapshot's rows; tenants without a label of their own (past the metrics'
+        bound on tenants) together in one row, under their label and `OTHER_NAMESPACES`."""
+        named: list[tuple[tuple[str, str], VerificationCounters]] = []
+        others: dict[str, list[VerificationCounters]] = {}
+        for (tenant, namespace), counters in self._snapshot().items():
+            label = self._tenant_label(tenant)
+            if label == tenant:
+                named.append(((tenant, namespace), counters))
+            else:
+                others.setdefault(label, []).append(counters)
+        rows = [((label, OTHER_NAMESPACES), summed(c)) for label, c in others.items()]
+        return sorted(named + rows, key=lambda row: row[0])
 
     def describe(self) -> Iterable[Metric]:
         return list(_families().values())
 
     def collect(self) -> Iterable[Metric]:
         families = _families()
-        for (tenant, namespace), c in sorted(self._snapshot().items()):
+        for (tenant, namespace), c in self._rows():
             labels = [tenant, namespace]
             families["requests"].add_metric(labels, c.requests)
             families["served"].add_metric(labels, c.semantic_served)
