@@ -211,3 +211,21 @@ async def test_a_client_key_sees_latency_but_not_how_much_traffic_it_covers(
     assert client_view["latency_ms"]["hit"]["count"] is None
     assert client_view["latency_ms"]["miss"]["p50"] is not None
     assert admin_view["latency_ms"]["miss"]["count"] == 2
+
+
+async def test_every_tenants_view_shows_the_busiest_and_totals_them_all(
+    door: HttpService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from outside: a row for each of 7,000 open-mode tenants, each with a store
+    count, made /live.json 1.3 MB and 3.2 s, fetched every 2 s by an open page."""
+    monkeypatch.setattr("service.transport.http.live.TENANTS_SHOWN", 2)
+    for n, tenant in enumerate(["quiet", "busy", "middling"]):
+        for asked in range(1 + 2 * (tenant == "busy") + (tenant == "middling")):
+            prompt = f"Question {asked} of tenant number {n} about taxes?"
+            metadata = (("x-tenant-id", tenant),)
+            await door.grpc.stub.Complete(pb.CompleteRequest(prompt=prompt), metadata=metadata)
+    _, live = await live_json(door)
+    assert [row["tenant"] for row in live["tenants"]] == ["busy", "middling"]
+    assert live["tenants_total"] == 3
+    assert (live["totals"]["requests"], live["totals"]["entries"]) == (6, 6)
+    assert sum(reason["count"] for reason in live["refusal_reasons"]) == 6  # every tenant's

@@ -64,6 +64,20 @@ class CacheStats:
         """Every tenant this replica has counted, sorted."""
         return sorted(self._tenants)
 
+    def busiest(self, limit: int) -> list[str]:
+        """The `limit` tenants with the most requests counted (ties by name)."""
+        requests = {t: c.exact_hits + c.semantic_hits + c.misses + c.bypasses
+                    for t, c in list(self._tenants.items())}  # fmt: skip
+        return sorted(requests, key=lambda t: (-requests[t], t))[:limit]
+
+    def total(self) -> TenantCounters:
+        """Every tenant's counters added together."""
+        total = TenantCounters()
+        for counters in list(self._tenants.values()):
+            for name, value in vars(counters).items():
+                setattr(total, name, getattr(total, name) + value)
+        return total
+
     def hit_counts(self) -> dict[str, tuple[int, int]]:
         """Each tenant's (hits, lookups), which its hit rate divides (for the metrics)."""
         return {

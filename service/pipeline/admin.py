@@ -49,6 +49,16 @@ class TenantStats:
 
 
 @dataclass(frozen=True)
+class Overview:
+    """Every tenant at a glance: the busiest few by name, and totals over all of them."""
+
+    busiest: list[str]  # the tenants with the most requests counted, busiest first
+    tenants: int  # tenants with entries in the store (the listed ones) or counted
+    entries: int  # live entries of every tenant
+    counters: TenantCounters  # every counted tenant's, added together
+
+
+@dataclass(frozen=True)
 class Invalidation:
     """Which of a tenant's entries to delete; see InvalidateCacheRequest."""
 
@@ -111,6 +121,15 @@ class CacheAdmin:
             log.warning("cannot list the store's tenants", error=repr(error))
             stored = []
         return sorted({*self._stats.tenants(), *stored})
+
+    async def overview(self, busiest: int) -> Overview:
+        """The `busiest` tenants by requests (then the store's, by name, if room), how
+        many tenants there are, and totals: one store count, not one per tenant."""
+        tenants = await self.tenants()
+        shown = self._stats.busiest(busiest)
+        shown += [t for t in tenants if t not in set(shown)][: busiest - len(shown)]
+        entries = await self._cache.store.count(EntryFilter(live_at=time.time()))
+        return Overview(shown, len(tenants), entries, self._stats.total())
 
     async def tenant_stats(self, tenant: str, namespace: str | None) -> TenantStats:
         """Counters and the live entry count for `tenant` (optionally one namespace).

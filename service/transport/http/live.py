@@ -44,6 +44,7 @@ QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 # `audit_unanswered` hits were listed among the refusal reasons.
 HIT_DETAILS = frozenset({"exact", "ok", "audit_unanswered", *SAME_QUESTION_DETAILS})
 TOP_REASONS = 8
+TENANTS_SHOWN = 50  # rows of the all-tenants view; the totals count every tenant
 
 Buckets = list[tuple[float, float]]
 
@@ -69,30 +70,41 @@ async def live_json(request: web.Request) -> web.Response:
 
 async def _visible_tenants(
     admin: CacheAdmin, viewer: Principal, requested: str | None
-) -> list[str]:
-    """`?tenant=` when the viewer may see it; else every tenant for an admin, its own for
-    a client key.
+) -> list[str] | None:
+    """`?tenant=` when the viewer may see it; else every tenant (None) for an admin, its
+    own for a client key.
 
     Raises:
         PermissionDeniedError: a client key asked for another tenant.
     """
     if requested:
         return [resolve_tenant(viewer, requested)]
-    return await admin.tenants() if viewer.is_admin else [viewer.tenant]
+    return None if viewer.is_admin else [viewer.tenant]
 
 
 async def live_snapshot(
-    admin: CacheAdmin, metrics: Metrics, viewer: Principal, tenants: list[str]
+    admin: CacheAdmin, metrics: Metrics, viewer: Principal, tenants: list[str] | None
 ) -> dict[str, Any]:
-    """What the live page shows of `tenants` (which `viewer` may see), now."""
-    rows = [await _tenant_row(admin, tenant) for tenant in tenants]
+    """What the live page shows of `tenants` (which `viewer` may see), now; None: every
+    tenant, the `TENANTS_SHOWN` busiest by name (found from outside: a row for each of
+    7,000 tenants, a store count each, took 3.2 s and 1.3 MB every 2 s)."""
+    decisions = metrics.cache_decisions()
+    if tenants is None:
+        overview = await admin.overview(TENANTS_SHOWN)
+        rows = [await _tenant_row(admin, tenant) for tenant in overview.busiest]
+        totals = {"entries": overview.entries, **_counters(overview.counters)}
+        reasons, count = refusal_reasons(decisions, None), overview.tenants
+    else:
+        rows = [await _tenant_row(admin, tenant) for tenant in tenants]
+        totals, reasons, count = _totals(rows), refusal_reasons(decisions, set(tenants)), len(rows)
     return {
         "generated_at_unix_s": round(time.time(), 3),
         "viewer": {"tenant": viewer.tenant, "all_tenants": viewer.is_admin},
-        "totals": _totals(rows),
+        "totals": totals,
         "tenants": rows,
+        "tenants_total": count,
         "latency_ms": _shown_to(viewer, latency_ms(metrics.request_duration_buckets())),
-        "refusal_reasons": refusal_reasons(metrics.cache_decisions(), set(tenants)),
+        "refusal_reasons": reasons,
         "prompts_shown": False,
     }
 
@@ -140,12 +152,13 @@ def _totals(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def refusal_reasons(
-    decisions: Mapping[tuple[str, str], float], tenants: set[str]
+    decisions: Mapping[tuple[str, str], float], tenants: set[str] | None
 ) -> list[dict[str, Any]]:
-    """The commonest reasons the cache did not serve, for `tenants`, most frequent first."""
+    """The commonest reasons the cache did not serve, for `tenants` (None: every one,
+    those past the metrics' bound on tenants included), most frequent first."""
     counts: dict[str, float] = {}
     for (tenant, detail), count in decisions.items():
-        if tenant in tenants and detail not in HIT_DETAILS:
+        if (tenants is None or tenant in tenants) and detail not in HIT_DETAILS:
             counts[detail] = counts.get(detail, 0.0) + count
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:TOP_REASONS]
     return [{"reason": reason, "count": int(count)} for reason, count in ranked]
