@@ -345,3 +345,19 @@ async def test_identical_concurrent_misses_share_one_upstream_call(
             assert again.cache_status == pb.CACHE_STATUS_EXACT_HIT
         finally:
             await service.close()
+
+
+async def test_all_tenants_stats_list_the_busiest_counted_tenants_only(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from outside: every tenant a caller named in open mode was listed, about 40
+    bytes each, without bound (at 100,000 past gRPC's 4 MiB message limit)."""
+    monkeypatch.setattr("service.pipeline.admin.MAX_TENANTS_LISTED", 2)
+    bypass = pb.CACHE_POLICY_BYPASS
+    for tenant, calls in [("quiet", 1), ("busy", 3), ("middling", 2)]:
+        for _ in range(calls):
+            await service.stub.Complete(
+                ask(QUESTION, cache_policy=bypass), metadata=(("x-tenant-id", tenant),)
+            )
+    every = await service.stub.GetCacheStats(pb.GetCacheStatsRequest(all_tenants=True))
+    assert sorted(t.tenant for t in every.tenants) == ["busy", "middling"]

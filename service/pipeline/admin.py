@@ -22,7 +22,9 @@ from service.validation import MAX_MODEL_NAME_CHARS, MAX_REQUEST_ID_CHARS, check
 log = structlog.get_logger(__name__)
 
 # Most tenants an admin's all-tenant view lists from the store (those with the most
-# entries); each costs the view one count.
+# entries), and from this replica's counters (those with the most requests); each costs
+# the view one count. Found from outside: in open mode callers name tenants, and the
+# counted ones were all listed, 40 bytes each, toward gRPC's 4 MiB message limit.
 MAX_TENANTS_LISTED = 1000
 
 
@@ -112,24 +114,29 @@ class CacheAdmin:
         return await self._seeder.put(seeds)
 
     async def tenants(self) -> list[str]:
-        """Every tenant with entries in the store (the `MAX_TENANTS_LISTED` with the most)
-        or counted by this replica since it started, sorted (found from outside: after a
-        restart, or for a tenant that had only seeded, the store's tenants were missing)."""
+        """The tenants with entries in the store and those counted by this replica since it
+        started, the `MAX_TENANTS_LISTED` with the most of each, sorted (found from
+        outside: after a restart, or for a tenant that had only seeded, the store's
+        tenants were missing)."""
+        stored = await self._stored_tenants()
+        return sorted({*self._stats.busiest(MAX_TENANTS_LISTED), *stored})
+
+    async def _stored_tenants(self) -> list[str]:
         try:
-            stored = await self._cache.store.tenants(MAX_TENANTS_LISTED)
+            return await self._cache.store.tenants(MAX_TENANTS_LISTED)
         except Exception as error:  # the counted ones are still worth listing
             log.warning("cannot list the store's tenants", error=repr(error))
-            stored = []
-        return sorted({*self._stats.tenants(), *stored})
+            return []
 
     async def overview(self, busiest: int) -> Overview:
         """The `busiest` tenants by requests (then the store's, by name, if room), how
         many tenants there are, and totals: one store count, not one per tenant."""
-        tenants = await self.tenants()
+        stored = await self._stored_tenants()
         shown = self._stats.busiest(busiest)
-        shown += [t for t in tenants if t not in set(shown)][: busiest - len(shown)]
+        shown += sorted(set(stored) - set(shown))[: busiest - len(shown)]
+        tenants = len({*self._stats.tenants(), *stored})
         entries = await self._cache.store.count(EntryFilter(live_at=time.time()))
-        return Overview(shown, len(tenants), entries, self._stats.total())
+        return Overview(shown, tenants, entries, self._stats.total())
 
     async def tenant_stats(self, tenant: str, namespace: str | None) -> TenantStats:
         """Counters and the live entry count for `tenant` (optionally one namespace).
