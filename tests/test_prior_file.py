@@ -177,7 +177,9 @@ CROSS_FAMILY_PAIRS = 0.01
 _FITTED_NUMBERS = ("intercept", "slope", "pairs", "same_answer", "int8_kernels")
 # `semcache calibrate --prior` on each family measured: the shipped file is one of them.
 _MEASURED_FITS = {
-    "avx512_vnni": {"intercept": -0.2028, "slope": 1.2991, "pairs": 1930, "same_answer": 1499},
+    # Refitted 2026-12-02: the guard's rule changes of 2026-12-01/02 moved some kept
+    # pairs' scores (not which pairs are kept); the AVX2 fit is from before them.
+    "avx512_vnni": {"intercept": -0.2097, "slope": 1.3091, "pairs": 1930, "same_answer": 1499},
     "avx2": {"intercept": -0.1768, "slope": 1.2754, "pairs": 1935, "same_answer": 1503},
 }
 

@@ -3,8 +3,8 @@
 onnxruntime picks its int8 matrix kernels by the instructions the CPU has (AMX,
 AVX-512 VNNI, AVX-VNNI, AVX-512BW, AVX2), and the int8 embedder's vectors differ
 slightly from one family to the next. Measured with `semcache calibrate --prior` on
-qqp_dev: an AVX-512 VNNI machine kept 1,930 pairs and fitted intercept -0.2028, slope
-1.2991; an AVX2-only one kept 1,935 and fitted -0.1768, 1.2754. Within one family a
+qqp_dev (on one guard): an AVX-512 VNNI machine kept 1,930 pairs and fitted intercept
+-0.2028, slope 1.2991; an AVX2-only one kept 1,935 and fitted -0.1768, 1.2754. Within one family a
 refit is the same bytes. So what was fitted with int8 vectors records the family
 (`int8_kernels`), and a check of a fitted file compares bytes only on that family.
 """
