@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 from aiohttp import web
 
 from service.domain import ChatMessage, CompletionRequest, SamplingParams, Usage
@@ -40,10 +42,10 @@ async def chat_server(handler: Handler) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def serving(handler: Handler) -> AsyncIterator[OpenAICompatProvider]:
+async def serving(handler: Handler, timeout_s: float = 5.0) -> AsyncIterator[OpenAICompatProvider]:
     """A provider pointed at a one-route server answering with `handler`."""
     async with chat_server(handler) as base_url:
-        provider = OpenAICompatProvider(base_url, "k", 5.0, name="p")
+        provider = OpenAICompatProvider(base_url, "k", timeout_s, name="p")
         try:
             yield provider
         finally:
@@ -100,17 +102,33 @@ async def test_a_connection_dropped_before_the_answer_is_retryable(stream: bool)
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_a_silent_provider_times_out(stream: bool) -> None:
+@pytest.mark.parametrize(
+    ("provider_timeout_s", "message", "level"),
+    [
+        (0.2, "did not answer in time", "warning"),
+        # Found from outside: a caller's 15-60 ms deadline was logged as a warning
+        # blaming the provider.
+        (5.0, "the caller's deadline ended the call to upstream provider p after 0.2s", "info"),
+    ],
+)
+async def test_a_silent_provider_times_out(
+    stream: bool, provider_timeout_s: float, message: str, level: str
+) -> None:
     released = asyncio.Event()
 
     async def silent(_request: web.Request) -> web.StreamResponse:
         await released.wait()
         return web.Response()
 
-    async with serving(silent) as provider:
-        with pytest.raises(UpstreamTimeoutError, match="did not answer in time"):
-            await outcome(provider, ProviderCall("m", CALL.messages, CALL.sampling, 0.2), stream)
+    async with serving(silent, provider_timeout_s) as provider:
+        call = ProviderCall("m", CALL.messages, CALL.sampling, 0.2)
+        with (
+            structlog.testing.capture_logs() as logged,
+            pytest.raises(UpstreamTimeoutError, match=message),
+        ):
+            await outcome(provider, call, stream)
         released.set()
+    assert [entry["log_level"] for entry in logged] == [level]
 
 
 async def test_the_request_carries_the_key_and_the_body_create_would_send() -> None:

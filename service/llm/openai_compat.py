@@ -23,7 +23,7 @@ from openai import AsyncStream
 from openai.types.chat import ChatCompletionMessage
 
 from service.domain import SamplingParams, Usage
-from service.errors import UpstreamError
+from service.errors import UpstreamError, UpstreamTimeoutError
 from service.llm.aiohttp_transport import AiohttpTransport
 from service.llm.http_errors import RetryableUpstreamError, translate_openai_error
 from service.llm.lean_http import LeanAsyncClient, LeanAsyncOpenAI
@@ -56,6 +56,7 @@ class OpenAICompatProvider:
         self, base_url: str, api_key: str | None, timeout_s: float, *, name: str | None = None
     ) -> None:
         self.base_url = base_url
+        self.timeout_s = timeout_s
         self.name = name or "upstream"
         self._where = f"upstream provider {self.name}"
         self._addresses = _addresses_of(base_url)
@@ -82,7 +83,7 @@ class OpenAICompatProvider:
                 _CHAT_PATH, cast_to=object, body=_chat_body(call), options=_options(call)
             )
         except openai.OpenAIError as error:
-            raise self._failed(error) from error
+            raise self._failed(error, call.timeout_s) from error
         except ValueError as error:  # the client parses a JSON content type itself
             raise UpstreamError(f"{self._where} returned a body that is not JSON") from error
         return self._answer_of(data, call.model)
@@ -104,7 +105,7 @@ class OpenAICompatProvider:
         try:
             response = await self._client.completions.create(**args)
         except openai.OpenAIError as error:
-            raise self._failed(error) from error
+            raise self._failed(error, timeout_s) from error
         choices = {choice.index: choice for choice in response.choices}
         if sorted(choices) != list(range(len(prompts))):
             raise UpstreamError(
@@ -152,7 +153,7 @@ class OpenAICompatProvider:
                     for content in answer.add(_dict(chunk)):
                         yield content
         except openai.OpenAIError as error:
-            raise self._failed(error) from error
+            raise self._failed(error, call.timeout_s) from error
         except BadEventError as error:
             raise UpstreamError(
                 f"{self._where} sent a stream that is not chat chunks: {error}"
@@ -193,9 +194,20 @@ class OpenAICompatProvider:
         """Close the HTTP client's connections."""
         await self._client.close()
 
-    def _failed(self, error: openai.OpenAIError) -> UpstreamError:
-        """The service's error for `error`, without the provider's address (logged instead)."""
+    def _failed(self, error: openai.OpenAIError, timeout_s: float) -> UpstreamError:
+        """The service's error for `error`, without the provider's address (logged instead).
+
+        A timeout shorter than the provider's own (`timeout_s`: the caller's deadline
+        was nearer) is the caller's, not the provider's: said so, and logged at info
+        (found from outside: 1-60 ms deadlines logged a warning blaming the provider).
+        """
         translated = translate_openai_error(error, self._where, hide=self._addresses)
+        if isinstance(error, openai.APITimeoutError) and timeout_s < self.timeout_s:
+            translated = UpstreamTimeoutError(
+                f"the caller's deadline ended the call to {self._where} after {timeout_s:.3g}s"
+            )
+            log.info("upstream call cut short by the caller's deadline", provider=self.name)
+            return translated
         log.warning(
             "upstream call failed",
             provider=self.name,
