@@ -301,6 +301,22 @@ def test_a_wrong_given_under_the_guard_holds_when_a_threshold_scores_by_cosine(
     assert decider.choose(KEY, [_scored("q", wrong, similarity=0.97)], closer).served is not None
 
 
+@pytest.mark.parametrize("budget", [_budget(max_error_rate=0.5), None])
+def test_a_wrong_on_the_answer_itself_covers_a_cosine_a_hair_above_one(
+    budget: BudgetSettings | None,
+) -> None:
+    """Found from outside: with the guard off, the stored question itself scored its
+    float32 cosine, 1.0000001, above the 1.0 a WRONG on a same_form hit records, and the
+    condemned answer was served."""
+    decider = HitDecider(VerifyState(DEFAULT_PRIOR), budget)
+    wrong = Evidence().add(Observation(1.0, "o1", 1.0, False, feedback=True, similarity=1.0))
+    above = 1.0000001192
+    choice = decider.choose(
+        KEY, [_scored("q", wrong, similarity=above)], [GuardVerdict(True, above, "ok")]
+    )
+    assert (choice.served, choice.detail) == (None, "judged_wrong_nearby")
+
+
 async def test_feedback_records_the_cosine_the_hit_was_served_at(make_rig) -> None:  # type: ignore[no-untyped-def]
     rig: Rig = await make_rig(_budget(max_error_rate=0.2))
     await rig.pipeline.complete(ask())

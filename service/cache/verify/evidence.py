@@ -141,11 +141,16 @@ class Evidence:
         """Whether an application said the answer was wrong for a query at least as close
         as one at guard `score` and cosine `similarity`, by either measure (a verdict
         given under the guard still holds when a plain threshold scores by cosine)."""
+        # A float32 cosine of a text with itself can come out a hair above 1.0, and a
+        # plain threshold scores by cosine: a verdict at 1.0 covers it (found from
+        # outside: the condemned answer to the very question was served at 1.0000001).
+        score = min(score, 1.0)
         wrong = [o for o in self.observations if o.feedback and not o.same]
         if any(o.score >= score for o in wrong):
             return True
         if similarity is None:
             return False
+        similarity = min(similarity, 1.0)
         return any(o.similarity is not None and o.similarity >= similarity for o in wrong)
 
     def scores_and_labels(self) -> tuple[list[float], list[bool]]:
