@@ -511,8 +511,12 @@ def _cmd_invalidate(args: argparse.Namespace) -> int:
             tenant=args.for_tenant,
             all_tenants=args.all_tenants,
         )
-    print(f"deleted {deleted} entries")
+    print(f"deleted {deleted} {_entries(deleted)}")
     return 0
+
+
+def _entries(count: int) -> str:
+    return "entry" if count == 1 else "entries"
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -527,7 +531,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
             {"namespace": args.namespace, "ttl_s": args.ttl_s, "model": args.model},
             sys.stderr,
         )
-    print(f"stored {totals.stored} entries, {totals.failed} failed")
+    print(f"stored {totals.stored} {_entries(totals.stored)}, {totals.failed} failed")
     return 1 if totals.failed else 0
 
 

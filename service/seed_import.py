@@ -157,13 +157,15 @@ def _put(
     try:
         return client.put_entries([line.pair for line in batch], **scope)
     except SemcacheError as error:
-        raise type(error)(
-            error.code,
-            f"{error.details}; the lines before line {batch[0].number} were sent"
-            f" ({totals.stored} stored, {totals.failed} failed), none from it on is"
-            " confirmed; importing the file again is safe: each question's entry is"
-            " replaced, not added twice",
-        ) from error
+        if totals.stored or totals.failed:
+            sent = (
+                f"the lines before line {batch[0].number} were sent ({totals.stored} stored,"
+                f" {totals.failed} failed), none from it on is confirmed; importing the file"
+                " again is safe: each question's entry is replaced, not added twice"
+            )
+        else:
+            sent = "nothing was stored"
+        raise type(error)(error.code, f"{error.details}; {sent}") from error
 
 
 def _failures(batch: Sequence[Line], results: Sequence[object]) -> list[str]:

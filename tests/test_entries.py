@@ -521,3 +521,26 @@ async def test_an_import_cut_off_says_what_was_stored_and_that_running_it_again_
     assert details.startswith("failed to connect to all addresses; ")
     assert "lines before line 3 were sent (2 stored, 0 failed)" in details
     assert "importing the file again is safe" in details
+
+
+async def test_an_import_that_stored_nothing_before_failing_says_so() -> None:
+    from io import StringIO
+
+    from service.seed_import import Line, import_lines
+
+    client = _DropsAfterOneCall()
+    client.calls = 1  # the first call already fails
+    scope = {"namespace": "", "ttl_s": None, "model": ""}
+    with pytest.raises(SemcacheError) as raised:
+        import_lines(client, [Line(1, ("q?", "a"))], 2, scope, StringIO())  # type: ignore[arg-type]
+    assert raised.value.details == "failed to connect to all addresses; nothing was stored"
+
+
+async def test_cli_import_of_one_line_says_one_entry(
+    service: Service, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    faq = tmp_path / "one.jsonl"
+    faq.write_text(json.dumps({"question": "What is the refund window?", "answer": "30 days"}))
+    target = f"127.0.0.1:{service.server.port}"
+    status, out, _ = await _import(capsys, str(faq), "--namespace", "one", "--target", target)
+    assert (status, out.strip()) == (0, "stored 1 entry, 0 failed")

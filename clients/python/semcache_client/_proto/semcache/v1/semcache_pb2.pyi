@@ -439,7 +439,9 @@ class GetCacheStatsRequest(_message.Message):
     of the tenant.
     """
     all_tenants: _builtins.bool
-    """Admin only: every tenant's stats in `tenants` as well."""
+    """Admin only: other tenants' stats in `tenants` as well (the 1,000 with the most
+    entries in the store and the 1,000 with the most requests on this replica).
+    """
     def __init__(
         self,
         *,
@@ -510,7 +512,9 @@ class GetCacheStatsResponse(_message.Message):
     """Entries the store lacked when this replica opened it (a damaged store); 0 normally."""
     @_builtins.property
     def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantStats]:
-        """With all_tenants (admin): one entry per tenant this replica has seen."""
+        """With all_tenants (admin): one entry per tenant among the store's 1,000 with the
+        most entries and this replica's 1,000 with the most requests since it started.
+        """
 
     @_builtins.property
     def verification(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamespaceVerification]:
