@@ -102,6 +102,10 @@ class TenantLabels:
         self._limit = limit
         self._named: set[str] = set()
 
+    def apart(self, tenant: str) -> bool:
+        """Whether `tenant` is (or would be, when first seen) labelled by its own name."""
+        return tenant in self._named or not self._limit or len(self._named) < self._limit
+
     def __call__(self, tenant: str) -> str:
         if tenant in self._named:
             return tenant

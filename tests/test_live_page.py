@@ -229,3 +229,21 @@ async def test_every_tenants_view_shows_the_busiest_and_totals_them_all(
     assert live["tenants_total"] == 3
     assert (live["totals"]["requests"], live["totals"]["entries"]) == (6, 6)
     assert sum(reason["count"] for reason in live["refusal_reasons"]) == 6  # every tenant's
+
+
+async def test_a_tenant_past_the_metrics_bound_is_told_its_reasons_are_not_counted_apart(
+    door: HttpService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from outside: `?tenant=` for a tenant the metrics label `(other)` showed an
+    empty list of refusal reasons, as if the cache had refused it nothing."""
+    monkeypatch.setattr(door.grpc.app.metrics.tenant_label, "_limit", 1)
+    for tenant in ("first", "later"):
+        prompt = pb.CompleteRequest(prompt=f"What does tenant {tenant} pay in taxes?")
+        await door.grpc.stub.Complete(prompt, metadata=(("x-tenant-id", tenant),))
+    _, first = await live_json(door, query="?tenant=first")
+    _, later = await live_json(door, query="?tenant=later")
+    _, every = await live_json(door)
+    assert first["refusal_reasons_complete"] and first["refusal_reasons"]
+    assert not later["refusal_reasons_complete"] and later["refusal_reasons"] == []
+    assert every["refusal_reasons_complete"]
+    assert sum(reason["count"] for reason in every["refusal_reasons"]) == 2

@@ -97,6 +97,9 @@ async def live_snapshot(
     else:
         rows = [await _tenant_row(admin, tenant) for tenant in tenants]
         totals, reasons, count = _totals(rows), refusal_reasons(decisions, set(tenants)), len(rows)
+    # False: a tenant's answers are counted in the metrics under `(other)` (past
+    # SEMCACHE_METRICS_MAX_TENANTS), so its refusal reasons cannot be told apart.
+    apart = tenants is None or all(metrics.tenant_label.apart(t) for t in tenants)
     return {
         "generated_at_unix_s": round(time.time(), 3),
         "viewer": {"tenant": viewer.tenant, "all_tenants": viewer.is_admin},
@@ -105,6 +108,7 @@ async def live_snapshot(
         "tenants_total": count,
         "latency_ms": _shown_to(viewer, latency_ms(metrics.request_duration_buckets())),
         "refusal_reasons": reasons,
+        "refusal_reasons_complete": apart,
         "prompts_shown": False,
     }
 
