@@ -317,19 +317,6 @@ def test_a_wrong_on_the_answer_itself_covers_a_cosine_a_hair_above_one(
     assert (choice.served, choice.detail) == (None, "judged_wrong_nearby")
 
 
-async def test_feedback_records_the_cosine_the_hit_was_served_at(make_rig) -> None:  # type: ignore[no-untyped-def]
-    rig: Rig = await make_rig(_budget(max_error_rate=0.2))
-    await rig.pipeline.complete(ask())
-    served = await rig.pipeline.complete(ask(PARAPHRASE, request_id="req-1"))
-    assert served.cache_status is CacheStatus.SEMANTIC_HIT
-    await rig.admin.submit_feedback(Feedback("default", FeedbackVerdict.WRONG, request_id="req-1"))
-    entry = await rig.store.get(served.entry_id)
-    assert entry is not None
-    (observation,) = entry.evidence.observations
-    assert observation.similarity == pytest.approx(served.similarity)
-    assert observation.score < observation.similarity  # the guard's score, not the cosine
-
-
 def test_evidence_of_same_answers_lowers_the_risk_of_serving() -> None:
     decider = HitDecider(VerifyState(DEFAULT_PRIOR), _budget(max_error_rate=0.05))
     verdict = [GuardVerdict(True, 0.9, "ok")]
@@ -361,6 +348,11 @@ async def test_feedback_wrong_on_a_served_hit_stops_it_at_once(make_rig) -> None
         Feedback("default", FeedbackVerdict.WRONG, request_id="req-1")
     )
     assert receipt.entry_id == served.entry_id and receipt.score < 1.0
+    entry = await rig.store.get(served.entry_id)
+    assert entry is not None
+    (observation,) = entry.evidence.observations  # kept at its guard score and its cosine
+    assert (observation.score, observation.similarity) == (receipt.score, served.similarity)
+    assert observation.score < observation.similarity
     refused = await rig.pipeline.complete(ask(PARAPHRASE))
     assert refused.cache_status is CacheStatus.MISS
     assert refused.cache_detail == "judged_wrong_nearby"
