@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
 
@@ -166,6 +167,15 @@ class FeedbackReceipt:
 
 
 _PLAIN_FIELDS: dict[type, frozenset[str] | None] = {}
+
+
+def added_up(total: T, rows: Iterable[T]) -> T:
+    """`total` with each of `rows` added to it, field by field (dataclasses of counts and
+    sums, such as a tenant's counters)."""
+    for row in rows:
+        for name, value in vars(row).items():
+            setattr(total, name, getattr(total, name) + value)
+    return total
 
 
 def assembled(cls: type[T], values: dict[str, Any]) -> T:

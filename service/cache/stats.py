@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from service.domain import CacheStatus
+from service.domain import CacheStatus, added_up
 
 
 @dataclass
@@ -18,11 +18,22 @@ class TenantCounters:
     cost_spent_usd: float = 0.0
 
     @property
+    def hits(self) -> int:
+        return self.exact_hits + self.semantic_hits
+
+    @property
+    def lookups(self) -> int:
+        """Hits and misses: bypasses are not lookups."""
+        return self.hits + self.misses
+
+    @property
+    def requests(self) -> int:
+        return self.lookups + self.bypasses
+
+    @property
     def hit_rate(self) -> float:
-        """Hits over lookups (bypasses are not lookups); 0 before the first lookup."""
-        hits = self.exact_hits + self.semantic_hits
-        lookups = hits + self.misses
-        return hits / lookups if lookups else 0.0
+        """Hits over lookups; 0 before the first lookup."""
+        return self.hits / self.lookups if self.lookups else 0.0
 
 
 class CacheStats:
@@ -66,24 +77,16 @@ class CacheStats:
 
     def busiest(self, limit: int) -> list[str]:
         """The `limit` tenants with the most requests counted (ties by name)."""
-        requests = {t: c.exact_hits + c.semantic_hits + c.misses + c.bypasses
-                    for t, c in list(self._tenants.items())}  # fmt: skip
+        requests = {t: c.requests for t, c in list(self._tenants.items())}
         return sorted(requests, key=lambda t: (-requests[t], t))[:limit]
 
     def total(self) -> TenantCounters:
         """Every tenant's counters added together."""
-        total = TenantCounters()
-        for counters in list(self._tenants.values()):
-            for name, value in vars(counters).items():
-                setattr(total, name, getattr(total, name) + value)
-        return total
+        return added_up(TenantCounters(), list(self._tenants.values()))
 
     def hit_counts(self) -> dict[str, tuple[int, int]]:
         """Each tenant's (hits, lookups), which its hit rate divides (for the metrics)."""
-        return {
-            tenant: (c.exact_hits + c.semantic_hits, c.exact_hits + c.semantic_hits + c.misses)
-            for tenant, c in list(self._tenants.items())
-        }
+        return {tenant: (c.hits, c.lookups) for tenant, c in list(self._tenants.items())}
 
     def for_tenant(self, tenant: str) -> TenantCounters:
         """A copy of `tenant`'s counters (zeros for a tenant never seen)."""

@@ -14,12 +14,9 @@ Two estimates of the error rate (wrong answers / looked-up requests) are given:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-__all__ = [
-    "OTHER_NAMESPACES", "CounterBook", "VerificationCounters", "summed", "wilson_interval",
-]  # fmt: skip
+__all__ = ["OTHER_NAMESPACES", "CounterBook", "VerificationCounters", "wilson_interval"]
 
 _Z95 = 1.959964
 
@@ -65,15 +62,6 @@ class VerificationCounters:
         share, low, high = wilson_interval(self.audit_wrong, self.audits)
         served = self.semantic_served / self.requests if self.requests else 0.0
         return share * served, low * served, high * served
-
-
-def summed(rows: Iterable[VerificationCounters]) -> VerificationCounters:
-    """The counts of `rows` added together (every field is a count or a sum)."""
-    total = VerificationCounters()
-    for row in rows:
-        for name, value in vars(row).items():
-            setattr(total, name, getattr(total, name) + value)
-    return total
 
 
 # Beyond this many namespaces of one tenant, the rest are counted together under

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.cache.verify.counters import OTHER_NAMESPACES, VerificationCounters, summed
+from service.cache.verify.counters import OTHER_NAMESPACES, VerificationCounters
+from service.domain import added_up
 
 __all__ = ["VerificationCollector"]
 
@@ -77,7 +78,10 @@ class VerificationCollector(Collector):
                 named.append(((tenant, namespace), counters))
             else:
                 others.setdefault(label, []).append(counters)
-        rows = [((label, OTHER_NAMESPACES), summed(c)) for label, c in others.items()]
+        rows = [
+            ((label, OTHER_NAMESPACES), added_up(VerificationCounters(), c))
+            for label, c in others.items()
+        ]
         return sorted(named + rows, key=lambda row: row[0])
 
     def describe(self) -> Iterable[Metric]:

@@ -19,7 +19,7 @@ tab's sessionStorage only).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -28,6 +28,7 @@ from aiohttp import web
 from service.auth import Principal, resolve_tenant
 from service.cache.stats import TenantCounters
 from service.cache.verify.verifier import SAME_QUESTION_DETAILS
+from service.domain import added_up
 from service.metrics import Metrics
 from service.pipeline.admin import CacheAdmin
 from service.transport.http.door import DOOR
@@ -91,12 +92,15 @@ async def live_snapshot(
     decisions = metrics.cache_decisions()
     if tenants is None:
         overview = await admin.overview(TENANTS_SHOWN)
-        rows = [await _tenant_row(admin, tenant) for tenant in overview.busiest]
+        shown = [await admin.tenant_stats(tenant, None) for tenant in overview.busiest]
         totals = {"entries": overview.entries, **_counters(overview.counters)}
         reasons, count = refusal_reasons(decisions, None), overview.tenants
     else:
-        rows = [await _tenant_row(admin, tenant) for tenant in tenants]
-        totals, reasons, count = _totals(rows), refusal_reasons(decisions, set(tenants)), len(rows)
+        shown = [await admin.tenant_stats(tenant, None) for tenant in tenants]
+        counters = added_up(TenantCounters(), (stats.counters for stats in shown))
+        totals = {"entries": sum(stats.entries for stats in shown), **_counters(counters)}
+        reasons, count = refusal_reasons(decisions, set(tenants)), len(shown)
+    rows = [{"tenant": s.tenant, "entries": s.entries, **_counters(s.counters)} for s in shown]
     # False: a tenant's answers are counted in the metrics under `(other)` (past
     # SEMCACHE_METRICS_MAX_TENANTS), so its refusal reasons cannot be told apart.
     apart = tenants is None or all(metrics.tenant_label.apart(t) for t in tenants)
@@ -122,15 +126,9 @@ def _shown_to(viewer: Principal, latency: dict[str, dict[str, Any]]) -> dict[str
     return {served: {**summary, "count": None} for served, summary in latency.items()}
 
 
-async def _tenant_row(admin: CacheAdmin, tenant: str) -> dict[str, Any]:
-    stats = await admin.tenant_stats(tenant, None)
-    return {"tenant": tenant, "entries": stats.entries, **_counters(stats.counters)}
-
-
 def _counters(counters: TenantCounters) -> dict[str, Any]:
-    hits = counters.exact_hits + counters.semantic_hits
     return {
-        "requests": hits + counters.misses + counters.bypasses,
+        "requests": counters.requests,
         "exact_hits": counters.exact_hits,
         "semantic_hits": counters.semantic_hits,
         "misses": counters.misses,
@@ -139,20 +137,6 @@ def _counters(counters: TenantCounters) -> dict[str, Any]:
         "cost_spent_usd": round(counters.cost_spent_usd, 8),
         "cost_saved_usd": round(counters.cost_saved_usd, 8),
     }
-
-
-def _totals(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    total = TenantCounters()
-    entries = 0
-    for row in rows:
-        entries += row["entries"]
-        total.exact_hits += row["exact_hits"]
-        total.semantic_hits += row["semantic_hits"]
-        total.misses += row["misses"]
-        total.bypasses += row["bypasses"]
-        total.cost_spent_usd += row["cost_spent_usd"]
-        total.cost_saved_usd += row["cost_saved_usd"]
-    return {"entries": entries, **_counters(total)}
 
 
 def refusal_reasons(
