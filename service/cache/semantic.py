@@ -254,10 +254,8 @@ class SemanticCache:
             return None
         if entry.tenant != key.tenant or entry.scope != key.scope:
             return None  # cannot happen with uuid5 ids; checked because failing closed is cheap
-        if entry.evidence.observations:  # most entries have none to weigh
-            worst = entry.evidence.worst_wrong_score()
-            if worst is not None and worst >= 1.0:
-                return None
+        if entry.evidence.observations and entry.evidence.judged_wrong_at(1.0, None):
+            return None  # most entries have no observations to weigh
         return assembled(
             CacheHit,
             {

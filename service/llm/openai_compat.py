@@ -201,13 +201,12 @@ class OpenAICompatProvider:
         was nearer) is the caller's, not the provider's: said so, and logged at info
         (found from outside: 1-60 ms deadlines logged a warning blaming the provider).
         """
-        translated = translate_openai_error(error, self._where, hide=self._addresses)
         if isinstance(error, openai.APITimeoutError) and timeout_s < self.timeout_s:
-            translated = UpstreamTimeoutError(
+            log.info("upstream call cut short by the caller's deadline", provider=self.name)
+            return UpstreamTimeoutError(
                 f"the caller's deadline ended the call to {self._where} after {timeout_s:.3g}s"
             )
-            log.info("upstream call cut short by the caller's deadline", provider=self.name)
-            return translated
+        translated = translate_openai_error(error, self._where, hide=self._addresses)
         log.warning(
             "upstream call failed",
             provider=self.name,

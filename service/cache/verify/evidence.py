@@ -144,14 +144,15 @@ class Evidence:
         # A float32 cosine of a text with itself can come out a hair above 1.0, and a
         # plain threshold scores by cosine: a verdict at 1.0 covers it (found from
         # outside: the condemned answer to the very question was served at 1.0000001).
-        score = min(score, 1.0)
-        wrong = [o for o in self.observations if o.feedback and not o.same]
-        if any(o.score >= score for o in wrong):
+        worst = self.worst_wrong_score()
+        if worst is None:
+            return False
+        if worst >= min(score, 1.0):
             return True
         if similarity is None:
             return False
-        similarity = min(similarity, 1.0)
-        return any(o.similarity is not None and o.similarity >= similarity for o in wrong)
+        wrong = [o.similarity for o in self.observations if o.feedback and not o.same]
+        return any(s is not None and s >= min(similarity, 1.0) for s in wrong)
 
     def scores_and_labels(self) -> tuple[list[float], list[bool]]:
         """The observations' scores and verdicts, oldest first."""
