@@ -28,33 +28,8 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-class _EndedCallFilter(logging.Filter):
-    """grpc's own ERROR, with a traceback, for a status it could not send because the
-    call had already ended in its core (the caller's deadline passed, or it left, just
-    as the handler finished): one info line of ours instead, with the request id.
-    Found from outside: 3 in about 1,000 calls with deadlines of 1-50 ms."""
-
-    PREFIX = "ExecuteBatchError raised in core by servicer method"
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if not message.startswith(self.PREFIX):
-            return True
-        rpc = message[len(self.PREFIX) :].strip(" []")
-        structlog.get_logger(__name__).info(
-            "rpc ended before its status was sent (deadline passed or caller left)", rpc=rpc
-        )
-        return False
-
-
-_GRPC_CORE_LOGGER = "grpc._cython.cygrpc"
-
-
 def configure_logging(log_format: str, level: str) -> None:
     """JSON lines for machines, coloured key=value for people; to stderr."""
-    grpc_core = logging.getLogger(_GRPC_CORE_LOGGER)
-    if not any(isinstance(f, _EndedCallFilter) for f in grpc_core.filters):
-        grpc_core.addFilter(_EndedCallFilter())
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if log_format == "json"

@@ -23,6 +23,7 @@ from service.errors import StartupError
 from service.overload import DEFAULT_MAX_IN_FLIGHT, InFlight
 from service.startup import bind_problem, one_line
 from service.transport.grpc.auth import Authenticator, load_server_credentials
+from service.transport.grpc.core_log import quiet_ended_calls
 from service.transport.grpc.interceptors import BACKLOG_SERVER_OPTIONS, ServiceInterceptor
 from service.transport.grpc.servicer import BatchLimits, SemanticCacheServicer
 from service.transport.tls import tls_from
@@ -113,6 +114,7 @@ async def start_server(
         StartupError: the port could not be bound (in use, or not an address
             of this machine); the message says which and what to change.
     """
+    quiet_ended_calls()
     security = security or Security()
     authenticator = Authenticator(security.keyring)
     interceptors = [ServiceInterceptor(app.metrics, max_concurrent_rpcs, authenticator)]
